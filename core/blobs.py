@@ -1,0 +1,116 @@
+"""Documents at rest: a local folder, each blob encrypted with its own AES-256-GCM key.
+
+A blob file is ``MAGIC | key fingerprint (8) | wrapped data key (40) | nonce (12) | ciphertext+tag``.
+The data key is wrapped with the master key (RFC 3394 AES key wrap); the blob id and the header are
+authenticated as associated data, so a changed byte, a truncated file or a file copied over another
+blob's name all fail with ``blob.tampered``. The fingerprint only tells a wrong master key apart
+from tampering; it is not a secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
+
+from core.errors import BlobError, ConfigError
+
+MAGIC = b"KGB1"
+_FINGERPRINT_LEN = 8
+_WRAPPED_LEN = 40
+_NONCE_LEN = 12
+_HEADER_LEN = len(MAGIC) + _FINGERPRINT_LEN + _WRAPPED_LEN + _NONCE_LEN
+_BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _fingerprint(master_key: bytes) -> bytes:
+    return hashlib.sha256(b"keiyaku-blob-master\x00" + master_key).digest()[:_FINGERPRINT_LEN]
+
+
+class BlobStore:
+    """Encrypted blobs in one folder (shared by every node in a multi-node setup)."""
+
+    def __init__(self, root: Path, master_key: bytes) -> None:
+        if len(master_key) != 32:
+            raise ConfigError(
+                "config.master_key_length",
+                "the blob master key must be 32 bytes (64 hex characters)",
+                "文書暗号化のマスター鍵は32バイト(16進64文字)である必要があります。",
+            )
+        self.root = Path(root)
+        self._master_key = master_key
+        self._fingerprint = _fingerprint(master_key)
+
+    def _path(self, blob_id: str) -> Path:
+        if not _BLOB_ID.match(blob_id):
+            raise BlobError(
+                "blob.bad_id", f"not a blob id: {blob_id!r}", "文書IDの形式が正しくありません。"
+            )
+        return self.root / blob_id[:2] / blob_id
+
+    def put(self, data: bytes) -> str:
+        """Encrypt and store ``data`` under a new random id, durably; return the id."""
+        blob_id = secrets.token_hex(16)
+        data_key = AESGCM.generate_key(bit_length=256)
+        nonce = secrets.token_bytes(_NONCE_LEN)
+        header = (
+            MAGIC + self._fingerprint + aes_key_wrap(self._master_key, data_key) + nonce
+        )
+        ciphertext = AESGCM(data_key).encrypt(nonce, data, header + blob_id.encode())
+        path = self._path(blob_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{blob_id}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(header)
+            fh.write(ciphertext)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return blob_id
+
+    def get(self, blob_id: str) -> bytes:
+        """Read, authenticate and decrypt one blob; ``blob.tampered`` if any byte changed."""
+        path = self._path(blob_id)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise BlobError(
+                "blob.missing",
+                f"blob {blob_id} is missing from {self.root}",
+                "保存された文書が見つかりません。",
+            ) from exc
+        header, ciphertext = raw[:_HEADER_LEN], raw[_HEADER_LEN:]
+        if len(header) < _HEADER_LEN or not header.startswith(MAGIC):
+            raise self._tampered(blob_id)
+        fp_end = len(MAGIC) + _FINGERPRINT_LEN
+        if header[len(MAGIC) : fp_end] != self._fingerprint:
+            raise BlobError(
+                "blob.wrong_master_key",
+                f"blob {blob_id} was encrypted under a different master key",
+                "文書が別のマスター鍵で暗号化されています。",
+            )
+        wrapped = header[fp_end : fp_end + _WRAPPED_LEN]
+        nonce = header[fp_end + _WRAPPED_LEN :]
+        try:
+            data_key = aes_key_unwrap(self._master_key, wrapped)
+            return AESGCM(data_key).decrypt(nonce, ciphertext, header + blob_id.encode())
+        except (InvalidTag, InvalidUnwrap) as exc:
+            raise self._tampered(blob_id) from exc
+
+    def exists(self, blob_id: str) -> bool:
+        """True when a blob with this id is stored."""
+        return self._path(blob_id).exists()
+
+    @staticmethod
+    def _tampered(blob_id: str) -> BlobError:
+        return BlobError(
+            "blob.tampered",
+            f"blob {blob_id} failed its integrity check (modified or truncated)",
+            "保存された文書が改ざんされているか、破損しています。",
+        )

@@ -1,0 +1,93 @@
+"""The one error root of keiyaku-gateway.
+
+Every failure the gateway reports on purpose is a :class:`GatewayError` with a stable dotted
+``code`` (what systems match on), a Japanese ``message_ja`` (what people read), an English
+``message_en`` (what logs and other systems read) and a :class:`Disposition` that tells the caller
+what to do with it::
+
+    GatewayError                      code prefix          disposition
+    ├── ConfigError                   config.*             fatal
+    ├── StateError                    state.*              fatal (illegal transition, wrong party)
+    ├── DocumentError                 document.*           skippable record (bad input PDF, limits)
+    ├── BlobError                     blob.*               fatal (missing or tampered blob)
+    ├── SigningError                  signing.*            fatal, or retriable for TSA outages
+    └── NotFoundError                 not_found.*          fatal
+
+Library exceptions are chained with ``raise ... from exc`` so the cause survives in logs.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class Disposition(enum.Enum):
+    """What a caller should do with an error."""
+
+    FATAL = "fatal"
+    RETRIABLE = "retriable"
+    SKIPPABLE_RECORD = "skippable_record"
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+    default_disposition = Disposition.FATAL
+
+    def __init__(
+        self,
+        code: str,
+        message_en: str,
+        message_ja: str,
+        *,
+        disposition: Disposition | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message_en}")
+        self.code = code
+        self.message_en = message_en
+        self.message_ja = message_ja
+        self.disposition = disposition or self.default_disposition
+        self.details = dict(details or {})
+
+    @property
+    def retriable(self) -> bool:
+        """True when trying the same operation again later may succeed."""
+        return self.disposition is Disposition.RETRIABLE
+
+    def as_dict(self) -> dict[str, Any]:
+        """The error as a JSON-ready mapping (the shape the API and ``--json`` outputs use)."""
+        return {
+            "code": self.code,
+            "message": self.message_en,
+            "message_ja": self.message_ja,
+            "disposition": self.disposition.value,
+            **({"details": self.details} if self.details else {}),
+        }
+
+
+class ConfigError(GatewayError):
+    """The configuration is incomplete or inconsistent."""
+
+
+class StateError(GatewayError):
+    """An operation is not allowed in the envelope's or party's current state."""
+
+
+class DocumentError(GatewayError):
+    """An input document is refused (not a PDF, damaged, encrypted, too large, already signed)."""
+
+    default_disposition = Disposition.SKIPPABLE_RECORD
+
+
+class BlobError(GatewayError):
+    """A stored blob is missing or fails its integrity check."""
+
+
+class SigningError(GatewayError):
+    """Signing, timestamping or validation-data collection failed."""
+
+
+class NotFoundError(GatewayError):
+    """A looked-up object does not exist (or is not visible to the caller)."""

@@ -1,0 +1,3 @@
+"""schedules: see DESIGN.md. Nothing public is built here yet."""
+
+__all__: list[str] = []
