@@ -59,9 +59,7 @@ class BlobStore:
         blob_id = secrets.token_hex(16)
         data_key = AESGCM.generate_key(bit_length=256)
         nonce = secrets.token_bytes(_NONCE_LEN)
-        header = (
-            MAGIC + self._fingerprint + aes_key_wrap(self._master_key, data_key) + nonce
-        )
+        header = MAGIC + self._fingerprint + aes_key_wrap(self._master_key, data_key) + nonce
         ciphertext = AESGCM(data_key).encrypt(nonce, data, header + blob_id.encode())
         path = self._path(blob_id)
         path.parent.mkdir(parents=True, exist_ok=True)
