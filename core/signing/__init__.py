@@ -1,0 +1,35 @@
+"""The signing engine: prepared PDFs in, PAdES-signed PDFs out.
+
+Public API (see ``notes/signing.md`` for the pyHanko facts behind it)::
+
+    SigningEngine(key=..., timestamps=..., trust_roots=..., font_path=...)
+        .inspect(data) -> PdfInfo                 refuse bad input (DocumentError)
+        .prepare(data, certificate_id=, fields=)  ID stamp on page 1 + empty text fields
+        .sign_approval(data, signature_field=, reason=, values=)
+                                                  fill fields + invisible PAdES B-T signature
+        .seal(data)                               DSS + document timestamp: PAdES B-LTA
+    verify_pdf(data, trust_roots=) -> VerificationReport
+
+The engine is pure bytes-in/bytes-out: a failure leaves the caller's input untouched.
+"""
+
+from ._documents import FieldBox, PdfInfo
+from ._engine import RevocationData, SigningEngine, approval_reason
+from ._keys import SigningKey, load_pkcs11_signer, load_pkcs12_signer
+from ._timestamps import TimestampService
+from ._verify import SignatureReport, VerificationReport, verify_pdf
+
+__all__ = [
+    "FieldBox",
+    "PdfInfo",
+    "RevocationData",
+    "SignatureReport",
+    "SigningEngine",
+    "SigningKey",
+    "TimestampService",
+    "VerificationReport",
+    "approval_reason",
+    "load_pkcs11_signer",
+    "load_pkcs12_signer",
+    "verify_pdf",
+]

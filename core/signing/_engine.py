@@ -1,0 +1,323 @@
+# mypy: disable-error-code="no-untyped-call"
+# (pyHanko's PDF object constructors and writer methods are unannotated; every call would need
+# its own ignore otherwise)
+"""The signing engine: bytes in, bytes out; one revision per operation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from io import BytesIO
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+from asn1crypto import crl, ocsp, pem, x509
+from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+from pyhanko.pdf_utils.misc import PdfError
+from pyhanko.pdf_utils.reader import PdfFileReader
+from pyhanko.sign import fields as sig_fields
+from pyhanko.sign.general import SigningError as PyHankoSigningError
+from pyhanko.sign.signers import PdfSignatureMetadata, PdfSigner, PdfTimeStamper
+from pyhanko.sign.signers.pdf_signer import TimestampDSSContentSettings
+from pyhanko.sign.validation import DocumentSecurityStore, collect_validation_info
+from pyhanko_certvalidator import ValidationContext
+from pyhanko_certvalidator.errors import PathBuildingError, PathValidationError
+
+from core.errors import Disposition, SigningError
+
+from ._cjkfont import CjkFont
+from ._documents import FieldBox, PdfInfo, fill_text_fields, inspect_document, prepare_document
+from ._keys import SigningKey
+from ._loop import BackgroundLoop, shared_loop
+from ._timestamps import TimestampService
+
+__all__ = ["RevocationData", "SigningEngine", "approval_reason"]
+
+log = logging.getLogger(__name__)
+
+JST = ZoneInfo("Asia/Tokyo")
+MD_ALGORITHM = "sha256"
+T = TypeVar("T")
+
+# DER bytes for everything in the CMS besides certificates, signature value and timestamp token
+# (signed attributes incl. signing-certificate-v2 and algorithm protection, structure overhead)
+_CMS_OVERHEAD = 2048
+
+
+def approval_reason(*, name: str, email: str, at: datetime) -> str:
+    """The /Reason of an approval: ``{name} 様 {email} が {JST time} +09:00 JSTに承認しました``."""
+    if at.tzinfo is None:
+        raise ValueError("approval time must be timezone-aware")
+    local = at.astimezone(JST)
+    return f"{name} 様 {email} が {local:%Y-%m-%d %H:%M:%S} +09:00 JSTに承認しました"
+
+
+def _load_pem_or_der(path: Path) -> bytes:
+    data = path.read_bytes()
+    if pem.detect(data):
+        _type, _headers, data = pem.unarmor(data)
+    return data
+
+
+@dataclass(frozen=True)
+class RevocationData:
+    """Revocation data the engine embeds besides what it fetches (the dev PKI's offline CRL)."""
+
+    crls: Sequence[crl.CertificateList] = ()
+    ocsps: Sequence[ocsp.OCSPResponse] = ()
+    certs: Sequence[x509.Certificate] = ()
+    allow_fetching: bool = True
+
+    @classmethod
+    def from_files(
+        cls,
+        *,
+        crl_paths: Sequence[Path] = (),
+        cert_paths: Sequence[Path] = (),
+        allow_fetching: bool,
+    ) -> RevocationData:
+        """Load CRLs and certificates from PEM or DER files."""
+        return cls(
+            crls=tuple(crl.CertificateList.load(_load_pem_or_der(p)) for p in crl_paths),
+            certs=tuple(x509.Certificate.load(_load_pem_or_der(p)) for p in cert_paths),
+            allow_fetching=allow_fetching,
+        )
+
+
+class SigningEngine:
+    """Prepares PDFs, adds approval signatures and seals finished documents (PAdES B-LTA)."""
+
+    def __init__(
+        self,
+        *,
+        key: SigningKey,
+        timestamps: TimestampService,
+        trust_roots: Sequence[x509.Certificate],
+        font_path: Path | None,
+        location: str = "日本",
+        revinfo: RevocationData | None = None,
+        loop: BackgroundLoop | None = None,
+    ) -> None:
+        self._key = key
+        self._timestamps = timestamps
+        self._trust_roots = list(trust_roots)
+        self._font = CjkFont(font_path) if font_path is not None else None
+        self._location = location
+        self._revinfo = revinfo or RevocationData()
+        self._loop = loop or shared_loop()
+        # how often a reservation was too small (the TSA grew its token): visible in tests/logs
+        self.reservation_overflows = 0
+
+    # -- documents -------------------------------------------------------------------------
+
+    def inspect(self, data: bytes) -> PdfInfo:
+        """Accept an input PDF or refuse it with a :class:`DocumentError` (not a PDF, damaged,
+        encrypted, already signed, no pages)."""
+        return inspect_document(data)
+
+    def prepare(self, data: bytes, *, certificate_id: str, fields: Sequence[FieldBox]) -> bytes:
+        """Before any signature: stamp the certificate ID on page 1 and add empty text fields."""
+        return prepare_document(data, certificate_id=certificate_id, fields=fields)
+
+    # -- approvals -------------------------------------------------------------------------
+
+    def bytes_reserved(self) -> int:
+        """Hex characters reserved for one approval's CMS container (even, with margin)."""
+        token = self._timestamps.token_size_hint
+        der = (
+            self._key.cms_certificates_size()
+            + self._key.signature_size
+            + _CMS_OVERHEAD
+            + token
+            + token // 4
+            + 512
+        )
+        size = 2 * der
+        return size + (-size % 512)
+
+    def sign_approval(
+        self, data: bytes, *, signature_field: str, reason: str, values: Mapping[str, str]
+    ) -> bytes:
+        """Fill ``values`` (read-only afterwards) and add an invisible PAdES B-T signature, as one
+        incremental revision."""
+        return self._run(
+            self.async_sign_approval(
+                data, signature_field=signature_field, reason=reason, values=values
+            )
+        )
+
+    async def async_sign_approval(
+        self, data: bytes, *, signature_field: str, reason: str, values: Mapping[str, str]
+    ) -> bytes:
+        """Async :meth:`sign_approval`, for callers inside an event loop."""
+        return await self._loop.run_async(
+            self._sign_approval(data, signature_field=signature_field, reason=reason, values=values)
+        )
+
+    async def _sign_approval(
+        self, data: bytes, *, signature_field: str, reason: str, values: Mapping[str, str]
+    ) -> bytes:
+        try:
+            writer = IncrementalPdfFileWriter(BytesIO(data), strict=True)
+        except (PdfError, ValueError, KeyError) as exc:
+            raise SigningError(
+                "signing.document_unreadable",
+                "The prepared document cannot be read.",
+                "署名対象の文書を読み込めません。",
+            ) from exc
+        if any(
+            True for _ in sig_fields.enumerate_sig_fields(writer.prev, with_name=signature_field)
+        ):
+            raise SigningError(
+                "signing.field_exists",
+                f"A signature field named {signature_field!r} already exists.",
+                f"署名フィールド {signature_field!r} はすでに存在します。",
+            )
+        fill_text_fields(writer, values, font=self._font)
+        meta = PdfSignatureMetadata(
+            field_name=signature_field,
+            md_algorithm=MD_ALGORITHM,
+            reason=reason,
+            location=self._location,
+            subfilter=sig_fields.SigSeedSubFilter.PADES,
+        )
+        signer = PdfSigner(
+            meta,
+            signer=self._key.signer,
+            timestamper=self._timestamps.timestamper,
+            new_field_spec=sig_fields.SigFieldSpec(sig_field_name=signature_field),
+        )
+        reserved = self.bytes_reserved()
+        out = BytesIO()
+        try:
+            await signer.async_sign_pdf(writer, bytes_reserved=reserved, output=out)
+        except SigningError:
+            raise
+        except PyHankoSigningError as exc:
+            if "larger than expected" not in str(exc):
+                raise self._failed(exc) from exc
+            # the TSA sent a token bigger than ever before; the writer is spent, so redo the
+            # revision from the input bytes and let pyHanko measure the container, once
+            self.reservation_overflows += 1
+            log.warning("signature container overflowed %d reserved bytes; retrying", reserved)
+            return await self._sign_unreserved(data, signature_field, meta, values)
+        except (PdfError, ValueError, OSError) as exc:
+            raise self._failed(exc) from exc
+        return out.getvalue()
+
+    async def _sign_unreserved(
+        self,
+        data: bytes,
+        signature_field: str,
+        meta: PdfSignatureMetadata,
+        values: Mapping[str, str],
+    ) -> bytes:
+        writer = IncrementalPdfFileWriter(BytesIO(data), strict=True)
+        fill_text_fields(writer, values, font=self._font)
+        signer = PdfSigner(
+            meta,
+            signer=self._key.signer,
+            timestamper=self._timestamps.timestamper,
+            new_field_spec=sig_fields.SigFieldSpec(sig_field_name=signature_field),
+        )
+        out = BytesIO()
+        try:
+            await signer.async_sign_pdf(writer, output=out)
+        except SigningError:
+            raise
+        except (PyHankoSigningError, PdfError, ValueError, OSError) as exc:
+            raise self._failed(exc) from exc
+        return out.getvalue()
+
+    # -- completion --------------------------------------------------------------------------
+
+    def seal(self, data: bytes) -> bytes:
+        """Embed validation data (DSS) for every signature and add a document timestamp: the
+        result is PAdES B-LTA. A TSA outage raises the retriable ``signing.tsa_unreachable``."""
+        return self._run(self.async_seal(data))
+
+    async def async_seal(self, data: bytes) -> bytes:
+        """Async :meth:`seal`."""
+        return await self._loop.run_async(self._seal(data))
+
+    def _validation_context(self) -> ValidationContext:
+        # one per operation: a ValidationContext caches fetched data and is not shareable
+        return ValidationContext(
+            trust_roots=self._trust_roots,
+            other_certs=[*self._key.chain, *self._revinfo.certs],
+            crls=list(self._revinfo.crls),
+            ocsps=list(self._revinfo.ocsps),
+            allow_fetching=self._revinfo.allow_fetching,
+            revocation_mode="hard-fail",
+        )
+
+    async def _seal(self, data: bytes) -> bytes:
+        try:
+            reader = PdfFileReader(BytesIO(data), strict=True)
+            signatures = list(reader.embedded_signatures)
+        except (PdfError, ValueError, KeyError) as exc:
+            raise SigningError(
+                "signing.document_unreadable",
+                "The signed document cannot be read.",
+                "署名済み文書を読み込めません。",
+            ) from exc
+        vc = self._validation_context()
+        try:
+            paths = []
+            for embedded in signatures:
+                paths.extend(await collect_validation_info(embedded, vc))
+            writer = IncrementalPdfFileWriter.from_reader(reader)
+            DocumentSecurityStore.supply_dss_in_writer(
+                writer, sig_contents=None, paths=paths, validation_context=vc
+            )
+            doc_ts_count = len(reader.embedded_timestamp_signatures)
+            stamper = PdfTimeStamper(
+                self._timestamps.timestamper, field_name=f"kg_doc_timestamp_{doc_ts_count + 1}"
+            )
+            out = BytesIO()
+            await stamper.async_timestamp_pdf(
+                writer,
+                MD_ALGORITHM,
+                validation_context=vc,
+                bytes_reserved=2 * (self._timestamps.token_size_hint * 2 + 1024),
+                output=out,
+                dss_settings=TimestampDSSContentSettings(include_vri=False),
+            )
+        except SigningError:
+            raise
+        except (PathBuildingError, PathValidationError) as exc:
+            raise SigningError(
+                "signing.validation_data_unavailable",
+                "Validation data (certificate chain, CRL/OCSP) for a signature could not be "
+                "collected; the document was not sealed.",
+                "署名の検証情報（証明書チェーン・失効情報）を取得できなかったため、"
+                "タイムスタンプを付与できませんでした。",
+                disposition=Disposition.RETRIABLE,
+                details={"reason": str(exc)[:300]},
+            ) from exc
+        except (PyHankoSigningError, PdfError, ValueError, OSError) as exc:
+            raise self._failed(exc) from exc
+        finally:
+            await vc.aclose()
+        return out.getvalue()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run(coro)
+
+    @staticmethod
+    def _failed(exc: BaseException) -> SigningError:
+        return SigningError(
+            "signing.failed",
+            f"Signing failed: {type(exc).__name__}: {exc}"[:500],
+            "電子署名の処理に失敗しました。",
+        )
+
+    def close(self) -> None:
+        """Release the TSA session and the PKCS#11 session."""
+        self._loop.run(self._timestamps.aclose())
+        self._key.close()

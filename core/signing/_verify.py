@@ -1,0 +1,327 @@
+# mypy: disable-error-code="no-untyped-call"
+# (pyHanko's PDF object constructors and writer methods are unannotated; every call would need
+# its own ignore otherwise)
+"""Validation of a signed PDF from its own embedded data (what ``keiyaku verify`` reports).
+
+Two passes per signature:
+
+* integrity and trust (pyHanko's PDF signature validation, revocation *soft-fail*, no network):
+  is the byte range intact, the CMS signature valid, the chain anchored in ``trust_roots``, the
+  signature timestamp valid, and every later revision an allowed modification (DocMDP);
+* long-term validation: the AdES LTA procedure with revocation data *required* for every
+  certificate and fetched from nowhere (``LOCAL_ONLY``), so it passes only when the document's
+  DSS carries what an archive needs years later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from io import BytesIO
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from asn1crypto import x509
+from pyhanko.pdf_utils.reader import PdfFileReader
+from pyhanko.sign.ades.report import AdESPassed
+from pyhanko.sign.diff_analysis import ModificationLevel
+from pyhanko.sign.validation import (
+    EmbeddedPdfSignature,
+    async_validate_pdf_signature,
+    async_validate_pdf_timestamp,
+)
+from pyhanko.sign.validation.ades import ades_lta_validation
+from pyhanko.sign.validation.dss import DocumentSecurityStore
+from pyhanko.sign.validation.errors import ValidationInfoReadingError
+from pyhanko.sign.validation.policy_decl import (
+    PdfSignatureValidationSpec,
+    RevinfoOnlineFetchingRule,
+    RevocationInfoGatheringSpec,
+    SignatureValidationSpec,
+)
+from pyhanko_certvalidator import ValidationContext
+from pyhanko_certvalidator.context import CertValidationPolicySpec
+from pyhanko_certvalidator.policy_decl import REQUIRE_REVINFO, CertRevTrustPolicy
+from pyhanko_certvalidator.registry import SimpleTrustManager
+
+from ._loop import shared_loop
+
+__all__ = ["SignatureReport", "VerificationReport", "verify_pdf"]
+
+log = logging.getLogger(__name__)
+JST = ZoneInfo("Asia/Tokyo")
+_ALLOWED_LEVELS = {
+    ModificationLevel.NONE,
+    ModificationLevel.LTA_UPDATES,
+    ModificationLevel.FORM_FILLING,
+}
+
+
+@dataclass(frozen=True)
+class SignatureReport:
+    """The verdict on one signature or document timestamp."""
+
+    kind: Literal["approval", "document_timestamp"]
+    field_name: str
+    signer: str | None = None
+    reason: str | None = None
+    signing_time: datetime | None = None
+    intact: bool = False
+    trusted: bool = False
+    timestamp_present: bool = False
+    timestamp_valid: bool = False
+    ltv: bool = False
+    modification_level: str | None = None
+    docmdp_ok: bool = False
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """Every check passed."""
+        return (
+            self.intact
+            and self.trusted
+            and self.timestamp_present
+            and self.timestamp_valid
+            and self.ltv
+            and self.docmdp_ok
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (times in ISO 8601, JST)."""
+        data = asdict(self)
+        data["signing_time"] = self.signing_time.isoformat() if self.signing_time else None
+        data["problems"] = list(self.problems)
+        data["ok"] = self.ok
+        return data
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    """The verdict on a whole document: ok when every signature is, and there is one."""
+
+    signatures: tuple[SignatureReport, ...] = ()
+    error: str | None = None
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        """At least one signature, every one fully valid, and the file readable."""
+        return self.error is None and bool(self.signatures) and all(s.ok for s in self.signatures)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "ok": self.ok,
+            "error": self.error,
+            "signatures": [s.as_dict() for s in self.signatures],
+        }
+
+
+def _cn(cert: x509.Certificate | None) -> str | None:
+    if cert is None:
+        return None
+    cn = cert.subject.native.get("common_name")
+    return str(cn) if cn else cert.subject.human_friendly
+
+
+def _jst(moment: datetime | None) -> datetime | None:
+    return moment.astimezone(JST) if moment is not None else None
+
+
+def _local_context(
+    reader: PdfFileReader,
+    embedded: EmbeddedPdfSignature,
+    trust_roots: Sequence[x509.Certificate],
+    *,
+    offline: bool,
+) -> ValidationContext:
+    """Trust roots plus everything the file carries: DSS certs/CRLs/OCSPs and CMS certificates."""
+    kwargs: dict[str, Any] = {
+        "trust_roots": list(trust_roots),
+        "other_certs": list(embedded.other_embedded_certs),
+        "allow_fetching": not offline,
+        "revocation_mode": "soft-fail",
+    }
+    try:
+        dss = DocumentSecurityStore.read_dss(reader)
+    except ValidationInfoReadingError:
+        return ValidationContext(**kwargs)
+    return dss.as_validation_context(kwargs)
+
+
+def _lta_spec(
+    trust_roots: Sequence[x509.Certificate], *, offline: bool
+) -> PdfSignatureValidationSpec:
+    rule = (
+        RevinfoOnlineFetchingRule.LOCAL_ONLY
+        if offline
+        else RevinfoOnlineFetchingRule.NO_HISTORICAL_FETCH
+    )
+    return PdfSignatureValidationSpec(
+        SignatureValidationSpec(
+            cert_validation_policy=CertValidationPolicySpec(
+                trust_manager=SimpleTrustManager.build(trust_roots=list(trust_roots)),
+                revinfo_policy=CertRevTrustPolicy(REQUIRE_REVINFO),
+            ),
+            revinfo_gathering_policy=RevocationInfoGatheringSpec(online_fetching_rule=rule),
+        )
+    )
+
+
+async def _check_approval(
+    reader: PdfFileReader,
+    embedded: EmbeddedPdfSignature,
+    trust_roots: Sequence[x509.Certificate],
+    *,
+    offline: bool,
+) -> SignatureReport:
+    problems: list[str] = []
+    vc = _local_context(reader, embedded, trust_roots, offline=offline)
+    ts_vc = _local_context(reader, embedded, trust_roots, offline=offline)
+    try:
+        status = await async_validate_pdf_signature(
+            embedded, signer_validation_context=vc, ts_validation_context=ts_vc
+        )
+    finally:
+        await vc.aclose()
+        await ts_vc.aclose()
+    ts = status.timestamp_validity
+    level = status.modification_level
+    ltv = False
+    try:
+        lta = await ades_lta_validation(embedded, _lta_spec(trust_roots, offline=offline))
+        ltv = lta.ades_subindic == AdESPassed.OK
+        if not ltv:
+            problems.append(f"LTV: {lta.ades_subindic}: {lta.failure_msg}")
+    except Exception as exc:  # the AdES API is incubating upstream; report, do not crash
+        problems.append(f"LTV: {type(exc).__name__}: {exc}")
+    if not status.intact:
+        problems.append("the signed byte range does not match its digest")
+    if not status.valid:
+        problems.append("the CMS signature value is invalid")
+    if not status.trusted:
+        problems.append("the signer's certificate does not chain to a trusted root")
+    if ts is None:
+        problems.append("no signature timestamp")
+    elif not (ts.intact and ts.valid and ts.trusted):
+        problems.append("the signature timestamp is invalid or untrusted")
+    docmdp_ok = status.docmdp_ok is not False and (level is None or level in _ALLOWED_LEVELS)
+    if not docmdp_ok:
+        problems.append(f"later revisions are not allowed modifications ({level})")
+    reason = embedded.sig_object.get("/Reason")
+    signing_time = ts.timestamp if ts is not None else status.signer_reported_dt
+    return SignatureReport(
+        kind="approval",
+        field_name=embedded.field_name,
+        signer=_cn(embedded.signer_cert),
+        reason=str(reason) if reason is not None else None,
+        signing_time=_jst(signing_time),
+        intact=bool(status.intact and status.valid),
+        trusted=bool(status.trusted),
+        timestamp_present=ts is not None,
+        timestamp_valid=bool(ts is not None and ts.intact and ts.valid and ts.trusted),
+        ltv=ltv,
+        modification_level=level.name if level is not None else None,
+        docmdp_ok=docmdp_ok,
+        problems=tuple(problems),
+    )
+
+
+async def _check_document_timestamp(
+    reader: PdfFileReader,
+    embedded: EmbeddedPdfSignature,
+    trust_roots: Sequence[x509.Certificate],
+    *,
+    offline: bool,
+) -> SignatureReport:
+    problems: list[str] = []
+    vc = _local_context(reader, embedded, trust_roots, offline=offline)
+    try:
+        status = await async_validate_pdf_timestamp(embedded, validation_context=vc)
+    finally:
+        await vc.aclose()
+    # LTV of a document timestamp: its TSA chain validates with revocation data *required*, from
+    # the file alone, at the time it was issued
+    strict = ValidationContext(
+        trust_roots=list(trust_roots),
+        other_certs=list(vc.certificate_registry),
+        crls=list(vc.crls),
+        ocsps=list(vc.ocsps),
+        allow_fetching=not offline,
+        revinfo_policy=CertRevTrustPolicy(REQUIRE_REVINFO),
+        moment=status.timestamp,
+    )
+    try:
+        strict_status = await async_validate_pdf_timestamp(
+            embedded, validation_context=strict, skip_diff=True
+        )
+        ltv = bool(strict_status.trusted)
+        if not ltv:
+            problems.append("LTV: revocation data for the TSA chain is not embedded")
+    finally:
+        await strict.aclose()
+    level = status.modification_level
+    docmdp_ok = status.docmdp_ok is not False and (level is None or level in _ALLOWED_LEVELS)
+    if not (status.intact and status.valid):
+        problems.append("the document timestamp does not match the document")
+    if not status.trusted:
+        problems.append("the TSA certificate does not chain to a trusted root")
+    if not docmdp_ok:
+        problems.append(f"later revisions are not allowed modifications ({level})")
+    return SignatureReport(
+        kind="document_timestamp",
+        field_name=embedded.field_name,
+        signer=_cn(embedded.signer_cert),
+        reason=None,
+        signing_time=_jst(status.timestamp),
+        intact=bool(status.intact and status.valid),
+        trusted=bool(status.trusted),
+        timestamp_present=True,
+        timestamp_valid=bool(status.intact and status.valid and status.trusted),
+        ltv=ltv,
+        modification_level=level.name if level is not None else None,
+        docmdp_ok=docmdp_ok,
+        problems=tuple(problems),
+    )
+
+
+async def _verify(
+    data: bytes, trust_roots: Sequence[x509.Certificate], offline: bool
+) -> VerificationReport:
+    try:
+        reader = PdfFileReader(BytesIO(data), strict=False)
+        signatures = list(reader.embedded_signatures)
+    except Exception as exc:  # any parse failure is a verdict, not a crash
+        return VerificationReport(error=f"unreadable PDF: {type(exc).__name__}: {exc}"[:500])
+    reports: list[SignatureReport] = []
+    for embedded in signatures:
+        kind: Literal["approval", "document_timestamp"] = (
+            "document_timestamp" if embedded.sig_object_type == "/DocTimeStamp" else "approval"
+        )
+        try:
+            if kind == "approval":
+                report = await _check_approval(reader, embedded, trust_roots, offline=offline)
+            else:
+                report = await _check_document_timestamp(
+                    reader, embedded, trust_roots, offline=offline
+                )
+        except Exception as exc:  # a damaged signature is reported as such
+            log.info("signature %s failed to validate", embedded.field_name, exc_info=True)
+            report = SignatureReport(
+                kind=kind,
+                field_name=str(embedded.field_name),
+                problems=(f"{type(exc).__name__}: {exc}"[:500],),
+            )
+        reports.append(report)
+    return VerificationReport(signatures=tuple(reports))
+
+
+def verify_pdf(
+    data: bytes, *, trust_roots: Sequence[x509.Certificate], offline: bool = True
+) -> VerificationReport:
+    """Validate every signature and document timestamp of ``data`` from its embedded data only
+    (no network when ``offline``); never raises for a damaged file."""
+    return shared_loop().run(_verify(data, trust_roots, offline))
