@@ -229,3 +229,6 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     ip: Mapped[str | None] = mapped_column(String(45))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON(), default=dict)
+
+    # Lets the unit of work insert an envelope before the events that refer to it.
+    envelope: Mapped[Envelope | None] = relationship()

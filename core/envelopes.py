@@ -1,0 +1,902 @@
+"""Envelope services: create, send, view, approve (and sign), decline, cancel, expire, seal.
+
+Every function takes the session explicitly and is keyword-only. State changes go through
+:mod:`core.states`; each change and its audit events commit in one transaction.
+
+Approving is two steps so that a TSA outage never leaves a document half-signed:
+
+1. :func:`record_approval` stores the party's instruction (who, when, from where, how
+   authenticated) and moves the party to ``signing``, atomically and exactly once even when the
+   same approval is submitted twice at the same moment (a conditional ``UPDATE``).
+2. :func:`apply_pending_signature` signs every document for that party and, in one transaction,
+   points the documents at their new revisions, completes the party and hands the envelope to
+   the next party. When the TSA is down it records the error and leaves the party in
+   ``signing``; :func:`resume_pending` finishes it later. The last party's signature moves the
+   envelope to ``sealing``, and :func:`seal_envelope` adds validation data and a document
+   timestamp, then issues the completion certificate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core.audit import list_events, record_event
+from core.blobs import BlobStore
+from core.certificate import CertificateData, CertificateOperation, render_certificate
+from core.errors import DocumentError, GatewayError, NotFoundError, StateError
+from core.model import Document, Envelope, Field, Party, utcnow
+from core.signing import FieldBox, SigningEngine, approval_reason
+from core.states import (
+    ACTIONABLE_PARTY_STATES,
+    EnvelopeState,
+    PartyRole,
+    PartyState,
+    check_envelope_transition,
+    check_party_transition,
+    envelope_state_ja,
+)
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits from the buyers' specifications (Sapporo: 20 MB/file, 50 MB/contract, 5+ files)."""
+
+    max_file_bytes: int = 20 * MB
+    max_envelope_bytes: int = 50 * MB
+    max_files: int = 20
+    max_parties: int = 50
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the services need besides the session: the blob store and the signing engine."""
+
+    blobs: BlobStore
+    signing: SigningEngine
+    buyer_name: str
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True)
+class DocumentInput:
+    """One PDF handed to :func:`create_envelope`."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class PartyInput:
+    """One party, in routing order."""
+
+    role: PartyRole
+    name: str
+    email: str
+    company: str | None = None
+
+
+@dataclass(frozen=True)
+class FieldInput:
+    """A text box: which document (0-based), which party (0-based), where, and what for."""
+
+    document: int
+    party: int
+    label: str
+    page: int
+    rect: tuple[float, float, float, float]
+    required: bool = True
+    max_length: int = 200
+
+
+_SIGNING_ROLES = frozenset({PartyRole.APPROVER, PartyRole.SIGNER})
+
+
+def _input_error(code: str, message_en: str, message_ja: str, **details: object) -> DocumentError:
+    return DocumentError(code, message_en, message_ja, details=dict(details))
+
+
+def _check_limits(documents: Sequence[DocumentInput], limits: Limits) -> None:
+    if not documents:
+        raise _input_error(
+            "document.none", "an envelope needs at least one document", "文書が添付されていません。"
+        )
+    if len(documents) > limits.max_files:
+        raise _input_error(
+            "document.too_many_files",
+            f"{len(documents)} files given; at most {limits.max_files} per envelope",
+            f"1件の封筒に添付できる文書は{limits.max_files}ファイルまでです"
+            f"({len(documents)}ファイルが指定されました)。",
+            count=len(documents),
+            limit=limits.max_files,
+        )
+    for doc in documents:
+        if len(doc.data) > limits.max_file_bytes:
+            raise _input_error(
+                "document.too_large",
+                f"{doc.name} is {len(doc.data)} bytes; at most {limits.max_file_bytes} per file",
+                f"「{doc.name}」は1ファイルの上限({limits.max_file_bytes // MB}MB)を超えています。",
+                document=doc.name,
+                size=len(doc.data),
+                limit=limits.max_file_bytes,
+            )
+    total = sum(len(d.data) for d in documents)
+    if total > limits.max_envelope_bytes:
+        raise _input_error(
+            "document.envelope_too_large",
+            f"documents total {total} bytes; at most {limits.max_envelope_bytes} per envelope",
+            f"文書の合計サイズが1件あたりの上限({limits.max_envelope_bytes // MB}MB)を超えています。",
+            size=total,
+            limit=limits.max_envelope_bytes,
+        )
+
+
+def _check_parties(parties: Sequence[PartyInput], limits: Limits) -> None:
+    if not any(p.role in _SIGNING_ROLES for p in parties):
+        raise StateError(
+            "envelope.no_signer",
+            "an envelope needs at least one approver or signer",
+            "承認者または署名者を1人以上指定してください。",
+        )
+    if len(parties) > limits.max_parties:
+        raise StateError(
+            "envelope.too_many_parties",
+            f"{len(parties)} parties given; at most {limits.max_parties}",
+            f"署名者は{limits.max_parties}人までです。",
+        )
+    for index, party in enumerate(parties):
+        if not party.name.strip() or "@" not in party.email:
+            raise StateError(
+                "envelope.bad_party",
+                f"party {index + 1} needs a name and an e-mail address",
+                f"{index + 1}番目の署名者の氏名とメールアドレスを入力してください。",
+                details={"party": index + 1},
+            )
+
+
+def _field_error(index: int, message_en: str, message_ja: str) -> StateError:
+    return StateError(
+        "envelope.bad_field",
+        f"field {index + 1}: {message_en}",
+        f"{index + 1}番目のテキストボックス: {message_ja}",
+        details={"field": index + 1},
+    )
+
+
+def _check_fields(
+    fields: Sequence[FieldInput], parties: Sequence[PartyInput], page_counts: Sequence[int]
+) -> None:
+    for index, f in enumerate(fields):
+        if not 0 <= f.document < len(page_counts):
+            raise _field_error(index, "no such document", "指定された文書がありません。")
+        if not 0 <= f.party < len(parties):
+            raise _field_error(index, "no such party", "指定された署名者がいません。")
+        if parties[f.party].role not in _SIGNING_ROLES:
+            raise _field_error(
+                index, "a cc party cannot fill fields", "CC(写し送付先)は入力できません。"
+            )
+        if not 1 <= f.page <= page_counts[f.document]:
+            raise _field_error(index, "page out of range", "ページ番号が文書の範囲外です。")
+        x1, y1, x2, y2 = f.rect
+        if not (x2 > x1 and y2 > y1):
+            raise _field_error(index, "empty rectangle", "位置と大きさが正しくありません。")
+
+
+def _new_management_number(session: Session, now: dt.datetime) -> str:
+    # Readable, sortable and unique without a sequence shared across nodes.
+    return f"KG-{now:%Y%m%d}-{secrets.token_hex(4).upper()}"
+
+
+def create_envelope(
+    *,
+    session: Session,
+    runtime: Runtime,
+    title: str,
+    creator: str,
+    documents: Sequence[DocumentInput],
+    parties: Sequence[PartyInput],
+    fields: Sequence[FieldInput] = (),
+    creator_email: str | None = None,
+    management_number: str | None = None,
+    counterparty: str | None = None,
+    amount: Decimal | None = None,
+    transaction_date: dt.date | None = None,
+    deadline: dt.date | None = None,
+    actor: str | None = None,
+) -> Envelope:
+    """Validate the inputs, stamp and prepare every document, and add a draft envelope.
+
+    Nothing is added to the session when any input is refused.
+    """
+    if not title.strip():
+        raise StateError(
+            "envelope.no_title", "an envelope needs a title", "件名を入力してください。"
+        )
+    limits = runtime.limits
+    _check_limits(documents, limits)
+    _check_parties(parties, limits)
+    infos = [runtime.signing.inspect(doc.data) for doc in documents]
+    _check_fields(fields, parties, [i.page_count for i in infos])
+
+    now = utcnow()
+    envelope = Envelope(
+        id=secrets.token_hex(16),
+        management_number=management_number or _new_management_number(session, now),
+        title=title.strip(),
+        state=EnvelopeState.DRAFT,
+        certificate_id=secrets.token_hex(16),
+        creator=creator,
+        creator_email=creator_email,
+        counterparty=counterparty,
+        amount=amount,
+        transaction_date=transaction_date,
+        deadline=deadline,
+        created_at=now,
+        updated_at=now,
+    )
+    party_rows = [
+        Party(
+            id=secrets.token_hex(16),
+            routing_order=order,
+            role=p.role,
+            state=PartyState.WAITING,
+            name=p.name.strip(),
+            email=p.email.strip(),
+            company=p.company,
+        )
+        for order, p in enumerate(parties, start=1)
+    ]
+    doc_ids = [secrets.token_hex(16) for _ in documents]
+    field_rows = [
+        Field(
+            id=secrets.token_hex(16),
+            document_id=doc_ids[f.document],
+            party_id=party_rows[f.party].id,
+            name=f"kg_text_{index + 1}",
+            label=f.label,
+            page=f.page,
+            x1=f.rect[0],
+            y1=f.rect[1],
+            x2=f.rect[2],
+            y2=f.rect[3],
+            required=f.required,
+            max_length=f.max_length,
+        )
+        for index, f in enumerate(fields)
+    ]
+    # Prepare (certificate ID stamp + empty text fields) before anything is stored, so a
+    # refused document leaves neither rows nor blobs behind.
+    prepared = [
+        runtime.signing.prepare(
+            doc.data,
+            certificate_id=envelope.certificate_id,
+            fields=[
+                FieldBox(name=f.name, page=f.page, rect=(f.x1, f.y1, f.x2, f.y2))
+                for f in field_rows
+                if f.document_id == doc_ids[position]
+            ],
+        )
+        for position, doc in enumerate(documents)
+    ]
+    for position, (doc, info, data) in enumerate(zip(documents, infos, prepared, strict=True)):
+        envelope.documents.append(
+            Document(
+                id=doc_ids[position],
+                position=position,
+                name=doc.name,
+                original_blob_id=runtime.blobs.put(doc.data),
+                original_sha256=hashlib.sha256(doc.data).hexdigest(),
+                blob_id=runtime.blobs.put(data),
+                size=len(data),
+                page_count=info.page_count,
+            )
+        )
+    envelope.parties.extend(party_rows)
+    envelope.fields.extend(field_rows)
+    session.add(envelope)
+    record_event(
+        session=session,
+        action="envelope.created",
+        actor=actor or creator,
+        envelope_id=envelope.id,
+        at=now,
+        detail={"documents": [d.name for d in documents], "parties": len(parties)},
+    )
+    session.flush()
+    return envelope
+
+
+def get_envelope(*, session: Session, envelope_id: str) -> Envelope:
+    """One envelope by id, or ``not_found.envelope``."""
+    envelope = session.get(Envelope, envelope_id)
+    if envelope is None:
+        raise NotFoundError(
+            "not_found.envelope", f"no envelope {envelope_id}", "指定された封筒が見つかりません。"
+        )
+    return envelope
+
+
+def get_party(*, session: Session, envelope_id: str, party_id: str) -> Party:
+    """One party of one envelope (looked up through its envelope, never by id alone)."""
+    party = session.scalar(
+        select(Party).where(Party.id == party_id, Party.envelope_id == envelope_id)
+    )
+    if party is None:
+        raise NotFoundError(
+            "not_found.party", f"no party {party_id} in {envelope_id}", "署名者が見つかりません。"
+        )
+    return party
+
+
+def _set_envelope_state(envelope: Envelope, target: EnvelopeState, now: dt.datetime) -> None:
+    check_envelope_transition(envelope.state, target)
+    envelope.state = target
+    envelope.updated_at = now
+
+
+def _set_party_state(party: Party, target: PartyState) -> None:
+    check_party_transition(party.state, target)
+    party.state = target
+
+
+def _advance(session: Session, envelope: Envelope, now: dt.datetime) -> Party | None:
+    """Hand the envelope to the next party; move it to ``sealing`` when nobody is left.
+
+    Returns the party now asked to act, or None.
+    """
+    for party in envelope.parties:
+        if party.state is not PartyState.WAITING:
+            continue
+        if party.role is PartyRole.CC:
+            # A copy recipient never acts: it is told when its turn comes and routing goes on.
+            _set_party_state(party, PartyState.NOTIFIED)
+            party.sent_at = now
+            record_event(
+                session=session,
+                action="party.notified",
+                actor="system",
+                envelope_id=envelope.id,
+                party_id=party.id,
+                at=now,
+            )
+            continue
+        _set_party_state(party, PartyState.SENT)
+        party.sent_at = now
+        record_event(
+            session=session,
+            action="party.requested",
+            actor="system",
+            envelope_id=envelope.id,
+            party_id=party.id,
+            at=now,
+            detail={"routing_order": party.routing_order, "role": party.role.value},
+        )
+        return party
+    if all(p.state in (PartyState.COMPLETED, PartyState.NOTIFIED) for p in envelope.parties):
+        _set_envelope_state(envelope, EnvelopeState.SEALING, now)
+    return None
+
+
+def send_envelope(
+    *, session: Session, envelope_id: str, actor: str, ip: str | None = None
+) -> Party:
+    """Send a draft: the first acting party is asked to act. Returns that party."""
+    envelope = get_envelope(session=session, envelope_id=envelope_id)
+    now = utcnow()
+    _set_envelope_state(envelope, EnvelopeState.SENT, now)
+    envelope.sent_at = now
+    record_event(
+        session=session,
+        action="envelope.sent",
+        actor=actor,
+        envelope_id=envelope.id,
+        ip=ip,
+        at=now,
+    )
+    first = _advance(session, envelope, now)
+    assert first is not None  # create_envelope guarantees an acting party
+    session.flush()
+    return first
+
+
+def _require_current(party: Party) -> None:
+    envelope = party.envelope
+    if envelope.state is not EnvelopeState.SENT:
+        raise StateError(
+            "state.envelope_not_open",
+            f"the envelope is {envelope.state.value}; parties act only while it is sent",
+            f"この封筒は「{envelope_state_ja(envelope.state)}」のため、操作できません。",
+            details={"state": envelope.state.value},
+        )
+    if party.state is PartyState.WAITING:
+        raise StateError(
+            "state.not_your_turn",
+            f"party {party.routing_order} cannot act before the parties ahead of it",
+            "まだ順番が回ってきていません。前の署名者の手続き完了後に操作してください。",
+            details={"routing_order": party.routing_order},
+        )
+    if party.state not in ACTIONABLE_PARTY_STATES:
+        raise StateError(
+            "state.already_acted",
+            f"party {party.routing_order} has already acted ({party.state.value})",
+            "この署名依頼は既に処理されています。",
+            details={"state": party.state.value},
+        )
+
+
+def record_view(
+    *, session: Session, envelope_id: str, party_id: str, ip: str | None = None
+) -> Party:
+    """The current party opened the documents (first view only is a state change)."""
+    party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
+    _require_current(party)
+    if party.state is PartyState.SENT:
+        now = utcnow()
+        _set_party_state(party, PartyState.VIEWED)
+        party.viewed_at = now
+        record_event(
+            session=session,
+            action="party.viewed",
+            actor=party.email,
+            envelope_id=envelope_id,
+            party_id=party.id,
+            ip=ip,
+            at=now,
+        )
+        session.flush()
+    return party
+
+
+def _check_values(party: Party, values: Mapping[str, str]) -> dict[str, str]:
+    """Values for exactly this party's fields (by field id), required ones present."""
+    own = {f.id: f for f in party.fields}
+    unknown = sorted(set(values) - set(own))
+    if unknown:
+        raise StateError(
+            "envelope.foreign_field",
+            f"fields {unknown} do not belong to this party",
+            "入力できないテキストボックスが指定されました。",
+            details={"fields": unknown},
+        )
+    cleaned: dict[str, str] = {}
+    for field_id, f in own.items():
+        value = (values.get(field_id) or "").strip()
+        if f.required and not value:
+            raise StateError(
+                "envelope.field_required",
+                f"field {f.label!r} is required",
+                f"「{f.label}」を入力してください。",
+                details={"field": field_id},
+            )
+        if len(value) > f.max_length:
+            raise StateError(
+                "envelope.field_too_long",
+                f"field {f.label!r} takes at most {f.max_length} characters",
+                f"「{f.label}」は{f.max_length}文字以内で入力してください。",
+                details={"field": field_id},
+            )
+        cleaned[field_id] = value
+    return cleaned
+
+
+def record_approval(
+    *,
+    session: Session,
+    envelope_id: str,
+    party_id: str,
+    values: Mapping[str, str],
+    auth_method: str,
+    ip: str | None = None,
+) -> Party:
+    """Record the current party's instruction to sign; exactly once even under concurrent submits.
+
+    Moves the party to ``signing`` and commits. The signature itself is applied by
+    :func:`apply_pending_signature`.
+    """
+    party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
+    _require_current(party)
+    if party.role not in _SIGNING_ROLES:
+        raise StateError(
+            "state.cc_cannot_act", "a cc party cannot approve", "CC(写し送付先)は承認できません。"
+        )
+    cleaned = _check_values(party, values)
+    check_party_transition(party.state, PartyState.SIGNING)
+    now = utcnow()
+    # The conditional UPDATE is the once-only guard: of two simultaneous submits, one changes
+    # the row and the other sees rowcount 0.
+    result = session.execute(
+        update(Party)
+        .where(
+            Party.id == party.id,
+            Party.state.in_([s.value for s in ACTIONABLE_PARTY_STATES]),
+        )
+        .values(
+            state=PartyState.SIGNING.value,
+            approved_at=now,
+            approved_ip=ip,
+            auth_method=auth_method,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise StateError(
+            "state.already_acted",
+            "this approval was already submitted",
+            "この署名依頼は既に処理されています。",
+        )
+    for f in party.fields:
+        f.value = cleaned[f.id]
+    record_event(
+        session=session,
+        action="party.approved",
+        actor=party.email,
+        envelope_id=envelope_id,
+        party_id=party.id,
+        ip=ip,
+        at=now,
+        detail={"method": auth_method, "fields": len(cleaned)},
+    )
+    session.commit()
+    session.refresh(party)
+    return party
+
+
+def _signature_field_name(party: Party) -> str:
+    return f"kg_sig_{party.routing_order:02d}_{party.id[:8]}"
+
+
+def apply_pending_signature(
+    *, session: Session, runtime: Runtime, envelope_id: str, party_id: str
+) -> Party:
+    """Sign every document for a party in ``signing``; commit the new revisions at once.
+
+    On a retriable failure (TSA down) the error is recorded on the envelope, committed, and
+    re-raised; the party stays in ``signing`` with no document changed.
+    """
+    party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
+    envelope = party.envelope
+    check_party_transition(party.state, PartyState.COMPLETED)
+    assert party.approved_at is not None
+    reason = approval_reason(name=party.name, email=party.email, at=party.approved_at)
+    field_name = _signature_field_name(party)
+    new_blobs: dict[str, tuple[str, str, int]] = {}
+    try:
+        for doc in envelope.documents:
+            values = {f.name: f.value or "" for f in party.fields if f.document_id == doc.id}
+            signed = runtime.signing.sign_approval(
+                runtime.blobs.get(doc.blob_id),
+                signature_field=field_name,
+                reason=reason,
+                values=values,
+            )
+            new_blobs[doc.id] = (doc.blob_id, runtime.blobs.put(signed), len(signed))
+    except GatewayError as exc:
+        if exc.retriable:
+            _record_retriable(session, envelope, exc, party_id=party.id)
+        raise
+    now = utcnow()
+    # Compare-and-set on the party keeps a concurrent retry from applying twice; the loser's
+    # blobs are never referenced.
+    done = session.execute(
+        update(Party)
+        .where(Party.id == party.id, Party.state == PartyState.SIGNING.value)
+        .values(state=PartyState.COMPLETED.value, completed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise StateError(
+            "state.already_acted",
+            "this signature was already applied",
+            "この署名は既に適用されています。",
+        )
+    for doc in envelope.documents:
+        _, blob_id, size = new_blobs[doc.id]
+        doc.blob_id = blob_id
+        doc.size = size
+        doc.signature_count += 1
+    envelope.last_error = None
+    session.refresh(party)
+    record_event(
+        session=session,
+        action="party.signed",
+        actor="system",
+        envelope_id=envelope.id,
+        party_id=party.id,
+        at=now,
+        detail={"signature_field": field_name, "documents": len(envelope.documents)},
+    )
+    _advance(session, envelope, now)
+    session.commit()
+    return party
+
+
+def _record_retriable(
+    session: Session, envelope: Envelope, exc: GatewayError, *, party_id: str | None = None
+) -> None:
+    session.rollback()
+    envelope.last_error = f"{exc.code}: {exc.message_en}"
+    record_event(
+        session=session,
+        action="signing.deferred",
+        actor="system",
+        envelope_id=envelope.id,
+        party_id=party_id,
+        detail={"code": exc.code, "message": exc.message_en},
+    )
+    session.commit()
+    log.warning("envelope %s: signing deferred: %s", envelope.id, exc)
+
+
+def approve(
+    *,
+    session: Session,
+    runtime: Runtime,
+    envelope_id: str,
+    party_id: str,
+    values: Mapping[str, str],
+    auth_method: str,
+    ip: str | None = None,
+) -> Party:
+    """Record the party's approval, sign it, and seal the envelope when it was the last one."""
+    record_approval(
+        session=session,
+        envelope_id=envelope_id,
+        party_id=party_id,
+        values=values,
+        auth_method=auth_method,
+        ip=ip,
+    )
+    party = apply_pending_signature(
+        session=session, runtime=runtime, envelope_id=envelope_id, party_id=party_id
+    )
+    if party.envelope.state is EnvelopeState.SEALING:
+        seal_envelope(session=session, runtime=runtime, envelope_id=envelope_id)
+    return party
+
+
+def decline(
+    *, session: Session, envelope_id: str, party_id: str, reason: str, ip: str | None = None
+) -> Envelope:
+    """The current party declines with a reason; the envelope ends as ``declined``."""
+    party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
+    _require_current(party)
+    reason = reason.strip()
+    if not reason:
+        raise StateError(
+            "envelope.decline_reason_required",
+            "a decline needs a reason",
+            "却下する理由を入力してください。",
+        )
+    now = utcnow()
+    _set_party_state(party, PartyState.DECLINED)
+    party.decline_reason = reason
+    _set_envelope_state(party.envelope, EnvelopeState.DECLINED, now)
+    record_event(
+        session=session,
+        action="party.declined",
+        actor=party.email,
+        envelope_id=envelope_id,
+        party_id=party.id,
+        ip=ip,
+        at=now,
+        detail={"reason": reason},
+    )
+    session.flush()
+    return party.envelope
+
+
+def cancel_envelope(
+    *, session: Session, envelope_id: str, actor: str, reason: str = "", ip: str | None = None
+) -> Envelope:
+    """Cancel an envelope before completion (draft or sent)."""
+    envelope = get_envelope(session=session, envelope_id=envelope_id)
+    now = utcnow()
+    _set_envelope_state(envelope, EnvelopeState.CANCELLED, now)
+    record_event(
+        session=session,
+        action="envelope.cancelled",
+        actor=actor,
+        envelope_id=envelope_id,
+        ip=ip,
+        at=now,
+        detail={"reason": reason.strip()},
+    )
+    session.flush()
+    return envelope
+
+
+def expire_envelope(*, session: Session, envelope_id: str) -> Envelope:
+    """The deadline passed before every party acted."""
+    envelope = get_envelope(session=session, envelope_id=envelope_id)
+    now = utcnow()
+    _set_envelope_state(envelope, EnvelopeState.EXPIRED, now)
+    record_event(
+        session=session,
+        action="envelope.expired",
+        actor="system",
+        envelope_id=envelope_id,
+        at=now,
+    )
+    session.flush()
+    return envelope
+
+
+_METHOD_JA = {
+    "email+access_code": "メール認証＋アクセスコード",
+    "staff_login": "職員ログイン",
+    "api": "API連携",
+}
+
+_ACTION_JA = {
+    "envelope.created": "作成",
+    "envelope.sent": "送信",
+    "party.approved": "承認",
+    "party.declined": "却下",
+    "envelope.completed": "タイムスタンプ付与・締結",
+}
+
+
+def auth_method_ja(method: str | None) -> str:
+    """The Japanese label for how a party was authenticated."""
+    if not method:
+        return ""
+    return _METHOD_JA.get(method, method)
+
+
+def _certificate_data(
+    session: Session, envelope: Envelope, now: dt.datetime, buyer: str
+) -> CertificateData:
+    parties = {p.id: p for p in envelope.parties}
+    operations: list[CertificateOperation] = []
+    for event in list_events(session=session, envelope_id=envelope.id):
+        if event.action not in _ACTION_JA:
+            continue
+        party = parties.get(event.party_id or "")
+        if party is not None:
+            name, company, email = party.name, party.company, party.email
+            method = auth_method_ja(party.auth_method)
+        else:
+            name, company, email, method = event.actor, None, None, ""
+        if event.action == "envelope.completed":
+            name, method = "keiyaku-gateway", "ドキュメントタイムスタンプ(RFC 3161)"
+        elif event.action in ("envelope.created", "envelope.sent"):
+            name, company, email = envelope.creator, buyer, envelope.creator_email
+            method = "職員ログイン"
+        operations.append(
+            CertificateOperation(
+                at=event.at,
+                ip=event.ip,
+                method=method,
+                action=_ACTION_JA[event.action],
+                name=name,
+                company=company,
+                email=email,
+            )
+        )
+    return CertificateData(
+        certificate_id=envelope.certificate_id,
+        title=envelope.title,
+        document_names=[d.name for d in envelope.documents],
+        management_number=envelope.management_number,
+        creator=envelope.creator,
+        creator_email=envelope.creator_email,
+        buyer_name=buyer,
+        status_line="署名済みであり、すべての署名が有効です。",
+        operations=operations,
+        issued_at=now,
+    )
+
+
+def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> Envelope:
+    """Add validation data and a document timestamp to every document; issue the certificate.
+
+    Retriable failures are recorded and re-raised with the envelope left in ``sealing``.
+    """
+    envelope = get_envelope(session=session, envelope_id=envelope_id)
+    check_envelope_transition(envelope.state, EnvelopeState.COMPLETED)
+    sealed: dict[str, tuple[str, int]] = {}
+    try:
+        for doc in envelope.documents:
+            data = runtime.signing.seal(runtime.blobs.get(doc.blob_id))
+            sealed[doc.id] = (runtime.blobs.put(data), len(data))
+    except GatewayError as exc:
+        if exc.retriable:
+            _record_retriable(session, envelope, exc)
+        raise
+    now = utcnow()
+    done = session.execute(
+        update(Envelope)
+        .where(Envelope.id == envelope.id, Envelope.state == EnvelopeState.SEALING.value)
+        .values(
+            state=EnvelopeState.COMPLETED.value, completed_at=now, updated_at=now, last_error=None
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise StateError(
+            "state.already_sealed",
+            "this envelope was already sealed",
+            "この封筒は既に締結済みです。",
+        )
+    for doc in envelope.documents:
+        doc.blob_id, doc.size = sealed[doc.id]
+    record_event(
+        session=session,
+        action="envelope.completed",
+        actor="system",
+        envelope_id=envelope.id,
+        at=now,
+    )
+    session.flush()
+    session.refresh(envelope)
+    certificate = render_certificate(_certificate_data(session, envelope, now, runtime.buyer_name))
+    envelope.certificate_blob_id = runtime.blobs.put(certificate)
+    session.commit()
+    return envelope
+
+
+def resume_pending(*, session: Session, runtime: Runtime) -> list[str]:
+    """Finish every signature and seal left waiting by a retriable failure. Returns envelope ids.
+
+    Errors that are still retriable are left for the next run; the rest propagate.
+    """
+    resumed: list[str] = []
+    pending = session.execute(
+        select(Party.envelope_id, Party.id)
+        .join(Envelope, Envelope.id == Party.envelope_id)
+        .where(Party.state == PartyState.SIGNING.value, Envelope.state == EnvelopeState.SENT.value)
+        .order_by(Party.envelope_id, Party.routing_order)
+    ).all()
+    for envelope_id, party_id in pending:
+        try:
+            apply_pending_signature(
+                session=session, runtime=runtime, envelope_id=envelope_id, party_id=party_id
+            )
+        except GatewayError as exc:
+            if not exc.retriable:
+                raise
+            continue
+        resumed.append(envelope_id)
+    sealing = session.scalars(
+        select(Envelope.id).where(Envelope.state == EnvelopeState.SEALING.value)
+    ).all()
+    for envelope_id in sealing:
+        try:
+            seal_envelope(session=session, runtime=runtime, envelope_id=envelope_id)
+        except GatewayError as exc:
+            if not exc.retriable:
+                raise
+            continue
+        resumed.append(envelope_id)
+    return sorted(set(resumed))
+
+
+def current_documents(*, runtime: Runtime, envelope: Envelope) -> list[tuple[str, bytes]]:
+    """(name, newest revision bytes) of every document, in order."""
+    return [(doc.name, runtime.blobs.get(doc.blob_id)) for doc in envelope.documents]
+
+
+def completion_certificate(*, runtime: Runtime, envelope: Envelope) -> bytes:
+    """The completion certificate PDF of a completed envelope."""
+    if envelope.state is not EnvelopeState.COMPLETED or envelope.certificate_blob_id is None:
+        raise StateError(
+            "state.not_completed",
+            "the envelope is not completed yet",
+            "締結が完了していないため、締結証明書はまだ発行できません。",
+        )
+    return runtime.blobs.get(envelope.certificate_blob_id)

@@ -1,0 +1,538 @@
+"""Envelope services end to end on SQLite and PostgreSQL, signing with the development PKI."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.audit import list_events
+from core.blobs import BlobStore
+from core.certificate import find_cjk_font
+from core.envelopes import (
+    DocumentInput,
+    FieldInput,
+    Limits,
+    PartyInput,
+    Runtime,
+    apply_pending_signature,
+    approve,
+    cancel_envelope,
+    completion_certificate,
+    create_envelope,
+    current_documents,
+    decline,
+    expire_envelope,
+    get_envelope,
+    record_approval,
+    record_view,
+    resume_pending,
+    seal_envelope,
+    send_envelope,
+)
+from core.errors import DocumentError, SigningError, StateError
+from core.model import Envelope, Party
+from core.signing import SigningEngine, SigningKey, TimestampService, verify_pdf
+from core.states import EnvelopeState, PartyRole, PartyState
+from tests.fixtures.pdfs import make_pdf
+from tests.fixtures.pki import LivePki
+
+STAFF = "staff_login"
+CONTRACTOR = "email+access_code"
+
+
+def _parties(n_signers: int = 2) -> list[PartyInput]:
+    parties = [
+        PartyInput(PartyRole.APPROVER, "契約 花子", "kacho@city.example.jp", "開発市 契約課")
+    ]
+    for i in range(n_signers):
+        parties.append(
+            PartyInput(
+                PartyRole.SIGNER, f"署名者 {i + 1}", f"s{i + 1}@example.jp", f"株式会社{i + 1}"
+            )
+        )
+    return parties
+
+
+@pytest.fixture
+def make_envelope(session: Session, dev_runtime: Runtime) -> Callable[..., Envelope]:
+    def make(**overrides: object) -> Envelope:
+        args: dict[str, object] = {
+            "title": "市道１号線舗装補修工事",
+            "creator": "開発市 契約課",
+            "documents": [
+                DocumentInput("工事請負契約書.pdf", make_pdf(pages=2)),
+                DocumentInput("請書.pdf", make_pdf(pages=1)),
+            ],
+            "parties": _parties(),
+            "fields": [
+                FieldInput(document=1, party=1, label="記入日", page=1, rect=(100, 600, 300, 620)),
+            ],
+        }
+        args.update(overrides)
+        envelope = create_envelope(session=session, runtime=dev_runtime, **args)  # type: ignore[arg-type]
+        session.commit()
+        return envelope
+
+    return make
+
+
+def _act_all(session: Session, runtime: Runtime, envelope: Envelope) -> None:
+    for party in list(envelope.parties):
+        if party.role is PartyRole.CC:
+            continue
+        record_view(session=session, envelope_id=envelope.id, party_id=party.id, ip="192.0.2.10")
+        values = {f.id: "令和7年10月1日" for f in party.fields}
+        approve(
+            session=session,
+            runtime=runtime,
+            envelope_id=envelope.id,
+            party_id=party.id,
+            values=values,
+            auth_method=STAFF if party.routing_order == 1 else CONTRACTOR,
+            ip="192.0.2.10",
+        )
+
+
+def test_full_flow_signs_every_document_and_issues_a_certificate(
+    session: Session,
+    dev_runtime: Runtime,
+    make_envelope: Callable[..., Envelope],
+    dev_trust_roots: list,
+    tmp_path: Path,
+) -> None:
+    parties = [*_parties(), PartyInput(PartyRole.CC, "写し 受取", "cc@city.example.jp")]
+    envelope = make_envelope(parties=parties)
+    assert envelope.state is EnvelopeState.DRAFT
+    first = send_envelope(session=session, envelope_id=envelope.id, actor="開発市 契約課")
+    session.commit()
+    assert first.routing_order == 1 and first.state is PartyState.SENT
+    assert [p.state for p in envelope.parties[1:]] == [PartyState.WAITING] * 3
+
+    _act_all(session, dev_runtime, envelope)
+    session.refresh(envelope)
+    assert envelope.state is EnvelopeState.COMPLETED
+    assert [p.state for p in envelope.parties] == [PartyState.COMPLETED] * 3 + [PartyState.NOTIFIED]
+
+    docs = current_documents(runtime=dev_runtime, envelope=envelope)
+    for name, data in docs:
+        report = verify_pdf(data, trust_roots=dev_trust_roots)
+        assert report.ok, (name, report.as_dict())
+        approvals = [s for s in report.signatures if s.kind == "approval"]
+        assert len(approvals) == 3
+        assert [s for s in report.signatures if s.kind == "document_timestamp"]
+        assert "署名者 2 様 s2@example.jp が " in approvals[2].reason
+        assert approvals[2].reason.endswith(" +09:00 JSTに承認しました")
+        path = tmp_path / name
+        path.write_bytes(data)
+        text = subprocess.run(
+            ["pdftotext", str(path), "-"], capture_output=True, text=True, check=True
+        ).stdout
+        assert envelope.certificate_id in text  # the ID printed bottom-left on page 1
+    ukesho = tmp_path / "請書.pdf"
+    text = subprocess.run(
+        ["pdftotext", str(ukesho), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "令和7年10月1日" in text  # the contractor's text box value is in the document
+
+    certificate = tmp_path / "cert.pdf"
+    certificate.write_bytes(completion_certificate(runtime=dev_runtime, envelope=envelope))
+    text = subprocess.run(
+        ["pdftotext", str(certificate), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    assert envelope.certificate_id in text
+    assert envelope.management_number in text
+    assert "s1@example.jp" in text and "署名者 2" in text
+    actions = [e.action for e in list_events(session=session, envelope_id=envelope.id)]
+    assert actions[:3] == ["envelope.created", "envelope.sent", "party.requested"]
+    assert actions.count("party.signed") == 3
+    assert actions[-1] == "envelope.completed"
+
+
+def test_only_the_current_party_can_act(
+    session: Session, dev_runtime: Runtime, make_envelope: Callable[..., Envelope]
+) -> None:
+    envelope = make_envelope()
+    with pytest.raises(StateError) as info:  # not sent yet
+        record_view(session=session, envelope_id=envelope.id, party_id=envelope.parties[0].id)
+    assert info.value.code == "state.envelope_not_open"
+    send_envelope(session=session, envelope_id=envelope.id, actor="staff")
+    session.commit()
+    second = envelope.parties[1]
+    with pytest.raises(StateError) as info:
+        approve(
+            session=session,
+            runtime=dev_runtime,
+            envelope_id=envelope.id,
+            party_id=second.id,
+            values={second.fields[0].id: "x"},
+            auth_method=CONTRACTOR,
+        )
+    assert info.value.code == "state.not_your_turn"
+    first = envelope.parties[0]
+    approve(
+        session=session,
+        runtime=dev_runtime,
+        envelope_id=envelope.id,
+        party_id=first.id,
+        values={},
+        auth_method=STAFF,
+    )
+    with pytest.raises(StateError) as info:
+        approve(
+            session=session,
+            runtime=dev_runtime,
+            envelope_id=envelope.id,
+            party_id=first.id,
+            values={},
+            auth_method=STAFF,
+        )
+    assert info.value.code == "state.already_acted"
+    session.refresh(envelope)
+    assert envelope.documents[0].signature_count == 1
+
+
+def test_concurrent_submits_apply_once(
+    sessions: sessionmaker[Session], dev_runtime: Runtime
+) -> None:
+    with sessions() as session:
+        envelope = create_envelope(
+            session=session,
+            runtime=dev_runtime,
+            title="同時送信",
+            creator="staff",
+            documents=[DocumentInput("a.pdf", make_pdf(pages=1))],
+            parties=_parties(1),
+        )
+        session.commit()
+        send_envelope(session=session, envelope_id=envelope.id, actor="staff")
+        session.commit()
+        envelope_id, party_id = envelope.id, envelope.parties[0].id
+    barrier = threading.Barrier(4)
+    outcomes: list[str] = []
+
+    def submit() -> None:
+        with sessions() as s:
+            barrier.wait()
+            try:
+                record_approval(
+                    session=s,
+                    envelope_id=envelope_id,
+                    party_id=party_id,
+                    values={},
+                    auth_method=STAFF,
+                )
+                outcomes.append("ok")
+            except StateError as exc:
+                outcomes.append(exc.code)
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["ok"] + ["state.already_acted"] * 3
+    with sessions() as s:
+        events = [e.action for e in list_events(session=s, envelope_id=envelope_id)]
+        assert events.count("party.approved") == 1
+
+
+def test_decline_needs_a_reason_and_ends_the_envelope(
+    session: Session, dev_runtime: Runtime, make_envelope: Callable[..., Envelope]
+) -> None:
+    envelope = make_envelope()
+    send_envelope(session=session, envelope_id=envelope.id, actor="staff")
+    party = envelope.parties[0]
+    with pytest.raises(StateError, match="envelope.decline_reason_required"):
+        decline(session=session, envelope_id=envelope.id, party_id=party.id, reason="  ")
+    decline(
+        session=session,
+        envelope_id=envelope.id,
+        party_id=party.id,
+        reason="金額に誤りがあります",
+        ip="192.0.2.1",
+    )
+    session.commit()
+    assert envelope.state is EnvelopeState.DECLINED
+    assert party.decline_reason == "金額に誤りがあります"
+    with pytest.raises(StateError):
+        approve(
+            session=session,
+            runtime=dev_runtime,
+            envelope_id=envelope.id,
+            party_id=party.id,
+            values={},
+            auth_method=STAFF,
+        )
+    with pytest.raises(StateError, match="state.illegal_transition"):
+        cancel_envelope(session=session, envelope_id=envelope.id, actor="staff")
+
+
+def test_cancel_only_before_completion_and_expire(
+    session: Session, dev_runtime: Runtime, make_envelope: Callable[..., Envelope]
+) -> None:
+    draft = make_envelope()
+    cancel_envelope(session=session, envelope_id=draft.id, actor="staff", reason="誤登録")
+    assert draft.state is EnvelopeState.CANCELLED
+
+    sent = make_envelope()
+    send_envelope(session=session, envelope_id=sent.id, actor="staff")
+    expire_envelope(session=session, envelope_id=sent.id)
+    assert sent.state is EnvelopeState.EXPIRED
+    with pytest.raises(StateError):
+        send_envelope(session=session, envelope_id=sent.id, actor="staff")
+
+    done = make_envelope()
+    send_envelope(session=session, envelope_id=done.id, actor="staff")
+    session.commit()
+    _act_all(session, dev_runtime, done)
+    session.refresh(done)
+    assert done.state is EnvelopeState.COMPLETED
+    with pytest.raises(StateError, match="state.illegal_transition"):
+        cancel_envelope(session=session, envelope_id=done.id, actor="staff")
+    with pytest.raises(StateError, match="state.illegal_transition"):
+        expire_envelope(session=session, envelope_id=done.id)
+
+
+def test_field_values_are_checked(
+    session: Session, dev_runtime: Runtime, make_envelope: Callable[..., Envelope]
+) -> None:
+    envelope = make_envelope()
+    send_envelope(session=session, envelope_id=envelope.id, actor="staff")
+    session.commit()
+    approver, contractor = envelope.parties[0], envelope.parties[1]
+    with pytest.raises(StateError, match="envelope.foreign_field"):
+        approve(
+            session=session,
+            runtime=dev_runtime,
+            envelope_id=envelope.id,
+            party_id=approver.id,
+            values={contractor.fields[0].id: "x"},
+            auth_method=STAFF,
+        )
+    approve(
+        session=session,
+        runtime=dev_runtime,
+        envelope_id=envelope.id,
+        party_id=approver.id,
+        values={},
+        auth_method=STAFF,
+    )
+    field_id = contractor.fields[0].id
+    with pytest.raises(StateError, match="envelope.field_required"):
+        approve(
+            session=session,
+            runtime=dev_runtime,
+            envelope_id=envelope.id,
+            party_id=contractor.id,
+            values={field_id: " "},
+            auth_method=CONTRACTOR,
+        )
+    with pytest.raises(StateError, match="envelope.field_too_long"):
+        approve(
+            session=session,
+            runtime=dev_runtime,
+            envelope_id=envelope.id,
+            party_id=contractor.id,
+            values={field_id: "あ" * 201},
+            auth_method=CONTRACTOR,
+        )
+    session.refresh(contractor)
+    assert contractor.state is PartyState.SENT
+
+
+def test_seventeen_plus_parties_in_order(
+    session: Session,
+    dev_runtime: Runtime,
+    make_envelope: Callable[..., Envelope],
+    dev_trust_roots: list,
+) -> None:
+    envelope = make_envelope(
+        parties=_parties(17),
+        fields=[],
+        documents=[DocumentInput("契約書.pdf", make_pdf(pages=1))],
+    )
+    assert len(envelope.parties) == 18
+    send_envelope(session=session, envelope_id=envelope.id, actor="staff")
+    session.commit()
+    _act_all(session, dev_runtime, envelope)
+    session.refresh(envelope)
+    assert envelope.state is EnvelopeState.COMPLETED
+    ((_, data),) = current_documents(runtime=dev_runtime, envelope=envelope)
+    report = verify_pdf(data, trust_roots=dev_trust_roots)
+    assert report.ok
+    reasons = [s.reason for s in report.signatures if s.kind == "approval"]
+    assert [r.split(" 様 ")[0] for r in reasons] == ["契約 花子"] + [
+        f"署名者 {i}" for i in range(1, 18)
+    ]
+
+
+def _encrypted_pdf(tmp_path: Path) -> bytes:
+    plain, enc = tmp_path / "p.pdf", tmp_path / "e.pdf"
+    plain.write_bytes(make_pdf(pages=1))
+    subprocess.run(
+        ["qpdf", "--encrypt", "user", "owner", "256", "--", str(plain), str(enc)], check=True
+    )
+    return enc.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [
+        ("not_pdf", "document.not_pdf"),
+        ("damaged", "document.damaged"),
+        ("encrypted", "document.encrypted"),
+        ("already_signed", "document.already_signed"),
+        ("too_large", "document.too_large"),
+        ("envelope_too_large", "document.envelope_too_large"),
+        ("too_many_files", "document.too_many_files"),
+        ("none", "document.none"),
+    ],
+)
+def test_bad_inputs_are_refused_and_leave_nothing_behind(
+    case: str,
+    code: str,
+    session: Session,
+    dev_runtime: Runtime,
+    tmp_path: Path,
+    signed_pdf: bytes,
+) -> None:
+    small = replace(
+        dev_runtime.limits, max_file_bytes=60_000, max_envelope_bytes=100_000, max_files=5
+    )
+    runtime = replace(
+        dev_runtime, limits=small, blobs=BlobStore(tmp_path / "fresh-blobs", b"k" * 32)
+    )
+    pdf = make_pdf(pages=1)
+    documents = {
+        "not_pdf": [DocumentInput("a.pdf", "契約書".encode() * 100)],
+        "damaged": [DocumentInput("a.pdf", pdf[: len(pdf) // 2])],
+        "encrypted": [DocumentInput("a.pdf", _encrypted_pdf(tmp_path))],
+        "already_signed": [DocumentInput("a.pdf", signed_pdf)],
+        "too_large": [DocumentInput("a.pdf", make_pdf(pages=1, size_target=70_000))],
+        "envelope_too_large": [
+            DocumentInput(f"{i}.pdf", make_pdf(pages=1, size_target=40_000)) for i in range(3)
+        ],
+        "too_many_files": [DocumentInput(f"{i}.pdf", pdf) for i in range(6)],
+        "none": [],
+    }[case]
+    with pytest.raises(DocumentError) as info:
+        create_envelope(
+            session=session,
+            runtime=runtime,
+            title="t",
+            creator="staff",
+            documents=documents,
+            parties=_parties(1),
+        )
+    assert info.value.code == code
+    assert info.value.message_ja  # a Japanese message for the person who uploaded it
+    session.rollback()
+    assert session.scalar(select(func.count()).select_from(Envelope)) == 0
+    assert session.scalar(select(func.count()).select_from(Party)) == 0
+    assert not (tmp_path / "fresh-blobs").exists()
+
+
+def test_five_files_are_accepted_by_default(
+    session: Session, make_envelope: Callable[..., Envelope], dev_runtime: Runtime
+) -> None:
+    assert Limits().max_files >= 5
+    envelope = make_envelope(
+        documents=[DocumentInput(f"別紙{i}.pdf", make_pdf(pages=1)) for i in range(5)], fields=[]
+    )
+    assert [d.name for d in get_envelope(session=session, envelope_id=envelope.id).documents] == [
+        f"別紙{i}.pdf" for i in range(5)
+    ]
+
+
+def test_tsa_outage_leaves_the_envelope_waiting_then_resumes(
+    session: Session,
+    test_pki: LivePki,
+    pkcs12_key: SigningKey,
+    tmp_path: Path,
+) -> None:
+    """A real TSA (certomancer) answering 503: nothing half-signed; a retry finishes the job."""
+    engine = SigningEngine(
+        key=pkcs12_key,
+        timestamps=TimestampService.from_urls(
+            [test_pki.flaky_tsa_url], timeout=5, attempts=2, backoff=0.01
+        ),
+        trust_roots=[test_pki.root],
+        font_path=find_cjk_font(),
+    )
+    runtime = Runtime(
+        blobs=BlobStore(tmp_path / "b", b"m" * 32), signing=engine, buyer_name="開発市"
+    )
+    try:
+        envelope = create_envelope(
+            session=session,
+            runtime=runtime,
+            title="TSA障害",
+            creator="staff",
+            documents=[DocumentInput("a.pdf", make_pdf(pages=1))],
+            parties=_parties(1),
+        )
+        send_envelope(session=session, envelope_id=envelope.id, actor="staff")
+        session.commit()
+        first, second = envelope.parties
+        before = envelope.documents[0].blob_id
+        test_pki.flaky.fail_next(1000)
+        with pytest.raises(SigningError) as info:
+            approve(
+                session=session,
+                runtime=runtime,
+                envelope_id=envelope.id,
+                party_id=first.id,
+                values={},
+                auth_method=STAFF,
+                ip="192.0.2.1",
+            )
+        assert info.value.code == "signing.tsa_unreachable" and info.value.retriable
+        session.refresh(envelope)
+        session.refresh(first)
+        assert first.state is PartyState.SIGNING  # the instruction is kept...
+        assert envelope.documents[0].blob_id == before  # ...and no document changed
+        assert envelope.documents[0].signature_count == 0
+        assert envelope.last_error and "tsa_unreachable" in envelope.last_error
+        assert second.state is PartyState.WAITING
+        assert resume_pending(session=session, runtime=runtime) == []  # still down
+
+        test_pki.flaky.fail_next(0)
+        assert resume_pending(session=session, runtime=runtime) == [envelope.id]
+        session.refresh(envelope)
+        assert envelope.last_error is None
+        assert envelope.documents[0].signature_count == 1
+        assert [p.state for p in envelope.parties] == [PartyState.COMPLETED, PartyState.SENT]
+
+        # The last party's seal fails the same way and resumes the same way.
+        record_approval(
+            session=session,
+            envelope_id=envelope.id,
+            party_id=second.id,
+            values={},
+            auth_method=CONTRACTOR,
+        )
+        apply_pending_signature(
+            session=session, runtime=runtime, envelope_id=envelope.id, party_id=second.id
+        )
+        session.refresh(envelope)
+        assert envelope.state is EnvelopeState.SEALING
+        test_pki.flaky.fail_next(1000)
+        with pytest.raises(SigningError):
+            seal_envelope(session=session, runtime=runtime, envelope_id=envelope.id)
+        session.refresh(envelope)
+        assert envelope.state is EnvelopeState.SEALING and envelope.certificate_blob_id is None
+        test_pki.flaky.fail_next(0)
+        assert resume_pending(session=session, runtime=runtime) == [envelope.id]
+        session.refresh(envelope)
+        assert envelope.state is EnvelopeState.COMPLETED
+        ((_, data),) = current_documents(runtime=runtime, envelope=envelope)
+        assert verify_pdf(data, trust_roots=[test_pki.root]).ok
+    finally:
+        engine.close()
