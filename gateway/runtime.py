@@ -1,0 +1,148 @@
+"""Assembles the running gateway from settings: database, blob store, signing engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from asn1crypto import x509
+from pyhanko.keys import load_cert_from_pemder
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.blobs import BlobStore
+from core.certificate import find_cjk_font
+from core.envelopes import MB, Limits, Runtime
+from core.errors import ConfigError
+from core.signing import (
+    RevocationData,
+    SigningEngine,
+    SigningKey,
+    TimestampService,
+    load_pkcs11_signer,
+    load_pkcs12_signer,
+)
+from core.storage import create_database_engine, make_session_factory, migrate
+from gateway.settings import Pkcs12Key, Settings
+
+
+@dataclass
+class Gateway:
+    """One process's view of the gateway: engine, sessions and the services' runtime."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    runtime: Runtime
+
+    def close(self) -> None:
+        """Release the signing engine's resources and the database connections."""
+        self.runtime.signing.close()
+        self.engine.dispose()
+
+
+def load_trust_roots(settings: Settings) -> list[x509.Certificate]:
+    """The configured trust roots, parsed."""
+    roots = []
+    for path in settings.signing.trust_roots:
+        full = settings.path(path)
+        try:
+            roots.append(load_cert_from_pemder(str(full)))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                "config.trust_root",
+                f"cannot read trust root {full}: {exc}",
+                f"信頼するルート証明書 {full} を読み込めません。",
+            ) from exc
+    return roots
+
+
+def build_signing_key(settings: Settings) -> SigningKey:
+    """The gateway's signing key from PKCS#12 or PKCS#11, as configured."""
+    key = settings.signing.key
+    if isinstance(key, Pkcs12Key):
+        return load_pkcs12_signer(
+            settings.path(key.path), key.passphrase.get_secret_value().encode()
+        )
+    return load_pkcs11_signer(
+        module_path=str(settings.path(key.module)),
+        token_label=key.token_label,
+        pin=key.pin.get_secret_value(),
+        key_label=key.key_label,
+        cert_label=key.cert_label,
+        other_certs=[settings.path(p) for p in key.other_certs],
+    )
+
+
+def build_timestamps(settings: Settings) -> TimestampService:
+    """The TSA list with failover, or the in-process development TSA."""
+    tsa = settings.signing.tsa
+    if tsa.urls:
+        return TimestampService.from_urls(
+            tsa.urls, timeout=tsa.timeout_seconds, attempts=tsa.attempts
+        )
+    dev = tsa.development
+    assert dev is not None  # settings validation guarantees one of the two
+    return TimestampService.development(
+        tsa_cert_path=settings.path(dev.cert),
+        tsa_key_path=settings.path(dev.key),
+        key_passphrase=dev.key_passphrase.get_secret_value().encode(),
+        chain_paths=[settings.path(p) for p in dev.chain],
+    )
+
+
+def build_signing_engine(settings: Settings) -> SigningEngine:
+    """The signing engine for these settings."""
+    # Text-box values are Japanese: an explicitly configured font, else an installed IPAex/IPA.
+    font = settings.path(settings.signing.font) if settings.signing.font else find_cjk_font()
+    return SigningEngine(
+        key=build_signing_key(settings),
+        timestamps=build_timestamps(settings),
+        trust_roots=load_trust_roots(settings),
+        font_path=font,
+        location=settings.signing.location,
+        revinfo=RevocationData.from_files(
+            crl_paths=[settings.path(p) for p in settings.signing.revocation],
+            allow_fetching=True,
+        ),
+    )
+
+
+def open_gateway(settings: Settings, *, migrate_schema: bool = True) -> Gateway:
+    """Connect to the database (migrating it), open the blob store and load the signing key."""
+    engine = create_database_engine(settings.database_url)
+    if migrate_schema:
+        migrate(engine)
+    limits = settings.limits
+    runtime = Runtime(
+        blobs=BlobStore(
+            settings.path(settings.blobs.path),
+            _master_key(settings.blobs.master_key.get_secret_value()),
+        ),
+        signing=build_signing_engine(settings),
+        buyer_name=settings.buyer.name,
+        limits=Limits(
+            max_file_bytes=limits.max_file_mb * MB,
+            max_envelope_bytes=limits.max_envelope_mb * MB,
+            max_files=limits.max_files,
+            max_parties=limits.max_parties,
+        ),
+    )
+    return Gateway(settings, engine, make_session_factory(engine), runtime)
+
+
+def _master_key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError as exc:
+        raise ConfigError(
+            "config.master_key",
+            "blobs.master_key must be 64 hex characters",
+            "blobs.master_key は16進数64文字で指定してください。",
+        ) from exc
+    if len(key) != 32:
+        raise ConfigError(
+            "config.master_key",
+            "blobs.master_key must be 64 hex characters",
+            "blobs.master_key は16進数64文字で指定してください。",
+        )
+    return key
