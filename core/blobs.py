@@ -83,7 +83,8 @@ class BlobStore:
                 f"blob {blob_id} is missing from {self.root}",
                 "保存された文書が見つかりません。",
             ) from exc
-        header, ciphertext = raw[:_HEADER_LEN], raw[_HEADER_LEN:]
+        # A memoryview slice: no second copy of a large ciphertext.
+        header, ciphertext = raw[:_HEADER_LEN], memoryview(raw)[_HEADER_LEN:]
         if len(header) < _HEADER_LEN or not header.startswith(MAGIC):
             raise self._tampered(blob_id)
         fp_end = len(MAGIC) + _FINGERPRINT_LEN

@@ -25,15 +25,17 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from core.audit import list_events, record_event
 from core.blobs import BlobStore
 from core.certificate import CertificateData, CertificateOperation, render_certificate
 from core.errors import DocumentError, GatewayError, NotFoundError, StateError
-from core.model import Document, Envelope, Field, Party, utcnow
+from core.model import Document, DocumentRevision, Envelope, Field, Party, utcnow
 from core.signing import FieldBox, SigningEngine, approval_reason
 from core.states import (
     ACTIONABLE_PARTY_STATES,
@@ -298,9 +300,18 @@ def create_envelope(
                 name=doc.name,
                 original_blob_id=runtime.blobs.put(doc.data),
                 original_sha256=hashlib.sha256(doc.data).hexdigest(),
-                blob_id=runtime.blobs.put(data),
                 size=len(data),
                 page_count=info.page_count,
+                revisions=[
+                    DocumentRevision(
+                        seq=1,
+                        kind="full",
+                        blob_id=runtime.blobs.put(data),
+                        size=len(data),
+                        reason="prepared",
+                        created_at=now,
+                    )
+                ],
             )
         )
     envelope.parties.extend(party_rows)
@@ -318,9 +329,23 @@ def create_envelope(
     return envelope
 
 
+def _envelope_graph() -> tuple[Any, ...]:
+    # One envelope's documents, revisions, parties and fields in a few SELECTs instead of a
+    # lazy load per attribute.
+    return (
+        selectinload(Envelope.documents).selectinload(Document.revisions),
+        selectinload(Envelope.parties).selectinload(Party.fields),
+    )
+
+
 def get_envelope(*, session: Session, envelope_id: str) -> Envelope:
-    """One envelope by id, or ``not_found.envelope``."""
-    envelope = session.get(Envelope, envelope_id)
+    """One envelope by id, freshly read with its documents and parties, or ``not_found.envelope``."""
+    envelope = session.scalar(
+        select(Envelope)
+        .where(Envelope.id == envelope_id)
+        .options(*_envelope_graph())
+        .execution_options(populate_existing=True)
+    )
     if envelope is None:
         raise NotFoundError(
             "not_found.envelope", f"no envelope {envelope_id}", "指定された封筒が見つかりません。"
@@ -329,15 +354,18 @@ def get_envelope(*, session: Session, envelope_id: str) -> Envelope:
 
 
 def get_party(*, session: Session, envelope_id: str, party_id: str) -> Party:
-    """One party of one envelope (looked up through its envelope, never by id alone)."""
-    party = session.scalar(
-        select(Party).where(Party.id == party_id, Party.envelope_id == envelope_id)
+    """One party of one envelope, read through its envelope (never by party id alone)."""
+    envelope = get_envelope(session=session, envelope_id=envelope_id)
+    for party in envelope.parties:
+        if party.id == party_id:
+            # Tie the party to this envelope object: the identity map holds objects weakly, so
+            # otherwise the envelope (and the documents loaded with it) would be dropped and
+            # lazily read again on first use.
+            set_committed_value(party, "envelope", envelope)
+            return party
+    raise NotFoundError(
+        "not_found.party", f"no party {party_id} in {envelope_id}", "署名者が見つかりません。"
     )
-    if party is None:
-        raise NotFoundError(
-            "not_found.party", f"no party {party_id} in {envelope_id}", "署名者が見つかりません。"
-        )
-    return party
 
 
 def _set_envelope_state(envelope: Envelope, target: EnvelopeState, now: dt.datetime) -> None:
@@ -549,8 +577,12 @@ def record_approval(
         at=now,
         detail={"method": auth_method, "fields": len(cleaned)},
     )
+    # The row was changed by the UPDATE above; mirror it on the object without another write.
+    set_committed_value(party, "state", PartyState.SIGNING)
+    set_committed_value(party, "approved_at", now)
+    set_committed_value(party, "approved_ip", ip)
+    set_committed_value(party, "auth_method", auth_method)
     session.commit()
-    session.refresh(party)
     return party
 
 
@@ -567,22 +599,28 @@ def apply_pending_signature(
     re-raised; the party stays in ``signing`` with no document changed.
     """
     party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
+    return _sign_for_party(session, runtime, party)
+
+
+def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
+    # The compare-and-set below and the unique (document, seq) of revisions make it safe to
+    # work on objects loaded earlier in this session: a concurrent worker's success wins and
+    # this one's work is dropped.
     envelope = party.envelope
     check_party_transition(party.state, PartyState.COMPLETED)
     assert party.approved_at is not None
     reason = approval_reason(name=party.name, email=party.email, at=party.approved_at)
     field_name = _signature_field_name(party)
-    new_blobs: dict[str, tuple[str, str, int]] = {}
+    new_revisions: list[tuple[Document, DocumentRevision]] = []
     try:
         for doc in envelope.documents:
             values = {f.name: f.value or "" for f in party.fields if f.document_id == doc.id}
+            current = read_document(runtime=runtime, document=doc)
             signed = runtime.signing.sign_approval(
-                runtime.blobs.get(doc.blob_id),
-                signature_field=field_name,
-                reason=reason,
-                values=values,
+                current, signature_field=field_name, reason=reason, values=values
             )
-            new_blobs[doc.id] = (doc.blob_id, runtime.blobs.put(signed), len(signed))
+            new_revisions.append((doc, _store_revision(runtime, doc, current, signed, "signature")))
+            del current, signed  # keep one document's bytes alive at a time
     except GatewayError as exc:
         if exc.retriable:
             _record_retriable(session, envelope, exc, party_id=party.id)
@@ -603,13 +641,13 @@ def apply_pending_signature(
             "this signature was already applied",
             "この署名は既に適用されています。",
         )
-    for doc in envelope.documents:
-        _, blob_id, size = new_blobs[doc.id]
-        doc.blob_id = blob_id
-        doc.size = size
+    for doc, revision in new_revisions:
+        doc.revisions.append(revision)
+        doc.size = revision.size
         doc.signature_count += 1
     envelope.last_error = None
-    session.refresh(party)
+    set_committed_value(party, "state", PartyState.COMPLETED)
+    set_committed_value(party, "completed_at", now)
     record_event(
         session=session,
         action="party.signed",
@@ -652,7 +690,7 @@ def approve(
     ip: str | None = None,
 ) -> Party:
     """Record the party's approval, sign it, and seal the envelope when it was the last one."""
-    record_approval(
+    party = record_approval(
         session=session,
         envelope_id=envelope_id,
         party_id=party_id,
@@ -660,9 +698,7 @@ def approve(
         auth_method=auth_method,
         ip=ip,
     )
-    party = apply_pending_signature(
-        session=session, runtime=runtime, envelope_id=envelope_id, party_id=party_id
-    )
+    party = _sign_for_party(session, runtime, party)
     if party.envelope.state is EnvelopeState.SEALING:
         seal_envelope(session=session, runtime=runtime, envelope_id=envelope_id)
     return party
@@ -808,11 +844,13 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
     """
     envelope = get_envelope(session=session, envelope_id=envelope_id)
     check_envelope_transition(envelope.state, EnvelopeState.COMPLETED)
-    sealed: dict[str, tuple[str, int]] = {}
+    sealed: list[tuple[Document, DocumentRevision]] = []
     try:
         for doc in envelope.documents:
-            data = runtime.signing.seal(runtime.blobs.get(doc.blob_id))
-            sealed[doc.id] = (runtime.blobs.put(data), len(data))
+            current = read_document(runtime=runtime, document=doc)
+            data = runtime.signing.seal(current)
+            sealed.append((doc, _store_revision(runtime, doc, current, data, "seal")))
+            del current, data
     except GatewayError as exc:
         if exc.retriable:
             _record_retriable(session, envelope, exc)
@@ -833,8 +871,9 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
             "this envelope was already sealed",
             "この封筒は既に締結済みです。",
         )
-    for doc in envelope.documents:
-        doc.blob_id, doc.size = sealed[doc.id]
+    for doc, revision in sealed:
+        doc.revisions.append(revision)
+        doc.size = revision.size
     record_event(
         session=session,
         action="envelope.completed",
@@ -842,8 +881,11 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
         envelope_id=envelope.id,
         at=now,
     )
+    set_committed_value(envelope, "state", EnvelopeState.COMPLETED)
+    set_committed_value(envelope, "completed_at", now)
+    set_committed_value(envelope, "updated_at", now)
+    set_committed_value(envelope, "last_error", None)
     session.flush()
-    session.refresh(envelope)
     certificate = render_certificate(_certificate_data(session, envelope, now, runtime.buyer_name))
     envelope.certificate_blob_id = runtime.blobs.put(certificate)
     session.commit()
@@ -888,7 +930,28 @@ def resume_pending(*, session: Session, runtime: Runtime) -> list[str]:
 
 def current_documents(*, runtime: Runtime, envelope: Envelope) -> list[tuple[str, bytes]]:
     """(name, newest revision bytes) of every document, in order."""
-    return [(doc.name, runtime.blobs.get(doc.blob_id)) for doc in envelope.documents]
+    return [(doc.name, read_document(runtime=runtime, document=doc)) for doc in envelope.documents]
+
+
+def read_document(*, runtime: Runtime, document: Document) -> bytes:
+    """The newest revision of a document: its last full revision plus every append after it."""
+    revisions = document.revisions
+    start = max(i for i, rev in enumerate(revisions) if rev.kind == "full")
+    parts = [runtime.blobs.get(rev.blob_id) for rev in revisions[start:]]
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _store_revision(
+    runtime: Runtime, document: Document, previous: bytes, new: bytes, reason: str
+) -> DocumentRevision:
+    """Store ``new`` as an append to ``previous`` when it is one (an incremental update), else
+    whole. The revision is returned unattached; the caller adds it in its transaction."""
+    seq = document.revisions[-1].seq + 1
+    if len(new) > len(previous) and new.startswith(previous):
+        blob_id, kind = runtime.blobs.put(new[len(previous) :]), "append"
+    else:
+        blob_id, kind = runtime.blobs.put(new), "full"
+    return DocumentRevision(seq=seq, kind=kind, blob_id=blob_id, size=len(new), reason=reason)
 
 
 def completion_certificate(*, runtime: Runtime, envelope: Envelope) -> bytes:

@@ -142,7 +142,7 @@ class Envelope(Base):
 
 
 class Document(Base):
-    """One PDF of an envelope; ``blob_id`` always points at its newest revision."""
+    """One PDF of an envelope, stored as a chain of revisions (see :class:`DocumentRevision`)."""
 
     __tablename__ = "documents"
     __table_args__ = (UniqueConstraint("envelope_id", "position"),)
@@ -153,12 +153,39 @@ class Document(Base):
     name: Mapped[str] = mapped_column(String(255))
     original_blob_id: Mapped[str] = mapped_column(String(64))
     original_sha256: Mapped[str] = mapped_column(String(64))
-    blob_id: Mapped[str] = mapped_column(String(64))
-    size: Mapped[int] = mapped_column(BigInteger())
+    size: Mapped[int] = mapped_column(BigInteger())  # of the newest revision, whole
     page_count: Mapped[int] = mapped_column(Integer())
     signature_count: Mapped[int] = mapped_column(Integer(), default=0)
 
     envelope: Mapped[Envelope] = relationship(back_populates="documents")
+    revisions: Mapped[list[DocumentRevision]] = relationship(
+        back_populates="document", order_by="DocumentRevision.seq", cascade="all, delete-orphan"
+    )
+
+
+class DocumentRevision(Base):
+    """One stored step of a document: the whole file (``full``) or the bytes one incremental
+    update appended to the previous revision (``append``).
+
+    Signing appends an incremental update, so a 10 MB contract signed by 17 parties is stored as
+    10 MB plus 17 small appends instead of 17 copies. The newest revision is the concatenation of
+    the last ``full`` revision and every ``append`` after it. ``(document_id, seq)`` is unique, so
+    two workers can never both append the same step.
+    """
+
+    __tablename__ = "document_revisions"
+    __table_args__ = (UniqueConstraint("document_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=True)
+    document_id: Mapped[str] = mapped_column(ForeignKey("documents.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer())
+    kind: Mapped[str] = mapped_column(String(8))  # "full" | "append"
+    blob_id: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger())  # of the whole document at this revision
+    reason: Mapped[str] = mapped_column(String(32))  # prepared | signature | seal
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    document: Mapped[Document] = relationship(back_populates="revisions")
 
 
 class Party(Base):

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.blobs import BlobStore
+from core.model import Base
 from core.storage import create_database_engine, migrate
 
 pytest_plugins = ["tests.fixtures.pki_plugin"]
@@ -74,9 +75,8 @@ def db_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine
     finally:
         with engine.begin() as conn:
             # Each test starts from empty tables; the schema is kept for the next one.
-            conn.execute(
-                text("TRUNCATE audit_events, fields, parties, documents, envelopes, contractors")
-            )
+            tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+            conn.execute(text(f"TRUNCATE {tables}"))
         engine.dispose()
 
 

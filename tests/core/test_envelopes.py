@@ -36,7 +36,7 @@ from core.envelopes import (
     seal_envelope,
     send_envelope,
 )
-from core.errors import DocumentError, SigningError, StateError
+from core.errors import BlobError, DocumentError, SigningError, StateError
 from core.model import Envelope, Party
 from core.signing import SigningEngine, SigningKey, TimestampService, verify_pdf
 from core.states import EnvelopeState, PartyRole, PartyState
@@ -481,7 +481,7 @@ def test_tsa_outage_leaves_the_envelope_waiting_then_resumes(
         send_envelope(session=session, envelope_id=envelope.id, actor="staff")
         session.commit()
         first, second = envelope.parties
-        before = envelope.documents[0].blob_id
+        before = [r.blob_id for r in envelope.documents[0].revisions]
         test_pki.flaky.fail_next(1000)
         with pytest.raises(SigningError) as info:
             approve(
@@ -497,7 +497,7 @@ def test_tsa_outage_leaves_the_envelope_waiting_then_resumes(
         session.refresh(envelope)
         session.refresh(first)
         assert first.state is PartyState.SIGNING  # the instruction is kept...
-        assert envelope.documents[0].blob_id == before  # ...and no document changed
+        assert [r.blob_id for r in envelope.documents[0].revisions] == before  # ...no change
         assert envelope.documents[0].signature_count == 0
         assert envelope.last_error and "tsa_unreachable" in envelope.last_error
         assert second.state is PartyState.WAITING
@@ -536,3 +536,40 @@ def test_tsa_outage_leaves_the_envelope_waiting_then_resumes(
         assert verify_pdf(data, trust_roots=[test_pki.root]).ok
     finally:
         engine.close()
+
+
+def test_signatures_are_stored_as_appends_and_a_tampered_append_is_caught(
+    session: Session,
+    dev_runtime: Runtime,
+    make_envelope: Callable[..., Envelope],
+    dev_trust_roots: list,
+) -> None:
+    big = make_pdf(pages=1, size_target=1_000_000)
+    envelope = make_envelope(documents=[DocumentInput("大きな契約書.pdf", big)], fields=[])
+    send_envelope(session=session, envelope_id=envelope.id, actor="staff")
+    session.commit()
+    _act_all(session, dev_runtime, envelope)
+    session.refresh(envelope)
+    (doc,) = envelope.documents
+    assert [(r.seq, r.kind, r.reason) for r in doc.revisions] == [
+        (1, "full", "prepared"),
+        (2, "append", "signature"),
+        (3, "append", "signature"),
+        (4, "append", "signature"),
+        (5, "append", "seal"),
+    ]
+    sizes = [r.size for r in doc.revisions]
+    assert sizes == sorted(sizes) and sizes[-1] == doc.size
+    stored = sum(
+        (dev_runtime.blobs.root / r.blob_id[:2] / r.blob_id).stat().st_size for r in doc.revisions
+    )
+    assert stored < 1.3 * doc.size  # not one copy of the whole file per signature
+    ((_, data),) = current_documents(runtime=dev_runtime, envelope=envelope)
+    assert len(data) == doc.size and verify_pdf(data, trust_roots=dev_trust_roots).ok
+
+    path = dev_runtime.blobs.root / doc.revisions[2].blob_id[:2] / doc.revisions[2].blob_id
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BlobError, match="blob.tampered"):
+        current_documents(runtime=dev_runtime, envelope=envelope)

@@ -109,7 +109,6 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=255), nullable=False),
         sa.Column("original_blob_id", sa.String(length=64), nullable=False),
         sa.Column("original_sha256", sa.String(length=64), nullable=False),
-        sa.Column("blob_id", sa.String(length=64), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("page_count", sa.Integer(), nullable=False),
         sa.Column("signature_count", sa.Integer(), nullable=False),
@@ -168,6 +167,29 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_parties_envelope_id"), ["envelope_id"], unique=False)
 
     op.create_table(
+        "document_revisions",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("document_id", sa.String(length=32), nullable=False),
+        sa.Column("seq", sa.Integer(), nullable=False),
+        sa.Column("kind", sa.String(length=8), nullable=False),
+        sa.Column("blob_id", sa.String(length=64), nullable=False),
+        sa.Column("size", sa.BigInteger(), nullable=False),
+        sa.Column("reason", sa.String(length=32), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["document_id"],
+            ["documents.id"],
+            name=op.f("fk_document_revisions_document_id_documents"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_document_revisions")),
+        sa.UniqueConstraint("document_id", "seq", name=op.f("uq_document_revisions_document_id")),
+    )
+    with op.batch_alter_table("document_revisions", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_document_revisions_document_id"), ["document_id"], unique=False
+        )
+
+    op.create_table(
         "fields",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("envelope_id", sa.String(length=32), nullable=False),
@@ -204,6 +226,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_fields_envelope_id"))
 
     op.drop_table("fields")
+    with op.batch_alter_table("document_revisions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_document_revisions_document_id"))
+
+    op.drop_table("document_revisions")
     with op.batch_alter_table("parties", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_parties_envelope_id"))
 
