@@ -146,7 +146,9 @@ class _GatewayBench:
                     fields=fields,
                 )
                 session.commit()
-                send_envelope(session=session, envelope_id=env.id, actor="bench")
+                send_envelope(
+                    session=session, runtime=self.runtime, envelope_id=env.id, actor="bench"
+                )
                 session.commit()
                 out.append((env.id, env.parties[0].id, env.fields[0].id))
         return out

@@ -1,3 +1,5 @@
-"""connectors: see DESIGN.md. Nothing public is built here yet."""
+"""connectors: sources that pull and sinks that push, one module per transport."""
 
-__all__: list[str] = []
+from connectors.base import Batch, Provenance, RawRecord, Sink, Source
+
+__all__ = ["Batch", "Provenance", "RawRecord", "Sink", "Source"]

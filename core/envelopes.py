@@ -25,7 +25,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
@@ -62,14 +62,37 @@ class Limits:
     max_parties: int = 50
 
 
+class EnvelopeObserver(Protocol):
+    """Told of each envelope event inside the transaction that makes it, so what it writes
+    (outbox rows for mail or sinks) commits or rolls back with the state change.
+
+    Events: ``party.requested`` and ``party.notified`` (with the party), ``envelope.declined``
+    (with the declining party), ``envelope.cancelled``, ``envelope.expired``,
+    ``envelope.completed``.
+    """
+
+    def envelope_event(
+        self, *, session: Session, envelope: Envelope, event: str, party: Party | None
+    ) -> None:
+        """React to one event; raise to abort the state change."""
+
+
 @dataclass(frozen=True)
 class Runtime:
-    """What the services need besides the session: the blob store and the signing engine."""
+    """What the services need besides the session: blob store, signing engine, observers."""
 
     blobs: BlobStore
     signing: SigningEngine
     buyer_name: str
     limits: Limits = field(default_factory=Limits)
+    observers: tuple[EnvelopeObserver, ...] = ()
+
+    def notify(
+        self, session: Session, envelope: Envelope, event: str, party: Party | None = None
+    ) -> None:
+        """Tell every observer of one event (inside the caller's transaction)."""
+        for observer in self.observers:
+            observer.envelope_event(session=session, envelope=envelope, event=event, party=party)
 
 
 @dataclass(frozen=True)
@@ -379,7 +402,9 @@ def _set_party_state(party: Party, target: PartyState) -> None:
     party.state = target
 
 
-def _advance(session: Session, envelope: Envelope, now: dt.datetime) -> Party | None:
+def _advance(
+    session: Session, runtime: Runtime, envelope: Envelope, now: dt.datetime
+) -> Party | None:
     """Hand the envelope to the next party; move it to ``sealing`` when nobody is left.
 
     Returns the party now asked to act, or None.
@@ -399,6 +424,7 @@ def _advance(session: Session, envelope: Envelope, now: dt.datetime) -> Party | 
                 party_id=party.id,
                 at=now,
             )
+            runtime.notify(session, envelope, "party.notified", party)
             continue
         _set_party_state(party, PartyState.SENT)
         party.sent_at = now
@@ -411,6 +437,7 @@ def _advance(session: Session, envelope: Envelope, now: dt.datetime) -> Party | 
             at=now,
             detail={"routing_order": party.routing_order, "role": party.role.value},
         )
+        runtime.notify(session, envelope, "party.requested", party)
         return party
     if all(p.state in (PartyState.COMPLETED, PartyState.NOTIFIED) for p in envelope.parties):
         _set_envelope_state(envelope, EnvelopeState.SEALING, now)
@@ -418,7 +445,7 @@ def _advance(session: Session, envelope: Envelope, now: dt.datetime) -> Party | 
 
 
 def send_envelope(
-    *, session: Session, envelope_id: str, actor: str, ip: str | None = None
+    *, session: Session, runtime: Runtime, envelope_id: str, actor: str, ip: str | None = None
 ) -> Party:
     """Send a draft: the first acting party is asked to act. Returns that party."""
     envelope = get_envelope(session=session, envelope_id=envelope_id)
@@ -433,7 +460,7 @@ def send_envelope(
         ip=ip,
         at=now,
     )
-    first = _advance(session, envelope, now)
+    first = _advance(session, runtime, envelope, now)
     assert first is not None  # create_envelope guarantees an acting party
     session.flush()
     return first
@@ -657,7 +684,7 @@ def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
         at=now,
         detail={"signature_field": field_name, "documents": len(envelope.documents)},
     )
-    _advance(session, envelope, now)
+    _advance(session, runtime, envelope, now)
     session.commit()
     return party
 
@@ -705,7 +732,13 @@ def approve(
 
 
 def decline(
-    *, session: Session, envelope_id: str, party_id: str, reason: str, ip: str | None = None
+    *,
+    session: Session,
+    runtime: Runtime,
+    envelope_id: str,
+    party_id: str,
+    reason: str,
+    ip: str | None = None,
 ) -> Envelope:
     """The current party declines with a reason; the envelope ends as ``declined``."""
     party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
@@ -731,12 +764,19 @@ def decline(
         at=now,
         detail={"reason": reason},
     )
+    runtime.notify(session, party.envelope, "envelope.declined", party)
     session.flush()
     return party.envelope
 
 
 def cancel_envelope(
-    *, session: Session, envelope_id: str, actor: str, reason: str = "", ip: str | None = None
+    *,
+    session: Session,
+    runtime: Runtime,
+    envelope_id: str,
+    actor: str,
+    reason: str = "",
+    ip: str | None = None,
 ) -> Envelope:
     """Cancel an envelope before completion (draft or sent)."""
     envelope = get_envelope(session=session, envelope_id=envelope_id)
@@ -751,11 +791,12 @@ def cancel_envelope(
         at=now,
         detail={"reason": reason.strip()},
     )
+    runtime.notify(session, envelope, "envelope.cancelled")
     session.flush()
     return envelope
 
 
-def expire_envelope(*, session: Session, envelope_id: str) -> Envelope:
+def expire_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> Envelope:
     """The deadline passed before every party acted."""
     envelope = get_envelope(session=session, envelope_id=envelope_id)
     now = utcnow()
@@ -767,6 +808,7 @@ def expire_envelope(*, session: Session, envelope_id: str) -> Envelope:
         envelope_id=envelope_id,
         at=now,
     )
+    runtime.notify(session, envelope, "envelope.expired")
     session.flush()
     return envelope
 
@@ -888,6 +930,7 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
     session.flush()
     certificate = render_certificate(_certificate_data(session, envelope, now, runtime.buyer_name))
     envelope.certificate_blob_id = runtime.blobs.put(certificate)
+    runtime.notify(session, envelope, "envelope.completed")
     session.commit()
     return envelope
 

@@ -7,6 +7,7 @@ produce exactly these tables.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     Numeric,
@@ -259,3 +261,39 @@ class AuditEvent(Base):
 
     # Lets the unit of work insert an envelope before the events that refer to it.
     envelope: Mapped[Envelope | None] = relationship()
+
+
+class DeliveryState(enum.StrEnum):
+    """Where one outbox row stands."""
+
+    PENDING = "pending"  # due at next_attempt_at
+    LEASED = "leased"  # claimed by a worker until lease_expires_at
+    DELIVERED = "delivered"
+    DEAD = "dead"  # gave up: the bound was reached or the error is permanent
+
+
+class Delivery(Base):
+    """One outbox row: push one thing (a finished envelope, a mail) to one target, exactly once
+    as far as the target can tell (``idempotency_key``)."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=True)
+    target: Mapped[str] = mapped_column(String(64), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    envelope_id: Mapped[str | None] = mapped_column(ForeignKey("envelopes.id"), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON(), default=dict)
+    state: Mapped[DeliveryState] = mapped_column(
+        _enum(DeliveryState, "delivery_state"), default=DeliveryState.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(Integer(), default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+    envelope: Mapped[Envelope | None] = relationship()
+
+    __table_args__ = (Index("ix_deliveries_due", "state", "next_attempt_at"),)

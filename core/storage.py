@@ -43,8 +43,8 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
-def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema up to ``revision`` (idempotent)."""
+def migrate(engine: Engine, revision: str = "heads") -> None:
+    """Bring the schema up to ``revision`` (default: every head; idempotent)."""
     config = alembic_config(engine)
     with engine.begin() as connection:
         config.attributes["connection"] = connection

@@ -152,7 +152,7 @@ def run_demo(gateway: Gateway, *, output: Path) -> DemoResult:
             actor="demo",
         )
         session.commit()
-        send_envelope(session=session, envelope_id=envelope.id, actor=department)
+        send_envelope(session=session, runtime=runtime, envelope_id=envelope.id, actor=department)
         session.commit()
         # Each party acts in turn, as the signing pages will: open, fill, complete.
         for party in list(envelope.parties):

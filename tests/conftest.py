@@ -76,7 +76,7 @@ def db_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine
         with engine.begin() as conn:
             # Each test starts from empty tables; the schema is kept for the next one.
             tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
-            conn.execute(text(f"TRUNCATE {tables}"))
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
         engine.dispose()
 
 

@@ -38,6 +38,7 @@ from core.envelopes import (
 )
 from core.errors import BlobError, DocumentError, SigningError, StateError
 from core.model import Envelope, Party
+from core.outbox import enqueue, list_deliveries
 from core.signing import SigningEngine, SigningKey, TimestampService, verify_pdf
 from core.states import EnvelopeState, PartyRole, PartyState
 from tests.fixtures.pdfs import make_pdf
@@ -110,7 +111,9 @@ def test_full_flow_signs_every_document_and_issues_a_certificate(
     parties = [*_parties(), PartyInput(PartyRole.CC, "写し 受取", "cc@city.example.jp")]
     envelope = make_envelope(parties=parties)
     assert envelope.state is EnvelopeState.DRAFT
-    first = send_envelope(session=session, envelope_id=envelope.id, actor="開発市 契約課")
+    first = send_envelope(
+        session=session, runtime=dev_runtime, envelope_id=envelope.id, actor="開発市 契約課"
+    )
     session.commit()
     assert first.routing_order == 1 and first.state is PartyState.SENT
     assert [p.state for p in envelope.parties[1:]] == [PartyState.WAITING] * 3
@@ -162,7 +165,7 @@ def test_only_the_current_party_can_act(
     with pytest.raises(StateError) as info:  # not sent yet
         record_view(session=session, envelope_id=envelope.id, party_id=envelope.parties[0].id)
     assert info.value.code == "state.envelope_not_open"
-    send_envelope(session=session, envelope_id=envelope.id, actor="staff")
+    send_envelope(session=session, runtime=dev_runtime, envelope_id=envelope.id, actor="staff")
     session.commit()
     second = envelope.parties[1]
     with pytest.raises(StateError) as info:
@@ -211,7 +214,7 @@ def test_concurrent_submits_apply_once(
             parties=_parties(1),
         )
         session.commit()
-        send_envelope(session=session, envelope_id=envelope.id, actor="staff")
+        send_envelope(session=session, runtime=dev_runtime, envelope_id=envelope.id, actor="staff")
         session.commit()
         envelope_id, party_id = envelope.id, envelope.parties[0].id
     barrier = threading.Barrier(4)
@@ -247,12 +250,19 @@ def test_decline_needs_a_reason_and_ends_the_envelope(
     session: Session, dev_runtime: Runtime, make_envelope: Callable[..., Envelope]
 ) -> None:
     envelope = make_envelope()
-    send_envelope(session=session, envelope_id=envelope.id, actor="staff")
+    send_envelope(session=session, runtime=dev_runtime, envelope_id=envelope.id, actor="staff")
     party = envelope.parties[0]
     with pytest.raises(StateError, match="envelope.decline_reason_required"):
-        decline(session=session, envelope_id=envelope.id, party_id=party.id, reason="  ")
+        decline(
+            session=session,
+            runtime=dev_runtime,
+            envelope_id=envelope.id,
+            party_id=party.id,
+            reason="  ",
+        )
     decline(
         session=session,
+        runtime=dev_runtime,
         envelope_id=envelope.id,
         party_id=party.id,
         reason="金額に誤りがあります",
@@ -271,40 +281,44 @@ def test_decline_needs_a_reason_and_ends_the_envelope(
             auth_method=STAFF,
         )
     with pytest.raises(StateError, match="state.illegal_transition"):
-        cancel_envelope(session=session, envelope_id=envelope.id, actor="staff")
+        cancel_envelope(
+            session=session, runtime=dev_runtime, envelope_id=envelope.id, actor="staff"
+        )
 
 
 def test_cancel_only_before_completion_and_expire(
     session: Session, dev_runtime: Runtime, make_envelope: Callable[..., Envelope]
 ) -> None:
     draft = make_envelope()
-    cancel_envelope(session=session, envelope_id=draft.id, actor="staff", reason="誤登録")
+    cancel_envelope(
+        session=session, runtime=dev_runtime, envelope_id=draft.id, actor="staff", reason="誤登録"
+    )
     assert draft.state is EnvelopeState.CANCELLED
 
     sent = make_envelope()
-    send_envelope(session=session, envelope_id=sent.id, actor="staff")
-    expire_envelope(session=session, envelope_id=sent.id)
+    send_envelope(session=session, runtime=dev_runtime, envelope_id=sent.id, actor="staff")
+    expire_envelope(session=session, runtime=dev_runtime, envelope_id=sent.id)
     assert sent.state is EnvelopeState.EXPIRED
     with pytest.raises(StateError):
-        send_envelope(session=session, envelope_id=sent.id, actor="staff")
+        send_envelope(session=session, runtime=dev_runtime, envelope_id=sent.id, actor="staff")
 
     done = make_envelope()
-    send_envelope(session=session, envelope_id=done.id, actor="staff")
+    send_envelope(session=session, runtime=dev_runtime, envelope_id=done.id, actor="staff")
     session.commit()
     _act_all(session, dev_runtime, done)
     session.refresh(done)
     assert done.state is EnvelopeState.COMPLETED
     with pytest.raises(StateError, match="state.illegal_transition"):
-        cancel_envelope(session=session, envelope_id=done.id, actor="staff")
+        cancel_envelope(session=session, runtime=dev_runtime, envelope_id=done.id, actor="staff")
     with pytest.raises(StateError, match="state.illegal_transition"):
-        expire_envelope(session=session, envelope_id=done.id)
+        expire_envelope(session=session, runtime=dev_runtime, envelope_id=done.id)
 
 
 def test_field_values_are_checked(
     session: Session, dev_runtime: Runtime, make_envelope: Callable[..., Envelope]
 ) -> None:
     envelope = make_envelope()
-    send_envelope(session=session, envelope_id=envelope.id, actor="staff")
+    send_envelope(session=session, runtime=dev_runtime, envelope_id=envelope.id, actor="staff")
     session.commit()
     approver, contractor = envelope.parties[0], envelope.parties[1]
     with pytest.raises(StateError, match="envelope.foreign_field"):
@@ -359,7 +373,7 @@ def test_seventeen_plus_parties_in_order(
         documents=[DocumentInput("契約書.pdf", make_pdf(pages=1))],
     )
     assert len(envelope.parties) == 18
-    send_envelope(session=session, envelope_id=envelope.id, actor="staff")
+    send_envelope(session=session, runtime=dev_runtime, envelope_id=envelope.id, actor="staff")
     session.commit()
     _act_all(session, dev_runtime, envelope)
     session.refresh(envelope)
@@ -478,7 +492,7 @@ def test_tsa_outage_leaves_the_envelope_waiting_then_resumes(
             documents=[DocumentInput("a.pdf", make_pdf(pages=1))],
             parties=_parties(1),
         )
-        send_envelope(session=session, envelope_id=envelope.id, actor="staff")
+        send_envelope(session=session, runtime=runtime, envelope_id=envelope.id, actor="staff")
         session.commit()
         first, second = envelope.parties
         before = [r.blob_id for r in envelope.documents[0].revisions]
@@ -546,7 +560,7 @@ def test_signatures_are_stored_as_appends_and_a_tampered_append_is_caught(
 ) -> None:
     big = make_pdf(pages=1, size_target=1_000_000)
     envelope = make_envelope(documents=[DocumentInput("大きな契約書.pdf", big)], fields=[])
-    send_envelope(session=session, envelope_id=envelope.id, actor="staff")
+    send_envelope(session=session, runtime=dev_runtime, envelope_id=envelope.id, actor="staff")
     session.commit()
     _act_all(session, dev_runtime, envelope)
     session.refresh(envelope)
@@ -573,3 +587,51 @@ def test_signatures_are_stored_as_appends_and_a_tampered_append_is_caught(
     path.write_bytes(bytes(raw))
     with pytest.raises(BlobError, match="blob.tampered"):
         current_documents(runtime=dev_runtime, envelope=envelope)
+
+
+class _OutboxObserver:
+    """Writes one outbox row per event, as the mailer and the sinks will."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.fail_on = fail_on
+
+    def envelope_event(
+        self, *, session: Session, envelope: Envelope, event: str, party: Party | None
+    ) -> None:
+        if event == self.fail_on:
+            raise RuntimeError("observer refused")
+        key = f"test:{envelope.id}:{event}:{party.id if party else '-'}"
+        enqueue(
+            session=session,
+            target="test",
+            idempotency_key=key,
+            payload={"event": event},
+            envelope_id=envelope.id,
+        )
+
+
+def test_observers_write_outbox_rows_with_each_state_change(
+    session: Session, dev_runtime: Runtime, make_envelope: Callable[..., Envelope]
+) -> None:
+    runtime = replace(dev_runtime, observers=(_OutboxObserver(),))
+    envelope = make_envelope(
+        parties=[*_parties(), PartyInput(PartyRole.CC, "写し", "cc@example.jp")]
+    )
+    send_envelope(session=session, runtime=runtime, envelope_id=envelope.id, actor="staff")
+    session.commit()
+    _act_all(session, runtime, envelope)
+    events = [d.payload["event"] for d in reversed(list_deliveries(session=session))]
+    assert events == ["party.requested"] * 3 + ["party.notified", "envelope.completed"]
+
+    other = make_envelope()
+    send_envelope(session=session, runtime=runtime, envelope_id=other.id, actor="staff")
+    session.commit()
+    failing = replace(runtime, observers=(_OutboxObserver(fail_on="envelope.cancelled"),))
+    with pytest.raises(RuntimeError):
+        cancel_envelope(session=session, runtime=failing, envelope_id=other.id, actor="staff")
+    session.rollback()
+    assert get_envelope(session=session, envelope_id=other.id).state is EnvelopeState.SENT
+    cancel_envelope(session=session, runtime=runtime, envelope_id=other.id, actor="staff")
+    session.commit()
+    newest = list_deliveries(session=session)[0]
+    assert newest.payload["event"] == "envelope.cancelled"

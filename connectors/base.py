@@ -1,0 +1,84 @@
+"""The two connector shapes: a :class:`Source` reads raw records, a :class:`Sink` pushes one delivery.
+
+Everything else a connector needs (names, closing, a health probe) is a default here, so a
+transport module implements one method. A shared contract test suite runs against every
+connector (``tests/contract``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a raw record came from, precisely enough to find it again and replay it."""
+
+    source: str
+    file: str | None = None
+    line: int | None = None  # 1-based line (CSV) or record number
+    path: str | None = None  # element path (XML / SOAP)
+
+    def describe(self) -> str:
+        """``source:file:line`` (or ``source:path``) for line errors and logs."""
+        parts = [self.source]
+        if self.file:
+            parts.append(self.file)
+        if self.line is not None:
+            parts.append(str(self.line))
+        if self.path:
+            parts.append(self.path)
+        return ":".join(parts)
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One record as the source delivered it: field name (or column position) → text."""
+
+    fields: Mapping[str, Any]
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one pull returns: the records, and the cursor to store once they are committed."""
+
+    records: Iterator[RawRecord]
+    cursor: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Source(abc.ABC):
+    """Reads raw records since an opaque cursor (a bookmark the source alone understands).
+
+    The caller stores the new cursor only after the records it covers are durably written, so a
+    crash re-reads rather than loses.
+    """
+
+    name: str = "source"
+
+    @abc.abstractmethod
+    def pull(self, cursor: Mapping[str, Any]) -> Batch:
+        """Records not yet seen under ``cursor``, and the cursor that covers them."""
+
+    def acknowledge(self, cursor: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Called after the records of ``cursor`` are committed (e.g. move processed files)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class Sink(abc.ABC):
+    """Pushes one delivery idempotently: the same ``idempotency_key`` twice has one effect."""
+
+    name: str = "sink"
+
+    @abc.abstractmethod
+    def push(self, *, idempotency_key: str, payload: Mapping[str, Any]) -> None:
+        """Deliver one item; raise a retriable :class:`~core.errors.GatewayError` on outages
+        and a non-retriable one when the target refuses the item itself."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
