@@ -15,7 +15,7 @@ from core.blobs import BlobStore
 from core.model import Base
 from core.storage import create_database_engine, migrate
 
-pytest_plugins = ["tests.fixtures.pki_plugin"]
+pytest_plugins = ["tests.fixtures.pki_plugin", "tests.fixtures.sshd"]
 
 PG_ADMIN_URL = os.environ.get(
     "KEIYAKU_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
