@@ -147,8 +147,28 @@ def verify(obj: _Context, file: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
     else:
-        click.echo(report.as_text())
+        click.echo(_report_text(file, report))
     sys.exit(0 if report.ok else 1)
+
+
+def _report_text(file: Path, report: Any) -> str:
+    """The verification report for a terminal: one block per signature, times in JST."""
+    lines = [f"{file}: {'OK' if report.ok else 'FAILED'}"]
+    if report.error:
+        lines.append(f"  error: {report.error}")
+    checks = ("intact", "trusted", "timestamp_valid", "ltv", "docmdp_ok")
+    for index, sig in enumerate(report.signatures, start=1):
+        when = sig.signing_time.strftime("%Y-%m-%d %H:%M:%S JST") if sig.signing_time else "-"
+        lines.append(f"  #{index} {sig.kind} {sig.field_name}: {'ok' if sig.ok else 'FAILED'}")
+        lines.append(f"     signer: {sig.signer or '-'}")
+        if sig.reason:
+            lines.append(f"     reason: {sig.reason}")
+        lines.append(f"     time:   {when}")
+        lines.append(
+            "     " + ", ".join(f"{c}={'yes' if getattr(sig, c) else 'NO'}" for c in checks)
+        )
+        lines.extend(f"     problem: {p}" for p in sig.problems)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -97,6 +97,11 @@ def test_verify_accepts_the_demo_and_rejects_a_flipped_byte(
     assert all(s["intact"] and s["trusted"] for s in report["signatures"])
     assert "JSTに承認しました" in report["signatures"][0]["reason"]
 
+    text = _run("--config", str(config), "verify", str(signed[0])).stdout
+    assert text.splitlines()[0].endswith(": OK")
+    assert text.count("approval kg_sig_") == 3 and "document_timestamp" in text
+    assert " JST" in text and "ltv=yes" in text and "NO" not in text
+
     data = bytearray(signed[0].read_bytes())
     # A byte inside the first signed range: in the page content of the original document.
     index = data.index(b"stream") + 20
@@ -104,7 +109,8 @@ def test_verify_accepts_the_demo_and_rejects_a_flipped_byte(
     tampered = tmp_path / "tampered.pdf"
     tampered.write_bytes(bytes(data))
     bad = _run("--config", str(config), "verify", str(tampered), check=False)
-    assert bad.returncode != 0
+    assert bad.returncode == 1
+    assert bad.stdout.splitlines()[0].endswith(": FAILED") and "intact=NO" in bad.stdout
     pdfsig = subprocess.run(["pdfsig", str(tampered)], capture_output=True, text=True)
     assert pdfsig.stdout.count("Digest Mismatch.") == 3, pdfsig.stdout
     assert "Signature is Valid." not in pdfsig.stdout
