@@ -70,6 +70,13 @@ class BlobStore:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        # The rename is durable only once the folder entry is: the database will reference
+        # this id right after, so a crash must not be able to lose the name.
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
         return blob_id
 
     def get(self, blob_id: str) -> bytes:
