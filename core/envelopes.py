@@ -569,29 +569,23 @@ def record_approval(
     cleaned = _check_values(party, values)
     check_party_transition(party.state, PartyState.SIGNING)
     now = utcnow()
-    # The conditional UPDATE is the once-only guard: of two simultaneous submits, one changes
-    # the row and the other sees rowcount 0.
-    result = session.execute(
-        update(Party)
-        .where(
-            Party.id == party.id,
-            Party.state.in_([s.value for s in ACTIONABLE_PARTY_STATES]),
-        )
-        .values(
-            state=PartyState.SIGNING.value,
-            approved_at=now,
-            approved_ip=ip,
-            auth_method=auth_method,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        session.rollback()
-        raise StateError(
+    _compare_and_set(
+        session,
+        Party,
+        party.id,
+        frozenset(s.value for s in ACTIONABLE_PARTY_STATES),
+        {
+            "state": PartyState.SIGNING.value,
+            "approved_at": now,
+            "approved_ip": ip,
+            "auth_method": auth_method,
+        },
+        StateError(
             "state.already_acted",
             "this approval was already submitted",
             "この署名依頼は既に処理されています。",
-        )
+        ),
+    )
     for f in party.fields:
         f.value = cleaned[f.id]
     record_event(
@@ -611,6 +605,30 @@ def record_approval(
     set_committed_value(party, "auth_method", auth_method)
     session.commit()
     return party
+
+
+def _compare_and_set(
+    session: Session,
+    model: type[Party] | type[Envelope],
+    row_id: str,
+    expected: frozenset[str],
+    values: dict[str, Any],
+    error: StateError,
+) -> None:
+    """Change one row only if it is still in an ``expected`` state, else roll back and raise.
+
+    This is the once-only guard: of two concurrent attempts, one changes the row and the other
+    sees no row changed.
+    """
+    result = session.execute(
+        update(model)
+        .where(model.id == row_id, model.state.in_(sorted(expected)))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise error
 
 
 def _signature_field_name(party: Party) -> str:
@@ -653,21 +671,19 @@ def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
             _record_retriable(session, envelope, exc, party_id=party.id)
         raise
     now = utcnow()
-    # Compare-and-set on the party keeps a concurrent retry from applying twice; the loser's
-    # blobs are never referenced.
-    done = session.execute(
-        update(Party)
-        .where(Party.id == party.id, Party.state == PartyState.SIGNING.value)
-        .values(state=PartyState.COMPLETED.value, completed_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if done.rowcount != 1:  # type: ignore[attr-defined]
-        session.rollback()
-        raise StateError(
+    # A concurrent retry of the same signature loses here; its blobs are never referenced.
+    _compare_and_set(
+        session,
+        Party,
+        party.id,
+        frozenset({PartyState.SIGNING.value}),
+        {"state": PartyState.COMPLETED.value, "completed_at": now},
+        StateError(
             "state.already_acted",
             "this signature was already applied",
             "この署名は既に適用されています。",
-        )
+        ),
+    )
     for doc, revision in new_revisions:
         doc.revisions.append(revision)
         doc.size = revision.size
@@ -898,21 +914,23 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
             _record_retriable(session, envelope, exc)
         raise
     now = utcnow()
-    done = session.execute(
-        update(Envelope)
-        .where(Envelope.id == envelope.id, Envelope.state == EnvelopeState.SEALING.value)
-        .values(
-            state=EnvelopeState.COMPLETED.value, completed_at=now, updated_at=now, last_error=None
-        )
-        .execution_options(synchronize_session=False)
-    )
-    if done.rowcount != 1:  # type: ignore[attr-defined]
-        session.rollback()
-        raise StateError(
+    _compare_and_set(
+        session,
+        Envelope,
+        envelope.id,
+        frozenset({EnvelopeState.SEALING.value}),
+        {
+            "state": EnvelopeState.COMPLETED.value,
+            "completed_at": now,
+            "updated_at": now,
+            "last_error": None,
+        },
+        StateError(
             "state.already_sealed",
             "this envelope was already sealed",
             "この封筒は既に締結済みです。",
-        )
+        ),
+    )
     for doc, revision in sealed:
         doc.revisions.append(revision)
         doc.size = revision.size

@@ -264,22 +264,29 @@ def _existing_field_names(form: generic.DictionaryObject) -> set[str]:
     return names
 
 
-def _empty_appearance(width: float, height: float) -> generic.StreamObject:
-    return generic.StreamObject(
-        {
-            pdf_name("/Type"): pdf_name("/XObject"),
-            pdf_name("/Subtype"): pdf_name("/Form"),
-            pdf_name("/BBox"): generic.ArrayObject(
-                [
-                    generic.FloatObject(0),
-                    generic.FloatObject(0),
-                    generic.FloatObject(width),
-                    generic.FloatObject(height),
-                ]
-            ),
-        },
-        stream_data=b"",
-    )
+def _form_xobject(
+    width: float,
+    height: float,
+    *,
+    content: bytes = b"",
+    resources: generic.DictionaryObject | None = None,
+) -> generic.StreamObject:
+    """A form XObject of ``width`` x ``height`` points: a field's appearance stream."""
+    entries: dict[generic.NameObject, generic.PdfObject] = {
+        pdf_name("/Type"): pdf_name("/XObject"),
+        pdf_name("/Subtype"): pdf_name("/Form"),
+        pdf_name("/BBox"): generic.ArrayObject(
+            [
+                generic.FloatObject(0),
+                generic.FloatObject(0),
+                generic.FloatObject(width),
+                generic.FloatObject(height),
+            ]
+        ),
+    }
+    if resources is not None:
+        entries[pdf_name("/Resources")] = resources
+    return generic.StreamObject(entries, stream_data=content)
 
 
 def _check_fields(fields: Sequence[FieldBox], page_count: int) -> None:
@@ -373,7 +380,7 @@ def prepare_document(data: bytes, *, certificate_id: str, fields: Sequence[Field
                     pdf_name("/P"): page_ref,
                     pdf_name("/DA"): generic.pdf_string(f"{_FIELD_FONT} 10 Tf 0 g"),
                     pdf_name("/AP"): generic.DictionaryObject(
-                        {pdf_name("/N"): writer.add_object(_empty_appearance(x2 - x1, y2 - y1))}
+                        {pdf_name("/N"): writer.add_object(_form_xobject(x2 - x1, y2 - y1))}
                     ),
                 }
             )
@@ -458,21 +465,10 @@ def _text_appearance(
         f"BT {_FIELD_FONT} {size:.2f} Tf 0 g {padding:g} {baseline:.2f} Td "
     ).encode("ascii")
     ops += text.show_operator() + b" ET Q EMC"
-    return generic.StreamObject(
-        {
-            pdf_name("/Type"): pdf_name("/XObject"),
-            pdf_name("/Subtype"): pdf_name("/Form"),
-            pdf_name("/BBox"): generic.ArrayObject(
-                [
-                    generic.FloatObject(0),
-                    generic.FloatObject(0),
-                    generic.FloatObject(width),
-                    generic.FloatObject(height),
-                ]
-            ),
-            pdf_name("/Resources"): generic.DictionaryObject(
-                {pdf_name("/Font"): generic.DictionaryObject({pdf_name(_FIELD_FONT): font_ref})}
-            ),
-        },
-        stream_data=ops,
+    fonts = generic.DictionaryObject({pdf_name(_FIELD_FONT): font_ref})
+    return _form_xobject(
+        width,
+        height,
+        content=ops,
+        resources=generic.DictionaryObject({pdf_name("/Font"): fonts}),
     )
