@@ -12,6 +12,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.errors import GatewayError
+
 
 @dataclass(frozen=True)
 class Provenance:
@@ -36,10 +38,15 @@ class Provenance:
 
 @dataclass(frozen=True)
 class RawRecord:
-    """One record as the source delivered it: field name (or column position) → text."""
+    """One record as the source delivered it: field name (or column position) → text.
+
+    ``error`` is set when the source could not read this record whole (undecodable bytes, a
+    wrong number of columns): it becomes a line error and the rest of the run goes on.
+    """
 
     fields: Mapping[str, Any]
     provenance: Provenance
+    error: GatewayError | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""SFTP transport (paramiko): the verified connection shared by the SFTP source and sink.
+"""SFTP transport (paramiko): the verified connection shared by the SFTP source and sink, the
+inbox source (:class:`SftpSource`) and the push-back sink.
 
 Host keys are checked against the configured known_hosts file only (never the user's or the
 system's), with ``RejectPolicy``: an unknown or changed key fails the connection. Connection
@@ -8,14 +9,22 @@ and they may mean an attack).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import io
+import posixpath
+import stat
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import paramiko
 
-from core.errors import Disposition, GatewayError
+from connectors._drop import DropPlan, temp_name, trigger_carries
+from connectors.base import Sink
+from connectors.inbox import FileEntry, InboxSource
+from connectors.outbound import Outbound
+from core.errors import Disposition, GatewayError, SinkError, SourceError
 
 
 @dataclass(frozen=True)
@@ -108,3 +117,313 @@ def open_sftp(endpoint: SftpEndpoint) -> Iterator[paramiko.SFTPClient]:
     finally:
         sftp.close()
         client.close()
+
+
+class SftpSink(Sink):
+    """Uploads each delivery's files into a remote folder so a reader never sees half a file.
+
+    Each file goes to a hidden temporary name and is moved into place with ``posix_rename``
+    (atomic, and it replaces an existing file where plain ``rename`` fails); the trigger file,
+    when configured, is uploaded last; a receipt named after the idempotency key, in its own
+    folder, makes a repeated push a no-op, as does a trigger file carrying the same key (see
+    :mod:`connectors._drop`). One connection is kept open across pushes and reopened after a
+    failure. Connection and transfer failures are retriable; host-key and authentication
+    failures are not.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        endpoint: SftpEndpoint,
+        root: str,
+        trigger: str | None = None,
+        receipts: str = ".keiyaku-receipts",
+    ) -> None:
+        self.name = name
+        self.endpoint = endpoint
+        self.root = root.rstrip("/") or "/"
+        self.trigger = trigger
+        self.receipts = posixpath.join(self.root, receipts)
+        self._stack: ExitStack | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._folders: set[str] = set()
+
+    def _client(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            stack = ExitStack()
+            self._sftp = stack.enter_context(open_sftp(self.endpoint))
+            self._stack = stack
+        return self._sftp
+
+    def close(self) -> None:
+        """Close the kept connection (the next push opens a new one)."""
+        stack, self._stack, self._sftp = self._stack, None, None
+        self._folders.clear()
+        if stack is not None:
+            try:
+                stack.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # the connection is already gone; nothing left to release
+
+    def push(self, *, idempotency_key: str, payload: Mapping[str, Any]) -> None:
+        """Upload the delivery's files, then its trigger file and receipt; a delivery already
+        received is left alone."""
+        outbound = Outbound.from_payload(idempotency_key, payload)
+        plan = DropPlan.build(outbound, self.trigger)
+        folder = posixpath.join(self.root, outbound.directory) if outbound.directory else self.root
+        try:
+            sftp = self._client()
+            done = (
+                None
+                if outbound.first_attempt
+                else self._already_done(sftp, plan, folder, idempotency_key)
+            )
+            if done == "receipt":
+                return
+            if done is None:
+                self._makedirs(sftp, folder)
+                renames = _Renames(sftp)
+                for file in plan.files:
+                    if file.role == "trigger":
+                        renames.wait()  # every file is in place before the trigger appears
+                    self._upload(sftp, folder, file.name, file.data, idempotency_key, renames)
+                renames.wait()
+            # (A trigger without a receipt: a crash came in between; only the receipt is left.)
+            self._makedirs(sftp, self.receipts)
+            # Written in place: by now every file (and the trigger) is complete, so even a
+            # receipt cut short by a crash tells the truth.
+            with sftp.open(posixpath.join(self.receipts, plan.receipt_name), "wb") as fh:
+                fh.write(plan.receipt)
+        except GatewayError:
+            self.close()
+            raise
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self.close()
+            raise SinkError(
+                "sftp.write_failed",
+                f"{self.name}: upload to {self.endpoint.host}:{folder} failed: {exc}",
+                "SFTP接続先へのファイル送信に失敗しました。",
+                disposition=Disposition.RETRIABLE,
+            ) from exc
+
+    def _exists(self, sftp: paramiko.SFTPClient, path: str) -> bool:
+        try:
+            sftp.stat(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _already_done(
+        self, sftp: paramiko.SFTPClient, plan: DropPlan, folder: str, key: str
+    ) -> str | None:
+        if self._exists(sftp, posixpath.join(self.receipts, plan.receipt_name)):
+            return "receipt"
+        trigger = plan.trigger
+        if trigger is None:
+            return None
+        try:
+            with sftp.open(posixpath.join(folder, trigger.name), "rb") as fh:
+                return "trigger" if trigger_carries(fh.read(), key) else None
+        except FileNotFoundError:
+            return None
+
+    def _makedirs(self, sftp: paramiko.SFTPClient, folder: str) -> None:
+        if folder in self._folders:
+            return
+        try:
+            sftp.mkdir(folder)  # the usual case: a new folder under an existing one
+        except OSError:
+            if not self._exists(sftp, folder):
+                parent = posixpath.dirname(folder.rstrip("/"))
+                if not parent or parent == folder:
+                    raise
+                self._makedirs(sftp, parent)
+                try:
+                    sftp.mkdir(folder)
+                except OSError:
+                    if not self._exists(sftp, folder):  # another node made it meanwhile
+                        raise
+        self._folders.add(folder)
+
+    def _upload(
+        self,
+        sftp: paramiko.SFTPClient,
+        folder: str,
+        name: str,
+        data: bytes,
+        key: str,
+        renames: _Renames,
+    ) -> None:
+        tmp = posixpath.join(folder, temp_name(name, key))
+        with sftp.open(tmp, "wb") as fh:
+            # Pipelined: writes are not acknowledged one by one; close() checks every answer,
+            # so a file is renamed only once all of it is written.
+            fh.set_pipelined(True)
+            fh.write(data)
+        renames.send(tmp, posixpath.join(folder, name))
+
+
+class _Renames:
+    """``posix_rename`` requests sent without waiting for each answer, checked together.
+
+    The server handles one channel's requests in order, so a rename still follows the close of
+    its file; only the round trip per rename is saved. Answers are collected (and any failure
+    raised) by :meth:`wait` before anything that depends on them, i.e. the trigger file and the
+    receipt. Uses paramiko's request pipelining (``_async_request``, as its own prefetch does);
+    without it, each rename waits for its answer.
+    """
+
+    def __init__(self, sftp: paramiko.SFTPClient) -> None:
+        self.sftp = sftp
+        self.error: OSError | None = None
+
+    def send(self, old: str, new: str) -> None:
+        """Ask for ``old`` to be renamed over ``new``."""
+        if not hasattr(self.sftp, "_async_request"):
+            self.sftp.posix_rename(old, new)
+            return
+        self.sftp._async_request(
+            self, paramiko.sftp.CMD_EXTENDED, "posix-rename@openssh.com", old, new
+        )
+
+    def _async_response(self, kind: int, msg: paramiko.Message, num: int) -> None:
+        # Called by paramiko with each answer.
+        if kind != paramiko.sftp.CMD_STATUS:
+            self.error = self.error or OSError(f"unexpected SFTP answer {kind} to a rename")
+            return
+        code, text = msg.get_int(), msg.get_text()
+        if code != paramiko.sftp.SFTP_OK:
+            self.error = self.error or OSError(code, f"rename failed: {text}")
+
+    def _check_exception(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def wait(self) -> None:
+        """Every rename sent so far has been answered; raise the first failure."""
+        if hasattr(self.sftp, "_finish_responses"):
+            self.sftp._finish_responses(self)
+        self._check_exception()
+
+
+class _SftpStream(io.RawIOBase):
+    """An SFTP file as a raw stream, so the CSV reader can buffer and decode it."""
+
+    def __init__(self, handle: paramiko.SFTPFile) -> None:
+        self._handle = handle
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._handle.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._handle.close()
+        super().close()
+
+
+class SftpSource(InboxSource):
+    """CSV exports in a remote folder, read over one verified connection (kept open for the
+    run and closed by :meth:`close`); see :mod:`connectors.inbox` for the file history, read
+    lock and moving aside. Transport failures are retriable :class:`~core.errors.SourceError`s.
+    """
+
+    def __init__(self, *, endpoint: SftpEndpoint, **options: Any) -> None:
+        super().__init__(**options)
+        self.endpoint = endpoint
+        self._stack: ExitStack | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+
+    def _client(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            stack = ExitStack()
+            self._sftp = stack.enter_context(open_sftp(self.endpoint))
+            self._stack = stack
+        return self._sftp
+
+    def close(self) -> None:
+        """Close the kept connection."""
+        stack, self._stack, self._sftp = self._stack, None, None
+        if stack is not None:
+            try:
+                stack.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # already gone
+
+    def _failed(self, what: str, exc: BaseException) -> SourceError:
+        self.close()
+        return SourceError(
+            "sftp.read_failed",
+            f"{self.name}: {what} on {self.endpoint.host}:{self.endpoint.port} failed: {exc}",
+            "SFTP接続先からの読み込みに失敗しました。",
+        )
+
+    def _list(self) -> list[FileEntry]:
+        try:
+            items = self._client().listdir_attr(self.directory)
+        except FileNotFoundError as exc:
+            raise SourceError(
+                "sftp.no_directory",
+                f"{self.name}: no folder {self.directory} on {self.endpoint.host}",
+                f"SFTP接続先にフォルダ {self.directory} がありません。",
+                disposition=Disposition.FATAL,
+            ) from exc
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._failed("listing", exc) from exc
+        return [
+            FileEntry(item.filename, int(item.st_size or 0), int(item.st_mtime or 0))
+            for item in items
+            if item.st_mode is not None and stat.S_ISREG(item.st_mode)
+        ]
+
+    def _open(self, name: str) -> AbstractContextManager[IO[bytes]]:
+        path = posixpath.join(self.directory, name)
+        try:
+            handle = self._client().open(path, "rb")
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._failed(f"opening {path}", exc) from exc
+        return io.BufferedReader(_SftpStream(handle), buffer_size=256 * 1024)
+
+    def _stat(self, path: str) -> FileEntry | None:
+        try:
+            attrs = self._client().stat(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._failed(f"stat {path}", exc) from exc
+        if attrs.st_mode is None or not stat.S_ISREG(attrs.st_mode):
+            return None
+        return FileEntry(
+            posixpath.basename(path), int(attrs.st_size or 0), int(attrs.st_mtime or 0)
+        )
+
+    def _read(self, path: str) -> bytes:
+        try:
+            with self._client().open(path, "rb") as handle:
+                handle.prefetch()  # pipelined reads instead of one round trip per 32 KB
+                return bytes(handle.read())
+        except FileNotFoundError as exc:
+            raise SourceError(
+                "sftp.vanished",
+                f"{path} disappeared while being read",
+                f"文書ファイル {path} が読み込み中に削除されました。",
+            ) from exc
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._failed(f"reading {path}", exc) from exc
+
+    def _move(self, name: str, target_dir: str, target_name: str) -> None:
+        sftp = self._client()
+        try:
+            try:
+                sftp.stat(target_dir)
+            except FileNotFoundError:
+                sftp.mkdir(target_dir)
+            sftp.posix_rename(
+                posixpath.join(self.directory, name), posixpath.join(target_dir, target_name)
+            )
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._failed(f"moving {name}", exc) from exc

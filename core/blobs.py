@@ -16,7 +16,9 @@ import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from core.errors import BlobError, ConfigError
@@ -108,6 +110,16 @@ class BlobStore:
             return AESGCM(data_key).decrypt(nonce, ciphertext, header + blob_id.encode())
         except (InvalidTag, InvalidUnwrap) as exc:
             raise self._tampered(blob_id) from exc
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A 32-byte key for one other purpose (e.g. secrets kept in database rows), derived
+        from the master key with HKDF-SHA256, so one backed-up master key covers everything."""
+        return HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=None,
+            info=b"keiyaku-gateway/" + purpose.encode(),
+        ).derive(self._master_key)
 
     def exists(self, blob_id: str) -> bool:
         """True when a blob with this id is stored."""

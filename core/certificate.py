@@ -126,6 +126,8 @@ class CertificateData:
     operations: Sequence[CertificateOperation]
     issued_at: datetime
     amends: str | None = None
+    # Amendments (変更契約) concluded later that change this contract, one line each.
+    amended_by: Sequence[str] = ()
     font_path: Path | None = None
 
     def __post_init__(self) -> None:
@@ -291,6 +293,8 @@ def _story(data: CertificateData, font: str, *, split_rows: bool) -> list[Any]:
     ]
     if data.amends:
         facts.append(("原契約（変更契約の場合）", _markup(data.amends)))
+    if data.amended_by:
+        facts.append(("変更契約", _markup(*data.amended_by)))
     label_width = 48 * mm
     fact_rows = [[Paragraph(label, s.label), Paragraph(value, s.value)] for label, value in facts]
     facts_table = Table(

@@ -31,6 +31,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
+from core.amendments import amended_by, describe, original_of
 from core.audit import list_events, record_event
 from core.blobs import BlobStore
 from core.certificate import CertificateData, CertificateOperation, render_certificate
@@ -68,7 +69,8 @@ class EnvelopeObserver(Protocol):
 
     Events: ``party.requested`` and ``party.notified`` (with the party), ``envelope.declined``
     (with the declining party), ``envelope.cancelled``, ``envelope.expired``,
-    ``envelope.completed``.
+    ``envelope.completed``; from :mod:`core.links`: ``party.forwarded`` (with the party under
+    its new name and address), ``party.resent`` and ``party.locked`` (with the party).
     """
 
     def envelope_event(
@@ -491,6 +493,11 @@ def _require_current(party: Party) -> None:
         )
 
 
+def check_party_can_act(party: Party) -> None:
+    """Raise a ``state.*`` error unless ``party`` is the one whose turn it is and has not acted."""
+    _require_current(party)
+
+
 def record_view(
     *, session: Session, envelope_id: str, party_id: str, ip: str | None = None
 ) -> Party:
@@ -881,7 +888,10 @@ def _certificate_data(
                 email=email,
             )
         )
+    original = original_of(session=session, envelope_id=envelope.id)
     return CertificateData(
+        amends=describe(original) if original is not None else None,
+        amended_by=[describe(e) for e in amended_by(session=session, envelope_id=envelope.id)],
         certificate_id=envelope.certificate_id,
         title=envelope.title,
         document_names=[d.name for d in envelope.documents],
@@ -948,6 +958,19 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
     session.flush()
     certificate = render_certificate(_certificate_data(session, envelope, now, runtime.buyer_name))
     envelope.certificate_blob_id = runtime.blobs.put(certificate)
+    original = original_of(session=session, envelope_id=envelope.id)
+    if original is not None and original.state is EnvelopeState.COMPLETED:
+        # The original's certificate is issued again so that it names this amendment too.
+        reissued = render_certificate(_certificate_data(session, original, now, runtime.buyer_name))
+        original.certificate_blob_id = runtime.blobs.put(reissued)
+        record_event(
+            session=session,
+            action="certificate.reissued",
+            actor="system",
+            envelope_id=original.id,
+            at=now,
+            detail={"amended_by": envelope.id},
+        )
     runtime.notify(session, envelope, "envelope.completed")
     session.commit()
     return envelope

@@ -11,7 +11,16 @@ what to do with it::
     ├── DocumentError                 document.*           skippable record (bad input PDF, limits)
     ├── BlobError                     blob.*               fatal (missing or tampered blob)
     ├── SigningError                  signing.*            fatal, or retriable for TSA outages
-    └── NotFoundError                 not_found.*          fatal
+    ├── RecordError                   mapping.*, format.*, skippable record (one bad input record:
+    │                                 intake.*             a line error, the rest goes on)
+    ├── SourceError                   source.*, sftp.*,    retriable (outage), or fatal
+    │                                 soap.*               (refused credentials, host key, XML)
+    ├── SinkError                     sink.*, folder.*,    retriable (outage), or fatal: the
+    │                                 http.*, outbound.*,  sink refused this one delivery,
+    │                                 sftp.*, soap.*       which goes dead with the error
+    ├── GuaranteeError                guarantee.*          fatal (refused reference or notice)
+    ├── NotFoundError                 not_found.*          fatal
+    └── AuthError                     auth.*, link.*       fatal (missing or wrong token, code, lock)
 
 Library exceptions are chained with ``raise ... from exc`` so the cause survives in logs.
 """
@@ -91,3 +100,32 @@ class SigningError(GatewayError):
 
 class NotFoundError(GatewayError):
     """A looked-up object does not exist (or is not visible to the caller)."""
+
+
+class AuthError(GatewayError):
+    """The caller is not who it must be: an unknown API token, a wrong access code, a locked,
+    expired or replaced link."""
+
+
+class RecordError(GatewayError):
+    """One input record is refused (bad value, missing column, undecodable line); it becomes a
+    line error in the dead-letter store and the rest of the run goes on."""
+
+    default_disposition = Disposition.SKIPPABLE_RECORD
+
+
+class SourceError(GatewayError):
+    """A source or its transport failed as a whole (outage, refused credentials, unsafe XML)."""
+
+    default_disposition = Disposition.RETRIABLE
+
+
+class SinkError(GatewayError):
+    """A push to a sink failed: an outage (retried later) or a refusal of this one delivery
+    (not retriable: the delivery goes dead with this error, the others go on)."""
+
+    default_disposition = Disposition.RETRIABLE
+
+
+class GuaranteeError(GatewayError):
+    """A guarantee reference (電子保証) or an issuer's notice PDF is refused."""

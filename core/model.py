@@ -297,3 +297,331 @@ class Delivery(Base):
     envelope: Mapped[Envelope | None] = relationship()
 
     __table_args__ = (Index("ix_deliveries_due", "state", "next_attempt_at"),)
+
+
+class AccessCode(Base):
+    """The salted, peppered hash of one party's access code (アクセスコード); never the code."""
+
+    __tablename__ = "access_codes"
+
+    party_id: Mapped[str] = mapped_column(ForeignKey("parties.id"), primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(200))
+    set_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LinkPurpose(enum.StrEnum):
+    """What a mailed link opens."""
+
+    SIGN = "sign"  # the signing pages of one party (with its access code)
+    DOWNLOAD = "download"  # the signed documents of a completed envelope, for 14 days
+
+
+class SigningLink(Base):
+    """One mailed link. Only the SHA-256 of its random token is stored; the token itself exists
+    only in the mail that carried it."""
+
+    __tablename__ = "signing_links"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    purpose: Mapped[LinkPurpose] = mapped_column(_enum(LinkPurpose, "link_purpose"))
+    envelope_id: Mapped[str] = mapped_column(ForeignKey("envelopes.id"), index=True)
+    # None for a download link mailed to the sender, who is not a party.
+    party_id: Mapped[str | None] = mapped_column(ForeignKey("parties.id"), index=True)
+    email: Mapped[str] = mapped_column(String(320))
+    # The mail delivery the link was made for: a retried delivery replaces its link.
+    issued_for: Mapped[str] = mapped_column(String(200), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    revoked_reason: Mapped[str | None] = mapped_column(String(32))
+    # Wrong access codes so far (reserved before each check, so parallel guesses count too).
+    failed_attempts: Mapped[int] = mapped_column(Integer(), default=0)
+    locked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class ApiClient(Base):
+    """One system allowed to use the envelope API (e-bidding, document management)."""
+
+    __tablename__ = "api_clients"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    # SHA-256 of the bearer token; the token is shown once, when the client is created.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hint: Mapped[str] = mapped_column(String(16))
+    scopes: Mapped[list[str]] = mapped_column(JSON(), default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class ApiEnvelope(Base):
+    """Which system created an envelope (it sees only its own), and under which idempotency key."""
+
+    __tablename__ = "api_envelopes"
+    __table_args__ = (UniqueConstraint("client_id", "idempotency_key"),)
+
+    envelope_id: Mapped[str] = mapped_column(ForeignKey("envelopes.id"), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("api_clients.id"), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class Amendment(Base):
+    """変更契約: an envelope that amends an earlier envelope concluded electronically."""
+
+    __tablename__ = "amendments"
+
+    envelope_id: Mapped[str] = mapped_column(ForeignKey("envelopes.id"), primary_key=True)
+    original_id: Mapped[str] = mapped_column(ForeignKey("envelopes.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+# --- Intake: awards, contractors' addresses and usage requests, sync runs, dead letters, jobs ---
+
+
+class AwardState(enum.StrEnum):
+    """Where one award (落札) stands on its way to an envelope."""
+
+    WAITING_USAGE_REQUEST = "waiting_usage_request"  # the contractor has not consented yet
+    WAITING_DOCUMENTS = "waiting_documents"  # a contract PDF is not there yet
+    DRAFTED = "drafted"  # a draft envelope exists
+    SENT = "sent"  # its envelope was sent (auto_send)
+    CHANGED_AFTER_SEND = "changed_after_send"  # the source changed it after sending; reported
+
+
+def _wide_enum(cls: type[Any], name: str) -> Enum:
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        length=32,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
+
+
+class ContractorIdentity(Base):
+    """One key a contractor is known by: corporate number, bidder-registry code, or name key."""
+
+    __tablename__ = "contractor_identities"
+    __table_args__ = (UniqueConstraint("kind", "value"),)
+
+    id: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=True)
+    contractor_id: Mapped[str] = mapped_column(ForeignKey("contractors.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # corporate_number | registry_code | name_key
+    value: Mapped[str] = mapped_column(String(200))
+
+    # Orders the inserts (contractor first) when both are new in one flush.
+    contractor: Mapped[Contractor] = relationship()
+
+
+class ContractorEmail(Base):
+    """A registered e-mail address of a contractor (bidder registry: 入札参加資格)."""
+
+    __tablename__ = "contractor_emails"
+    __table_args__ = (UniqueConstraint("contractor_id", "email"),)
+
+    id: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=True)
+    contractor_id: Mapped[str] = mapped_column(ForeignKey("contractors.id"), index=True)
+    email: Mapped[str] = mapped_column(String(320))
+    source: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    contractor: Mapped[Contractor] = relationship()
+
+
+class UsageRequest(Base):
+    """電子契約利用申出書 / 承諾書: the contractor's prior consent and its signer.
+
+    ``award_ref`` names the one award it covers (per-case forms); None covers every award of the
+    contractor. The access code is stored only as a salted hash.
+    """
+
+    __tablename__ = "usage_requests"
+    __table_args__ = (UniqueConstraint("source", "request_key"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    source: Mapped[str] = mapped_column(String(64))
+    request_key: Mapped[str] = mapped_column(String(200))
+    contractor_id: Mapped[str] = mapped_column(ForeignKey("contractors.id"), index=True)
+    award_ref: Mapped[str | None] = mapped_column(String(100))
+    signer_name: Mapped[str] = mapped_column(String(200))
+    signer_title: Mapped[str | None] = mapped_column(String(200))
+    signer_email: Mapped[str] = mapped_column(String(320))
+    access_code_hash: Mapped[str | None] = mapped_column(String(200))
+    contact_department: Mapped[str | None] = mapped_column(String(200))
+    contact_name: Mapped[str | None] = mapped_column(String(200))
+    contact_phone: Mapped[str | None] = mapped_column(String(50))
+    contact_email: Mapped[str | None] = mapped_column(String(320))
+    consented_on: Mapped[dt.date | None] = mapped_column(Date())
+    withdrawn_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    contractor: Mapped[Contractor] = relationship()
+
+
+class SyncRun(Base):
+    """One sync of one source: what it read, made, skipped and refused, and how long it took."""
+
+    __tablename__ = "sync_runs"
+
+    id: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(64), index=True)
+    trigger: Mapped[str] = mapped_column(String(16))  # cli | schedule | api
+    status: Mapped[str] = mapped_column(String(16))  # running | succeeded | failed
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    duration_ms: Mapped[int | None] = mapped_column(Integer())
+    records: Mapped[int] = mapped_column(Integer(), default=0)
+    created: Mapped[int] = mapped_column(Integer(), default=0)
+    updated: Mapped[int] = mapped_column(Integer(), default=0)
+    unchanged: Mapped[int] = mapped_column(Integer(), default=0)
+    skipped: Mapped[int] = mapped_column(Integer(), default=0)
+    waiting: Mapped[int] = mapped_column(Integer(), default=0)
+    released: Mapped[int] = mapped_column(Integer(), default=0)
+    conflicts: Mapped[int] = mapped_column(Integer(), default=0)
+    errors: Mapped[int] = mapped_column(Integer(), default=0)
+    message: Mapped[str | None] = mapped_column(Text())
+
+
+class Award(Base):
+    """One award taken in from a source; unique on (source, award_id), so re-reading is harmless."""
+
+    __tablename__ = "awards"
+    __table_args__ = (UniqueConstraint("source", "award_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    source: Mapped[str] = mapped_column(String(64))
+    award_id: Mapped[str] = mapped_column(String(100))
+    state: Mapped[AwardState] = mapped_column(_wide_enum(AwardState, "award_state"), index=True)
+    title: Mapped[str] = mapped_column(String(300))
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(15, 0))
+    award_date: Mapped[dt.date | None] = mapped_column(Date())
+    transaction_date: Mapped[dt.date | None] = mapped_column(Date())
+    department: Mapped[str | None] = mapped_column(String(200))
+    counterparty: Mapped[str | None] = mapped_column(String(200))
+    corporate_number: Mapped[str | None] = mapped_column(String(13))
+    contractor_id: Mapped[str | None] = mapped_column(ForeignKey("contractors.id"), index=True)
+    usage_request_id: Mapped[str | None] = mapped_column(ForeignKey("usage_requests.id"))
+    envelope_id: Mapped[str | None] = mapped_column(ForeignKey("envelopes.id"), index=True)
+    # The mapped draft (JSON) and its SHA-256: an unchanged record is recognised without work.
+    draft: Mapped[dict[str, Any]] = mapped_column(JSON(), default=dict)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    # A change that arrived after the envelope was sent: kept for staff, never applied.
+    rejected_change: Mapped[dict[str, Any] | None] = mapped_column(JSON())
+    usage_request_due: Mapped[dt.date | None] = mapped_column(Date())
+    signing_due: Mapped[dt.date | None] = mapped_column(Date())
+    file: Mapped[str | None] = mapped_column(String(500))
+    line: Mapped[int | None] = mapped_column(Integer())
+    note: Mapped[str | None] = mapped_column(Text())
+    last_run_id: Mapped[int | None] = mapped_column(ForeignKey("sync_runs.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    documents: Mapped[list[AwardDocument]] = relationship(
+        order_by="AwardDocument.position", cascade="all, delete-orphan"
+    )
+    contractor: Mapped[Contractor | None] = relationship()
+
+
+class AwardDocument(Base):
+    """A contract PDF fetched for an award and kept (encrypted) until its envelope is made."""
+
+    __tablename__ = "award_documents"
+    __table_args__ = (UniqueConstraint("award_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=True)
+    award_id: Mapped[str] = mapped_column(ForeignKey("awards.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer())
+    name: Mapped[str] = mapped_column(String(255))
+    origin: Mapped[str] = mapped_column(String(500))  # the path it came from, or "attachment"
+    blob_id: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger())
+
+
+class SourceCursor(Base):
+    """A source's bookmark, stored in the transaction that commits the records it covers."""
+
+    __tablename__ = "source_cursors"
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cursor: Mapped[dict[str, Any]] = mapped_column(JSON(), default=dict)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class DeadLetter(Base):
+    """One refused record (a line error): where it was, which field, why, and the record itself
+    (secrets redacted) so it can be fixed and replayed."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("sync_runs.id"), index=True)
+    source: Mapped[str] = mapped_column(String(64), index=True)
+    file: Mapped[str | None] = mapped_column(String(500))
+    line: Mapped[int | None] = mapped_column(Integer())
+    path: Mapped[str | None] = mapped_column(String(500))
+    field: Mapped[str | None] = mapped_column(String(100))
+    code: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text())
+    reason_ja: Mapped[str] = mapped_column(Text())
+    mapping_line: Mapped[int | None] = mapped_column(Integer())
+    record: Mapped[dict[str, Any]] = mapped_column(JSON(), default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class JobRun(Base):
+    """One execution of a scheduled job. Unique per (job, fire time): of several nodes firing
+    the same tick, only the one whose insert wins runs it."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (UniqueConstraint("job_id", "fire_time"),)
+
+    id: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64))
+    fire_time: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    node: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))  # running | succeeded | failed
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    message: Mapped[str | None] = mapped_column(Text())
+
+
+# --- Push-back: guarantee references (電子保証) ---
+
+
+class GuaranteeKind(enum.StrEnum):
+    """Which guarantee certificate a reference stands for."""
+
+    CONTRACT = "contract"  # 契約保証
+    ADVANCE = "advance"  # 前払金保証
+    INTERIM_ADVANCE = "interim_advance"  # 中間前払金保証
+
+
+class GuaranteeReference(Base):
+    """One electronic guarantee certificate (電子保証) handed over for an envelope: the guarantee
+    contract number (保証契約番号) and the authentication key (認証キー) with which the buyer
+    views it at the issuer. The key is a secret: only its AES-GCM ciphertext and its last two
+    characters are stored (see :mod:`core.guarantees`)."""
+
+    __tablename__ = "guarantee_references"
+    __table_args__ = (UniqueConstraint("envelope_id", "contract_number"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    envelope_id: Mapped[str] = mapped_column(ForeignKey("envelopes.id"), index=True)
+    kind: Mapped[GuaranteeKind] = mapped_column(_enum(GuaranteeKind, "guarantee_kind"))
+    contract_number: Mapped[str] = mapped_column(String(32), index=True)
+    issuer: Mapped[str] = mapped_column(String(200))
+    key_ciphertext: Mapped[str] = mapped_column(Text())
+    key_hint: Mapped[str] = mapped_column(String(8))
+    # As printed on the issuer's notice (工事名, 発注者), when the reference came from one.
+    project_name: Mapped[str | None] = mapped_column(String(300))
+    buyer: Mapped[str | None] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(16))  # api | cli | notice | mapping | signing_page
+    notice_blob_id: Mapped[str | None] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -218,12 +218,21 @@ def get_delivery(*, session: Session, delivery_id: int) -> Delivery:
 
 
 def list_deliveries(
-    *, session: Session, state: DeliveryState | None = None, limit: int = 100
+    *,
+    session: Session,
+    state: DeliveryState | None = None,
+    limit: int = 100,
+    target: str | None = None,
+    envelope_id: str | None = None,
 ) -> Sequence[Delivery]:
-    """Deliveries, newest first, optionally in one state."""
+    """Deliveries, newest first, optionally in one state, to one target, of one envelope."""
     query = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
     if state is not None:
         query = query.where(Delivery.state == state.value)
+    if target is not None:
+        query = query.where(Delivery.target == target)
+    if envelope_id is not None:
+        query = query.where(Delivery.envelope_id == envelope_id)
     return session.scalars(query).all()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 
 from asn1crypto import x509
@@ -13,6 +15,8 @@ from core.blobs import BlobStore
 from core.certificate import find_cjk_font
 from core.envelopes import MB, Limits, Runtime
 from core.errors import ConfigError
+from core.links import AccessCodePolicy
+from core.notify import MailObserver
 from core.signing import (
     RevocationData,
     SigningEngine,
@@ -23,6 +27,7 @@ from core.signing import (
 )
 from core.storage import create_database_engine, make_session_factory, migrate
 from gateway.settings import Pkcs12Key, Settings
+from gateway.sinks import pushback_observer
 
 
 @dataclass
@@ -126,8 +131,29 @@ def open_gateway(settings: Settings, *, migrate_schema: bool = True) -> Gateway:
             max_files=limits.max_files,
             max_parties=limits.max_parties,
         ),
+        # Each envelope event adds its mails to the outbox in the same transaction.
+        # Push-back: one delivery per subscribed sink, in the same transaction (gateway.sinks).
+        observers=(
+            MailObserver(fallback_sender=settings.mail.notices_to),
+            pushback_observer(settings),
+        ),
     )
     return Gateway(settings, engine, make_session_factory(engine), runtime)
+
+
+def access_code_policy(settings: Settings) -> AccessCodePolicy:
+    """How access codes are hashed and checked.
+
+    The pepper is derived from the blob master key: it stays out of the database like the key,
+    and losing it would lose the documents anyway, so it adds no new secret to keep.
+    """
+    master = _master_key(settings.blobs.master_key.get_secret_value())
+    pepper = hmac.new(master, b"keiyaku-gateway access-code pepper v1", hashlib.sha256).digest()
+    return AccessCodePolicy(
+        pepper=pepper,
+        min_length=settings.pages.access_code_min_length,
+        max_attempts=settings.pages.max_code_attempts,
+    )
 
 
 def _master_key(text: str) -> bytes:

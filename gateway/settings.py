@@ -9,11 +9,13 @@ development PKI are refused.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -87,9 +89,52 @@ class SigningSettings(_Section):
     font: Path | None = None
 
 
+class SmtpSettings(_Section):
+    host: str = "localhost"
+    port: int = Field(default=587, ge=1, le=65535)
+    starttls: bool = True
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: Path | None = None
+    timeout_seconds: float = Field(default=30, gt=0)
+    attempts: int = Field(default=3, ge=1, le=10)
+
+
 class MailSettings(_Section):
     maildir: Path = Path("mail")
     sender: str = "keiyaku@localhost"
+    transport: Literal["maildir", "smtp"] = "maildir"
+    smtp: SmtpSettings = SmtpSettings()
+    templates_dir: Path | None = None
+    notices_to: str | None = None
+    download_valid_days: int = Field(default=14, ge=1, le=90)
+    dispatch_interval_seconds: float = Field(default=5, gt=0, le=3600)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    public_url: str = "http://127.0.0.1:8080"
+    trusted_proxies: list[str] = Field(default_factory=list)
+    session_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerSettings:
+        import ipaddress
+
+        for entry in self.trusted_proxies:
+            ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
+        if not self.public_url.startswith(("http://", "https://")):
+            raise ValueError("public_url must start with http:// or https://")
+        return self
+
+
+class PagesSettings(_Section):
+    link_valid_days: int = Field(default=30, ge=1, le=365)
+    session_minutes: int = Field(default=60, ge=5, le=1440)
+    access_code_min_length: int = Field(default=4, ge=4, le=64)
+    max_code_attempts: int = Field(default=5, ge=1, le=20)
+    page_dpi: int = Field(default=110, ge=50, le=300)
 
 
 class LimitSettings(_Section):
@@ -99,8 +144,258 @@ class LimitSettings(_Section):
     max_parties: int = Field(default=50, ge=17)
 
 
+class OutboxSettings(_Section):
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    base_delay_seconds: float = Field(default=30, gt=0)
+    max_delay_seconds: float = Field(default=6 * 3600, gt=0)
+    lease_seconds: float = Field(default=300, ge=1)
+    batch_size: int = Field(default=20, ge=1, le=1000)
+    poll_seconds: float = Field(default=10, gt=0, le=3600)
+
+
+class RecordSettings(_Section):
+    format: Literal["json", "xml", "csv"] = "json"
+    name: str = "{management_number}.{ext}"
+    encoding: Literal["utf-8", "utf-8-sig", "cp932"] = "utf-8"
+    attach: bool = True
+    header: bool = True
+    xml_root: str = "contract"
+    xsd: Path | None = None
+    date_format: str = "%Y-%m-%d"
+    fields: dict[str, str] = Field(min_length=1)
+
+
+class SinkContentSettings(_Section):
+    documents: bool = True
+    document_name: str = "{management_number}_{document}.pdf"
+    certificate: bool = True
+    certificate_name: str = "{management_number}_締結証明書.pdf"
+    directory: str = ""
+    record: RecordSettings | None = None
+
+
+class _SinkSettings(_Section):
+    events: list[Literal["completed", "declined", "cancelled"]] = Field(
+        default_factory=lambda: ["completed"], min_length=1
+    )
+    content: SinkContentSettings = SinkContentSettings()
+
+    @model_validator(mode="after")
+    def _content_is_sendable(self) -> _SinkSettings:
+        from connectors.outbound import check_spec
+
+        try:
+            check_spec(content_spec(self.content, xsd=None))
+        except ConfigError as exc:
+            raise ValueError(exc.message_en) from exc
+        return self
+
+
+class FolderSinkSettings(_SinkSettings):
+    kind: Literal["folder"]
+    path: Path
+    trigger: str | None = None
+    fsync: bool = True
+
+
+class SftpSinkSettings(_SinkSettings):
+    kind: Literal["sftp"]
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str
+    key_path: Path
+    key_passphrase: SecretStr | None = None
+    known_hosts: Path
+    path: str
+    trigger: str | None = None
+    timeout_seconds: float = Field(default=15, gt=0)
+
+
+class SoapSinkSettings(_SinkSettings):
+    kind: Literal["soap"]
+    wsdl: str
+    operation: str
+    service: str | None = None
+    port: str | None = None
+    key_element: str = "idempotencyKey"
+    record_element: str = "record"
+    files_element: str | None = "files"
+    item_element: str = "guarantee"
+    timeout_seconds: float = Field(default=30, gt=0)
+    operation_timeout_seconds: float = Field(default=60, gt=0)
+    attempts: int = Field(default=3, ge=1, le=10)
+    ca_file: Path | None = None
+
+
+class RestSinkSettings(_SinkSettings):
+    kind: Literal["rest"]
+    url: str
+    hmac_secret: SecretStr
+    timeout_seconds: float = Field(default=30, gt=0)
+    attempts: int = Field(default=3, ge=1, le=10)
+    ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_rest(self) -> RestSinkSettings:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        if len(self.hmac_secret.get_secret_value()) < 16:
+            raise ValueError("hmac_secret must be at least 16 characters")
+        return self
+
+
+SinkSettings = Annotated[
+    FolderSinkSettings | SftpSinkSettings | SoapSinkSettings | RestSinkSettings,
+    Field(discriminator="kind"),
+]
+_SINK_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def content_spec(content: SinkContentSettings, *, xsd: Path | None) -> Any:
+    """The connectors' :class:`~connectors.outbound.ContentSpec` for these settings (``xsd``
+    already resolved against the config folder)."""
+    from connectors.outbound import ContentSpec, RecordSpec
+
+    record = content.record
+    return ContentSpec(
+        documents=content.documents,
+        document_name=content.document_name,
+        certificate=content.certificate,
+        certificate_name=content.certificate_name,
+        directory=content.directory,
+        record=None
+        if record is None
+        else RecordSpec(
+            format=record.format,
+            fields=dict(record.fields),
+            name=record.name,
+            encoding=record.encoding,
+            attach=record.attach,
+            header=record.header,
+            xml_root=record.xml_root,
+            xsd=xsd,
+            date_format=record.date_format,
+        ),
+    )
+
+
 class DemoSettings(_Section):
     output: Path = Path("demo-output")
+
+
+class ReadLockSettings(_Section):
+    mode: Literal["stable", "done_file", "none"] = "stable"
+    interval_seconds: float = Field(default=5, ge=0, le=3600)
+    done_suffix: str = Field(default=".done", min_length=1)
+
+
+class _SourceSettings(_Section):
+    mapping: Path
+
+
+class _InboxSourceSettings(_SourceSettings):
+    pattern: str = "*.csv"
+    read_lock: ReadLockSettings = ReadLockSettings()
+    processed_dir: str | None = "processed"
+
+
+class FolderSourceSettings(_InboxSourceSettings):
+    kind: Literal["folder"]
+    path: Path
+    documents_dir: Path | None = None
+
+
+class SftpSourceSettings(_InboxSourceSettings):
+    kind: Literal["sftp"]
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str
+    key_path: Path
+    key_passphrase: SecretStr | None = None
+    known_hosts: Path
+    path: str
+    documents_dir: str | None = None
+    timeout_seconds: float = Field(default=15, gt=0)
+
+
+class SoapSourceSettings(_SourceSettings):
+    kind: Literal["soap"]
+    wsdl: str
+    operation: str
+    record_path: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    service: str | None = None
+    port: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    password_digest: bool = False
+    timeout_seconds: float = Field(default=30, gt=0)
+    operation_timeout_seconds: float = Field(default=60, gt=0)
+    attempts: int = Field(default=3, ge=1, le=10)
+    response_schema: Path | None = None
+    cursor_argument: str | None = None
+    cursor_field: str | None = None
+    ca_file: Path | None = None
+
+
+class ApiSourceSettings(_SourceSettings):
+    kind: Literal["api"]
+
+
+SourceSettings = Annotated[
+    FolderSourceSettings | SftpSourceSettings | SoapSourceSettings | ApiSourceSettings,
+    Field(discriminator="kind"),
+]
+
+
+class SigningAuthoritySettings(_Section):
+    department: str = Field(default="*", min_length=1)
+    max_amount: Decimal | None = Field(default=None, ge=0)
+    name: str = Field(min_length=1)
+    title: str | None = None
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+
+
+class IntakeSettings(_Section):
+    creator: str = Field(default="契約課(自動取込)", min_length=1)
+    creator_email: str | None = None
+    auto_send: bool = False
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    usage_request_business_days: int = Field(default=2, ge=0, le=60)
+    signing_business_days: int = Field(default=5, ge=0, le=60)
+    signing_authorities: list[SigningAuthoritySettings] = Field(default_factory=list)
+
+
+class CalendarSettings(_Section):
+    closed_days: list[dt.date] = Field(default_factory=list)
+    year_end_closure: bool = True
+
+
+class SchedulesSettings(_Section):
+    timezone: str = "Asia/Tokyo"
+    nightly_pull: str | None = "0 2 * * *"
+    deadlines: str | None = "0 8 * * *"
+    misfire_grace_seconds: int = Field(default=600, ge=1, le=86_400)
+    notice_target: str = "notice"
+
+    @model_validator(mode="after")
+    def _check(self) -> SchedulesSettings:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            zone = ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {self.timezone!r}") from exc
+        for name in ("nightly_pull", "deadlines"):
+            expression = getattr(self, name)
+            if expression is not None:
+                try:
+                    CronTrigger.from_crontab(expression, timezone=zone)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: not a cron expression: {exc}") from exc
+        return self
 
 
 class Settings(BaseSettings):
@@ -115,8 +410,33 @@ class Settings(BaseSettings):
     blobs: BlobSettings
     signing: SigningSettings
     mail: MailSettings = MailSettings()
+    server: ServerSettings = ServerSettings()
+    pages: PagesSettings = PagesSettings()
     limits: LimitSettings = LimitSettings()
     demo: DemoSettings = DemoSettings()
+    outbox: OutboxSettings = OutboxSettings()
+    sinks: dict[str, SinkSettings] = Field(default_factory=dict)
+    intake: IntakeSettings = IntakeSettings()
+    sources: dict[str, SourceSettings] = Field(default_factory=dict)
+    calendar: CalendarSettings = CalendarSettings()
+    schedules: SchedulesSettings = SchedulesSettings()
+
+    @model_validator(mode="after")
+    def _source_names(self) -> Settings:
+        for name in self.sources:
+            if not _SINK_NAME.match(name):
+                raise ValueError(f"source name {name!r}: lowercase letters, digits, '-' and '_'")
+        return self
+
+    @model_validator(mode="after")
+    def _sink_names(self) -> Settings:
+        for name in self.sinks:
+            # "mail" is the mailer's outbox target; a sink name is a delivery target too.
+            if not _SINK_NAME.match(name) or name == "mail":
+                raise ValueError(
+                    f"sink name {name!r}: lowercase letters, digits, '-' and '_' (not 'mail')"
+                )
+        return self
 
     config_dir: Path = Field(default=Path("."), exclude=True)
 
@@ -139,6 +459,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "signing.tsa.development is for development only; set signing.tsa.urls"
             )
+        smtp = self.mail.smtp
+        if self.environment == "production" and self.mail.transport == "smtp":
+            if not smtp.starttls or smtp.username is None or smtp.password is None:
+                raise ValueError("production SMTP needs mail.smtp.starttls and username/password")
         return self
 
     def path(self, value: Path) -> Path:

@@ -1,3 +1,18 @@
-"""schedules: see DESIGN.md. Nothing public is built here yet."""
+"""schedules: the jobs (nightly pull, deadline checks) and how they run once per tick.
 
-__all__: list[str] = []
+Each job module exposes ``JOB_ID`` and ``run(...)``; :func:`build_scheduler` wires them to cron
+expressions, and :func:`run_once` guards each tick across nodes.
+"""
+
+from schedules.runner import JobSpec, build_scheduler, run_once
+from schedules.sync import SourceSpec, SyncResult, accept_record, sync_source
+
+__all__ = [
+    "JobSpec",
+    "SourceSpec",
+    "SyncResult",
+    "accept_record",
+    "build_scheduler",
+    "run_once",
+    "sync_source",
+]

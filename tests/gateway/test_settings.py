@@ -13,7 +13,11 @@ from gateway.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config.example.yaml"
-ENV = {"KEIYAKU_MASTER_KEY": "ab" * 32, "KEIYAKU_SIGNING_PASSPHRASE": "pass"}
+ENV = {
+    "KEIYAKU_MASTER_KEY": "ab" * 32,
+    "KEIYAKU_SIGNING_PASSPHRASE": "pass",
+    "KEIYAKU_SESSION_KEY": "cd" * 32,
+}
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -37,6 +41,8 @@ def _leaf_keys(node: object, prefix: str = "") -> list[str]:
             keys.append(prefix + key)
             keys += _leaf_keys(value, prefix + key + ".")
         return keys
+    if isinstance(node, list):  # a list of sections (e.g. the signing authorities): every item
+        return [key for item in node for key in _leaf_keys(item, prefix)]
     return []
 
 
@@ -79,7 +85,11 @@ def test_example_mentions_every_setting_with_a_comment() -> None:
 
 def test_secrets_come_from_the_secrets_file_and_env_wins(tmp_path: Path) -> None:
     (tmp_path / "secrets.env").write_text(
-        "# comment\nKEIYAKU_MASTER_KEY=" + "cd" * 32 + "\nKEIYAKU_SIGNING_PASSPHRASE=file\n"
+        "# comment\nKEIYAKU_MASTER_KEY="
+        + "cd" * 32
+        + "\nKEIYAKU_SIGNING_PASSPHRASE=file\nKEIYAKU_SESSION_KEY="
+        + "ef" * 32
+        + "\n"
     )
     path = _write(tmp_path, EXAMPLE.read_text(encoding="utf-8"))
     assert load_settings(path, environ={}).blobs.master_key.get_secret_value() == "cd" * 32
@@ -114,3 +124,91 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="config.yaml"):
         load_settings(_write(tmp_path, "a: [unclosed"))
+
+
+def test_example_documents_every_source_kind() -> None:
+    """Each source kind's settings appear, live (the folder source) or in the commented
+    alternatives, so an admin can see every key of every kind."""
+    import typing
+
+    from gateway.settings import SourceSettings
+
+    text = EXAMPLE.read_text(encoding="utf-8")
+    live = yaml.safe_load(text)["sources"]
+    live_keys = {key for source in live.values() for key in _leaf_keys(source)}
+    commented = set(re.findall(r"^\s*#\s+([a-z_]+):", text, re.M))
+    variants = typing.get_args(typing.get_args(SourceSettings)[0])
+    assert {v.model_fields["kind"].annotation.__args__[0] for v in variants} == {
+        "folder",
+        "sftp",
+        "soap",
+        "api",
+    }
+    for variant in variants:
+        for key in _model_keys(variant):
+            top = key.split(".")[0]
+            assert key in live_keys or top in commented, f"{variant.__name__}.{key} undocumented"
+
+
+def _commented_sinks(text: str) -> dict[str, object]:
+    """The sink kinds shown commented out under `sinks:`, uncommented and parsed."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  # Other kinds"))
+    block = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("  #   "):
+            break
+        block.append(line[4:])
+    return yaml.safe_load("\n".join(block))  # type: ignore[no-any-return]
+
+
+def test_example_documents_every_sink_kind_and_its_alternatives_load() -> None:
+    """Each sink kind's settings appear live (folder) or in the commented alternatives, and
+    those alternatives, uncommented, are valid sink settings."""
+    import typing
+
+    from pydantic import TypeAdapter
+
+    from gateway.settings import SinkSettings
+
+    text = EXAMPLE.read_text(encoding="utf-8")
+    live = yaml.safe_load(text)["sinks"]
+    commented = _commented_sinks(text)
+    assert {s["kind"] for s in commented.values()} == {"sftp", "soap", "rest"}  # type: ignore[index]
+    substituted = yaml.safe_load(
+        re.sub(r"\$\{[A-Z_]+\}", "x" * 32, yaml.safe_dump(commented, allow_unicode=True))
+    )
+    parsed = TypeAdapter(dict[str, SinkSettings]).validate_python(substituted)
+    assert {type(s).__name__ for s in parsed.values()} == {
+        "SftpSinkSettings",
+        "SoapSinkSettings",
+        "RestSinkSettings",
+    }
+    shared = {key for sink in live.values() for key in _leaf_keys(sink)}  # events, content.*
+    variants = typing.get_args(typing.get_args(SinkSettings)[0])
+    assert len(variants) == 4
+    for variant in variants:
+        kind = variant.model_fields["kind"].annotation.__args__[0]
+        shown = {
+            key
+            for sink in [*live.values(), *commented.values()]
+            if sink["kind"] == kind  # type: ignore[index]
+            for key in _leaf_keys(sink)
+        }
+        for key in _model_keys(variant):
+            assert key in shown or key in shared, f"{variant.__name__}.{key} undocumented"
+
+
+def test_sink_settings_are_checked_when_loading(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    bad = text.replace("契約番号: management_number", "契約番号: contract_no").replace(
+        '      directory: "{management_number}"', '      directory: "{nope}"'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, bad), environ=ENV)
+    joined = "\n".join(info.value.details["problems"])
+    assert "sinks.finance" in joined and "contract_no" in joined
+    assert "sinks.documents" in joined and "'nope'" in joined
+    mail = text.replace("  finance:\n    # A folder", "  mail:\n    # A folder")
+    with pytest.raises(ConfigError, match="'mail'"):
+        load_settings(_write(tmp_path, mail), environ=ENV)

@@ -1,0 +1,151 @@
+"""Folder sink and source: files dropped into a local (or mounted) folder, each appearing whole;
+and an inbox folder of CSV exports read once each (:class:`FolderSource`).
+
+Every file is written under a hidden temporary name, flushed to disk and renamed into place
+(``os.replace``, atomic on one file system); the trigger file, when configured, comes last; the
+receipt named after the idempotency key makes a repeated push a no-op (see
+:mod:`connectors._drop`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import IO, Any
+
+from connectors._drop import DropPlan, temp_name, trigger_carries
+from connectors.base import Sink
+from connectors.inbox import FileEntry, InboxSource
+from connectors.outbound import Outbound
+from core.errors import Disposition, SinkError, SourceError
+
+RECEIPTS = ".keiyaku-receipts"
+# A name the file system refuses will not be accepted on a retry either.
+_PERMANENT = {errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ}
+
+
+class FolderSink(Sink):
+    """Writes each delivery's files under ``root`` (plus the delivery's sub-folder)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        root: Path,
+        trigger: str | None = None,
+        receipts: str = RECEIPTS,
+        fsync: bool = True,
+    ) -> None:
+        self.name = name
+        self.root = Path(root)
+        self.trigger = trigger
+        self.receipts = self.root / receipts
+        self.fsync = fsync
+
+    def push(self, *, idempotency_key: str, payload: Mapping[str, Any]) -> None:
+        """Write the delivery's files, then its trigger file and receipt; a delivery already
+        received (receipt or trigger file with this key) is left alone."""
+        outbound = Outbound.from_payload(idempotency_key, payload)
+        plan = DropPlan.build(outbound, self.trigger)
+        folder = self.root / outbound.directory
+        try:
+            done = (
+                None
+                if outbound.first_attempt
+                else self._already_done(plan, folder, idempotency_key)
+            )
+            if done == "receipt":
+                return
+            if done is None:
+                folder.mkdir(parents=True, exist_ok=True)
+                for file in plan.files:
+                    self._write(folder, file.name, file.data, idempotency_key)
+            # (A trigger without a receipt: a crash came in between; only the receipt is left.)
+            self.receipts.mkdir(parents=True, exist_ok=True)
+            self._write(self.receipts, plan.receipt_name, plan.receipt, idempotency_key)
+        except OSError as exc:
+            permanent = exc.errno in _PERMANENT
+            raise SinkError(
+                "folder.write_failed",
+                f"{self.name}: cannot write to {folder}: {exc}",
+                f"フォルダ {folder} に書き込めません。",
+                disposition=Disposition.FATAL if permanent else Disposition.RETRIABLE,
+            ) from exc
+
+    def _already_done(self, plan: DropPlan, folder: Path, key: str) -> str | None:
+        if (self.receipts / plan.receipt_name).exists():
+            return "receipt"
+        trigger = plan.trigger
+        if trigger is None:
+            return None
+        try:
+            data = (folder / trigger.name).read_bytes()
+        except FileNotFoundError:
+            return None
+        return "trigger" if trigger_carries(data, key) else None
+
+    def _write(self, folder: Path, name: str, data: bytes, key: str) -> None:
+        final = folder / name
+        tmp = folder / temp_name(name, key)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if self.fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        if self.fsync:
+            # The rename itself must survive a power cut before the receipt says "done".
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+class FolderSource(InboxSource):
+    """CSV exports dropped into a local (or mounted) folder; see :mod:`connectors.inbox`."""
+
+    def _path(self, name: str) -> Path:
+        return Path(self.directory) / name
+
+    def _entry(self, path: Path, name: str) -> FileEntry | None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        if not path.is_file():
+            return None
+        return FileEntry(name=name, size=st.st_size, mtime=st.st_mtime_ns)
+
+    def _list(self) -> list[FileEntry]:
+        entries = []
+        try:
+            with os.scandir(self.directory) as it:
+                for item in it:
+                    if item.is_file(follow_symlinks=False):
+                        st = item.stat(follow_symlinks=False)
+                        entries.append(FileEntry(item.name, st.st_size, st.st_mtime_ns))
+        except FileNotFoundError as exc:
+            raise SourceError(
+                "folder.no_directory",
+                f"{self.name}: no folder {self.directory}",
+                f"取込フォルダ {self.directory} がありません。",
+                disposition=Disposition.FATAL,
+            ) from exc
+        return entries
+
+    def _open(self, name: str) -> AbstractContextManager[IO[bytes]]:
+        return open(self._path(name), "rb")
+
+    def _stat(self, path: str) -> FileEntry | None:
+        return self._entry(Path(path), Path(path).name)
+
+    def _read(self, path: str) -> bytes:
+        return Path(path).read_bytes()
+
+    def _move(self, name: str, target_dir: str, target_name: str) -> None:
+        Path(target_dir).mkdir(parents=True, exist_ok=True)
+        os.replace(self._path(name), Path(target_dir) / target_name)

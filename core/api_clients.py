@@ -1,0 +1,191 @@
+"""Systems that use the envelope API, their tokens, and what each may see.
+
+Each system (an e-bidding system, a document-management system) gets one bearer token, shown
+once when it is created; only the token's SHA-256 is stored. A system sees only the envelopes
+it created: every lookup goes through :func:`get_client_envelope`, which answers
+``not_found.envelope`` for another system's envelope exactly as for one that does not exist.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.envelopes import get_envelope
+from core.errors import AuthError, NotFoundError, StateError
+from core.links import hash_token
+from core.model import ApiClient, ApiEnvelope, Envelope, utcnow
+from core.states import EnvelopeState
+
+__all__ = [
+    "SCOPES",
+    "authenticate",
+    "create_api_client",
+    "find_idempotent",
+    "get_client_envelope",
+    "list_api_clients",
+    "list_client_envelopes",
+    "record_ownership",
+    "require_scope",
+    "revoke_api_client",
+]
+
+SCOPES = ("envelopes:read", "envelopes:write")
+_TOKEN_PREFIX = "kgw_"  # noqa: S105 - a prefix, not a secret
+
+
+def create_api_client(
+    *, session: Session, name: str, scopes: Sequence[str] = SCOPES
+) -> tuple[ApiClient, str]:
+    """Register a system; returns the row and its token (shown once, never stored)."""
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise StateError(
+            "api_client.bad_name", "a client needs a name of 1-100 characters", "名前が不正です。"
+        )
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes:
+        raise StateError(
+            "api_client.bad_scope",
+            f"unknown scopes {unknown}; known: {list(SCOPES)}",
+            "権限(スコープ)の指定が正しくありません。",
+        )
+    if session.scalar(select(ApiClient.id).where(ApiClient.name == name)) is not None:
+        raise StateError(
+            "api_client.exists", f"an API client named {name!r} exists", "同名の連携先があります。"
+        )
+    token = _TOKEN_PREFIX + secrets.token_urlsafe(32)
+    client = ApiClient(
+        name=name,
+        token_hash=hash_token(token),
+        token_hint=token[: len(_TOKEN_PREFIX) + 6],
+        scopes=sorted(set(scopes)),
+        created_at=utcnow(),
+    )
+    session.add(client)
+    session.flush()
+    return client, token
+
+
+def list_api_clients(*, session: Session) -> Sequence[ApiClient]:
+    """Every registered system, by name."""
+    return session.scalars(select(ApiClient).order_by(ApiClient.name)).all()
+
+
+def revoke_api_client(*, session: Session, name: str) -> ApiClient:
+    """Stop a system's token from working (its envelopes stay)."""
+    client = session.scalar(select(ApiClient).where(ApiClient.name == name))
+    if client is None:
+        raise NotFoundError(
+            "not_found.api_client", f"no API client {name!r}", "連携先がありません。"
+        )
+    if client.revoked_at is None:
+        client.revoked_at = utcnow()
+    return client
+
+
+def _unauthorized() -> AuthError:
+    return AuthError(
+        "auth.invalid_token",
+        "missing, unknown or revoked API token",
+        "APIトークンが指定されていないか、無効です。",
+    )
+
+
+def authenticate(*, session: Session, token: str | None) -> ApiClient:
+    """The live client holding ``token``, or ``auth.invalid_token``."""
+    if not token or not token.startswith(_TOKEN_PREFIX) or len(token) > 200:
+        raise _unauthorized()
+    client = session.scalar(select(ApiClient).where(ApiClient.token_hash == hash_token(token)))
+    if client is None or client.revoked_at is not None:
+        raise _unauthorized()
+    return client
+
+
+def require_scope(client: ApiClient, scope: str) -> None:
+    """Raise ``auth.forbidden`` unless the client holds ``scope``."""
+    if scope not in client.scopes:
+        raise AuthError(
+            "auth.forbidden",
+            f"this token lacks the scope {scope}",
+            "このAPIトークンにはこの操作の権限がありません。",
+            details={"scope": scope},
+        )
+
+
+def record_ownership(
+    *,
+    session: Session,
+    client_id: str,
+    envelope_id: str,
+    idempotency_key: str | None = None,
+    request_sha256: str | None = None,
+) -> ApiEnvelope:
+    """Note that ``client_id`` created ``envelope_id`` (in the creating transaction)."""
+    row = ApiEnvelope(
+        envelope_id=envelope_id,
+        client_id=client_id,
+        idempotency_key=idempotency_key,
+        request_sha256=request_sha256,
+        created_at=utcnow(),
+    )
+    session.add(row)
+    return row
+
+
+def find_idempotent(*, session: Session, client_id: str, key: str) -> ApiEnvelope | None:
+    """The envelope a client created earlier under ``key``, if any."""
+    return session.scalar(
+        select(ApiEnvelope).where(
+            ApiEnvelope.client_id == client_id, ApiEnvelope.idempotency_key == key
+        )
+    )
+
+
+def _not_found(envelope_id: str) -> NotFoundError:
+    return NotFoundError(
+        "not_found.envelope", f"no envelope {envelope_id}", "指定された封筒が見つかりません。"
+    )
+
+
+def get_client_envelope(*, session: Session, client_id: str, envelope_id: str) -> Envelope:
+    """One of the client's own envelopes; another system's is ``not_found`` like a missing one."""
+    owned = session.scalar(
+        select(ApiEnvelope.envelope_id).where(
+            ApiEnvelope.envelope_id == envelope_id, ApiEnvelope.client_id == client_id
+        )
+    )
+    if owned is None:
+        raise _not_found(envelope_id)
+    return get_envelope(session=session, envelope_id=envelope_id)
+
+
+def list_client_envelopes(
+    *,
+    session: Session,
+    client_id: str,
+    state: EnvelopeState | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[Sequence[Envelope], int]:
+    """The client's envelopes, newest first, and how many there are in all."""
+    condition = [ApiEnvelope.client_id == client_id]
+    if state is not None:
+        condition.append(Envelope.state == state.value)
+    base = select(Envelope).join(ApiEnvelope, ApiEnvelope.envelope_id == Envelope.id)
+    rows = session.scalars(
+        base.where(*condition)
+        .order_by(ApiEnvelope.created_at.desc(), Envelope.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    total = session.scalar(
+        select(func.count())
+        .select_from(Envelope)
+        .join(ApiEnvelope, ApiEnvelope.envelope_id == Envelope.id)
+        .where(*condition)
+    )
+    return rows, int(total or 0)

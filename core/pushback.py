@@ -1,0 +1,259 @@
+"""Push-back: finished envelopes become outbox deliveries, and deliveries become content.
+
+:class:`PushbackObserver` is an :class:`~core.envelopes.EnvelopeObserver`: when an envelope is
+completed (or declined or cancelled, for sinks that ask for those) it adds one delivery per
+subscribed sink in the very transaction of the state change, keyed
+``"{sink}:{envelope_id}:{event}"`` so the same event can never make two deliveries for one sink.
+
+:func:`assemble_content` is what a dispatcher calls at push time: the envelope's facts (contract
+number, contractor, amount, conclusion date in JST, department, ...), its guarantee references
+with their decrypted keys, the signed PDFs and the completion certificate. Which of these a sink
+receives, in which format and under which names, is the sink's configuration (``connectors``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, joinedload
+
+from core.envelopes import Runtime, completion_certificate, read_document
+from core.errors import NotFoundError
+from core.guarantees import KIND_JA, authentication_key, list_guarantees
+from core.model import Award, Document, Envelope, Party
+from core.outbox import enqueue
+from core.states import EnvelopeState
+
+log = logging.getLogger(__name__)
+
+JST = ZoneInfo("Asia/Tokyo")
+# Envelope events a sink can subscribe to, by their short names.
+EVENTS: dict[str, str] = {
+    "envelope.completed": "completed",
+    "envelope.declined": "declined",
+    "envelope.cancelled": "cancelled",
+}
+EVENT_NAMES = frozenset(EVENTS.values())
+
+
+def delivery_key(target: str, envelope_id: str, event: str) -> str:
+    """The stable idempotency key of one event of one envelope for one sink."""
+    return f"{target}:{envelope_id}:{event}"
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One sink and the events (short names: completed, declined, cancelled) it receives."""
+
+    target: str
+    events: frozenset[str] = frozenset({"completed"})
+
+
+class PushbackObserver:
+    """Adds the deliveries an envelope event causes, inside the event's transaction."""
+
+    def __init__(self, subscriptions: Iterable[Subscription]) -> None:
+        self.subscriptions = tuple(subscriptions)
+        unknown = {e for s in self.subscriptions for e in s.events} - EVENT_NAMES
+        if unknown:
+            raise ValueError(f"unknown push-back events: {sorted(unknown)}")
+
+    def envelope_event(
+        self, *, session: Session, envelope: Envelope, event: str, party: Party | None
+    ) -> None:
+        """Enqueue one delivery per subscribed sink (an existing key is left as it is)."""
+        short = EVENTS.get(event)
+        if short is None:
+            return
+        for subscription in self.subscriptions:
+            if short not in subscription.events:
+                continue
+            enqueue(
+                session=session,
+                target=subscription.target,
+                idempotency_key=delivery_key(subscription.target, envelope.id, short),
+                payload={
+                    "envelope_id": envelope.id,
+                    "event": short,
+                    "management_number": envelope.management_number,
+                },
+                envelope_id=envelope.id,
+            )
+
+
+@dataclass(frozen=True)
+class GuaranteeRecord:
+    """One guarantee reference as it is pushed; the key is clear text here, so never logged."""
+
+    kind: str
+    kind_ja: str
+    contract_number: str
+    issuer: str
+    authentication_key: str = field(repr=False)
+
+    def as_dict(self, *, with_key: bool) -> dict[str, str]:
+        """The reference as a mapping; the key only when ``with_key``."""
+        data = {
+            "kind": self.kind,
+            "kind_ja": self.kind_ja,
+            "contract_number": self.contract_number,
+            "issuer": self.issuer,
+        }
+        if with_key:
+            data["authentication_key"] = self.authentication_key
+        return data
+
+
+@dataclass(frozen=True)
+class PushDocument:
+    """One signed PDF."""
+
+    name: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class PushContent:
+    """Everything a sink may be sent for one delivery."""
+
+    envelope_id: str
+    event: str
+    # Flat facts: str, Decimal, date, datetime (JST) or None.
+    facts: dict[str, Any]
+    guarantees: tuple[GuaranteeRecord, ...] = ()
+    documents: tuple[PushDocument, ...] = ()
+    certificate: bytes | None = field(default=None, repr=False)
+
+
+FACT_NAMES = (
+    "envelope_id",
+    "event",
+    "state",
+    "management_number",
+    "title",
+    "contractor_name",
+    "corporate_number",
+    "amount",
+    "transaction_date",
+    "concluded_at",
+    "concluded_on",
+    "department",
+    "buyer",
+    "creator",
+    "certificate_id",
+    "document_names",
+)
+
+
+def _department(session: Session, envelope: Envelope, default: str | None) -> str | None:
+    # The award an envelope was made from knows its department (課所名); hand-made envelopes
+    # fall back to the buyer's default department.
+    department = session.scalar(
+        select(Award.department).where(Award.envelope_id == envelope.id).limit(1)
+    )
+    return department or default
+
+
+def _facts(
+    session: Session, runtime: Runtime, envelope: Envelope, event: str, department: str | None
+) -> dict[str, Any]:
+    contractor = envelope.contractor
+    concluded = envelope.completed_at.astimezone(JST) if envelope.completed_at else None
+    amount: Decimal | None = envelope.amount
+    transaction_date: dt.date | None = envelope.transaction_date
+    facts: dict[str, Any] = {
+        "envelope_id": envelope.id,
+        "event": event,
+        "state": envelope.state.value,
+        "management_number": envelope.management_number,
+        "title": envelope.title,
+        "contractor_name": (contractor.name if contractor else None) or envelope.counterparty,
+        "corporate_number": contractor.corporate_number if contractor else None,
+        "amount": amount,
+        "transaction_date": transaction_date,
+        "concluded_at": concluded,
+        "concluded_on": concluded.date() if concluded else None,
+        "department": _department(session, envelope, department),
+        "buyer": runtime.buyer_name,
+        "creator": envelope.creator,
+        "certificate_id": envelope.certificate_id,
+        "document_names": " / ".join(d.name for d in envelope.documents),
+    }
+    assert tuple(facts) == FACT_NAMES
+    return facts
+
+
+def assemble_content(
+    *,
+    session: Session,
+    runtime: Runtime,
+    envelope_id: str,
+    event: str,
+    documents: bool = True,
+    certificate: bool = True,
+    guarantee_keys: bool = True,
+    department: str | None = None,
+) -> PushContent:
+    """What one delivery may send, read fresh from the database and the blob store.
+
+    Documents and the certificate are read only when asked for and only for a completed
+    envelope (a declined or cancelled one has nothing concluded to send).
+    """
+    # Only what is pushed (documents with their revisions, the contractor), in one SELECT.
+    envelope = (
+        session.scalars(
+            select(Envelope)
+            .where(Envelope.id == envelope_id)
+            .options(
+                joinedload(Envelope.documents).joinedload(Document.revisions),
+                joinedload(Envelope.contractor),
+            )
+            .execution_options(populate_existing=True)
+        )
+        .unique()
+        .one_or_none()
+    )
+    if envelope is None:
+        raise NotFoundError(
+            "not_found.envelope", f"no envelope {envelope_id}", "指定された封筒が見つかりません。"
+        )
+    completed = envelope.state is EnvelopeState.COMPLETED
+    references = list_guarantees(session=session, envelope_id=envelope.id)
+    guarantees = tuple(
+        GuaranteeRecord(
+            kind=ref.kind.value,
+            kind_ja=KIND_JA[ref.kind],
+            contract_number=ref.contract_number,
+            issuer=ref.issuer,
+            authentication_key=(
+                authentication_key(runtime=runtime, reference=ref) if guarantee_keys else ""
+            ),
+        )
+        for ref in references
+    )
+    docs: Sequence[PushDocument] = ()
+    if documents and completed:
+        docs = [
+            PushDocument(name=doc.name, data=read_document(runtime=runtime, document=doc))
+            for doc in envelope.documents
+        ]
+    cert = (
+        completion_certificate(runtime=runtime, envelope=envelope)
+        if certificate and completed
+        else None
+    )
+    return PushContent(
+        envelope_id=envelope.id,
+        event=event,
+        facts=_facts(session, runtime, envelope, event, department),
+        guarantees=guarantees,
+        documents=tuple(docs),
+        certificate=cert,
+    )

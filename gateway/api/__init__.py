@@ -1,0 +1,1 @@
+"""The envelope API (``/api/v1``)."""

@@ -1,0 +1,560 @@
+"""The envelope API: create (JSON with base64 documents, or multipart), send, status, list,
+cancel, resend, download signed documents and the completion certificate.
+
+Every envelope is looked up through the calling system's scope
+(:func:`core.api_clients.get_client_envelope`); domain failures propagate as
+:class:`core.errors.GatewayError` to the one handler in :mod:`gateway.errors`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, Body, Header, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile
+
+from core.amendments import amended_by, original_of, record_amendment
+from core.api_clients import (
+    find_idempotent,
+    get_client_envelope,
+    list_client_envelopes,
+    record_ownership,
+    require_scope,
+)
+from core.audit import record_event
+from core.envelopes import (
+    DocumentInput,
+    FieldInput,
+    PartyInput,
+    cancel_envelope,
+    completion_certificate,
+    create_envelope,
+    read_document,
+    send_envelope,
+)
+from core.errors import DocumentError, GatewayError, NotFoundError, StateError
+from core.links import resend_request, set_access_code
+from core.model import ApiClient, Envelope
+from core.states import EnvelopeState, PartyRole
+from gateway.api.schemas import (
+    CancelIn,
+    EnvelopeCreate,
+    EnvelopeList,
+    EnvelopeOut,
+    envelope_out,
+    envelope_summary,
+)
+from gateway.context import AppContext
+from gateway.deps import ApiClientDep, ClientIpDep, ContextDep, SessionDep
+
+router = APIRouter(prefix="/api/v1", tags=["envelopes"])
+
+READ, WRITE = "envelopes:read", "envelopes:write"
+EnvelopeId = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[0-9a-f]+$")]
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or unknown API token"},
+    404: {"description": "No such envelope among this system's"},
+    409: {"description": "Not allowed in the envelope's state"},
+    422: {"description": "Invalid request"},
+}
+
+_CREATE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/EnvelopeCreate"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["envelope", "documents"],
+                    "properties": {
+                        "envelope": {
+                            "type": "string",
+                            "description": "EnvelopeCreate as JSON, without `documents`",
+                        },
+                        "documents": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "The PDFs, in order; each part's filename is used",
+                        },
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def _pdf_response(name: str, data: bytes) -> Response:
+    ascii_name = name.encode("ascii", "replace").decode().replace('"', "").replace("?", "_")
+    disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
+    return Response(
+        data,
+        media_type="application/pdf",
+        headers={"Content-Disposition": disposition, "Cache-Control": "no-store"},
+    )
+
+
+def _out(session: Session, envelope: Envelope) -> EnvelopeOut:
+    original = original_of(session=session, envelope_id=envelope.id)
+    later = amended_by(session=session, envelope_id=envelope.id, completed_only=False)
+    return envelope_out(
+        envelope,
+        amends=original.id if original is not None else None,
+        amended_by=[e.id for e in later],
+    )
+
+
+def _decode_documents(body: EnvelopeCreate) -> list[DocumentInput]:
+    documents = []
+    for index, doc in enumerate(body.documents):
+        try:
+            data = base64.b64decode(doc.content_base64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise DocumentError(
+                "document.bad_base64",
+                f"document {index + 1} is not valid base64",
+                f"{index + 1}番目の文書のBase64が正しくありません。",
+            ) from exc
+        documents.append(DocumentInput(name=doc.name, data=data))
+    return documents
+
+
+def _request_digest(body: EnvelopeCreate, documents: list[DocumentInput]) -> str:
+    digest = hashlib.sha256(body.model_dump_json(exclude={"documents"}).encode())
+    for doc in documents:
+        digest.update(doc.name.encode() + b"\0" + hashlib.sha256(doc.data).digest())
+    return digest.hexdigest()
+
+
+async def _read_create_request(
+    request: Request, context: AppContext
+) -> tuple[EnvelopeCreate, list[DocumentInput]]:
+    limits = context.gateway.runtime.limits
+    ceiling = limits.max_envelope_bytes * 4 // 3 + 2 * 1024 * 1024
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > ceiling:
+        raise GatewayError(
+            "request.too_large",
+            f"the request is larger than {ceiling} bytes",
+            "リクエストが大きすぎます。",
+        )
+    content_type = request.headers.get("content-type", "").lower()
+    try:
+        if content_type.startswith("application/json"):
+            raw = await request.body()
+            if len(raw) > ceiling:
+                raise GatewayError(
+                    "request.too_large", "the request is too large", "リクエストが大きすぎます。"
+                )
+            body = EnvelopeCreate.model_validate_json(raw)
+            return body, await run_in_threadpool(_decode_documents, body)
+        if content_type.startswith("multipart/form-data"):
+            async with request.form(max_files=limits.max_files + 1, max_fields=20) as form:
+                return body_and_files(form, await _files(form))
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from exc
+    raise GatewayError(
+        "request.unsupported_media_type",
+        "send application/json or multipart/form-data",
+        "application/json または multipart/form-data で送信してください。",
+    )
+
+
+async def _files(form: Any) -> list[DocumentInput]:
+    documents = []
+    for part in form.getlist("documents"):
+        if not isinstance(part, UploadFile):
+            raise GatewayError(
+                "request.invalid",
+                "each `documents` part must be a file",
+                "文書はファイルとして添付してください。",
+            )
+        documents.append(
+            DocumentInput(name=part.filename or "document.pdf", data=await part.read())
+        )
+    return documents
+
+
+def body_and_files(
+    form: Any, documents: list[DocumentInput]
+) -> tuple[EnvelopeCreate, list[DocumentInput]]:
+    """The create body of a multipart request: JSON in the ``envelope`` field, files apart."""
+    envelope_part = form.get("envelope")
+    if not isinstance(envelope_part, str):
+        raise GatewayError(
+            "request.invalid",
+            "a multipart create needs an `envelope` field holding JSON",
+            "封筒の内容(envelope)が指定されていません。",
+        )
+    body = EnvelopeCreate.model_validate_json(envelope_part)
+    if body.documents:
+        raise GatewayError(
+            "request.invalid",
+            "in a multipart create the documents come as file parts",
+            "multipart形式では文書をファイルとして添付してください。",
+        )
+    return body, documents
+
+
+def _create(
+    context: AppContext,
+    session: Session,
+    client: ApiClient,
+    body: EnvelopeCreate,
+    documents: list[DocumentInput],
+    key: str | None,
+    ip: str | None,
+) -> tuple[EnvelopeOut, bool]:
+    """Create (and maybe send) one envelope; returns its view and whether it was a replay."""
+    require_scope(client, WRITE)
+    digest = _request_digest(body, documents)
+    if key is not None:
+        replay = _replay(session, client, key, digest)
+        if replay is not None:
+            return replay, True
+    runtime, policy = context.gateway.runtime, context.policy
+    codes: list[str | None] = []
+    for index, p in enumerate(body.parties):
+        if p.role == PartyRole.CC.value:
+            codes.append(None)
+            continue
+        if p.access_code is None:
+            raise StateError(
+                "party.access_code_required",
+                f"party {index + 1} ({p.role}) needs an access code",
+                f"{index + 1}番目の署名者のアクセスコードを指定してください。",
+                details={"party": index + 1},
+            )
+        # Hashed now, before any row is written: no database lock is held while scrypt runs.
+        codes.append(policy.hash(policy.check_format(p.access_code)))
+    if body.management_number is not None and session.scalar(
+        select(Envelope.id).where(Envelope.management_number == body.management_number)
+    ):
+        raise StateError(
+            "state.duplicate_management_number",
+            f"management number {body.management_number} is in use",
+            "この管理番号は既に使われています。",
+        )
+    if body.amends is not None:
+        # The original must be one of this system's own envelopes.
+        get_client_envelope(session=session, client_id=client.id, envelope_id=body.amends)
+    actor = f"api:{client.name}"
+    try:
+        envelope = create_envelope(
+            session=session,
+            runtime=runtime,
+            title=body.title,
+            creator=body.creator or client.name,
+            creator_email=body.sender_email,
+            documents=documents,
+            parties=[
+                PartyInput(PartyRole(p.role), p.name, p.email, p.company) for p in body.parties
+            ],
+            fields=[
+                FieldInput(
+                    document=f.document,
+                    party=f.party,
+                    label=f.label,
+                    page=f.page,
+                    rect=f.rect,
+                    required=f.required,
+                    max_length=f.max_length,
+                )
+                for f in body.fields
+            ],
+            management_number=body.management_number,
+            counterparty=body.metadata.counterparty,
+            amount=Decimal(body.metadata.amount) if body.metadata.amount is not None else None,
+            transaction_date=body.metadata.transaction_date,
+            deadline=body.metadata.deadline,
+            actor=actor,
+        )
+        for party, code in zip(envelope.parties, codes, strict=True):
+            if code is not None:
+                set_access_code(session=session, party_id=party.id, code_hash=code)
+        if body.amends is not None:
+            record_amendment(
+                session=session, envelope=envelope, original_id=body.amends, actor=actor
+            )
+        record_ownership(
+            session=session,
+            client_id=client.id,
+            envelope_id=envelope.id,
+            idempotency_key=key,
+            request_sha256=digest,
+        )
+        if body.send:
+            send_envelope(
+                session=session, runtime=runtime, envelope_id=envelope.id, actor=actor, ip=ip
+            )
+        session.commit()
+    except IntegrityError as exc:
+        # A concurrent request with the same idempotency key (or management number) won.
+        session.rollback()
+        if key is not None:
+            replay = _replay(session, client, key, digest)
+            if replay is not None:
+                return replay, True
+        raise StateError(
+            "state.conflict",
+            "the envelope conflicts with one created at the same time",
+            "同時に登録された封筒と競合しました。",
+        ) from exc
+    return _out(session, envelope), False
+
+
+def _replay(session: Session, client: ApiClient, key: str, digest: str) -> EnvelopeOut | None:
+    earlier = find_idempotent(session=session, client_id=client.id, key=key)
+    if earlier is None:
+        return None
+    if earlier.request_sha256 != digest:
+        raise GatewayError(
+            "idempotency.key_reused",
+            "this Idempotency-Key was used with a different request",
+            "このIdempotency-Keyは別の内容のリクエストで使用済みです。",
+        )
+    envelope = get_client_envelope(
+        session=session, client_id=client.id, envelope_id=earlier.envelope_id
+    )
+    return _out(session, envelope)
+
+
+@router.post(
+    "/envelopes",
+    status_code=201,
+    response_model=EnvelopeOut,
+    summary="Create an envelope (and send it with `send: true`)",
+    openapi_extra=_CREATE_BODY,
+    responses={
+        **_ERROR_RESPONSES,
+        409: {"description": "Idempotency-Key reused with another request"},
+        413: {"description": "Too large"},
+        415: {"description": "Neither JSON nor multipart"},
+    },
+)
+async def create(
+    request: Request,
+    context: ContextDep,
+    session: SessionDep,
+    client: ApiClientDep,
+    ip: ClientIpDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            description="A retried create with the same key returns the first result",
+        ),
+    ] = None,
+) -> Response:
+    """Create an envelope from JSON (documents base64) or multipart (documents as files)."""
+    body, documents = await _read_create_request(request, context)
+    out, replayed = await run_in_threadpool(
+        _create, context, session, client, body, documents, idempotency_key, ip
+    )
+    if body.send and not replayed:
+        context.wake_mailer()
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return JSONResponse(out.model_dump(mode="json"), status_code=201, headers=headers)
+
+
+@router.get("/envelopes", response_model=EnvelopeList, responses=_ERROR_RESPONSES)
+def list_envelopes(
+    session: SessionDep,
+    client: ApiClientDep,
+    state: Annotated[
+        Literal["draft", "sent", "sealing", "completed", "declined", "cancelled", "expired"] | None,
+        Query(),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> EnvelopeList:
+    """This system's envelopes, newest first."""
+    require_scope(client, READ)
+    rows, total = list_client_envelopes(
+        session=session,
+        client_id=client.id,
+        state=EnvelopeState(state) if state else None,
+        limit=limit,
+        offset=offset,
+    )
+    return EnvelopeList(
+        items=[envelope_summary(e) for e in rows], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get("/envelopes/{envelope_id}", response_model=EnvelopeOut, responses=_ERROR_RESPONSES)
+def get_status(envelope_id: EnvelopeId, session: SessionDep, client: ApiClientDep) -> EnvelopeOut:
+    """One envelope's status, per party."""
+    require_scope(client, READ)
+    envelope = get_client_envelope(session=session, client_id=client.id, envelope_id=envelope_id)
+    return _out(session, envelope)
+
+
+@router.post(
+    "/envelopes/{envelope_id}/send", response_model=EnvelopeOut, responses=_ERROR_RESPONSES
+)
+def send(
+    envelope_id: EnvelopeId,
+    context: ContextDep,
+    session: SessionDep,
+    client: ApiClientDep,
+    ip: ClientIpDep,
+) -> EnvelopeOut:
+    """Send a draft: the first party is asked to act."""
+    require_scope(client, WRITE)
+    get_client_envelope(session=session, client_id=client.id, envelope_id=envelope_id)
+    send_envelope(
+        session=session,
+        runtime=context.gateway.runtime,
+        envelope_id=envelope_id,
+        actor=f"api:{client.name}",
+        ip=ip,
+    )
+    session.commit()
+    context.wake_mailer()
+    return get_status(envelope_id, session, client)
+
+
+@router.post(
+    "/envelopes/{envelope_id}/cancel", response_model=EnvelopeOut, responses=_ERROR_RESPONSES
+)
+def cancel(
+    envelope_id: EnvelopeId,
+    context: ContextDep,
+    session: SessionDep,
+    client: ApiClientDep,
+    ip: ClientIpDep,
+    body: Annotated[CancelIn | None, Body()] = None,
+) -> EnvelopeOut:
+    """Cancel an envelope before completion; the parties already asked are told."""
+    require_scope(client, WRITE)
+    get_client_envelope(session=session, client_id=client.id, envelope_id=envelope_id)
+    cancel_envelope(
+        session=session,
+        runtime=context.gateway.runtime,
+        envelope_id=envelope_id,
+        actor=f"api:{client.name}",
+        reason=body.reason if body else "",
+        ip=ip,
+    )
+    session.commit()
+    context.wake_mailer()
+    return get_status(envelope_id, session, client)
+
+
+@router.post(
+    "/envelopes/{envelope_id}/parties/{routing_order}/resend",
+    response_model=EnvelopeOut,
+    responses=_ERROR_RESPONSES,
+)
+def resend(
+    envelope_id: EnvelopeId,
+    routing_order: Annotated[int, Path(ge=1, le=1000)],
+    context: ContextDep,
+    session: SessionDep,
+    client: ApiClientDep,
+) -> EnvelopeOut:
+    """Mail the current party a fresh link (after a lockout or a lost mail)."""
+    require_scope(client, WRITE)
+    envelope = get_client_envelope(session=session, client_id=client.id, envelope_id=envelope_id)
+    party = next((p for p in envelope.parties if p.routing_order == routing_order), None)
+    if party is None:
+        raise NotFoundError(
+            "not_found.party", f"no party {routing_order}", "署名者が見つかりません。"
+        )
+    resend_request(
+        session=session,
+        runtime=context.gateway.runtime,
+        envelope_id=envelope_id,
+        party_id=party.id,
+        actor=f"api:{client.name}",
+    )
+    session.commit()
+    context.wake_mailer()
+    return get_status(envelope_id, session, client)
+
+
+def _completed(envelope: Envelope) -> None:
+    if envelope.state is not EnvelopeState.COMPLETED:
+        raise StateError(
+            "state.not_completed",
+            "the envelope is not completed yet",
+            "締結が完了していないため、署名済み文書はまだダウンロードできません。",
+        )
+
+
+@router.get(
+    "/envelopes/{envelope_id}/documents/{position}",
+    response_class=Response,
+    responses={200: {"content": {"application/pdf": {}}}, **_ERROR_RESPONSES},
+)
+def download_document(
+    envelope_id: EnvelopeId,
+    position: Annotated[int, Path(ge=0, le=1000)],
+    context: ContextDep,
+    session: SessionDep,
+    client: ApiClientDep,
+    ip: ClientIpDep,
+) -> Response:
+    """One signed document of a completed envelope."""
+    require_scope(client, READ)
+    envelope = get_client_envelope(session=session, client_id=client.id, envelope_id=envelope_id)
+    _completed(envelope)
+    doc = next((d for d in envelope.documents if d.position == position), None)
+    if doc is None:
+        raise NotFoundError("not_found.document", f"no document {position}", "文書がありません。")
+    data = read_document(runtime=context.gateway.runtime, document=doc)
+    record_event(
+        session=session,
+        action="document.downloaded",
+        actor=f"api:{client.name}",
+        envelope_id=envelope.id,
+        ip=ip,
+        detail={"document": doc.name, "via": "api"},
+    )
+    session.commit()
+    return _pdf_response(doc.name, data)
+
+
+@router.get(
+    "/envelopes/{envelope_id}/certificate",
+    response_class=Response,
+    responses={200: {"content": {"application/pdf": {}}}, **_ERROR_RESPONSES},
+)
+def download_certificate(
+    envelope_id: EnvelopeId,
+    context: ContextDep,
+    session: SessionDep,
+    client: ApiClientDep,
+    ip: ClientIpDep,
+) -> Response:
+    """The completion certificate (締結証明書) of a completed envelope."""
+    require_scope(client, READ)
+    envelope = get_client_envelope(session=session, client_id=client.id, envelope_id=envelope_id)
+    data = completion_certificate(runtime=context.gateway.runtime, envelope=envelope)
+    record_event(
+        session=session,
+        action="certificate.downloaded",
+        actor=f"api:{client.name}",
+        envelope_id=envelope.id,
+        ip=ip,
+        detail={"via": "api"},
+    )
+    session.commit()
+    return _pdf_response(f"締結証明書_{envelope.management_number}.pdf", data)

@@ -1,0 +1,237 @@
+"""Request and response bodies of the envelope API (``/api/v1``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.model import Envelope
+from core.states import envelope_state_ja, party_state_ja
+
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DocumentIn(_In):
+    """One PDF, base64-encoded (JSON requests)."""
+
+    name: str = Field(min_length=1, max_length=255, examples=["工事請負契約書.pdf"])
+    content_base64: str = Field(min_length=4, description="The PDF, base64 (RFC 4648)")
+
+
+class PartyIn(_In):
+    """One party, in routing order."""
+
+    role: Literal["approver", "signer", "cc"]
+    name: str = Field(min_length=1, max_length=200)
+    email: str = Field(max_length=320, pattern=EMAIL_PATTERN)
+    company: str | None = Field(default=None, max_length=200)
+    access_code: str | None = Field(
+        default=None,
+        min_length=4,
+        max_length=64,
+        json_schema_extra={"writeOnly": True},
+        description="Required for approvers and signers: the code agreed with the party "
+        "beforehand (4 digits by default). Stored hashed; never returned.",
+    )
+
+
+class FieldIn(_In):
+    """A text box the party fills (e.g. the signing date of a 請書)."""
+
+    document: int = Field(ge=0, le=100, description="0-based document position")
+    party: int = Field(ge=0, le=1000, description="0-based party position")
+    label: str = Field(min_length=1, max_length=200)
+    page: int = Field(ge=1, le=100000)
+    rect: tuple[float, float, float, float] = Field(
+        description="x1, y1, x2, y2 in PDF points from the page's bottom left"
+    )
+    required: bool = True
+    max_length: int = Field(default=200, ge=1, le=2000)
+
+
+class MetadataIn(_In):
+    """What the e-book preservation law searches by, and the signing deadline."""
+
+    amount: int | None = Field(default=None, ge=0, le=10**15 - 1, description="Yen")
+    counterparty: str | None = Field(default=None, max_length=200)
+    transaction_date: dt.date | None = None
+    deadline: dt.date | None = None
+
+
+class EnvelopeCreate(_In):
+    """A new envelope. In a multipart request the documents come as file parts instead."""
+
+    title: str = Field(min_length=1, max_length=300)
+    parties: list[PartyIn] = Field(min_length=1, max_length=200)
+    documents: list[DocumentIn] = Field(default_factory=list, max_length=100)
+    fields: list[FieldIn] = Field(default_factory=list, max_length=500)
+    metadata: MetadataIn = MetadataIn()
+    management_number: str | None = Field(default=None, min_length=1, max_length=64)
+    creator: str | None = Field(
+        default=None, max_length=200, description="Shown as 文書作成者; default: the system"
+    )
+    sender_email: str | None = Field(
+        default=None,
+        max_length=320,
+        pattern=EMAIL_PATTERN,
+        description="Receives decline, lockout and completion notices",
+    )
+    amends: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        description="Id of the completed envelope this one amends (変更契約)",
+    )
+    send: bool = Field(default=False, description="Send at once after creating")
+
+
+class CancelIn(_In):
+    """Why an envelope is cancelled (told to the parties)."""
+
+    reason: str = Field(default="", max_length=2000)
+
+
+class DocumentOut(BaseModel):
+    position: int
+    name: str
+    page_count: int
+    size: int
+    signature_count: int
+
+
+class PartyOut(BaseModel):
+    routing_order: int
+    role: str
+    name: str
+    email: str
+    company: str | None
+    state: str
+    state_ja: str
+    sent_at: dt.datetime | None
+    viewed_at: dt.datetime | None
+    approved_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    decline_reason: str | None
+
+
+class MetadataOut(BaseModel):
+    amount: int | None
+    counterparty: str | None
+    transaction_date: dt.date | None
+    deadline: dt.date | None
+
+
+class EnvelopeOut(BaseModel):
+    """An envelope's status, per party."""
+
+    id: str
+    management_number: str
+    title: str
+    state: str
+    state_ja: str
+    creator: str
+    sender_email: str | None
+    certificate_id: str
+    created_at: dt.datetime
+    sent_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    metadata: MetadataOut
+    amends: str | None
+    amended_by: list[str]
+    last_error: str | None
+    documents: list[DocumentOut]
+    parties: list[PartyOut]
+
+
+class EnvelopeSummary(BaseModel):
+    id: str
+    management_number: str
+    title: str
+    state: str
+    state_ja: str
+    created_at: dt.datetime
+    completed_at: dt.datetime | None
+
+
+class EnvelopeList(BaseModel):
+    items: list[EnvelopeSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: Literal["ok"]
+
+
+def envelope_out(envelope: Envelope, *, amends: str | None, amended_by: list[str]) -> EnvelopeOut:
+    """The API view of an envelope; never a link token or an access code."""
+    return EnvelopeOut(
+        id=envelope.id,
+        management_number=envelope.management_number,
+        title=envelope.title,
+        state=envelope.state.value,
+        state_ja=envelope_state_ja(envelope.state),
+        creator=envelope.creator,
+        sender_email=envelope.creator_email,
+        certificate_id=envelope.certificate_id,
+        created_at=envelope.created_at,
+        sent_at=envelope.sent_at,
+        completed_at=envelope.completed_at,
+        metadata=MetadataOut(
+            amount=int(envelope.amount) if envelope.amount is not None else None,
+            counterparty=envelope.counterparty,
+            transaction_date=envelope.transaction_date,
+            deadline=envelope.deadline,
+        ),
+        amends=amends,
+        amended_by=amended_by,
+        last_error=envelope.last_error,
+        documents=[
+            DocumentOut(
+                position=d.position,
+                name=d.name,
+                page_count=d.page_count,
+                size=d.size,
+                signature_count=d.signature_count,
+            )
+            for d in envelope.documents
+        ],
+        parties=[
+            PartyOut(
+                routing_order=p.routing_order,
+                role=p.role.value,
+                name=p.name,
+                email=p.email,
+                company=p.company,
+                state=p.state.value,
+                state_ja=party_state_ja(p.state),
+                sent_at=p.sent_at,
+                viewed_at=p.viewed_at,
+                approved_at=p.approved_at,
+                completed_at=p.completed_at,
+                decline_reason=p.decline_reason,
+            )
+            for p in envelope.parties
+        ],
+    )
+
+
+def envelope_summary(envelope: Envelope) -> EnvelopeSummary:
+    """One line of the list."""
+    return EnvelopeSummary(
+        id=envelope.id,
+        management_number=envelope.management_number,
+        title=envelope.title,
+        state=envelope.state.value,
+        state_ja=envelope_state_ja(envelope.state),
+        created_at=envelope.created_at,
+        completed_at=envelope.completed_at,
+    )

@@ -1,0 +1,206 @@
+"""The HTTP app: the envelope API (``/api/v1``), the signing pages (``/sign``), the completion
+download (``/download``), ``/healthz`` and ``/openapi.json``; served by ``keiyaku serve``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+
+from core.errors import ConfigError, Disposition, GatewayError
+from core.notify import AttachmentLimits
+from gateway.api.envelopes import router as api_router
+from gateway.api.schemas import EnvelopeCreate, Health
+from gateway.context import AppContext, page_templates
+from gateway.errors import install_error_handlers
+from gateway.mailer import MailDispatcher, MailHandler, MailRenderer, build_transport
+from gateway.pages.cookies import CookieSigner
+from gateway.pages.render import PageRenderer
+from gateway.pages.signing import router as pages_router
+from gateway.runtime import Gateway, access_code_policy
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+    ),
+    # Signing links carry their token in the path: never send it on as a referrer.
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+def _session_key(gateway: Gateway) -> bytes:
+    key = gateway.settings.server.session_key
+    problem = "server.session_key is required to serve (64 hex characters, ${KEIYAKU_SESSION_KEY})"
+    if key is None:
+        raise ConfigError("config.session_key", problem, "server.session_key を設定してください。")
+    try:
+        raw = bytes.fromhex(key.get_secret_value().strip())
+    except ValueError as exc:
+        raise ConfigError(
+            "config.session_key", problem, "server.session_key は16進数64文字です。"
+        ) from exc
+    if len(raw) < 32:
+        raise ConfigError("config.session_key", problem, "server.session_key は16進数64文字です。")
+    return raw
+
+
+def build_mail_handler(gateway: Gateway) -> MailHandler:
+    """The outbox handler for mail, from the gateway's settings."""
+    settings = gateway.settings
+    return MailHandler(
+        sessions=gateway.sessions,
+        runtime=gateway.runtime,
+        renderer=MailRenderer(
+            settings.path(settings.mail.templates_dir) if settings.mail.templates_dir else None
+        ),
+        transport=build_transport(settings),
+        sender=settings.mail.sender,
+        public_url=settings.server.public_url.rstrip("/"),
+        link_valid=dt.timedelta(days=settings.pages.link_valid_days),
+        download_valid=dt.timedelta(days=settings.mail.download_valid_days),
+        attachment_limits=AttachmentLimits(),
+    )
+
+
+def build_context(gateway: Gateway, *, run_mailer: bool = True) -> AppContext:
+    """Everything the app shares, checked once at start."""
+    settings = gateway.settings
+    public_url = settings.server.public_url
+    if settings.environment == "production" and not public_url.startswith("https://"):
+        raise ConfigError(
+            "config.public_url",
+            "server.public_url must be https in production (links carry secrets)",
+            "本番環境では server.public_url を https にしてください。",
+        )
+    dispatcher = None
+    if run_mailer:
+        dispatcher = MailDispatcher(
+            gateway.sessions,
+            build_mail_handler(gateway),
+            settings.mail.dispatch_interval_seconds,
+        )
+    override = settings.path(settings.mail.templates_dir) if settings.mail.templates_dir else None
+    return AppContext(
+        gateway=gateway,
+        policy=access_code_policy(settings),
+        cookies=CookieSigner(_session_key(gateway)),
+        templates=page_templates(override),
+        pages=PageRenderer(dpi=settings.pages.page_dpi),
+        dispatcher=dispatcher,
+        trusted_proxies=[
+            ipaddress.ip_network(p, strict=False) for p in settings.server.trusted_proxies
+        ],
+        secure_cookies=public_url.startswith("https://"),
+        session_seconds=settings.pages.session_minutes * 60,
+    )
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    def build() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        # The create body is read by hand (JSON or multipart), so its model is added here.
+        create = EnvelopeCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(create.pop("$defs", {}))
+        components["EnvelopeCreate"] = create
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"}
+        }
+        for path, operations in schema["paths"].items():
+            if path.startswith("/api/"):
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+        return schema
+
+    return build
+
+
+_TOKEN_IN_PATH = re.compile(r"^/(sign|download)/[^/]+")
+
+
+def redact_path(path: str) -> str:
+    """A request path fit for logs: signing and download tokens replaced."""
+    return _TOKEN_IN_PATH.sub(lambda m: f"/{m.group(1)}/<token>", path)
+
+
+def create_app(gateway: Gateway, *, run_mailer: bool = True) -> FastAPI:
+    """The app for one gateway; with ``run_mailer`` a thread sends the queued mail."""
+    context = build_context(gateway, run_mailer=run_mailer)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if context.dispatcher is not None:
+            context.dispatcher.start()
+        try:
+            yield
+        finally:
+            if context.dispatcher is not None:
+                await run_in_threadpool(context.dispatcher.stop)
+
+    app = FastAPI(
+        title="keiyaku-gateway",
+        version="0.1.0",
+        description="Envelope API of keiyaku-gateway: create, send, follow and download "
+        "electronic contracts of a Japanese public buyer.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.context = context
+    install_error_handlers(app)
+    app.include_router(api_router)
+    app.include_router(pages_router)
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    @app.middleware("http")
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if request.url.path.startswith(("/sign", "/download")):
+            for name, value in _PAGE_HEADERS.items():
+                response.headers.setdefault(name, value)
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    def healthz() -> Health:
+        """The gateway answers and its database too."""
+        try:
+            with gateway.engine.connect() as conn:
+                conn.execute(text("select 1"))
+        except Exception as exc:
+            raise GatewayError(
+                "health.database",
+                f"database unreachable: {type(exc).__name__}",
+                "データベースに接続できません。",
+                disposition=Disposition.RETRIABLE,
+            ) from exc
+        return Health(status="ok", database="ok")
+
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    return app

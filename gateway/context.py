@@ -1,0 +1,55 @@
+"""What the HTTP app shares across requests: the gateway, the access-code policy, the cookie
+signer, templates, the page renderer and the mail worker."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from core.links import AccessCodePolicy
+from gateway.mailer import MailDispatcher, jst
+from gateway.pages.cookies import CookieSigner
+from gateway.pages.render import PageRenderer
+from gateway.runtime import Gateway
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def page_templates(override_dir: Path | None) -> jinja2.Environment:
+    """HTML templates (autoescaped); an admin's folder overrides any built-in one."""
+    loaders: list[jinja2.BaseLoader] = []
+    if override_dir is not None:
+        loaders.append(jinja2.FileSystemLoader(str(override_dir)))
+    loaders.append(jinja2.FileSystemLoader(str(TEMPLATES)))
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["jst"] = jst
+    return env
+
+
+@dataclass
+class AppContext:
+    """Shared by every request of one app."""
+
+    gateway: Gateway
+    policy: AccessCodePolicy
+    cookies: CookieSigner
+    templates: jinja2.Environment
+    pages: PageRenderer
+    dispatcher: MailDispatcher | None
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    secure_cookies: bool
+    session_seconds: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def wake_mailer(self) -> None:
+        """Have the mail worker look for new mail now (after a request queued some)."""
+        if self.dispatcher is not None:
+            self.dispatcher.wake()

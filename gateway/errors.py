@@ -1,0 +1,142 @@
+"""The one place where errors become HTTP answers.
+
+Every failure reaches :func:`handle_gateway_error` as a :class:`core.errors.GatewayError`: the
+domain raises them, and request-validation errors and unknown routes are converted into one
+first. The API answers with one JSON shape::
+
+    {"error": {"code": "state.illegal_transition", "message": "...", "message_ja": "...",
+               "disposition": "fatal", "details": {...}}}
+
+The signing and download pages answer with a Japanese HTML page instead. The status code
+depends on the error's class and code only (:func:`status_for`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.errors import (
+    AuthError,
+    BlobError,
+    ConfigError,
+    DocumentError,
+    GatewayError,
+    NotFoundError,
+    SigningError,
+    StateError,
+)
+
+log = logging.getLogger(__name__)
+
+# Codes whose status is not the one of their class.
+_BY_CODE = {
+    "auth.forbidden": 403,
+    "link.not_found": 404,
+    "link.expired": 410,
+    "link.forwarded": 410,
+    "link.revoked": 410,
+    "link.locked": 423,
+    "request.csrf": 403,
+    "request.too_large": 413,
+    "request.unsupported_media_type": 415,
+    "request.method_not_allowed": 405,
+    "idempotency.key_reused": 409,
+}
+
+_PAGE_PREFIXES = ("/sign", "/download")
+
+
+def status_for(exc: GatewayError) -> int:
+    """The HTTP status of an error: by code where listed, else by class (``state.*`` conflicts
+    409, other refused input 422)."""
+    if exc.code in _BY_CODE:
+        return _BY_CODE[exc.code]
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, AuthError):
+        return 401
+    if isinstance(exc, StateError):
+        return 409 if exc.code.startswith("state.") else 422
+    if isinstance(exc, DocumentError):
+        return 422
+    if isinstance(exc, SigningError | BlobError | ConfigError):
+        return 503 if exc.retriable else 500
+    if exc.code.startswith("request."):
+        return 422
+    return 503 if exc.retriable else 500
+
+
+def error_body(exc: GatewayError) -> dict[str, Any]:
+    """The JSON body of an API error."""
+    return {"error": exc.as_dict()}
+
+
+async def handle_gateway_error(request: Request, exc: Exception) -> Response:
+    """Render any :class:`GatewayError` (the app's single domain-error handler)."""
+    assert isinstance(exc, GatewayError)
+    status = status_for(exc)
+    if status >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.code == "auth.invalid_token" else None
+    if request.url.path.startswith(_PAGE_PREFIXES):
+        context = request.app.state.context
+        template = context.templates.get_template("pages/error.html")
+        html = template.render(
+            buyer=context.gateway.runtime.buyer_name, message=exc.message_ja, code=exc.code
+        )
+        return HTMLResponse(html, status_code=status, headers=headers)
+    return JSONResponse(error_body(exc), status_code=status, headers=headers)
+
+
+def _validation_error(errors: list[Any]) -> GatewayError:
+    problems = []
+    for err in errors:
+        where = ".".join(str(part) for part in err.get("loc", ()))
+        problems.append({"field": where, "problem": str(err.get("msg", ""))})
+    summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:5])
+    return GatewayError(
+        "request.invalid",
+        f"the request is invalid: {summary}",
+        "リクエストの内容に誤りがあります。",
+        details={"problems": problems},
+    )
+
+
+async def handle_validation_error(request: Request, exc: Exception) -> Response:
+    """Request validation failures, in the same shape."""
+    assert isinstance(exc, RequestValidationError)
+    return await handle_gateway_error(request, _validation_error(list(exc.errors())))
+
+
+async def handle_http_error(request: Request, exc: Exception) -> Response:
+    """Unknown routes and wrong methods, in the same shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        error = GatewayError(
+            "request.method_not_allowed",
+            f"{request.method} is not allowed here",
+            "この操作は許可されていません。",
+        )
+    elif exc.status_code == 404:
+        error = NotFoundError(
+            "not_found.route", f"no route {request.url.path}", "ページが見つかりません。"
+        )
+    else:
+        error = GatewayError(
+            f"request.http_{exc.status_code}", str(exc.detail), "リクエストを処理できません。"
+        )
+        _BY_CODE.setdefault(error.code, exc.status_code)
+    return await handle_gateway_error(request, error)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+    app.add_exception_handler(GatewayError, handle_gateway_error)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, handle_http_error)

@@ -1,0 +1,251 @@
+"""Intake wiring: sources, mappings, the signing-authority register and the intake policy,
+built from the settings for the CLI, the API push and the scheduled jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from connectors.base import RawRecord, Source
+from connectors.csv import CsvFormat, read_csv
+from connectors.folder import FolderSource
+from connectors.inbox import ReadLock
+from connectors.sftp import SftpEndpoint, SftpSource
+from connectors.soap import SoapQuery, SoapSource
+from core.business_days import BusinessCalendar
+from core.drafts import SigningAuthority
+from core.errors import ConfigError
+from core.intake import IntakePolicy
+from gateway.settings import (
+    ApiSourceSettings,
+    FolderSourceSettings,
+    Settings,
+    SftpSourceSettings,
+    SoapSourceSettings,
+)
+from mapping import MappingSpecError, SourceMapping, load_mapping
+from schedules.runner import JobSpec
+from schedules.sync import SourceSpec
+
+SAMPLE_MAPPINGS = Path(__file__).parent / "mappings"
+
+
+def calendar(settings: Settings) -> BusinessCalendar:
+    """The office calendar of these settings."""
+    return BusinessCalendar.with_closed_days(
+        settings.calendar.closed_days, year_end_closure=settings.calendar.year_end_closure
+    )
+
+
+def authorities(settings: Settings) -> list[SigningAuthority]:
+    """The signing-authority register."""
+    return [
+        SigningAuthority(
+            department=a.department,
+            max_amount=a.max_amount,
+            name=a.name,
+            email=a.email,
+            title=a.title,
+        )
+        for a in settings.intake.signing_authorities
+    ]
+
+
+def policy(settings: Settings, *, access_codes: Any = None) -> IntakePolicy:
+    """The intake policy (``access_codes``: the gateway's access-code policy, for usage
+    requests that carry one)."""
+    intake = settings.intake
+    return IntakePolicy(
+        creator=intake.creator,
+        creator_email=intake.creator_email,
+        auto_send=intake.auto_send,
+        calendar=calendar(settings),
+        usage_request_business_days=intake.usage_request_business_days,
+        signing_business_days=intake.signing_business_days,
+        access_codes=access_codes,
+    )
+
+
+def source_settings(settings: Settings, name: str) -> Any:
+    """One source's settings, or ``config.unknown_source``."""
+    try:
+        return settings.sources[name]
+    except KeyError as exc:
+        known = ", ".join(sorted(settings.sources)) or "none"
+        raise ConfigError(
+            "config.unknown_source",
+            f"no source {name!r} in the config (known: {known})",
+            f"取込元「{name}」は設定されていません。",
+        ) from exc
+
+
+def load_source_mapping(settings: Settings, name: str) -> SourceMapping:
+    """Read and check the mapping file of one source."""
+    path = settings.path(source_settings(settings, name).mapping)
+    return read_mapping(path)
+
+
+def read_mapping(path: Path) -> SourceMapping:
+    """Read and check one mapping file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MappingSpecError(
+            "mapping.unreadable",
+            f"cannot read mapping {path}: {exc}",
+            f"マッピング定義 {path} を読み込めません。",
+        ) from exc
+    return load_mapping(text, name=str(path))
+
+
+def _kind(mapping: SourceMapping) -> str:
+    return mapping.kind
+
+
+def open_source(settings: Settings, name: str, mapping: SourceMapping) -> Source:
+    """A connector for one configured source."""
+    config = source_settings(settings, name)
+    csv_format = CsvFormat.from_options(mapping.format)
+    if isinstance(config, FolderSourceSettings):
+        folder = settings.path(config.path)
+        return FolderSource(
+            name=name,
+            directory=str(folder),
+            csv_format=csv_format,
+            pattern=config.pattern,
+            read_lock=_read_lock(config),
+            processed_dir=config.processed_dir,
+            documents_dir=str(settings.path(config.documents_dir))
+            if config.documents_dir
+            else None,
+            max_document_bytes=settings.limits.max_file_mb * 1024 * 1024,
+        )
+    if isinstance(config, SftpSourceSettings):
+        endpoint = SftpEndpoint(
+            host=config.host,
+            port=config.port,
+            username=config.username,
+            key_path=settings.path(config.key_path),
+            known_hosts=settings.path(config.known_hosts),
+            key_passphrase=config.key_passphrase.get_secret_value()
+            if config.key_passphrase
+            else None,
+            timeout=config.timeout_seconds,
+        )
+        return SftpSource(
+            endpoint=endpoint,
+            name=name,
+            directory=config.path,
+            csv_format=csv_format,
+            pattern=config.pattern,
+            read_lock=_read_lock(config),
+            processed_dir=config.processed_dir,
+            documents_dir=config.documents_dir,
+            max_document_bytes=settings.limits.max_file_mb * 1024 * 1024,
+        )
+    if isinstance(config, SoapSourceSettings):
+        wsdl = config.wsdl
+        if not wsdl.startswith(("http://", "https://")):
+            wsdl = str(settings.path(Path(wsdl)))
+        return SoapSource(
+            name=name,
+            query=SoapQuery(
+                wsdl=wsdl,
+                operation=config.operation,
+                record_path=config.record_path,
+                arguments=dict(config.arguments),
+                service=config.service,
+                port=config.port,
+                username=config.username,
+                password=config.password.get_secret_value() if config.password else None,
+                password_digest=config.password_digest,
+                timeout=config.timeout_seconds,
+                operation_timeout=config.operation_timeout_seconds,
+                attempts=config.attempts,
+                response_schema=settings.path(config.response_schema)
+                if config.response_schema
+                else None,
+                cursor_argument=config.cursor_argument,
+                cursor_field=config.cursor_field,
+                verify_tls=str(settings.path(config.ca_file)) if config.ca_file else True,
+            ),
+        )
+    raise ConfigError(
+        "config.source_not_pulled",
+        f"source {name!r} is pushed (kind api); it cannot be pulled",
+        f"取込元「{name}」はAPIで受け付ける取込元のため、取得処理はありません。",
+    )
+
+
+def _read_lock(config: FolderSourceSettings | SftpSourceSettings) -> ReadLock:
+    lock = config.read_lock
+    return ReadLock(mode=lock.mode, interval=lock.interval_seconds, done_suffix=lock.done_suffix)
+
+
+def source_spec(settings: Settings, name: str) -> SourceSpec:
+    """What the sync pipeline needs for one source."""
+    mapping = load_source_mapping(settings, name)
+
+    def opener() -> Source:
+        return open_source(settings, name, mapping)
+
+    return SourceSpec(name=name, kind=_kind(mapping), mapping=mapping, open=opener)
+
+
+def pulled_sources(settings: Settings) -> list[str]:
+    """Names of the sources that are pulled (every kind but api)."""
+    return [n for n, s in settings.sources.items() if not isinstance(s, ApiSourceSettings)]
+
+
+def sample_records(mapping: SourceMapping, sample: Path, *, source: str) -> Iterator[RawRecord]:
+    """The records of a local sample file, read the way the source would read it."""
+    if mapping.format.get("type", "csv") == "records":
+        import json
+
+        data = json.loads(sample.read_text(encoding="utf-8"))
+        items = data if isinstance(data, list) else [data]
+        from connectors.base import Provenance
+
+        for index, item in enumerate(items, start=1):
+            yield RawRecord(dict(item), Provenance(source=source, file=sample.name, line=index))
+        return
+    with sample.open("rb") as stream:
+        yield from read_csv(
+            stream, CsvFormat.from_options(mapping.format), source=source, file=sample.name
+        )
+
+
+def jobs(settings: Settings, gateway: Any, *, access_codes: Any = None) -> list[JobSpec]:
+    """The nightly pull and the deadline check as scheduler jobs."""
+    from schedules import deadlines, nightly_pull
+
+    specs: list[JobSpec] = []
+    schedules = settings.schedules
+    if schedules.nightly_pull:
+        names = pulled_sources(settings)
+
+        def pull() -> Any:
+            return nightly_pull.run(
+                sessions=gateway.sessions,
+                runtime=gateway.runtime,
+                policy=policy(settings, access_codes=access_codes),
+                sources=[source_spec(settings, n) for n in names],
+                authorities=authorities(settings),
+                batch_size=settings.intake.batch_size,
+            )
+
+        specs.append(JobSpec(nightly_pull.JOB_ID, schedules.nightly_pull, pull))
+    if schedules.deadlines:
+
+        def check() -> Any:
+            return deadlines.run(
+                sessions=gateway.sessions,
+                calendar=calendar(settings),
+                buyer_name=settings.buyer.name,
+                office_email=settings.intake.creator_email,
+                target=schedules.notice_target,
+            )
+
+        specs.append(JobSpec(deadlines.JOB_ID, schedules.deadlines, check))
+    return specs

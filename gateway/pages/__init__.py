@@ -1,0 +1,1 @@
+"""The signing pages (``/sign``) and the completion download (``/download``)."""

@@ -1,0 +1,138 @@
+"""Running the app with uvicorn: ``keiyaku serve``, and a server in a thread for tests and
+benchmarks. Proxy headers are left to :mod:`gateway.deps` (trusted proxies only), and the
+access log never shows a signing or download token."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.errors import GatewayError
+from core.storage import create_database_engine, make_session_factory, migrate
+from gateway.app import create_app, redact_path
+from gateway.runtime import open_gateway
+from gateway.settings import Settings, load_settings
+
+
+class RedactTokens(logging.Filter):
+    """Replaces link tokens in uvicorn's access-log lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], redact_path(args[2]), *args[3:])
+        return True
+
+
+def _uvicorn_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Config:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        proxy_headers=False,  # X-Forwarded-For is judged by gateway.deps, trusted proxies only
+        server_header=False,
+        **extra,
+    )
+    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+    return config
+
+
+def run_server(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int = 1,
+    config_path: Path | None = None,
+) -> None:
+    """Serve until interrupted (``keiyaku serve``); several worker processes with ``workers``."""
+    host, port = host or settings.server.host, port or settings.server.port
+    if workers > 1:
+        if config_path is None:
+            raise GatewayError(
+                "server.workers", "workers need the config path", "設定ファイルを指定してください。"
+            )
+        with open_database(settings):
+            pass  # migrate once here, not in every worker at the same time
+        # uvicorn starts each worker process from an import string; the config path is the one
+        # thing it hands them, through the environment.
+        os.environ[_CONFIG_ENV] = str(config_path.resolve())
+        logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+        uvicorn.run(
+            "gateway.server:worker_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            proxy_headers=False,
+            server_header=False,
+        )
+        return
+    gateway = open_gateway(settings)
+    try:
+        app = create_app(gateway)
+        uvicorn.Server(_uvicorn_config(app, host, port)).run()
+    finally:
+        gateway.close()
+
+
+_CONFIG_ENV = "KEIYAKU_SERVE_CONFIG"
+
+
+def worker_app() -> Any:
+    """The app of one worker process of ``keiyaku serve --workers N``."""
+    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+    settings = load_settings(Path(os.environ[_CONFIG_ENV]))
+    gateway = open_gateway(settings, migrate_schema=False)  # lives as long as the process
+    return create_app(gateway)
+
+
+@contextmanager
+def open_database(settings: Settings) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the configured database (migrated), for commands that need no signing key."""
+    engine = create_database_engine(settings.database_url)
+    try:
+        migrate(engine)
+        yield make_session_factory(engine)
+    finally:
+        engine.dispose()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int | None = None) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a thread; yields its base URL; stops it afterwards."""
+    port = port or free_port(host)
+    server = uvicorn.Server(_uvicorn_config(app, host, port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise GatewayError(
+                    "server.start_failed",
+                    f"uvicorn did not start on {host}:{port}",
+                    "サーバーを起動できませんでした。",
+                )
+            time.sleep(0.02)
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

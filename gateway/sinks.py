@@ -1,0 +1,184 @@
+"""Sinks from settings: the push-back observer, and each configured sink with what it is sent."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from connectors.folder import FolderSink
+from connectors.http import RestSink
+from connectors.outbound import ContentSpec, check_spec
+from connectors.sftp import SftpEndpoint, SftpSink
+from connectors.soap import SoapCall, SoapSink
+from core.outbox import RetryPolicy
+from core.pushback import PushbackObserver, Subscription
+from gateway.settings import (
+    FolderSinkSettings,
+    RestSinkSettings,
+    Settings,
+    SftpSinkSettings,
+    SinkContentSettings,
+    SoapSinkSettings,
+    content_spec,
+)
+from schedules.dispatch import Target
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+
+def pushback_observer(settings: Settings) -> PushbackObserver:
+    """The observer that enqueues one delivery per sink subscribed to an envelope event."""
+    return PushbackObserver(
+        Subscription(target=name, events=frozenset(sink.events))
+        for name, sink in settings.sinks.items()
+    )
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """The outbox's backoff and bound from settings."""
+    outbox = settings.outbox
+    return RetryPolicy(
+        max_attempts=outbox.max_attempts,
+        base_delay=outbox.base_delay_seconds,
+        max_delay=outbox.max_delay_seconds,
+    )
+
+
+def lease(settings: Settings) -> dt.timedelta:
+    """How long a dispatcher holds a claimed delivery."""
+    return dt.timedelta(seconds=settings.outbox.lease_seconds)
+
+
+def _content(settings: Settings, content: SinkContentSettings) -> ContentSpec:
+    record = content.record
+    xsd = settings.path(record.xsd) if record is not None and record.xsd is not None else None
+    spec: ContentSpec = content_spec(content, xsd=xsd)
+    check_spec(spec)  # loads the XSD now, so a broken one stops the start, not a delivery
+    return spec
+
+
+def _verify(settings: Settings, ca_file: Path | None) -> bool | str:
+    return str(settings.path(ca_file)) if ca_file is not None else True
+
+
+def build_targets(settings: Settings, names: list[str] | None = None) -> dict[str, Target]:
+    """Every configured sink (or those in ``names``), ready to push. Close with
+    :func:`close_targets`."""
+    targets: dict[str, Target] = {}
+    for name, sink in settings.sinks.items():
+        if names is not None and name not in names:
+            continue
+        content = _content(settings, sink.content)
+        if isinstance(sink, FolderSinkSettings):
+            targets[name] = Target(
+                FolderSink(
+                    name=name,
+                    root=settings.path(sink.path),
+                    trigger=sink.trigger,
+                    fsync=sink.fsync,
+                ),
+                content,
+            )
+        elif isinstance(sink, SftpSinkSettings):
+            endpoint = SftpEndpoint(
+                host=sink.host,
+                port=sink.port,
+                username=sink.username,
+                key_path=settings.path(sink.key_path),
+                known_hosts=settings.path(sink.known_hosts),
+                key_passphrase=(
+                    sink.key_passphrase.get_secret_value() if sink.key_passphrase else None
+                ),
+                timeout=sink.timeout_seconds,
+            )
+            targets[name] = Target(
+                SftpSink(name=name, endpoint=endpoint, root=sink.path, trigger=sink.trigger),
+                content,
+            )
+        elif isinstance(sink, SoapSinkSettings):
+            wsdl = sink.wsdl
+            if "://" not in wsdl:
+                wsdl = str(settings.path(Path(wsdl)))
+            call = SoapCall(
+                wsdl=wsdl,
+                operation=sink.operation,
+                service=sink.service,
+                port=sink.port,
+                key_element=sink.key_element,
+                record_element=sink.record_element,
+                files_element=sink.files_element,
+                item_element=sink.item_element,
+                timeout=sink.timeout_seconds,
+                operation_timeout=sink.operation_timeout_seconds,
+                attempts=sink.attempts,
+                verify_tls=_verify(settings, sink.ca_file),
+            )
+            targets[name] = Target(SoapSink(name=name, call=call), content)
+        elif isinstance(sink, RestSinkSettings):
+            targets[name] = Target(
+                RestSink(
+                    name=name,
+                    url=sink.url,
+                    hmac_secret=sink.hmac_secret.get_secret_value().encode(),
+                    timeout=sink.timeout_seconds,
+                    attempts=sink.attempts,
+                    verify_tls=_verify(settings, sink.ca_file),
+                ),
+                content,
+            )
+    return targets
+
+
+def close_targets(targets: Mapping[str, Target]) -> None:
+    """Close every sink's connections."""
+    for target in targets.values():
+        target.sink.close()
+
+
+def push_demo(gateway: Gateway, envelope_id: str) -> list[tuple[str, Path]]:
+    """For `keiyaku demo`: add a sample guarantee reference to the demo envelope, then push it to
+    every folder sink. Returns (sink name, folder) of each."""
+    from core.guarantees import GuaranteeInput, add_guarantee
+    from schedules.dispatch import run_until_idle
+
+    settings = gateway.settings
+    with gateway.sessions() as session:
+        add_guarantee(
+            session=session,
+            runtime=gateway.runtime,
+            envelope_id=envelope_id,
+            reference=GuaranteeInput(
+                kind="前払金保証",
+                contract_number="2070004426",
+                authentication_key=secrets.token_hex(5).upper(),
+                issuer="西日本建設業保証株式会社(デモ)",
+            ),
+            actor="demo",
+            source="cli",
+            allow_reuse=True,  # every demo run uses the same sample number
+        )
+        session.commit()
+    folders = [
+        name for name, sink in settings.sinks.items() if isinstance(sink, FolderSinkSettings)
+    ]
+    targets = build_targets(settings, folders)
+    try:
+        run_until_idle(
+            sessions=gateway.sessions,
+            runtime=gateway.runtime,
+            targets=targets,
+            policy=retry_policy(settings),
+            lease=lease(settings),
+            department=settings.buyer.department,
+        )
+    finally:
+        close_targets(targets)
+    return [
+        (name, settings.path(sink.path))
+        for name, sink in settings.sinks.items()
+        if isinstance(sink, FolderSinkSettings)
+    ]

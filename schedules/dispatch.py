@@ -1,0 +1,171 @@
+"""Job: deliver due outbox rows to their sinks (push-back).
+
+Thin by design: :func:`core.outbox.dispatch` claims due deliveries as expiring leases and records
+each outcome; for each delivery this job assembles the envelope's content
+(:func:`core.pushback.assemble_content`), renders it for the sink
+(:func:`connectors.outbound.render_outbound`) and pushes it with the delivery's idempotency key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from connectors.base import Sink
+from connectors.outbound import ContentSpec, Outbound, render_outbound
+from core.envelopes import Runtime
+from core.errors import Disposition, SinkError
+from core.model import Delivery
+from core.outbox import DispatchResult, Handler, RetryPolicy, dispatch
+from core.pushback import assemble_content
+
+JOB_ID = "outbox.dispatch"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One configured sink: the transport and what it is sent."""
+
+    sink: Sink
+    content: ContentSpec
+
+
+def default_worker() -> str:
+    """A worker name unique to this process: host, pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def render_delivery(
+    *,
+    sessions: sessionmaker[Session],
+    runtime: Runtime,
+    target: Target,
+    delivery: Delivery,
+    department: str | None = None,
+) -> Outbound:
+    """Read the delivery's envelope and render what its sink is sent."""
+    envelope_id = delivery.payload.get("envelope_id") or delivery.envelope_id
+    event = delivery.payload.get("event", "completed")
+    if not envelope_id:
+        raise SinkError(
+            "sink.bad_delivery",
+            f"delivery {delivery.id} names no envelope",
+            "配信対象の封筒が指定されていません。",
+            disposition=Disposition.FATAL,
+        )
+    spec = target.content
+    with sessions() as session:
+        content = assemble_content(
+            session=session,
+            runtime=runtime,
+            envelope_id=envelope_id,
+            event=event,
+            documents=spec.documents,
+            certificate=spec.certificate,
+            guarantee_keys=spec.guarantee_keys,
+            department=department,
+        )
+    # Claims count attempts, so attempt 1 without an error is the first push of this key
+    # anywhere; a retried dead delivery keeps its last error and is looked for again.
+    first = delivery.attempts == 1 and delivery.last_error is None
+    return render_outbound(content, spec, delivery.idempotency_key, first_attempt=first)
+
+
+def push_delivery(
+    *,
+    sessions: sessionmaker[Session],
+    runtime: Runtime,
+    target: Target,
+    delivery: Delivery,
+    department: str | None = None,
+) -> None:
+    """Render and push one delivery (raises :class:`SinkError` on failure)."""
+    outbound = render_delivery(
+        sessions=sessions, runtime=runtime, target=target, delivery=delivery, department=department
+    )
+    target.sink.push(idempotency_key=delivery.idempotency_key, payload=outbound.as_payload())
+
+
+def run(
+    *,
+    sessions: sessionmaker[Session],
+    runtime: Runtime,
+    targets: Mapping[str, Target],
+    worker: str | None = None,
+    policy: RetryPolicy | None = None,
+    limit: int = 20,
+    lease: dt.timedelta = dt.timedelta(minutes=5),
+    department: str | None = None,
+) -> DispatchResult:
+    """One pass: claim up to ``limit`` due deliveries for these sinks and push each."""
+    # One thread on purpose: a second one (reading the next delivery while this one is pushed)
+    # competes for the GIL with paramiko's transport thread and delays every SFTP answer.
+    handlers: dict[str, Handler] = {}
+    for name, target in targets.items():
+
+        def handler(delivery: Delivery, target: Target = target) -> None:
+            push_delivery(
+                sessions=sessions,
+                runtime=runtime,
+                target=target,
+                delivery=delivery,
+                department=department,
+            )
+
+        handlers[name] = handler
+    return dispatch(
+        sessions=sessions,
+        handlers=handlers,
+        worker=worker or default_worker(),
+        policy=policy,
+        limit=limit,
+        lease=lease,
+    )
+
+
+def run_until_idle(
+    *,
+    sessions: sessionmaker[Session],
+    runtime: Runtime,
+    targets: Mapping[str, Target],
+    worker: str | None = None,
+    policy: RetryPolicy | None = None,
+    limit: int = 20,
+    lease: dt.timedelta = dt.timedelta(minutes=5),
+    department: str | None = None,
+    poll_seconds: float = 10.0,
+    stop: threading.Event | None = None,
+    forever: bool = False,
+) -> DispatchResult:
+    """Pass after pass: until nothing is due (or, with ``forever``, until ``stop`` is set,
+    sleeping ``poll_seconds`` whenever a pass found nothing). Returns the totals."""
+    stop = stop or threading.Event()
+    totals = DispatchResult()
+    worker = worker or default_worker()
+    while not stop.is_set():
+        result = run(
+            sessions=sessions,
+            runtime=runtime,
+            targets=targets,
+            worker=worker,
+            policy=policy,
+            limit=limit,
+            lease=lease,
+            department=department,
+        )
+        for name in ("delivered", "retrying", "dead", "lost"):
+            getattr(totals, name).extend(getattr(result, name))
+        busy = bool(result.delivered or result.retrying or result.dead or result.lost)
+        if not busy:
+            if not forever:
+                break
+            stop.wait(poll_seconds)
+    return totals

@@ -1,0 +1,384 @@
+"""One sync of one source: pull → map → intake, in batches, recorded as a run.
+
+Each batch commits on its own (its records, their line errors and the run's counts), so a
+failure late in a large file keeps what was done; the source's cursor is stored only with the
+last batch, and the source is told to acknowledge (move processed files aside) only after that
+commit. Running the same file again is harmless: intake is idempotent on (source, award id).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from connectors.base import RawRecord, Source
+from core.drafts import (
+    ContractorDraft,
+    DocumentRef,
+    EnvelopeDraft,
+    LineError,
+    SigningAuthority,
+    UsageRequestDraft,
+)
+from core.envelopes import Runtime
+from core.errors import GatewayError, RecordError
+from core.intake import (
+    AwardItem,
+    ContractorDirectory,
+    IntakeCounts,
+    IntakePolicy,
+    count_run,
+    finish_run,
+    get_cursor,
+    intake_awards,
+    record_line_errors,
+    release_waiting,
+    start_run,
+    store_cursor,
+    upsert_contractor,
+    upsert_usage_request,
+)
+from core.model import SyncRun
+from mapping import SourceMapping, redact
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One configured source: its name, its mapping and how to open its connector."""
+
+    name: str
+    kind: str
+    mapping: SourceMapping
+    open: Callable[[], Source]
+
+
+@dataclass
+class SyncResult:
+    """What one run did (the run row holds the same numbers)."""
+
+    run_id: int
+    source: str
+    status: str
+    records: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    waiting: int = 0
+    released: int = 0
+    conflicts: int = 0
+    errors: int = 0
+    duration_ms: int = 0
+    message: str | None = None
+    line_errors: list[LineError] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, run: SyncRun, line_errors: list[LineError]) -> SyncResult:
+        """From a finished run row."""
+        return cls(
+            run_id=run.id,
+            source=run.source,
+            status=run.status,
+            records=run.records,
+            created=run.created,
+            updated=run.updated,
+            unchanged=run.unchanged,
+            skipped=run.skipped,
+            waiting=run.waiting,
+            released=run.released,
+            conflicts=run.conflicts,
+            errors=run.errors,
+            duration_ms=run.duration_ms or 0,
+            message=run.message,
+            line_errors=line_errors,
+        )
+
+
+def _chunks(records: Iterator[RawRecord], size: int) -> Iterator[list[RawRecord]]:
+    while True:
+        chunk = list(itertools.islice(records, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+def _record_error(record: RawRecord, error: GatewayError) -> LineError:
+    p = record.provenance
+    return LineError(
+        source=p.source,
+        file=p.file,
+        line=p.line,
+        path=p.path,
+        code=error.code,
+        reason=error.message_en,
+        reason_ja=error.message_ja,
+    )
+
+
+def document_fetcher(source: Source) -> Callable[[DocumentRef], bytes]:
+    """How intake gets a document's bytes from this source (attachments need no fetching)."""
+    fetch_path: Callable[[str], bytes] | None = getattr(source, "fetch_document", None)
+
+    def fetch(ref: DocumentRef) -> bytes:
+        if ref.data is not None:
+            return ref.data
+        if ref.path is None or fetch_path is None:
+            raise RecordError(
+                "intake.document_missing",
+                f"{source.name} cannot fetch {ref.name}",
+                f"文書「{ref.name}」を取得できません。",
+            )
+        return fetch_path(ref.path)
+
+    return fetch
+
+
+@dataclass
+class _Batch:
+    drafts: list[tuple[Any, RawRecord]] = field(default_factory=list)
+    errors: list[LineError] = field(default_factory=list)
+    raws: dict[tuple[str | None, int | None, str | None], Mapping[str, Any]] = field(
+        default_factory=dict
+    )
+    skipped: int = 0
+
+
+def map_records(
+    records: Sequence[RawRecord],
+    mapping: SourceMapping,
+    authorities: Sequence[SigningAuthority],
+) -> _Batch:
+    """Apply the mapping to a batch of raw records (pure)."""
+    batch = _Batch()
+    for record in records:
+        p = record.provenance
+        if record.error is not None:
+            batch.errors.append(_record_error(record, record.error))
+            batch.raws[(p.file, p.line, p.path)] = redact(record.fields, mapping.sensitive_columns)
+            continue
+        outcome = mapping.apply(
+            record.fields,
+            source=p.source,
+            file=p.file,
+            line=p.line,
+            path=p.path,
+            authorities=authorities,
+        )
+        if outcome.skipped is not None:
+            batch.skipped += 1
+        elif outcome.errors:
+            batch.errors.extend(outcome.errors)
+            batch.raws[(p.file, p.line, p.path)] = redact(record.fields, mapping.sensitive_columns)
+        else:
+            batch.drafts.append((outcome.draft, record))
+    return batch
+
+
+def _intake(
+    session: Session,
+    *,
+    spec: SourceSpec,
+    batch: _Batch,
+    runtime: Runtime,
+    policy: IntakePolicy,
+    fetch: Callable[[DocumentRef], bytes],
+    run_id: int,
+    directory: ContractorDirectory,
+) -> IntakeCounts:
+    counts = IntakeCounts()
+    awards = [
+        AwardItem(d, r.provenance.file, r.provenance.line, r.provenance.path)
+        for d, r in batch.drafts
+        if isinstance(d, EnvelopeDraft)
+    ]
+    if awards:
+        counts.add(
+            intake_awards(
+                session=session,
+                runtime=runtime,
+                policy=policy,
+                source=spec.name,
+                items=awards,
+                fetch=fetch,
+                run_id=run_id,
+                directory=directory,
+            )
+        )
+    contractor_ids: set[str] = set()
+    for draft, record in batch.drafts:
+        p = record.provenance
+        try:
+            if isinstance(draft, ContractorDraft):
+                outcome = upsert_contractor(
+                    session=session, source=spec.name, draft=draft, directory=directory
+                )
+            elif isinstance(draft, UsageRequestDraft):
+                row, outcome = upsert_usage_request(
+                    session=session, source=spec.name, draft=draft, policy=policy,
+                    directory=directory,
+                )  # fmt: skip
+                contractor_ids.add(row.contractor_id)
+            else:
+                continue
+        except GatewayError as exc:
+            if exc.retriable:
+                raise
+            counts.errors.append(_record_error(record, exc))
+            continue
+        if outcome == "created":
+            counts.created += 1
+        elif outcome == "updated":
+            counts.updated += 1
+        else:
+            counts.unchanged += 1
+        del p
+    if contractor_ids:
+        session.flush()
+        counts.add(
+            release_waiting(
+                session=session, runtime=runtime, policy=policy, contractor_ids=contractor_ids
+            )
+        )
+        counts.waiting = 0
+    return counts
+
+
+def sync_source(
+    *,
+    sessions: sessionmaker[Session],
+    runtime: Runtime,
+    policy: IntakePolicy,
+    spec: SourceSpec,
+    authorities: Sequence[SigningAuthority] = (),
+    trigger: str = "cli",
+    batch_size: int = 500,
+    progress: Progress | None = None,
+    keep_errors: int = 100,
+) -> SyncResult:
+    """Run one sync of one source and record it; a failure is recorded and re-raised."""
+    started = time.monotonic()
+    with sessions() as session:
+        run = start_run(session=session, source=spec.name, trigger=trigger)
+        session.commit()
+        run_id = run.id
+        cursor = get_cursor(session=session, source=spec.name)
+    line_errors: list[LineError] = []
+    source = spec.open()
+    try:
+        fetch = document_fetcher(source)
+        directory = ContractorDirectory()
+        batch = source.pull(cursor)
+        for chunk in _chunks(batch.records, batch_size):
+            mapped = map_records(chunk, spec.mapping, authorities)
+            with sessions() as session:
+                counts = _intake(
+                    session,
+                    spec=spec,
+                    batch=mapped,
+                    runtime=runtime,
+                    policy=policy,
+                    fetch=fetch,
+                    run_id=run_id,
+                    directory=directory,
+                )
+                counts.errors[:0] = mapped.errors
+                record_line_errors(
+                    session=session, run_id=run_id, errors=counts.errors, records=mapped.raws
+                )
+                run_row = session.get(SyncRun, run_id)
+                assert run_row is not None
+                count_run(run=run_row, counts=counts, records=len(chunk), skipped=mapped.skipped)
+                session.commit()
+            line_errors.extend(counts.errors[: max(0, keep_errors - len(line_errors))])
+            if progress is not None:
+                progress(len(chunk))
+        with sessions() as session:
+            if spec.kind == "awards":
+                counts = release_waiting(
+                    session=session,
+                    runtime=runtime,
+                    policy=policy,
+                    source=spec.name,
+                    fetch=fetch,
+                    exclude_run_id=run_id,
+                )
+                record_line_errors(session=session, run_id=run_id, errors=counts.errors)
+                run_row = session.get(SyncRun, run_id)
+                assert run_row is not None
+                run_row.released += counts.released
+                run_row.errors += len(counts.errors)
+                line_errors.extend(counts.errors[: max(0, keep_errors - len(line_errors))])
+            store_cursor(session=session, source=spec.name, cursor=batch.cursor)
+            run_row = session.get(SyncRun, run_id)
+            assert run_row is not None
+            finish_run(session=session, run=run_row, status="succeeded")
+            session.commit()
+            result = SyncResult.of(run_row, line_errors)
+        source.acknowledge(batch.cursor)
+    except Exception as exc:
+        message = (
+            f"{exc.code}: {exc.message_en}"
+            if isinstance(exc, GatewayError)
+            else f"{type(exc).__name__}: {exc}"
+        )
+        with sessions() as session:
+            run_row = session.get(SyncRun, run_id)
+            if run_row is not None:
+                finish_run(session=session, run=run_row, status="failed", message=message)
+                session.commit()
+        log.error("sync of %s failed: %s", spec.name, message)
+        raise
+    finally:
+        source.close()
+    log.info(
+        "sync of %s: %d records, %d created, %d updated, %d errors in %.1f s",
+        spec.name,
+        result.records,
+        result.created,
+        result.updated,
+        result.errors,
+        time.monotonic() - started,
+    )
+    return result
+
+
+def accept_record(
+    *,
+    sessions: sessionmaker[Session],
+    runtime: Runtime,
+    policy: IntakePolicy,
+    spec: SourceSpec,
+    fields: Mapping[str, Any],
+    authorities: Sequence[SigningAuthority] = (),
+    reference: str | None = None,
+) -> SyncResult:
+    """Take in one pushed record (``POST /api/v1/awards``) as a run of its own."""
+    from connectors.base import Batch, Provenance
+
+    record = RawRecord(dict(fields), Provenance(source=spec.name, path=reference or "request"))
+
+    class _Pushed(Source):
+        name = spec.name
+
+        def pull(self, cursor: Mapping[str, Any]) -> Batch:
+            return Batch(records=iter([record]), cursor=cursor)
+
+    pushed = SourceSpec(spec.name, spec.kind, spec.mapping, _Pushed)
+    return sync_source(
+        sessions=sessions,
+        runtime=runtime,
+        policy=policy,
+        spec=pushed,
+        authorities=authorities,
+        trigger="api",
+    )

@@ -1,0 +1,231 @@
+"""The Sink contract, run against every sink with a real receiving end.
+
+Folder: a temporary folder. SFTP: a private OpenSSH sshd. SOAP: the test SOAP server through
+zeep. REST: the test REST server through httpx (HMAC checked). Each sink must deliver every file
+and the record, give a repeated key one effect, tell outages (retriable) from refusals (not),
+and come back after an outage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from connectors.base import Sink
+from connectors.folder import FolderSink
+from connectors.http import RestSink
+from connectors.outbound import ContentSpec, Outbound, RecordSpec, render_outbound
+from connectors.sftp import SftpEndpoint, SftpSink
+from connectors.soap import SoapCall, SoapSink
+from core.errors import GatewayError
+from core.pushback import GuaranteeRecord, PushContent, PushDocument
+from tests.fixtures.http_sink import RestSinkServer
+from tests.fixtures.soap_sink import RECORD_FIELDS, SoapSinkServer
+from tests.fixtures.sshd import SshServer
+
+SPEC = ContentSpec(
+    directory="{management_number}",
+    record=RecordSpec(format="json", fields=RECORD_FIELDS),
+)
+
+
+def content(n: int = 1) -> PushContent:
+    """A completed envelope's content, without a database."""
+    return PushContent(
+        envelope_id=f"env{n:04d}",
+        event="completed",
+        facts={
+            "envelope_id": f"env{n:04d}",
+            "management_number": f"KG-20261122-{n:04d}",
+            "title": "市道１号線舗装補修工事",
+            "certificate_id": "ab" * 16,
+            "contractor_name": "株式会社髙橋建設",
+            "corporate_number": "7000012050002",
+            "amount": Decimal("31389000"),
+            "concluded_on": dt.date(2026, 11, 22),
+            "department": "土木課",
+        },
+        guarantees=(
+            GuaranteeRecord(
+                "advance", "前払金保証", "2070004426", "西日本建設業保証株式会社", "Q7xK2mP9aZ"
+            ),
+        ),
+        documents=(PushDocument("工事請負契約書.pdf", b"%PDF-1.7 contract " + os.urandom(3000)),),
+        certificate=b"%PDF-1.7 certificate " + os.urandom(1000),
+    )
+
+
+def outbound(n: int = 1) -> Outbound:
+    return render_outbound(content(n), SPEC, f"contract-test:{n}:completed")
+
+
+class Harness(Protocol):
+    sink: Sink
+
+    def files(self, key: str) -> dict[str, bytes] | None: ...
+    def effects(self, key: str) -> int: ...
+    def outage(self) -> Sink: ...
+
+
+@dataclass
+class FolderHarness:
+    root: Path
+    sink: Sink
+
+    def _folder(self, key: str) -> Path:
+        return self.root / f"KG-20261122-{int(key.split(':')[1]):04d}"
+
+    def files(self, key: str) -> dict[str, bytes] | None:
+        folder = self._folder(key)
+        if not folder.exists():
+            return None
+        return {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
+
+    def effects(self, key: str) -> int:
+        # Each write renames a new inode into place: count distinct inodes seen over time.
+        folder = self._folder(key)
+        inodes = {p.name: p.stat().st_ino for p in folder.iterdir()}
+        self._seen = getattr(self, "_seen", {})
+        count = self._seen.get(key, (0, {}))
+        if count[1] != inodes:
+            self._seen[key] = (count[0] + 1, inodes)
+        return self._seen[key][0]
+
+    def outage(self) -> Sink:
+        blocker = self.root.parent / "not-a-folder"
+        blocker.write_text("x")
+        return FolderSink(name="folder", root=blocker / "sub")
+
+
+@dataclass
+class SftpHarness(FolderHarness):
+    endpoint: SftpEndpoint | None = None
+
+    def outage(self) -> Sink:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        assert self.endpoint is not None
+        return SftpSink(name="sftp", endpoint=replace(self.endpoint, port=port), root="/tmp")
+
+
+@dataclass
+class ServerHarness:
+    server: SoapSinkServer | RestSinkServer
+    sink: Sink
+    down_sink: Sink
+
+    def files(self, key: str) -> dict[str, bytes] | None:
+        got = self.server.applied.get(key)
+        if got is None:
+            return None
+        return {k: v for k, v in got.files.items() if not k.endswith(".json")}
+
+    def effects(self, key: str) -> int:
+        return 1 if key in self.server.applied else 0
+
+    def outage(self) -> Sink:
+        self.server.down = True
+        return self.down_sink
+
+
+@pytest.fixture(params=["folder", "sftp", "soap", "rest"])
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    kind = request.param
+    if kind == "folder":
+        root = tmp_path / "drop"
+        yield FolderHarness(root=root, sink=FolderSink(name="folder", root=root))
+        return
+    if kind == "sftp":
+        server: SshServer = request.getfixturevalue("sshd_server")
+        endpoint = SftpEndpoint(
+            host=server.host,
+            port=server.port,
+            username=server.username,
+            key_path=server.client_key,
+            known_hosts=server.known_hosts,
+            timeout=5,
+        )
+        root = server.root / f"contract-{os.urandom(4).hex()}"
+        sink = SftpSink(name="sftp", endpoint=endpoint, root=str(root))
+        try:
+            yield SftpHarness(root=root, sink=sink, endpoint=endpoint)
+        finally:
+            sink.close()
+        return
+    if kind == "soap":
+        soap: SoapSinkServer = request.getfixturevalue("soap_sink_server")
+        call = SoapCall(wsdl=soap.wsdl, operation="DeliverContract", attempts=1, timeout=5)
+        sink = SoapSink(name="soap", call=call)
+        try:
+            yield ServerHarness(soap, sink, sink)
+        finally:
+            sink.close()
+        return
+    rest: RestSinkServer = request.getfixturevalue("rest_sink_server")
+    sink = RestSink(name="rest", url=rest.url, hmac_secret=rest.secret, attempts=1, timeout=5)
+    try:
+        yield ServerHarness(rest, sink, sink)
+        assert rest.bad_signatures == 0
+    finally:
+        sink.close()
+
+
+def test_push_delivers_every_file_and_the_record(harness: Any) -> None:
+    out = outbound(1)
+    harness.sink.push(idempotency_key=out.idempotency_key, payload=out.as_payload())
+    got = harness.files(out.idempotency_key)
+    assert got is not None
+    for file in out.files:
+        if file.role == "record" and isinstance(harness, ServerHarness):
+            continue  # structured sinks receive the record as fields
+        assert got[file.name] == file.data, file.name
+    if isinstance(harness, ServerHarness):
+        record = harness.server.applied[out.idempotency_key].record
+        assert record["contractNumber"] == "KG-20261122-0001"
+        assert record["amount"] == "31389000"
+        assert record["guarantees"][0]["authentication_key"] == "Q7xK2mP9aZ"
+
+
+def test_the_same_key_twice_has_one_effect(harness: Any) -> None:
+    out = outbound(2)
+    for _ in range(3):
+        harness.sink.push(idempotency_key=out.idempotency_key, payload=out.as_payload())
+        assert harness.effects(out.idempotency_key) == 1
+
+
+def test_two_keys_are_two_deliveries(harness: Any) -> None:
+    first, second = outbound(3), outbound(4)
+    for out in (first, second):
+        harness.sink.push(idempotency_key=out.idempotency_key, payload=out.as_payload())
+    assert harness.files(first.idempotency_key) and harness.files(second.idempotency_key)
+
+
+def test_an_outage_is_retriable_and_the_sink_comes_back(harness: Any) -> None:
+    out = outbound(5)
+    down = harness.outage()
+    with pytest.raises(GatewayError) as info:
+        down.push(idempotency_key=out.idempotency_key, payload=out.as_payload())
+    assert info.value.retriable, info.value.code
+    down.close()
+    if isinstance(harness, ServerHarness):
+        harness.server.down = False
+    harness.sink.push(idempotency_key=out.idempotency_key, payload=out.as_payload())
+    assert harness.files(out.idempotency_key)
+
+
+def test_a_payload_without_a_rendered_delivery_is_refused(harness: Any) -> None:
+    with pytest.raises(GatewayError) as info:
+        harness.sink.push(idempotency_key="k", payload={"envelope_id": "x"})
+    assert info.value.code == "sink.bad_payload" and not info.value.retriable
+    other = outbound(6)
+    with pytest.raises(GatewayError):  # a payload rendered for another key
+        harness.sink.push(idempotency_key="k", payload=other.as_payload())

@@ -1,0 +1,133 @@
+"""End-to-end fixtures: a real SMTP server (aiosmtpd), the gateway served by uvicorn on a free
+loopback port with its mail worker running, and headless Chromium (Debian's) driven by
+Playwright. One of each per module; each test gets a fresh browser context."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from core.devpki import DevPki
+from gateway.app import create_app
+from gateway.runtime import Gateway
+from gateway.server import free_port, serve_in_thread
+from tests.fixtures.gateway import new_token, open_test_gateway, write_config
+from tests.fixtures.smtp import Inbox, smtp_server
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LINK = re.compile(r"https?://[^\s/]+/(?:sign|download)/[A-Za-z0-9_-]+")
+
+
+@dataclass
+class Site:
+    """The served gateway, its SMTP inbox, an API client and where screenshots go."""
+
+    url: str
+    gateway: Gateway
+    inbox: Inbox
+    api: httpx.Client
+    config: Path
+    shots: Path
+    smtp_port: int
+    counter: list[int] = field(default_factory=lambda: [0])
+
+    def shot(self, page: Page, name: str) -> Path:
+        """Save a full-page screenshot under the test's temporary folder."""
+        self.counter[0] += 1
+        path = self.shots / f"{self.counter[0]:02d}-{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+
+def body_of(message: EmailMessage) -> str:
+    """The text body of a mail."""
+    part = message.get_body(preferencelist=("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def link_in(message: EmailMessage) -> str:
+    """The one link a mail carries."""
+    links = LINK.findall(body_of(message))
+    assert len(links) == 1, body_of(message)
+    return str(links[0])
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, devpki: DevPki) -> Iterator[Site]:
+    """SMTP server, gateway (SQLite, SMTP transport, mail worker) and uvicorn, for a module."""
+    home = tmp_path_factory.mktemp("e2e")
+    shots = home / "screenshots"
+    shots.mkdir()
+    port = free_port()
+    with smtp_server() as (smtp_port, inbox):
+        config = write_config(
+            home,
+            devpki,
+            database_url=f"sqlite:///{home / 'keiyaku.db'}",
+            public_url=f"http://127.0.0.1:{port}",
+            mail=(
+                "  sender: keiyaku@city.example.jp\n"
+                "  transport: smtp\n"
+                "  smtp:\n"
+                "    host: 127.0.0.1\n"
+                f"    port: {smtp_port}\n"
+                "    starttls: false\n"
+                "    attempts: 2\n"
+                "  dispatch_interval_seconds: 0.2\n"
+            ),
+        )
+        gateway = open_test_gateway(config)
+        try:
+            app = create_app(gateway)
+            with serve_in_thread(app, port=port) as url:
+                token = new_token(gateway, "e-bid")
+                with httpx.Client(
+                    base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120
+                ) as api:
+                    yield Site(url, gateway, inbox, api, config, shots, smtp_port)
+        finally:
+            gateway.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Debian Chromium (never a downloaded browser)."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh browser profile (own cookies) per test."""
+    ctx = browser.new_context(locale="ja-JP", viewport={"width": 1280, "height": 900})
+    try:
+        yield ctx
+    finally:
+        ctx.close()

@@ -1,0 +1,103 @@
+"""`keiyaku mapping check` and `keiyaku sync` as an admin runs them, on a fresh `keiyaku init`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.pdfs import make_pdf
+
+KEIYAKU = [sys.executable, "-m", "gateway.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+PORTAL = (
+    '"0000000000000000001","令和7年度 庁舎清掃業務","2025-10-01","31389000.00","S1","8002010",'
+    '"株式会社テスト","7000012050002"\r\n'
+    '"0000000000000000002","未確定の案件","2025-10-01","","S1","8002010","株式会社テスト",""\r\n'
+    '"0000000000000000003","法人番号の誤り","2025-10-02","1000","S8","8002010","株式会社誤り",'
+    '"7000012050003"\r\n'
+)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEIYAKU_")}
+    return subprocess.run(
+        [*KEIYAKU, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("intake-home")
+    assert _run("init", str(home)).returncode == 0
+    config = home / "config.yaml"
+    # Tests drop whole files at once: no need to wait for them to settle.
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("mode: stable", "mode: none"), encoding="utf-8"
+    )
+    return home
+
+
+def test_init_writes_the_sample_mappings(home: Path) -> None:
+    names = sorted(p.name for p in (home / "mappings").iterdir())
+    assert names == ["municipal.yaml", "portal.yaml", "registry.yaml", "usage_requests.yaml"]
+    assert (home / "inbox").is_dir()
+
+
+def test_mapping_check_prints_drafts_skips_and_line_errors(home: Path, tmp_path: Path) -> None:
+    sample = tmp_path / "rakusatsu.csv"
+    sample.write_bytes(b"\xef\xbb\xbf" + PORTAL.encode("utf-8"))
+    config = str(home / "config.yaml")
+    out = _run("--config", config, "mapping", "check", "inbox", "--sample", str(sample))
+    assert out.returncode == 1, out.stderr
+    assert "line 1: " in out.stdout and '"award_id": "0000000000000000001"' in out.stdout
+    assert "line 2: skipped: 落札価格が空欄(契約額未確定)" in out.stdout
+    assert "error: rakusatsu.csv:3: contractor.corporate_number:" in out.stdout
+    assert "(mapping line 27)" in out.stdout  # corporate_number: in portal.yaml
+    assert "3 records: 1 drafts, 1 skipped, 1 errors" in out.stdout
+    as_json = json.loads(
+        _run(
+            "--config", config, "mapping", "check", "inbox", "--sample", str(sample), "--json"
+        ).stdout
+    )
+    assert as_json["drafts"][0]["draft"]["amount"] == "31389000"
+    assert as_json["drafts"][0]["draft"]["parties"][2]["name"] == "開発市長 開発 太郎"
+    assert as_json["errors"][0]["code"] == "mapping.bad_corporate_number"
+    assert not (home / "keiyaku.db").exists()  # nothing touched the database
+
+
+def test_mapping_check_names_the_yaml_line_of_a_wrong_mapping(home: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("award:\n  id: '{番号}'\n  title: x\n  amont: '{金額}'\n", encoding="utf-8")
+    sample = tmp_path / "s.csv"
+    sample.write_text("番号\n1\n", encoding="utf-8")
+    out = _run("--config", str(home / "config.yaml"), "mapping", "check", "--mapping", str(bad),
+               "--sample", str(sample))  # fmt: skip
+    assert out.returncode == 2
+    assert f"{bad}:4: award: unknown key 'amont'" in out.stderr
+
+
+def test_sync_and_runs(home: Path) -> None:
+    (home / "inbox" / "pdf").mkdir(exist_ok=True)
+    (home / "inbox" / "pdf" / "0000000000000000001.pdf").write_bytes(make_pdf(pages=1))
+    (home / "inbox" / "rakusatsu.csv").write_bytes(b"\xef\xbb\xbf" + PORTAL.encode("utf-8"))
+    config = str(home / "config.yaml")
+    out = _run("--config", config, "sync")
+    assert out.returncode == 0, out.stderr
+    assert "inbox: run #1 succeeded: 3 records, 1 created" in out.stdout
+    assert "1 skipped, 1 waiting, 0 envelopes, 0 conflicts, 1 errors" in out.stdout
+    assert "mapping.bad_corporate_number" in out.stdout
+    again = _run("--config", config, "sync", "inbox")
+    assert "run #2 succeeded: 0 records" in again.stdout  # the file was moved aside
+    runs = _run("--config", config, "sync", "--runs")
+    assert runs.stdout.splitlines()[0].startswith("#2 ")
+    assert "inbox cli succeeded: 3 records" in runs.stdout
+    errors = _run("--config", config, "sync", "--errors", "1")
+    assert "inbox:rakusatsu.csv:3: contractor.corporate_number:" in errors.stdout
+    unknown = _run("--config", config, "sync", "nope")
+    assert unknown.returncode == 1 and "config.unknown_source" in unknown.stderr

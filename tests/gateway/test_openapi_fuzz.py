@@ -1,0 +1,61 @@
+"""schemathesis against the served /openapi.json: no answer is a server error (5xx), with a
+valid token and without one. Bounded so it finishes in about a minute."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.fixtures.gateway import envelope_request
+from tests.gateway.conftest import LiveGateway
+
+SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+
+
+def test_no_server_error_for_generated_requests(
+    live_gateway: Callable[..., LiveGateway], tmp_path: Path
+) -> None:
+    live = live_gateway()
+    token = live.token("fuzz")
+    with live.client(token) as client:  # something to find, so the lookups go past 404
+        client.post("/api/v1/envelopes", json=envelope_request(send=True))
+        spec = client.get("/openapi.json").json()
+    assert "/api/v1/envelopes" in spec["paths"]
+    assert set(spec["paths"]["/api/v1/envelopes"]["post"]["requestBody"]["content"]) == {
+        "application/json",
+        "multipart/form-data",
+    }
+    schema = f"{live.url}/openapi.json"
+    result = subprocess.run(
+        [
+            str(SCHEMATHESIS),
+            "run",
+            schema,
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "25",
+            "--seed",
+            "20251001",
+            "--header",
+            f"Authorization: Bearer {token}",
+            "--request-timeout",
+            "60",
+            "--generation-database",
+            "none",
+            "--phases",
+            "examples,fuzzing",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    summary = output.split("SUMMARY")[-1]
+    assert " passed" in summary and " failed" not in summary, summary
