@@ -20,3 +20,13 @@ def test_migrate_is_idempotent(db_engine: Engine) -> None:
     migrate(db_engine)
     tables = set(inspect(db_engine).get_table_names())
     assert {"envelopes", "documents", "parties", "fields", "audit_events", "contractors"} <= tables
+
+
+def test_the_migrations_have_one_head() -> None:
+    """Branches made side by side are merged before they ship, so `upgrade head` is defined."""
+    from alembic.script import ScriptDirectory
+
+    from core.storage import alembic_config, create_database_engine
+
+    script = ScriptDirectory.from_config(alembic_config(create_database_engine("sqlite://")))
+    assert len(script.get_heads()) == 1
