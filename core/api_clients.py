@@ -33,7 +33,7 @@ __all__ = [
     "revoke_api_client",
 ]
 
-SCOPES = ("envelopes:read", "envelopes:write")
+SCOPES = ("awards:write", "envelopes:read", "envelopes:write")
 _TOKEN_PREFIX = "kgw_"  # noqa: S105 - a prefix, not a secret
 
 

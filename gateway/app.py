@@ -21,6 +21,7 @@ from sqlalchemy import text
 
 from core.errors import ConfigError, Disposition, GatewayError
 from core.notify import AttachmentLimits
+from gateway.api.awards import router as awards_router
 from gateway.api.envelopes import router as api_router
 from gateway.api.schemas import EnvelopeCreate, Health
 from gateway.context import AppContext, page_templates
@@ -172,6 +173,7 @@ def create_app(gateway: Gateway, *, run_mailer: bool = True) -> FastAPI:
     app.state.context = context
     install_error_handlers(app)
     app.include_router(api_router)
+    app.include_router(awards_router)
     app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 

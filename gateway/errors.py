@@ -28,6 +28,7 @@ from core.errors import (
     DocumentError,
     GatewayError,
     NotFoundError,
+    RecordError,
     SigningError,
     StateError,
 )
@@ -63,7 +64,7 @@ def status_for(exc: GatewayError) -> int:
         return 401
     if isinstance(exc, StateError):
         return 409 if exc.code.startswith("state.") else 422
-    if isinstance(exc, DocumentError):
+    if isinstance(exc, DocumentError | RecordError):
         return 422
     if isinstance(exc, SigningError | BlobError | ConfigError):
         return 503 if exc.retriable else 500

@@ -340,6 +340,7 @@ class SoapSourceSettings(_SourceSettings):
 
 class ApiSourceSettings(_SourceSettings):
     kind: Literal["api"]
+    xsd: Path | None = None
 
 
 SourceSettings = Annotated[

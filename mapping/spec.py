@@ -8,6 +8,8 @@ database, a file or the network. ``docs/mapping.md`` is the reference for admins
 
 from __future__ import annotations
 
+import base64
+import binascii
 import codecs
 import datetime as dt
 import re
@@ -663,6 +665,15 @@ class SourceMapping:
                 p = failure.problem
                 fail(label, p.code, p.reason, p.reason_ja, failure.line)
                 continue
+            if isinstance(data, str):
+                # JSON and XML carry a PDF as base64 text; SOAP (zeep) hands over bytes.
+                try:
+                    data = base64.b64decode("".join(data.split()), validate=True)
+                except (binascii.Error, ValueError):
+                    data = None
+                    fail(label, "mapping.bad_attachment", "the attachment is not valid base64",
+                         "添付ファイルの内容が正しくありません(base64ではありません)。", doc.line)  # fmt: skip
+                    continue
             if data is not None and not isinstance(data, bytes):
                 fail(label, "mapping.bad_attachment", "the attachment is not binary data",
                      "添付ファイルの内容が正しくありません。", doc.line)  # fmt: skip

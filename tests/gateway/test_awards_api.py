@@ -1,0 +1,152 @@
+"""POST /api/v1/awards/{source}: a pushed award goes through the source's mapping, idempotently."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.fixtures.gateway import b64
+from tests.fixtures.pdfs import make_pdf
+from tests.gateway.conftest import LiveGateway
+
+MAPPING = """\
+version: 1
+kind: awards
+format: {type: records}
+award:
+  id: "{案件番号}"
+  title: "{案件名}"
+  amount: {column: 落札金額, transforms: [yen]}
+  award_date: {column: 開札日, transforms: [date]}
+  department: 契約課
+contractor:
+  name: "{落札業者名}"
+  registry_code: {column: 業者番号, transforms: [nfkc]}
+documents:
+  - name: 契約書
+    attachment: {column: contractPdf}
+parties:
+  - role: signer
+    from: contractor
+  - role: signer
+    from: signing_authority
+"""
+
+XSD = """\
+<?xml version="1.0" encoding="UTF-8"?>
+<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">
+  <xs:element name="award">
+    <xs:complexType>
+      <xs:sequence>
+        <xs:element name="案件番号" type="xs:string"/>
+        <xs:element name="案件名" type="xs:string"/>
+        <xs:element name="落札金額" type="xs:string"/>
+        <xs:element name="開札日" type="xs:string"/>
+        <xs:element name="落札業者名" type="xs:string"/>
+        <xs:element name="業者番号" type="xs:string"/>
+        <xs:element name="contractPdf" type="xs:string"/>
+      </xs:sequence>
+    </xs:complexType>
+  </xs:element>
+</xs:schema>
+"""
+
+AWARD = {
+    "案件番号": "R7-0001",
+    "案件名": "市道１号線舗装補修工事",
+    "落札金額": "３１，３８９，０００円",
+    "開札日": "令和7年10月1日",
+    "落札業者名": "株式会社髙橋建設",
+    "業者番号": "０００１２３",
+    "contractPdf": b64(make_pdf(pages=1)),
+}
+
+
+def _start(live_gateway: Callable[..., LiveGateway], tmp_path: Path) -> LiveGateway:
+    (tmp_path / "ebid.yaml").write_text(MAPPING, encoding="utf-8")
+    (tmp_path / "award.xsd").write_text(XSD, encoding="utf-8")
+    extra = f"""
+sources:
+  ebid:
+    kind: api
+    mapping: {tmp_path / "ebid.yaml"}
+    xsd: {tmp_path / "award.xsd"}
+intake:
+  signing_authorities:
+    - department: "*"
+      name: 開発 太郎
+      email: shicho@city.example.jp
+"""
+    return live_gateway(extra=extra)
+
+
+def test_a_pushed_award_is_taken_in_once(
+    live_gateway: Callable[..., LiveGateway], tmp_path: Path
+) -> None:
+    live = _start(live_gateway, tmp_path)
+    with live.client(live.token("ebid")) as http:
+        first = http.post("/api/v1/awards/ebid", json=AWARD)
+        assert first.status_code == 200, first.text
+        body = first.json()
+        assert body["created"] == 1 and body["errors"] == []
+        assert body["waiting"] == 1  # no usage request from the contractor yet: it waits
+        again = http.post("/api/v1/awards/ebid", json=AWARD)
+        assert again.status_code == 200
+        assert again.json()["created"] == 0 and again.json()["unchanged"] == 1
+
+
+def test_a_bad_award_is_refused_with_its_line_error(
+    live_gateway: Callable[..., LiveGateway], tmp_path: Path
+) -> None:
+    live = _start(live_gateway, tmp_path)
+    with live.client(live.token("ebid")) as http:
+        bad = http.post("/api/v1/awards/ebid", json={**AWARD, "開札日": "令和99年13月40日"})
+        assert bad.status_code == 422
+        (error,) = bad.json()["errors"]
+        assert error["reason_ja"] and error["mapping_line"]
+
+
+def test_xml_is_validated_and_entities_refused(
+    live_gateway: Callable[..., LiveGateway], tmp_path: Path
+) -> None:
+    live = _start(live_gateway, tmp_path)
+    xml = "<award>" + "".join(f"<{k}>{v}</{k}>" for k, v in AWARD.items()) + "</award>"
+    with live.client(live.token("ebid")) as http:
+        ok = http.post(
+            "/api/v1/awards/ebid", content=xml.encode(), headers={"Content-Type": "application/xml"}
+        )
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["created"] == 1
+        missing = xml.replace("<業者番号>０００１２３</業者番号>", "")
+        invalid = http.post(
+            "/api/v1/awards/ebid",
+            content=missing.encode(),
+            headers={"Content-Type": "application/xml"},
+        )
+        assert invalid.status_code == 422
+        assert invalid.json()["error"]["code"] == "award.xml_invalid"
+        secret = tmp_path / "secret.txt"
+        secret.write_text("do-not-read")
+        xxe = (
+            f'<?xml version="1.0"?><!DOCTYPE award [<!ENTITY x SYSTEM "file://{secret}">]>'
+            + xml.replace("R7-0001", "&x;")
+        )
+        refused = http.post(
+            "/api/v1/awards/ebid", content=xxe.encode(), headers={"Content-Type": "application/xml"}
+        )
+        assert refused.status_code == 422
+        assert "do-not-read" not in refused.text
+
+
+def test_unknown_source_scope_and_media_type(
+    live_gateway: Callable[..., LiveGateway], tmp_path: Path
+) -> None:
+    live = _start(live_gateway, tmp_path)
+    with live.client(live.token("ebid")) as http:
+        assert http.post("/api/v1/awards/nope", json=AWARD).status_code == 404
+        form = http.post("/api/v1/awards/ebid", data={"a": "b"})
+        assert form.status_code == 415
+    with live.client(live.token("reader", ["envelopes:read"])) as http:
+        assert http.post("/api/v1/awards/ebid", json=AWARD).status_code == 403
+    with live.client() as http:
+        assert http.post("/api/v1/awards/ebid", json=AWARD).status_code == 401
