@@ -42,6 +42,7 @@ from tenacity import (
 
 from core.audit import list_events
 from core.certificate import JST
+from core.deadlines import NOTICE_TARGET
 from core.envelopes import Runtime, current_documents, get_envelope
 from core.errors import ConfigError, Disposition, GatewayError
 from core.links import issue_link
@@ -193,10 +194,23 @@ class MailHandler:
 
     def __call__(self, delivery: Delivery) -> None:
         """Render and send the delivery's mail; a mail that no longer applies is dropped."""
+        if delivery.target == NOTICE_TARGET:
+            self.transport.send(self.compose_notice(delivery))
+            log.info("notice %s sent", delivery.id)
+            return
         message = self.compose(delivery)
         if message is not None:
             self.transport.send(message)
             log.info("mail %s sent (%s)", delivery.id, delivery.payload.get("kind"))
+
+    def compose_notice(self, delivery: Delivery) -> EmailMessage:
+        """A deadline reminder or overdue notice: subject and body were composed when it was
+        queued (core.deadlines), addressed to every recipient at once."""
+        payload = delivery.payload
+        recipients = [Address(addr_spec=str(address)) for address in payload["to"]]
+        return self._message(
+            delivery, str(payload["subject"]), str(payload["body"]), recipients, attachments=()
+        )
 
     def compose(self, delivery: Delivery) -> EmailMessage | None:
         """The message of one delivery, with a fresh link when it carries one; None when the
@@ -272,7 +286,8 @@ class MailHandler:
                 context["reason"] = self._cancel_reason(session, envelope.id)
             session.commit()  # the link exists before the mail that carries it leaves
         subject, body = self.renderer.render(kind.value, context)
-        return self._message(delivery, subject, body, to, name, attachments)
+        recipients = [Address(display_name=name, addr_spec=to)]
+        return self._message(delivery, subject, body, recipients, attachments)
 
     @staticmethod
     def _request_still_applies(state: EnvelopeState, party: Party | None, to: str) -> bool:
@@ -306,8 +321,7 @@ class MailHandler:
         delivery: Delivery,
         subject: str,
         body: str,
-        to: str,
-        name: str,
+        recipients: Sequence[Address],
         attachments: Sequence[tuple[str, bytes]],
     ) -> EmailMessage:
         message = EmailMessage()
@@ -315,7 +329,7 @@ class MailHandler:
         message["From"] = Address(
             display_name=f"{self.runtime.buyer_name} 電子契約", addr_spec=self.sender
         )
-        message["To"] = Address(display_name=name, addr_spec=to)
+        message["To"] = recipients
         message["Date"] = format_datetime(dt.datetime.now(JST))
         domain = self.sender.rpartition("@")[2] or "keiyaku-gateway"
         # The same delivery always has the same Message-ID, so a repeat after a crash between
@@ -350,7 +364,9 @@ class MailDispatcher:
     def run_once(self) -> DispatchResult:
         """One pass over the due mail deliveries."""
         return dispatch(
-            sessions=self.sessions, handlers={MAIL_TARGET: self.handler}, worker=self.worker
+            sessions=self.sessions,
+            handlers={MAIL_TARGET: self.handler, NOTICE_TARGET: self.handler},
+            worker=self.worker,
         )
 
     def _loop(self) -> None:

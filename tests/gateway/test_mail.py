@@ -156,3 +156,35 @@ def test_maildir_default_and_admin_template_override(
     message = email.message_from_bytes(raw, policy=email.policy.default)
     assert message["Subject"] == "[開発市] 署名のお願い: 市道１号線舗装補修工事"
     assert body_of(message).startswith("契約 花子 様\nhttp://testserver/sign/")  # type: ignore[arg-type]
+
+
+def test_deadline_notices_are_mailed_to_every_recipient(
+    live_gateway: Callable[..., LiveGateway], tmp_path: Path
+) -> None:
+    from core.deadlines import NOTICE_TARGET
+    from core.outbox import enqueue
+
+    live = live_gateway(mail="  maildir: outgoing\n  sender: keiyaku@city.example.jp\n")
+    with live.gateway.sessions() as session:
+        enqueue(
+            session=session,
+            target=NOTICE_TARGET,
+            idempotency_key="notice:usage_request_due:s:A1:2025-10-03",
+            payload={
+                "kind": "deadline_notice",
+                "notice": "usage_request_due",
+                "to": ["a@example.co.jp", "b@example.co.jp"],
+                "subject": "【開発市】電子契約利用申出書の提出期限のお知らせ",
+                "body": "本日2025年10月3日が提出期限です。",
+            },
+        )
+        session.commit()
+    dispatcher = MailDispatcher(live.gateway.sessions, build_mail_handler(live.gateway), 1)
+    assert len(dispatcher.run_once().delivered) == 1
+    assert dispatcher.run_once().delivered == []  # once only
+    box = mailbox.Maildir(str(tmp_path / "outgoing"), create=False)
+    (raw,) = [m.as_bytes() for m in box]
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert message["Subject"] == "【開発市】電子契約利用申出書の提出期限のお知らせ"
+    assert [a.addr_spec for a in message["To"].addresses] == ["a@example.co.jp", "b@example.co.jp"]
+    assert "2025年10月3日" in body_of(message)  # type: ignore[arg-type]
