@@ -318,27 +318,28 @@ def create_envelope(
         for position, doc in enumerate(documents)
     ]
     for position, (doc, info, data) in enumerate(zip(documents, infos, prepared, strict=True)):
-        envelope.documents.append(
-            Document(
-                id=doc_ids[position],
-                position=position,
-                name=doc.name,
-                original_blob_id=runtime.blobs.put(doc.data),
-                original_sha256=hashlib.sha256(doc.data).hexdigest(),
-                size=len(data),
-                page_count=info.page_count,
-                revisions=[
-                    DocumentRevision(
-                        seq=1,
-                        kind="full",
-                        blob_id=runtime.blobs.put(data),
-                        size=len(data),
-                        reason="prepared",
-                        created_at=now,
-                    )
-                ],
-            )
+        # The upload is kept as revision 1; preparing appends to it, so the prepared file
+        # costs one small append instead of a second full copy.
+        original = DocumentRevision(
+            seq=1,
+            kind="full",
+            blob_id=runtime.blobs.put(doc.data),
+            size=len(doc.data),
+            reason="original",
+            created_at=now,
         )
+        document = Document(
+            id=doc_ids[position],
+            position=position,
+            name=doc.name,
+            original_blob_id=original.blob_id,
+            original_sha256=hashlib.sha256(doc.data).hexdigest(),
+            size=len(data),
+            page_count=info.page_count,
+            revisions=[original],
+        )
+        document.revisions.append(_store_revision(runtime, document, doc.data, data, "prepared"))
+        envelope.documents.append(document)
     envelope.parties.extend(party_rows)
     envelope.fields.extend(field_rows)
     session.add(envelope)

@@ -566,12 +566,14 @@ def test_signatures_are_stored_as_appends_and_a_tampered_append_is_caught(
     session.refresh(envelope)
     (doc,) = envelope.documents
     assert [(r.seq, r.kind, r.reason) for r in doc.revisions] == [
-        (1, "full", "prepared"),
-        (2, "append", "signature"),
+        (1, "full", "original"),
+        (2, "append", "prepared"),
         (3, "append", "signature"),
         (4, "append", "signature"),
-        (5, "append", "seal"),
+        (5, "append", "signature"),
+        (6, "append", "seal"),
     ]
+    assert doc.original_blob_id == doc.revisions[0].blob_id  # the upload is stored once
     sizes = [r.size for r in doc.revisions]
     assert sizes == sorted(sizes) and sizes[-1] == doc.size
     stored = sum(
@@ -581,7 +583,7 @@ def test_signatures_are_stored_as_appends_and_a_tampered_append_is_caught(
     ((_, data),) = current_documents(runtime=dev_runtime, envelope=envelope)
     assert len(data) == doc.size and verify_pdf(data, trust_roots=dev_trust_roots).ok
 
-    path = dev_runtime.blobs.root / doc.revisions[2].blob_id[:2] / doc.revisions[2].blob_id
+    path = dev_runtime.blobs.root / doc.revisions[3].blob_id[:2] / doc.revisions[3].blob_id
     raw = bytearray(path.read_bytes())
     raw[-5] ^= 0x01
     path.write_bytes(bytes(raw))
