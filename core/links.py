@@ -271,10 +271,14 @@ def check_access_code(
             SigningLink.failed_attempts < policy.max_attempts,
         )
         .values(failed_attempts=SigningLink.failed_attempts + 1)
+        .returning(SigningLink.failed_attempts)
         .execution_options(synchronize_session=False)
     )
+    # The count this attempt reserved, read atomically with the increment: reading it again
+    # later would see other processes' attempts and misnumber this one.
+    reserved_count = reserved.scalar_one_or_none()
     session.commit()
-    if reserved.rowcount != 1:  # type: ignore[attr-defined]
+    if reserved_count is None:
         raise _link_error(
             "link.locked",
             "this link is locked after too many wrong access codes",
@@ -301,7 +305,7 @@ def check_access_code(
         )
         session.commit()
         return get_party(session=session, envelope_id=envelope_id, party_id=party_id)
-    used = session.scalar(select(SigningLink.failed_attempts).where(SigningLink.id == link_id)) or 0
+    used = reserved_count
     record_event(
         session=session,
         action="party.code_failed",
