@@ -1,15 +1,37 @@
-"""The audit trail: one inserted row per operation, never updated or deleted."""
+"""The audit trail: one inserted row per operation, never updated or deleted.
+
+Every event is a link of a hash chain: ``chain_hash = SHA-256(previous chain_hash + "\\n" +
+canonical JSON of the event and its chain_seq)``. The newest link lives in the one row of
+``audit_chain_head``. :func:`record_event` only adds the event; when the session commits, a
+``before_commit`` hook UPDATEs that row and chains the transaction's new events behind it: on
+PostgreSQL the row lock makes every other committing writer wait until this transaction ends (and
+their UPDATE then sees the committed head), on SQLite the UPDATE takes the database's single write
+lock. So chain order is commit order, the lock is held only while committing, a rolled-back
+transaction leaves no gap, and :func:`verify_chain` can name the first edited, deleted or
+smuggled-in event. Events written by a connection outside a Session are not chained (and
+``verify`` reports them).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import event as sa_event
+from sqlalchemy import inspect, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, SessionTransaction
 
-from core.model import AuditEvent, utcnow
+from core.model import AuditChainHead, AuditEvent, utcnow
+
+GENESIS_HASH = "0" * 64
+_HEAD_ID = 1
+_PENDING = "keiyaku.audit_pending"
 
 
 def record_event(
@@ -34,7 +56,182 @@ def record_event(
         detail=detail or {},
     )
     session.add(event)
+    # Chained when the transaction commits (see _seal_pending), so the head stays locked only
+    # for the commit itself, never while the caller signs a PDF or calls a TSA.
+    session.info.setdefault(_PENDING, []).append(event)
     return event
+
+
+@sa_event.listens_for(Session, "before_commit")
+def _seal_pending(session: Session) -> None:
+    """Chain this transaction's new events, in the order they were recorded, behind the head."""
+    pending = session.info.pop(_PENDING, None)
+    if not pending:
+        return
+    events = [e for e in pending if e in session and not inspect(e).deleted]
+    if not events:
+        return
+    # Write everything else first: once the head is locked, this transaction touches only the
+    # head and its own new audit rows, so it can never wait on a lock while holding the head
+    # (no deadlock with a writer that holds some row and waits for the head).
+    session.flush()
+    first, previous = _advance_head(session, len(events))
+    for offset, event in enumerate(events):
+        event.chain_seq = first + offset
+        event.chain_hash = previous = chain_link(previous, event)
+    with session.no_autoflush:
+        session.execute(
+            update(AuditChainHead)
+            .where(AuditChainHead.id == _HEAD_ID)
+            .values(hash=previous)
+            .execution_options(synchronize_session=False)
+        )
+
+
+@sa_event.listens_for(Session, "after_transaction_end")
+def _forget_pending(session: Session, transaction: SessionTransaction) -> None:
+    # A rolled-back transaction's events are gone; a savepoint's end changes nothing here.
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
+
+
+def canonical_event(event: AuditEvent) -> bytes:
+    """The bytes of an event that its chain hash covers (sorted-key JSON, UTC microseconds)."""
+    at = event.at.astimezone(dt.UTC).isoformat(timespec="microseconds")
+    content = {
+        "seq": event.chain_seq,
+        "at": at,
+        "actor": event.actor,
+        "action": event.action,
+        "envelope_id": event.envelope_id,
+        "party_id": event.party_id,
+        "ip": event.ip,
+        "detail": event.detail or {},
+    }
+    return json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def chain_link(previous_hash: str, event: AuditEvent) -> str:
+    """The chain hash of ``event`` given the hash of the link before it."""
+    return hashlib.sha256(previous_hash.encode() + b"\n" + canonical_event(event)).hexdigest()
+
+
+def _advance_head(session: Session, count: int) -> tuple[int, str]:
+    """Lock the chain head until this transaction ends and take ``count`` positions; returns the
+    first of them and the hash of the link before it."""
+    statement = (
+        update(AuditChainHead)
+        .where(AuditChainHead.id == _HEAD_ID)
+        .values(seq=AuditChainHead.seq + count)
+        .returning(AuditChainHead.seq, AuditChainHead.hash)
+        .execution_options(synchronize_session=False)
+    )
+    with session.no_autoflush:
+        row = session.execute(statement).one_or_none()
+        if row is None:
+            # First event ever (or the tables were emptied): create the head; of two first
+            # writers, the second one's insert does nothing and it updates after the first.
+            values = {"id": _HEAD_ID, "seq": 0, "hash": GENESIS_HASH}
+            if session.get_bind().dialect.name == "postgresql":
+                session.execute(pg_insert(AuditChainHead).values(values).on_conflict_do_nothing())
+            else:
+                session.execute(
+                    sqlite_insert(AuditChainHead).values(values).on_conflict_do_nothing()
+                )
+            row = session.execute(statement).one()
+    return int(row[0]) - count + 1, str(row[1])
+
+
+def _chained_events(session: Session, batch: int = 1000) -> Iterator[AuditEvent]:
+    # Keyset batches rather than a server-side cursor, so stopping early leaves nothing open.
+    last = 0
+    while True:
+        rows = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.chain_seq > last)
+            .order_by(AuditEvent.chain_seq)
+            .limit(batch)
+        ).all()
+        yield from rows
+        if len(rows) < batch:
+            return
+        last = int(rows[-1].chain_seq or 0)
+        for row in rows:  # keep memory flat on long chains
+            session.expunge(row)
+
+
+@dataclass
+class ChainReport:
+    """What :func:`verify_chain` found: ``ok`` when every link checks out."""
+
+    checked: int = 0
+    unchained: int = 0
+    problems: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no event was edited, deleted or inserted outside the chain."""
+        return not self.problems
+
+
+def verify_chain(*, session: Session, stop_at_first: bool = True) -> ChainReport:
+    """Walk the audit chain in order and recompute every link; reports the first (or every)
+    edited event, gap left by a deleted event, and event inserted outside the chain."""
+    report = ChainReport()
+    previous = GENESIS_HASH
+    expected_seq = 1
+    first_chained_id: int | None = None
+
+    def problem(kind: str, **info: Any) -> bool:
+        report.problems.append({"problem": kind, **info})
+        return stop_at_first
+
+    for event in _chained_events(session):
+        seq = int(event.chain_seq or 0)
+        if first_chained_id is None:
+            first_chained_id = event.id
+        if seq != expected_seq:
+            if problem("deleted", seq=expected_seq, next_event_id=event.id, next_seq=seq):
+                return report
+            # Resynchronise on the stored hash of the link before this one: unknown, so take it
+            # on trust from here (the gap itself is reported).
+            previous = event.chain_hash or ""
+            expected_seq = seq + 1
+            report.checked += 1
+            continue
+        if chain_link(previous, event) != event.chain_hash:
+            if problem("edited", seq=seq, event_id=event.id, action=event.action):
+                return report
+        previous = event.chain_hash or ""
+        expected_seq = seq + 1
+        report.checked += 1
+    head = session.get(AuditChainHead, _HEAD_ID)
+    if head is not None and (head.seq != expected_seq - 1 or head.hash != previous):
+        if problem("deleted", seq=expected_seq, next_event_id=None, next_seq=None):
+            return report
+    report.unchained = len(
+        session.scalars(select(AuditEvent.id).where(AuditEvent.chain_seq.is_(None))).all()
+    )
+    if first_chained_id is not None:
+        smuggled = session.scalars(
+            select(AuditEvent.id)
+            .where(AuditEvent.chain_seq.is_(None), AuditEvent.id > first_chained_id)
+            .order_by(AuditEvent.id)
+            .limit(1)
+        ).first()
+        if smuggled is not None:
+            problem("unchained", event_id=smuggled)
+    return report
+
+
+def iter_events(*, session: Session, start: dt.datetime, end: dt.datetime) -> Iterator[AuditEvent]:
+    """Every audit event with ``start <= at < end``, in chain order (for the CSV export)."""
+    yield from session.scalars(
+        select(AuditEvent)
+        .where(AuditEvent.at >= start, AuditEvent.at < end)
+        .order_by(AuditEvent.chain_seq, AuditEvent.id)
+        .execution_options(yield_per=1000)
+    )
 
 
 def list_events(*, session: Session, envelope_id: str) -> Sequence[AuditEvent]:

@@ -242,6 +242,7 @@ def create_envelope(
     transaction_date: dt.date | None = None,
     deadline: dt.date | None = None,
     actor: str | None = None,
+    department: str | None = None,
 ) -> Envelope:
     """Validate the inputs, stamp and prepare every document, and add a draft envelope.
 
@@ -267,6 +268,7 @@ def create_envelope(
         creator=creator,
         creator_email=creator_email,
         counterparty=counterparty,
+        department=department,
         amount=amount,
         transaction_date=transaction_date,
         deadline=deadline,
@@ -914,11 +916,13 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
     envelope = get_envelope(session=session, envelope_id=envelope_id)
     check_envelope_transition(envelope.state, EnvelopeState.COMPLETED)
     sealed: list[tuple[Document, DocumentRevision]] = []
+    expiries: dict[str, dt.datetime | None] = {}
     try:
         for doc in envelope.documents:
             current = read_document(runtime=runtime, document=doc)
             data = runtime.signing.seal(current)
             sealed.append((doc, _store_revision(runtime, doc, current, data, "seal")))
+            expiries[doc.id] = runtime.signing.timestamp_expiry(data)
             del current, data
     except GatewayError as exc:
         if exc.retriable:
@@ -945,6 +949,7 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
     for doc, revision in sealed:
         doc.revisions.append(revision)
         doc.size = revision.size
+        doc.timestamp_expires_at = expiries[doc.id]
     record_event(
         session=session,
         action="envelope.completed",

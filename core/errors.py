@@ -19,6 +19,9 @@ what to do with it::
     │                                 http.*, outbound.*,  sink refused this one delivery,
     │                                 sftp.*, soap.*       which goes dead with the error
     ├── GuaranteeError                guarantee.*          fatal (refused reference or notice)
+    ├── BackupError                   backup.*             fatal (backup or restore refused/failed)
+    ├── StaffError                    staff.*              fatal (refused staff record, password
+    │                                                      policy, missing role)
     ├── NotFoundError                 not_found.*          fatal
     └── AuthError                     auth.*, link.*       fatal (missing or wrong token, code, lock)
 
@@ -98,6 +101,10 @@ class SigningError(GatewayError):
     """Signing, timestamping or validation-data collection failed."""
 
 
+class StaffError(GatewayError):
+    """A staff record, import file or password is refused, or a staff member lacks a role."""
+
+
 class NotFoundError(GatewayError):
     """A looked-up object does not exist (or is not visible to the caller)."""
 
@@ -129,3 +136,7 @@ class SinkError(GatewayError):
 
 class GuaranteeError(GatewayError):
     """A guarantee reference (電子保証) or an issuer's notice PDF is refused."""
+
+
+class BackupError(GatewayError):
+    """A backup or restore could not be made (missing tool, unreadable backup, target in use)."""

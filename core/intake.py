@@ -789,6 +789,7 @@ def _make_envelope(
         transaction_date=award.transaction_date,
         deadline=award.signing_due,
         actor="intake",
+        department=award.department,
     )
     envelope.contractor_id = award.contractor_id
     if request.access_code_hash:

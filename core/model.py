@@ -121,6 +121,8 @@ class Envelope(Base):
     contractor_id: Mapped[str | None] = mapped_column(ForeignKey("contractors.id"))
     counterparty: Mapped[str | None] = mapped_column(String(200))
     amount: Mapped[Decimal | None] = mapped_column(Numeric(15, 0))
+    # The buyer department that owns the contract (staff visibility scope "department").
+    department: Mapped[str | None] = mapped_column(String(200))
     transaction_date: Mapped[dt.date | None] = mapped_column(Date())
     deadline: Mapped[dt.date | None] = mapped_column(Date())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -158,6 +160,9 @@ class Document(Base):
     size: Mapped[int] = mapped_column(BigInteger())  # of the newest revision, whole
     page_count: Mapped[int] = mapped_column(Integer())
     signature_count: Mapped[int] = mapped_column(Integer(), default=0)
+    # When the newest document timestamp's TSA chain expires (set by seal and renewal); the
+    # re-timestamping job renews documents before this moment. NULL: not sealed yet.
+    timestamp_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
 
     envelope: Mapped[Envelope] = relationship(back_populates="documents")
     revisions: Mapped[list[DocumentRevision]] = relationship(
@@ -184,7 +189,7 @@ class DocumentRevision(Base):
     kind: Mapped[str] = mapped_column(String(8))  # "full" | "append"
     blob_id: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger())  # of the whole document at this revision
-    reason: Mapped[str] = mapped_column(String(32))  # prepared | signature | seal
+    reason: Mapped[str] = mapped_column(String(32))  # prepared | signature | seal | archive
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     document: Mapped[Document] = relationship(back_populates="revisions")
@@ -258,6 +263,10 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     ip: Mapped[str | None] = mapped_column(String(45))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON(), default=dict)
+    # Hash chain (see core.audit): position in the chain and SHA-256 over the previous hash
+    # plus this event's canonical content. NULL only for events older than the chain.
+    chain_seq: Mapped[int | None] = mapped_column(BigInteger(), unique=True)
+    chain_hash: Mapped[str | None] = mapped_column(String(64))
 
     # Lets the unit of work insert an envelope before the events that refer to it.
     envelope: Mapped[Envelope | None] = relationship()
@@ -351,6 +360,8 @@ class ApiClient(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     token_hint: Mapped[str] = mapped_column(String(16))
     scopes: Mapped[list[str]] = mapped_column(JSON(), default=list)
+    # CIDR networks this client may call from (staff.allowed_networks applies too); None: any.
+    allowed_networks: Mapped[list[str] | None] = mapped_column(JSON())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
@@ -625,3 +636,64 @@ class GuaranteeReference(Base):
     notice_blob_id: Mapped[str | None] = mapped_column(String(64))
     created_by: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class StaffRole(enum.StrEnum):
+    """What a staff member may do (a staff member holds one or more)."""
+
+    ADMIN = "admin"  # manage staff, see everything
+    SENDER = "sender"  # create, send and cancel envelopes
+    SIGNER = "signer"  # sign on the buyer's side
+
+
+class VisibilityScope(enum.StrEnum):
+    """Which envelopes a staff member sees."""
+
+    OWN = "own"  # the envelopes they created
+    DEPARTMENT = "department"  # their department's envelopes
+    ALL = "all"
+
+
+class Staff(Base):
+    """One member of the buyer's staff who logs in to the staff pages."""
+
+    __tablename__ = "staff"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    department: Mapped[str | None] = mapped_column(String(200))
+    # Comma-separated StaffRole values, sorted (e.g. "admin,sender").
+    roles: Mapped[str] = mapped_column(String(64), default="")
+    scope: Mapped[VisibilityScope] = mapped_column(
+        _enum(VisibilityScope, "visibility_scope"), default=VisibilityScope.OWN
+    )
+    disabled: Mapped[bool] = mapped_column(Boolean(), default=False)
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    failed_logins: Mapped[int] = mapped_column(Integer(), default=0)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class AuditChainHead(Base):
+    """The single row holding the newest link of the audit hash chain; each committing
+    transaction that recorded events updates it, so its row lock puts the chain in commit order
+    (see :mod:`core.audit`)."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(Integer(), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger(), default=0)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+# Search (core.search): the 電子帳簿保存法 keys and the scope filters, each with an index.
+Index("ix_envelopes_transaction_date", Envelope.transaction_date, Envelope.id)
+Index("ix_envelopes_counterparty", Envelope.counterparty)
+Index("ix_envelopes_amount", Envelope.amount)
+Index("ix_envelopes_department", Envelope.department, Envelope.transaction_date)
+Index("ix_envelopes_creator_email", Envelope.creator_email)
+Index("ix_envelopes_completed_at", Envelope.completed_at)
+Index("ix_parties_email", Party.email)  # the "as a party" part of every scope

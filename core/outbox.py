@@ -247,6 +247,34 @@ class DispatchResult:
     retrying: list[int] = field(default_factory=list)
     dead: list[int] = field(default_factory=list)
     lost: list[int] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)  # given back unpushed at a shutdown
+
+
+def release_leases(
+    *, session: Session, worker: str, delivery_ids: Sequence[int] | None = None
+) -> int:
+    """Give back deliveries ``worker`` leased and has not pushed (all of them, or only
+    ``delivery_ids``): due again at once, the claim's attempt not counted. Commits."""
+    condition = and_(Delivery.state == DeliveryState.LEASED.value, Delivery.lease_owner == worker)
+    if delivery_ids is not None:
+        condition = and_(condition, Delivery.id.in_(list(delivery_ids)))
+    result = session.execute(
+        update(Delivery)
+        .where(condition)
+        .values(
+            state=DeliveryState.PENDING.value,
+            lease_owner=None,
+            lease_expires_at=None,
+            next_attempt_at=utcnow(),
+            attempts=Delivery.attempts - 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    released = int(result.rowcount)  # type: ignore[attr-defined]
+    if released:
+        log.info("%s gave back %d leased deliveries", worker, released)
+    return released
 
 
 def dispatch(
@@ -257,11 +285,14 @@ def dispatch(
     policy: RetryPolicy | None = None,
     limit: int = 20,
     lease: dt.timedelta = dt.timedelta(minutes=5),
+    stop: Callable[[], bool] | None = None,
 ) -> DispatchResult:
     """Claim due deliveries for the known targets, push each with its handler, record the outcome.
 
     A handler raises :class:`GatewayError` (retriable or not) on failure; any other exception is
-    treated as retriable, since a bug or an outage should not silently drop a delivery.
+    treated as retriable, since a bug or an outage should not silently drop a delivery. When
+    ``stop`` turns true (a shutdown), the delivery in flight finishes and the rest of the batch
+    is given back at once (:func:`release_leases`) instead of waiting for its leases to expire.
     """
     policy = policy or RetryPolicy()
     result = DispatchResult()
@@ -269,7 +300,12 @@ def dispatch(
         batch = claim(
             session=session, worker=worker, limit=limit, lease=lease, targets=list(handlers)
         )
-        for delivery in batch:
+        for index, delivery in enumerate(batch):
+            if stop is not None and stop():
+                rest = [d.id for d in batch[index:]]
+                result.released.extend(rest)
+                release_leases(session=session, worker=worker, delivery_ids=rest)
+                break
             try:
                 handlers[delivery.target](delivery)
             except GatewayError as exc:

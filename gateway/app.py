@@ -17,16 +17,18 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import text
 
-from core.errors import ConfigError, Disposition, GatewayError
+from core.errors import ConfigError
 from core.notify import AttachmentLimits
+from gateway.admin import install_allow_list
+from gateway.admin import router as admin_router
 from gateway.api.awards import router as awards_router
 from gateway.api.envelopes import router as api_router
-from gateway.api.schemas import EnvelopeCreate, Health
+from gateway.api.schemas import EnvelopeCreate
 from gateway.context import AppContext, page_templates
 from gateway.errors import install_error_handlers
 from gateway.mailer import MailDispatcher, MailHandler, MailRenderer, build_transport
+from gateway.ops_http import install_operations
 from gateway.pages.cookies import CookieSigner
 from gateway.pages.render import PageRenderer
 from gateway.pages.signing import router as pages_router
@@ -97,6 +99,7 @@ def build_context(gateway: Gateway, *, run_mailer: bool = True) -> AppContext:
             gateway.sessions,
             build_mail_handler(gateway),
             settings.mail.dispatch_interval_seconds,
+            lease=dt.timedelta(seconds=settings.outbox.lease_seconds),
         )
     override = settings.path(settings.mail.templates_dir) if settings.mail.templates_dir else None
     return AppContext(
@@ -175,6 +178,8 @@ def create_app(gateway: Gateway, *, run_mailer: bool = True) -> FastAPI:
     app.include_router(api_router)
     app.include_router(awards_router)
     app.include_router(pages_router)
+    app.include_router(admin_router)
+    install_allow_list(app, gateway.settings.staff.allowed_networks)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
     @app.middleware("http")
@@ -189,20 +194,8 @@ def create_app(gateway: Gateway, *, run_mailer: bool = True) -> FastAPI:
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
-    @app.get("/healthz", response_model=Health, tags=["health"])
-    def healthz() -> Health:
-        """The gateway answers and its database too."""
-        try:
-            with gateway.engine.connect() as conn:
-                conn.execute(text("select 1"))
-        except Exception as exc:
-            raise GatewayError(
-                "health.database",
-                f"database unreachable: {type(exc).__name__}",
-                "データベースに接続できません。",
-                disposition=Disposition.RETRIABLE,
-            ) from exc
-        return Health(status="ok", database="ok")
+    # /healthz (database, blob store, TSA, SMTP), /metrics, request ids: gateway/ops_http.py
+    install_operations(app, gateway)
 
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

@@ -141,14 +141,26 @@ def demo(obj: _Context, output: Path | None) -> None:
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--at",
+    "at",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    default=None,
+    help="Validate as of this JST date/time (e.g. years ahead, after certificates lapsed).",
+)
 @click.pass_obj
-def verify(obj: _Context, file: Path, as_json: bool) -> None:
+def verify(obj: _Context, file: Path, as_json: bool, at: Any) -> None:
     """Check every signature of FILE from its embedded data; exit 0 only if all hold."""
+    from zoneinfo import ZoneInfo
+
     from gateway.runtime import load_trust_roots
 
     settings = obj.settings()
+    moment = at.replace(tzinfo=ZoneInfo("Asia/Tokyo")) if at is not None else None
     try:
-        report = verify_pdf(file.read_bytes(), trust_roots=load_trust_roots(settings))
+        report = verify_pdf(
+            file.read_bytes(), trust_roots=load_trust_roots(settings), moment=moment
+        )
     except GatewayError as exc:
         _fail(exc)
     if as_json:
@@ -292,6 +304,27 @@ def _register_pushback() -> None:
 
 
 _register_pushback()
+
+
+def _register_staff() -> None:
+    from gateway.cli_staff import api_client_allow, audit, report, staff
+
+    for group in (staff, audit, report):
+        main.add_command(group)
+    api_client.add_command(api_client_allow)
+
+
+_register_staff()
+
+
+def _register_ops() -> None:
+    from gateway.cli_ops import backup_command, restore_command, retimestamp_command
+
+    for command in (backup_command, restore_command, retimestamp_command):
+        main.add_command(command)
+
+
+_register_ops()
 
 
 def _write_sample_mappings(directory: Path) -> None:
@@ -558,7 +591,7 @@ def jobs() -> None:
 
 
 @jobs.command("run")
-@click.argument("job_id", type=click.Choice(["nightly_pull", "deadlines"]))
+@click.argument("job_id", type=click.Choice(["nightly_pull", "deadlines", "retimestamp", "backup"]))
 @click.pass_obj
 def jobs_run(obj: _Context, job_id: str) -> None:
     """Run JOB_ID now, as its scheduled tick would (once per minute across nodes)."""
@@ -574,9 +607,14 @@ def jobs_run(obj: _Context, job_id: str) -> None:
     except GatewayError as exc:
         _fail(exc)
     try:
+        from gateway import ops
+
         specs = {
             s.id: s
-            for s in intake.jobs(settings, gateway, access_codes=access_code_policy(settings))
+            for s in [
+                *intake.jobs(settings, gateway, access_codes=access_code_policy(settings)),
+                *ops.jobs(settings, gateway),
+            ]
         }
         if job_id not in specs:
             click.echo(f"{job_id} is not scheduled in the config", err=True)
@@ -598,7 +636,7 @@ def jobs_start(obj: _Context) -> None:
     """Run the scheduler in the foreground until interrupted."""
     from apscheduler.schedulers.blocking import BlockingScheduler
 
-    from gateway import intake
+    from gateway import intake, ops
     from gateway.runtime import access_code_policy, open_gateway
     from schedules.runner import build_scheduler
 
@@ -612,7 +650,10 @@ def jobs_start(obj: _Context) -> None:
 
         scheduler = build_scheduler(
             sessions=gateway.sessions,
-            jobs=intake.jobs(settings, gateway, access_codes=access_code_policy(settings)),
+            jobs=[
+                *intake.jobs(settings, gateway, access_codes=access_code_policy(settings)),
+                *ops.jobs(settings, gateway),
+            ],
             timezone=settings.schedules.timezone,
             misfire_grace_seconds=settings.schedules.misfire_grace_seconds,
             scheduler=BlockingScheduler(timezone=ZoneInfo(settings.schedules.timezone)),

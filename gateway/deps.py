@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
+from core.access import check_client_network
 from core.api_clients import authenticate
 from core.model import ApiClient
 from gateway.context import AppContext
@@ -79,6 +80,7 @@ ClientIpDep = Annotated[str | None, Depends(get_client_ip)]
 
 def get_api_client(
     session: SessionDep,
+    ip: ClientIpDep,
     authorization: Annotated[
         str | None, Header(description="`Bearer <token>` of the calling system")
     ] = None,
@@ -89,7 +91,9 @@ def get_api_client(
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer":
             token = value.strip()
-    return authenticate(session=session, token=token)
+    client = authenticate(session=session, token=token)
+    check_client_network(client, ip)
+    return client
 
 
 ApiClientDep = Annotated[ApiClient, Depends(get_api_client)]

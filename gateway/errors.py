@@ -30,6 +30,7 @@ from core.errors import (
     NotFoundError,
     RecordError,
     SigningError,
+    StaffError,
     StateError,
 )
 
@@ -44,13 +45,16 @@ _BY_CODE = {
     "link.revoked": 410,
     "link.locked": 423,
     "request.csrf": 403,
+    "request.ip_refused": 403,
+    "auth.ip_refused": 403,
+    "staff.role_required": 403,
     "request.too_large": 413,
     "request.unsupported_media_type": 415,
     "request.method_not_allowed": 405,
     "idempotency.key_reused": 409,
 }
 
-_PAGE_PREFIXES = ("/sign", "/download")
+_PAGE_PREFIXES = ("/sign", "/download", "/admin")
 
 
 def status_for(exc: GatewayError) -> int:
@@ -64,7 +68,7 @@ def status_for(exc: GatewayError) -> int:
         return 401
     if isinstance(exc, StateError):
         return 409 if exc.code.startswith("state.") else 422
-    if isinstance(exc, DocumentError | RecordError):
+    if isinstance(exc, DocumentError | RecordError | StaffError):
         return 422
     if isinstance(exc, SigningError | BlobError | ConfigError):
         return 503 if exc.retriable else 500

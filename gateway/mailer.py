@@ -48,7 +48,7 @@ from core.errors import ConfigError, Disposition, GatewayError
 from core.links import issue_link
 from core.model import Delivery, LinkPurpose, Party
 from core.notify import MAIL_TARGET, AttachmentLimits, MailKind, attachments_fit
-from core.outbox import DispatchResult, dispatch
+from core.outbox import DispatchResult, dispatch, release_leases
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, party_state_ja
 
 log = logging.getLogger(__name__)
@@ -352,10 +352,13 @@ class MailDispatcher:
         sessions: sessionmaker[Session],
         handler: Callable[[Delivery], None],
         interval: float,
+        lease: dt.timedelta = dt.timedelta(minutes=5),
     ) -> None:
         self.sessions = sessions
         self.handler = handler
         self.interval = interval
+        # how long a killed node's claimed mail waits before another node sends it
+        self.lease = lease
         self.worker = f"{socket.gethostname()}:{os.getpid()}:mail"
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -367,6 +370,8 @@ class MailDispatcher:
             sessions=self.sessions,
             handlers={MAIL_TARGET: self.handler, NOTICE_TARGET: self.handler},
             worker=self.worker,
+            lease=self.lease,
+            stop=self._stop.is_set,
         )
 
     def _loop(self) -> None:
@@ -392,12 +397,21 @@ class MailDispatcher:
         self._wake.set()
 
     def stop(self) -> None:
-        """Stop the thread after its current pass."""
+        """Stop the thread after the mail in flight; give back what it claimed and did not send."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+            if self._thread.is_alive():
+                # still pushing: its leases expire on their own rather than risk a second send
+                log.warning("mail dispatch did not stop within 30 s; leases left to expire")
+                return
             self._thread = None
+        try:
+            with self.sessions() as session:
+                release_leases(session=session, worker=self.worker)
+        except Exception:  # shutting down: the leases expire anyway
+            log.exception("could not give back leased mail at shutdown")
 
 
 def build_transport(settings: Any) -> MailTransport:

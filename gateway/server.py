@@ -81,9 +81,20 @@ def run_server(
     gateway = open_gateway(settings)
     try:
         app = create_app(gateway)
-        uvicorn.Server(_uvicorn_config(app, host, port)).run()
+        uvicorn.Server(_uvicorn_config(app, host, port, **_log_options(settings))).run()
     finally:
         gateway.close()
+
+
+def _log_options(settings: Settings) -> dict[str, Any]:
+    """JSON log lines with request ids (gateway.ops_http), replacing uvicorn's own set-up; its
+    access log is off then, as ``keiyaku.access`` logs every request with its id."""
+    if settings.server.log_format == "text":
+        return {}
+    from gateway.ops_http import configure_logging
+
+    configure_logging(level=settings.server.log_level, fmt="json")
+    return {"log_config": None, "access_log": False}
 
 
 _CONFIG_ENV = "KEIYAKU_SERVE_CONFIG"
@@ -93,6 +104,7 @@ def worker_app() -> Any:
     """The app of one worker process of ``keiyaku serve --workers N``."""
     logging.getLogger("uvicorn.access").addFilter(RedactTokens())
     settings = load_settings(Path(os.environ[_CONFIG_ENV]))
+    _log_options(settings)
     gateway = open_gateway(settings, migrate_schema=False)  # lives as long as the process
     return create_app(gateway)
 

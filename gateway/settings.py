@@ -10,6 +10,7 @@ development PKI are refused.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -117,6 +118,8 @@ class ServerSettings(_Section):
     public_url: str = "http://127.0.0.1:8080"
     trusted_proxies: list[str] = Field(default_factory=list)
     session_key: SecretStr | None = None
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
     def _check(self) -> ServerSettings:
@@ -372,10 +375,23 @@ class CalendarSettings(_Section):
     year_end_closure: bool = True
 
 
+class ArchiveSettings(_Section):
+    renew_margin_days: int = Field(default=180, ge=1, le=3650)
+    batch_size: int = Field(default=200, ge=1, le=100_000)
+
+
+class BackupSettings(_Section):
+    directory: Path = Path("backups")
+    generations: int = Field(default=8, ge=1, le=365)
+    pg_dump: str = "pg_dump"
+
+
 class SchedulesSettings(_Section):
     timezone: str = "Asia/Tokyo"
     nightly_pull: str | None = "0 2 * * *"
     deadlines: str | None = "0 8 * * *"
+    retimestamp: str | None = "0 3 * * *"
+    backup: str | None = "30 1 * * *"
     misfire_grace_seconds: int = Field(default=600, ge=1, le=86_400)
     notice_target: str = "notice"
 
@@ -383,19 +399,36 @@ class SchedulesSettings(_Section):
     def _check(self) -> SchedulesSettings:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-        from apscheduler.triggers.cron import CronTrigger
+        from schedules.runner import cron_trigger
 
         try:
-            zone = ZoneInfo(self.timezone)
+            ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown timezone {self.timezone!r}") from exc
-        for name in ("nightly_pull", "deadlines"):
+        for name in ("nightly_pull", "deadlines", "retimestamp", "backup"):
             expression = getattr(self, name)
             if expression is not None:
                 try:
-                    CronTrigger.from_crontab(expression, timezone=zone)
+                    cron_trigger(expression, self.timezone)
                 except ValueError as exc:
                     raise ValueError(f"{name}: not a cron expression: {exc}") from exc
+        return self
+
+
+class StaffSettings(_Section):
+    password_min_length: int = Field(default=12, ge=10, le=128)
+    max_failed_logins: int = Field(default=5, ge=3, le=20)
+    lockout_minutes: int = Field(default=15, ge=1, le=1440)
+    # CIDR networks allowed to reach the staff pages (/admin) and the API; empty: any.
+    allowed_networks: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _networks(self) -> StaffSettings:
+        for network in self.allowed_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"staff.allowed_networks: not a network: {network!r}") from exc
         return self
 
 
@@ -421,6 +454,9 @@ class Settings(BaseSettings):
     sources: dict[str, SourceSettings] = Field(default_factory=dict)
     calendar: CalendarSettings = CalendarSettings()
     schedules: SchedulesSettings = SchedulesSettings()
+    archive: ArchiveSettings = ArchiveSettings()
+    backup: BackupSettings = BackupSettings()
+    staff: StaffSettings = StaffSettings()
 
     @model_validator(mode="after")
     def _source_names(self) -> Settings:

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -104,8 +104,10 @@ def run(
     limit: int = 20,
     lease: dt.timedelta = dt.timedelta(minutes=5),
     department: str | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> DispatchResult:
-    """One pass: claim up to ``limit`` due deliveries for these sinks and push each."""
+    """One pass: claim up to ``limit`` due deliveries for these sinks and push each (when
+    ``stop`` turns true, the rest of the batch is given back)."""
     # One thread on purpose: a second one (reading the next delivery while this one is pushed)
     # competes for the GIL with paramiko's transport thread and delays every SFTP answer.
     handlers: dict[str, Handler] = {}
@@ -128,6 +130,7 @@ def run(
         policy=policy,
         limit=limit,
         lease=lease,
+        stop=stop,
     )
 
 
@@ -160,8 +163,9 @@ def run_until_idle(
             limit=limit,
             lease=lease,
             department=department,
+            stop=stop.is_set,
         )
-        for name in ("delivered", "retrying", "dead", "lost"):
+        for name in ("delivered", "retrying", "dead", "lost", "released"):
             getattr(totals, name).extend(getattr(result, name))
         busy = bool(result.delivered or result.retrying or result.dead or result.lost)
         if not busy:

@@ -87,7 +87,20 @@ def run_once(
 
 
 def cron_trigger(expression: str, timezone: str) -> CronTrigger:
-    """A trigger for a five-field cron expression in ``timezone`` (e.g. Asia/Tokyo)."""
+    """A trigger for a five-field cron expression in ``timezone`` (e.g. Asia/Tokyo); six fields
+    put a seconds field first (``*/5 * * * * *``: every five seconds), as Quartz does."""
+    fields = expression.split()
+    if len(fields) == 6:
+        second, minute, hour, day, month, day_of_week = fields
+        return CronTrigger(
+            second=second,
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=day_of_week,
+            timezone=ZoneInfo(timezone),
+        )
     return CronTrigger.from_crontab(expression, timezone=ZoneInfo(timezone))
 
 

@@ -8,13 +8,15 @@ Public API (see ``notes/signing.md`` for the pyHanko facts behind it)::
         .sign_approval(data, signature_field=, reason=, values=)
                                                   fill fields + invisible PAdES B-T signature
         .seal(data)                               DSS + document timestamp: PAdES B-LTA
-    verify_pdf(data, trust_roots=) -> VerificationReport
+        .renew_archival_timestamp(data)           DSS for the newest timestamp + a fresh one
+        .timestamp_expiry(data)                   when the newest timestamp's chain expires
+    verify_pdf(data, trust_roots=, moment=) -> VerificationReport
 
 The engine is pure bytes-in/bytes-out: a failure leaves the caller's input untouched.
 """
 
 from ._documents import FieldBox, PdfInfo
-from ._engine import RevocationData, SigningEngine, approval_reason
+from ._engine import RevocationData, SigningEngine, approval_reason, newest_timestamp_expiry
 from ._keys import SigningKey, load_pkcs11_signer, load_pkcs12_signer
 from ._timestamps import TimestampService
 from ._verify import SignatureReport, VerificationReport, verify_pdf
@@ -31,5 +33,6 @@ __all__ = [
     "approval_reason",
     "load_pkcs11_signer",
     "load_pkcs12_signer",
+    "newest_timestamp_expiry",
     "verify_pdf",
 ]

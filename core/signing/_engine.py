@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine, Mapping, Sequence
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
@@ -23,6 +24,7 @@ from pyhanko.sign.general import SigningError as PyHankoSigningError
 from pyhanko.sign.signers import PdfSignatureMetadata, PdfSigner, PdfTimeStamper
 from pyhanko.sign.signers.pdf_signer import TimestampDSSContentSettings
 from pyhanko.sign.validation import DocumentSecurityStore, collect_validation_info
+from pyhanko.sign.validation.errors import ValidationInfoReadingError
 from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.errors import PathBuildingError, PathValidationError
 
@@ -34,7 +36,7 @@ from ._keys import SigningKey
 from ._loop import BackgroundLoop, shared_loop
 from ._timestamps import TimestampService
 
-__all__ = ["RevocationData", "SigningEngine", "approval_reason"]
+__all__ = ["RevocationData", "SigningEngine", "approval_reason", "newest_timestamp_expiry"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,43 @@ def approval_reason(*, name: str, email: str, at: datetime) -> str:
         raise ValueError("approval time must be timezone-aware")
     local = at.astimezone(JST)
     return f"{name} 様 {email} が {local:%Y-%m-%d %H:%M:%S} +09:00 JSTに承認しました"
+
+
+def newest_timestamp_expiry(
+    data: bytes, *, trust_roots: Sequence[x509.Certificate] = ()
+) -> datetime | None:
+    """The earliest ``notAfter`` on the chain of the newest document timestamp's TSA certificate
+    (certificates from the token, the DSS and ``trust_roots``); None when there is no timestamp."""
+    try:
+        reader = PdfFileReader(BytesIO(data), strict=False)
+        stamps = reader.embedded_timestamp_signatures
+    except (PdfError, ValueError, KeyError) as exc:
+        raise SigningError(
+            "signing.document_unreadable",
+            "The sealed document cannot be read.",
+            "締結済み文書を読み込めません。",
+        ) from exc
+    if not stamps:
+        return None
+    newest = stamps[-1]
+    cert: x509.Certificate | None = newest.signer_cert
+    if cert is None:
+        return None
+    pool = [*newest.other_embedded_certs, *trust_roots]
+    try:
+        pool.extend(DocumentSecurityStore.read_dss(reader).load_certs())
+    except ValidationInfoReadingError:
+        log.debug("no readable DSS; using the token's own certificates")
+    expiry: datetime = cert.not_valid_after
+    seen = {cert.sha256}
+    while cert is not None and cert.issuer != cert.subject:
+        issuer = next((c for c in pool if c.subject == cert.issuer and c.sha256 not in seen), None)
+        if issuer is None:
+            break
+        seen.add(issuer.sha256)
+        expiry = min(expiry, issuer.not_valid_after)
+        cert = issuer
+    return expiry
 
 
 def _load_pem_or_der(path: Path) -> bytes:
@@ -110,6 +149,16 @@ class SigningEngine:
         self._loop = loop or shared_loop()
         # how often a reservation was too small (the TSA grew its token): visible in tests/logs
         self.reservation_overflows = 0
+        # called with (operation, seconds) after each approval, seal and renewal (metrics)
+        self.timing_observer: Callable[[str, float], None] | None = None
+
+    async def _timed(self, operation: str, coro: Coroutine[Any, Any, T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await self._loop.run_async(coro)
+        finally:
+            if self.timing_observer is not None:
+                self.timing_observer(operation, time.perf_counter() - started)
 
     # -- documents -------------------------------------------------------------------------
 
@@ -153,8 +202,11 @@ class SigningEngine:
         self, data: bytes, *, signature_field: str, reason: str, values: Mapping[str, str]
     ) -> bytes:
         """Async :meth:`sign_approval`, for callers inside an event loop."""
-        return await self._loop.run_async(
-            self._sign_approval(data, signature_field=signature_field, reason=reason, values=values)
+        return await self._timed(
+            "approval",
+            self._sign_approval(
+                data, signature_field=signature_field, reason=reason, values=values
+            ),
         )
 
     async def _sign_approval(
@@ -241,7 +293,7 @@ class SigningEngine:
 
     async def async_seal(self, data: bytes) -> bytes:
         """Async :meth:`seal`."""
-        return await self._loop.run_async(self._seal(data))
+        return await self._timed("seal", self._seal(data))
 
     def _validation_context(self) -> ValidationContext:
         # one per operation: a ValidationContext caches fetched data and is not shareable
@@ -303,6 +355,65 @@ class SigningEngine:
         finally:
             await vc.aclose()
         return out.getvalue()
+
+    # -- long-term validity ---------------------------------------------------------------
+
+    def renew_archival_timestamp(self, data: bytes) -> bytes:
+        """Embed validation data for the newest document timestamp and add a fresh one (PAdES
+        archive timestamp), so the chain outlives the previous TSA certificate."""
+        return self._run(self.async_renew_archival_timestamp(data))
+
+    async def async_renew_archival_timestamp(self, data: bytes) -> bytes:
+        """Async :meth:`renew_archival_timestamp`."""
+        return await self._timed("archive_timestamp", self._renew(data))
+
+    async def _renew(self, data: bytes) -> bytes:
+        try:
+            reader = PdfFileReader(BytesIO(data), strict=True)
+            count = len(reader.embedded_timestamp_signatures)
+        except (PdfError, ValueError, KeyError) as exc:
+            raise SigningError(
+                "signing.document_unreadable",
+                "The sealed document cannot be read.",
+                "締結済み文書を読み込めません。",
+            ) from exc
+        if count == 0:
+            raise SigningError(
+                "signing.not_sealed",
+                "The document has no document timestamp to renew; seal it first.",
+                "文書にタイムスタンプがないため、更新できません。",
+            )
+        vc = self._validation_context()
+        stamper = PdfTimeStamper(
+            self._timestamps.timestamper, field_name=f"kg_doc_timestamp_{count + 1}"
+        )
+        out = BytesIO()
+        try:
+            await stamper.async_update_archival_timestamp_chain(
+                reader, vc, in_place=False, output=out
+            )
+        except SigningError:
+            raise
+        except (PathBuildingError, PathValidationError) as exc:
+            raise SigningError(
+                "signing.validation_data_unavailable",
+                "Validation data for the newest document timestamp could not be collected "
+                "(has its TSA certificate already expired?); the document was not renewed.",
+                "最新のタイムスタンプの検証情報を取得できなかったため、"
+                "タイムスタンプを更新できませんでした。",
+                disposition=Disposition.RETRIABLE,
+                details={"reason": str(exc)[:300]},
+            ) from exc
+        except (PyHankoSigningError, PdfError, ValueError, OSError) as exc:
+            raise self._failed(exc) from exc
+        finally:
+            await vc.aclose()
+        return out.getvalue()
+
+    def timestamp_expiry(self, data: bytes) -> datetime | None:
+        """When the certificate chain of the newest document timestamp expires (the earliest
+        ``notAfter`` on the path from the TSA certificate to its root); None without one."""
+        return newest_timestamp_expiry(data, trust_roots=self._trust_roots)
 
     # -- plumbing ----------------------------------------------------------------------------
 

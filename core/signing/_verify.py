@@ -43,6 +43,7 @@ from pyhanko.sign.validation.policy_decl import (
 )
 from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.context import CertValidationPolicySpec
+from pyhanko_certvalidator.ltv.types import ValidationTimingInfo
 from pyhanko_certvalidator.policy_decl import REQUIRE_REVINFO, CertRevTrustPolicy
 from pyhanko_certvalidator.registry import SimpleTrustManager
 
@@ -137,14 +138,18 @@ def _local_context(
     trust_roots: Sequence[x509.Certificate],
     *,
     offline: bool,
+    moment: datetime | None = None,
 ) -> ValidationContext:
-    """Trust roots plus everything the file carries: DSS certs/CRLs/OCSPs and CMS certificates."""
+    """Trust roots plus everything the file carries: DSS certs/CRLs/OCSPs and CMS certificates;
+    validated at ``moment`` (now when None)."""
     kwargs: dict[str, Any] = {
         "trust_roots": list(trust_roots),
         "other_certs": list(embedded.other_embedded_certs),
-        "allow_fetching": not offline,
+        "allow_fetching": not offline and moment is None,
         "revocation_mode": "soft-fail",
     }
+    if moment is not None:
+        kwargs["moment"] = moment
     try:
         dss = DocumentSecurityStore.read_dss(reader)
     except ValidationInfoReadingError:
@@ -177,10 +182,14 @@ async def _check_approval(
     trust_roots: Sequence[x509.Certificate],
     *,
     offline: bool,
+    moment: datetime | None = None,
+    proven_at: datetime | None = None,
 ) -> SignatureReport:
     problems: list[str] = []
-    vc = _local_context(reader, embedded, trust_roots, offline=offline)
-    ts_vc = _local_context(reader, embedded, trust_roots, offline=offline)
+    # the basic checks run when a later document timestamp proves the signature existed (its
+    # certificates may have lapsed since); the AdES LTA procedure checks that proof at ``moment``
+    vc = _local_context(reader, embedded, trust_roots, offline=offline, moment=proven_at)
+    ts_vc = _local_context(reader, embedded, trust_roots, offline=offline, moment=proven_at)
     try:
         status = await async_validate_pdf_signature(
             embedded, signer_validation_context=vc, ts_validation_context=ts_vc
@@ -192,7 +201,16 @@ async def _check_approval(
     level = status.modification_level
     ltv = False
     try:
-        lta = await ades_lta_validation(embedded, _lta_spec(trust_roots, offline=offline))
+        timing = (
+            ValidationTimingInfo(
+                validation_time=moment, best_signature_time=moment, point_in_time_validation=False
+            )
+            if moment is not None
+            else None
+        )
+        lta = await ades_lta_validation(
+            embedded, _lta_spec(trust_roots, offline=offline), timing_info=timing
+        )
         ltv = lta.ades_subindic == AdESPassed.OK
         if not ltv:
             problems.append(f"LTV: {lta.ades_subindic}: {lta.failure_msg}")
@@ -236,9 +254,12 @@ async def _check_document_timestamp(
     trust_roots: Sequence[x509.Certificate],
     *,
     offline: bool,
+    proven_at: datetime | None = None,
 ) -> SignatureReport:
     problems: list[str] = []
-    vc = _local_context(reader, embedded, trust_roots, offline=offline)
+    # a document timestamp is checked when the next one proves it existed, the newest at the
+    # validation moment: an expired TSA certificate is fine only under a later timestamp
+    vc = _local_context(reader, embedded, trust_roots, offline=offline, moment=proven_at)
     try:
         status = await async_validate_pdf_timestamp(embedded, validation_context=vc)
     finally:
@@ -288,8 +309,37 @@ async def _check_document_timestamp(
     )
 
 
+def _token_time(embedded: EmbeddedPdfSignature) -> datetime | None:
+    """The genTime of a document timestamp's token (unvalidated; validation checks it)."""
+    try:
+        tst_info = embedded.signed_data["encap_content_info"]["content"].parsed
+        gen_time: datetime = tst_info["gen_time"].native
+    except Exception:  # a damaged token is reported by validation, not here
+        return None
+    return gen_time
+
+
+def _proof_times(
+    signatures: Sequence[EmbeddedPdfSignature], moment: datetime | None
+) -> list[datetime | None]:
+    """For each signature: the time of the next document timestamp after it, else ``moment``
+    (all None when validating now, the default)."""
+    if moment is None:
+        return [None] * len(signatures)
+    times: list[datetime | None] = []
+    for index in range(len(signatures)):
+        later = (
+            _token_time(s) for s in signatures[index + 1 :] if s.sig_object_type == "/DocTimeStamp"
+        )
+        times.append(next((t for t in later if t is not None), moment))
+    return times
+
+
 async def _verify(
-    data: bytes, trust_roots: Sequence[x509.Certificate], offline: bool
+    data: bytes,
+    trust_roots: Sequence[x509.Certificate],
+    offline: bool,
+    moment: datetime | None = None,
 ) -> VerificationReport:
     try:
         reader = PdfFileReader(BytesIO(data), strict=False)
@@ -297,16 +347,23 @@ async def _verify(
     except Exception as exc:  # any parse failure is a verdict, not a crash
         return VerificationReport(error=f"unreadable PDF: {type(exc).__name__}: {exc}"[:500])
     reports: list[SignatureReport] = []
-    for embedded in signatures:
+    for embedded, proven_at in zip(signatures, _proof_times(signatures, moment), strict=True):
         kind: Literal["approval", "document_timestamp"] = (
             "document_timestamp" if embedded.sig_object_type == "/DocTimeStamp" else "approval"
         )
         try:
             if kind == "approval":
-                report = await _check_approval(reader, embedded, trust_roots, offline=offline)
+                report = await _check_approval(
+                    reader,
+                    embedded,
+                    trust_roots,
+                    offline=offline,
+                    moment=moment,
+                    proven_at=proven_at,
+                )
             else:
                 report = await _check_document_timestamp(
-                    reader, embedded, trust_roots, offline=offline
+                    reader, embedded, trust_roots, offline=offline, proven_at=proven_at
                 )
         except Exception as exc:  # a damaged signature is reported as such
             log.info("signature %s failed to validate", embedded.field_name, exc_info=True)
@@ -320,8 +377,19 @@ async def _verify(
 
 
 def verify_pdf(
-    data: bytes, *, trust_roots: Sequence[x509.Certificate], offline: bool = True
+    data: bytes,
+    *,
+    trust_roots: Sequence[x509.Certificate],
+    offline: bool = True,
+    moment: datetime | None = None,
 ) -> VerificationReport:
     """Validate every signature and document timestamp of ``data`` from its embedded data only
-    (no network when ``offline``); never raises for a damaged file."""
-    return shared_loop().run(_verify(data, trust_roots, offline))
+    (no network when ``offline``); never raises for a damaged file.
+
+    ``moment`` validates as of another time (e.g. years ahead, after certificates lapsed): each
+    signature is then checked at the time the next document timestamp proves, the newest
+    timestamp at ``moment``, and the AdES LTA procedure runs with ``moment`` as validation time.
+    """
+    if moment is not None and moment.tzinfo is None:
+        raise ValueError("moment must be timezone-aware")
+    return shared_loop().run(_verify(data, trust_roots, offline, moment))

@@ -1,0 +1,261 @@
+"""End-to-end throughput with 1, 2 and 3 nodes on one PostgreSQL: envelopes signed and delivered
+per minute, and the scaling ratio.
+
+    .venv/bin/python -m bench.nodes [--envelopes 60] [--nodes 1,2,3] [--pg URL]
+
+A node is one process with its own signing engine (development PKI, in-process TSA), sharing
+one PostgreSQL database and one blob folder with the others, as `keiyaku serve` processes on
+several machines do. Each node, for its share of the envelopes: creates an envelope (one
+one-page PDF, an internal approver and a contractor signer), sends it, has both parties approve
+(two PAdES signatures), seals it (DSS + document timestamp) and issues the completion
+certificate; the outbox row for a folder sink is written with the completion. Meanwhile, and
+after its share is done, each node dispatches due deliveries from the *shared* outbox (leases,
+``FOR UPDATE SKIP LOCKED``): reads and decrypts the signed PDF and writes it to the drop folder.
+A run ends when every envelope is completed and delivered; the time from the common start to
+then gives envelopes/minute. Start-up (imports, key loading) is excluded by a barrier.
+
+The machine has few cores and may be shared: figures are noisy (+-30 %); the ratio is what to
+read. CPU work holds the GIL, so processes are how a node scales (notes/signing.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, func, select, text
+
+DEFAULT_PG = os.environ.get(
+    "KEIYAKU_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+PASSPHRASE = b"bench-passphrase"
+
+
+def _scratch_postgres(admin_url: str) -> tuple[str, Callable[[], None]]:
+    name = f"keiyaku_bench_{secrets.token_hex(4)}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return admin_url.rsplit("/", 1)[0] + f"/{name}", drop
+
+
+def _node(
+    index: int,
+    url: str,
+    work: Path,
+    master_key: bytes,
+    share: int,
+    total: int,
+    barrier: Any,
+    results: Any,
+) -> None:
+    from core.blobs import BlobStore
+    from core.devpki import DevPki
+    from core.envelopes import (
+        DocumentInput,
+        PartyInput,
+        Runtime,
+        approve,
+        create_envelope,
+        read_document,
+        record_view,
+        send_envelope,
+    )
+    from core.model import Delivery, DeliveryState, Document
+    from core.outbox import dispatch, enqueue
+    from core.signing import (
+        RevocationData,
+        SigningEngine,
+        TimestampService,
+        load_pkcs12_signer,
+    )
+    from core.states import PartyRole
+    from core.storage import create_database_engine, make_session_factory
+    from tests.fixtures.pdfs import make_pdf
+
+    pki = DevPki.at(work / "pki")
+    from pyhanko.keys import load_cert_from_pemder
+
+    engine = SigningEngine(
+        key=load_pkcs12_signer(pki.signer_p12, PASSPHRASE),
+        timestamps=TimestampService.development(
+            tsa_cert_path=pki.tsa_cert,
+            tsa_key_path=pki.tsa_key,
+            chain_paths=[pki.root_cert],
+            key_passphrase=PASSPHRASE,
+        ),
+        trust_roots=[load_cert_from_pemder(str(pki.root_cert))],
+        font_path=None,
+        revinfo=RevocationData.from_files(crl_paths=[pki.root_crl], allow_fetching=False),
+    )
+    runtime = Runtime(
+        blobs=BlobStore(work / "blobs", master_key), signing=engine, buyer_name="ベンチ市"
+    )
+    db = create_database_engine(url)
+    sessions = make_session_factory(db)
+    pdf = make_pdf(pages=1)
+    drop = work / "drop"
+    worker = f"node-{index}"
+
+    def deliver(delivery: Delivery) -> None:
+        with sessions() as s:
+            doc = s.scalars(
+                select(Document).where(Document.envelope_id == delivery.envelope_id)
+            ).first()
+            assert doc is not None
+            (drop / f"{delivery.idempotency_key.replace(':', '_')}.pdf").write_bytes(
+                read_document(runtime=runtime, document=doc)
+            )
+
+    def delivered() -> int:
+        with sessions() as s:
+            return int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(Delivery)
+                    .where(Delivery.state == DeliveryState.DELIVERED.value)
+                )
+                or 0
+            )
+
+    barrier.wait()
+    started = time.perf_counter()
+    sign_seconds = 0.0
+    for number in range(share):
+        t0 = time.perf_counter()
+        with sessions() as s:
+            envelope = create_envelope(
+                session=s,
+                runtime=runtime,
+                title=f"ベンチ契約 {index}-{number}",
+                creator="ベンチ市 契約課",
+                documents=[DocumentInput("契約書.pdf", pdf)],
+                parties=[
+                    PartyInput(PartyRole.APPROVER, "契約 花子", "k@city.example.jp", "ベンチ市"),
+                    PartyInput(PartyRole.SIGNER, "署名 一郎", "s@example.jp", "株式会社一"),
+                ],
+                fields=[],
+            )
+            s.commit()
+            send_envelope(session=s, runtime=runtime, envelope_id=envelope.id, actor="bench")
+            s.commit()
+            for party in list(envelope.parties):
+                record_view(session=s, envelope_id=envelope.id, party_id=party.id, ip="192.0.2.9")
+                approve(
+                    session=s,
+                    runtime=runtime,
+                    envelope_id=envelope.id,
+                    party_id=party.id,
+                    values={},
+                    auth_method="staff_login",
+                    ip="192.0.2.9",
+                )
+            enqueue(
+                session=s,
+                target="folder",
+                idempotency_key=f"folder:{envelope.id}:completed",
+                payload={},
+                envelope_id=envelope.id,
+            )
+            s.commit()
+        sign_seconds += time.perf_counter() - t0
+        if number % 5 == 4:
+            dispatch(sessions=sessions, handlers={"folder": deliver}, worker=worker, limit=10)
+    while delivered() < total:
+        result = dispatch(sessions=sessions, handlers={"folder": deliver}, worker=worker, limit=10)
+        if not result.delivered:
+            time.sleep(0.05)
+    results.put((index, time.perf_counter() - started, sign_seconds, share))
+    engine.close()
+    db.dispose()
+
+
+def run(nodes: int, envelopes: int, admin_url: str) -> dict[str, float]:
+    """One measured run with ``nodes`` processes; returns its figures."""
+    from core.blobs import BlobStore
+    from core.devpki import create_dev_pki
+    from core.storage import create_database_engine, migrate
+
+    url, drop_db = _scratch_postgres(admin_url)
+    try:
+        with tempfile.TemporaryDirectory(prefix="keiyaku-nodes-") as tmp:
+            work = Path(tmp)
+            create_dev_pki(work / "pki", passphrase=PASSPHRASE)
+            (work / "drop").mkdir()
+            master_key = secrets.token_bytes(32)
+            BlobStore(work / "blobs", master_key)
+            db = create_database_engine(url)
+            migrate(db)
+            db.dispose()
+            ctx = multiprocessing.get_context("spawn")
+            barrier = ctx.Barrier(nodes + 1)
+            results = ctx.Queue()
+            shares = [envelopes // nodes + (i < envelopes % nodes) for i in range(nodes)]
+            procs = [
+                ctx.Process(
+                    target=_node,
+                    args=(i, url, work, master_key, shares[i], envelopes, barrier, results),
+                )
+                for i in range(nodes)
+            ]
+            for proc in procs:
+                proc.start()
+            barrier.wait()
+            started = time.perf_counter()
+            done = [results.get(timeout=1800) for _ in procs]
+            wall = time.perf_counter() - started
+            for proc in procs:
+                proc.join(timeout=60)
+            files = len(list((work / "drop").iterdir()))
+            assert files == envelopes, f"{files} delivered files for {envelopes} envelopes"
+            sign_ms = 1000 * sum(d[2] for d in done) / envelopes
+            return {
+                "nodes": nodes,
+                "wall_s": wall,
+                "per_minute": 60 * envelopes / wall,
+                "ms_per_envelope_in_node": sign_ms,
+            }
+    finally:
+        drop_db()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print one line per node count plus the scaling ratios."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--envelopes", type=int, default=60, help="envelopes per run")
+    parser.add_argument("--nodes", default="1,2,3", help="node counts to measure")
+    parser.add_argument("--pg", default=DEFAULT_PG, help="PostgreSQL admin URL")
+    args = parser.parse_args(argv)
+    print(f"cpus: {os.cpu_count()}; envelopes per run: {args.envelopes}")
+    figures = []
+    for nodes in (int(n) for n in args.nodes.split(",")):
+        fig = run(nodes, args.envelopes, args.pg)
+        figures.append(fig)
+        print(
+            f"nodes={nodes}: {fig['per_minute']:.0f} envelopes/min signed+sealed+delivered "
+            f"({fig['wall_s']:.1f} s; {fig['ms_per_envelope_in_node']:.0f} ms per envelope "
+            f"inside a node: create, 2 signatures, seal, certificate)"
+        )
+    base = figures[0]["per_minute"]
+    print(
+        "scaling: "
+        + ", ".join(f"{f['nodes']}x nodes -> {f['per_minute'] / base:.2f}x" for f in figures)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

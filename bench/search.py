@@ -1,0 +1,269 @@
+"""Records-law search over 100,000 envelopes on PostgreSQL: each search shape's p95 beside a plain
+indexed SELECT of the same rows.
+
+    .venv/bin/python -m bench.search [--envelopes 100000] [--runs 60] [--pg URL]
+
+A scratch database on 127.0.0.1:5432 is migrated (migration 0007's indexes) and filled with
+SQLAlchemy Core ``executemany`` batches: envelopes over 40 departments, 3,000 counterparties,
+five years of transaction dates and amounts from 10,000 to 500,000,000 yen, each with one document
+and one party. Then, for every shape, ``core.search.search_envelopes`` (ORM, the caller's
+visibility scope, page 1 of 50 plus the total count) is timed against a hand-written SQL
+``SELECT ... ORDER BY transaction_date DESC, id DESC LIMIT 50`` with the same conditions and
+no scope or count, through the bare driver (the floor). Parameters vary per run (the same
+sequence for both). The database is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import random
+import secrets
+import statistics
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import create_engine, insert, text
+from sqlalchemy.orm import Session
+
+from core.model import Document, Envelope, Party, Staff, VisibilityScope
+from core.search import EnvelopeQuery, search_envelopes
+from core.states import EnvelopeState
+from core.storage import create_database_engine, migrate
+
+ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+DEPARTMENTS = [f"部署{i:02d}" for i in range(40)]
+WORDS = ["道路", "橋梁", "下水道", "学校", "庁舎", "公園", "河川", "清掃", "設備", "舗装"]
+STATES = [
+    (EnvelopeState.COMPLETED, 70),
+    (EnvelopeState.SENT, 15),
+    (EnvelopeState.DRAFT, 5),
+    (EnvelopeState.CANCELLED, 5),
+    (EnvelopeState.DECLINED, 3),
+    (EnvelopeState.EXPIRED, 2),
+]
+
+
+def _fill(engine: Any, count: int, rng: random.Random) -> None:
+    companies = [f"株式会社{rng.choice(WORDS)}{i:04d}建設" for i in range(3000)]
+    states = [s for s, w in STATES for _ in range(w)]
+    start = dt.date(2021, 4, 1)
+    now = dt.datetime.now(dt.UTC)
+    batch = 10_000
+    with engine.begin() as conn:
+        for offset in range(0, count, batch):
+            envelopes, documents, parties = [], [], []
+            for i in range(offset, min(count, offset + batch)):
+                eid = secrets.token_hex(16)
+                department = rng.choice(DEPARTMENTS)
+                envelopes.append(
+                    {
+                        "id": eid,
+                        "management_number": f"KG-{i:07d}",
+                        "title": f"{rng.choice(WORDS)}工事 第{i}号",
+                        "state": rng.choice(states).value,
+                        "certificate_id": secrets.token_hex(16),
+                        "creator": "職員",
+                        "creator_email": f"staff{rng.randrange(400)}@city.example.jp",
+                        "counterparty": rng.choice(companies),
+                        "department": department,
+                        "amount": Decimal(int(10 ** rng.uniform(4, 8.7))),
+                        "transaction_date": start + dt.timedelta(days=rng.randrange(5 * 365)),
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+                documents.append(
+                    {
+                        "id": secrets.token_hex(16),
+                        "envelope_id": eid,
+                        "position": 1,
+                        "name": f"{rng.choice(WORDS)}{rng.choice(WORDS)}_契約書_{i}.pdf",
+                        "original_blob_id": "0" * 64,
+                        "original_sha256": "0" * 64,
+                        "size": 100_000,
+                        "page_count": 3,
+                        "signature_count": 2,
+                    }
+                )
+                parties.append(
+                    {
+                        "id": secrets.token_hex(16),
+                        "envelope_id": eid,
+                        "routing_order": 1,
+                        "role": "signer",
+                        "state": "waiting",
+                        "name": "代表取締役",
+                        "email": f"c{i}@example.co.jp",
+                    }
+                )
+            conn.execute(insert(Envelope.__table__), envelopes)
+            conn.execute(insert(Document.__table__), documents)
+            conn.execute(insert(Party.__table__), parties)
+        conn.execute(text("ANALYZE"))
+
+
+def _p95(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=20)[18] * 1000
+
+
+SHAPES: dict[str, Callable[[random.Random], tuple[dict[str, Any], str, dict[str, Any]]]] = {}
+
+
+def shape(name: str) -> Callable[[Any], Any]:
+    def register(fn: Any) -> Any:
+        SHAPES[name] = fn
+        return fn
+
+    return register
+
+
+@shape("keyword (file name)")
+def _keyword(rng: random.Random) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    word = rng.choice(WORDS) + rng.choice(WORDS)
+    sql = "e.id IN (SELECT d.envelope_id FROM documents d WHERE d.name LIKE :p) OR e.title LIKE :p"
+    return {"keyword": word}, sql, {"p": f"%{word}%"}
+
+
+@shape("transaction date range (1 month)")
+def _dates(rng: random.Random) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    first = dt.date(2021, 4, 1) + dt.timedelta(days=rng.randrange(1700))
+    last = first + dt.timedelta(days=30)
+    sql = "e.transaction_date BETWEEN :a AND :b"
+    return {"date_from": first, "date_to": last}, sql, {"a": first, "b": last}
+
+
+@shape("counterparty")
+def _counterparty(rng: random.Random) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    name = f"{rng.randrange(3000):04d}建設"
+    return {"counterparty": name}, "e.counterparty LIKE :p", {"p": f"%{name}%"}
+
+
+@shape("amount range")
+def _amount(rng: random.Random) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    low = Decimal(int(10 ** rng.uniform(4, 8)))
+    high = low * 2
+    sql = "e.amount BETWEEN :a AND :b"
+    return {"amount_min": low, "amount_max": high}, sql, {"a": low, "b": high}
+
+
+@shape("status")
+def _status(rng: random.Random) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    state = rng.choice([EnvelopeState.SENT, EnvelopeState.DECLINED, EnvelopeState.CANCELLED])
+    return {"states": (state,)}, "e.state = :s", {"s": state.value}
+
+
+@shape("department")
+def _department(rng: random.Random) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    department = rng.choice(DEPARTMENTS)
+    return {"department": department}, "e.department = :d", {"d": department}
+
+
+@shape("combined (date + amount + counterparty)")
+def _combined(rng: random.Random) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    first = dt.date(2021, 4, 1) + dt.timedelta(days=rng.randrange(1400))
+    last = first + dt.timedelta(days=365)
+    word = rng.choice(WORDS)
+    low = Decimal(1_000_000)
+    sql = "e.transaction_date BETWEEN :a AND :b AND e.amount >= :m AND e.counterparty LIKE :p"
+    return (
+        {"date_from": first, "date_to": last, "amount_min": low, "counterparty": word},
+        sql,
+        {"a": first, "b": last, "m": low, "p": f"%{word}%"},
+    )
+
+
+def run(url: str, count: int, runs: int) -> None:
+    rng = random.Random(20261122)
+    engine = create_database_engine(url)
+    migrate(engine)
+    t0 = time.perf_counter()
+    _fill(engine, count, rng)
+    print(f"filled {count:,} envelopes (+ documents, parties) in {time.perf_counter() - t0:.1f} s")
+    with Session(engine, expire_on_commit=False) as session:
+        admin = Staff(
+            email="admin@city.example.jp",
+            name="管理者",
+            roles="admin",
+            scope=VisibilityScope.ALL,
+            disabled=False,
+            failed_logins=0,
+        )
+        clerk = Staff(
+            email="clerk@city.example.jp",
+            name="係員",
+            roles="sender",
+            department=DEPARTMENTS[0],
+            scope=VisibilityScope.DEPARTMENT,
+            disabled=False,
+            failed_logins=0,
+        )
+        session.add_all([admin, clerk])
+        session.commit()
+        raw = engine.raw_connection()
+        print(
+            f"{'shape':42} {'who':6} {'search p95':>11} {'floor p95':>10} {'ratio':>6} "
+            f"{'matches':>8}"
+        )
+        for name, make in SHAPES.items():
+            for who in (admin, clerk):
+                params = [make(random.Random(f"{name}{i}")) for i in range(runs)]
+                ours: list[float] = []
+                floor: list[float] = []
+                total = 0
+                for query_args, sql, binds in params:
+                    started = time.perf_counter()
+                    page = search_envelopes(
+                        session=session, staff=who, query=EnvelopeQuery(**query_args)
+                    )
+                    ours.append(time.perf_counter() - started)
+                    total += page.total
+                    for item in page.items:
+                        session.expunge(item)
+                    # The same rows: a department-scoped caller's floor filters the department too.
+                    scoped = sql if who is admin else f"({sql}) AND e.department = :scope"
+                    if who is not admin:
+                        binds = {**binds, "scope": DEPARTMENTS[0]}
+                    statement = text(
+                        f"SELECT e.* FROM envelopes e WHERE {scoped} "
+                        "ORDER BY e.transaction_date DESC, e.id DESC LIMIT 50"
+                    ).bindparams(**binds)
+                    compiled = statement.compile(
+                        engine, compile_kwargs={"render_postcompile": True}
+                    )
+                    started = time.perf_counter()
+                    with raw.cursor() as cursor:
+                        cursor.execute(str(compiled), compiled.params)
+                        cursor.fetchall()
+                    floor.append(time.perf_counter() - started)
+                ratio = _p95(ours) / _p95(floor)
+                print(
+                    f"{name:42} {'admin' if who is admin else 'dept':6} {_p95(ours):9.1f}ms "
+                    f"{_p95(floor):8.1f}ms {ratio:6.1f} {total // runs:8,}"
+                )
+        raw.close()
+    engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--envelopes", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=60)
+    parser.add_argument("--pg", default=ADMIN_URL, help="admin URL of a PostgreSQL server")
+    args = parser.parse_args()
+    name = f"keiyaku_bench_search_{secrets.token_hex(4)}"
+    admin = create_engine(args.pg, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        run(args.pg.rsplit("/", 1)[0] + f"/{name}", args.envelopes, args.runs)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()

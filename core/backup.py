@@ -1,0 +1,297 @@
+"""Backups: the database as dated generations, the documents as an incremental copy.
+
+Layout of a backup folder::
+
+    db/keiyaku-20261122T013000.000000Z.sqlite3  SQLite online backup (``Connection.backup``)
+    db/keiyaku-20261122T013000.000000Z.pgdump   or PostgreSQL ``pg_dump --format=custom``
+    db/keiyaku-20261122T013000.000000Z.json     manifest: when, what, SHA-256, blob count
+    blobs/ab/ab12...                        every blob, copied once by name
+
+Database backups are written under a temporary name and renamed, so a crash never leaves a
+half-written generation; the oldest beyond ``generations`` are deleted afterwards. Blobs are
+immutable files named by a random id (a changed document is a new blob), so copying the names
+the backup lacks is a complete incremental backup; blobs are never deleted from the backup.
+They stay encrypted: the master key is *not* in the backup and must be kept apart from it.
+
+Restore is the reverse: the chosen generation into the database (the SQLite backup API into
+the file; ``pg_restore --clean`` for PostgreSQL), then every blob the store lacks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from core.errors import BackupError
+
+__all__ = [
+    "BackupResult",
+    "RestoreResult",
+    "backup",
+    "copy_blobs",
+    "latest_backup",
+    "list_backups",
+    "restore",
+]
+
+_SUFFIXES = (".sqlite3", ".pgdump")
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """One backup run: the database file written, blobs copied now, generations deleted."""
+
+    database_file: Path
+    blobs_copied: int
+    blobs_total: int
+    pruned: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """One restore: which generation, how many blobs were put back."""
+
+    database_file: Path
+    blobs_restored: int
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sqlite_path(database_url: str) -> Path | None:
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        return None
+    if not url.database or url.database == ":memory:":
+        raise BackupError(
+            "backup.unsupported_database",
+            "an in-memory SQLite database cannot be backed up",
+            "メモリ上のSQLiteデータベースはバックアップできません。",
+        )
+    return Path(url.database)
+
+
+def _libpq(database_url: str) -> tuple[str, dict[str, str]]:
+    """A libpq URL without the password, and the environment carrying it (not on argv)."""
+    url = make_url(database_url).set(drivername="postgresql")
+    env = dict(os.environ)
+    if url.password is not None:
+        env["PGPASSWORD"] = str(url.password)
+        url = url.set(password=None)
+    return url.render_as_string(hide_password=False), env
+
+
+def _run_tool(args: list[str], env: dict[str, str], what: str) -> None:
+    try:
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=3600)
+    except FileNotFoundError as exc:
+        raise BackupError(
+            "backup.tool_missing",
+            f"{args[0]} is not installed or not on PATH",
+            f"{args[0]} が見つかりません。",
+        ) from exc
+    if done.returncode != 0:
+        raise BackupError(
+            "backup.tool_failed",
+            f"{what} failed ({done.returncode}): {done.stderr.strip()[:500]}",
+            f"{what} に失敗しました。",
+        )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def copy_blobs(source: Path, target: Path) -> tuple[int, int]:
+    """Copy every blob file of ``source`` that ``target`` lacks (by relative name); returns
+    (copied, total). Temporary files of an upload in progress are skipped."""
+    copied = total = 0
+    if not source.exists():
+        return 0, 0
+    for path in sorted(source.rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        total += 1
+        dest = target / path.relative_to(source)
+        if dest.exists():
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(path, tmp)
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+        copied += 1
+    return copied, total
+
+
+def list_backups(directory: Path) -> list[Path]:
+    """Database generations in ``directory``, oldest first."""
+    folder = directory / "db"
+    if not folder.exists():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix in _SUFFIXES)
+
+
+def latest_backup(directory: Path) -> Path:
+    """The newest database generation in ``directory``."""
+    found = list_backups(directory)
+    if not found:
+        raise BackupError(
+            "backup.none_found",
+            f"no database backup in {directory / 'db'}",
+            f"{directory / 'db'} にバックアップがありません。",
+        )
+    return found[-1]
+
+
+def backup(
+    *,
+    database_url: str,
+    blob_root: Path,
+    directory: Path,
+    generations: int = 8,
+    pg_dump: str = "pg_dump",
+    now: dt.datetime | None = None,
+) -> BackupResult:
+    """Write one database generation and copy new blobs into ``directory``; keep the newest
+    ``generations`` database files."""
+    if generations < 1:
+        raise ValueError("generations must be >= 1")
+    moment = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    folder = directory / "db"
+    folder.mkdir(parents=True, exist_ok=True)
+    # microseconds: two backups in one second (a manual run beside the job) never collide
+    stem = f"keiyaku-{moment:%Y%m%dT%H%M%S.%fZ}"
+    sqlite_path = _sqlite_path(database_url)
+    if sqlite_path is not None:
+        final = folder / f"{stem}.sqlite3"
+        tmp = folder / f".{stem}.sqlite3.tmp"
+        tmp.unlink(missing_ok=True)
+        if not sqlite_path.exists():
+            raise BackupError(
+                "backup.database_missing",
+                f"the SQLite database {sqlite_path} does not exist",
+                f"データベース {sqlite_path} がありません。",
+            )
+        # the online backup API copies a consistent snapshot while the gateway keeps writing
+        src = sqlite3.connect(f"file:{sqlite_path}?mode=ro", uri=True)
+        dst = sqlite3.connect(tmp)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+            src.close()
+        kind = "sqlite"
+    else:
+        final = folder / f"{stem}.pgdump"
+        tmp = folder / f".{stem}.pgdump.tmp"
+        url, env = _libpq(database_url)
+        _run_tool(
+            [pg_dump, "--format=custom", "--no-owner", f"--file={tmp}", f"--dbname={url}"],
+            env,
+            "pg_dump",
+        )
+        kind = "postgresql"
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    copied, total = copy_blobs(blob_root, directory / "blobs")
+    manifest = {
+        "created_at": moment.isoformat(),
+        "kind": kind,
+        "database_file": final.name,
+        "sha256": _sha256(final),
+        "blobs_total": total,
+    }
+    final.with_suffix(".json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    _fsync_dir(folder)
+    pruned: list[Path] = []
+    for old in list_backups(directory)[:-generations]:
+        old.unlink()
+        old.with_suffix(".json").unlink(missing_ok=True)
+        pruned.append(old)
+    return BackupResult(final, copied, total, tuple(pruned))
+
+
+def restore(
+    *,
+    backup_file: Path,
+    database_url: str,
+    blob_root: Path,
+    pg_restore: str = "pg_restore",
+) -> RestoreResult:
+    """Put the database generation ``backup_file`` back into ``database_url`` and copy back
+    every blob of its backup folder that ``blob_root`` lacks. Stop the gateway first."""
+    if not backup_file.is_file():
+        raise BackupError(
+            "backup.not_found",
+            f"backup file {backup_file} does not exist",
+            f"バックアップファイル {backup_file} がありません。",
+        )
+    manifest = backup_file.with_suffix(".json")
+    if manifest.exists():
+        expected = json.loads(manifest.read_text(encoding="utf-8")).get("sha256")
+        if expected and expected != _sha256(backup_file):
+            raise BackupError(
+                "backup.corrupt",
+                f"backup file {backup_file} does not match its manifest's SHA-256",
+                f"バックアップファイル {backup_file} が破損しています。",
+            )
+    sqlite_path = _sqlite_path(database_url)
+    if sqlite_path is not None:
+        if backup_file.suffix != ".sqlite3":
+            raise BackupError(
+                "backup.wrong_kind",
+                f"{backup_file.name} is not a SQLite backup",
+                "SQLiteのバックアップではありません。",
+            )
+        sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        src = sqlite3.connect(f"file:{backup_file}?mode=ro", uri=True)
+        dst = sqlite3.connect(sqlite_path)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+            src.close()
+    else:
+        if backup_file.suffix != ".pgdump":
+            raise BackupError(
+                "backup.wrong_kind",
+                f"{backup_file.name} is not a pg_dump backup",
+                "pg_dumpのバックアップではありません。",
+            )
+        url, env = _libpq(database_url)
+        _run_tool(
+            [
+                pg_restore,
+                "--clean",
+                "--if-exists",
+                "--no-owner",
+                "--single-transaction",
+                f"--dbname={url}",
+                str(backup_file),
+            ],
+            env,
+            "pg_restore",
+        )
+    restored, _total = copy_blobs(backup_file.parent.parent / "blobs", blob_root)
+    return RestoreResult(backup_file, restored)

@@ -1,0 +1,526 @@
+"""Staff: records, passwords (argon2id), login with lockout and optional TOTP, and CSV import.
+
+Failed logins are counted in the database (``staff.failed_logins``) so the limit holds across
+processes and nodes. The import is planned first (:func:`plan_import`, which writes nothing) and
+applied after (:func:`apply_import`): a plan with line errors is applied only when the caller asks
+to skip bad lines, so a file is never half applied by accident.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyotp
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core.audit import record_event
+from core.errors import AuthError, StaffError
+from core.model import Staff, StaffRole, VisibilityScope, utcnow
+
+# argon2-cffi's defaults are argon2id with the RFC 9106 "low memory" parameters.
+_HASHER = PasswordHasher()
+# Verified against when the e-mail is unknown, so both answers take the same time.
+_DUMMY_HASH = _HASHER.hash("keiyaku-gateway dummy password")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@dataclass(frozen=True)
+class PasswordPolicy:
+    """What a staff password must look like and how failures are limited."""
+
+    min_length: int = 12
+    # Three of: lower case, upper case, digit, symbol; a passphrase this long needs none.
+    passphrase_length: int = 20
+    max_failures: int = 5
+    lockout: dt.timedelta = dt.timedelta(minutes=15)
+
+
+def check_password(password: str, *, policy: PasswordPolicy, email: str = "") -> None:
+    """Refuse a password the policy does not allow (raises ``staff.weak_password``)."""
+    problems: list[str] = []
+    if len(password) < policy.min_length:
+        problems.append(f"shorter than {policy.min_length} characters")
+    if len(password) > 256:
+        problems.append("longer than 256 characters")
+    classes = sum(
+        bool(re.search(pattern, password))
+        for pattern in (r"[a-z]", r"[A-Z]", r"[0-9]", r"[^a-zA-Z0-9]")
+    )
+    if len(password) < policy.passphrase_length and classes < 3:
+        problems.append("needs three of: lower case, upper case, digit, symbol")
+    local = email.split("@", 1)[0].lower()
+    if len(local) >= 3 and local in password.lower():
+        problems.append("contains the e-mail address")
+    if problems:
+        raise StaffError(
+            "staff.weak_password",
+            "the password does not meet the policy: " + "; ".join(problems),
+            f"パスワードは{policy.min_length}文字以上で、英大文字・英小文字・数字・記号のうち"
+            "3種類以上を含め、メールアドレスを含めないでください。",
+            details={"problems": problems},
+        )
+
+
+def hash_password(password: str) -> str:
+    """An argon2id hash of ``password``."""
+    return _HASHER.hash(password)
+
+
+def set_password(*, session: Session, staff: Staff, password: str, policy: PasswordPolicy) -> None:
+    """Check ``password`` against the policy and store its hash; clears any lockout."""
+    check_password(password, policy=policy, email=staff.email)
+    staff.password_hash = hash_password(password)
+    staff.failed_logins = 0
+    staff.locked_until = None
+    record_event(session=session, action="staff.password_set", actor=staff.email)
+
+
+def enable_totp(*, session: Session, staff: Staff, issuer: str) -> str:
+    """Give the staff member a new TOTP secret; returns the otpauth:// URI for their app."""
+    secret = pyotp.random_base32()
+    staff.totp_secret = secret
+    record_event(session=session, action="staff.totp_enabled", actor=staff.email)
+    return pyotp.TOTP(secret).provisioning_uri(name=staff.email, issuer_name=issuer)
+
+
+def disable_totp(*, session: Session, staff: Staff, actor: str) -> None:
+    """Remove the staff member's TOTP second factor (e.g. a lost phone)."""
+    staff.totp_secret = None
+    record_event(
+        session=session, action="staff.totp_disabled", actor=actor, detail={"email": staff.email}
+    )
+
+
+@dataclass
+class LoginOutcome:
+    """The result of :func:`authenticate`: ``staff`` on success, else ``error``.
+
+    It is returned rather than raised so the caller commits the failure count either way.
+    """
+
+    staff: Staff | None = None
+    error: AuthError | None = None
+
+
+def _failed() -> AuthError:
+    return AuthError(
+        "auth.login_failed",
+        "wrong e-mail address, password or one-time code",
+        "メールアドレス、パスワードまたは確認コードが正しくありません。",
+    )
+
+
+def _locked(until: dt.datetime) -> AuthError:
+    return AuthError(
+        "auth.locked",
+        "too many failed logins; the account is locked for a while",
+        "ログインの失敗が続いたため、アカウントを一時的にロックしました。"
+        "しばらくしてからやり直すか、管理者に連絡してください。",
+        details={"locked_until": until.isoformat()},
+    )
+
+
+def authenticate(
+    *,
+    session: Session,
+    email: str,
+    password: str,
+    policy: PasswordPolicy,
+    totp_code: str | None = None,
+    ip: str | None = None,
+    now: dt.datetime | None = None,
+) -> LoginOutcome:
+    """Check a login; counts failures in the database and locks the account after
+    ``policy.max_failures`` of them. Commit the session whatever the outcome."""
+    now = now or utcnow()
+    email = email.strip().lower()
+    staff = session.scalars(select(Staff).where(Staff.email == email)).one_or_none()
+    if staff is None or staff.disabled or staff.password_hash is None:
+        try:
+            _HASHER.verify(_DUMMY_HASH, password + "x")
+        except VerificationError:
+            pass
+        record_event(session=session, action="login.failed", actor=email, ip=ip)
+        return LoginOutcome(error=_failed())
+    if staff.locked_until is not None and staff.locked_until > now:
+        record_event(session=session, action="login.locked", actor=email, ip=ip)
+        return LoginOutcome(error=_locked(staff.locked_until))
+    try:
+        good: bool = _HASHER.verify(staff.password_hash, password)
+    except (VerifyMismatchError, InvalidHashError, VerificationError):
+        good = False
+    if good and staff.totp_secret:
+        good = bool(totp_code) and pyotp.TOTP(staff.totp_secret).verify(
+            (totp_code or "").strip(), for_time=now, valid_window=1
+        )
+    if not good:
+        # Counted with one UPDATE so concurrent attempts from several processes all count.
+        failures = session.execute(
+            update(Staff)
+            .where(Staff.id == staff.id)
+            .values(failed_logins=Staff.failed_logins + 1)
+            .returning(Staff.failed_logins)
+            .execution_options(synchronize_session=False)
+        ).scalar_one()
+        session.refresh(staff)
+        if failures >= policy.max_failures:
+            staff.locked_until = now + policy.lockout
+            staff.failed_logins = 0
+            record_event(
+                session=session,
+                action="login.lockout",
+                actor=email,
+                ip=ip,
+                detail={"failures": failures},
+            )
+            return LoginOutcome(error=_locked(staff.locked_until))
+        record_event(session=session, action="login.failed", actor=email, ip=ip)
+        return LoginOutcome(error=_failed())
+    if _HASHER.check_needs_rehash(staff.password_hash):
+        staff.password_hash = hash_password(password)
+    staff.failed_logins = 0
+    staff.locked_until = None
+    record_event(session=session, action="login", actor=email, ip=ip)
+    return LoginOutcome(staff=staff)
+
+
+# --- records -----------------------------------------------------------------------------------
+
+
+def parse_roles(text: str) -> str:
+    """Normalise a role list ("admin; sender", "sender|signer") to the stored form."""
+    names = {p.strip().lower() for p in re.split(r"[;,|/\s]+", text) if p.strip()}
+    unknown = names - {r.value for r in StaffRole}
+    if unknown:
+        raise StaffError(
+            "staff.unknown_role",
+            f"unknown role(s): {', '.join(sorted(unknown))} (admin, sender, signer)",
+            "権限は admin, sender, signer のいずれかで指定してください。",
+        )
+    return ",".join(sorted(names))
+
+
+_SCOPE_ALIASES = {
+    "本人": "own",
+    "自分": "own",
+    "所属": "department",
+    "部署": "department",
+    "全体": "all",
+    "全て": "all",
+    "すべて": "all",
+}
+
+
+def parse_scope(text: str) -> VisibilityScope:
+    """A visibility scope from its English name or a Japanese alias (本人, 部署, 全体)."""
+    value = _SCOPE_ALIASES.get(text.strip(), text.strip().lower())
+    try:
+        return VisibilityScope(value)
+    except ValueError as exc:
+        raise StaffError(
+            "staff.unknown_scope",
+            f"unknown visibility scope {text!r} (own, department, all)",
+            "閲覧範囲は own, department, all のいずれかで指定してください。",
+        ) from exc
+
+
+def _check_email(email: str) -> str:
+    email = email.strip().lower()
+    if not _EMAIL.match(email) or len(email) > 320:
+        raise StaffError(
+            "staff.bad_email",
+            f"not an e-mail address: {email!r}",
+            "メールアドレスの形式が正しくありません。",
+        )
+    return email
+
+
+def _check_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise StaffError(
+            "staff.bad_name",
+            "a name of 1 to 200 characters is required",
+            "氏名を200文字以内で入力してください。",
+        )
+    return name
+
+
+def add_staff(
+    *,
+    session: Session,
+    name: str,
+    email: str,
+    roles: str,
+    scope: VisibilityScope | str,
+    department: str | None = None,
+    actor: str,
+) -> Staff:
+    """Add one staff member (no password yet: set one with :func:`set_password`)."""
+    email = _check_email(email)
+    if session.scalars(select(Staff.id).where(Staff.email == email)).first() is not None:
+        raise StaffError(
+            "staff.exists",
+            f"a staff member with e-mail {email} exists",
+            "このメールアドレスの職員は登録済みです。",
+        )
+    staff = Staff(
+        name=_check_name(name),
+        email=email,
+        department=(department or "").strip() or None,
+        roles=parse_roles(roles),
+        scope=scope if isinstance(scope, VisibilityScope) else parse_scope(scope),
+        disabled=False,
+        failed_logins=0,
+    )
+    session.add(staff)
+    record_event(session=session, action="staff.add", actor=actor, detail={"email": email})
+    return staff
+
+
+def update_staff(*, session: Session, staff: Staff, actor: str, **changes: Any) -> dict[str, Any]:
+    """Change some of name, department, roles, scope, disabled; returns what changed."""
+    wanted = _normalise(changes)
+    changed = {k: v for k, v in wanted.items() if getattr(staff, k) != v}
+    for key, value in changed.items():
+        setattr(staff, key, value)
+    if changed:
+        record_event(
+            session=session,
+            action="staff.update",
+            actor=actor,
+            detail={"email": staff.email, "changed": sorted(changed)},
+        )
+    return changed
+
+
+def get_staff(*, session: Session, email: str) -> Staff:
+    """One staff member by e-mail address."""
+    staff = session.scalars(select(Staff).where(Staff.email == email.strip().lower())).first()
+    if staff is None:
+        raise StaffError(
+            "staff.not_found",
+            f"no staff member with e-mail {email}",
+            "該当する職員が見つかりません。",
+        )
+    return staff
+
+
+def list_staff(*, session: Session) -> Sequence[Staff]:
+    """Every staff member, by department and name."""
+    return session.scalars(select(Staff).order_by(Staff.department, Staff.name)).all()
+
+
+def _normalise(changes: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in changes.items():
+        if value is None:
+            continue
+        if key == "name":
+            out[key] = _check_name(value)
+        elif key == "department":
+            out[key] = value.strip() or None
+        elif key == "roles":
+            out[key] = parse_roles(value)
+        elif key == "scope":
+            out[key] = value if isinstance(value, VisibilityScope) else parse_scope(value)
+        elif key == "disabled":
+            out[key] = bool(value)
+        else:
+            raise ValueError(f"not a changeable staff field: {key}")
+    return out
+
+
+# --- import ------------------------------------------------------------------------------------
+
+_HEADERS = {
+    "name": "name",
+    "氏名": "name",
+    "名前": "name",
+    "department": "department",
+    "所属": "department",
+    "部署": "department",
+    "email": "email",
+    "e-mail": "email",
+    "mail": "email",
+    "メールアドレス": "email",
+    "roles": "roles",
+    "role": "roles",
+    "権限": "roles",
+    "scope": "scope",
+    "閲覧範囲": "scope",
+    "disabled": "disabled",
+    "無効": "disabled",
+}
+_REQUIRED = ("name", "email", "roles", "scope")
+
+
+@dataclass
+class StaffLine:
+    """One good line of an import file."""
+
+    line: int
+    values: dict[str, Any]
+
+
+@dataclass
+class ImportPlan:
+    """What an import would do: the diff a dry run prints, and what :func:`apply_import` does."""
+
+    created: list[dict[str, Any]] = field(default_factory=list)
+    updated: list[dict[str, Any]] = field(default_factory=list)
+    disabled: list[dict[str, Any]] = field(default_factory=list)
+    unchanged: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plan as JSON-ready data."""
+        return {
+            "created": self.created,
+            "updated": self.updated,
+            "disabled": self.disabled,
+            "unchanged": self.unchanged,
+            "errors": self.errors,
+        }
+
+
+def decode_import(data: bytes) -> str:
+    """The text of an import file in UTF-8 (with or without BOM) or CP932 (Excel's Shift_JIS)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp932")
+    except UnicodeDecodeError as exc:
+        raise StaffError(
+            "staff.import_encoding",
+            "the file is neither UTF-8 nor CP932",
+            "ファイルの文字コードは UTF-8 または Shift_JIS (CP932) にしてください。",
+        ) from exc
+
+
+def _truthy(text: str) -> bool:
+    return text.strip().lower() in {"1", "true", "yes", "y", "無効", "はい"}
+
+
+def plan_import(
+    *, session: Session, data: bytes, disable_missing: bool = False
+) -> tuple[ImportPlan, list[StaffLine]]:
+    """Read an import file and compare it with the stored staff; writes nothing."""
+    plan = ImportPlan()
+    reader = csv.reader(io.StringIO(decode_import(data), newline=""))
+    rows = list(reader)
+    if not rows:
+        raise StaffError("staff.import_empty", "the file is empty", "ファイルが空です。")
+    columns = [_HEADERS.get(h.strip().lower(), _HEADERS.get(h.strip(), "")) for h in rows[0]]
+    missing = [c for c in _REQUIRED if c not in columns]
+    if missing:
+        raise StaffError(
+            "staff.import_header",
+            f"the header lacks column(s): {', '.join(missing)}",
+            "1行目に name, department, email, roles, scope の見出しが必要です。",
+            details={"problems": [f"missing column {c}" for c in missing]},
+        )
+    existing = {s.email: s for s in session.scalars(select(Staff)).all()}
+    seen: dict[str, int] = {}
+    good: list[StaffLine] = []
+    for number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        raw = {c: (row[i] if i < len(row) else "") for i, c in enumerate(columns) if c}
+        try:
+            values: dict[str, Any] = {
+                "email": _check_email(raw["email"]),
+                "name": _check_name(raw["name"]),
+                "department": raw.get("department", "").strip() or None,
+                "roles": parse_roles(raw["roles"]),
+                "scope": parse_scope(raw["scope"]),
+                "disabled": _truthy(raw.get("disabled", "")),
+            }
+        except StaffError as exc:
+            plan.errors.append({"line": number, "code": exc.code, "message": exc.message_en})
+            continue
+        if values["email"] in seen:
+            plan.errors.append(
+                {
+                    "line": number,
+                    "code": "staff.import_duplicate",
+                    "message": f"{values['email']} is also on line {seen[values['email']]}",
+                }
+            )
+            continue
+        seen[values["email"]] = number
+        good.append(StaffLine(number, values))
+        current = existing.get(values["email"])
+        if current is None:
+            plan.created.append({"line": number, **_jsonable(values)})
+            continue
+        changes = {
+            k: {"from": _jsonable({k: getattr(current, k)})[k], "to": _jsonable({k: v})[k]}
+            for k, v in values.items()
+            if k != "email" and getattr(current, k) != v
+        }
+        if changes:
+            plan.updated.append({"line": number, "email": values["email"], "changes": changes})
+        else:
+            plan.unchanged += 1
+    if disable_missing:
+        for email, current in sorted(existing.items()):
+            if email not in seen and not current.disabled:
+                plan.disabled.append({"email": email, "name": current.name})
+    return plan, good
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.value if isinstance(v, VisibilityScope) else v) for k, v in values.items()}
+
+
+def apply_import(
+    *,
+    session: Session,
+    plan: ImportPlan,
+    lines: Sequence[StaffLine],
+    actor: str,
+    skip_bad_lines: bool = False,
+) -> None:
+    """Apply a plan from :func:`plan_import`; refuses one with line errors unless told to skip
+    them (then only the good lines are applied)."""
+    if plan.errors and not skip_bad_lines:
+        raise StaffError(
+            "staff.import_invalid",
+            f"{len(plan.errors)} bad line(s); nothing was imported",
+            "誤りのある行があるため、取り込みませんでした。",
+            details={"problems": [f"line {e['line']}: {e['message']}" for e in plan.errors]},
+        )
+    existing = {s.email: s for s in session.scalars(select(Staff)).all()}
+    for item in lines:
+        values = item.values
+        current = existing.get(values["email"])
+        if current is None:
+            session.add(Staff(**values, failed_logins=0))
+        else:
+            for key, value in values.items():
+                setattr(current, key, value)
+    for entry in plan.disabled:
+        existing[entry["email"]].disabled = True
+    record_event(
+        session=session,
+        action="staff.import",
+        actor=actor,
+        detail={
+            "created": len(plan.created),
+            "updated": len(plan.updated),
+            "disabled": len(plan.disabled),
+            "skipped_lines": [e["line"] for e in plan.errors],
+        },
+    )

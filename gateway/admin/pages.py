@@ -1,0 +1,588 @@
+"""Staff pages (Japanese, server-rendered): login (password + optional TOTP, lockout), the
+envelope list with the records-law search, the detail with per-party progress, downloads of the
+signed documents and the completion certificate, cancel, and the monthly report with an SVG chart.
+
+Every envelope is looked up through :mod:`core.access` (out of scope answers 404 like a missing
+one); every post carries the CSRF token; login, view, download and cancel are audit events.
+The staff session cookie holds the staff id, a fingerprint of the password hash (changing the
+password ends every session) and an expiry, signed with the server's session key.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile
+
+from core.access import get_visible_envelope, has_role, require_role
+from core.audit import list_events, record_event
+from core.envelopes import cancel_envelope, completion_certificate, read_document
+from core.errors import NotFoundError, StaffError
+from core.model import Staff, StaffRole
+from core.reports import JST, monthly_report
+from core.search import EnvelopeQuery, search_envelopes
+from core.staff import (
+    PasswordPolicy,
+    add_staff,
+    apply_import,
+    authenticate,
+    list_staff,
+    plan_import,
+    set_password,
+    update_staff,
+)
+from core.states import EnvelopeState, envelope_state_ja, party_state_ja
+from gateway.context import AppContext
+from gateway.deps import ClientIpDep, ContextDep, SessionDep
+from gateway.pages.signing import check_csrf, render_page
+
+router = APIRouter(prefix="/admin", include_in_schema=False)
+
+STAFF_COOKIE = "kg_staff"
+_CANCELLABLE = (EnvelopeState.DRAFT, EnvelopeState.SENT)
+
+
+# --- session -----------------------------------------------------------------------------------
+
+
+def _fingerprint(staff: Staff) -> str:
+    return hashlib.sha256((staff.password_hash or "").encode()).hexdigest()[:12]
+
+
+def _policy(context: AppContext) -> PasswordPolicy:
+    settings = context.gateway.settings.staff
+    return PasswordPolicy(
+        min_length=settings.password_min_length,
+        max_failures=settings.max_failed_logins,
+        lockout=dt.timedelta(minutes=settings.lockout_minutes),
+    )
+
+
+def current_staff(request: Request, context: AppContext, session: Session) -> Staff | None:
+    """The logged-in, enabled staff member of this request, or None."""
+    subject = context.cookies.session_link(request.cookies.get(STAFF_COOKIE))
+    if not subject or not subject.startswith("staff-"):
+        return None
+    _, staff_id, fingerprint = subject.split("-", 2) if subject.count("-") >= 2 else ("", "", "")
+    staff = session.get(Staff, staff_id)
+    if staff is None or staff.disabled or _fingerprint(staff) != fingerprint:
+        return None
+    return staff
+
+
+def _to_login(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/admin/login?next={quote(target)}", status_code=303)
+
+
+def _page(
+    request: Request, context: AppContext, template: str, staff: Staff | None, **values: Any
+) -> HTMLResponse:
+    status = values.pop("status", 200)
+    return render_page(
+        request,
+        context,
+        template,
+        status=status,
+        staff=staff,
+        is_sender=staff is not None and has_role(staff, StaffRole.SENDER),
+        is_admin=staff is not None and has_role(staff, StaffRole.ADMIN),
+        **values,
+    )
+
+
+# --- login -------------------------------------------------------------------------------------
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, context: ContextDep, next: str = "/admin/envelopes") -> Response:
+    """The login form."""
+    return _page(request, context, "admin/login.html", None, next=_safe_next(next), error=None)
+
+
+def _safe_next(target: str) -> str:
+    # Only paths of the staff pages: never an absolute or protocol-relative URL.
+    if target.startswith("/admin/") and not target.startswith("//"):
+        return target
+    return "/admin/envelopes"
+
+
+@router.post("/login")
+async def login(
+    request: Request, context: ContextDep, session: SessionDep, ip: ClientIpDep
+) -> Response:
+    """Check the e-mail, password and (when enrolled) the one-time code."""
+    form = await request.form()
+    check_csrf(request, context, str(form.get("csrf_token") or ""))
+    email = str(form.get("email") or "")
+    password = str(form.get("password") or "")
+    code = str(form.get("totp") or "") or None
+    next_path = _safe_next(str(form.get("next") or ""))
+
+    def attempt() -> Any:
+        outcome = authenticate(
+            session=session,
+            email=email,
+            password=password,
+            totp_code=code,
+            policy=_policy(context),
+            ip=ip,
+        )
+        session.commit()  # the failure count too
+        return outcome
+
+    outcome = await run_in_threadpool(attempt)
+    if outcome.staff is None:
+        status = 423 if outcome.error.code == "auth.locked" else 401
+        return _page(
+            request,
+            context,
+            "admin/login.html",
+            None,
+            next=next_path,
+            error=outcome.error.message_ja,
+            email=email,
+            status=status,
+        )
+    staff = outcome.staff
+    response = RedirectResponse(next_path, status_code=303)
+    response.set_cookie(
+        STAFF_COOKIE,
+        context.cookies.session_value(
+            f"staff-{staff.id}-{_fingerprint(staff)}", context.session_seconds
+        ),
+        max_age=context.session_seconds,
+        httponly=True,
+        samesite="strict",
+        secure=context.secure_cookies,
+        path="/admin",
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout(
+    request: Request, context: ContextDep, session: SessionDep, ip: ClientIpDep
+) -> Response:
+    """End the staff session."""
+    form = await request.form()
+    check_csrf(request, context, str(form.get("csrf_token") or ""))
+    staff = current_staff(request, context, session)
+    if staff is not None:
+        record_event(session=session, action="logout", actor=staff.email, ip=ip)
+        session.commit()
+    response = RedirectResponse("/admin/login", status_code=303)
+    response.delete_cookie(STAFF_COOKIE, path="/admin")
+    return response
+
+
+@router.get("")
+@router.get("/")
+def home() -> Response:
+    """The staff pages start at the envelope list."""
+    return RedirectResponse("/admin/envelopes", status_code=303)
+
+
+# --- envelopes ---------------------------------------------------------------------------------
+
+
+def _date(value: str | None) -> dt.date | None:
+    return dt.date.fromisoformat(value) if value else None
+
+
+def _amount(value: str | None) -> Decimal | None:
+    if not value:
+        return None
+    return Decimal(value.replace(",", "").strip())
+
+
+def _query(params: Any) -> EnvelopeQuery:
+    try:
+        states = tuple(EnvelopeState(s) for s in params.getlist("state") if s)
+        return EnvelopeQuery(
+            keyword=params.get("keyword") or None,
+            date_from=_date(params.get("date_from")),
+            date_to=_date(params.get("date_to")),
+            counterparty=params.get("counterparty") or None,
+            amount_min=_amount(params.get("amount_min")),
+            amount_max=_amount(params.get("amount_max")),
+            states=states,
+            department=params.get("department") or None,
+            page=max(1, int(params.get("page") or 1)),
+        )
+    except (ValueError, InvalidOperation) as exc:
+        raise StaffError(
+            "staff.search_input",
+            f"unreadable search condition: {exc}",
+            "検索条件の形式が正しくありません（日付は YYYY-MM-DD、金額は数字で入力してください）。",
+        ) from exc
+
+
+@router.get("/envelopes", response_class=HTMLResponse)
+def envelope_list(request: Request, context: ContextDep, session: SessionDep) -> Response:
+    """The envelopes the staff member may see, searched and paginated."""
+    staff = current_staff(request, context, session)
+    if staff is None:
+        return _to_login(request)
+    params = request.query_params
+    error = None
+    try:
+        query = _query(params)
+        page = search_envelopes(session=session, staff=staff, query=query)
+    except StaffError as exc:
+        error = exc.message_ja
+        query = EnvelopeQuery()
+        page = search_envelopes(session=session, staff=staff, query=query)
+    kept = [(k, v) for k, v in params.multi_items() if k != "page" and v]
+    return _page(
+        request,
+        context,
+        "admin/envelopes.html",
+        staff,
+        page=page,
+        form={k: params.get(k, "") for k in _FORM_KEYS},
+        chosen_states=set(params.getlist("state")),
+        states=[(s.value, envelope_state_ja(s)) for s in EnvelopeState],
+        state_ja=envelope_state_ja,
+        base_query=urlencode(kept),
+        error=error,
+    )
+
+
+_FORM_KEYS = (
+    "keyword",
+    "date_from",
+    "date_to",
+    "counterparty",
+    "amount_min",
+    "amount_max",
+    "department",
+)
+
+
+def _visible(request: Request, context: AppContext, session: Session, envelope_id: str) -> Any:
+    staff = current_staff(request, context, session)
+    if staff is None:
+        return None, None
+    return staff, get_visible_envelope(session=session, staff=staff, envelope_id=envelope_id)
+
+
+@router.get("/envelopes/{envelope_id}", response_class=HTMLResponse)
+def envelope_detail(
+    request: Request, envelope_id: str, context: ContextDep, session: SessionDep, ip: ClientIpDep
+) -> Response:
+    """One envelope: facts, per-party progress, documents, history."""
+    staff, envelope = _visible(request, context, session, envelope_id)
+    if staff is None:
+        return _to_login(request)
+    record_event(
+        session=session, action="staff.view", actor=staff.email, envelope_id=envelope.id, ip=ip
+    )
+    session.commit()
+    return _page(
+        request,
+        context,
+        "admin/envelope.html",
+        staff,
+        envelope=envelope,
+        state_ja=envelope_state_ja,
+        party_state_ja=party_state_ja,
+        events=list_events(session=session, envelope_id=envelope.id),
+        cancellable=envelope.state in _CANCELLABLE and has_role(staff, StaffRole.SENDER),
+        completed=envelope.state is EnvelopeState.COMPLETED,
+    )
+
+
+def _attachment(data: bytes, name: str) -> Response:
+    return Response(
+        data,
+        media_type="application/pdf",
+        headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}"},
+    )
+
+
+@router.get("/envelopes/{envelope_id}/documents/{position}")
+def download_document(
+    request: Request,
+    envelope_id: str,
+    position: int,
+    context: ContextDep,
+    session: SessionDep,
+    ip: ClientIpDep,
+) -> Response:
+    """The newest revision of one document (signed as far as the routing got)."""
+    staff, envelope = _visible(request, context, session, envelope_id)
+    if staff is None:
+        return _to_login(request)
+    document = next((d for d in envelope.documents if d.position == position), None)
+    if document is None:
+        raise NotFoundError("not_found.document", "no such document", "文書が見つかりません。")
+    data = read_document(runtime=context.gateway.runtime, document=document)
+    record_event(
+        session=session,
+        action="staff.download",
+        actor=staff.email,
+        envelope_id=envelope.id,
+        ip=ip,
+        detail={"document": document.name},
+    )
+    session.commit()
+    return _attachment(data, document.name)
+
+
+@router.get("/envelopes/{envelope_id}/certificate")
+def download_certificate(
+    request: Request, envelope_id: str, context: ContextDep, session: SessionDep, ip: ClientIpDep
+) -> Response:
+    """The completion certificate (締結証明書) of a completed envelope."""
+    staff, envelope = _visible(request, context, session, envelope_id)
+    if staff is None:
+        return _to_login(request)
+    data = completion_certificate(runtime=context.gateway.runtime, envelope=envelope)
+    record_event(
+        session=session,
+        action="staff.download_certificate",
+        actor=staff.email,
+        envelope_id=envelope.id,
+        ip=ip,
+    )
+    session.commit()
+    return _attachment(data, f"締結証明書_{envelope.management_number}.pdf")
+
+
+@router.post("/envelopes/{envelope_id}/cancel")
+async def cancel(
+    request: Request, envelope_id: str, context: ContextDep, session: SessionDep, ip: ClientIpDep
+) -> Response:
+    """Cancel a draft or sent envelope (senders and admins)."""
+    form = await request.form()
+    check_csrf(request, context, str(form.get("csrf_token") or ""))
+    reason = str(form.get("reason") or "")
+
+    def run() -> Response:
+        staff, envelope = _visible(request, context, session, envelope_id)
+        if staff is None:
+            return _to_login(request)
+        require_role(staff, StaffRole.SENDER)
+        cancel_envelope(
+            session=session,
+            runtime=context.gateway.runtime,
+            envelope_id=envelope.id,
+            actor=staff.email,
+            reason=reason,
+            ip=ip,
+        )
+        session.commit()
+        context.wake_mailer()
+        return RedirectResponse(f"/admin/envelopes/{envelope.id}", status_code=303)
+
+    return await run_in_threadpool(run)
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def bar_chart(rows: list[Any], width: int = 720, height: int = 260) -> dict[str, Any]:
+    """Geometry of an SVG bar chart of monthly counts (drawn by the template, no script)."""
+    top = max([r.count for r in rows] + [1])
+    left, bottom, plot_h = 40, 30, height - 50
+    slot = (width - left - 10) / max(1, len(rows))
+    bars = []
+    for i, row in enumerate(rows):
+        h = plot_h * row.count / top
+        x = left + i * slot + slot * 0.15
+        bars.append(
+            {
+                "x": round(x, 1),
+                "y": round(height - bottom - h, 1),
+                "w": round(slot * 0.7, 1),
+                "h": round(h, 1),
+                "label": row.month[2:].replace("-", "/"),
+                "count": row.count,
+                "cx": round(x + slot * 0.35, 1),
+            }
+        )
+    return {"width": width, "height": height, "bars": bars, "top": top, "base": height - bottom}
+
+
+@router.get("/reports/monthly", response_class=HTMLResponse)
+def report_page(
+    request: Request, context: ContextDep, session: SessionDep, month: str | None = None
+) -> Response:
+    """Contracts concluded per month (last twelve months, chart) and per department."""
+    from core.reports import parse_month
+
+    staff = current_staff(request, context, session)
+    if staff is None:
+        return _to_login(request)
+    now = dt.datetime.now(JST)
+    year, number = parse_month(month) if month else (now.year, now.month)
+    rows = monthly_report(session=session, year=year, month=number, months=12, staff=staff)
+    departments = sorted({d for r in rows for d in r.departments})
+    return _page(
+        request,
+        context,
+        "admin/report.html",
+        staff,
+        rows=rows,
+        chart=bar_chart(rows),
+        departments=departments,
+        month=f"{year:04d}-{number:02d}",
+    )
+
+
+# --- staff management (admins) -----------------------------------------------------------------
+
+
+def _admin(request: Request, context: AppContext, session: Session) -> Staff | None:
+    staff = current_staff(request, context, session)
+    if staff is not None:
+        require_role(staff, StaffRole.ADMIN)
+    return staff
+
+
+def _staff_page(
+    request: Request,
+    context: AppContext,
+    session: Session,
+    staff: Staff,
+    *,
+    error: str | None = None,
+    status: int = 200,
+    form: dict[str, str] | None = None,
+) -> HTMLResponse:
+    return _page(
+        request,
+        context,
+        "admin/staff.html",
+        staff,
+        members=list_staff(session=session),
+        error=error,
+        status=status,
+        form=form or {},
+    )
+
+
+@router.get("/staff", response_class=HTMLResponse)
+def staff_list(request: Request, context: ContextDep, session: SessionDep) -> Response:
+    """Every staff member, and a form to add one."""
+    staff = _admin(request, context, session)
+    if staff is None:
+        return _to_login(request)
+    return _staff_page(request, context, session, staff)
+
+
+@router.post("/staff")
+async def staff_save(
+    request: Request, context: ContextDep, session: SessionDep, ip: ClientIpDep
+) -> Response:
+    """Add a staff member, or change one (same e-mail), with an optional new password."""
+    form = await request.form()
+    check_csrf(request, context, str(form.get("csrf_token") or ""))
+    values = {k: str(form.get(k) or "") for k in ("email", "name", "department", "roles", "scope")}
+    roles = ",".join(str(r) for r in form.getlist("role"))
+    password = str(form.get("password") or "")
+    disabled = form.get("disabled") == "1"
+
+    def run() -> Response:
+        staff = _admin(request, context, session)
+        if staff is None:
+            return _to_login(request)
+        try:
+            member = session.scalars(
+                select(Staff).where(Staff.email == values["email"].strip().lower())
+            ).first()
+            if member is None:
+                member = add_staff(
+                    session=session,
+                    name=values["name"],
+                    email=values["email"],
+                    roles=roles,
+                    scope=values["scope"],
+                    department=values["department"],
+                    actor=staff.email,
+                )
+                session.flush()
+            update_staff(
+                session=session,
+                staff=member,
+                actor=staff.email,
+                name=values["name"],
+                department=values["department"],
+                roles=roles,
+                scope=values["scope"],
+                disabled=disabled,
+            )
+            if password:
+                set_password(
+                    session=session, staff=member, password=password, policy=_policy(context)
+                )
+        except StaffError as exc:
+            session.rollback()
+            return _staff_page(
+                request, context, session, staff, error=exc.message_ja, status=422, form=values
+            )
+        session.commit()
+        return RedirectResponse("/admin/staff", status_code=303)
+
+    return await run_in_threadpool(run)
+
+
+@router.post("/staff/import", response_class=HTMLResponse)
+async def staff_import(
+    request: Request, context: ContextDep, session: SessionDep, ip: ClientIpDep
+) -> Response:
+    """Bulk staff import from a CSV: first a preview of the diff (nothing written), then, with
+    ``apply``, the same file applied (never half: a file with bad lines is refused)."""
+    form = await request.form()
+    check_csrf(request, context, str(form.get("csrf_token") or ""))
+    upload = form.get("file")
+    if isinstance(upload, UploadFile):
+        data = await upload.read(_MAX_IMPORT_BYTES + 1)
+    else:
+        data = base64.b64decode(str(form.get("content") or ""), validate=False)
+    apply = form.get("apply") == "1"
+    disable_missing = form.get("disable_missing") == "1"
+    await form.close()  # the upload's temporary file
+
+    def run() -> Response:
+        staff = _admin(request, context, session)
+        if staff is None:
+            return _to_login(request)
+        if not data or len(data) > _MAX_IMPORT_BYTES:
+            raise StaffError(
+                "staff.import_size",
+                "the import file is empty or larger than 1 MB",
+                "ファイルが空か、1MBを超えています。",
+            )
+        plan, lines = plan_import(session=session, data=data, disable_missing=disable_missing)
+        applied = False
+        if apply and not plan.errors:
+            apply_import(session=session, plan=plan, lines=lines, actor=staff.email)
+            session.commit()
+            applied = True
+        return _page(
+            request,
+            context,
+            "admin/staff_import.html",
+            staff,
+            plan=plan,
+            applied=applied,
+            content=base64.b64encode(data).decode(),
+            disable_missing=disable_missing,
+        )
+
+    return await run_in_threadpool(run)
+
+
+_MAX_IMPORT_BYTES = 1024 * 1024

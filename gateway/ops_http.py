@@ -1,0 +1,411 @@
+"""Operations over HTTP: ``/healthz`` with one status per dependency, ``/metrics`` in the
+Prometheus text format, a request id on every request and JSON log lines that carry it.
+
+Installed on the app by :func:`install_operations`. ``/healthz`` answers 200 with ``status:
+ok`` when everything is reachable and ``degraded`` when only the TSA or SMTP is not (signing and
+mail then wait and retry, the rest works); a database or blob-store failure is a 503 with the
+same per-check body in ``details``. TSA and SMTP are probed with a TCP connect, at most every
+``_PROBE_TTL`` seconds per process, so a load balancer polling often does not hammer them.
+
+``/metrics``: the gauges are read from the shared database at scrape time (the same on every
+node); the signing-latency histogram is this process's own (sum it across nodes in queries).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, Field
+from sqlalchemy import and_, func, or_, select, text
+
+from core.errors import Disposition, GatewayError
+from core.model import Delivery, DeliveryState, Document, Envelope, JobRun, SyncRun, utcnow
+from gateway.runtime import Gateway
+
+__all__ = [
+    "ComponentHealth",
+    "HealthReport",
+    "JsonFormatter",
+    "configure_logging",
+    "current_request_id",
+    "install_operations",
+]
+
+log = logging.getLogger(__name__)
+JST = ZoneInfo("Asia/Tokyo")
+_PROBE_TTL = 15.0
+_PROBE_TIMEOUT = 2.0
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "keiyaku_request_id", default=None
+)
+
+
+def current_request_id() -> str | None:
+    """The id of the request being handled in this context, if any."""
+    return _request_id.get()
+
+
+# -- logs ----------------------------------------------------------------------------------
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request id on every record (``record.request_id``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = _request_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (JST), level, logger, message, request id, extras."""
+
+    _STANDARD = frozenset(
+        vars(logging.LogRecord("x", 0, "x", 0, "x", None, None)).keys()
+        | {"message", "asctime", "request_id", "color_message"}
+    )
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, JST).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None) or _request_id.get()
+        if request_id:
+            entry["request_id"] = request_id
+        for key, value in vars(record).items():
+            if key not in self._STANDARD and not key.startswith("_"):
+                entry[key] = value if isinstance(value, str | int | float | bool) else repr(value)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(*, level: str = "INFO", fmt: Literal["json", "text"] = "json") -> None:
+    """Root logging for a server process: JSON lines (or plain text) on stderr, request ids."""
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+
+
+# -- health --------------------------------------------------------------------------------
+
+
+class ComponentHealth(BaseModel):
+    status: Literal["ok", "down", "disabled"]
+    detail: str | None = None
+
+
+class HealthReport(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: Literal["ok"]
+    checks: dict[str, ComponentHealth] = Field(default_factory=dict)
+
+
+def _tcp(host: str, port: int) -> ComponentHealth:
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT):
+            return ComponentHealth(status="ok", detail=f"{host}:{port}")
+    except OSError as exc:
+        return ComponentHealth(status="down", detail=f"{host}:{port}: {type(exc).__name__}")
+
+
+def _url_endpoint(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    default = 443 if parts.scheme == "https" else 80
+    return parts.hostname or "localhost", parts.port or default
+
+
+class _HealthProbe:
+    """Checks each dependency; the remote ones (TSA, SMTP) are cached for ``_PROBE_TTL``."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._lock = threading.Lock()
+        self._remote: dict[str, ComponentHealth] = {}
+        self._remote_at = 0.0
+
+    def database(self) -> ComponentHealth:
+        try:
+            with self.gateway.engine.connect() as conn:
+                conn.execute(text("select 1"))
+        except Exception as exc:  # any failure is the verdict
+            return ComponentHealth(status="down", detail=type(exc).__name__)
+        return ComponentHealth(status="ok")
+
+    def blobs(self) -> ComponentHealth:
+        root = self.gateway.runtime.blobs.root
+        probe = root / f".healthz-{os.getpid()}-{threading.get_ident()}"
+        try:
+            root.mkdir(parents=True, exist_ok=True)  # as the store makes it on first write
+            probe.write_bytes(b"ok")
+            ok = probe.read_bytes() == b"ok"
+            probe.unlink()
+        except OSError as exc:
+            return ComponentHealth(status="down", detail=f"{root}: {type(exc).__name__}")
+        return ComponentHealth(status="ok" if ok else "down", detail=str(root))
+
+    def _probe_remote(self) -> dict[str, ComponentHealth]:
+        settings = self.gateway.settings
+        checks: dict[str, ComponentHealth] = {}
+        tsa = settings.signing.tsa
+        if tsa.urls:
+            results = [_tcp(*_url_endpoint(url)) for url in tsa.urls]
+            up = [r for r in results if r.status == "ok"]
+            checks["tsa"] = ComponentHealth(
+                status="ok" if up else "down",
+                detail=f"{len(up)}/{len(results)} reachable",
+            )
+        else:
+            checks["tsa"] = ComponentHealth(status="ok", detail="development TSA (in-process)")
+        mail = settings.mail
+        if mail.transport == "smtp":
+            checks["smtp"] = _tcp(mail.smtp.host, mail.smtp.port)
+        else:
+            checks["smtp"] = ComponentHealth(status="disabled", detail="maildir transport")
+        return checks
+
+    def remote(self) -> dict[str, ComponentHealth]:
+        with self._lock:
+            if time.monotonic() - self._remote_at > _PROBE_TTL or not self._remote:
+                self._remote = self._probe_remote()
+                self._remote_at = time.monotonic()
+            return dict(self._remote)
+
+    def report(self) -> HealthReport:
+        checks = {"database": self.database(), "blobs": self.blobs(), **self.remote()}
+        local_down = [n for n in ("database", "blobs") if checks[n].status != "ok"]
+        if local_down:
+            raise GatewayError(
+                f"health.{local_down[0]}",
+                f"{', '.join(local_down)} unavailable",
+                "データベースまたは文書保管領域を利用できません。",
+                disposition=Disposition.RETRIABLE,
+                details={"checks": {k: v.model_dump() for k, v in checks.items()}},
+            )
+        degraded = any(c.status == "down" for c in checks.values())
+        return HealthReport(status="degraded" if degraded else "ok", database="ok", checks=checks)
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+
+class _DatabaseCollector(Collector):
+    """Gauges read from the shared database at each scrape."""
+
+    def __init__(self, gateway: Gateway, margin: dt.timedelta) -> None:
+        self.gateway = gateway
+        self.margin = margin
+
+    def collect(self) -> Iterator[Metric]:
+        now = utcnow()
+        envelopes = GaugeMetricFamily("keiyaku_envelopes", "Envelopes by state.", labels=["state"])
+        deliveries = GaugeMetricFamily(
+            "keiyaku_deliveries",
+            "Outbox deliveries by target and state.",
+            labels=["target", "state"],
+        )
+        due = GaugeMetricFamily(
+            "keiyaku_deliveries_due",
+            "Deliveries due now (incl. expired leases).",
+            labels=["target"],
+        )
+        sync_records = CounterMetricFamily(
+            "keiyaku_sync_records", "Records read by syncs, per source.", labels=["source"]
+        )
+        sync_errors = CounterMetricFamily(
+            "keiyaku_sync_errors", "Line errors of syncs, per source.", labels=["source"]
+        )
+        sync_failed = CounterMetricFamily(
+            "keiyaku_sync_failed_runs", "Sync runs that failed, per source.", labels=["source"]
+        )
+        expiring = GaugeMetricFamily(
+            "keiyaku_documents_timestamp_expiring",
+            "Completed documents whose newest timestamp expires within the renewal margin.",
+        )
+        last_job = GaugeMetricFamily(
+            "keiyaku_job_last_success_timestamp_seconds",
+            "When each scheduled job last succeeded (Unix time).",
+            labels=["job"],
+        )
+        with self.gateway.sessions() as session:
+            for state, count in session.execute(
+                select(Envelope.state, func.count()).group_by(Envelope.state)
+            ):
+                envelopes.add_metric([str(getattr(state, "value", state))], count)
+            for target, state, count in session.execute(
+                select(Delivery.target, Delivery.state, func.count()).group_by(
+                    Delivery.target, Delivery.state
+                )
+            ):
+                deliveries.add_metric([target, str(getattr(state, "value", state))], count)
+            due_rows = session.execute(
+                select(Delivery.target, func.count())
+                .where(
+                    or_(
+                        and_(
+                            Delivery.state == DeliveryState.PENDING.value,
+                            Delivery.next_attempt_at <= now,
+                        ),
+                        and_(
+                            Delivery.state == DeliveryState.LEASED.value,
+                            Delivery.lease_expires_at < now,
+                        ),
+                    )
+                )
+                .group_by(Delivery.target)
+            )
+            for target, count in due_rows:
+                due.add_metric([target], count)
+            for source, records, errors, failed in session.execute(
+                select(
+                    SyncRun.source,
+                    func.coalesce(func.sum(SyncRun.records), 0),
+                    func.coalesce(func.sum(SyncRun.errors), 0),
+                    func.count().filter(SyncRun.status == "failed"),
+                ).group_by(SyncRun.source)
+            ):
+                sync_records.add_metric([source], int(records))
+                sync_errors.add_metric([source], int(errors))
+                sync_failed.add_metric([source], int(failed))
+            expiring.add_metric(
+                [],
+                session.scalar(
+                    select(func.count())
+                    .select_from(Document)
+                    .where(Document.timestamp_expires_at <= now + self.margin)
+                )
+                or 0,
+            )
+            for job_id, finished in session.execute(
+                select(JobRun.job_id, func.max(JobRun.finished_at))
+                .where(JobRun.status == "succeeded")
+                .group_by(JobRun.job_id)
+            ):
+                if finished is not None:
+                    if finished.tzinfo is None:
+                        finished = finished.replace(tzinfo=dt.UTC)
+                    last_job.add_metric([job_id], finished.timestamp())
+        yield from (
+            envelopes,
+            deliveries,
+            due,
+            sync_records,
+            sync_errors,
+            sync_failed,
+            expiring,
+            last_job,
+        )
+
+
+def _metrics_registry(gateway: Gateway) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    margin = dt.timedelta(days=gateway.settings.archive.renew_margin_days)
+    registry.register(_DatabaseCollector(gateway, margin))
+    latency = Histogram(
+        "keiyaku_signing_seconds",
+        "Signing engine latency per operation (approval, seal, archive_timestamp), this process.",
+        labelnames=["operation"],
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        registry=registry,
+    )
+    engine = gateway.runtime.signing
+    previous = engine.timing_observer
+
+    def observe(operation: str, seconds: float) -> None:
+        latency.labels(operation).observe(seconds)
+        if previous is not None:
+            previous(operation, seconds)
+
+    engine.timing_observer = observe
+    return registry
+
+
+# -- installation --------------------------------------------------------------------------
+
+
+def install_operations(app: FastAPI, gateway: Gateway) -> None:
+    """Add the request-id middleware, ``/healthz`` and ``/metrics`` to ``app``."""
+    probe = _HealthProbe(gateway)
+    registry = _metrics_registry(gateway)
+    access = logging.getLogger("keiyaku.access")
+
+    @app.middleware("http")
+    async def request_id(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        given = request.headers.get("x-request-id", "")
+        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        token = _request_id.set(rid)
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            response.headers["X-Request-ID"] = rid
+            return response
+        finally:
+            from gateway.app import redact_path
+
+            access.info(
+                "%s %s %d",
+                request.method,
+                redact_path(request.url.path),
+                status,
+                extra={
+                    "method": request.method,
+                    "path": redact_path(request.url.path),
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                },
+            )
+            _request_id.reset(token)
+
+    @app.get("/healthz", response_model=HealthReport, tags=["health"])
+    def healthz() -> HealthReport:
+        """Each dependency's status: database, blob store, TSA, SMTP."""
+        return probe.report()
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus text format."""
+        body = await run_in_threadpool(generate_latest, registry)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,232 @@
+"""Staff records, passwords, lockout, TOTP and the CSV import."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pyotp
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.errors import StaffError
+from core.model import AuditEvent, Staff, VisibilityScope
+from core.staff import (
+    PasswordPolicy,
+    add_staff,
+    apply_import,
+    authenticate,
+    check_password,
+    enable_totp,
+    plan_import,
+    set_password,
+    update_staff,
+)
+from core.storage import transaction
+
+POLICY = PasswordPolicy(max_failures=3, lockout=dt.timedelta(minutes=10))
+GOOD = "Kei-yaku-2026!"
+
+
+def test_password_policy() -> None:
+    check_password(GOOD, policy=POLICY)
+    check_password("correct horse battery staple", policy=POLICY)  # a long passphrase
+    for bad in ("Short1!", "alllowercaseletters", "Tanaka-2026!xyz"):
+        with pytest.raises(StaffError) as caught:
+            check_password(bad, policy=POLICY, email="tanaka@city.example.jp")
+        assert caught.value.code == "staff.weak_password"
+
+
+def _staff(session: Session) -> Staff:
+    staff = add_staff(
+        session=session,
+        name="田中 一郎",
+        email="Tanaka@City.example.jp",
+        roles="sender; signer",
+        scope="部署",
+        department="契約課",
+        actor="test",
+    )
+    set_password(session=session, staff=staff, password=GOOD, policy=POLICY)
+    return staff
+
+
+def test_add_and_edit(session: Session) -> None:
+    staff = _staff(session)
+    assert (staff.email, staff.roles, staff.scope) == (
+        "tanaka@city.example.jp",
+        "sender,signer",
+        VisibilityScope.DEPARTMENT,
+    )
+    assert staff.password_hash and staff.password_hash.startswith("$argon2id$")
+    assert update_staff(
+        session=session, staff=staff, actor="t", roles="admin", name="田中 一郎"
+    ) == {"roles": "admin"}
+    with pytest.raises(StaffError, match="exists"):
+        add_staff(
+            session=session,
+            name="x",
+            email="tanaka@city.example.jp",
+            roles="signer",
+            scope="own",
+            actor="t",
+        )
+    with pytest.raises(StaffError, match="unknown role"):
+        update_staff(session=session, staff=staff, actor="t", roles="root")
+
+
+def test_lockout_is_counted_in_the_database(sessions: sessionmaker[Session]) -> None:
+    with transaction(sessions) as session:
+        _staff(session)
+    now = dt.datetime(2026, 4, 1, 9, tzinfo=dt.UTC)
+    for attempt in range(3):
+        with transaction(sessions) as session:  # a new session each time: nothing in memory
+            outcome = authenticate(
+                session=session,
+                email="tanaka@city.example.jp",
+                password="wrong",
+                policy=POLICY,
+                now=now,
+                ip="192.0.2.1",
+            )
+        assert outcome.error is not None
+        assert outcome.error.code == ("auth.locked" if attempt == 2 else "auth.login_failed")
+    with transaction(sessions) as session:  # the right password is refused while locked
+        outcome = authenticate(
+            session=session,
+            email="tanaka@city.example.jp",
+            password=GOOD,
+            policy=POLICY,
+            now=now + dt.timedelta(minutes=5),
+        )
+    assert outcome.error is not None and outcome.error.code == "auth.locked"
+    with transaction(sessions) as session:
+        outcome = authenticate(
+            session=session,
+            email="tanaka@city.example.jp",
+            password=GOOD,
+            policy=POLICY,
+            now=now + dt.timedelta(minutes=11),
+        )
+        assert outcome.staff is not None
+    with sessions() as session:
+        actions = session.scalars(select(AuditEvent.action).order_by(AuditEvent.chain_seq)).all()
+    assert actions[-5:] == [
+        "login.failed",
+        "login.failed",
+        "login.lockout",
+        "login.locked",
+        "login",
+    ]
+
+
+def test_unknown_and_disabled_staff_get_the_same_answer(session: Session) -> None:
+    staff = _staff(session)
+    unknown = authenticate(
+        session=session, email="nobody@city.example.jp", password=GOOD, policy=POLICY
+    )
+    staff.disabled = True
+    disabled = authenticate(session=session, email=staff.email, password=GOOD, policy=POLICY)
+    assert unknown.error is not None and disabled.error is not None
+    assert unknown.error.as_dict() == disabled.error.as_dict()
+
+
+def test_totp(session: Session) -> None:
+    staff = _staff(session)
+    uri = enable_totp(session=session, staff=staff, issuer="開発市")
+    assert uri.startswith("otpauth://totp/")
+    assert staff.totp_secret
+    now = dt.datetime(2026, 4, 1, 9, tzinfo=dt.UTC)
+    code = pyotp.TOTP(staff.totp_secret).at(now)
+    without = authenticate(
+        session=session, email=staff.email, password=GOOD, policy=POLICY, now=now
+    )
+    assert without.error is not None
+    ok = authenticate(
+        session=session, email=staff.email, password=GOOD, policy=POLICY, totp_code=code, now=now
+    )
+    assert ok.staff is staff
+
+
+CSV = (
+    "name,department,email,roles,scope\n"
+    "田中 一郎,契約課,tanaka@city.example.jp,sender;signer,department\n"
+    "佐藤 花子,土木課,sato@city.example.jp,admin,all\n"
+)
+
+
+def test_import_dry_run_then_apply(sessions: sessionmaker[Session]) -> None:
+    with transaction(sessions) as session:
+        add_staff(
+            session=session,
+            name="田中 一郎",
+            email="tanaka@city.example.jp",
+            roles="sender",
+            scope="own",
+            department="契約課",
+            actor="t",
+        )
+        add_staff(
+            session=session,
+            name="退職 者",
+            email="gone@city.example.jp",
+            roles="signer",
+            scope="own",
+            actor="t",
+        )
+    with sessions() as session:
+        plan, lines = plan_import(session=session, data=CSV.encode("cp932"), disable_missing=True)
+    assert [c["email"] for c in plan.created] == ["sato@city.example.jp"]
+    assert plan.created[0]["line"] == 3
+    assert plan.updated == [
+        {
+            "line": 2,
+            "email": "tanaka@city.example.jp",
+            "changes": {
+                "roles": {"from": "sender", "to": "sender,signer"},
+                "scope": {"from": "own", "to": "department"},
+            },
+        }
+    ]
+    assert plan.disabled == [{"email": "gone@city.example.jp", "name": "退職 者"}]
+    with transaction(sessions) as session:
+        apply_import(session=session, plan=plan, lines=lines, actor="t")
+    with sessions() as session:
+        rows = {s.email: s for s in session.scalars(select(Staff))}
+        assert rows["sato@city.example.jp"].scope is VisibilityScope.ALL
+        assert rows["gone@city.example.jp"].disabled
+        again, _ = plan_import(
+            session=session, data=("\ufeff" + CSV).encode(), disable_missing=True
+        )
+    assert (again.created, again.updated, again.disabled, again.unchanged) == ([], [], [], 2)
+
+
+def test_a_bad_line_blocks_the_import_unless_skipped(sessions: sessionmaker[Session]) -> None:
+    data = (
+        CSV + "名無し,契約課,not-an-address,sender,own\n"
+        "鈴木,契約課,suzuki@city.example.jp,boss,own\n"
+    ).encode()
+    with sessions() as session:
+        plan, lines = plan_import(session=session, data=data)
+    assert [(e["line"], e["code"]) for e in plan.errors] == [
+        (4, "staff.bad_email"),
+        (5, "staff.unknown_role"),
+    ]
+    with pytest.raises(StaffError) as caught, transaction(sessions) as session:
+        apply_import(session=session, plan=plan, lines=lines, actor="t")
+    assert caught.value.code == "staff.import_invalid"
+    with sessions() as session:
+        assert session.scalars(select(Staff)).all() == []
+    with transaction(sessions) as session:
+        apply_import(session=session, plan=plan, lines=lines, actor="t", skip_bad_lines=True)
+    with sessions() as session:
+        assert len(session.scalars(select(Staff)).all()) == 2
+
+
+def test_import_header_and_encoding_errors(session: Session) -> None:
+    with pytest.raises(StaffError) as caught:
+        plan_import(session=session, data=b"name,email\nx,y@z.jp\n")
+    assert caught.value.code == "staff.import_header"
+    with pytest.raises(StaffError) as caught:
+        plan_import(session=session, data=b"\x82\xa0\xff\xfe\x81")
+    assert caught.value.code == "staff.import_encoding"

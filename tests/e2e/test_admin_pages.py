@@ -1,0 +1,165 @@
+"""Staff pages in headless Chromium: login, lockout, search, detail, download, the report.
+Screenshots land in the test's temporary folder (``Site.shot``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyotp
+from playwright.sync_api import BrowserContext, Page
+from sqlalchemy import update
+
+from core.model import Envelope, VisibilityScope
+from core.staff import PasswordPolicy, add_staff, enable_totp, get_staff, set_password
+from tests.e2e.conftest import Site
+from tests.fixtures.gateway import envelope_request
+
+PASSWORD = "Kei-yaku-2026!"
+
+
+def _staff(site: Site, email: str, department: str) -> None:
+    with site.gateway.sessions() as session:
+        staff = add_staff(
+            session=session,
+            name="田中 一郎",
+            email=email,
+            roles="sender",
+            scope=VisibilityScope.DEPARTMENT,
+            department=department,
+            actor="test",
+        )
+        set_password(session=session, staff=staff, password=PASSWORD, policy=PasswordPolicy())
+        session.commit()
+
+
+def _envelope(site: Site, department: str, counterparty: str, title: str) -> str:
+    envelope_id: str = site.api.post(
+        "/api/v1/envelopes", json=envelope_request(title=title)
+    ).json()["id"]
+    with site.gateway.sessions() as session:
+        session.execute(
+            update(Envelope)
+            .where(Envelope.id == envelope_id)
+            .values(department=department, counterparty=counterparty)
+        )
+        session.commit()
+    return envelope_id
+
+
+def _login(page: Page, site: Site, email: str, password: str) -> None:
+    page.goto(f"{site.url}/admin/login")
+    page.fill("#email", email)
+    page.fill("#password", password)
+    page.click("#login")
+
+
+def test_login_and_lockout(site: Site, context: BrowserContext) -> None:
+    _staff(site, "lock@city.example.jp", "契約課")
+    page = context.new_page()
+    page.goto(f"{site.url}/admin/envelopes")
+    assert page.url.startswith(f"{site.url}/admin/login")
+    site.shot(page, "admin-login")
+    for _ in range(4):
+        _login(page, site, "lock@city.example.jp", "Wrong-password-1")
+        assert "正しくありません" in page.inner_text("#error")
+    site.shot(page, "admin-login-failed")
+    _login(page, site, "lock@city.example.jp", "Wrong-password-1")
+    assert "ロック" in page.inner_text("#error")
+    _login(page, site, "lock@city.example.jp", PASSWORD)  # right, but locked
+    assert "ロック" in page.inner_text("#error")
+    site.shot(page, "admin-locked")
+
+
+def test_search_detail_download_and_report(site: Site, context: BrowserContext) -> None:
+    _staff(site, "search@city.example.jp", "道路課")
+    mine = _envelope(site, "道路課", "株式会社札幌舗装", "市道3号線舗装工事")
+    _envelope(site, "道路課", "有限会社旭川設備", "道路照明設備更新")
+    hidden = _envelope(site, "水道課", "株式会社札幌舗装", "配水管布設替工事")
+    page = context.new_page()
+    _login(page, site, "search@city.example.jp", PASSWORD)
+    page.wait_for_url(f"{site.url}/admin/envelopes")
+    assert "2 件中" in page.inner_text("#total")
+    assert hidden not in page.content()
+    site.shot(page, "admin-list")
+
+    page.fill("input[name=counterparty]", "札幌")
+    page.click("#do-search")
+    page.wait_for_url("**counterparty=*")
+    rows = page.locator("#results tbody tr")
+    assert rows.count() == 1 and "市道3号線舗装工事" in rows.inner_text()
+    site.shot(page, "admin-search")
+
+    rows.locator("a").click()
+    page.wait_for_url(f"{site.url}/admin/envelopes/{mine}")
+    assert "署名の進み具合" in page.content()
+    assert page.locator("#parties tbody tr").count() == 3
+    site.shot(page, "admin-detail")
+    with page.expect_download() as info:
+        page.locator("#documents a").first.click()
+    download = info.value
+    assert download.suggested_filename == "工事請負契約書.pdf"
+    with open(download.path(), "rb") as handle:
+        assert handle.read(5) == b"%PDF-"
+
+    page.goto(f"{site.url}/admin/envelopes/{hidden}")
+    assert "見つかりません" in page.content()
+
+    page.goto(f"{site.url}/admin/reports/monthly")
+    assert page.locator("#chart rect").count() == 12
+    site.shot(page, "admin-report")
+    page.click("#logout")
+    page.wait_for_url(f"{site.url}/admin/login")
+
+
+def test_login_with_a_one_time_code(site: Site, context: BrowserContext) -> None:
+    _staff(site, "totp@city.example.jp", "契約課")
+    with site.gateway.sessions() as session:
+        staff = get_staff(session=session, email="totp@city.example.jp")
+        enable_totp(session=session, staff=staff, issuer="開発市")
+        secret = staff.totp_secret
+        session.commit()
+    assert secret
+    page = context.new_page()
+    _login(page, site, "totp@city.example.jp", PASSWORD)  # no code: refused
+    assert "確認コード" in page.inner_text("#error")
+    page.fill("#email", "totp@city.example.jp")
+    page.fill("#password", PASSWORD)
+    page.fill("#totp", pyotp.TOTP(secret).now())
+    site.shot(page, "admin-login-totp")
+    page.click("#login")
+    page.wait_for_url(f"{site.url}/admin/envelopes")
+
+
+def test_staff_management_and_import(site: Site, context: BrowserContext, tmp_path: Path) -> None:
+    with site.gateway.sessions() as session:
+        admin = add_staff(
+            session=session,
+            name="総務 花子",
+            email="soumu@city.example.jp",
+            roles="admin",
+            scope=VisibilityScope.ALL,
+            department="総務課",
+            actor="test",
+        )
+        set_password(session=session, staff=admin, password=PASSWORD, policy=PasswordPolicy())
+        session.commit()
+    csv_file = tmp_path / "職員.csv"
+    csv_file.write_bytes(
+        "氏名,所属,メールアドレス,権限,閲覧範囲\n"
+        "山田 次郎,契約課,yamada@city.example.jp,sender;signer,部署\n"
+        "鈴木 三郎,土木課,suzuki@city.example.jp,signer,本人\n".encode("cp932")
+    )
+    page = context.new_page()
+    _login(page, site, "soumu@city.example.jp", PASSWORD)
+    page.wait_for_url(f"{site.url}/admin/envelopes")
+    page.click("text=職員管理")
+    page.wait_for_url(f"{site.url}/admin/staff")
+    page.set_input_files("#import-form input[type=file]", str(csv_file))
+    page.click("#import-form button")
+    assert "新規 2 件" in page.inner_text("#summary")
+    site.shot(page, "admin-staff-import-preview")
+    page.click("#apply-import")
+    assert "登録しました" in page.content()
+    page.goto(f"{site.url}/admin/staff")
+    assert "yamada@city.example.jp" in page.inner_text("#members")
+    site.shot(page, "admin-staff")
