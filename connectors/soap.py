@@ -14,7 +14,7 @@ made on first use and kept, with the WSDL cached in memory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,61 @@ def _is_retriable(exc: BaseException) -> bool:
     return isinstance(exc, SinkError) and exc.retriable
 
 
+def _open_client(
+    *,
+    name: str,
+    wsdl: str,
+    verify_tls: bool | str,
+    timeout: float,
+    operation_timeout: float,
+    error: type[SinkError] | type[SourceError],
+    peer_ja: str,
+    wsse: Any = None,
+    plugins: Sequence[Plugin] = (),
+) -> tuple[Client, requests.Session]:
+    """A zeep client for ``wsdl`` with the safe XML settings and both timeouts, and the HTTP
+    session it owns (the caller closes it). Unreachable WSDLs are retriable; unsafe or unusable
+    ones are not. ``peer_ja`` names the other side in Japanese messages (連携先 / 連携元)."""
+    session = requests.Session()
+    session.verify = verify_tls
+    transport = Transport(  # type: ignore[no-untyped-call]
+        session=session,
+        cache=InMemoryCache(),  # type: ignore[no-untyped-call]
+        timeout=timeout,
+        operation_timeout=operation_timeout,
+    )
+    settings = Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    try:
+        client = Client(  # type: ignore[no-untyped-call]
+            wsdl, settings=settings, transport=transport, wsse=wsse, plugins=list(plugins)
+        )
+    except (DTDForbidden, EntitiesForbidden) as exc:
+        session.close()
+        raise error(
+            "soap.unsafe_xml",
+            f"{name}: the WSDL {wsdl} carries a DTD or entities: {exc}",
+            "WSDLに安全でないXML(DTD・エンティティ)が含まれています。",
+            disposition=Disposition.FATAL,
+        ) from exc
+    except (requests.RequestException, TransportError, OSError) as exc:
+        session.close()
+        raise error(
+            "soap.unreachable",
+            f"{name}: cannot load WSDL {wsdl}: {exc}",
+            f"SOAP{peer_ja}のWSDLを取得できません。",
+            disposition=Disposition.RETRIABLE,
+        ) from exc
+    except (ZeepError, XMLSyntaxError) as exc:
+        session.close()
+        raise error(
+            "soap.bad_wsdl",
+            f"{name}: cannot read WSDL {wsdl}: {exc}",
+            f"SOAP{peer_ja}のWSDLを読み込めません。",
+            disposition=Disposition.FATAL,
+        ) from exc
+    return client, session
+
+
 class SoapSink(Sink):
     """Delivers each delivery as one SOAP call; a SOAP Client fault refuses that delivery."""
 
@@ -84,33 +139,21 @@ class SoapSink(Sink):
     def _bind(self) -> Callable[..., Any]:
         if self._operation is not None:
             return self._operation
-        session = requests.Session()
-        session.verify = self.call.verify_tls
-        transport = Transport(  # type: ignore[no-untyped-call]
-            session=session,
-            cache=InMemoryCache(),  # type: ignore[no-untyped-call]
+        client, session = _open_client(
+            name=self.name,
+            wsdl=self.call.wsdl,
+            verify_tls=self.call.verify_tls,
             timeout=self.call.timeout,
             operation_timeout=self.call.operation_timeout,
-        )
-        settings = Settings(
-            strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True
+            error=SinkError,
+            peer_ja="連携先",
         )
         try:
-            client = Client(  # type: ignore[no-untyped-call]
-                self.call.wsdl, settings=settings, transport=transport
-            )
             if self.call.service and self.call.port:
                 service = client.bind(self.call.service, self.call.port)
             else:
                 service = client.service
             operation: Callable[..., Any] = getattr(service, self.call.operation)
-        except (requests.RequestException, TransportError, OSError) as exc:
-            session.close()
-            raise SinkError(
-                "soap.unreachable",
-                f"{self.name}: cannot load WSDL {self.call.wsdl}: {exc}",
-                "SOAP連携先のWSDLを取得できません。",
-            ) from exc
         except (ZeepError, AttributeError) as exc:
             session.close()
             raise SinkError(
@@ -302,49 +345,22 @@ class SoapSource(Source):
                     disposition=Disposition.FATAL,
                 ) from exc
             plugins.append(_ValidateResponse(schema, self.name))
-        session = requests.Session()
-        session.verify = q.verify_tls
-        transport = Transport(  # type: ignore[no-untyped-call]
-            session=session,
-            cache=InMemoryCache(),  # type: ignore[no-untyped-call]
-            timeout=q.timeout,
-            operation_timeout=q.operation_timeout,
-        )
-        settings = Settings(
-            strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True
-        )
         wsse = (
             UsernameToken(q.username, q.password, use_digest=q.password_digest)  # type: ignore[no-untyped-call]
             if q.username is not None
             else None
         )
-        try:
-            client = Client(  # type: ignore[no-untyped-call]
-                q.wsdl, settings=settings, transport=transport, wsse=wsse, plugins=plugins
-            )
-        except (DTDForbidden, EntitiesForbidden) as exc:
-            session.close()
-            raise SourceError(
-                "soap.unsafe_xml",
-                f"{self.name}: the WSDL {q.wsdl} carries a DTD or entities: {exc}",
-                "WSDLに安全でないXML(DTD・エンティティ)が含まれています。",
-                disposition=Disposition.FATAL,
-            ) from exc
-        except (requests.RequestException, TransportError, OSError) as exc:
-            session.close()
-            raise SourceError(
-                "soap.unreachable",
-                f"{self.name}: cannot load WSDL {q.wsdl}: {exc}",
-                "SOAP連携元のWSDLを取得できません。",
-            ) from exc
-        except (ZeepError, XMLSyntaxError) as exc:
-            session.close()
-            raise SourceError(
-                "soap.bad_wsdl",
-                f"{self.name}: cannot read WSDL {q.wsdl}: {exc}",
-                "SOAP連携元のWSDLを読み込めません。",
-                disposition=Disposition.FATAL,
-            ) from exc
+        client, session = _open_client(
+            name=self.name,
+            wsdl=q.wsdl,
+            verify_tls=q.verify_tls,
+            timeout=q.timeout,
+            operation_timeout=q.operation_timeout,
+            error=SourceError,
+            peer_ja="連携元",
+            wsse=wsse,
+            plugins=plugins,
+        )
         self._client, self._session = client, session
         return client
 
