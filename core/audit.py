@@ -73,12 +73,18 @@ def _seal_pending(session: Session) -> None:
         return
     # Write everything else first: once the head is locked, this transaction touches only the
     # head and its own new audit rows, so it can never wait on a lock while holding the head
-    # (no deadlock with a writer that holds some row and waits for the head).
+    # (no deadlock with a writer that holds some row and waits for the head). New events are
+    # held back from that flush so each is inserted once, already chained, not inserted and
+    # then updated.
+    new = [e for e in events if inspect(e).pending]
+    for event in new:
+        session.expunge(event)
     session.flush()
     first, previous = _advance_head(session, len(events))
     for offset, event in enumerate(events):
         event.chain_seq = first + offset
         event.chain_hash = previous = chain_link(previous, event)
+    session.add_all(new)
     with session.no_autoflush:
         session.execute(
             update(AuditChainHead)
