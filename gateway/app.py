@@ -150,17 +150,30 @@ def redact_path(path: str) -> str:
     return _TOKEN_IN_PATH.sub(lambda m: f"/{m.group(1)}/<token>", path)
 
 
-def create_app(gateway: Gateway, *, run_mailer: bool = True) -> FastAPI:
-    """The app for one gateway; with ``run_mailer`` a thread sends the queued mail."""
+def create_app(gateway: Gateway, *, run_mailer: bool = True, run_jobs: bool = False) -> FastAPI:
+    """The app for one gateway; with ``run_mailer`` a thread sends the queued mail, with
+    ``run_jobs`` a background scheduler runs the configured jobs (once per tick cluster-wide)."""
     context = build_context(gateway, run_mailer=run_mailer)
+    scheduler: Any = None
+    if run_jobs:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        from gateway.scheduling import node_scheduler, timezone
+
+        scheduler = node_scheduler(gateway, BackgroundScheduler(timezone=timezone(gateway)))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if context.dispatcher is not None:
             context.dispatcher.start()
+        if scheduler is not None:
+            scheduler.start()
         try:
             yield
         finally:
+            if scheduler is not None:
+                # Let a running job finish: its tick is claimed, another node will not redo it.
+                await run_in_threadpool(scheduler.shutdown, True)
             if context.dispatcher is not None:
                 await run_in_threadpool(context.dispatcher.stop)
 

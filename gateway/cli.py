@@ -636,9 +636,8 @@ def jobs_start(obj: _Context) -> None:
     """Run the scheduler in the foreground until interrupted."""
     from apscheduler.schedulers.blocking import BlockingScheduler
 
-    from gateway import intake, ops
-    from gateway.runtime import access_code_policy, open_gateway
-    from schedules.runner import build_scheduler
+    from gateway.runtime import open_gateway
+    from gateway.scheduling import node_scheduler, timezone
 
     settings = obj.settings()
     try:
@@ -646,18 +645,7 @@ def jobs_start(obj: _Context) -> None:
     except GatewayError as exc:
         _fail(exc)
     try:
-        from zoneinfo import ZoneInfo
-
-        scheduler = build_scheduler(
-            sessions=gateway.sessions,
-            jobs=[
-                *intake.jobs(settings, gateway, access_codes=access_code_policy(settings)),
-                *ops.jobs(settings, gateway),
-            ],
-            timezone=settings.schedules.timezone,
-            misfire_grace_seconds=settings.schedules.misfire_grace_seconds,
-            scheduler=BlockingScheduler(timezone=ZoneInfo(settings.schedules.timezone)),
-        )
+        scheduler = node_scheduler(gateway, BlockingScheduler(timezone=timezone(gateway)))
         for job in scheduler.get_jobs():
             click.echo(f"scheduled: {job.id} ({job.trigger})")
         try:

@@ -80,7 +80,7 @@ def run_server(
         return
     gateway = open_gateway(settings)
     try:
-        app = create_app(gateway)
+        app = create_app(gateway, run_jobs=settings.server.run_jobs)
         uvicorn.Server(_uvicorn_config(app, host, port, **_log_options(settings))).run()
     finally:
         gateway.close()
@@ -106,7 +106,7 @@ def worker_app() -> Any:
     settings = load_settings(Path(os.environ[_CONFIG_ENV]))
     _log_options(settings)
     gateway = open_gateway(settings, migrate_schema=False)  # lives as long as the process
-    return create_app(gateway)
+    return create_app(gateway, run_jobs=settings.server.run_jobs)
 
 
 @contextmanager

@@ -120,6 +120,7 @@ class ServerSettings(_Section):
     session_key: SecretStr | None = None
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    run_jobs: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> ServerSettings:
