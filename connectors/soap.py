@@ -72,6 +72,12 @@ def _is_retriable(exc: BaseException) -> bool:
     return isinstance(exc, SinkError) and exc.retriable
 
 
+def _status_retriable(status: int) -> bool:
+    """Whether an HTTP status from a SOAP peer is an outage worth retrying (no answer, timeout,
+    too early, throttled, or a server error) rather than a refusal."""
+    return status in (0, 408, 425, 429) or status >= 500
+
+
 def _open_client(
     *,
     name: str,
@@ -219,7 +225,7 @@ class SoapSink(Sink):
             ) from exc
         except TransportError as exc:
             status = int(exc.status_code or 0)
-            retriable = status in (0, 408, 425, 429) or status >= 500
+            retriable = _status_retriable(status)
             raise SinkError(
                 "soap.http_error",
                 f"{self.name}: HTTP {status}: {str(exc.message)[:300]}",
@@ -419,7 +425,7 @@ class SoapSource(Source):
                     "SOAP応答に安全でないXML(DTD・エンティティ)が含まれていたため拒否しました。",
                     disposition=Disposition.FATAL,
                 ) from exc
-            retriable = status in (0, 408, 425, 429) or status >= 500
+            retriable = _status_retriable(status)
             raise SourceError(
                 "soap.http_error",
                 f"{self.name}: HTTP {status}: {str(exc.message)[:300]}",

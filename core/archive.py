@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from core.audit import record_event
-from core.envelopes import Runtime, _store_revision, read_document
+from core.envelopes import Runtime, read_document, store_revision
 from core.errors import GatewayError, NotFoundError
 from core.model import Document, Envelope, utcnow
 from core.states import EnvelopeState
@@ -120,7 +120,9 @@ def renew_document_timestamp(
     current = read_document(runtime=runtime, document=document)
     renewed = runtime.signing.renew_archival_timestamp(current)
     expiry = runtime.signing.timestamp_expiry(renewed)
-    revision = _store_revision(runtime, document, current, renewed, "archive")
+    revision = store_revision(
+        runtime=runtime, document=document, previous=current, new=renewed, reason="archive"
+    )
     del current, renewed
     now = utcnow()
     document.revisions.append(revision)

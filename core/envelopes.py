@@ -340,7 +340,11 @@ def create_envelope(
             page_count=info.page_count,
             revisions=[original],
         )
-        document.revisions.append(_store_revision(runtime, document, doc.data, data, "prepared"))
+        document.revisions.append(
+            store_revision(
+                runtime=runtime, document=document, previous=doc.data, new=data, reason="prepared"
+            )
+        )
         envelope.documents.append(document)
     envelope.parties.extend(party_rows)
     envelope.fields.extend(field_rows)
@@ -674,7 +678,18 @@ def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
             signed = runtime.signing.sign_approval(
                 current, signature_field=field_name, reason=reason, values=values
             )
-            new_revisions.append((doc, _store_revision(runtime, doc, current, signed, "signature")))
+            new_revisions.append(
+                (
+                    doc,
+                    store_revision(
+                        runtime=runtime,
+                        document=doc,
+                        previous=current,
+                        new=signed,
+                        reason="signature",
+                    ),
+                )
+            )
             del current, signed  # keep one document's bytes alive at a time
     except GatewayError as exc:
         if exc.retriable:
@@ -921,7 +936,14 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
         for doc in envelope.documents:
             current = read_document(runtime=runtime, document=doc)
             data = runtime.signing.seal(current)
-            sealed.append((doc, _store_revision(runtime, doc, current, data, "seal")))
+            sealed.append(
+                (
+                    doc,
+                    store_revision(
+                        runtime=runtime, document=doc, previous=current, new=data, reason="seal"
+                    ),
+                )
+            )
             expiries[doc.id] = runtime.signing.timestamp_expiry(data)
             del current, data
     except GatewayError as exc:
@@ -1031,8 +1053,8 @@ def read_document(*, runtime: Runtime, document: Document) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _store_revision(
-    runtime: Runtime, document: Document, previous: bytes, new: bytes, reason: str
+def store_revision(
+    *, runtime: Runtime, document: Document, previous: bytes, new: bytes, reason: str
 ) -> DocumentRevision:
     """Store ``new`` as an append to ``previous`` when it is one (an incremental update), else
     whole. The revision is returned unattached; the caller adds it in its transaction."""
