@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import dataclasses
 import datetime as dt
 import re
 import unicodedata
@@ -1264,7 +1265,9 @@ def load_mapping(text: str, *, name: str = "mapping.yaml") -> SourceMapping:
     if "contractor" not in root:
         problems.add(root.line, "'contractor' is missing (name, corporate_number, registry_code)")
     if "contractor.emails" in contractor_targets:
-        contractor_targets["emails"] = contractor_targets.pop("contractor.emails")
+        # The draft reads the addresses as ``emails``: the target's own name must say so too.
+        emails = contractor_targets.pop("contractor.emails")
+        contractor_targets["emails"] = dataclasses.replace(emails, name="emails")
     documents: tuple[DocumentSpec, ...] = ()
     parties: tuple[PartySpec, ...] = ()
     fields: tuple[FieldDraft, ...] = ()

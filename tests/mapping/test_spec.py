@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from connectors.csv import CsvFormat, read_csv
-from core.drafts import EnvelopeDraft, SigningAuthority
+from core.drafts import ContractorDraft, EnvelopeDraft, SigningAuthority
 from mapping import MappingSpecError, choose_signing_authority, load_mapping
-from tests.fixtures.intake import AUTHORITIES
+from tests.fixtures.intake import AUTHORITIES, registry_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -178,3 +178,23 @@ def test_signing_authority_register() -> None:
 def test_sample_mappings_shipped_with_init_load() -> None:
     for path in sorted((ROOT / "gateway" / "mappings").glob("*.yaml")):
         load_mapping(path.read_text(encoding="utf-8"), name=path.name)
+
+
+def test_a_registry_row_gives_every_address_in_its_cell() -> None:
+    outcome = registry_mapping().apply(
+        {
+            "業者番号": "０００１２３",
+            "商号又は名称": "株式会社髙橋建設",
+            "法人番号": None,
+            "メールアドレス": "keiyaku@takahashi.example.co.jp; ｓｈｉｎｓａ@takahashi.example.co.jp",
+        },
+        source="meibo",
+        line=2,
+    )
+    assert not outcome.errors
+    assert isinstance(outcome.draft, ContractorDraft)
+    assert outcome.draft.contractor.registry_code == "000123"
+    assert outcome.draft.emails == (
+        "keiyaku@takahashi.example.co.jp",
+        "shinsa@takahashi.example.co.jp",
+    )
