@@ -422,14 +422,16 @@ def render_certificate(data: CertificateData) -> bytes:
     Raises :class:`~core.errors.ConfigError` when an explicit ``font_path`` cannot be embedded.
     """
     font = _register_font(data)
-    # Two passes: the first only counts pages for the "n / N" footer. The footer lies outside the
+    # The footer says "n / N": lay out once guessing N = 1 (most certificates fit one page) and
+    # again, with the count now known, only when the guess was wrong. The footer lies outside the
     # frame, so the second pass breaks pages exactly where the first did.
     split_rows = False
     try:
-        _, pages = _build(data, font, None, split_rows=split_rows)
+        pdf, pages = _build(data, font, 1, split_rows=split_rows)
     except LayoutError:
         # Some row (a huge joint-venture name, dozens of documents) is taller than a page.
         split_rows = True
-        _, pages = _build(data, font, None, split_rows=split_rows)
-    pdf, _ = _build(data, font, pages, split_rows=split_rows)
+        pdf, pages = _build(data, font, 1, split_rows=split_rows)
+    if pages != 1:
+        pdf, _ = _build(data, font, pages, split_rows=split_rows)
     return pdf

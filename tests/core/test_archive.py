@@ -24,16 +24,15 @@ from core.envelopes import (
     DocumentInput,
     PartyInput,
     Runtime,
-    approve,
     create_envelope,
     read_document,
-    record_view,
     send_envelope,
 )
 from core.model import Document, Envelope
 from core.signing import SigningEngine, verify_pdf
 from core.states import EnvelopeState, PartyRole
 from schedules import retimestamp
+from tests.fixtures.envelopes import complete_parties
 from tests.fixtures.ltv_pki import LtvPki, create_ltv_pki
 from tests.fixtures.pdfs import make_pdf
 
@@ -77,17 +76,7 @@ def _complete_envelope(session: Session, runtime: Runtime) -> Envelope:
     session.commit()
     send_envelope(session=session, runtime=runtime, envelope_id=envelope.id, actor="開発市")
     session.commit()
-    for party in list(envelope.parties):
-        record_view(session=session, envelope_id=envelope.id, party_id=party.id, ip="192.0.2.1")
-        approve(
-            session=session,
-            runtime=runtime,
-            envelope_id=envelope.id,
-            party_id=party.id,
-            values={},
-            auth_method="staff_login",
-            ip="192.0.2.1",
-        )
+    complete_parties(session, runtime, envelope.id)
     session.refresh(envelope)
     assert envelope.state is EnvelopeState.COMPLETED
     return envelope
@@ -181,3 +170,41 @@ def test_documents_sealed_before_the_column_are_backfilled(
         assert report.backfilled == 1 and report.renewed == []
         expiry = session.scalars(select(Document.timestamp_expires_at)).one()
         assert expiry == ltv_pki.short_expires_at
+
+
+def test_the_expiry_read_by_offsets_matches_the_full_parse(
+    sessions: sessionmaker[Session],
+    ltv_pki: LtvPki,
+    short_engine: SigningEngine,
+    long_engine: SigningEngine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fast path (the newest /ByteRange hole, no PDF parse) gives what pyHanko's reader
+    gives, for a sealed document and for one with an archive timestamp; a document whose newest
+    signature is an approval falls back to the reader and finds no document timestamp."""
+    from core.signing import _engine
+
+    blobs = BlobStore(tmp_path / "blobs", secrets.token_bytes(32))
+    runtime = Runtime(blobs=blobs, signing=short_engine, buyer_name="開発市")
+    with sessions() as session:
+        envelope = _complete_envelope(session, runtime)
+        sealed = read_document(runtime=runtime, document=envelope.documents[0])
+        # the document as the approvals left it, before the seal: the revisions up to then
+        approved_only = b""
+        for revision in envelope.documents[0].revisions:
+            if revision.reason not in ("original", "prepared", "signature"):
+                break
+            approved_only += blobs.get(revision.blob_id)
+    renewed = long_engine.renew_archival_timestamp(sealed)
+    roots = [ltv_pki.root]
+
+    fast = [_engine.newest_timestamp_expiry(d, trust_roots=roots) for d in (sealed, renewed)]
+    assert fast == [ltv_pki.short_expires_at, ltv_pki.long_expires_at]
+    assert _engine._newest_token_by_offsets(sealed) is not None
+    monkeypatch.setattr(_engine, "_newest_token_by_offsets", lambda data: None)
+    slow = [_engine.newest_timestamp_expiry(d, trust_roots=roots) for d in (sealed, renewed)]
+    assert slow == fast
+    monkeypatch.undo()
+    assert approved_only.count(b"/ByteRange") == 2  # both approvals, no document timestamp
+    assert _engine.newest_timestamp_expiry(approved_only, trust_roots=roots) is None
