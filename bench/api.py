@@ -45,50 +45,17 @@ from gateway.app import build_context
 from gateway.runtime import open_gateway
 from gateway.server import free_port, open_database
 from gateway.settings import load_settings
+from tests.fixtures.gateway import SECRETS, write_config
 from tests.fixtures.pdfs import make_pdf
+from tests.fixtures.pki_plugin import DEV_PASSPHRASE
 
 ROOT = Path(__file__).resolve().parents[1]
-PASSPHRASE = "bench-passphrase"
-SECRETS = {
-    "KEIYAKU_MASTER_KEY": "ab" * 32,
-    "KEIYAKU_SIGNING_PASSPHRASE": PASSPHRASE,
-    "KEIYAKU_SESSION_KEY": "cd" * 32,
-}
 
 
 def _config(home: Path, database_url: str, port: int) -> Path:
-    pki = create_dev_pki(home / "pki", passphrase=PASSPHRASE.encode())
-    config = home / "config.yaml"
-    config.write_text(
-        f"""
-environment: development
-buyer:
-  name: "開発市"
-database:
-  url: "{database_url}"
-blobs:
-  path: blobs
-  master_key: ${{KEIYAKU_MASTER_KEY}}
-signing:
-  key:
-    kind: pkcs12
-    path: {pki.signer_p12}
-    passphrase: ${{KEIYAKU_SIGNING_PASSPHRASE}}
-  trust_roots: [{pki.root_cert}]
-  revocation: [{pki.root_crl}]
-  tsa:
-    development:
-      cert: {pki.tsa_cert}
-      key: {pki.tsa_key}
-      key_passphrase: ${{KEIYAKU_SIGNING_PASSPHRASE}}
-      chain: [{pki.root_cert}]
-server:
-  public_url: "http://127.0.0.1:{port}"
-  session_key: ${{KEIYAKU_SESSION_KEY}}
-""",
-        encoding="utf-8",
-    )
-    return config
+    """The tests' development config (tests.fixtures.gateway), served on ``port``."""
+    pki = create_dev_pki(home / "pki", passphrase=DEV_PASSPHRASE)
+    return write_config(home, pki, database_url=database_url, public_url=f"http://127.0.0.1:{port}")
 
 
 def _envelope(pdf_b64: str | None) -> dict[str, Any]:

@@ -49,6 +49,31 @@ def require_role(staff: Staff, role: StaffRole) -> None:
         )
 
 
+def chooses_department(staff: Staff) -> bool:
+    """True when ``staff`` may file a new envelope under any department: admins and staff who
+    see everything. Anyone else files under their own, or they would file envelopes where the
+    colleagues of their scope cannot see them."""
+    return has_role(staff, StaffRole.ADMIN) or (
+        staff.scope is VisibilityScope.ALL and not staff.disabled
+    )
+
+
+def department_for_new_envelope(staff: Staff, requested: str | None) -> str | None:
+    """The department an envelope created by ``staff`` is filed under: their own unless they
+    ask for another and :func:`chooses_department` allows it (else ``staff.department_scope``)."""
+    wanted = (requested or "").strip() or None
+    if wanted is None or wanted == staff.department:
+        return staff.department
+    if chooses_department(staff):
+        return wanted
+    raise StaffError(
+        "staff.department_scope",
+        f"{staff.email} may only create envelopes for their own department",
+        "所属以外の部署の契約は作成できません。",
+        details={"department": wanted},
+    )
+
+
 _INLINE_PARTY_IDS = 500
 
 

@@ -21,6 +21,7 @@ from core.model import ApiClient, ApiEnvelope, Envelope, utcnow
 from core.states import EnvelopeState
 
 __all__ = [
+    "DEFAULT_SCOPES",
     "SCOPES",
     "authenticate",
     "create_api_client",
@@ -33,12 +34,15 @@ __all__ = [
     "revoke_api_client",
 ]
 
-SCOPES = ("awards:write", "envelopes:read", "envelopes:write")
+SCOPES = ("awards:write", "envelopes:read", "envelopes:write", "staff:write")
+# What a client gets when none is named: staff:write (the staff import, which can disable every
+# account) only ever on request.
+DEFAULT_SCOPES = ("awards:write", "envelopes:read", "envelopes:write")
 _TOKEN_PREFIX = "kgw_"  # noqa: S105 - a prefix, not a secret
 
 
 def create_api_client(
-    *, session: Session, name: str, scopes: Sequence[str] = SCOPES
+    *, session: Session, name: str, scopes: Sequence[str] = DEFAULT_SCOPES
 ) -> tuple[ApiClient, str]:
     """Register a system; returns the row and its token (shown once, never stored)."""
     name = name.strip()

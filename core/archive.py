@@ -65,9 +65,10 @@ def backfill_timestamp_expiry(*, session: Session, runtime: Runtime, limit: int 
         .join(Envelope, Envelope.id == Document.envelope_id)
         .where(
             Envelope.state == EnvelopeState.COMPLETED.value,
+            Envelope.documents_purged_at.is_(None),
             Document.timestamp_expires_at.is_(None),
         )
-        .options(selectinload(Document.revisions))
+        .options(selectinload(Document.revisions), selectinload(Document.envelope))
         .order_by(Document.id)
         .limit(limit)
     ).all()
@@ -86,13 +87,14 @@ def list_documents_due(
     *, session: Session, margin: dt.timedelta, now: dt.datetime | None = None, limit: int = 100
 ) -> Sequence[Document]:
     """Completed documents whose newest timestamp expires within ``margin`` of ``now``,
-    soonest first."""
+    soonest first (never those whose retention purge deleted them)."""
     horizon = (now or utcnow()) + margin
     return session.scalars(
         select(Document)
         .join(Envelope, Envelope.id == Document.envelope_id)
         .where(
             Envelope.state == EnvelopeState.COMPLETED.value,
+            Envelope.documents_purged_at.is_(None),  # deleted at the end of their retention
             Document.timestamp_expires_at.is_not(None),
             Document.timestamp_expires_at <= horizon,
         )

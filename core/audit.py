@@ -247,3 +247,46 @@ def list_events(*, session: Session, envelope_id: str) -> Sequence[AuditEvent]:
         .where(AuditEvent.envelope_id == envelope_id)
         .order_by(AuditEvent.at, AuditEvent.id)
     ).all()
+
+
+SETTINGS_ACTION = "settings.changed"
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): value}
+
+
+def record_settings(
+    *, session: Session, settings: dict[str, Any], actor: str
+) -> list[dict[str, Any]] | None:
+    """Record the configuration a process runs with when it differs from the last one recorded
+    (an audit event ``settings.changed`` holding the whole configuration and each changed key
+    with its old and new value); None when nothing changed. ``settings`` must hold no secret
+    values (pass them masked). The caller commits."""
+    last = session.scalars(
+        select(AuditEvent)
+        .where(AuditEvent.action == SETTINGS_ACTION)
+        .order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
+        .limit(1)
+    ).first()
+    before = _flatten(last.detail.get("settings", {})) if last is not None else {}
+    after = _flatten(settings)
+    changed = [
+        {"key": key, "old": before.get(key), "new": after.get(key)}
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key)
+    ]
+    if not changed:
+        return None
+    record_event(
+        session=session,
+        action=SETTINGS_ACTION,
+        actor=actor,
+        detail={"settings": settings, "changed": changed, "first": last is None},
+    )
+    return changed

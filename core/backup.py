@@ -31,6 +31,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from core.blobs import fsync_folder
 from core.errors import BackupError
 
 __all__ = [
@@ -62,14 +63,6 @@ class RestoreResult:
 
     database_file: Path
     blobs_restored: int
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sqlite_path(database_url: str) -> Path | None:
@@ -135,7 +128,11 @@ def copy_blobs(source: Path, target: Path) -> tuple[int, int]:
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.copyfile(path, tmp)
+        try:
+            shutil.copyfile(path, tmp)
+        except FileNotFoundError:  # deleted meanwhile by the retention purge
+            total -= 1
+            continue
         with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
@@ -223,7 +220,7 @@ def backup(
         "blobs_total": total,
     }
     final.with_suffix(".json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    _fsync_dir(folder)
+    fsync_folder(folder)
     pruned: list[Path] = []
     for old in list_backups(directory)[:-generations]:
         old.unlink()

@@ -35,6 +35,15 @@ def _fingerprint(master_key: bytes) -> bytes:
     return hashlib.sha256(b"keiyaku-blob-master\x00" + master_key).digest()[:_FINGERPRINT_LEN]
 
 
+def fsync_folder(folder: Path) -> None:
+    """Make a folder's entries (a rename, an unlink) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class BlobStore:
     """Encrypted blobs in one folder (shared by every node in a multi-node setup)."""
 
@@ -74,11 +83,7 @@ class BlobStore:
         os.replace(tmp, path)
         # The rename is durable only once the folder entry is: the database will reference
         # this id right after, so a crash must not be able to lose the name.
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_folder(path.parent)
         return blob_id
 
     def get(self, blob_id: str) -> bytes:
@@ -124,6 +129,19 @@ class BlobStore:
     def exists(self, blob_id: str) -> bool:
         """True when a blob with this id is stored."""
         return self._path(blob_id).exists()
+
+    def delete(self, blob_id: str) -> bool:
+        """Remove one blob for good, durably; False when it was already gone (so deleting
+        twice, e.g. a retention run repeated after a crash, is harmless)."""
+        path = self._path(blob_id)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        # Like put: the removal is only durable once the folder entry is, or a crash could
+        # bring back a document whose deletion the database already records.
+        fsync_folder(path.parent)
+        return True
 
     @staticmethod
     def _tampered(blob_id: str) -> BlobError:

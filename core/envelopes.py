@@ -34,10 +34,10 @@ from sqlalchemy.orm.attributes import set_committed_value
 from core.amendments import amended_by, describe, original_of
 from core.audit import list_events, record_event
 from core.blobs import BlobStore
-from core.certificate import CertificateData, CertificateOperation, render_certificate
-from core.errors import DocumentError, GatewayError, NotFoundError, StateError
+from core.certificate import JST, CertificateData, CertificateOperation, render_certificate
+from core.errors import Disposition, DocumentError, GatewayError, NotFoundError, StateError
 from core.model import Document, DocumentRevision, Envelope, Field, Party, utcnow
-from core.signing import FieldBox, SigningEngine, approval_reason
+from core.signing import FieldBox, PdfInfo, SigningEngine, approval_reason
 from core.states import (
     ACTIONABLE_PARTY_STATES,
     EnvelopeState,
@@ -191,6 +191,19 @@ def _check_parties(parties: Sequence[PartyInput], limits: Limits) -> None:
                 f"{index + 1}番目の署名者の氏名とメールアドレスを入力してください。",
                 details={"party": index + 1},
             )
+
+
+def check_documents(*, runtime: Runtime, documents: Sequence[DocumentInput]) -> list[PdfInfo]:
+    """Refuse documents over the size limits or that the signing engine cannot take (what
+    :func:`create_envelope` checks first), before anything is stored; returns their page counts."""
+    _check_limits(documents, runtime.limits)
+    return [runtime.signing.inspect(doc.data) for doc in documents]
+
+
+def check_parties(*, runtime: Runtime, parties: Sequence[PartyInput]) -> None:
+    """Refuse a routing order :func:`create_envelope` would refuse (no approver or signer, too
+    many parties, a party without name or e-mail address)."""
+    _check_parties(parties, runtime.limits)
 
 
 def _field_error(index: int, message_en: str, message_ja: str) -> StateError:
@@ -383,6 +396,18 @@ def get_envelope(*, session: Session, envelope_id: str) -> Envelope:
             "not_found.envelope", f"no envelope {envelope_id}", "指定された封筒が見つかりません。"
         )
     return envelope
+
+
+def document_at(envelope: Envelope, position: int) -> Document:
+    """The envelope's document at ``position`` (1-based, as URLs number them)."""
+    for document in envelope.documents:
+        if document.position == position:
+            return document
+    raise NotFoundError(
+        "not_found.document",
+        f"no document {position} in {envelope.id}",
+        "文書が見つかりません。",
+    )
 
 
 def get_party(*, session: Session, envelope_id: str, party_id: str) -> Party:
@@ -987,7 +1012,11 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
     certificate = render_certificate(_certificate_data(session, envelope, now, runtime.buyer_name))
     envelope.certificate_blob_id = runtime.blobs.put(certificate)
     original = original_of(session=session, envelope_id=envelope.id)
-    if original is not None and original.state is EnvelopeState.COMPLETED:
+    if (
+        original is not None
+        and original.state is EnvelopeState.COMPLETED
+        and original.documents_purged_at is None  # nothing of a purged original is kept
+    ):
         # The original's certificate is issued again so that it names this amendment too.
         reissued = render_certificate(_certificate_data(session, original, now, runtime.buyer_name))
         original.certificate_blob_id = runtime.blobs.put(reissued)
@@ -1045,8 +1074,26 @@ def current_documents(*, runtime: Runtime, envelope: Envelope) -> list[tuple[str
     return [(doc.name, read_document(runtime=runtime, document=doc)) for doc in envelope.documents]
 
 
+def check_documents_kept(envelope: Envelope) -> None:
+    """Raise ``document.purged`` once the retention purge (:mod:`core.retention`) removed the
+    envelope's documents: every reader answers that instead of a missing blob."""
+    purged_at = envelope.documents_purged_at
+    if purged_at is None:
+        return
+    when = purged_at.astimezone(JST).strftime("%Y年%m月%d日 %H:%M")
+    raise DocumentError(
+        "document.purged",
+        f"the documents of envelope {envelope.id} were deleted at the end of their retention "
+        f"period ({purged_at.isoformat()})",
+        f"保存期間の満了により文書は削除されました（{when} JST）",
+        disposition=Disposition.FATAL,
+        details={"documents_purged_at": purged_at.astimezone(JST).isoformat()},
+    )
+
+
 def read_document(*, runtime: Runtime, document: Document) -> bytes:
     """The newest revision of a document: its last full revision plus every append after it."""
+    check_documents_kept(document.envelope)
     revisions = document.revisions
     start = max(i for i, rev in enumerate(revisions) if rev.kind == "full")
     parts = [runtime.blobs.get(rev.blob_id) for rev in revisions[start:]]
@@ -1074,4 +1121,5 @@ def completion_certificate(*, runtime: Runtime, envelope: Envelope) -> bytes:
             "the envelope is not completed yet",
             "締結が完了していないため、締結証明書はまだ発行できません。",
         )
+    check_documents_kept(envelope)
     return runtime.blobs.get(envelope.certificate_blob_id)

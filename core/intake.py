@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -980,12 +980,32 @@ def record_line_errors(
         )
 
 
-def list_runs(*, session: Session, source: str | None = None, limit: int = 20) -> Sequence[SyncRun]:
+def list_runs(
+    *, session: Session, source: str | None = None, limit: int = 20, offset: int = 0
+) -> Sequence[SyncRun]:
     """Sync runs, newest first."""
-    query = select(SyncRun).order_by(SyncRun.id.desc()).limit(limit)
+    query = select(SyncRun).order_by(SyncRun.id.desc()).limit(limit).offset(offset)
     if source is not None:
         query = query.where(SyncRun.source == source)
     return session.scalars(query).all()
+
+
+def count_runs(*, session: Session, source: str | None = None) -> int:
+    """How many sync runs there are (of one source)."""
+    query = select(func.count()).select_from(SyncRun)
+    if source is not None:
+        query = query.where(SyncRun.source == source)
+    return int(session.scalar(query) or 0)
+
+
+def get_run(*, session: Session, run_id: int) -> SyncRun:
+    """One sync run, or ``not_found.sync_run``."""
+    run = session.get(SyncRun, run_id)
+    if run is None:
+        raise NotFoundError(
+            "not_found.sync_run", f"no sync run {run_id}", "取込の記録が見つかりません。"
+        )
+    return run
 
 
 def list_dead_letters(

@@ -132,6 +132,9 @@ class Envelope(Base):
     certificate_blob_id: Mapped[str | None] = mapped_column(String(64))
     # The last retriable failure while signing or sealing (e.g. TSA outage), for staff to see.
     last_error: Mapped[str | None] = mapped_column(Text())
+    # When the documents' bytes were removed after the configured retention (the envelope's
+    # facts and audit trail stay).
+    documents_purged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
     contractor: Mapped[Contractor | None] = relationship()
     documents: Mapped[list[Document]] = relationship(
@@ -481,7 +484,7 @@ class SyncRun(Base):
 
     id: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=True)
     source: Mapped[str] = mapped_column(String(64), index=True)
-    trigger: Mapped[str] = mapped_column(String(16))  # cli | schedule | api
+    trigger: Mapped[str] = mapped_column(String(16))  # cli | schedule | api | demo
     status: Mapped[str] = mapped_column(String(16))  # running | succeeded | failed
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
@@ -673,6 +676,42 @@ class Staff(Base):
     totp_secret: Mapped[str | None] = mapped_column(String(64))
     failed_logins: Mapped[int] = mapped_column(Integer(), default=0)
     locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # The newest TOTP time step accepted: a code is good once (RFC 6238 section 5.2).
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger())
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+
+class StaffSession(Base):
+    """One login of a staff member. The cookie carries the random id (signed); the row is what
+    makes it valid, so logout, disabling or a password change ends it on the server."""
+
+    __tablename__ = "staff_sessions"
+
+    # SHA-256 of the random session token (the token itself is only in the cookie).
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    staff_id: Mapped[str] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    ip: Mapped[str | None] = mapped_column(String(64))
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class AddressBookEntry(Base):
+    """One contact the staff pick parties from when they create an envelope by hand
+    (会社名, 氏名, メールアドレス); shared by the buyer's staff."""
+
+    __tablename__ = "address_book"
+    __table_args__ = (UniqueConstraint("email", "company", name="uq_address_book_email_company"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    company: Mapped[str] = mapped_column(String(200), default="")
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(320), index=True)
+    department: Mapped[str | None] = mapped_column(String(200))  # 部署・役職 (optional)
+    note: Mapped[str | None] = mapped_column(Text())
+    created_by: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
@@ -697,3 +736,31 @@ Index("ix_envelopes_department", Envelope.department, Envelope.transaction_date)
 Index("ix_envelopes_creator_email", Envelope.creator_email)
 Index("ix_envelopes_completed_at", Envelope.completed_at)
 Index("ix_parties_email", Party.email)  # the "as a party" part of every scope
+
+# Substring search (keyword, counterparty) on PostgreSQL: trigram GIN indexes (pg_trgm) serve
+# LIKE '%...%', Japanese included (the database's LC_CTYPE must classify it, as C.UTF-8 does).
+for _name, _column in (
+    ("ix_documents_name_trgm", Document.name),
+    ("ix_envelopes_title_trgm", Envelope.title),
+    ("ix_envelopes_counterparty_trgm", Envelope.counterparty),
+):
+    Index(
+        _name,
+        _column,
+        postgresql_using="gin",
+        postgresql_ops={_column.key: "gin_trgm_ops"},
+        info={"dialect": "postgresql"},
+    ).ddl_if(dialect="postgresql")
+
+
+def schema_filter(dialect: str) -> Any:
+    """Alembic's ``include_object`` for a database of ``dialect``: leave out the model objects
+    made for another dialect (the trigram indexes exist on PostgreSQL only; Alembic does not
+    read ``ddl_if`` itself)."""
+
+    def include(obj: Any, name: Any, type_: str, reflected: bool, compare_to: Any) -> bool:
+        del name, type_, compare_to
+        only_on = getattr(obj, "info", {}).get("dialect")
+        return reflected or only_on in (None, dialect)
+
+    return include

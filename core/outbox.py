@@ -23,9 +23,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.audit import record_event
 from core.errors import GatewayError, NotFoundError, StateError
 from core.model import Delivery, DeliveryState, utcnow
 
@@ -191,8 +192,10 @@ def mark_failed(
     return state
 
 
-def retry_dead(*, session: Session, delivery_id: int) -> Delivery:
-    """Send a dead delivery round again (attempts start over)."""
+def retry_dead(
+    *, session: Session, delivery_id: int, actor: str, ip: str | None = None
+) -> Delivery:
+    """Send a dead delivery round again (attempts start over); an audit event, and commits."""
     delivery = get_delivery(session=session, delivery_id=delivery_id)
     if delivery.state is not DeliveryState.DEAD:
         raise StateError(
@@ -203,6 +206,14 @@ def retry_dead(*, session: Session, delivery_id: int) -> Delivery:
     delivery.state = DeliveryState.PENDING
     delivery.attempts = 0
     delivery.next_attempt_at = utcnow()
+    record_event(
+        session=session,
+        action="outbox.retry",
+        actor=actor,
+        envelope_id=delivery.envelope_id,
+        ip=ip,
+        detail={"delivery": delivery.id, "target": delivery.target},
+    )
     session.commit()
     return delivery
 
@@ -224,9 +235,10 @@ def list_deliveries(
     limit: int = 100,
     target: str | None = None,
     envelope_id: str | None = None,
+    offset: int = 0,
 ) -> Sequence[Delivery]:
     """Deliveries, newest first, optionally in one state, to one target, of one envelope."""
-    query = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
+    query = select(Delivery).order_by(Delivery.id.desc()).limit(limit).offset(offset)
     if state is not None:
         query = query.where(Delivery.state == state.value)
     if target is not None:
@@ -234,6 +246,22 @@ def list_deliveries(
     if envelope_id is not None:
         query = query.where(Delivery.envelope_id == envelope_id)
     return session.scalars(query).all()
+
+
+def count_deliveries(*, session: Session, target: str | None = None) -> dict[DeliveryState, int]:
+    """How many deliveries are in each state (every state present, zero included)."""
+    query = select(Delivery.state, func.count()).group_by(Delivery.state)
+    if target is not None:
+        query = query.where(Delivery.target == target)
+    counts = dict.fromkeys(DeliveryState, 0)
+    for state, count in session.execute(query):
+        counts[DeliveryState(state)] = int(count)
+    return counts
+
+
+def list_targets(*, session: Session) -> list[str]:
+    """The targets that have deliveries, by name."""
+    return list(session.scalars(select(Delivery.target).distinct().order_by(Delivery.target)))
 
 
 Handler = Callable[[Delivery], None]

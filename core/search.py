@@ -2,8 +2,9 @@
 ranges and combined conditions, plus file name, status and department; always inside the
 caller's visibility scope (:mod:`core.access`), paginated.
 
-Every filter has an index (migration 0007); the file-name keyword is a substring match over the
-documents of the envelope and so the one shape that scans (documents, not envelopes).
+Every filter has an index (migration 0007); the substring matches (file-name keyword, title,
+counterparty) use trigram indexes on PostgreSQL (migration 0010, pg_trgm), which serve patterns of
+three characters or more; a two-character word (道路) still scans.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, Select, func, or_, select
+from sqlalchemy import ColumnElement, Select, func, select, union
 from sqlalchemy.orm import Session
 
 from core.access import scope_clause, scope_for
@@ -81,11 +82,13 @@ def conditions(query: EnvelopeQuery) -> list[ColumnElement[bool]]:
         )
     if query.keyword and query.keyword.strip():
         pattern = _like(query.keyword.strip())
-        # Uncorrelated IN: one pass over documents (a hashed subplan), not a probe per envelope.
-        in_file = Envelope.id.in_(
-            select(Document.envelope_id).where(Document.name.like(pattern, escape="\\"))
+        # One set of ids from both places, each found through its own trigram index on
+        # PostgreSQL; "file name LIKE OR title LIKE" would scan every envelope to test the title.
+        matching = union(
+            select(Document.envelope_id).where(Document.name.like(pattern, escape="\\")),
+            select(Envelope.id).where(Envelope.title.like(pattern, escape="\\")),
         )
-        where.append(or_(in_file, Envelope.title.like(pattern, escape="\\")))
+        where.append(Envelope.id.in_(matching))
     if query.date_from:
         where.append(Envelope.transaction_date >= query.date_from)
     if query.date_to:

@@ -1,15 +1,19 @@
 """Staff: records, passwords (argon2id), login with lockout and optional TOTP, and CSV import.
 
 Failed logins are counted in the database (``staff.failed_logins``) so the limit holds across
-processes and nodes. The import is planned first (:func:`plan_import`, which writes nothing) and
-applied after (:func:`apply_import`): a plan with line errors is applied only when the caller asks
-to skip bad lines, so a file is never half applied by accident.
+processes and nodes. A TOTP code is good once: the accepted time step is stored
+(``staff.totp_last_step``) and a code of that step or an older one is refused (RFC 6238 5.2).
+
+The import is planned first (:func:`plan_import`, which writes nothing) and applied after
+(:func:`apply_import`): a plan with line errors is applied only when the caller asks to skip bad
+lines, so a file is never half applied by accident.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import hmac
 import io
 import re
 from collections.abc import Sequence
@@ -19,12 +23,14 @@ from typing import Any
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from core.audit import record_event
 from core.errors import AuthError, StaffError
 from core.model import Staff, StaffRole, VisibilityScope, utcnow
+from core.staff_sessions import end_staff_sessions
 
 # argon2-cffi's defaults are argon2id with the RFC 9106 "low memory" parameters.
 _HASHER = PasswordHasher()
@@ -75,20 +81,28 @@ def hash_password(password: str) -> str:
     return _HASHER.hash(password)
 
 
-def set_password(*, session: Session, staff: Staff, password: str, policy: PasswordPolicy) -> None:
-    """Check ``password`` against the policy and store its hash; clears any lockout."""
+def set_password(
+    *, session: Session, staff: Staff, password: str, policy: PasswordPolicy, actor: str
+) -> None:
+    """Check ``password`` against the policy and store its hash; clears any lockout and ends
+    every session of the staff member. ``actor`` is who set it (an admin, the CLI's user)."""
     check_password(password, policy=policy, email=staff.email)
     staff.password_hash = hash_password(password)
     staff.failed_logins = 0
     staff.locked_until = None
-    record_event(session=session, action="staff.password_set", actor=staff.email)
+    record_event(
+        session=session, action="staff.password_set", actor=actor, detail={"email": staff.email}
+    )
+    end_staff_sessions(session=session, staff=staff, actor=actor)
 
 
-def enable_totp(*, session: Session, staff: Staff, issuer: str) -> str:
+def enable_totp(*, session: Session, staff: Staff, issuer: str, actor: str) -> str:
     """Give the staff member a new TOTP secret; returns the otpauth:// URI for their app."""
     secret = pyotp.random_base32()
     staff.totp_secret = secret
-    record_event(session=session, action="staff.totp_enabled", actor=staff.email)
+    record_event(
+        session=session, action="staff.totp_enabled", actor=actor, detail={"email": staff.email}
+    )
     return pyotp.TOTP(secret).provisioning_uri(name=staff.email, issuer_name=issuer)
 
 
@@ -117,6 +131,42 @@ def _failed() -> AuthError:
         "wrong e-mail address, password or one-time code",
         "メールアドレス、パスワードまたは確認コードが正しくありません。",
     )
+
+
+def _code_reused() -> AuthError:
+    return AuthError(
+        "auth.totp_reused",
+        "this one-time code was used already; wait for the next one",
+        "この確認コードは使用済みです。認証アプリに次のコードが表示されてから入力してください。",
+    )
+
+
+def _totp_step(secret: str, code: str, now: dt.datetime) -> int | None:
+    """The time step ``code`` belongs to, within one step of ``now`` (clock drift), or None."""
+    totp = pyotp.TOTP(secret)
+    current = totp.timecode(now)
+    for step in (current + 1, current, current - 1):
+        if hmac.compare_digest(code.encode(), totp.generate_otp(step).encode()):
+            return step
+    return None
+
+
+def _claim_totp_step(session: Session, staff: Staff, step: int) -> bool:
+    # One conditional UPDATE: of two logins with the same code, only one can move the step on
+    # (the other waits for the row and then finds it already there).
+    result = session.execute(
+        update(Staff)
+        .where(
+            Staff.id == staff.id,
+            or_(Staff.totp_last_step.is_(None), Staff.totp_last_step < step),
+        )
+        .values(totp_last_step=step)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    set_committed_value(staff, "totp_last_step", step)
+    return True
 
 
 def _locked(until: dt.datetime) -> AuthError:
@@ -158,10 +208,12 @@ def authenticate(
         good: bool = _HASHER.verify(staff.password_hash, password)
     except (VerifyMismatchError, InvalidHashError, VerificationError):
         good = False
+    error, action = _failed(), "login.failed"
     if good and staff.totp_secret:
-        good = bool(totp_code) and pyotp.TOTP(staff.totp_secret).verify(
-            (totp_code or "").strip(), for_time=now, valid_window=1
-        )
+        step = _totp_step(staff.totp_secret, (totp_code or "").strip(), now)
+        good = step is not None and _claim_totp_step(session, staff, step)
+        if step is not None and not good:
+            error, action = _code_reused(), "login.totp_reused"
     if not good:
         # Counted with one UPDATE so concurrent attempts from several processes all count.
         failures = session.execute(
@@ -183,8 +235,8 @@ def authenticate(
                 detail={"failures": failures},
             )
             return LoginOutcome(error=_locked(staff.locked_until))
-        record_event(session=session, action="login.failed", actor=email, ip=ip)
-        return LoginOutcome(error=_failed())
+        record_event(session=session, action=action, actor=email, ip=ip)
+        return LoginOutcome(error=error)
     if _HASHER.check_needs_rehash(staff.password_hash):
         staff.password_hash = hash_password(password)
     staff.failed_logins = 0
@@ -233,7 +285,8 @@ def parse_scope(text: str) -> VisibilityScope:
         ) from exc
 
 
-def _check_email(email: str) -> str:
+def check_email(email: str) -> str:
+    """The address lower-cased and stripped, or ``staff.bad_email``."""
     email = email.strip().lower()
     if not _EMAIL.match(email) or len(email) > 320:
         raise StaffError(
@@ -244,7 +297,8 @@ def _check_email(email: str) -> str:
     return email
 
 
-def _check_name(name: str) -> str:
+def check_name(name: str) -> str:
+    """The name stripped (1 to 200 characters), or ``staff.bad_name``."""
     name = name.strip()
     if not name or len(name) > 200:
         raise StaffError(
@@ -266,7 +320,7 @@ def add_staff(
     actor: str,
 ) -> Staff:
     """Add one staff member (no password yet: set one with :func:`set_password`)."""
-    email = _check_email(email)
+    email = check_email(email)
     if session.scalars(select(Staff.id).where(Staff.email == email)).first() is not None:
         raise StaffError(
             "staff.exists",
@@ -274,7 +328,7 @@ def add_staff(
             "このメールアドレスの職員は登録済みです。",
         )
     staff = Staff(
-        name=_check_name(name),
+        name=check_name(name),
         email=email,
         department=(department or "").strip() or None,
         roles=parse_roles(roles),
@@ -288,7 +342,8 @@ def add_staff(
 
 
 def update_staff(*, session: Session, staff: Staff, actor: str, **changes: Any) -> dict[str, Any]:
-    """Change some of name, department, roles, scope, disabled; returns what changed."""
+    """Change some of name, department, roles, scope, disabled; returns what changed.
+    Disabling a staff member ends their sessions."""
     wanted = _normalise(changes)
     changed = {k: v for k, v in wanted.items() if getattr(staff, k) != v}
     for key, value in changed.items():
@@ -300,6 +355,8 @@ def update_staff(*, session: Session, staff: Staff, actor: str, **changes: Any) 
             actor=actor,
             detail={"email": staff.email, "changed": sorted(changed)},
         )
+    if changed.get("disabled"):
+        end_staff_sessions(session=session, staff=staff, actor=actor)
     return changed
 
 
@@ -326,7 +383,7 @@ def _normalise(changes: dict[str, Any]) -> dict[str, Any]:
         if value is None:
             continue
         if key == "name":
-            out[key] = _check_name(value)
+            out[key] = check_name(value)
         elif key == "department":
             out[key] = value.strip() or None
         elif key == "roles":
@@ -362,6 +419,7 @@ _HEADERS = {
     "無効": "disabled",
 }
 _REQUIRED = ("name", "email", "roles", "scope")
+MAX_IMPORT_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -409,6 +467,49 @@ def decode_import(data: bytes) -> str:
         ) from exc
 
 
+def read_import_rows(data: bytes) -> list[list[str]]:
+    """The rows of a CSV import file (at most 1 MB, UTF-8 or CP932, not empty)."""
+    if len(data) > MAX_IMPORT_BYTES:
+        raise StaffError(
+            "staff.import_size",
+            "the import file is larger than 1 MB",
+            "ファイルが1MBを超えています。",
+        )
+    try:
+        rows = list(csv.reader(io.StringIO(decode_import(data), newline="")))
+    except csv.Error as exc:  # e.g. a field longer than the csv module's limit
+        raise StaffError(
+            "staff.import_unreadable",
+            f"the file is not readable as CSV: {exc}",
+            "ファイルをCSVとして読み取れません。",
+        ) from exc
+    if not rows:
+        raise StaffError("staff.import_empty", "the file is empty", "ファイルが空です。")
+    return rows
+
+
+def import_columns(
+    rows: list[list[str]],
+    *,
+    headers: dict[str, str],
+    required: tuple[str, ...],
+    code: str,
+    message_ja: str,
+) -> list[str]:
+    """The field each column of an import file holds, from its header line (matched without
+    case; "" for a column nobody reads); refuses a header that lacks a required field."""
+    columns = [headers.get(h.strip().lower(), headers.get(h.strip(), "")) for h in rows[0]]
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise StaffError(
+            code,
+            f"the header lacks column(s): {', '.join(missing)}",
+            message_ja,
+            details={"problems": [f"missing column {c}" for c in missing]},
+        )
+    return columns
+
+
 def _truthy(text: str) -> bool:
     return text.strip().lower() in {"1", "true", "yes", "y", "無効", "はい"}
 
@@ -417,20 +518,15 @@ def plan_import(
     *, session: Session, data: bytes, disable_missing: bool = False
 ) -> tuple[ImportPlan, list[StaffLine]]:
     """Read an import file and compare it with the stored staff; writes nothing."""
+    rows = read_import_rows(data)
     plan = ImportPlan()
-    reader = csv.reader(io.StringIO(decode_import(data), newline=""))
-    rows = list(reader)
-    if not rows:
-        raise StaffError("staff.import_empty", "the file is empty", "ファイルが空です。")
-    columns = [_HEADERS.get(h.strip().lower(), _HEADERS.get(h.strip(), "")) for h in rows[0]]
-    missing = [c for c in _REQUIRED if c not in columns]
-    if missing:
-        raise StaffError(
-            "staff.import_header",
-            f"the header lacks column(s): {', '.join(missing)}",
-            "1行目に name, department, email, roles, scope の見出しが必要です。",
-            details={"problems": [f"missing column {c}" for c in missing]},
-        )
+    columns = import_columns(
+        rows,
+        headers=_HEADERS,
+        required=_REQUIRED,
+        code="staff.import_header",
+        message_ja="1行目に name, department, email, roles, scope の見出しが必要です。",
+    )
     existing = {s.email: s for s in session.scalars(select(Staff)).all()}
     seen: dict[str, int] = {}
     good: list[StaffLine] = []
@@ -440,8 +536,8 @@ def plan_import(
         raw = {c: (row[i] if i < len(row) else "") for i, c in enumerate(columns) if c}
         try:
             values: dict[str, Any] = {
-                "email": _check_email(raw["email"]),
-                "name": _check_name(raw["name"]),
+                "email": check_email(raw["email"]),
+                "name": check_name(raw["name"]),
                 "department": raw.get("department", "").strip() or None,
                 "roles": parse_roles(raw["roles"]),
                 "scope": parse_scope(raw["scope"]),
@@ -485,6 +581,20 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.value if isinstance(v, VisibilityScope) else v) for k, v in values.items()}
 
 
+def refuse_bad_lines(plan: ImportPlan) -> None:
+    """Raise ``staff.import_invalid`` (with every bad line) when the plan has line errors."""
+    if plan.errors:
+        raise StaffError(
+            "staff.import_invalid",
+            f"{len(plan.errors)} bad line(s); nothing was imported",
+            "誤りのある行があるため、取り込みませんでした。",
+            details={
+                "problems": [f"line {e['line']}: {e['message']}" for e in plan.errors],
+                "errors": plan.errors,
+            },
+        )
+
+
 def apply_import(
     *,
     session: Session,
@@ -492,31 +602,34 @@ def apply_import(
     lines: Sequence[StaffLine],
     actor: str,
     skip_bad_lines: bool = False,
+    ip: str | None = None,
 ) -> None:
     """Apply a plan from :func:`plan_import`; refuses one with line errors unless told to skip
-    them (then only the good lines are applied)."""
-    if plan.errors and not skip_bad_lines:
-        raise StaffError(
-            "staff.import_invalid",
-            f"{len(plan.errors)} bad line(s); nothing was imported",
-            "誤りのある行があるため、取り込みませんでした。",
-            details={"problems": [f"line {e['line']}: {e['message']}" for e in plan.errors]},
-        )
+    them (then only the good lines are applied). Staff it disables lose their sessions."""
+    if not skip_bad_lines:
+        refuse_bad_lines(plan)
     existing = {s.email: s for s in session.scalars(select(Staff)).all()}
+    disabled: list[Staff] = []
     for item in lines:
         values = item.values
         current = existing.get(values["email"])
         if current is None:
             session.add(Staff(**values, failed_logins=0))
         else:
+            if values["disabled"] and not current.disabled:
+                disabled.append(current)
             for key, value in values.items():
                 setattr(current, key, value)
     for entry in plan.disabled:
         existing[entry["email"]].disabled = True
+        disabled.append(existing[entry["email"]])
+    for staff in disabled:
+        end_staff_sessions(session=session, staff=staff, actor=actor, ip=ip)
     record_event(
         session=session,
         action="staff.import",
         actor=actor,
+        ip=ip,
         detail={
             "created": len(plan.created),
             "updated": len(plan.updated),

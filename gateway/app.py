@@ -22,9 +22,11 @@ from core.errors import ConfigError
 from core.notify import AttachmentLimits
 from gateway.admin import install_allow_list
 from gateway.admin import router as admin_router
+from gateway.admin.operations import router as operations_router
 from gateway.api.awards import router as awards_router
 from gateway.api.envelopes import router as api_router
 from gateway.api.schemas import EnvelopeCreate
+from gateway.api.staff import router as staff_api_router
 from gateway.context import AppContext, page_templates
 from gateway.errors import install_error_handlers
 from gateway.mailer import MailDispatcher, MailHandler, MailRenderer, build_transport
@@ -150,10 +152,18 @@ def redact_path(path: str) -> str:
     return _TOKEN_IN_PATH.sub(lambda m: f"/{m.group(1)}/<token>", path)
 
 
-def create_app(gateway: Gateway, *, run_mailer: bool = True, run_jobs: bool = False) -> FastAPI:
+def create_app(
+    gateway: Gateway, *, run_mailer: bool = True, run_jobs: bool = False, run_pushback: bool = False
+) -> FastAPI:
     """The app for one gateway; with ``run_mailer`` a thread sends the queued mail, with
-    ``run_jobs`` a background scheduler runs the configured jobs (once per tick cluster-wide)."""
+    ``run_jobs`` a background scheduler runs the configured jobs (once per tick cluster-wide),
+    with ``run_pushback`` a thread pushes due deliveries to the configured sinks."""
     context = build_context(gateway, run_mailer=run_mailer)
+    pushback = None
+    if run_pushback and gateway.settings.sinks:
+        from gateway.sinks import PushbackWorker
+
+        pushback = PushbackWorker(gateway)
     scheduler: Any = None
     if run_jobs:
         from apscheduler.schedulers.background import BackgroundScheduler
@@ -168,9 +178,13 @@ def create_app(gateway: Gateway, *, run_mailer: bool = True, run_jobs: bool = Fa
             context.dispatcher.start()
         if scheduler is not None:
             scheduler.start()
+        if pushback is not None:
+            pushback.start()
         try:
             yield
         finally:
+            if pushback is not None:
+                await run_in_threadpool(pushback.stop)
             if scheduler is not None:
                 # Let a running job finish: its tick is claimed, another node will not redo it.
                 await run_in_threadpool(scheduler.shutdown, True)
@@ -190,8 +204,10 @@ def create_app(gateway: Gateway, *, run_mailer: bool = True, run_jobs: bool = Fa
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(awards_router)
+    app.include_router(staff_api_router)
     app.include_router(pages_router)
     app.include_router(admin_router)
+    app.include_router(operations_router)
     install_allow_list(app, gateway.settings.staff.allowed_networks)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 

@@ -114,7 +114,8 @@ def migrate(obj: _Context) -> None:
 )
 @click.pass_obj
 def demo(obj: _Context, output: Path | None) -> None:
-    """Run one envelope end to end and print where the signed PDFs and certificate are."""
+    """Take a sample award export in, sign its envelope end to end and print where the signed
+    PDFs, certificate and pushed records are."""
     from gateway.demo import run_demo
     from gateway.runtime import open_gateway
 
@@ -130,6 +131,13 @@ def demo(obj: _Context, output: Path | None) -> None:
             gateway.close()
     except GatewayError as exc:
         _fail(exc)
+    click.echo(f"input: {result.input}")
+    for run in result.syncs:
+        click.echo(
+            f"sync: {run.source}: run #{run.run_id} {run.status}: {run.records} records, "
+            f"{run.created} created, {run.unchanged} unchanged, {run.skipped} skipped, "
+            f"{run.released} envelopes, {run.errors} line errors"
+        )
     click.echo(f"envelope: {result.envelope_id} ({result.management_number})")
     for path in result.signed:
         click.echo(f"signed: {path}")
@@ -217,20 +225,21 @@ def api_client() -> None:
     "--scope",
     "scopes",
     multiple=True,
-    type=click.Choice(["envelopes:read", "envelopes:write"]),
-    help="Grant only these scopes (default: read and write).",
+    type=click.Choice(["awards:write", "envelopes:read", "envelopes:write", "staff:write"]),
+    help="Grant these scopes (repeatable; default: awards:write, envelopes:read and "
+    "envelopes:write; staff:write, the staff import, only when named).",
 )
 @click.pass_obj
 def api_client_create(obj: _Context, name: str, scopes: tuple[str, ...]) -> None:
     """Register system NAME and print its token (shown this once only)."""
-    from core.api_clients import SCOPES, create_api_client
+    from core.api_clients import DEFAULT_SCOPES, create_api_client
     from gateway.server import open_database
 
     settings = obj.settings()
     try:
         with open_database(settings) as sessions, sessions() as session:
             client, token = create_api_client(
-                session=session, name=name, scopes=list(scopes) or list(SCOPES)
+                session=session, name=name, scopes=list(scopes) or list(DEFAULT_SCOPES)
             )
             session.commit()
     except GatewayError as exc:
@@ -318,9 +327,14 @@ _register_staff()
 
 
 def _register_ops() -> None:
-    from gateway.cli_ops import backup_command, restore_command, retimestamp_command
+    from gateway.cli_ops import (
+        backup_command,
+        restore_command,
+        retention_command,
+        retimestamp_command,
+    )
 
-    for command in (backup_command, restore_command, retimestamp_command):
+    for command in (backup_command, restore_command, retimestamp_command, retention_command):
         main.add_command(command)
 
 
@@ -591,7 +605,10 @@ def jobs() -> None:
 
 
 @jobs.command("run")
-@click.argument("job_id", type=click.Choice(["nightly_pull", "deadlines", "retimestamp", "backup"]))
+@click.argument(
+    "job_id",
+    type=click.Choice(["nightly_pull", "deadlines", "retimestamp", "backup", "retention"]),
+)
 @click.pass_obj
 def jobs_run(obj: _Context, job_id: str) -> None:
     """Run JOB_ID now, as its scheduled tick would (once per minute across nodes)."""

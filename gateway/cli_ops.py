@@ -1,4 +1,4 @@
-"""`keiyaku backup`, `keiyaku restore` and `keiyaku retimestamp`: operations commands.
+"""`keiyaku backup`, `restore`, `retimestamp` and `retention`: operations commands.
 
 Registered on the main group by :mod:`gateway.cli`. Output is English; times are JST.
 """
@@ -80,6 +80,8 @@ def restore_command(obj: Any, backup: Path, force: bool, as_json: bool) -> None:
             f"documents verify, audit chain {'ok' if check.audit_chain_ok else 'BROKEN'}, "
             f"database {'ok' if check.database_ok else 'DAMAGED'}"
         )
+        if check.documents_purged:
+            click.echo(f"  {check.documents_purged} documents deleted by retention (not checked)")
         for failure in check.failures:
             click.echo(f"  FAILED {failure}")
     sys.exit(0 if check.ok else 1)
@@ -107,6 +109,68 @@ def retimestamp_command(obj: Any) -> None:
         f"re-timestamped: {len(report.renewed)}, failed: {len(report.failed)}, "
         f"expiry backfilled: {report.backfilled}"
     )
-    for document_id, code in report.failed.items():
-        click.echo(f"  {document_id}: {code}")
-    sys.exit(1 if report.failed else 0)
+    _exit_listing(report.failed)
+
+
+def _exit_listing(failed: dict[str, str]) -> NoReturn:
+    """List what failed (id: code) and exit 1 if anything did, else 0."""
+    for object_id, code in failed.items():
+        click.echo(f"  {object_id}: {code}")
+    sys.exit(1 if failed else 0)
+
+
+_HELD = {
+    "outbox": "an outbox delivery is not delivered yet",
+    "amendment": "an amendment still has its documents",
+}
+
+
+@click.command("retention")
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def retention_command(obj: Any, dry_run: bool, as_json: bool) -> None:
+    """Delete the documents of finished envelopes whose retention (retention.documents_years)
+    ended; their facts and audit trail stay. Try --dry-run first."""
+    from gateway.ops import run_retention
+    from gateway.runtime import open_gateway
+
+    settings = obj.settings()
+    if settings.retention.documents_years is None:
+        click.echo("retention.documents_years is not set: documents are kept for ever")
+        return
+    try:
+        gateway = open_gateway(settings)
+    except GatewayError as exc:
+        _fail(exc)
+    try:
+        report = run_retention(settings, gateway, dry_run=dry_run, actor="cli")
+    except GatewayError as exc:
+        _fail(exc)
+    finally:
+        gateway.close()
+    assert report is not None
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+        sys.exit(1 if report.failed else 0)
+    rule = settings.retention
+    start = "April 1 after the fiscal year" if rule.count_from == "next_fiscal_year" else "the day"
+    click.echo(
+        f"retention: {rule.documents_years} years, counted from {start}; envelopes finished "
+        f"before {report.cutoff:%Y-%m-%d} JST have expired"
+    )
+    for item in report.expired:
+        held = f"  held: {_HELD[item.held]}" if item.held else ""
+        click.echo(
+            f"  {item.envelope_id} {item.management_number} {item.state.value} "
+            f"ended {item.ends_on.isoformat()} {item.title}{held}"
+        )
+    ready = len(report.expired) - len(report.held)
+    if dry_run:
+        click.echo(f"dry run: {ready} would be deleted, {len(report.held)} held; nothing deleted")
+        return
+    click.echo(
+        f"purged: {len(report.purged)}, held: {len(report.held)}, failed: {len(report.failed)}, "
+        f"blobs deleted: {report.blobs_deleted}"
+    )
+    _exit_listing(report.failed)

@@ -154,7 +154,7 @@ def outbox_retry(obj: Any, delivery_id: int) -> None:
     from core.outbox import retry_dead
 
     with _Open(obj) as gateway, gateway.sessions() as session:
-        delivery = retry_dead(session=session, delivery_id=delivery_id)
+        delivery = retry_dead(session=session, delivery_id=delivery_id, actor=_actor())
         click.echo(f"delivery {delivery.id}: {delivery.state.value}, due now")
 
 

@@ -172,6 +172,7 @@ def staff_add(
                 staff=member,
                 password=sys.stdin.readline().rstrip("\n"),
                 policy=password_policy(settings),
+                actor=_actor(),
             )
         click.echo(f"added {member.email}")
 
@@ -227,7 +228,11 @@ def staff_set_password(obj: Any, email: str, password_stdin: bool) -> None:
     with _session(obj, commit=True) as (session, settings):
         member = get_staff(session=session, email=email)
         set_password(
-            session=session, staff=member, password=password, policy=password_policy(settings)
+            session=session,
+            staff=member,
+            password=password,
+            policy=password_policy(settings),
+            actor=_actor(),
         )
         click.echo(f"password set for {member.email}")
 
@@ -246,7 +251,7 @@ def staff_totp(obj: Any, email: str, disable: bool) -> None:
             disable_totp(session=session, staff=member, actor=_actor())
             click.echo(f"TOTP removed for {member.email}")
             return
-        uri = enable_totp(session=session, staff=member, issuer=settings.buyer.name)
+        uri = enable_totp(session=session, staff=member, issuer=settings.buyer.name, actor=_actor())
         click.echo(uri)
 
 

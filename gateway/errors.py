@@ -43,6 +43,7 @@ _BY_CODE = {
     "link.expired": 410,
     "link.forwarded": 410,
     "link.revoked": 410,
+    "document.purged": 410,  # deleted at the end of its retention period, for good
     "link.locked": 423,
     "request.csrf": 403,
     "request.ip_refused": 403,

@@ -48,8 +48,9 @@ from core.errors import ConfigError, Disposition, GatewayError
 from core.links import issue_link
 from core.model import Delivery, LinkPurpose, Party
 from core.notify import MAIL_TARGET, AttachmentLimits, MailKind, attachments_fit
-from core.outbox import DispatchResult, dispatch, release_leases
+from core.outbox import DispatchResult, dispatch
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, party_state_ja
+from gateway.background import LeasingThread
 
 log = logging.getLogger(__name__)
 
@@ -343,9 +344,11 @@ class MailHandler:
         return message
 
 
-class MailDispatcher:
+class MailDispatcher(LeasingThread):
     """Runs the mail outbox in a background thread: every ``interval`` seconds, or at once
     after :meth:`wake`."""
+
+    name = "mail-dispatch"
 
     def __init__(
         self,
@@ -354,15 +357,12 @@ class MailDispatcher:
         interval: float,
         lease: dt.timedelta = dt.timedelta(minutes=5),
     ) -> None:
-        self.sessions = sessions
+        super().__init__(sessions, f"{socket.gethostname()}:{os.getpid()}:mail")
         self.handler = handler
         self.interval = interval
         # how long a killed node's claimed mail waits before another node sends it
         self.lease = lease
-        self.worker = f"{socket.gethostname()}:{os.getpid()}:mail"
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def run_once(self) -> DispatchResult:
         """One pass over the due mail deliveries."""
@@ -386,32 +386,12 @@ class MailDispatcher:
             self._wake.wait(self.interval)
             self._wake.clear()
 
-    def start(self) -> None:
-        """Start the background thread."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="mail-dispatch", daemon=True)
-            self._thread.start()
+    def _interrupt(self) -> None:
+        self._wake.set()
 
     def wake(self) -> None:
         """Look for due mail now."""
         self._wake.set()
-
-    def stop(self) -> None:
-        """Stop the thread after the mail in flight; give back what it claimed and did not send."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            if self._thread.is_alive():
-                # still pushing: its leases expire on their own rather than risk a second send
-                log.warning("mail dispatch did not stop within 30 s; leases left to expire")
-                return
-            self._thread = None
-        try:
-            with self.sessions() as session:
-                release_leases(session=session, worker=self.worker)
-        except Exception:  # shutting down: the leases expire anyway
-            log.exception("could not give back leased mail at shutdown")
 
 
 def build_transport(settings: Any) -> MailTransport:

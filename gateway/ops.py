@@ -1,4 +1,5 @@
-"""Operations wiring: the re-timestamping and backup jobs, and checking a restored gateway."""
+"""Operations wiring: the re-timestamping, backup and retention jobs, and checking a restored
+gateway."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import selectinload
 
 from core.archive import RenewalReport
@@ -14,11 +15,12 @@ from core.audit import verify_chain
 from core.backup import BackupResult, backup
 from core.envelopes import read_document
 from core.model import Document, Envelope
+from core.retention import PurgeReport, RetentionPolicy
 from core.signing import verify_pdf
 from core.states import EnvelopeState
 from gateway.runtime import Gateway, load_trust_roots
 from gateway.settings import Settings
-from schedules import retimestamp
+from schedules import retention, retimestamp
 from schedules.runner import JobSpec
 
 BACKUP_JOB_ID = "backup"
@@ -45,8 +47,33 @@ def run_retimestamp(settings: Settings, gateway: Gateway) -> RenewalReport:
     )
 
 
+def retention_policy(settings: Settings) -> RetentionPolicy | None:
+    """The configured document retention; None while documents are kept for ever."""
+    years = settings.retention.documents_years
+    if years is None:
+        return None
+    return RetentionPolicy(years=years, count_from=settings.retention.count_from)
+
+
+def run_retention(
+    settings: Settings, gateway: Gateway, *, dry_run: bool = False, actor: str = "system"
+) -> PurgeReport | None:
+    """One retention run as configured; None when no retention is configured."""
+    policy = retention_policy(settings)
+    if policy is None:
+        return None
+    return retention.run(
+        sessions=gateway.sessions,
+        runtime=gateway.runtime,
+        policy=policy,
+        dry_run=dry_run,
+        actor=actor,
+    )
+
+
 def jobs(settings: Settings, gateway: Gateway) -> list[JobSpec]:
-    """The re-timestamping and backup jobs, where scheduled."""
+    """The re-timestamping, backup and retention jobs, where scheduled (retention only once a
+    retention period is configured)."""
     specs: list[JobSpec] = []
     if settings.schedules.retimestamp:
         specs.append(
@@ -60,6 +87,14 @@ def jobs(settings: Settings, gateway: Gateway) -> list[JobSpec]:
         specs.append(
             JobSpec(BACKUP_JOB_ID, settings.schedules.backup, lambda: run_backup(settings))
         )
+    if settings.schedules.retention and retention_policy(settings) is not None:
+        specs.append(
+            JobSpec(
+                retention.JOB_ID,
+                settings.schedules.retention,
+                lambda: run_retention(settings, gateway),
+            )
+        )
     return specs
 
 
@@ -70,6 +105,7 @@ class RestoreCheck:
     envelopes: int = 0
     documents: int = 0
     documents_ok: int = 0
+    documents_purged: int = 0  # deleted at the end of their retention: nothing to verify
     failures: list[str] = field(default_factory=list)
     audit_chain_ok: bool = False
     database_ok: bool = False
@@ -86,6 +122,7 @@ class RestoreCheck:
             "envelopes": self.envelopes,
             "documents": self.documents,
             "documents_ok": self.documents_ok,
+            "documents_purged": self.documents_purged,
             "failures": self.failures,
             "audit_chain_ok": self.audit_chain_ok,
             "database_ok": self.database_ok,
@@ -93,7 +130,8 @@ class RestoreCheck:
 
 
 def check_restored(gateway: Gateway) -> RestoreCheck:
-    """Verify every completed document (``verify_pdf``) and the database after a restore."""
+    """Verify every completed document (``verify_pdf``; those deleted at the end of their
+    retention are counted apart) and the database after a restore."""
     check = RestoreCheck()
     roots = load_trust_roots(gateway.settings)
     with gateway.sessions() as session:
@@ -105,11 +143,20 @@ def check_restored(gateway: Gateway) -> RestoreCheck:
             check.database_ok = True
         check.audit_chain_ok = verify_chain(session=session).ok
         check.envelopes = len(session.scalars(select(Envelope.id)).all())
+        purged = Envelope.documents_purged_at.is_not(None)
+        check.documents_purged = (
+            session.scalar(
+                select(func.count(Document.id))
+                .join(Envelope, Envelope.id == Document.envelope_id)
+                .where(purged)
+            )
+            or 0
+        )
         documents = session.scalars(
             select(Document)
             .join(Envelope, Envelope.id == Document.envelope_id)
-            .where(Envelope.state == EnvelopeState.COMPLETED.value)
-            .options(selectinload(Document.revisions))
+            .where(Envelope.state == EnvelopeState.COMPLETED.value, ~purged)
+            .options(selectinload(Document.revisions), selectinload(Document.envelope))
             .order_by(Document.id)
         ).all()
         for document in documents:

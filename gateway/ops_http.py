@@ -17,6 +17,7 @@ import contextvars
 import datetime as dt
 import json
 import logging
+import logging.handlers
 import os
 import re
 import socket
@@ -24,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -45,6 +47,7 @@ __all__ = [
     "ComponentHealth",
     "HealthReport",
     "JsonFormatter",
+    "JstDailyFileHandler",
     "configure_logging",
     "current_request_id",
     "install_operations",
@@ -105,9 +108,48 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(*, level: str = "INFO", fmt: Literal["json", "text"] = "json") -> None:
-    """Root logging for a server process: JSON lines (or plain text) on stderr, request ids."""
-    handler = logging.StreamHandler()
+class JstDailyFileHandler(logging.handlers.TimedRotatingFileHandler):
+    """A log file rotated at midnight JST into ``FILE.YYYY-MM-DD`` (the JST day it holds),
+    keeping ``retention_days`` rotated files, whatever the host's time zone.
+
+    The standard handler rotates at the *host's* local midnight (``utc=False``), which is UTC in
+    most containers. Japan has no daylight saving time, so midnight JST is always 15:00 UTC:
+    rotate in UTC at 15:00 and name each file after the JST day it began (the UTC date + 1).
+    """
+
+    def __init__(self, filename: Path, retention_days: int) -> None:
+        filename.parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(
+            filename,
+            when="midnight",
+            backupCount=retention_days,
+            encoding="utf-8",
+            utc=True,
+            atTime=dt.time(15, 0),  # 00:00 JST
+        )
+        self.namer = _jst_day_name
+
+
+def _jst_day_name(default_name: str) -> str:
+    # The standard name carries the UTC date of the rollover interval's start (15:00 UTC), the
+    # day before the JST day the file holds.
+    stem, _, day = default_name.rpartition(".")
+    jst_day = dt.date.fromisoformat(day) + dt.timedelta(days=1)
+    return f"{stem}.{jst_day.isoformat()}"
+
+
+def configure_logging(
+    *,
+    level: str = "INFO",
+    fmt: Literal["json", "text"] = "json",
+    file: Path | None = None,
+    retention_days: int = 365,
+) -> None:
+    """Root logging for a server process: JSON lines (or plain text) with request ids, on stderr
+    or, with ``file``, in a file rotated daily at midnight JST keeping ``retention_days`` days."""
+    handler: logging.Handler = (
+        logging.StreamHandler() if file is None else JstDailyFileHandler(file, retention_days)
+    )
     handler.addFilter(RequestIdFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

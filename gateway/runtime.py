@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import re
+import socket
 from dataclasses import dataclass
+from typing import Any
 
 from asn1crypto import x509
 from pyhanko.keys import load_cert_from_pemder
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.audit import record_settings
 from core.blobs import BlobStore
 from core.certificate import find_cjk_font
 from core.envelopes import MB, Limits, Runtime
@@ -138,7 +143,37 @@ def open_gateway(settings: Settings, *, migrate_schema: bool = True) -> Gateway:
             pushback_observer(settings),
         ),
     )
-    return Gateway(settings, engine, make_session_factory(engine), runtime)
+    sessions = make_session_factory(engine)
+    with sessions() as session:
+        # Every process records the configuration it starts with when it differs from the
+        # last one recorded, so a changed setting is in the audit trail with when and where.
+        if record_settings(session=session, settings=settings_snapshot(settings), actor=_node()):
+            session.commit()
+    return Gateway(settings, engine, sessions, runtime)
+
+
+def _node() -> str:
+    return f"system:{socket.gethostname()}:{os.getpid()}"
+
+
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]+:)[^@/\s]+@")
+
+
+def settings_snapshot(settings: Settings) -> dict[str, Any]:
+    """The settings as JSON for the audit trail, every secret masked: pydantic prints SecretStr
+    as stars, and a password inside a URL (``postgresql://user:pw@host``) becomes ``***``."""
+
+    def mask(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: mask(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mask(v) for v in value]
+        if isinstance(value, str):
+            return _URL_PASSWORD.sub(r"\1***@", value)
+        return value
+
+    snapshot: dict[str, Any] = mask(settings.model_dump(mode="json"))
+    return snapshot
 
 
 def access_code_policy(settings: Settings) -> AccessCodePolicy:

@@ -62,6 +62,14 @@ def run_server(
             raise GatewayError(
                 "server.workers", "workers need the config path", "設定ファイルを指定してください。"
             )
+        if settings.logging.file is not None:
+            # Each process would rotate the shared file on its own and delete the day another
+            # process just rotated (TimedRotatingFileHandler is single-process only).
+            raise GatewayError(
+                "server.log_file_workers",
+                "logging.file needs a single process: unset it (log to stderr) or use one worker",
+                "logging.file は1プロセスでのみ使えます。",
+            )
         with open_database(settings):
             pass  # migrate once here, not in every worker at the same time
         # uvicorn starts each worker process from an import string; the config path is the one
@@ -80,7 +88,9 @@ def run_server(
         return
     gateway = open_gateway(settings)
     try:
-        app = create_app(gateway, run_jobs=settings.server.run_jobs)
+        app = create_app(
+            gateway, run_jobs=settings.server.run_jobs, run_pushback=settings.server.run_pushback
+        )
         uvicorn.Server(_uvicorn_config(app, host, port, **_log_options(settings))).run()
     finally:
         gateway.close()
@@ -88,12 +98,19 @@ def run_server(
 
 def _log_options(settings: Settings) -> dict[str, Any]:
     """JSON log lines with request ids (gateway.ops_http), replacing uvicorn's own set-up; its
-    access log is off then, as ``keiyaku.access`` logs every request with its id."""
-    if settings.server.log_format == "text":
+    access log is off then, as ``keiyaku.access`` logs every request with its id. Text lines on
+    stderr are uvicorn's own; with ``logging.file`` either format goes to that file."""
+    log_file = settings.logging.file
+    if settings.server.log_format == "text" and log_file is None:
         return {}
     from gateway.ops_http import configure_logging
 
-    configure_logging(level=settings.server.log_level, fmt="json")
+    configure_logging(
+        level=settings.server.log_level,
+        fmt=settings.server.log_format,
+        file=settings.path(log_file) if log_file is not None else None,
+        retention_days=settings.logging.retention_days,
+    )
     return {"log_config": None, "access_log": False}
 
 
@@ -106,7 +123,9 @@ def worker_app() -> Any:
     settings = load_settings(Path(os.environ[_CONFIG_ENV]))
     _log_options(settings)
     gateway = open_gateway(settings, migrate_schema=False)  # lives as long as the process
-    return create_app(gateway, run_jobs=settings.server.run_jobs)
+    return create_app(
+        gateway, run_jobs=settings.server.run_jobs, run_pushback=settings.server.run_pushback
+    )
 
 
 @contextmanager

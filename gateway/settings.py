@@ -121,6 +121,7 @@ class ServerSettings(_Section):
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     run_jobs: bool = True
+    run_pushback: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> ServerSettings:
@@ -387,12 +388,40 @@ class BackupSettings(_Section):
     pg_dump: str = "pg_dump"
 
 
+# Below this many years a document retention is refused unless confirmed with allow_short:
+# 地方自治法 236条 lets money claims of and against the buyer run five years, so a contract is
+# kept at least that long, and a typo (0, 1 for 10) must not delete years of contracts.
+SHORT_RETENTION_YEARS = 5
+
+
+class RetentionSettings(_Section):
+    documents_years: int | None = Field(default=None, ge=1, le=100)
+    count_from: Literal["next_fiscal_year", "date"] = "next_fiscal_year"
+    allow_short: bool = False
+
+    @model_validator(mode="after")
+    def _not_short(self) -> RetentionSettings:
+        years = self.documents_years
+        if years is not None and years < SHORT_RETENTION_YEARS and not self.allow_short:
+            raise ValueError(
+                f"documents_years {years} is under {SHORT_RETENTION_YEARS}: "
+                "set allow_short: true if that is really what the buyer's rules say"
+            )
+        return self
+
+
+class LoggingSettings(_Section):
+    file: Path | None = None
+    retention_days: int = Field(default=365, ge=1, le=3650)
+
+
 class SchedulesSettings(_Section):
     timezone: str = "Asia/Tokyo"
     nightly_pull: str | None = "0 2 * * *"
     deadlines: str | None = "0 8 * * *"
     retimestamp: str | None = "0 3 * * *"
     backup: str | None = "30 1 * * *"
+    retention: str | None = "30 4 * * *"
     misfire_grace_seconds: int = Field(default=600, ge=1, le=86_400)
     notice_target: str = "notice"
 
@@ -406,7 +435,7 @@ class SchedulesSettings(_Section):
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown timezone {self.timezone!r}") from exc
-        for name in ("nightly_pull", "deadlines", "retimestamp", "backup"):
+        for name in ("nightly_pull", "deadlines", "retimestamp", "backup", "retention"):
             expression = getattr(self, name)
             if expression is not None:
                 try:
@@ -420,6 +449,9 @@ class StaffSettings(_Section):
     password_min_length: int = Field(default=12, ge=10, le=128)
     max_failed_logins: int = Field(default=5, ge=3, le=20)
     lockout_minutes: int = Field(default=15, ge=1, le=1440)
+    # A staff session unused this long ends; whatever the use, it ends session_hours after login.
+    session_idle_minutes: int = Field(default=30, ge=5, le=1440)
+    session_hours: int = Field(default=10, ge=1, le=24)
     # CIDR networks allowed to reach the staff pages (/admin) and the API; empty: any.
     allowed_networks: list[str] = Field(default_factory=list)
 
@@ -457,6 +489,8 @@ class Settings(BaseSettings):
     schedules: SchedulesSettings = SchedulesSettings()
     archive: ArchiveSettings = ArchiveSettings()
     backup: BackupSettings = BackupSettings()
+    retention: RetentionSettings = RetentionSettings()
+    logging: LoggingSettings = LoggingSettings()
     staff: StaffSettings = StaffSettings()
 
     @model_validator(mode="after")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from connectors.sftp import SftpEndpoint, SftpSink
 from connectors.soap import SoapCall, SoapSink
 from core.outbox import RetryPolicy
 from core.pushback import PushbackObserver, Subscription
+from gateway.background import LeasingThread
 from gateway.settings import (
     FolderSinkSettings,
     RestSinkSettings,
@@ -28,6 +30,8 @@ from schedules.dispatch import Target
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
+
+log = logging.getLogger(__name__)
 
 
 def pushback_observer(settings: Settings) -> PushbackObserver:
@@ -182,3 +186,45 @@ def push_demo(gateway: Gateway, envelope_id: str) -> list[tuple[str, Path]]:
         for name, sink in settings.sinks.items()
         if isinstance(sink, FolderSinkSettings)
     ]
+
+
+class PushbackWorker(LeasingThread):
+    """Pushes due deliveries to the configured sinks from a background thread of
+    `keiyaku serve`, as `keiyaku outbox dispatch --loop` does from its own process. Every node
+    may run one: each delivery is claimed by one node at a time (a lease), and a node killed
+    mid-push leaves its leases to expire and the others to push."""
+
+    name = "pushback"
+
+    def __init__(self, gateway: Gateway) -> None:
+        from schedules.dispatch import default_worker
+
+        super().__init__(gateway.sessions, f"{default_worker()}:pushback")
+        self.gateway = gateway
+
+    def _loop(self) -> None:
+        from schedules.dispatch import run_until_idle
+
+        settings = self.gateway.settings
+        targets = build_targets(settings)
+        try:
+            while not self._stop.is_set():
+                try:
+                    run_until_idle(
+                        sessions=self.sessions,
+                        runtime=self.gateway.runtime,
+                        targets=targets,
+                        worker=self.worker,
+                        policy=retry_policy(settings),
+                        limit=settings.outbox.batch_size,
+                        lease=lease(settings),
+                        department=settings.buyer.department,
+                        poll_seconds=settings.outbox.poll_seconds,
+                        stop=self._stop,
+                        forever=True,
+                    )
+                except Exception:  # the worker must outlive a database or sink hiccup
+                    log.exception("push-back dispatch failed; trying again later")
+                    self._stop.wait(settings.outbox.poll_seconds)
+        finally:
+            close_targets(targets)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from core.model import Base
+from core.model import Base, schema_filter
 
 config = context.config
 target_metadata = Base.metadata
@@ -29,6 +29,7 @@ def _run(connection) -> None:  # type: ignore[no-untyped-def]
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=schema_filter(connection.dialect.name),
     )
     with context.begin_transaction():
         context.run_migrations()

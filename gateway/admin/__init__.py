@@ -1,7 +1,16 @@
 """The staff pages (``/admin/...``): login, envelope list and search, detail, downloads, cancel,
-the monthly report; and the IP allow-list in front of them and the API."""
+the monthly report, the address book and create-and-send; and the IP allow-list in front of them
+and the API."""
 
+from fastapi import APIRouter
+
+from gateway.admin import address_book, compose, pages
 from gateway.admin.allow_list import install_allow_list
-from gateway.admin.pages import router
+
+router = APIRouter()
+# Create-and-send first: /admin/envelopes/new must not be taken for an envelope id.
+router.include_router(compose.router)
+router.include_router(address_book.router)
+router.include_router(pages.router)
 
 __all__ = ["install_allow_list", "router"]

@@ -4,15 +4,16 @@ signed documents and the completion certificate, cancel, and the monthly report 
 
 Every envelope is looked up through :mod:`core.access` (out of scope answers 404 like a missing
 one); every post carries the CSRF token; login, view, download and cancel are audit events.
-The staff session cookie holds the staff id, a fingerprint of the password hash (changing the
-password ends every session) and an expiry, signed with the server's session key.
+A login is a server-side session (:mod:`core.staff_sessions`): the cookie holds its random token,
+signed with the server's session key, and logout, a password change, disabling the account or an
+admin's "end sessions" ends it on the server, so a copied cookie stops working.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -26,20 +27,35 @@ from starlette.datastructures import UploadFile
 
 from core.access import get_visible_envelope, has_role, require_role
 from core.audit import list_events, record_event
-from core.envelopes import cancel_envelope, completion_certificate, read_document
-from core.errors import NotFoundError, StaffError
+from core.envelopes import (
+    cancel_envelope,
+    completion_certificate,
+    document_at,
+    read_document,
+)
+from core.errors import StaffError
 from core.model import Staff, StaffRole
 from core.reports import JST, monthly_report
 from core.search import EnvelopeQuery, search_envelopes
 from core.staff import (
+    MAX_IMPORT_BYTES,
     PasswordPolicy,
     add_staff,
     apply_import,
     authenticate,
+    get_staff,
     list_staff,
     plan_import,
     set_password,
     update_staff,
+)
+from core.staff_sessions import (
+    SessionPolicy,
+    count_live_sessions,
+    end_session,
+    end_staff_sessions,
+    resume_session,
+    start_session,
 )
 from core.states import EnvelopeState, envelope_state_ja, party_state_ja
 from gateway.context import AppContext
@@ -55,10 +71,6 @@ _CANCELLABLE = (EnvelopeState.DRAFT, EnvelopeState.SENT)
 # --- session -----------------------------------------------------------------------------------
 
 
-def _fingerprint(staff: Staff) -> str:
-    return hashlib.sha256((staff.password_hash or "").encode()).hexdigest()[:12]
-
-
 def _policy(context: AppContext) -> PasswordPolicy:
     settings = context.gateway.settings.staff
     return PasswordPolicy(
@@ -68,26 +80,38 @@ def _policy(context: AppContext) -> PasswordPolicy:
     )
 
 
+def _session_policy(context: AppContext) -> SessionPolicy:
+    settings = context.gateway.settings.staff
+    return SessionPolicy(
+        lifetime=dt.timedelta(hours=settings.session_hours),
+        idle=dt.timedelta(minutes=settings.session_idle_minutes),
+    )
+
+
+def _session_token(request: Request, context: AppContext) -> str | None:
+    return context.cookies.session_link(request.cookies.get(STAFF_COOKIE))
+
+
 def current_staff(request: Request, context: AppContext, session: Session) -> Staff | None:
-    """The logged-in, enabled staff member of this request, or None."""
-    subject = context.cookies.session_link(request.cookies.get(STAFF_COOKIE))
-    if not subject or not subject.startswith("staff-"):
-        return None
-    _, staff_id, fingerprint = subject.split("-", 2) if subject.count("-") >= 2 else ("", "", "")
-    staff = session.get(Staff, staff_id)
-    if staff is None or staff.disabled or _fingerprint(staff) != fingerprint:
-        return None
-    return staff
+    """The staff member whose live session the request's cookie holds (enabled), or None."""
+    return resume_session(
+        session=session,
+        token=_session_token(request, context),
+        policy=_session_policy(context),
+    )
 
 
-def _to_login(request: Request) -> RedirectResponse:
+def to_login(request: Request) -> RedirectResponse:
+    """Send a caller without a live session to the login form, coming back here after it."""
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/admin/login?next={quote(target)}", status_code=303)
 
 
-def _page(
+def admin_page(
     request: Request, context: AppContext, template: str, staff: Staff | None, **values: Any
 ) -> HTMLResponse:
+    """A staff page: ``template`` in the admin layout, with the staff member's roles for the
+    navigation (``status`` among ``values`` sets the HTTP status)."""
     status = values.pop("status", 200)
     return render_page(
         request,
@@ -107,7 +131,7 @@ def _page(
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, context: ContextDep, next: str = "/admin/envelopes") -> Response:
     """The login form."""
-    return _page(request, context, "admin/login.html", None, next=_safe_next(next), error=None)
+    return admin_page(request, context, "admin/login.html", None, next=_safe_next(next), error=None)
 
 
 def _safe_next(target: str) -> str:
@@ -129,7 +153,7 @@ async def login(
     code = str(form.get("totp") or "") or None
     next_path = _safe_next(str(form.get("next") or ""))
 
-    def attempt() -> Any:
+    def attempt() -> tuple[Any, str | None]:
         outcome = authenticate(
             session=session,
             email=email,
@@ -138,13 +162,18 @@ async def login(
             policy=_policy(context),
             ip=ip,
         )
+        token = None
+        if outcome.staff is not None:
+            token = start_session(
+                session=session, staff=outcome.staff, policy=_session_policy(context), ip=ip
+            )
         session.commit()  # the failure count too
-        return outcome
+        return outcome, token
 
-    outcome = await run_in_threadpool(attempt)
-    if outcome.staff is None:
+    outcome, token = await run_in_threadpool(attempt)
+    if token is None:
         status = 423 if outcome.error.code == "auth.locked" else 401
-        return _page(
+        return admin_page(
             request,
             context,
             "admin/login.html",
@@ -154,14 +183,12 @@ async def login(
             email=email,
             status=status,
         )
-    staff = outcome.staff
     response = RedirectResponse(next_path, status_code=303)
+    lifetime = int(_session_policy(context).lifetime.total_seconds())
     response.set_cookie(
         STAFF_COOKIE,
-        context.cookies.session_value(
-            f"staff-{staff.id}-{_fingerprint(staff)}", context.session_seconds
-        ),
-        max_age=context.session_seconds,
+        context.cookies.session_value(token, lifetime),
+        max_age=lifetime,
         httponly=True,
         samesite="strict",
         secure=context.secure_cookies,
@@ -174,13 +201,18 @@ async def login(
 async def logout(
     request: Request, context: ContextDep, session: SessionDep, ip: ClientIpDep
 ) -> Response:
-    """End the staff session."""
+    """End the staff session, on the server too (a copy of the cookie no longer works)."""
     form = await request.form()
     check_csrf(request, context, str(form.get("csrf_token") or ""))
-    staff = current_staff(request, context, session)
-    if staff is not None:
-        record_event(session=session, action="logout", actor=staff.email, ip=ip)
+
+    def run() -> None:
+        staff = current_staff(request, context, session)
+        if staff is not None:
+            record_event(session=session, action="logout", actor=staff.email, ip=ip)
+        end_session(session=session, token=_session_token(request, context))
         session.commit()
+
+    await run_in_threadpool(run)
     response = RedirectResponse("/admin/login", status_code=303)
     response.delete_cookie(STAFF_COOKIE, path="/admin")
     return response
@@ -196,11 +228,14 @@ def home() -> Response:
 # --- envelopes ---------------------------------------------------------------------------------
 
 
-def _date(value: str | None) -> dt.date | None:
+def parse_date(value: str | None) -> dt.date | None:
+    """A form's YYYY-MM-DD date (empty: None); ValueError when unreadable."""
     return dt.date.fromisoformat(value) if value else None
 
 
-def _amount(value: str | None) -> Decimal | None:
+def parse_amount(value: str | None) -> Decimal | None:
+    """A form's yen amount, thousands commas allowed (empty: None); InvalidOperation when not
+    a number."""
     if not value:
         return None
     return Decimal(value.replace(",", "").strip())
@@ -211,11 +246,11 @@ def _query(params: Any) -> EnvelopeQuery:
         states = tuple(EnvelopeState(s) for s in params.getlist("state") if s)
         return EnvelopeQuery(
             keyword=params.get("keyword") or None,
-            date_from=_date(params.get("date_from")),
-            date_to=_date(params.get("date_to")),
+            date_from=parse_date(params.get("date_from")),
+            date_to=parse_date(params.get("date_to")),
             counterparty=params.get("counterparty") or None,
-            amount_min=_amount(params.get("amount_min")),
-            amount_max=_amount(params.get("amount_max")),
+            amount_min=parse_amount(params.get("amount_min")),
+            amount_max=parse_amount(params.get("amount_max")),
             states=states,
             department=params.get("department") or None,
             page=max(1, int(params.get("page") or 1)),
@@ -233,7 +268,7 @@ def envelope_list(request: Request, context: ContextDep, session: SessionDep) ->
     """The envelopes the staff member may see, searched and paginated."""
     staff = current_staff(request, context, session)
     if staff is None:
-        return _to_login(request)
+        return to_login(request)
     params = request.query_params
     error = None
     try:
@@ -244,7 +279,7 @@ def envelope_list(request: Request, context: ContextDep, session: SessionDep) ->
         query = EnvelopeQuery()
         page = search_envelopes(session=session, staff=staff, query=query)
     kept = [(k, v) for k, v in params.multi_items() if k != "page" and v]
-    return _page(
+    return admin_page(
         request,
         context,
         "admin/envelopes.html",
@@ -270,7 +305,11 @@ _FORM_KEYS = (
 )
 
 
-def _visible(request: Request, context: AppContext, session: Session, envelope_id: str) -> Any:
+def visible_envelope(
+    request: Request, context: AppContext, session: Session, envelope_id: str
+) -> Any:
+    """(staff, envelope) for a logged-in staff member who may see the envelope; (None, None)
+    without a session; ``not_found`` when it is out of their scope (core.access)."""
     staff = current_staff(request, context, session)
     if staff is None:
         return None, None
@@ -282,14 +321,14 @@ def envelope_detail(
     request: Request, envelope_id: str, context: ContextDep, session: SessionDep, ip: ClientIpDep
 ) -> Response:
     """One envelope: facts, per-party progress, documents, history."""
-    staff, envelope = _visible(request, context, session, envelope_id)
+    staff, envelope = visible_envelope(request, context, session, envelope_id)
     if staff is None:
-        return _to_login(request)
+        return to_login(request)
     record_event(
         session=session, action="staff.view", actor=staff.email, envelope_id=envelope.id, ip=ip
     )
     session.commit()
-    return _page(
+    return admin_page(
         request,
         context,
         "admin/envelope.html",
@@ -321,12 +360,10 @@ def download_document(
     ip: ClientIpDep,
 ) -> Response:
     """The newest revision of one document (signed as far as the routing got)."""
-    staff, envelope = _visible(request, context, session, envelope_id)
+    staff, envelope = visible_envelope(request, context, session, envelope_id)
     if staff is None:
-        return _to_login(request)
-    document = next((d for d in envelope.documents if d.position == position), None)
-    if document is None:
-        raise NotFoundError("not_found.document", "no such document", "文書が見つかりません。")
+        return to_login(request)
+    document = document_at(envelope, position)
     data = read_document(runtime=context.gateway.runtime, document=document)
     record_event(
         session=session,
@@ -345,9 +382,9 @@ def download_certificate(
     request: Request, envelope_id: str, context: ContextDep, session: SessionDep, ip: ClientIpDep
 ) -> Response:
     """The completion certificate (締結証明書) of a completed envelope."""
-    staff, envelope = _visible(request, context, session, envelope_id)
+    staff, envelope = visible_envelope(request, context, session, envelope_id)
     if staff is None:
-        return _to_login(request)
+        return to_login(request)
     data = completion_certificate(runtime=context.gateway.runtime, envelope=envelope)
     record_event(
         session=session,
@@ -360,6 +397,25 @@ def download_certificate(
     return _attachment(data, f"締結証明書_{envelope.management_number}.pdf")
 
 
+def sender_action(
+    request: Request,
+    context: AppContext,
+    session: Session,
+    envelope_id: str,
+    action: Callable[[Staff, Any], object],
+) -> Response:
+    """Do ``action(staff, envelope)`` for a sender or admin who sees the envelope, commit, wake
+    the mailer (the action's mails are in the outbox) and show the envelope again."""
+    staff, envelope = visible_envelope(request, context, session, envelope_id)
+    if staff is None:
+        return to_login(request)
+    require_role(staff, StaffRole.SENDER)
+    action(staff, envelope)
+    session.commit()
+    context.wake_mailer()
+    return RedirectResponse(f"/admin/envelopes/{envelope.id}", status_code=303)
+
+
 @router.post("/envelopes/{envelope_id}/cancel")
 async def cancel(
     request: Request, envelope_id: str, context: ContextDep, session: SessionDep, ip: ClientIpDep
@@ -369,12 +425,8 @@ async def cancel(
     check_csrf(request, context, str(form.get("csrf_token") or ""))
     reason = str(form.get("reason") or "")
 
-    def run() -> Response:
-        staff, envelope = _visible(request, context, session, envelope_id)
-        if staff is None:
-            return _to_login(request)
-        require_role(staff, StaffRole.SENDER)
-        cancel_envelope(
+    def act(staff: Staff, envelope: Any) -> object:
+        return cancel_envelope(
             session=session,
             runtime=context.gateway.runtime,
             envelope_id=envelope.id,
@@ -382,11 +434,8 @@ async def cancel(
             reason=reason,
             ip=ip,
         )
-        session.commit()
-        context.wake_mailer()
-        return RedirectResponse(f"/admin/envelopes/{envelope.id}", status_code=303)
 
-    return await run_in_threadpool(run)
+    return await run_in_threadpool(sender_action, request, context, session, envelope_id, act)
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -424,12 +473,12 @@ def report_page(
 
     staff = current_staff(request, context, session)
     if staff is None:
-        return _to_login(request)
+        return to_login(request)
     now = dt.datetime.now(JST)
     year, number = parse_month(month) if month else (now.year, now.month)
     rows = monthly_report(session=session, year=year, month=number, months=12, staff=staff)
     departments = sorted({d for r in rows for d in r.departments})
-    return _page(
+    return admin_page(
         request,
         context,
         "admin/report.html",
@@ -444,11 +493,20 @@ def report_page(
 # --- staff management (admins) -----------------------------------------------------------------
 
 
-def _admin(request: Request, context: AppContext, session: Session) -> Staff | None:
+def staff_with_role(
+    request: Request, context: AppContext, session: Session, role: StaffRole
+) -> Staff | None:
+    """The logged-in staff member, refused (``staff.role_required``) without ``role``; None when
+    nobody is logged in."""
     staff = current_staff(request, context, session)
     if staff is not None:
-        require_role(staff, StaffRole.ADMIN)
+        require_role(staff, role)
     return staff
+
+
+def admin_staff(request: Request, context: AppContext, session: Session) -> Staff | None:
+    """The logged-in admin (None without a session; ``forbidden`` for other roles)."""
+    return staff_with_role(request, context, session, StaffRole.ADMIN)
 
 
 def _staff_page(
@@ -461,12 +519,13 @@ def _staff_page(
     status: int = 200,
     form: dict[str, str] | None = None,
 ) -> HTMLResponse:
-    return _page(
+    return admin_page(
         request,
         context,
         "admin/staff.html",
         staff,
         members=list_staff(session=session),
+        live_sessions=count_live_sessions(session=session, policy=_session_policy(context)),
         error=error,
         status=status,
         form=form or {},
@@ -476,9 +535,9 @@ def _staff_page(
 @router.get("/staff", response_class=HTMLResponse)
 def staff_list(request: Request, context: ContextDep, session: SessionDep) -> Response:
     """Every staff member, and a form to add one."""
-    staff = _admin(request, context, session)
+    staff = admin_staff(request, context, session)
     if staff is None:
-        return _to_login(request)
+        return to_login(request)
     return _staff_page(request, context, session, staff)
 
 
@@ -495,9 +554,9 @@ async def staff_save(
     disabled = form.get("disabled") == "1"
 
     def run() -> Response:
-        staff = _admin(request, context, session)
+        staff = admin_staff(request, context, session)
         if staff is None:
-            return _to_login(request)
+            return to_login(request)
         try:
             member = session.scalars(
                 select(Staff).where(Staff.email == values["email"].strip().lower())
@@ -525,7 +584,11 @@ async def staff_save(
             )
             if password:
                 set_password(
-                    session=session, staff=member, password=password, policy=_policy(context)
+                    session=session,
+                    staff=member,
+                    password=password,
+                    policy=_policy(context),
+                    actor=staff.email,
                 )
         except StaffError as exc:
             session.rollback()
@@ -548,7 +611,7 @@ async def staff_import(
     check_csrf(request, context, str(form.get("csrf_token") or ""))
     upload = form.get("file")
     if isinstance(upload, UploadFile):
-        data = await upload.read(_MAX_IMPORT_BYTES + 1)
+        data = await upload.read(MAX_IMPORT_BYTES + 1)
     else:
         data = base64.b64decode(str(form.get("content") or ""), validate=False)
     apply = form.get("apply") == "1"
@@ -556,22 +619,16 @@ async def staff_import(
     await form.close()  # the upload's temporary file
 
     def run() -> Response:
-        staff = _admin(request, context, session)
+        staff = admin_staff(request, context, session)
         if staff is None:
-            return _to_login(request)
-        if not data or len(data) > _MAX_IMPORT_BYTES:
-            raise StaffError(
-                "staff.import_size",
-                "the import file is empty or larger than 1 MB",
-                "ファイルが空か、1MBを超えています。",
-            )
+            return to_login(request)
         plan, lines = plan_import(session=session, data=data, disable_missing=disable_missing)
         applied = False
         if apply and not plan.errors:
-            apply_import(session=session, plan=plan, lines=lines, actor=staff.email)
+            apply_import(session=session, plan=plan, lines=lines, actor=staff.email, ip=ip)
             session.commit()
             applied = True
-        return _page(
+        return admin_page(
             request,
             context,
             "admin/staff_import.html",
@@ -585,4 +642,22 @@ async def staff_import(
     return await run_in_threadpool(run)
 
 
-_MAX_IMPORT_BYTES = 1024 * 1024
+@router.post("/staff/sessions/end")
+async def staff_end_sessions(
+    request: Request, context: ContextDep, session: SessionDep, ip: ClientIpDep
+) -> Response:
+    """End every session of one staff member (a lost or shared computer)."""
+    form = await request.form()
+    check_csrf(request, context, str(form.get("csrf_token") or ""))
+    email = str(form.get("email") or "")
+
+    def run() -> Response:
+        staff = admin_staff(request, context, session)
+        if staff is None:
+            return to_login(request)
+        member = get_staff(session=session, email=email)
+        end_staff_sessions(session=session, staff=member, actor=staff.email, ip=ip)
+        session.commit()
+        return RedirectResponse("/admin/staff", status_code=303)
+
+    return await run_in_threadpool(run)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -41,11 +42,12 @@ from core.envelopes import (
     cancel_envelope,
     completion_certificate,
     create_envelope,
+    document_at,
     read_document,
     send_envelope,
 )
 from core.errors import DocumentError, GatewayError, NotFoundError, StateError
-from core.links import resend_request, set_access_code
+from core.links import AccessCodePolicy, resend_request, set_access_code
 from core.model import ApiClient, Envelope
 from core.states import EnvelopeState, PartyRole
 from gateway.api.schemas import (
@@ -69,6 +71,10 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such envelope among this system's"},
     409: {"description": "Not allowed in the envelope's state"},
     422: {"description": "Invalid request"},
+}
+
+_PURGED: dict[int | str, dict[str, Any]] = {
+    410: {"description": "Deleted at the end of its retention period (document.purged)"},
 }
 
 _CREATE_BODY: dict[str, Any] = {
@@ -140,11 +146,8 @@ def _request_digest(body: EnvelopeCreate, documents: list[DocumentInput]) -> str
     return digest.hexdigest()
 
 
-async def _read_create_request(
-    request: Request, context: AppContext
-) -> tuple[EnvelopeCreate, list[DocumentInput]]:
-    limits = context.gateway.runtime.limits
-    ceiling = limits.max_envelope_bytes * 4 // 3 + 2 * 1024 * 1024
+def check_content_length(request: Request, ceiling: int) -> None:
+    """Refuse a request whose declared body is larger than ``ceiling`` bytes, before reading it."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > ceiling:
         raise GatewayError(
@@ -152,6 +155,14 @@ async def _read_create_request(
             f"the request is larger than {ceiling} bytes",
             "リクエストが大きすぎます。",
         )
+
+
+async def _read_create_request(
+    request: Request, context: AppContext
+) -> tuple[EnvelopeCreate, list[DocumentInput]]:
+    limits = context.gateway.runtime.limits
+    ceiling = limits.max_envelope_bytes * 4 // 3 + 2 * 1024 * 1024
+    check_content_length(request, ceiling)
     content_type = request.headers.get("content-type", "").lower()
     try:
         if content_type.startswith("application/json"):
@@ -210,6 +221,47 @@ def body_and_files(
     return body, documents
 
 
+def hash_access_codes(
+    policy: AccessCodePolicy, parties: Sequence[tuple[str, str | None]]
+) -> list[str | None]:
+    """Each party's access code (role, code in routing order) checked and hashed; None for a
+    cc, ``party.access_code_required`` for an approver or signer without one."""
+    codes: list[str | None] = []
+    for index, (role, code) in enumerate(parties):
+        if role == PartyRole.CC.value:
+            codes.append(None)
+            continue
+        if code is None:
+            raise StateError(
+                "party.access_code_required",
+                f"party {index + 1} ({role}) needs an access code",
+                f"{index + 1}番目の署名者のアクセスコードを指定してください。",
+                details={"party": index + 1},
+            )
+        # Hashed now, before any row is written: no database lock is held while scrypt runs.
+        codes.append(policy.hash(policy.check_format(code)))
+    return codes
+
+
+def store_access_codes(session: Session, envelope: Envelope, codes: Sequence[str | None]) -> None:
+    """Set the hashes from :func:`hash_access_codes` on the parties of a new envelope."""
+    for party, code in zip(envelope.parties, codes, strict=True):
+        if code is not None:
+            set_access_code(session=session, party_id=party.id, code_hash=code)
+
+
+def check_management_number(session: Session, number: str | None) -> None:
+    """Refuse a management number (管理番号) another envelope already has."""
+    if number is not None and session.scalar(
+        select(Envelope.id).where(Envelope.management_number == number)
+    ):
+        raise StateError(
+            "state.duplicate_management_number",
+            f"management number {number} is in use",
+            "この管理番号は既に使われています。",
+        )
+
+
 def _create(
     context: AppContext,
     session: Session,
@@ -226,29 +278,9 @@ def _create(
         replay = _replay(session, client, key, digest)
         if replay is not None:
             return replay, True
-    runtime, policy = context.gateway.runtime, context.policy
-    codes: list[str | None] = []
-    for index, p in enumerate(body.parties):
-        if p.role == PartyRole.CC.value:
-            codes.append(None)
-            continue
-        if p.access_code is None:
-            raise StateError(
-                "party.access_code_required",
-                f"party {index + 1} ({p.role}) needs an access code",
-                f"{index + 1}番目の署名者のアクセスコードを指定してください。",
-                details={"party": index + 1},
-            )
-        # Hashed now, before any row is written: no database lock is held while scrypt runs.
-        codes.append(policy.hash(policy.check_format(p.access_code)))
-    if body.management_number is not None and session.scalar(
-        select(Envelope.id).where(Envelope.management_number == body.management_number)
-    ):
-        raise StateError(
-            "state.duplicate_management_number",
-            f"management number {body.management_number} is in use",
-            "この管理番号は既に使われています。",
-        )
+    runtime = context.gateway.runtime
+    codes = hash_access_codes(context.policy, [(p.role, p.access_code) for p in body.parties])
+    check_management_number(session, body.management_number)
     if body.amends is not None:
         # The original must be one of this system's own envelopes.
         get_client_envelope(session=session, client_id=client.id, envelope_id=body.amends)
@@ -283,9 +315,7 @@ def _create(
             deadline=body.metadata.deadline,
             actor=actor,
         )
-        for party, code in zip(envelope.parties, codes, strict=True):
-            if code is not None:
-                set_access_code(session=session, party_id=party.id, code_hash=code)
+        store_access_codes(session, envelope, codes)
         if body.amends is not None:
             record_amendment(
                 session=session, envelope=envelope, original_id=body.amends, actor=actor
@@ -502,7 +532,7 @@ def _completed(envelope: Envelope) -> None:
 @router.get(
     "/envelopes/{envelope_id}/documents/{position}",
     response_class=Response,
-    responses={200: {"content": {"application/pdf": {}}}, **_ERROR_RESPONSES},
+    responses={200: {"content": {"application/pdf": {}}}, **_ERROR_RESPONSES, **_PURGED},
 )
 def download_document(
     envelope_id: EnvelopeId,
@@ -516,9 +546,7 @@ def download_document(
     require_scope(client, READ)
     envelope = get_client_envelope(session=session, client_id=client.id, envelope_id=envelope_id)
     _completed(envelope)
-    doc = next((d for d in envelope.documents if d.position == position), None)
-    if doc is None:
-        raise NotFoundError("not_found.document", f"no document {position}", "文書がありません。")
+    doc = document_at(envelope, position)
     data = read_document(runtime=context.gateway.runtime, document=doc)
     record_event(
         session=session,
@@ -535,7 +563,7 @@ def download_document(
 @router.get(
     "/envelopes/{envelope_id}/certificate",
     response_class=Response,
-    responses={200: {"content": {"application/pdf": {}}}, **_ERROR_RESPONSES},
+    responses={200: {"content": {"application/pdf": {}}}, **_ERROR_RESPONSES, **_PURGED},
 )
 def download_certificate(
     envelope_id: EnvelopeId,

@@ -145,6 +145,8 @@ class EnvelopeOut(BaseModel):
     amends: str | None
     amended_by: list[str]
     last_error: str | None
+    # When the documents were deleted at the end of their retention (downloads answer 410).
+    documents_purged_at: dt.datetime | None = None
     documents: list[DocumentOut]
     parties: list[PartyOut]
 
@@ -194,6 +196,7 @@ def envelope_out(envelope: Envelope, *, amends: str | None, amended_by: list[str
         amends=amends,
         amended_by=amended_by,
         last_error=envelope.last_error,
+        documents_purged_at=envelope.documents_purged_at,
         documents=[
             DocumentOut(
                 position=d.position,

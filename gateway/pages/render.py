@@ -8,12 +8,54 @@ import io
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 
 import pypdfium2 as pdfium
 
 from core.errors import DocumentError
 
 PageSize = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class PageBox:
+    """The visible area of a page (where its CropBox meets its MediaBox) in PDF user space,
+    points with the origin bottom-left, and the page's /Rotate. A page image shows exactly this
+    area, turned clockwise by ``rotation``."""
+
+    left: float
+    bottom: float
+    right: float
+    top: float
+    rotation: int = 0
+
+    @property
+    def size(self) -> PageSize:
+        """(width, height) in points as displayed, i.e. after the rotation."""
+        width, height = self.right - self.left, self.top - self.bottom
+        return (height, width) if self.rotation in (90, 270) else (width, height)
+
+
+def placement(page: PageBox, rect: tuple[float, float, float, float]) -> dict[str, float]:
+    """Where ``rect`` (x1, y1, x2, y2 in PDF points) sits on the image of an unrotated page: left,
+    top, width and height in percent of the image, for a box laid over it."""
+    width, height = page.size
+    x1, y1, x2, y2 = rect
+    return {
+        "left": round(100 * (x1 - page.left) / width, 3),
+        "top": round(100 * (page.top - y2) / height, 3),
+        "width": round(100 * (x2 - x1) / width, 3),
+        "height": round(100 * (y2 - y1) / height, 3),
+    }
+
+
+def rect_at(
+    page: PageBox, left: float, top: float, width: float, height: float
+) -> tuple[float, float, float, float]:
+    """The rectangle (x1, y1, x2, y2 in PDF points) that sits ``left`` and ``top`` points from the
+    top-left corner of an unrotated page as displayed: the inverse of :func:`placement`."""
+    x1, y2 = page.left + left, page.top - top
+    return (round(x1, 2), round(y2 - height, 2), round(x1 + width, 2), round(y2, 2))
 
 
 class PageRenderer:
@@ -23,19 +65,29 @@ class PageRenderer:
         self.scale = dpi / 72
         self._lock = threading.Lock()
         self._pngs: OrderedDict[Hashable, bytes] = OrderedDict()
-        self._sizes: dict[Hashable, list[PageSize]] = {}
+        self._boxes: dict[Hashable, list[PageBox]] = {}
         self._cache_entries = cache_entries
 
-    def page_sizes(self, key: Hashable, load: Callable[[], bytes]) -> list[PageSize]:
-        """(width, height) in points of every page; ``load`` reads the document when needed."""
+    def page_boxes(self, key: Hashable, load: Callable[[], bytes]) -> list[PageBox]:
+        """The visible area and rotation of every page; ``load`` reads the document when needed."""
         with self._lock:
-            if key not in self._sizes:
+            if key not in self._boxes:
                 pdf = self._open(load())
                 try:
-                    self._sizes[key] = [pdf.get_page_size(i) for i in range(len(pdf))]
+                    boxes = []
+                    for index in range(len(pdf)):
+                        page = pdf[index]
+                        left, bottom, right, top = page.get_bbox()
+                        boxes.append(PageBox(left, bottom, right, top, page.get_rotation()))
+                        page.close()
+                    self._boxes[key] = boxes
                 finally:
                     pdf.close()
-            return self._sizes[key]
+            return self._boxes[key]
+
+    def page_sizes(self, key: Hashable, load: Callable[[], bytes]) -> list[PageSize]:
+        """(width, height) in points of every page as displayed."""
+        return [box.size for box in self.page_boxes(key, load)]
 
     def png(self, key: Hashable, load: Callable[[], bytes], page_index: int) -> bytes:
         """Page ``page_index`` (0-based) as PNG, text boxes filled so far included."""

@@ -24,19 +24,21 @@ from core.audit import record_event
 from core.envelopes import (
     apply_pending_signature,
     decline,
+    document_at,
     get_party,
     read_document,
     record_approval,
     record_view,
     seal_envelope,
 )
-from core.errors import AuthError, GatewayError, NotFoundError, StateError
+from core.errors import AuthError, GatewayError, StateError
 from core.links import check_access_code, forward_party, open_link
 from core.model import Document, Envelope, LinkPurpose, Party, SigningLink
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, PartyState
 from gateway.context import AppContext
 from gateway.deps import ClientIpDep, ContextDep, SessionDep, get_client_ip
 from gateway.pages.cookies import CSRF_COOKIE, SESSION_COOKIE
+from gateway.pages.render import placement
 
 router = APIRouter(include_in_schema=False)
 
@@ -183,22 +185,15 @@ def _documents_view(context: AppContext, envelope: Envelope, party: Party) -> li
     own = [f for f in party.fields]
     views = []
     for doc in envelope.documents:
-        sizes = context.pages.page_sizes(_render_key(doc), _document_loader(context, doc))
+        page_boxes = context.pages.page_boxes(_render_key(doc), _document_loader(context, doc))
         pages = []
-        for number, (width, height) in enumerate(sizes, start=1):
-            boxes = []
-            for f in own:
-                if f.document_id != doc.id or f.page != number:
-                    continue
-                boxes.append(
-                    {
-                        "field": f,
-                        "left": round(100 * f.x1 / width, 3),
-                        "top": round(100 * (height - f.y2) / height, 3),
-                        "width": round(100 * (f.x2 - f.x1) / width, 3),
-                        "height": round(100 * (f.y2 - f.y1) / height, 3),
-                    }
-                )
+        for number, page_box in enumerate(page_boxes, start=1):
+            boxes = [
+                {"field": f, **placement(page_box, (f.x1, f.y1, f.x2, f.y2))}
+                for f in own
+                if f.document_id == doc.id and f.page == number
+            ]
+            width, height = page_box.size
             pages.append({"number": number, "width": width, "height": height, "boxes": boxes})
         views.append({"doc": doc, "pages": pages})
     return views
@@ -384,10 +379,7 @@ def _viewable_document(
             "the envelope is closed",
             _CLOSED_JA[party.envelope.state],
         )
-    doc = next((d for d in party.envelope.documents if d.position == position), None)
-    if doc is None:
-        raise NotFoundError("not_found.document", "no such document", "文書が見つかりません。")
-    return party, doc
+    return party, document_at(party.envelope, position)
 
 
 @router.get("/sign/{token}/documents/{position}/pages/{page}.png")
@@ -660,9 +652,7 @@ def download_signed(
 ) -> Response:
     """One signed document."""
     link, envelope = _download_link(session, token)
-    doc = next((d for d in envelope.documents if d.position == position), None)
-    if doc is None:
-        raise NotFoundError("not_found.document", "no such document", "文書が見つかりません。")
+    doc = document_at(envelope, position)
     data = read_document(runtime=context.gateway.runtime, document=doc)
     record_event(
         session=session,

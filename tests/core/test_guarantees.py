@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from core.audit import list_events
 from core.blobs import BlobStore
-from core.envelopes import DocumentInput, PartyInput, Runtime, create_envelope
+from core.envelopes import Runtime
 from core.errors import GuaranteeError, NotFoundError
 from core.guarantees import (
     GuaranteeInput,
@@ -27,7 +27,7 @@ from core.guarantees import (
     remove_guarantee,
 )
 from core.model import Amendment, Envelope, GuaranteeKind, GuaranteeReference
-from core.states import PartyRole
+from tests.fixtures.envelopes import one_signer_envelope
 from tests.fixtures.notices import make_notice
 from tests.fixtures.pdfs import make_pdf
 
@@ -36,16 +36,7 @@ ISSUER = "西日本建設業保証株式会社"
 
 
 def _envelope(session: Session, runtime: Runtime, title: str = "〇〇道路改良工事") -> Envelope:
-    envelope = create_envelope(
-        session=session,
-        runtime=runtime,
-        title=title,
-        creator="開発市 契約課",
-        documents=[DocumentInput("契約書.pdf", make_pdf(pages=1))],
-        parties=[PartyInput(PartyRole.SIGNER, "署名者", "s@example.jp")],
-    )
-    session.commit()
-    return envelope
+    return one_signer_envelope(session, runtime, title)
 
 
 def _ref(**overrides: object) -> GuaranteeInput:

@@ -10,13 +10,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import Disposition, GatewayError, StateError
-from core.model import Delivery, DeliveryState, utcnow
+from core.model import AuditEvent, Delivery, DeliveryState, utcnow
 from core.outbox import (
     RetryPolicy,
     claim,
+    count_deliveries,
     dispatch,
     enqueue,
     list_deliveries,
+    list_targets,
     mark_delivered,
     mark_failed,
     retry_dead,
@@ -84,11 +86,18 @@ def test_failures_back_off_then_die(session: Session) -> None:
         else:
             assert state is DeliveryState.DEAD
     assert d.last_error == "sink down"
-    retry_dead(session=session, delivery_id=d.id)
+    retry_dead(session=session, delivery_id=d.id, actor="admin@city.example.jp", ip="192.0.2.9")
     session.refresh(d)
     assert d.state is DeliveryState.PENDING and d.attempts == 0
+    event = session.scalars(select(AuditEvent).where(AuditEvent.action == "outbox.retry")).one()
+    assert (event.actor, event.ip, event.detail) == (
+        "admin@city.example.jp",
+        "192.0.2.9",
+        {"delivery": d.id, "target": "folder"},
+    )
+    assert event.chain_seq is not None  # committed with the change
     with pytest.raises(StateError):
-        retry_dead(session=session, delivery_id=d.id)
+        retry_dead(session=session, delivery_id=d.id, actor="test")
 
 
 def test_permanent_errors_die_at_once(session: Session) -> None:
@@ -106,6 +115,25 @@ def test_permanent_errors_die_at_once(session: Session) -> None:
         is DeliveryState.DEAD
     )
     assert [x.id for x in list_deliveries(session=session, state=DeliveryState.DEAD)] == [d.id]
+
+
+def test_counts_per_state_targets_and_pages(session: Session) -> None:
+    _fill(session, 3, "folder")
+    _fill(session, 2, "finance")
+    (d,) = claim(session=session, worker="w", limit=1, targets=["finance"])
+    mark_failed(
+        session=session, delivery=d, worker="w", error="no", retriable=False, policy=RetryPolicy()
+    )
+    assert count_deliveries(session=session) == {
+        DeliveryState.PENDING: 4,
+        DeliveryState.LEASED: 0,
+        DeliveryState.DELIVERED: 0,
+        DeliveryState.DEAD: 1,
+    }
+    assert count_deliveries(session=session, target="folder")[DeliveryState.DEAD] == 0
+    assert list_targets(session=session) == ["finance", "folder"]
+    newest_first = [x.id for x in list_deliveries(session=session)]
+    assert [x.id for x in list_deliveries(session=session, limit=2, offset=2)] == newest_first[2:4]
 
 
 def test_dispatch_delivers_retries_and_kills(sessions: sessionmaker[Session]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import pyotp
 import pytest
@@ -47,7 +48,9 @@ def _staff(session: Session) -> Staff:
         department="契約課",
         actor="test",
     )
-    set_password(session=session, staff=staff, password=GOOD, policy=POLICY)
+    set_password(
+        session=session, staff=staff, password=GOOD, policy=POLICY, actor="admin@city.example.jp"
+    )
     return staff
 
 
@@ -133,7 +136,7 @@ def test_unknown_and_disabled_staff_get_the_same_answer(session: Session) -> Non
 
 def test_totp(session: Session) -> None:
     staff = _staff(session)
-    uri = enable_totp(session=session, staff=staff, issuer="開発市")
+    uri = enable_totp(session=session, staff=staff, issuer="開発市", actor=staff.email)
     assert uri.startswith("otpauth://totp/")
     assert staff.totp_secret
     now = dt.datetime(2026, 4, 1, 9, tzinfo=dt.UTC)
@@ -146,6 +149,78 @@ def test_totp(session: Session) -> None:
         session=session, email=staff.email, password=GOOD, policy=POLICY, totp_code=code, now=now
     )
     assert ok.staff is staff
+
+
+def _login(session: Session, code: str, now: dt.datetime) -> str | None:
+    """The error code of a login with ``code`` (None: logged in)."""
+    outcome = authenticate(
+        session=session,
+        email="tanaka@city.example.jp",
+        password=GOOD,
+        policy=POLICY,
+        totp_code=code,
+        now=now,
+    )
+    return outcome.error.code if outcome.error else None
+
+
+def test_a_one_time_code_is_good_once(sessions: sessionmaker[Session]) -> None:
+    with transaction(sessions) as session:
+        staff = _staff(session)
+        enable_totp(session=session, staff=staff, issuer="開発市", actor=staff.email)
+        totp = pyotp.TOTP(staff.totp_secret)
+    now = dt.datetime(2026, 4, 1, 9, 0, 5, tzinfo=dt.UTC)
+    code = totp.at(now)
+    with transaction(sessions) as session:
+        assert _login(session, code, now) is None
+    with transaction(sessions) as session:  # the same code again, still inside its window
+        assert _login(session, code, now + dt.timedelta(seconds=10)) == "auth.totp_reused"
+    with transaction(sessions) as session:  # the previous step's code is older still
+        assert _login(session, totp.at(now - dt.timedelta(seconds=30)), now) == "auth.totp_reused"
+    with sessions() as session:  # each refusal counts towards the lockout
+        assert session.scalar(select(Staff.failed_logins)) == 2
+    later = now + dt.timedelta(seconds=30)
+    with transaction(sessions) as session:  # the next code works
+        assert _login(session, totp.at(later), later) is None
+    window = {totp.at(later + dt.timedelta(seconds=30 * i)) for i in (-1, 0, 1)}
+    wrong = next(c for c in ("000000", "111111", "222222", "333333") if c not in window)
+    with transaction(sessions) as session:  # and a wrong one is only wrong
+        assert _login(session, wrong, later) == "auth.login_failed"
+    with sessions() as session:
+        stored = session.scalars(select(Staff).where(Staff.email == "tanaka@city.example.jp")).one()
+        assert stored.totp_last_step == totp.timecode(later)
+        actions = session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)).all()
+    assert actions.count("login.totp_reused") == 2
+    assert actions.count("login") == 2
+
+
+def test_two_logins_with_one_code_cannot_both_win(sessions: sessionmaker[Session]) -> None:
+    """Two nodes check the same code at once: the second waits for the first's row and then
+    finds the step taken (PostgreSQL: the row lock; SQLite: the database write lock)."""
+    with transaction(sessions) as session:
+        staff = _staff(session)
+        enable_totp(session=session, staff=staff, issuer="開発市", actor=staff.email)
+        secret = staff.totp_secret
+    assert secret
+    now = dt.datetime(2026, 4, 1, 9, 0, 5, tzinfo=dt.UTC)
+    code = pyotp.TOTP(secret).at(now)
+    first = sessions()
+    assert _login(first, code, now) is None  # not committed yet: holds the row
+    outcome: list[str | None] = []
+
+    def second() -> None:
+        with sessions() as session:
+            outcome.append(_login(session, code, now))
+            session.commit()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    thread.join(timeout=1.5)
+    assert thread.is_alive() and outcome == []  # waiting for the first login's transaction
+    first.commit()
+    first.close()
+    thread.join(timeout=30)
+    assert outcome == ["auth.totp_reused"]
 
 
 CSV = (
@@ -230,3 +305,20 @@ def test_import_header_and_encoding_errors(session: Session) -> None:
     with pytest.raises(StaffError) as caught:
         plan_import(session=session, data=b"\x82\xa0\xff\xfe\x81")
     assert caught.value.code == "staff.import_encoding"
+
+
+def test_a_password_or_second_factor_set_for_someone_names_who_set_it(session: Session) -> None:
+    staff = _staff(session)  # its password set by admin@city.example.jp
+    enable_totp(session=session, staff=staff, issuer="開発市", actor="cli:root")
+    session.commit()
+    events = {
+        e.action: e
+        for e in session.scalars(
+            select(AuditEvent).where(
+                AuditEvent.action.in_(["staff.password_set", "staff.totp_enabled"])
+            )
+        )
+    }
+    assert events["staff.password_set"].actor == "admin@city.example.jp"
+    assert events["staff.totp_enabled"].actor == "cli:root"
+    assert {e.detail["email"] for e in events.values()} == {"tanaka@city.example.jp"}

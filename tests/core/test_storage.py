@@ -6,13 +6,16 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
-from core.model import Base
+from core.model import Base, schema_filter
 from core.storage import migrate
 
 
 def test_migrations_match_the_model(db_engine: Engine) -> None:
     with db_engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        context = MigrationContext.configure(
+            conn, opts={"include_object": schema_filter(conn.dialect.name)}
+        )
+        diff = compare_metadata(context, Base.metadata)
     assert diff == []
 
 

@@ -1,4 +1,5 @@
-"""Staff pages in headless Chromium: login, lockout, search, detail, download, the report.
+"""Staff pages in headless Chromium: login, lockout, search, detail, download, the report,
+logout (a copied cookie stops working), and the admins' sync-run and outbox pages.
 Screenshots land in the test's temporary folder (``Site.shot``)."""
 
 from __future__ import annotations
@@ -9,26 +10,41 @@ import pyotp
 from playwright.sync_api import BrowserContext, Page
 from sqlalchemy import update
 
-from core.model import Envelope, VisibilityScope
+from core.model import Delivery, DeliveryState, Envelope, VisibilityScope
 from core.staff import PasswordPolicy, add_staff, enable_totp, get_staff, set_password
 from tests.e2e.conftest import Site
 from tests.fixtures.gateway import envelope_request
+from tests.fixtures.operations import dead_and_due_deliveries, sync_run_with_line_errors
 
 PASSWORD = "Kei-yaku-2026!"
 
 
-def _staff(site: Site, email: str, department: str) -> None:
+def _staff(
+    site: Site,
+    email: str,
+    department: str,
+    *,
+    name: str = "田中 一郎",
+    roles: str = "sender",
+    scope: VisibilityScope = VisibilityScope.DEPARTMENT,
+) -> None:
     with site.gateway.sessions() as session:
         staff = add_staff(
             session=session,
-            name="田中 一郎",
+            name=name,
             email=email,
-            roles="sender",
-            scope=VisibilityScope.DEPARTMENT,
+            roles=roles,
+            scope=scope,
             department=department,
             actor="test",
         )
-        set_password(session=session, staff=staff, password=PASSWORD, policy=PasswordPolicy())
+        set_password(
+            session=session,
+            staff=staff,
+            password=PASSWORD,
+            policy=PasswordPolicy(),
+            actor="admin@city.example.jp",
+        )
         session.commit()
 
 
@@ -107,15 +123,23 @@ def test_search_detail_download_and_report(site: Site, context: BrowserContext) 
     page.goto(f"{site.url}/admin/reports/monthly")
     assert page.locator("#chart rect").count() == 12
     site.shot(page, "admin-report")
+    copied = [c for c in context.cookies() if c["name"] == "kg_staff"]
+    assert len(copied) == 1
     page.click("#logout")
     page.wait_for_url(f"{site.url}/admin/login")
+    assert not [c for c in context.cookies() if c["name"] == "kg_staff"]
+    # The cookie from before the logout, put back: the session ended on the server.
+    context.add_cookies(copied)  # type: ignore[arg-type]
+    page.goto(f"{site.url}/admin/envelopes")
+    assert page.url.startswith(f"{site.url}/admin/login")
+    assert page.locator("#login").is_visible()
 
 
 def test_login_with_a_one_time_code(site: Site, context: BrowserContext) -> None:
     _staff(site, "totp@city.example.jp", "契約課")
     with site.gateway.sessions() as session:
         staff = get_staff(session=session, email="totp@city.example.jp")
-        enable_totp(session=session, staff=staff, issuer="開発市")
+        enable_totp(session=session, staff=staff, issuer="開発市", actor=staff.email)
         secret = staff.totp_secret
         session.commit()
     assert secret
@@ -131,18 +155,14 @@ def test_login_with_a_one_time_code(site: Site, context: BrowserContext) -> None
 
 
 def test_staff_management_and_import(site: Site, context: BrowserContext, tmp_path: Path) -> None:
-    with site.gateway.sessions() as session:
-        admin = add_staff(
-            session=session,
-            name="総務 花子",
-            email="soumu@city.example.jp",
-            roles="admin",
-            scope=VisibilityScope.ALL,
-            department="総務課",
-            actor="test",
-        )
-        set_password(session=session, staff=admin, password=PASSWORD, policy=PasswordPolicy())
-        session.commit()
+    _staff(
+        site,
+        "soumu@city.example.jp",
+        "総務課",
+        name="総務 花子",
+        roles="admin",
+        scope=VisibilityScope.ALL,
+    )
     csv_file = tmp_path / "職員.csv"
     csv_file.write_bytes(
         "氏名,所属,メールアドレス,権限,閲覧範囲\n"
@@ -163,3 +183,42 @@ def test_staff_management_and_import(site: Site, context: BrowserContext, tmp_pa
     page.goto(f"{site.url}/admin/staff")
     assert "yamada@city.example.jp" in page.inner_text("#members")
     site.shot(page, "admin-staff")
+
+
+def test_sync_runs_and_outbox_pages(site: Site, context: BrowserContext) -> None:
+    _staff(
+        site,
+        "unyou@city.example.jp",
+        "情報政策課",
+        name="運用 次郎",
+        roles="admin",
+        scope=VisibilityScope.ALL,
+    )
+    run_id = sync_run_with_line_errors(site.gateway.sessions)
+    dead_id, _ = dead_and_due_deliveries(site.gateway.sessions)
+    page = context.new_page()
+    _login(page, site, "unyou@city.example.jp", PASSWORD)
+    page.wait_for_url(f"{site.url}/admin/envelopes")
+
+    page.click("text=取込履歴")
+    page.wait_for_url(f"{site.url}/admin/sync-runs")
+    assert "2026年04月02日 02:00" in page.inner_text("#runs")
+    assert "nightly_pull" in page.inner_text("#jobs")
+    site.shot(page, "admin-sync-runs")
+    page.click(f"#runs a[href='/admin/sync-runs/{run_id}']")
+    page.wait_for_url(f"{site.url}/admin/sync-runs/{run_id}")
+    rows = page.locator("#line-errors tbody tr")
+    assert rows.count() == 2 and "落札金額がありません" in rows.nth(0).inner_text()
+    site.shot(page, "admin-sync-run")
+
+    page.click("text=配信状況")
+    page.wait_for_url(f"{site.url}/admin/outbox")
+    assert page.inner_text("#count-dead") == "1"
+    site.shot(page, "admin-outbox")
+    page.click("#deliveries button.retry")
+    page.wait_for_url(f"{site.url}/admin/outbox?state=dead")
+    assert page.inner_text("#count-dead") == "0"
+    assert page.locator("#deliveries button.retry").count() == 0
+    with site.gateway.sessions() as session:
+        delivery = session.get(Delivery, dead_id)
+        assert delivery is not None and delivery.state is DeliveryState.PENDING

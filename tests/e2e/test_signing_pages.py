@@ -15,11 +15,11 @@ from playwright.sync_api import BrowserContext, Page, expect
 from sqlalchemy import select, update
 
 from core.audit import list_events
-from core.envelopes import approve, get_envelope, record_view
+from core.envelopes import get_envelope
 from core.model import Document, LinkPurpose, SigningLink
 from core.states import EnvelopeState
 from tests.e2e.conftest import Site, body_of, link_in
-from tests.fixtures.gateway import SECRETS, envelope_request
+from tests.fixtures.gateway import SECRETS, complete_by_services, envelope_request
 from tests.fixtures.pdfs import make_pdf
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -277,23 +277,6 @@ def test_cancel_midway_tells_the_parties_and_closes_the_links(
         fresh.close()
 
 
-def _complete_by_services(site: Site, envelope_id: str) -> None:
-    runtime = site.gateway.runtime
-    with site.gateway.sessions() as session:
-        envelope = get_envelope(session=session, envelope_id=envelope_id)
-        for party in list(envelope.parties):
-            record_view(session=session, envelope_id=envelope_id, party_id=party.id)
-            session.commit()
-            approve(
-                session=session,
-                runtime=runtime,
-                envelope_id=envelope_id,
-                party_id=party.id,
-                values={f.id: "記入" for f in party.fields},
-                auth_method="email+access_code",
-            )
-
-
 def test_carrier_mail_gets_no_attachment_and_the_download_link_expires(
     site: Site, context: BrowserContext
 ) -> None:
@@ -307,7 +290,7 @@ def test_carrier_mail_gets_no_attachment_and_the_download_link_expires(
         emails=emails, pdfs=big, send=True, sender_email="s-mobile@city.example.jp"
     )
     envelope = site.api.post("/api/v1/envelopes", json=body).json()
-    _complete_by_services(site, envelope["id"])
+    complete_by_services(site.gateway, envelope["id"])
 
     def completion(address: str):
         for _ in range(2):

@@ -1,16 +1,19 @@
 """Staff pages over HTTP (uvicorn on loopback, SQLite and PostgreSQL): login and lockout, CSRF,
-scope (out of scope is 404 for detail, download and certificate), search, download, cancel,
-the report, and the IP allow-list on /admin and /api."""
+server-side sessions (logout, idle timeout, disabling and an admin end them), scope (out of
+scope is 404 for detail, download and certificate), search, download, cancel, the report, and
+the IP allow-list on /admin and /api."""
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import re
 from collections.abc import Callable
 
 import httpx
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from core.model import Envelope, VisibilityScope
+from core.model import AuditEvent, Envelope, StaffSession, VisibilityScope, utcnow
 from core.staff import PasswordPolicy, add_staff, set_password
 from tests.fixtures.gateway import envelope_request
 from tests.gateway.conftest import LiveGateway
@@ -41,7 +44,13 @@ def _staff(
             department=department,
             actor="test",
         )
-        set_password(session=session, staff=staff, password=PASSWORD, policy=PasswordPolicy())
+        set_password(
+            session=session,
+            staff=staff,
+            password=PASSWORD,
+            policy=PasswordPolicy(),
+            actor="admin@city.example.jp",
+        )
         session.commit()
 
 
@@ -251,3 +260,137 @@ def test_staff_import_page_previews_then_applies(live_gateway: Callable[..., Liv
         )
         assert "登録しました" in applied.text
         assert "tanaka@city.example.jp" in client.get("/admin/staff").text
+
+
+def _session_cookie(client: httpx.Client) -> str:
+    value = next(c.value for c in client.cookies.jar if c.name == "kg_staff")
+    assert value
+    return value
+
+
+def _logged_out(client: httpx.Client, cookie: str | None = None) -> bool:
+    headers = {"Cookie": f"kg_staff={cookie}"} if cookie else None
+    answer = client.get("/admin/envelopes", headers=headers, follow_redirects=False)
+    return answer.status_code == 303 and answer.headers["location"].startswith("/admin/login")
+
+
+def test_a_logged_out_cookie_replayed_gets_the_login_page(
+    live_gateway: Callable[..., LiveGateway],
+) -> None:
+    live = live_gateway()
+    _staff(live, "tanaka@city.example.jp", "契約課")
+    with live.client() as client:
+        assert _login(client, "tanaka@city.example.jp").status_code == 303
+        copied = _session_cookie(client)
+        page = client.get("/admin/envelopes")
+        assert page.status_code == 200
+        with live.client() as other:  # the copy works while the session lives ...
+            assert not _logged_out(other, copied)
+        assert client.post("/admin/logout", data={}).status_code == 403  # CSRF
+        out = client.post("/admin/logout", data={"csrf_token": _csrf(page.text)})
+        assert out.status_code == 303
+    with live.client() as other:  # ... and not after the logout
+        assert _logged_out(other, copied)
+    with live.gateway.sessions() as session:
+        row = session.scalars(select(StaffSession)).one()
+        token = copied.partition(":")[0]  # the cookie: token:expiry.signature
+        assert row.ended_at is not None and row.id == hashlib.sha256(token.encode()).hexdigest()
+        actions = session.scalars(select(AuditEvent.action)).all()
+    assert "login" in actions and "logout" in actions
+
+
+def test_an_idle_session_ends(live_gateway: Callable[..., LiveGateway]) -> None:
+    live = live_gateway(extra="staff:\n  session_idle_minutes: 5\n")
+    _staff(live, "tanaka@city.example.jp", "契約課")
+    with live.client() as client:
+        assert _login(client, "tanaka@city.example.jp").status_code == 303
+        assert not _logged_out(client)
+
+        def idle_for(minutes: int) -> None:
+            with live.gateway.sessions() as session:
+                session.execute(
+                    update(StaffSession).values(
+                        last_seen_at=utcnow() - dt.timedelta(minutes=minutes)
+                    )
+                )
+                session.commit()
+
+        idle_for(4)
+        assert not _logged_out(client)  # and this use slides the deadline on
+        with live.gateway.sessions() as session:
+            seen = session.scalars(select(StaffSession.last_seen_at)).one()
+        assert utcnow() - seen < dt.timedelta(minutes=1)
+        idle_for(6)
+        assert _logged_out(client)
+
+
+def test_a_busy_session_still_ends_session_hours_after_the_login(
+    live_gateway: Callable[..., LiveGateway],
+) -> None:
+    live = live_gateway(extra="staff:\n  session_hours: 2\n")
+    _staff(live, "tanaka@city.example.jp", "契約課")
+    with live.client() as client:
+        login = _login(client, "tanaka@city.example.jp")
+        assert "max-age=7200" in login.headers["set-cookie"].lower()
+        assert not _logged_out(client)
+        with live.gateway.sessions() as session:
+            row = session.scalars(select(StaffSession)).one()
+            assert row.expires_at - row.created_at == dt.timedelta(hours=2)
+        with live.gateway.sessions() as session:  # logged in 2 hours ago, used a moment ago
+            session.execute(
+                update(StaffSession).values(
+                    created_at=utcnow() - dt.timedelta(hours=2),
+                    expires_at=utcnow() - dt.timedelta(seconds=1),
+                )
+            )
+            session.commit()
+        assert _logged_out(client)
+
+
+def test_disabling_or_an_admin_ends_a_staff_members_sessions(
+    live_gateway: Callable[..., LiveGateway],
+) -> None:
+    live = live_gateway()
+    _staff(live, "admin@city.example.jp", "総務課", roles="admin", scope=VisibilityScope.ALL)
+    _staff(live, "clerk@city.example.jp", "契約課")
+    with live.client() as clerk, live.client() as admin:
+        assert _login(clerk, "clerk@city.example.jp").status_code == 303
+        assert _login(admin, "admin@city.example.jp").status_code == 303
+        page = admin.get("/admin/staff")
+        assert page.text.count('class="danger end-sessions"') == 2  # both are logged in
+        end = {"csrf_token": _csrf(page.text), "email": "clerk@city.example.jp"}
+        assert (
+            admin.post("/admin/staff/sessions/end", data={"email": end["email"]}).status_code == 403
+        )
+        assert not _logged_out(clerk)
+        with live.client() as other_clerk:  # a non-admin may not end anyone's sessions
+            assert _login(other_clerk, "clerk@city.example.jp").status_code == 303
+            token = _csrf(other_clerk.get("/admin/envelopes").text)
+            refused = other_clerk.post(
+                "/admin/staff/sessions/end",
+                data={"csrf_token": token, "email": "admin@city.example.jp"},
+            )
+            assert refused.status_code == 403
+        assert admin.post("/admin/staff/sessions/end", data=end).status_code == 303
+        assert _logged_out(clerk)
+        assert not _logged_out(admin)
+        with live.gateway.sessions() as session:
+            event = session.scalars(
+                select(AuditEvent).where(AuditEvent.action == "staff.sessions_ended")
+            ).one()
+        assert event.actor == "admin@city.example.jp"
+        assert event.detail == {"email": "clerk@city.example.jp", "sessions": 2}
+
+        assert _login(clerk, "clerk@city.example.jp").status_code == 303
+        assert not _logged_out(clerk)
+        disable = {
+            "csrf_token": _csrf(page.text),
+            "email": "clerk@city.example.jp",
+            "name": "職員 c",
+            "department": "契約課",
+            "scope": "department",
+            "role": "sender",
+            "disabled": "1",
+        }
+        assert admin.post("/admin/staff", data=disable).status_code == 303
+        assert _logged_out(clerk)

@@ -12,11 +12,11 @@ import httpx
 from sqlalchemy import select
 
 from core.audit import list_events
-from core.envelopes import approve, get_envelope, record_view
+from core.envelopes import get_envelope
 from core.model import AccessCode, ApiClient, Delivery, Envelope, SigningLink
 from core.signing import verify_pdf
 from core.states import EnvelopeState
-from tests.fixtures.gateway import envelope_request
+from tests.fixtures.gateway import complete_by_services, envelope_request
 from tests.fixtures.pdfs import make_pdf
 from tests.fixtures.pki_plugin import load_pem_cert
 from tests.gateway.conftest import LiveGateway
@@ -26,21 +26,7 @@ ERROR_KEYS = {"code", "message", "message_ja", "disposition"}
 
 def _complete_all(live: LiveGateway, envelope_id: str) -> None:
     """Every party acts, as the signing pages make them (view, fill, approve)."""
-    runtime = live.gateway.runtime
-    with live.gateway.sessions() as session:
-        envelope = get_envelope(session=session, envelope_id=envelope_id)
-        for party in list(envelope.parties):
-            record_view(session=session, envelope_id=envelope_id, party_id=party.id)
-            session.commit()
-            approve(
-                session=session,
-                runtime=runtime,
-                envelope_id=envelope_id,
-                party_id=party.id,
-                values={f.id: "鈴木 次郎" for f in party.fields},
-                auth_method="email+access_code",
-                ip="192.0.2.1",
-            )
+    complete_by_services(live.gateway, envelope_id, "鈴木 次郎")
 
 
 def test_create_send_status_list_and_no_secret_in_any_answer(

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import io
 import json
 import os
 import re
 import stat
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
+
+from core.intake import contractor_emails
+from core.model import Award, ContractorEmail, ContractorIdentity, Envelope, SyncRun
+from gateway.runtime import open_gateway
+from gateway.settings import load_settings
 
 KEIYAKU = [sys.executable, "-m", "gateway.cli"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,18 +73,20 @@ def test_init_writes_secrets_privately_and_marks_the_pki(
     assert (home / "secrets.env").read_text() == secrets_env
 
 
-def test_demo_signs_two_documents_with_three_signatures_and_a_timestamp(
+def test_demo_signs_two_documents_with_two_signatures_and_a_timestamp(
     demo_run: tuple[Path, list[Path], Path],
 ) -> None:
     _, signed, certificate = demo_run
-    assert [p.name for p in signed] == ["工事請負契約書.pdf", "請書.pdf"]
+    award = signed[0].parent.name.split("-", 1)[1]  # R20251001-R7-001 → R7-001
+    assert [p.name for p in signed] == [f"工事請負契約書_{award}.pdf", f"請書_{award}.pdf"]
     for path in signed:
         pdfsig = subprocess.run(["pdfsig", str(path)], capture_output=True, text=True)
-        # Three approvals valid; poppler cannot check the fourth, the document timestamp
-        # (notes/signing.md), which `keiyaku verify` and the signing tests check instead.
-        assert pdfsig.stdout.count("Signature #") == 4, pdfsig.stdout
-        assert pdfsig.stdout.count("Signature is Valid.") == 3, pdfsig.stdout
-        assert pdfsig.stdout.count("Signature Type: ETSI.CAdES.detached") == 3, pdfsig.stdout
+        # The contractor's and the official's approvals valid; poppler cannot check the third,
+        # the document timestamp (notes/signing.md), which `keiyaku verify` and the signing
+        # tests check instead.
+        assert pdfsig.stdout.count("Signature #") == 3, pdfsig.stdout
+        assert pdfsig.stdout.count("Signature is Valid.") == 2, pdfsig.stdout
+        assert pdfsig.stdout.count("Signature Type: ETSI.CAdES.detached") == 2, pdfsig.stdout
         assert "Signature Field Name: kg_doc_timestamp" in pdfsig.stdout
         qpdf = subprocess.run(["qpdf", "--check", str(path)], capture_output=True, text=True)
         assert qpdf.returncode == 0, qpdf.stdout + qpdf.stderr
@@ -93,13 +105,13 @@ def test_verify_accepts_the_demo_and_rejects_a_flipped_byte(
     report = json.loads(ok.stdout)
     assert report["ok"] is True
     kinds = [s["kind"] for s in report["signatures"]]
-    assert kinds.count("approval") == 3 and kinds.count("document_timestamp") == 1
+    assert kinds.count("approval") == 2 and kinds.count("document_timestamp") == 1
     assert all(s["intact"] and s["trusted"] for s in report["signatures"])
     assert "JSTに承認しました" in report["signatures"][0]["reason"]
 
     text = _run("--config", str(config), "verify", str(signed[0])).stdout
     assert text.splitlines()[0].endswith(": OK")
-    assert text.count("approval kg_sig_") == 3 and "document_timestamp" in text
+    assert text.count("approval kg_sig_") == 2 and "document_timestamp" in text
     assert " JST" in text and "ltv=yes" in text and "NO" not in text
 
     data = bytearray(signed[0].read_bytes())
@@ -112,8 +124,94 @@ def test_verify_accepts_the_demo_and_rejects_a_flipped_byte(
     assert bad.returncode == 1
     assert bad.stdout.splitlines()[0].endswith(": FAILED") and "intact=NO" in bad.stdout
     pdfsig = subprocess.run(["pdfsig", str(tampered)], capture_output=True, text=True)
-    assert pdfsig.stdout.count("Digest Mismatch.") == 3, pdfsig.stdout
+    assert pdfsig.stdout.count("Digest Mismatch.") == 2, pdfsig.stdout
     assert "Signature is Valid." not in pdfsig.stdout
+
+
+def _era_date(text: str) -> dt.date:
+    """An independent reading of 令和N年M月D日 (full-width digits allowed)."""
+    match = re.fullmatch(r"令和(\d+)年(\d+)月(\d+)日", unicodedata.normalize("NFKC", text))
+    assert match, text
+    return dt.date(2018 + int(match[1]), int(match[2]), int(match[3]))
+
+
+def test_the_demo_envelope_came_from_the_award_export(
+    demo_run: tuple[Path, list[Path], Path],
+) -> None:
+    config, signed, _ = demo_run
+    number = signed[0].parent.name  # R20251001-R7-001: 開札日 and 案件番号
+    processed = config.parent / "demo-input" / "awards" / "processed"
+    (export,) = processed.glob(f"*_落札一覧_{number.split('-', 1)[1]}.csv")
+    rows = list(csv.DictReader(io.StringIO(export.read_bytes().decode("cp932"))))
+    assert [r["電子契約"] for r in rows] == ["希望", "不要"]  # the second is left to paper
+    assert re.fullmatch(r"令和[０-９]+年[０-９]+月[０-９]+日", rows[0]["開札日"])
+    gateway = open_gateway(load_settings(config, environ={}))
+    try:
+        with gateway.sessions() as session:
+            envelope = session.scalars(
+                select(Envelope).where(Envelope.management_number == number)
+            ).one()
+            award = session.scalars(select(Award).where(Award.envelope_id == envelope.id)).one()
+            assert (award.source, award.file) == ("demo-awards", export.name.split("_", 1)[1])
+            assert award.award_id == unicodedata.normalize("NFKC", rows[0]["案件番号"])
+            assert award.award_date == award.transaction_date == _era_date(rows[0]["開札日"])
+            assert envelope.transaction_date == award.award_date
+            assert award.signing_due is not None and award.signing_due > award.award_date
+            assert envelope.deadline == award.signing_due
+            # The contractor was matched by its 業者番号 and its address came from the registry.
+            contractor = award.contractor
+            assert contractor is not None and contractor.email is not None
+            codes = session.scalars(
+                select(ContractorIdentity.value).where(
+                    ContractorIdentity.contractor_id == contractor.id,
+                    ContractorIdentity.kind == "registry_code",
+                )
+            ).all()
+            assert codes == [unicodedata.normalize("NFKC", rows[0]["業者番号"])]
+            registered = session.scalars(
+                select(ContractorEmail).where(ContractorEmail.contractor_id == contractor.id)
+            ).all()
+            assert {e.source for e in registered} == {"demo-registry"}
+            assert len(contractor_emails(session=session, contractor_id=contractor.id)) == 2
+            by_contractor, by_buyer = envelope.parties
+            assert by_contractor.email == contractor.email
+            assert by_contractor.company == award.counterparty == rows[0]["落札業者名"]
+            assert contractor.name == "株式会社髙橋建設"  # as the registry spells it
+            # Above the delegated 5,000,000 yen, the register names the head of the buyer.
+            assert (by_buyer.name, by_buyer.email) == (
+                "開発市長 開発 太郎",
+                "shicho@city.example.lg.jp",
+            )
+            run = session.get(SyncRun, award.last_run_id)
+            assert run is not None
+            assert (run.source, run.trigger, run.status) == ("demo-awards", "demo", "succeeded")
+            assert (run.records, run.created, run.skipped, run.released, run.errors) == (
+                2, 1, 1, 1, 0,
+            )  # fmt: skip
+            sources = session.scalars(select(SyncRun.source).where(SyncRun.id < run.id)).all()
+            assert sorted(sources) == ["demo-registry", "demo-usage-requests"]
+    finally:
+        gateway.close()
+
+
+def test_the_demo_runs_again_on_a_new_award_number(
+    demo_run: tuple[Path, list[Path], Path],
+) -> None:
+    config, signed, _ = demo_run
+    first = signed[0].parent.name
+    out = _run("--config", str(config), "demo").stdout
+    (second,) = re.findall(r"^envelope: \w+ \((.+)\)$", out, re.M)
+    assert second != first and second.endswith("-002") and first.endswith("-001")
+    assert re.search(
+        r"^sync: demo-registry: run #\d+ succeeded: 1 records, 0 created, 1 unchanged", out, re.M
+    ), out
+    assert re.search(
+        r"^sync: demo-awards: run #\d+ succeeded: 2 records, 1 created, 0 unchanged, "
+        r"1 skipped, 1 envelopes, 0 line errors$",
+        out,
+        re.M,
+    ), out
+    assert f"signed: {config.parent / 'demo-output' / second}" in out
 
 
 def test_config_errors_are_listed(tmp_path: Path) -> None:

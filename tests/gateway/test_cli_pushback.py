@@ -138,7 +138,12 @@ def test_the_demo_ends_with_the_finance_record_in_a_folder_sink(home: Path) -> N
     csv = (home / "pushback" / "finance" / f"{number}.csv").read_bytes().decode("cp932")
     assert number in csv and "前払金保証_保証契約番号" in csv and "2070004426" in csv
     signed = home / "pushback" / "documents" / number
+    award = number.split("-", 1)[1]  # the mapping names the documents after 案件番号
     assert sorted(p.name for p in signed.iterdir()) == sorted(
-        [f"{number}_工事請負契約書.pdf", f"{number}_請書.pdf", f"{number}_締結証明書.pdf"]
+        [
+            f"{number}_工事請負契約書_{award}.pdf",
+            f"{number}_請書_{award}.pdf",
+            f"{number}_締結証明書.pdf",
+        ]
     )
     assert "delivered: 0" in _run(home, "outbox", "dispatch", "--sink", "documents")

@@ -13,9 +13,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy.orm import sessionmaker
 
+from core.api_clients import SCOPES
 from core.states import EnvelopeState
 from core.storage import create_database_engine, migrate
-from gateway.cli import main
+from gateway.cli import api_client_create, main
 from tests.fixtures.staff import make_envelope
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,7 +169,12 @@ def test_report_monthly(home: Path) -> None:
 
 
 def test_api_client_allow(home: Path) -> None:
-    assert _run(home, "api-client", "create", "e-bid")[0] == 0
+    code, out = _run(home, "api-client", "create", "e-bid")
+    assert code == 0 and "(awards:write envelopes:read envelopes:write)" in out
+    code, out = _run(home, "api-client", "create", "personnel", "--scope", "staff:write")
+    assert code == 0 and "(staff:write)" in out
+    scopes = next(p for p in api_client_create.params if p.name == "scopes")
+    assert tuple(scopes.type.choices) == SCOPES  # type: ignore[attr-defined]
     code, out = _run(home, "api-client", "allow", "e-bid", "10.1.2.3/8", "::1")
     assert code == 0 and out.strip() == "e-bid: 10.0.0.0/8, ::1/128"
     code, out = _run(home, "api-client", "allow", "e-bid", "not-a-network")

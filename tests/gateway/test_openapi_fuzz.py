@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from core.api_clients import SCOPES
 from tests.fixtures.gateway import envelope_request
 from tests.gateway.conftest import LiveGateway
 
@@ -19,13 +20,17 @@ def test_no_server_error_for_generated_requests(
     live_gateway: Callable[..., LiveGateway], tmp_path: Path
 ) -> None:
     live = live_gateway()
-    token = live.token("fuzz")
+    token = live.token("fuzz", list(SCOPES))  # every scope, so the fuzzer gets past 403
     with live.client(token) as client:  # something to find, so the lookups go past 404
         client.post("/api/v1/envelopes", json=envelope_request(send=True))
         spec = client.get("/openapi.json").json()
     assert "/api/v1/envelopes" in spec["paths"]
     assert set(spec["paths"]["/api/v1/envelopes"]["post"]["requestBody"]["content"]) == {
         "application/json",
+        "multipart/form-data",
+    }
+    assert set(spec["paths"]["/api/v1/staff/import"]["post"]["requestBody"]["content"]) == {
+        "text/csv",
         "multipart/form-data",
     }
     schema = f"{live.url}/openapi.json"

@@ -49,6 +49,12 @@ signing:
 {urls}
     timeout_seconds: 5
     attempts: 2
+intake:
+  signing_authorities:
+    - department: "*"
+      max_amount: null
+      name: "本番市長 本番 太郎"
+      email: "shicho@city.example.lg.jp"
 """,
         encoding="utf-8",
     )
@@ -81,5 +87,5 @@ def test_demo_flow_with_an_hsm_key_and_tsa_failover(
     for path in result.signed:
         report = verify_pdf(path.read_bytes(), trust_roots=[test_pki.root])
         assert report.ok, report.as_dict()
-        assert sum(1 for s in report.signatures if s.kind == "approval") == 3
+        assert sum(1 for s in report.signatures if s.kind == "approval") == 2
         assert all(s.ltv for s in report.signatures), report.as_dict()

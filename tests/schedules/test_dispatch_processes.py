@@ -20,7 +20,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.blobs import BlobStore
-from core.model import Base, Delivery, Envelope
+from core.model import Base, Delivery, DeliveryState, Envelope
 from core.pushback import delivery_key
 from core.storage import create_database_engine, migrate
 from tests.fixtures.pushback import _pdf, enqueue_completed, make_completed_envelopes
@@ -104,6 +104,18 @@ def _counts(sessions: sessionmaker[Session]) -> dict[str, int]:
     return {state.value if hasattr(state, "value") else str(state): n for state, n in rows}
 
 
+def _leasing(
+    sessions: sessionmaker[Session], procs: list[subprocess.Popen[str]]
+) -> subprocess.Popen[str] | None:
+    """A process holding leased deliveries right now (worker names are ``host:pid[:...]``)."""
+    with sessions() as s:
+        owners = s.scalars(
+            select(Delivery.lease_owner).where(Delivery.state == DeliveryState.LEASED.value)
+        ).all()
+    pids = {int(owner.split(":")[1]) for owner in owners if owner}
+    return next((p for p in procs if p.pid in pids), None)
+
+
 @pytest.mark.slow
 def test_sigkilled_dispatchers_deliver_everything_once(
     home: Path, soap_sink_server: SoapSinkServer
@@ -128,9 +140,16 @@ def test_sigkilled_dispatchers_deliver_everything_once(
             before = _counts(sessions).get("delivered", 0)
             proc = _dispatcher(config, "--loop")
             procs.append(proc)
-            # Start-up takes about a second; kill anywhere from before the first claim to
-            # mid-batch.
-            time.sleep(rng.uniform(1.0, 2.2))
+            if rng.random() < 0.25:
+                time.sleep(rng.uniform(0.2, 1.0))  # during start-up, before any claim
+            else:
+                # Start-up takes one to a few seconds (more on a loaded machine): wait for this
+                # process's first claim, then kill it a moment later, mid-batch.
+                while _leasing(sessions, [proc]) is None and time.monotonic() < deadline:
+                    if proc.poll() is not None or _counts(sessions).get("delivered", 0) >= 2 * n:
+                        break
+                    time.sleep(0.01)
+                time.sleep(rng.uniform(0.0, 0.15))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1

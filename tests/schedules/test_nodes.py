@@ -1,8 +1,9 @@
 """Three nodes on one PostgreSQL: three `keiyaku jobs start` schedulers fire the same
 every-two-seconds job and each tick runs exactly once; three `keiyaku outbox dispatch --loop`
 workers share the outbox, one is killed with SIGKILL mid-dispatch, and every delivery still
-arrives once (counted at the SOAP sink by idempotency key); three `keiyaku serve` processes
-send the queued mail, one is killed mid-dispatch, and every mail arrives (by Message-ID)."""
+arrives once (counted at the SOAP sink by idempotency key). Then the same with three
+`keiyaku serve` processes alone (scheduler, mail and push-back in each): one is killed
+mid-dispatch, each tick still runs once, every push and every mail (by Message-ID) arrives."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.deadlines import NOTICE_TARGET
-from core.model import Delivery, DeliveryState, JobRun
+from core.model import JobRun
 from core.outbox import enqueue
 from core.pushback import delivery_key
 from gateway.server import free_port
@@ -34,6 +35,7 @@ from tests.schedules.test_dispatch_processes import (
     _counts,
     _dispatcher,
     _env,
+    _leasing,
     home,
     pg_sessions,
 )
@@ -52,18 +54,6 @@ def _scheduler(config: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def _leasing(
-    sessions: sessionmaker[Session], procs: list[subprocess.Popen[str]]
-) -> subprocess.Popen[str] | None:
-    """A process holding leased deliveries right now (worker names are ``host:pid[:...]``)."""
-    with sessions() as s:
-        owners = s.scalars(
-            select(Delivery.lease_owner).where(Delivery.state == DeliveryState.LEASED.value)
-        ).all()
-    pids = {int(owner.split(":")[1]) for owner in owners if owner}
-    return next((p for p in procs if p.pid in pids), None)
 
 
 def _stop(procs: list[subprocess.Popen[str]]) -> None:
@@ -155,23 +145,33 @@ def _serve(config: Path, port: int) -> subprocess.Popen[str]:
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_three_serve_nodes_send_every_mail_once_when_one_is_killed(
+def test_three_serve_nodes_run_each_tick_once_and_deliver_everything_once_when_one_is_killed(
     home: Path,
     soap_sink_server: SoapSinkServer,
     pg_sessions: tuple[str, sessionmaker[Session]],
 ) -> None:
+    """The issue's check with `keiyaku serve` alone: each node runs the scheduler, the mail
+    dispatcher and the push-back dispatcher; one is killed while it holds claimed work."""
     url, sessions = pg_sessions
-    config, _blobs = _configure(home, "mailnodes", url, soap_sink_server)
+    config, blobs = _configure(home, "servenodes", url, soap_sink_server)
     settings = yaml.safe_load(config.read_text(encoding="utf-8"))
     settings["mail"] = {
         "maildir": "mail-nodes",
         "sender": "keiyaku@city.example.jp",
         "dispatch_interval_seconds": 0.1,
     }
+    settings["schedules"] = {
+        "nightly_pull": None,
+        "deadlines": f"*/{TICK} * * * * *",
+        "retimestamp": None,
+        "backup": None,
+    }
     config.write_text(yaml.safe_dump(settings, allow_unicode=True), encoding="utf-8")
-    n = 150
+    n_mail, n_push = 120, 200
     with sessions() as s:
-        for i in range(n):
+        ids = make_completed_envelopes(s, blobs, n_push)
+        enqueue_completed(s, ["finance"], ids)
+        for i in range(n_mail):
             enqueue(
                 session=s,
                 target=NOTICE_TARGET,
@@ -179,29 +179,77 @@ def test_three_serve_nodes_send_every_mail_once_when_one_is_killed(
                 payload={"to": [f"kacho{i}@city.example.jp"], "subject": "期限", "body": "本文"},
             )
         s.commit()
-
-    def mail_counts() -> dict[str, int]:
-        return _counts(sessions)
+    total = n_mail + n_push
 
     nodes = [_serve(config, free_port()) for _ in range(3)]
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         victim = None
-        while victim is None or not 0 < mail_counts().get("delivered", 0) < n // 2:
-            assert time.monotonic() < deadline, mail_counts()
+        while victim is None or not 0 < _counts(sessions).get("delivered", 0) < total // 2:
+            assert time.monotonic() < deadline, _counts(sessions)
             assert all(p.poll() is None for p in nodes), [p.returncode for p in nodes]
             victim = _leasing(sessions, nodes)
             time.sleep(0.02)
-        victim.send_signal(signal.SIGKILL)  # it holds claimed mail right now
-        while mail_counts().get("delivered", 0) < n:  # its leases expire (2 s), others send
-            assert time.monotonic() < deadline, mail_counts()
+        victim.send_signal(signal.SIGKILL)  # it holds claimed mail or deliveries right now
+        killed_at = _counts(sessions)
+        while _counts(sessions).get("delivered", 0) < total:  # its leases expire (2 s)
+            assert time.monotonic() < deadline, _counts(sessions)
             time.sleep(0.2)
+        # then the node that runs the ticks is killed too, just after a tick: the last
+        # survivor must take the next one (whichever node wins each tick is up to timing)
+        ticker, ticked_at = _fresh_ticker(sessions, nodes, after=dt.datetime.now(dt.UTC))
+        ticker.send_signal(signal.SIGKILL)
+        survivor = next(p for p in nodes if p.poll() is None and p is not ticker)
+        time.sleep(4 * TICK)
     finally:
         _stop(nodes)
-    assert mail_counts() == {"delivered": n}
+    assert killed_at.get("delivered", 0) < total
+    assert _counts(sessions) == {"delivered": total}
+
+    # every push arrived; a repeat only for one in flight at the kill (the key absorbs it)
+    assert set(soap_sink_server.applied) == {delivery_key("finance", i, "completed") for i in ids}
+    assert soap_sink_server.duplicates() <= 10
+    # every mail arrived; a repeat only for the mail in flight at the kill, same Message-ID
     box = mailbox.Maildir(home / "mail-nodes", create=False)
-    ids = Counter(message["Message-ID"] for message in box)
+    message_ids = Counter(message["Message-ID"] for message in box)
     box.close()
-    assert len(ids) == n  # every mail arrived
-    # a repeat only for the mail in flight at the kill, with the same Message-ID
-    assert sum(ids.values()) - n <= 1
+    assert len(message_ids) == n_mail
+    assert sum(message_ids.values()) - n_mail <= 1
+
+    with sessions() as s:
+        runs = s.scalars(select(JobRun).where(JobRun.job_id == "deadlines")).all()
+    fire_times = sorted(r.fire_time for r in runs)
+    assert len(fire_times) >= 4
+    assert max(Counter(fire_times).values()) == 1  # never twice
+    gaps = {b - a for a, b in itertools.pairwise(fire_times)}
+    assert gaps == {dt.timedelta(seconds=TICK)}, sorted(fire_times)  # none missed
+    assert all(r.status == "succeeded" for r in runs)
+    later = {_pid(r.node) for r in runs if r.fire_time > ticked_at}
+    assert later == {survivor.pid}, later  # the ticks moved to the node left alive
+    assert len([r for r in runs if r.fire_time > ticked_at]) >= 2
+
+
+def _pid(node: str) -> int:
+    return int(node.split(":")[1])  # node names are ``host:pid``
+
+
+def _fresh_ticker(
+    sessions: sessionmaker[Session], procs: list[subprocess.Popen[str]], *, after: dt.datetime
+) -> tuple[subprocess.Popen[str], dt.datetime]:
+    """The live process that ran the first tick finished after ``after``, and its fire time."""
+    deadline = time.monotonic() + 10 * TICK
+    while time.monotonic() < deadline:
+        with sessions() as s:
+            run = s.scalars(
+                select(JobRun)
+                .where(JobRun.job_id == "deadlines", JobRun.status == "succeeded")
+                .where(JobRun.fire_time > after)
+                .order_by(JobRun.fire_time)
+                .limit(1)
+            ).first()
+        if run is not None:
+            proc = next(p for p in procs if p.pid == _pid(run.node))
+            assert proc.poll() is None, run.node
+            return proc, run.fire_time
+        time.sleep(0.05)
+    raise AssertionError("no tick ran in ten tick lengths")

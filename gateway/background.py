@@ -1,0 +1,63 @@
+"""A background thread of `keiyaku serve` that claims outbox rows as leases (mail, push-back).
+
+Stopping it lets the work in flight finish, then gives back what it claimed and did not do, so
+another node takes it at once instead of after the lease expires. A thread still busy after 30 s
+is left alone: its leases expire on their own rather than risk doing the work twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.outbox import release_leases
+
+log = logging.getLogger(__name__)
+
+STOP_WAIT_SECONDS = 30
+
+
+class LeasingThread:
+    """Subclasses implement :meth:`_loop`, which returns once :attr:`_stop` is set."""
+
+    name = "leasing"
+
+    def __init__(self, sessions: sessionmaker[Session], worker: str) -> None:
+        self.sessions = sessions
+        self.worker = worker  # the lease owner written on every row this thread claims
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def _interrupt(self) -> None:
+        """Wake the loop if it is waiting (called once :attr:`_stop` is set)."""
+
+    def start(self) -> None:
+        """Start the background thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the work in flight; give back what was claimed and not done."""
+        self._stop.set()
+        self._interrupt()
+        if self._thread is not None:
+            self._thread.join(timeout=STOP_WAIT_SECONDS)
+            if self._thread.is_alive():
+                log.warning(
+                    "%s did not stop within %d s; leases left to expire",
+                    self.name,
+                    STOP_WAIT_SECONDS,
+                )
+                return
+            self._thread = None
+        try:
+            with self.sessions() as session:
+                release_leases(session=session, worker=self.worker)
+        except Exception:  # shutting down: the leases expire anyway
+            log.exception("%s could not give back its leases at shutdown", self.name)
