@@ -10,8 +10,15 @@ Layout of a backup folder::
 Database backups are written under a temporary name and renamed, so a crash never leaves a
 half-written generation; the oldest beyond ``generations`` are deleted afterwards. Blobs are
 immutable files named by a random id (a changed document is a new blob), so copying the names
-the backup lacks is a complete incremental backup; blobs are never deleted from the backup.
+the backup lacks is a complete incremental backup; blobs are not deleted from the backup
+(but see below).
 They stay encrypted: the master key is *not* in the backup and must be kept apart from it.
+
+The one exception is the retention purge (:mod:`core.retention`): documents deleted at the end
+of their retention must not live on in the backup either. Once every kept generation was taken
+after an envelope's purge, no restore can need its blobs, and the backup deletes its copies of
+them (``blobs/.purged-through`` remembers how far it got). Until then a generation from before
+the purge may be restored, so its documents stay, at most ``generations`` backups long.
 
 Restore is the reverse: the chosen generation into the database (the SQLite backup API into
 the file; ``pg_restore --clean`` for PostgreSQL), then every blob the store lacks.
@@ -26,35 +33,51 @@ import os
 import shutil
 import sqlite3
 import subprocess
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from core.blobs import fsync_folder
+from core.blobs import blob_path, fsync_folder
 from core.errors import BackupError
 
 __all__ = [
     "BackupResult",
+    "PurgedBlobs",
     "RestoreResult",
     "backup",
     "copy_blobs",
+    "delete_purged_copies",
+    "generation_time",
     "latest_backup",
     "list_backups",
     "restore",
 ]
 
 _SUFFIXES = (".sqlite3", ".pgdump")
+_STEM_TIME = "keiyaku-%Y%m%dT%H%M%S.%fZ"
+# A purge is stamped with the time its node began it and commits a moment later, so a
+# generation taken just after that stamp may not show it yet: its blobs wait this much longer.
+_PURGE_SLACK = dt.timedelta(hours=1)
+_PURGED_MARK = ".purged-through"
+
+# The blob ids of the envelopes whose documents were purged in [since, before) (since None: from
+# the first purge on); core.retention.purged_blob_ids over a session.
+PurgedBlobs = Callable[[dt.datetime | None, dt.datetime], Iterable[str]]
 
 
 @dataclass(frozen=True)
 class BackupResult:
-    """One backup run: the database file written, blobs copied now, generations deleted."""
+    """One backup run: the database file written, blobs copied now, generations deleted, and
+    copies of purged documents deleted from the backup."""
 
     database_file: Path
     blobs_copied: int
     blobs_total: int
     pruned: tuple[Path, ...]
+    # None: not looked for (see gateway.ops.run_backup)
+    purged_blobs_deleted: int | None = None
 
 
 @dataclass(frozen=True)
@@ -227,6 +250,49 @@ def backup(
         old.with_suffix(".json").unlink(missing_ok=True)
         pruned.append(old)
     return BackupResult(final, copied, total, tuple(pruned))
+
+
+def generation_time(path: Path) -> dt.datetime:
+    """When the database generation ``path`` was taken (UTC), from its name."""
+    try:
+        return dt.datetime.strptime(path.stem, _STEM_TIME).replace(tzinfo=dt.UTC)
+    except ValueError as exc:
+        raise BackupError(
+            "backup.bad_name",
+            f"not a backup generation name: {path.name}",
+            f"バックアップのファイル名ではありません: {path.name}",
+        ) from exc
+
+
+def delete_purged_copies(directory: Path, purged: PurgedBlobs) -> int:
+    """Delete the backup's copies of the blobs purged before every generation it keeps was
+    taken; the number deleted. Run after :func:`backup`."""
+    kept = list_backups(directory)
+    if not kept:
+        return 0
+    before = generation_time(kept[0]) - _PURGE_SLACK
+    mark = directory / "blobs" / _PURGED_MARK
+    since = dt.datetime.fromisoformat(mark.read_text(encoding="ascii")) if mark.exists() else None
+    if since is not None and since >= before:
+        return 0
+    deleted = 0
+    folders: set[Path] = set()
+    for blob_id in purged(since, before):
+        path = blob_path(directory / "blobs", blob_id)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        deleted += 1
+        folders.add(path.parent)
+    for folder in folders:
+        fsync_folder(folder)
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    tmp = mark.with_name(f"{_PURGED_MARK}.tmp")
+    tmp.write_text(before.isoformat(), encoding="ascii")
+    os.replace(tmp, mark)  # only after the deletions: a crash repeats them, harmlessly
+    fsync_folder(mark.parent)
+    return deleted
 
 
 def restore(

@@ -44,6 +44,15 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def blob_path(root: Path, blob_id: str) -> Path:
+    """Where the blob ``blob_id`` lives under ``root`` (a store, or a backup's copy of one)."""
+    if not _BLOB_ID.match(blob_id):
+        raise BlobError(
+            "blob.bad_id", f"not a blob id: {blob_id!r}", "文書IDの形式が正しくありません。"
+        )
+    return root / blob_id[:2] / blob_id
+
+
 class BlobStore:
     """Encrypted blobs in one folder (shared by every node in a multi-node setup)."""
 
@@ -59,11 +68,7 @@ class BlobStore:
         self._fingerprint = _fingerprint(master_key)
 
     def _path(self, blob_id: str) -> Path:
-        if not _BLOB_ID.match(blob_id):
-            raise BlobError(
-                "blob.bad_id", f"not a blob id: {blob_id!r}", "文書IDの形式が正しくありません。"
-            )
-        return self.root / blob_id[:2] / blob_id
+        return blob_path(self.root, blob_id)
 
     def put(self, data: bytes) -> str:
         """Encrypt and store ``data`` under a new random id, durably; return the id."""

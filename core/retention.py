@@ -60,8 +60,10 @@ __all__ = [
     "ExpiredEnvelope",
     "PurgeReport",
     "RetentionPolicy",
+    "envelope_blob_ids",
     "find_expired",
     "purge_documents",
+    "purged_blob_ids",
 ]
 
 log = logging.getLogger(__name__)
@@ -421,6 +423,28 @@ def _sweep(session: Session, runtime: Runtime, now: dt.datetime) -> int:
     )
     session.rollback()
     return deleted
+
+
+def purged_blob_ids(
+    *, session: Session, since: dt.datetime | None, before: dt.datetime
+) -> list[str]:
+    """Every blob of the envelopes whose documents were purged at or after ``since`` (None: at
+    any time) and before ``before``: what a backup may forget once no generation it keeps
+    predates the purge (:func:`core.backup.backup`)."""
+    query = select(Envelope.id).where(Envelope.documents_purged_at < before)
+    if since is not None:
+        query = query.where(Envelope.documents_purged_at >= since)
+    ids: list[str] = []
+    for envelope_id in session.scalars(query.order_by(Envelope.id)).all():
+        ids += envelope_blob_ids(session=session, envelope_id=envelope_id)
+    session.rollback()
+    return ids
+
+
+def envelope_blob_ids(*, session: Session, envelope_id: str) -> list[str]:
+    """Every blob stored for one envelope: each document revision, the completion certificate,
+    the award's staged copies and the guarantee notices (what its purge deletes)."""
+    return _holdings(session, envelope_id).blob_ids
 
 
 def purge_documents(

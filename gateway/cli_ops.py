@@ -24,15 +24,24 @@ def _fail(exc: GatewayError) -> NoReturn:
 @click.pass_obj
 def backup_command(obj: Any) -> None:
     """Back up the database (one dated generation) and copy new documents to the backup folder."""
+    from core.storage import create_database_engine
     from gateway.ops import run_backup
 
     settings = obj.settings()
+    # No migration here: the backup taken before an upgrade must hold the schema as it was.
+    engine = create_database_engine(settings.database_url)
     try:
-        result = run_backup(settings)
+        result = run_backup(settings, engine)
     except GatewayError as exc:
         _fail(exc)
+    finally:
+        engine.dispose()
     click.echo(f"database: {result.database_file}")
     click.echo(f"documents: {result.blobs_copied} copied, {result.blobs_total} in the store")
+    if result.purged_blobs_deleted is None:
+        click.echo("purged documents: not looked for (the schema is not migrated yet)")
+    elif result.purged_blobs_deleted:
+        click.echo(f"purged documents: {result.purged_blobs_deleted} copies deleted")
     for old in result.pruned:
         click.echo(f"pruned: {old.name}")
 

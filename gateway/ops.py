@@ -4,20 +4,21 @@ gateway."""
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import selectinload
 
 from core.archive import RenewalReport
 from core.audit import verify_chain
-from core.backup import BackupResult, backup
+from core.backup import BackupResult, backup, delete_purged_copies
 from core.envelopes import read_document
 from core.model import Document, Envelope
-from core.retention import PurgeReport, RetentionPolicy
+from core.retention import PurgeReport, RetentionPolicy, purged_blob_ids
 from core.signing import verify_pdf
 from core.states import EnvelopeState
+from core.storage import make_session_factory, schema_is_current
 from gateway.runtime import Gateway, load_trust_roots
 from gateway.settings import Settings
 from schedules import retention, retimestamp
@@ -26,15 +27,31 @@ from schedules.runner import JobSpec
 BACKUP_JOB_ID = "backup"
 
 
-def run_backup(settings: Settings) -> BackupResult:
-    """One backup as configured: database generation plus new blobs."""
-    return backup(
+def run_backup(
+    settings: Settings, engine: Engine | None, *, now: dt.datetime | None = None
+) -> BackupResult:
+    """One backup as configured: database generation plus new blobs, then the copies of
+    documents whose retention purge no kept generation predates are deleted, when ``engine``'s
+    schema is current (a backup taken before an upgrade has nothing newer to look at)."""
+    directory = settings.path(settings.backup.directory)
+    result = backup(
         database_url=settings.database_url,
         blob_root=settings.path(settings.blobs.path),
-        directory=settings.path(settings.backup.directory),
+        directory=directory,
         generations=settings.backup.generations,
         pg_dump=settings.backup.pg_dump,
+        now=now,
     )
+    if engine is None or not schema_is_current(engine):
+        return result
+    sessions = make_session_factory(engine)
+
+    def purged(since: dt.datetime | None, before: dt.datetime) -> list[str]:
+        with sessions() as session:
+            return purged_blob_ids(session=session, since=since, before=before)
+
+    deleted = delete_purged_copies(directory, purged)
+    return replace(result, purged_blobs_deleted=deleted)
 
 
 def run_retimestamp(settings: Settings, gateway: Gateway) -> RenewalReport:
@@ -85,7 +102,11 @@ def jobs(settings: Settings, gateway: Gateway) -> list[JobSpec]:
         )
     if settings.schedules.backup:
         specs.append(
-            JobSpec(BACKUP_JOB_ID, settings.schedules.backup, lambda: run_backup(settings))
+            JobSpec(
+                BACKUP_JOB_ID,
+                settings.schedules.backup,
+                lambda: run_backup(settings, gateway.engine),
+            )
         )
     if settings.schedules.retention and retention_policy(settings) is not None:
         specs.append(

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,10 +22,12 @@ from core.devpki import DevPki
 from core.envelopes import send_envelope
 from core.errors import ConfigError, GatewayError
 from core.model import AuditEvent, Envelope
+from core.retention import envelope_blob_ids, purge_documents
 from gateway import ops
 from gateway.app import build_mail_handler
 from gateway.mailer import MailDispatcher
 from gateway.ops_http import JsonFormatter, JstDailyFileHandler
+from gateway.runtime import Gateway
 from gateway.server import _log_options, run_server
 from gateway.settings import load_settings
 from tests.fixtures.envelopes import one_signer_envelope
@@ -257,3 +260,79 @@ def test_serve_refuses_a_log_file_shared_by_several_workers(tmp_path: Path, devp
     settings = load_settings(config, environ=SECRETS)
     with pytest.raises(GatewayError, match="server.log_file_workers"):
         run_server(settings, workers=2, config_path=config)
+
+
+def test_backups_forget_purged_documents_once_no_kept_generation_predates_the_purge(
+    tmp_path: Path, devpki: DevPki
+) -> None:
+    """A purged contract must not live on in the backup folder: its copies stay while a kept
+    generation from before the purge may be restored, then the backup deletes them; a restore
+    of what is left verifies every document still kept."""
+    url = f"sqlite:///{tmp_path / 'keiyaku.db'}"
+    config = write_config(tmp_path, devpki, database_url=url, extra=RETENTION)
+    settings = load_test_settings(config)
+    purged_at = dt.datetime.now(dt.UTC) - dt.timedelta(days=20)
+    gateway = open_test_gateway(config)
+    try:
+        old_id, kept_id = _send_two(gateway)
+        _completed_long_ago(gateway, old_id)
+        complete_by_services(gateway, kept_id)
+        mailer = MailDispatcher(gateway.sessions, build_mail_handler(gateway), 1)
+        while mailer.run_once().delivered:
+            pass
+        old_blobs, kept_blobs = _blob_ids(gateway, old_id), _blob_ids(gateway, kept_id)
+        copies = settings.path(settings.backup.directory) / "blobs"
+
+        first = ops.run_backup(settings, gateway.engine, now=purged_at - dt.timedelta(days=1))
+        assert first.purged_blobs_deleted == 0
+        assert all((copies / b[:2] / b).exists() for b in old_blobs + kept_blobs)
+        policy = ops.retention_policy(settings)
+        assert policy is not None
+        with gateway.sessions() as session:
+            report = purge_documents(
+                session=session, runtime=gateway.runtime, policy=policy, now=purged_at
+            )
+        assert report.purged == [old_id]
+        # seven more daily generations: the one from before the purge is still kept (8)
+        for day in range(1, 8):
+            later = ops.run_backup(settings, gateway.engine, now=purged_at + dt.timedelta(days=day))
+            assert later.purged_blobs_deleted == 0
+        assert all((copies / b[:2] / b).exists() for b in old_blobs)
+    finally:
+        gateway.close()
+
+    # today's backup drops that generation: nothing kept predates the purge any more
+    out = _cli(config, "backup")
+    assert out.returncode == 0, out.stderr
+    assert f"purged documents: {len(old_blobs)} copies deleted" in out.stdout, out.stdout
+    assert not any((copies / b[:2] / b).exists() for b in old_blobs)
+    assert all((copies / b[:2] / b).exists() for b in kept_blobs)
+    again = _cli(config, "backup")
+    assert "purged documents" not in again.stdout  # looked for, none left: said nothing
+
+    # the disk is lost; the newest generation comes back without the purged documents
+    (tmp_path / "keiyaku.db").unlink()
+    shutil.rmtree(settings.path(settings.blobs.path))
+    restored = _cli(config, "restore", str(settings.path(settings.backup.directory)), "--json")
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    check = json.loads(restored.stdout)
+    assert check["ok"] is True
+    assert check["documents_purged"] == 1 and check["documents_ok"] == check["documents"] >= 1
+
+
+def _send_two(gateway: Gateway) -> tuple[str, str]:
+    ids = []
+    with gateway.sessions() as session:
+        for title in ("物品購入契約", "業務委託契約"):
+            envelope_id = one_signer_envelope(session, gateway.runtime, title).id
+            send_envelope(
+                session=session, runtime=gateway.runtime, envelope_id=envelope_id, actor="契約課"
+            )
+            session.commit()
+            ids.append(envelope_id)
+    return ids[0], ids[1]
+
+
+def _blob_ids(gateway: Gateway, envelope_id: str) -> list[str]:
+    with gateway.sessions() as session:
+        return envelope_blob_ids(session=session, envelope_id=envelope_id)
