@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.access import require_role
@@ -175,25 +175,45 @@ def delete_contact(*, session: Session, staff: Staff, entry_id: str) -> None:
     session.delete(entry)
 
 
-def list_contacts(
-    *, session: Session, staff: Staff, search: str | None = None, limit: int = 1000
-) -> Sequence[AddressBookEntry]:
-    """Contacts by company and name; ``search`` keeps those whose company, name or e-mail
-    contains it (case-insensitive)."""
-    _require_reader(staff)
-    query = select(AddressBookEntry)
-    words = (search or "").split()
-    for word in words:
-        word = word.lower()
-        query = query.where(
+def _matching(search: str | None) -> list[ColumnElement[bool]]:
+    """Conditions keeping the contacts whose company, name or e-mail contains every word of
+    ``search`` (case-insensitive; the brackets of a picked ``name <address>`` separate words)."""
+    conditions: list[ColumnElement[bool]] = []
+    for word in (search or "").lower().replace("<", " ").replace(">", " ").split():
+        conditions.append(
             or_(
                 func.lower(AddressBookEntry.company).contains(word, autoescape=True),
                 func.lower(AddressBookEntry.name).contains(word, autoescape=True),
                 AddressBookEntry.email.contains(word, autoescape=True),
             )
         )
-    query = query.order_by(AddressBookEntry.company, AddressBookEntry.name, AddressBookEntry.email)
-    return session.scalars(query.limit(limit)).all()
+    return conditions
+
+
+def list_contacts(
+    *,
+    session: Session,
+    staff: Staff,
+    search: str | None = None,
+    limit: int = 1000,
+    offset: int = 0,
+) -> Sequence[AddressBookEntry]:
+    """Contacts by company and name; ``search`` keeps those whose company, name or e-mail
+    contains each of its words (case-insensitive)."""
+    _require_reader(staff)
+    query = (
+        select(AddressBookEntry)
+        .where(*_matching(search))
+        .order_by(AddressBookEntry.company, AddressBookEntry.name, AddressBookEntry.email)
+    )
+    return session.scalars(query.limit(limit).offset(offset)).all()
+
+
+def count_contacts(*, session: Session, staff: Staff, search: str | None = None) -> int:
+    """How many contacts :func:`list_contacts` finds for ``search``, all pages together."""
+    _require_reader(staff)
+    query = select(func.count(AddressBookEntry.id)).where(*_matching(search))
+    return session.scalar(query) or 0
 
 
 # --- CSV ---------------------------------------------------------------------------------------

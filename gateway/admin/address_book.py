@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
@@ -23,6 +23,7 @@ from core.address_book import (
     add_contact,
     apply_import,
     check_contact,
+    count_contacts,
     delete_contact,
     export_csv,
     get_contact,
@@ -31,8 +32,9 @@ from core.address_book import (
     update_contact,
 )
 from core.errors import StaffError
-from core.model import Staff, StaffRole
+from core.model import AddressBookEntry, Staff, StaffRole
 from core.staff import MAX_IMPORT_BYTES
+from gateway.admin.operations import PER_PAGE, PageNumber, Pager
 from gateway.admin.pages import admin_page, current_staff, staff_with_role, to_login
 from gateway.context import AppContext
 from gateway.deps import ContextDep, SessionDep
@@ -43,7 +45,13 @@ router = APIRouter(prefix="/admin", include_in_schema=False)
 HOME = "/admin/address-book"
 EntryId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 _FIELDS = ("company", "name", "email", "department", "note")
-_SHOWN = 1000  # contacts on one page; a search narrows a larger book
+_LOOKUP = 20  # contacts offered for what a sender has typed so far
+
+
+def contact_label(entry: AddressBookEntry) -> str:
+    """How a contact is offered in the party rows' address-book picker."""
+    who = f"{entry.name} <{entry.email}>"
+    return f"{entry.company} {who}" if entry.company else who
 
 
 def _book_page(
@@ -53,19 +61,28 @@ def _book_page(
     staff: Staff,
     *,
     q: str = "",
+    page: int = 1,
     form: dict[str, str] | None = None,
     error: str | None = None,
     plan: ContactImportPlan | None = None,
     imported: bool = False,
     status: int = 200,
 ) -> HTMLResponse:
+    pager = Pager(
+        page,
+        count_contacts(session=session, staff=staff, search=q),
+        HOME,
+        (("q", q),) if q else (),
+    )
     return admin_page(
         request,
         context,
         "admin/address_book.html",
         staff,
-        entries=list_contacts(session=session, staff=staff, search=q, limit=_SHOWN),
-        limit=_SHOWN,
+        entries=list_contacts(
+            session=session, staff=staff, search=q, limit=PER_PAGE, offset=pager.offset
+        ),
+        pager=pager,
         q=q,
         form=form or {},
         error=error,
@@ -82,8 +99,10 @@ def address_book(
     session: SessionDep,
     q: str = "",
     edit: str | None = None,
+    page: PageNumber = 1,
 ) -> Response:
-    """The contacts (searched by company, name or e-mail); with ``edit``, one in the form."""
+    """The contacts (searched by company, name or e-mail), a page at a time; with ``edit``,
+    one in the form."""
     staff = current_staff(request, context, session)
     if staff is None:
         return to_login(request)
@@ -91,7 +110,29 @@ def address_book(
     if edit:
         entry = get_contact(session=session, staff=staff, entry_id=edit)
         form = {"id": entry.id, **{k: getattr(entry, k) or "" for k in _FIELDS}}
-    return _book_page(request, context, session, staff, q=q.strip()[:200], form=form)
+    return _book_page(request, context, session, staff, q=q.strip()[:200], page=page, form=form)
+
+
+@router.get("/address-book/lookup")
+def lookup_contacts(
+    request: Request,
+    context: ContextDep,
+    session: SessionDep,
+    q: Annotated[str, Query(max_length=200)] = "",
+) -> Response:
+    """The first contacts matching what was typed in a party row's picker, as JSON for the
+    create-and-send page's script (the page itself offers only the first ones)."""
+    staff = current_staff(request, context, session)
+    if staff is None:
+        return JSONResponse({"error": "ログインしてください。"}, status_code=401)
+    entries = list_contacts(session=session, staff=staff, search=q, limit=_LOOKUP)
+    return JSONResponse(
+        [
+            {"label": contact_label(e), "company": e.company, "name": e.name, "email": e.email}
+            for e in entries
+        ],
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 @router.post("/address-book", response_class=HTMLResponse)
@@ -118,8 +159,8 @@ async def save_contact(request: Request, context: ContextDep, session: SessionDe
         except IntegrityError:  # the same contact added at the same moment
             session.rollback()
             error = "同じ会社名とメールアドレスの連絡先が登録済みです。"
-        else:
-            return RedirectResponse(HOME, status_code=303)
+        else:  # the list shows the saved contact, however long the book
+            return RedirectResponse(f"{HOME}?q={quote(contact.email)}", status_code=303)
         return _book_page(request, context, session, staff, form=values, error=error, status=422)
 
     return await run_in_threadpool(run)

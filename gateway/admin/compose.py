@@ -42,9 +42,10 @@ from core.envelopes import (
     send_envelope,
 )
 from core.errors import GatewayError, StaffError, StateError
-from core.model import AddressBookEntry, Staff, StaffRole
+from core.model import Staff, StaffRole
 from core.staff import check_email, check_name
 from core.states import PartyRole
+from gateway.admin.address_book import contact_label
 from gateway.admin.compose_drafts import ComposeDraft, DraftDocument, DraftParty, DraftStore
 from gateway.admin.pages import (
     admin_page,
@@ -88,6 +89,9 @@ _PARTY_COLUMNS = ("role", "pick", "company", "name", "email", "code")
 _BOX_COLUMNS = ("document", "party", "page", "x1", "y1", "x2", "y2", "label", "required", "max")
 MM = 72 / 25.4  # points per millimetre
 _MIN_BOX = 2 * MM  # a smaller text box cannot hold a character
+# Contacts written into the page's picker; beyond them the script asks
+# /admin/address-book/lookup as the sender types.
+_PICKER = 200
 _EDGE = 0.5  # points a box may stick out of the page (rounding of the pointer position)
 _NEW_POSITION = ("x", "y", "w", "h", "label")  # cleared once a typed box is added
 
@@ -111,12 +115,6 @@ class Problems(list[str]):
         except GatewayError as exc:
             self.append(prefix + exc.message_ja)
             return None
-
-
-def contact_label(entry: AddressBookEntry) -> str:
-    """How a contact is offered in the party rows' address-book picker."""
-    who = f"{entry.name} <{entry.email}>"
-    return f"{entry.company} {who}" if entry.company else who
 
 
 # --- step 1: facts, documents, parties -----------------------------------------------------
@@ -277,7 +275,10 @@ def _step1_page(
         form=draft,
         rows=rows or [PartyRow(), PartyRow(), PartyRow()],
         roles=list(ROLE_JA.items()),
-        contacts=[(contact_label(e), e) for e in list_contacts(session=session, staff=staff)],
+        contacts=[
+            (contact_label(e), e)
+            for e in list_contacts(session=session, staff=staff, limit=_PICKER)
+        ],
         departments=_departments(session) if choose else [],
         choose_department=choose,
         draft_id=draft_id,

@@ -19,12 +19,50 @@
       return o.value === input.value;
     });
     if (!option) {
-      return;
+      return false;
     }
     var row = input.closest("tr");
     row.querySelector("[name=party_company]").value = option.getAttribute("data-company");
     row.querySelector("[name=party_name]").value = option.getAttribute("data-name");
     row.querySelector("[name=party_email]").value = option.getAttribute("data-email");
+    return true;
+  }
+
+  // The page lists only the first contacts; as the sender types, the address book is asked for
+  // the ones matching the text so far, and they replace the picker's suggestions.
+  var lookupTimer = null;
+  var lookupSeq = 0;
+
+  function lookupContacts(input) {
+    var query = input.value.trim();
+    if (!query) {
+      return;
+    }
+    window.clearTimeout(lookupTimer);
+    lookupTimer = window.setTimeout(function () {
+      var seq = ++lookupSeq;
+      fetch("/admin/address-book/lookup?q=" + encodeURIComponent(query), {
+        credentials: "same-origin",
+        headers: { Accept: "application/json" },
+      })
+        .then(function (response) { return response.ok ? response.json() : []; })
+        .then(function (contacts) {
+          if (seq !== lookupSeq) {
+            return; // a newer lookup is on its way
+          }
+          var list = document.getElementById("contacts");
+          list.replaceChildren.apply(list, contacts.map(function (c) {
+            var option = document.createElement("option");
+            option.value = c.label;
+            option.setAttribute("data-company", c.company);
+            option.setAttribute("data-name", c.name);
+            option.setAttribute("data-email", c.email);
+            return option;
+          }));
+          fillFromContact(input);
+        })
+        .catch(function () { /* offline: the suggestions already on the page stay */ });
+    }, 150);
   }
 
   function setupParties() {
@@ -63,8 +101,8 @@
     });
     ["input", "change"].forEach(function (type) {
       body.addEventListener(type, function (event) {
-        if (event.target.classList.contains("pick")) {
-          fillFromContact(event.target);
+        if (event.target.classList.contains("pick") && !fillFromContact(event.target)) {
+          lookupContacts(event.target);
         }
       });
     });

@@ -11,7 +11,7 @@ from pathlib import Path
 from playwright.sync_api import BrowserContext, Page, expect
 from sqlalchemy import select
 
-from core.model import Envelope, Field
+from core.model import AddressBookEntry, Envelope, Field
 from core.states import EnvelopeState
 from tests.e2e.conftest import Site, link_in
 from tests.e2e.test_admin_pages import PASSWORD, _login, _staff
@@ -58,7 +58,9 @@ def _step1(page: Page, site: Site, tmp_path: Path) -> None:
     page.set_input_files("#documents", [str(contract), str(acceptance)])
 
     rows = page.locator("#party-rows tr")
-    # 1: the contractor, picked from the address book (the row fills itself).
+    # 1: the contractor, picked from the address book (the row fills itself). The book is larger
+    # than what the page lists, so the picker asks the server as the sender types.
+    expect(page.locator(f"#contacts option[data-email='{CONTRACTOR}']")).to_have_count(0)
     rows.nth(0).locator("[name=party_pick]").fill(f"株式会社髙橋建設 髙橋 一郎 <{CONTRACTOR}>")
     expect(rows.nth(0).locator("[name=party_name]")).to_have_value("髙橋 一郎")
     expect(rows.nth(0).locator("[name=party_email]")).to_have_value(CONTRACTOR)
@@ -158,6 +160,14 @@ def test_compose_with_a_dragged_text_box(
     page.on("pageerror", lambda error: script_errors.append(str(error)))
     _login(page, site, SENDER, PASSWORD)
     page.wait_for_url(f"{site.url}/admin/envelopes")
+    with site.gateway.sessions() as session:  # a book longer than the picker's first 200
+        session.add_all(
+            AddressBookEntry(
+                company=f"あおば設備{i:03d}", name="担当 者", email=f"c{i}@aoba.example.jp"
+            )
+            for i in range(250)
+        )
+        session.commit()
     _add_contact(page, site)
     page.click("nav >> text=契約一覧・検索")
     _step1(page, site, tmp_path)

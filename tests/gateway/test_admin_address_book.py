@@ -136,3 +136,68 @@ def test_address_book_pages(live_gateway: Callable[..., LiveGateway]) -> None:
     for action in ("add", "update", "import", "delete"):
         assert (f"address_book.{action}", "tanaka@city.example.jp") in actions
     assert ("address_book.export", "sato@city.example.jp") in actions
+
+
+def test_a_long_address_book_comes_a_page_at_a_time_and_the_picker_looks_up(
+    live_gateway: Callable[..., LiveGateway],
+) -> None:
+    live = live_gateway()
+    _staff(live, "tanaka@city.example.jp", "契約課")
+    book = "会社名,氏名,メールアドレス\n" + "".join(
+        f"{'札幌舗装' if i % 2 else '旭川設備'}{i:03d},担当 {i:03d},c{i:03d}@example.jp\n"
+        for i in range(120)
+    )
+    with live.client() as client:
+        assert _login(client, "tanaka@city.example.jp").status_code == 303
+        token = _csrf(client.get(BOOK).text)
+        imported = client.post(
+            f"{BOOK}/import", data={"csrf_token": token}, files={"file": ("b.csv", book.encode())}
+        )
+        assert "新規 120 件" in imported.text
+
+        def listed(page: str) -> list[str]:
+            return re.findall(r"<td>(c\d+@example\.jp)</td>", page)
+
+        first = client.get(BOOK).text
+        assert "登録 120 件（1〜50 件目を表示）" in first and "1 / 3 ページ" in first
+        # ordered by company: 旭川設備000, 002, ... then 札幌舗装001, 003, ...
+        assert listed(first)[:2] == ["c000@example.jp", "c002@example.jp"]
+        last = client.get(BOOK, params={"page": 3}).text
+        assert len(listed(last)) == 20 and listed(last)[-1] == "c119@example.jp"
+        seen = listed(first) + listed(client.get(BOOK, params={"page": 2}).text) + listed(last)
+        assert sorted(seen) == [f"c{i:03d}@example.jp" for i in range(120)]  # each once
+        assert client.get(BOOK, params={"page": 0}).status_code == 422
+
+        found = client.get(BOOK, params={"q": "札幌"}).text
+        assert "該当 60 件" in found and len(listed(found)) == 50
+        assert 'href="/admin/address-book?q=%E6%9C%AD%E5%B9%8C&amp;page=2"' in found
+        narrowed = listed(client.get(BOOK, params={"q": "札幌 11"}).text)
+        assert narrowed == ["c011@example.jp", "c111@example.jp", "c113@example.jp", "c115@example.jp",
+                            "c117@example.jp", "c119@example.jp"]  # fmt: skip
+
+        # what the create-and-send picker asks as the sender types
+        looked = client.get(f"{BOOK}/lookup", params={"q": "札幌舗装119"})
+        assert looked.status_code == 200 and looked.headers["cache-control"] == "no-store"
+        assert looked.json() == [
+            {
+                "label": "札幌舗装119 担当 119 <c119@example.jp>",
+                "company": "札幌舗装119",
+                "name": "担当 119",
+                "email": "c119@example.jp",
+            }
+        ]
+        assert len(client.get(f"{BOOK}/lookup", params={"q": "担当"}).json()) == 20
+        picked = client.get(f"{BOOK}/lookup", params={"q": "札幌舗装119 担当 119 <c119@example"})
+        assert [c["email"] for c in picked.json()] == ["c119@example.jp"]  # a label, typed
+        # saving a contact shows it, wherever it sorts
+        saved = client.post(
+            BOOK,
+            data={"company": "稚内建設", "name": "最後 の人", "email": "z@wakkanai.example.jp",
+                  "csrf_token": token},
+        )  # fmt: skip
+        assert saved.status_code == 303
+        shown = client.get(saved.headers["location"]).text
+        assert "該当 1 件" in shown
+        assert re.findall(r"<td>([^<]+@[^<]+)</td>", shown) == ["z@wakkanai.example.jp"]
+    with live.client() as anonymous:
+        assert anonymous.get(f"{BOOK}/lookup", params={"q": "札幌"}).status_code == 401
