@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -749,6 +750,24 @@ for _name, _column in (
         _column,
         postgresql_using="gin",
         postgresql_ops={_column.key: "gin_trgm_ops"},
+        info={"dialect": "postgresql"},
+    ).ddl_if(dialect="postgresql")
+
+
+# Two-character words (道路, 工事: most Japanese words are two kanji) are below what trigrams
+# serve. On PostgreSQL, ``keiyaku_bigrams(text)`` (migration 0011: an immutable SQL function,
+# the text's distinct two-character substrings) is indexed with GIN, and ``@> ARRAY[word]``
+# finds the rows containing a two-character word (core.search).
+BIGRAMS = "keiyaku_bigrams"
+for _name, _column in (
+    ("ix_documents_name_bigram", Document.name),
+    ("ix_envelopes_title_bigram", Envelope.title),
+    ("ix_envelopes_counterparty_bigram", Envelope.counterparty),
+):
+    Index(
+        _name,
+        getattr(func, BIGRAMS)(_column),
+        postgresql_using="gin",
         info={"dialect": "postgresql"},
     ).ddl_if(dialect="postgresql")
 

@@ -2,9 +2,11 @@
 ranges and combined conditions, plus file name, status and department; always inside the
 caller's visibility scope (:mod:`core.access`), paginated.
 
-Every filter has an index (migration 0007); the substring matches (file-name keyword, title,
-counterparty) use trigram indexes on PostgreSQL (migration 0010, pg_trgm), which serve patterns of
-three characters or more; a two-character word (道路) still scans.
+Every filter has an index (migration 0007). The substring matches (file-name keyword, title,
+counterparty) have two kinds on PostgreSQL: trigram indexes (migration 0010, pg_trgm) serve words
+of three characters or more, and bigram indexes (migration 0011, ``keiyaku_bigrams``) the
+two-character words so common in Japanese (道路, 工事, 髙橋), which trigrams cannot serve. A
+one-character word scans.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, Select, func, select, union
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, Text, cast, func, select, union
+from sqlalchemy.dialects.postgresql import ARRAY, array
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from core.access import scope_clause, scope_for
 from core.errors import StaffError
-from core.model import Document, Envelope, Staff
+from core.model import BIGRAMS, Document, Envelope, Staff
 from core.states import EnvelopeState
 
 MAX_PER_PAGE = 200
@@ -61,8 +64,21 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-def conditions(query: EnvelopeQuery) -> list[ColumnElement[bool]]:
-    """The WHERE conditions of a query (without the scope)."""
+def _contains(
+    column: InstrumentedAttribute[str] | InstrumentedAttribute[str | None], text: str, dialect: str
+) -> ColumnElement[bool]:
+    """``column`` contains ``text``: LIKE, or on PostgreSQL for two characters the bigram
+    index's containment (the same rows: a two-character string is in a text exactly when it is
+    one of the text's bigrams)."""
+    if dialect == "postgresql" and len(text) == 2:
+        bigrams = getattr(func, BIGRAMS)(column, type_=ARRAY(Text()))
+        word = cast(array([text]), ARRAY(Text()))  # text[], not varchar[]: the operator's type
+        return bigrams.op("@>")(word)  # type: ignore[no-any-return]
+    return column.like(_like(text), escape="\\")
+
+
+def conditions(query: EnvelopeQuery, dialect: str) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of a query (without the scope) for a database of ``dialect``."""
     where: list[ColumnElement[bool]] = []
     if query.date_from and query.date_to and query.date_from > query.date_to:
         raise StaffError(
@@ -81,12 +97,12 @@ def conditions(query: EnvelopeQuery) -> list[ColumnElement[bool]]:
             "金額の範囲が正しくありません（下限が上限より大きいです）。",
         )
     if query.keyword and query.keyword.strip():
-        pattern = _like(query.keyword.strip())
-        # One set of ids from both places, each found through its own trigram index on
-        # PostgreSQL; "file name LIKE OR title LIKE" would scan every envelope to test the title.
+        keyword = query.keyword.strip()
+        # One set of ids from both places, each found through its own index on PostgreSQL;
+        # "file name LIKE OR title LIKE" would scan every envelope to test the title.
         matching = union(
-            select(Document.envelope_id).where(Document.name.like(pattern, escape="\\")),
-            select(Envelope.id).where(Envelope.title.like(pattern, escape="\\")),
+            select(Document.envelope_id).where(_contains(Document.name, keyword, dialect)),
+            select(Envelope.id).where(_contains(Envelope.title, keyword, dialect)),
         )
         where.append(Envelope.id.in_(matching))
     if query.date_from:
@@ -94,7 +110,7 @@ def conditions(query: EnvelopeQuery) -> list[ColumnElement[bool]]:
     if query.date_to:
         where.append(Envelope.transaction_date <= query.date_to)
     if query.counterparty and query.counterparty.strip():
-        where.append(Envelope.counterparty.like(_like(query.counterparty.strip()), escape="\\"))
+        where.append(_contains(Envelope.counterparty, query.counterparty.strip(), dialect))
     if query.amount_min is not None:
         where.append(Envelope.amount >= query.amount_min)
     if query.amount_max is not None:
@@ -107,14 +123,18 @@ def conditions(query: EnvelopeQuery) -> list[ColumnElement[bool]]:
 
 
 def search_statement(
-    *, staff: Staff, query: EnvelopeQuery, scope: ColumnElement[bool] | None = None
+    *,
+    staff: Staff,
+    query: EnvelopeQuery,
+    dialect: str,
+    scope: ColumnElement[bool] | None = None,
 ) -> Select[Envelope]:
     """The scoped, filtered, ordered SELECT of one page (what :func:`search_envelopes` runs)."""
     per_page = max(1, min(query.per_page, MAX_PER_PAGE))
     page = max(1, query.page)
     return (
         select(Envelope)
-        .where(scope_clause(staff) if scope is None else scope, *conditions(query))
+        .where(scope_clause(staff) if scope is None else scope, *conditions(query, dialect))
         .order_by(Envelope.transaction_date.desc(), Envelope.id.desc())
         .limit(per_page)
         .offset((page - 1) * per_page)
@@ -126,12 +146,15 @@ def search_envelopes(*, session: Session, staff: Staff, query: EnvelopeQuery) ->
     per_page = max(1, min(query.per_page, MAX_PER_PAGE))
     page = max(1, query.page)
     scope = scope_for(session=session, staff=staff)
-    items = session.scalars(search_statement(staff=staff, query=query, scope=scope)).all()
+    dialect = session.get_bind().dialect.name
+    items = session.scalars(
+        search_statement(staff=staff, query=query, dialect=dialect, scope=scope)
+    ).all()
     if page == 1 and len(items) < per_page:
         total = len(items)  # the whole result is on this page: no count query needed
     else:
         counted = session.scalar(
-            select(func.count()).select_from(Envelope).where(scope, *conditions(query))
+            select(func.count()).select_from(Envelope).where(scope, *conditions(query, dialect))
         )
         total = int(counted or 0)
     return SearchPage(items=items, total=total, page=page, per_page=per_page)

@@ -6,13 +6,14 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from core.access import get_visible_envelope, require_role, visible_envelopes
 from core.errors import NotFoundError, StaffError
 from core.model import StaffRole, VisibilityScope
 from core.reports import monthly_report
-from core.search import EnvelopeQuery, search_envelopes
+from core.search import EnvelopeQuery, search_envelopes, search_statement
 from core.states import EnvelopeState
 from tests.fixtures.staff import make_envelope, make_staff
 
@@ -95,6 +96,13 @@ def test_search_shapes(session: Session) -> None:
     assert found(keyword="%") == [c.id]
     assert found(date_from=dt.date(2026, 1, 1), date_to=dt.date(2026, 4, 30)) == [a.id]
     assert found(counterparty="北海道建設") == [a.id, c.id]
+    # two characters: the bigram index on PostgreSQL, LIKE on SQLite; the same rows
+    assert found(keyword="道路") == [a.id]
+    assert found(keyword="0%") == [c.id]  # literal here too
+    assert found(counterparty="旭川") == [b.id]
+    assert found(counterparty="社北") == [a.id, c.id]  # across the words of a name
+    assert found(counterparty="道設") == []  # both characters, but not side by side
+    assert found(counterparty="北", amount_min=Decimal(1_000_000)) == [a.id]  # one: LIKE
     assert found(amount_min=Decimal(500_000), amount_max=Decimal(5_000_000)) == [b.id, a.id]
     assert found(states=(EnvelopeState.COMPLETED,)) == [b.id]
     assert found(department="土木課") == [b.id]
@@ -158,3 +166,20 @@ def test_monthly_report_uses_jst_months(session: Session) -> None:
             "departments": {"土木課": {"count": 1, "amount": 300}},
         },
     ]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_engine", ["postgresql"], indirect=True)  # SQLite keeps LIKE
+def test_two_character_words_use_the_bigram_index_on_postgresql(session: Session) -> None:
+    staff = make_staff(session, "admin@city.example.jp", scope=VisibilityScope.ALL)
+    session.execute(text("SET LOCAL enable_seqscan = off"))  # an index if one can serve
+    for query, index in (
+        (EnvelopeQuery(counterparty="道路"), "ix_envelopes_counterparty_bigram"),
+        (EnvelopeQuery(keyword="工事"), "ix_envelopes_title_bigram"),
+        (EnvelopeQuery(keyword="工事"), "ix_documents_name_bigram"),
+        (EnvelopeQuery(counterparty="道路建設"), "ix_envelopes_counterparty_trgm"),
+    ):
+        statement = search_statement(staff=staff, query=query, dialect="postgresql")
+        compiled = statement.compile(session.get_bind(), compile_kwargs={"literal_binds": True})
+        plan = "\n".join(session.scalars(text(f"EXPLAIN {compiled}")))
+        assert index in plan, plan

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect
@@ -11,7 +13,13 @@ from core.storage import migrate
 
 
 def test_migrations_match_the_model(db_engine: Engine) -> None:
-    with db_engine.connect() as conn:
+    with db_engine.connect() as conn, warnings.catch_warnings():
+        if conn.dialect.name == "sqlite":
+            # The bigram indexes are expressions on PostgreSQL only (never created here), and
+            # Alembic says it cannot compare expression indexes on SQLite before it filters.
+            warnings.filterwarnings(
+                "ignore", "autogenerate skipping metadata-specified expression-based index"
+            )
         context = MigrationContext.configure(
             conn, opts={"include_object": schema_filter(conn.dialect.name)}
         )
