@@ -738,34 +738,25 @@ Index("ix_envelopes_creator_email", Envelope.creator_email)
 Index("ix_envelopes_completed_at", Envelope.completed_at)
 Index("ix_parties_email", Party.email)  # the "as a party" part of every scope
 
-# Substring search (keyword, counterparty) on PostgreSQL: trigram GIN indexes (pg_trgm) serve
-# LIKE '%...%', Japanese included (the database's LC_CTYPE must classify it, as C.UTF-8 does).
-for _name, _column in (
-    ("ix_documents_name_trgm", Document.name),
-    ("ix_envelopes_title_trgm", Envelope.title),
-    ("ix_envelopes_counterparty_trgm", Envelope.counterparty),
-):
+# Substring search (keyword, counterparty) on PostgreSQL, two GIN indexes per column:
+# - trigrams (pg_trgm, migration 0010) serve LIKE '%...%' for three characters or more, Japanese
+#   included (the database's LC_CTYPE must classify it, as C.UTF-8 does);
+# - two-character words (道路, 工事: most Japanese words are two kanji) are below what trigrams
+#   serve: ``keiyaku_bigrams(text)`` (migration 0011, an immutable SQL function giving the text's
+#   distinct two-character substrings) is indexed, and ``@> ARRAY[word]`` finds the rows
+#   containing a two-character word (core.search).
+BIGRAMS = "keiyaku_bigrams"
+for _column in (Document.name, Envelope.title, Envelope.counterparty):
+    _prefix = f"ix_{_column.class_.__tablename__}_{_column.key}"
     Index(
-        _name,
+        f"{_prefix}_trgm",
         _column,
         postgresql_using="gin",
         postgresql_ops={_column.key: "gin_trgm_ops"},
         info={"dialect": "postgresql"},
     ).ddl_if(dialect="postgresql")
-
-
-# Two-character words (道路, 工事: most Japanese words are two kanji) are below what trigrams
-# serve. On PostgreSQL, ``keiyaku_bigrams(text)`` (migration 0011: an immutable SQL function,
-# the text's distinct two-character substrings) is indexed with GIN, and ``@> ARRAY[word]``
-# finds the rows containing a two-character word (core.search).
-BIGRAMS = "keiyaku_bigrams"
-for _name, _column in (
-    ("ix_documents_name_bigram", Document.name),
-    ("ix_envelopes_title_bigram", Envelope.title),
-    ("ix_envelopes_counterparty_bigram", Envelope.counterparty),
-):
     Index(
-        _name,
+        f"{_prefix}_bigram",
         getattr(func, BIGRAMS)(_column),
         postgresql_using="gin",
         info={"dialect": "postgresql"},
@@ -774,8 +765,8 @@ for _name, _column in (
 
 def schema_filter(dialect: str) -> Any:
     """Alembic's ``include_object`` for a database of ``dialect``: leave out the model objects
-    made for another dialect (the trigram indexes exist on PostgreSQL only; Alembic does not
-    read ``ddl_if`` itself)."""
+    made for another dialect (the trigram and bigram indexes exist on PostgreSQL only; Alembic
+    does not read ``ddl_if`` itself)."""
 
     def include(obj: Any, name: Any, type_: str, reflected: bool, compare_to: Any) -> bool:
         del name, type_, compare_to

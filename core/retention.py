@@ -430,7 +430,7 @@ def purged_blob_ids(
 ) -> list[str]:
     """Every blob of the envelopes whose documents were purged at or after ``since`` (None: at
     any time) and before ``before``: what a backup may forget once no generation it keeps
-    predates the purge (:func:`core.backup.backup`)."""
+    predates the purge (:func:`core.backup.delete_purged_copies`)."""
     query = select(Envelope.id).where(Envelope.documents_purged_at < before)
     if since is not None:
         query = query.where(Envelope.documents_purged_at >= since)

@@ -28,7 +28,7 @@ BACKUP_JOB_ID = "backup"
 
 
 def run_backup(
-    settings: Settings, engine: Engine | None, *, now: dt.datetime | None = None
+    settings: Settings, engine: Engine, *, now: dt.datetime | None = None
 ) -> BackupResult:
     """One backup as configured: database generation plus new blobs, then the copies of
     documents whose retention purge no kept generation predates are deleted, when ``engine``'s
@@ -42,7 +42,7 @@ def run_backup(
         pg_dump=settings.backup.pg_dump,
         now=now,
     )
-    if engine is None or not schema_is_current(engine):
+    if not schema_is_current(engine):
         return result
     sessions = make_session_factory(engine)
 
