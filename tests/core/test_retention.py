@@ -39,7 +39,14 @@ from core.model import (
     GuaranteeReference,
 )
 from core.outbox import enqueue
-from core.retention import PurgeReport, RetentionPolicy, find_expired, purge_documents
+from core.retention import (
+    PurgeReport,
+    RetentionPolicy,
+    envelope_blob_ids,
+    find_expired,
+    purge_documents,
+    purged_blob_ids,
+)
 from schedules import retimestamp
 from tests.fixtures.envelopes import complete_parties, one_signer_envelope
 
@@ -333,3 +340,36 @@ def test_a_retention_under_one_year_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="config.retention_years"):
         RetentionPolicy(years=0)
+
+
+def test_purged_blob_ids_name_every_blob_of_the_envelopes_purged_in_the_window(
+    sessions: sessionmaker[Session], dev_runtime: Runtime
+) -> None:
+    """What a backup forgets (core.backup.delete_purged_copies): by purge time, half-open."""
+    with sessions() as session:
+        first = _completed(session, dev_runtime, "旧契約", OLD)
+        second = _completed(session, dev_runtime, "旧契約2", OLD)
+        kept = _completed(session, dev_runtime, "新契約", YOUNG)
+        extra = _award_copy_and_notice(session, dev_runtime, first)
+        blobs = {e: set(envelope_blob_ids(session=session, envelope_id=e)) for e in (first, second)}
+        assert set(_blob_ids(session, first)) | set(extra) == blobs[first]  # notices too
+    later = NOW + dt.timedelta(days=3)
+    with sessions() as session:
+        assert sorted(_purge(session, dev_runtime).purged) == sorted([first, second])
+        _age(session, second, documents_purged_at=later)  # as if purged three days later
+
+    def ids(since: dt.datetime | None, before: dt.datetime) -> set[str]:
+        with sessions() as session:
+            found = purged_blob_ids(session=session, since=since, before=before)
+        assert len(found) == len(set(found))  # each once
+        return set(found)
+
+    assert ids(None, NOW) == set()  # purged at NOW: not before it
+    assert ids(None, NOW + dt.timedelta(seconds=1)) == blobs[first]
+    assert ids(None, later + dt.timedelta(seconds=1)) == blobs[first] | blobs[second]
+    assert ids(NOW + dt.timedelta(seconds=1), later + dt.timedelta(seconds=1)) == blobs[second]
+    assert ids(later + dt.timedelta(seconds=1), NOW + dt.timedelta(days=30)) == set()
+    with sessions() as session:  # the envelope still in its period is never named
+        assert not set(envelope_blob_ids(session=session, envelope_id=kept)) & ids(
+            None, NOW + dt.timedelta(days=365)
+        )
