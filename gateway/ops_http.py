@@ -2,13 +2,15 @@
 Prometheus text format, a request id on every request and JSON log lines that carry it.
 
 Installed on the app by :func:`install_operations`. ``/healthz`` answers 200 with ``status:
-ok`` when everything is reachable and ``degraded`` when only the TSA or SMTP is not (signing and
-mail then wait and retry, the rest works); a database or blob-store failure is a 503 with the
+ok`` when everything is reachable and ``degraded`` when only the TSA, SMTP or the backup folder
+documents are copied to is not (signing and mail then wait and retry, the daily backup copies
+what the mirror missed, the rest works); a database or blob-store failure is a 503 with the
 same per-check body in ``details``. TSA and SMTP are probed with a TCP connect, at most every
 ``_PROBE_TTL`` seconds per process, so a load balancer polling often does not hammer them.
 
 ``/metrics``: the gauges are read from the shared database at scrape time (the same on every
-node); the signing-latency histogram is this process's own (sum it across nodes in queries).
+node); the signing-latency histogram and the document-mirror failures are this process's own
+(sum them across nodes in queries).
 """
 
 from __future__ import annotations
@@ -196,6 +198,19 @@ def _url_endpoint(url: str) -> tuple[str, int]:
     return parts.hostname or "localhost", parts.port or default
 
 
+def _writable(root: Path) -> ComponentHealth:
+    """Whether a file can be written, read back and removed in ``root``."""
+    probe = root / f".healthz-{os.getpid()}-{threading.get_ident()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)  # as the store makes it on first write
+        probe.write_bytes(b"ok")
+        ok = probe.read_bytes() == b"ok"
+        probe.unlink()
+    except OSError as exc:
+        return ComponentHealth(status="down", detail=f"{root}: {type(exc).__name__}")
+    return ComponentHealth(status="ok" if ok else "down", detail=str(root))
+
+
 class _HealthProbe:
     """Checks each dependency; the remote ones (TSA, SMTP) are cached for ``_PROBE_TTL``."""
 
@@ -214,16 +229,19 @@ class _HealthProbe:
         return ComponentHealth(status="ok")
 
     def blobs(self) -> ComponentHealth:
-        root = self.gateway.runtime.blobs.root
-        probe = root / f".healthz-{os.getpid()}-{threading.get_ident()}"
-        try:
-            root.mkdir(parents=True, exist_ok=True)  # as the store makes it on first write
-            probe.write_bytes(b"ok")
-            ok = probe.read_bytes() == b"ok"
-            probe.unlink()
-        except OSError as exc:
-            return ComponentHealth(status="down", detail=f"{root}: {type(exc).__name__}")
-        return ComponentHealth(status="ok" if ok else "down", detail=str(root))
+        return _writable(self.gateway.runtime.blobs.root)
+
+    def document_mirror(self) -> ComponentHealth:
+        """The backup folder each document is copied to as it is stored; down does not stop
+        signing (the daily backup copies what it missed), so it only degrades the report."""
+        store = self.gateway.runtime.blobs
+        if store.mirror is None:
+            return ComponentHealth(status="disabled", detail="backup.mirror_documents is off")
+        health = _writable(store.mirror)
+        if store.mirror_failures:
+            failed = f"{store.mirror_failures} copies failed in this process"
+            return ComponentHealth(status=health.status, detail=f"{health.detail}; {failed}")
+        return health
 
     def _probe_remote(self) -> dict[str, ComponentHealth]:
         settings = self.gateway.settings
@@ -253,7 +271,12 @@ class _HealthProbe:
             return dict(self._remote)
 
     def report(self) -> HealthReport:
-        checks = {"database": self.database(), "blobs": self.blobs(), **self.remote()}
+        checks = {
+            "database": self.database(),
+            "blobs": self.blobs(),
+            "document_mirror": self.document_mirror(),
+            **self.remote(),
+        }
         local_down = [n for n in ("database", "blobs") if checks[n].status != "ok"]
         if local_down:
             raise GatewayError(
@@ -378,10 +401,28 @@ class _DatabaseCollector(Collector):
         )
 
 
+class _MirrorCollector(Collector):
+    """Documents this process failed to copy to the backup folder as it stored them."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.blobs = gateway.runtime.blobs
+
+    def collect(self) -> Iterator[Metric]:
+        if self.blobs.mirror is None:
+            return
+        failures = CounterMetricFamily(
+            "keiyaku_document_mirror_failures",
+            "Documents not copied to the backup folder when stored (left to the daily backup).",
+        )
+        failures.add_metric([], self.blobs.mirror_failures)
+        yield failures
+
+
 def _metrics_registry(gateway: Gateway) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     margin = dt.timedelta(days=gateway.settings.archive.renew_margin_days)
     registry.register(_DatabaseCollector(gateway, margin))
+    registry.register(_MirrorCollector(gateway))
     latency = Histogram(
         "keiyaku_signing_seconds",
         "Signing engine latency per operation (approval, seal, archive_timestamp), this process.",
@@ -443,7 +484,7 @@ def install_operations(app: FastAPI, gateway: Gateway) -> None:
 
     @app.get("/healthz", response_model=HealthReport, tags=["health"])
     def healthz() -> HealthReport:
-        """Each dependency's status: database, blob store, TSA, SMTP."""
+        """Each dependency's status: database, blob store, document mirror, TSA, SMTP."""
         return probe.report()
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)

@@ -8,6 +8,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from asn1crypto import x509
@@ -117,6 +118,14 @@ def build_signing_engine(settings: Settings) -> SigningEngine:
     )
 
 
+def document_mirror(settings: Settings) -> Path | None:
+    """Where each document is copied as it is stored: the backup folder's ``blobs/`` (the
+    daily backup's own copy, so it then finds nothing left to copy); None when switched off."""
+    if not settings.backup.mirror_documents:
+        return None
+    return settings.path(settings.backup.directory) / "blobs"
+
+
 def open_gateway(settings: Settings, *, migrate_schema: bool = True) -> Gateway:
     """Connect to the database (migrating it), open the blob store and load the signing key."""
     engine = create_database_engine(settings.database_url)
@@ -127,6 +136,7 @@ def open_gateway(settings: Settings, *, migrate_schema: bool = True) -> Gateway:
         blobs=BlobStore(
             settings.path(settings.blobs.path),
             _master_key(settings.blobs.master_key.get_secret_value()),
+            mirror=document_mirror(settings),
         ),
         signing=build_signing_engine(settings),
         buyer_name=settings.buyer.name,

@@ -386,6 +386,8 @@ class BackupSettings(_Section):
     directory: Path = Path("backups")
     generations: int = Field(default=8, ge=1, le=365)
     pg_dump: str = "pg_dump"
+    # Copy each document into directory/blobs as it is stored (随時取得), not only daily.
+    mirror_documents: bool = True
 
 
 # Below this many years a document retention is refused unless confirmed with allow_short:

@@ -71,3 +71,30 @@ def test_missing_and_malformed_ids(blobs: BlobStore) -> None:
 def test_master_key_must_be_32_bytes(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         BlobStore(tmp_path, b"short")
+
+
+def test_each_blob_is_mirrored_as_it_is_stored(tmp_path: Path) -> None:
+    key = secrets.token_bytes(32)
+    store = BlobStore(tmp_path / "blobs", key, mirror=tmp_path / "backups" / "blobs")
+    blob_id = store.put(b"%PDF signed")
+    primary = tmp_path / "blobs" / blob_id[:2] / blob_id
+    copy = tmp_path / "backups" / "blobs" / blob_id[:2] / blob_id
+    assert copy.read_bytes() == primary.read_bytes()  # the same encrypted file
+    assert BlobStore(tmp_path / "backups" / "blobs", key).get(blob_id) == b"%PDF signed"
+    assert not list((tmp_path / "backups").rglob(".*.tmp"))
+    assert store.mirror_failures == 0
+
+
+def test_a_failed_mirror_write_never_fails_the_store(tmp_path: Path) -> None:
+    (tmp_path / "backups").write_text("the backup disk is not mounted here")
+    store = BlobStore(tmp_path / "blobs", secrets.token_bytes(32), mirror=tmp_path / "backups")
+    first, second = store.put(b"one"), store.put(b"two")
+    assert (store.get(first), store.get(second)) == (b"one", b"two")
+    assert store.mirror_failures == 2
+
+
+def test_the_mirror_cannot_be_the_store_itself(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mirror"):
+        BlobStore(
+            tmp_path / "blobs", secrets.token_bytes(32), mirror=tmp_path / "x" / ".." / "blobs"
+        )

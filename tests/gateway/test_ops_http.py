@@ -66,6 +66,10 @@ def test_healthz_reports_each_dependency(live_gateway: Callable[..., LiveGateway
     assert checks["blobs"]["status"] == "ok"
     assert checks["tsa"]["status"] == "ok"  # the in-process development TSA
     assert checks["smtp"]["status"] == "disabled"  # maildir transport
+    assert checks["document_mirror"] == {
+        "status": "ok",
+        "detail": str(live.config.parent / "backups" / "blobs"),
+    }
 
 
 def test_healthz_is_degraded_when_smtp_is_unreachable(
@@ -85,6 +89,24 @@ def test_healthz_is_degraded_when_smtp_is_unreachable(
         "status": "down",
         "detail": f"127.0.0.1:{port}: ConnectionRefusedError",
     }
+
+
+def test_a_lost_backup_folder_degrades_health_and_is_counted_but_documents_are_stored(
+    live_gateway: Callable[..., LiveGateway],
+) -> None:
+    live = live_gateway(extra="backup:\n  directory: backup-disk\n")
+    (live.config.parent / "backup-disk").write_text("the backup disk is not mounted")
+    blob_id = live.gateway.runtime.blobs.put(b"%PDF signed")  # as signing stores a revision
+    assert live.gateway.runtime.blobs.get(blob_id) == b"%PDF signed"
+    with live.client() as client:
+        health = client.get("/healthz")
+        metrics = _samples(client.get("/metrics").text)
+    assert health.status_code == 200
+    body = health.json()
+    assert body["status"] == "degraded"
+    mirror = body["checks"]["document_mirror"]
+    assert mirror["status"] == "down" and "1 copies failed in this process" in mirror["detail"]
+    assert metrics[("keiyaku_document_mirror_failures_total", ())] == 1.0
 
 
 def test_healthz_fails_when_the_blob_store_is_gone(
