@@ -146,24 +146,36 @@ def configure_logging(
     fmt: Literal["json", "text"] = "json",
     file: Path | None = None,
     retention_days: int = 365,
+    mirror: Path | None = None,
 ) -> None:
     """Root logging for a server process: JSON lines (or plain text) with request ids, on stderr
-    or, with ``file``, in a file rotated daily at midnight JST keeping ``retention_days`` days."""
-    handler: logging.Handler = (
+    or, with ``file``, in a file rotated daily at midnight JST keeping ``retention_days`` days;
+    with ``mirror`` too, every line also goes to that second file, rotated the same way (the
+    backup folder's copy of the log)."""
+    handlers: list[logging.Handler] = [
         logging.StreamHandler() if file is None else JstDailyFileHandler(file, retention_days)
-    )
-    handler.addFilter(RequestIdFilter())
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-        )
+    ]
+    mirror_problem = None
+    if file is not None and mirror is not None:
+        try:
+            handlers.append(JstDailyFileHandler(mirror, retention_days))
+        except OSError as exc:  # the backup mount is away: log on, say so below
+            mirror_problem = exc
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler)
+    for handler in handlers:
+        handler.addFilter(RequestIdFilter())
+        if fmt == "json":
+            handler.setFormatter(JsonFormatter())
+        else:
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+            )
+        root.addHandler(handler)
     root.setLevel(level)
+    if mirror_problem is not None:
+        log.warning("log lines are not copied to %s: %s", mirror, mirror_problem)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers.clear()

@@ -105,11 +105,17 @@ def _log_options(settings: Settings) -> dict[str, Any]:
         return {}
     from gateway.ops_http import configure_logging
 
+    mirror = None
+    if log_file is not None and settings.logging.mirror_to_backup:
+        # one folder per host: each node writes its own log (never a shared file)
+        backups = settings.path(settings.backup.directory)
+        mirror = backups / "logs" / socket.gethostname() / log_file.name
     configure_logging(
         level=settings.server.log_level,
         fmt=settings.server.log_format,
         file=settings.path(log_file) if log_file is not None else None,
         retention_days=settings.logging.retention_days,
+        mirror=mirror,
     )
     return {"log_config": None, "access_log": False}
 

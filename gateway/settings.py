@@ -415,6 +415,8 @@ class RetentionSettings(_Section):
 class LoggingSettings(_Section):
     file: Path | None = None
     retention_days: int = Field(default=365, ge=1, le=3650)
+    # With file: every line also to backup.directory/logs/<host>/<file name> (随時取得).
+    mirror_to_backup: bool = True
 
 
 class SchedulesSettings(_Section):

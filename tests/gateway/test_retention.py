@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -219,11 +220,15 @@ def test_log_file_gets_json_lines_and_rotates_at_jst_midnight_keeping_a_year(
     settings = load_test_settings(config)
     assert settings.logging.retention_days == 365
     assert _log_options(settings) == {"log_config": None, "access_log": False}
-    (handler,) = [h for h in root_logging.handlers if isinstance(h, JstDailyFileHandler)]
+    handler, copy = [h for h in root_logging.handlers if isinstance(h, JstDailyFileHandler)]
     assert isinstance(handler.formatter, JsonFormatter)
     assert handler.backupCount == 365 and handler.when == "MIDNIGHT"
     log_file = tmp_path / "logs" / "keiyaku.log"
     assert handler.baseFilename == str(log_file)
+    # every line is written to the backup folder as well, per host, kept the same way
+    backup_log = tmp_path / "backups" / "logs" / socket.gethostname() / "keiyaku.log"
+    assert copy.baseFilename == str(backup_log) and copy.backupCount == 365
+    assert isinstance(copy.formatter, JsonFormatter)
 
     # the next rollover is the next midnight JST, whatever the host's time zone
     rollover = dt.datetime.fromtimestamp(handler.rolloverAt, JST)
@@ -232,9 +237,11 @@ def test_log_file_gets_json_lines_and_rotates_at_jst_midnight_keeping_a_year(
 
     logging.getLogger("keiyaku.test").warning("契約 %s", "一件目", extra={"envelope_id": "e1"})
     handler.flush()
+    copy.flush()
     line = json.loads(log_file.read_text(encoding="utf-8").splitlines()[-1])
     assert line["message"] == "契約 一件目" and line["envelope_id"] == "e1"
     assert line["level"] == "WARNING" and line["time"].endswith("+09:00")
+    assert json.loads(backup_log.read_text(encoding="utf-8").splitlines()[-1]) == line
 
     # a year of rotated files is there; the rollover of 2026-05-02 00:00 JST adds May 1's file
     # and deletes the oldest, leaving 365
@@ -252,6 +259,20 @@ def test_log_file_gets_json_lines_and_rotates_at_jst_midnight_keeping_a_year(
     logging.getLogger("keiyaku.test").warning("二件目")
     handler.flush()
     assert "二件目" in log_file.read_text(encoding="utf-8")  # a fresh file for May 2
+
+
+def test_a_missing_backup_mount_does_not_stop_the_log_file(
+    tmp_path: Path, devpki: DevPki, root_logging: logging.Logger
+) -> None:
+    extra = "logging:\n  file: logs/keiyaku.log\nbackup:\n  directory: backup-disk\n"
+    config = write_config(tmp_path, devpki, database_url="sqlite://", extra=extra)
+    (tmp_path / "backup-disk").write_text("not mounted")
+    _log_options(load_test_settings(config))
+    (handler,) = [h for h in root_logging.handlers if isinstance(h, JstDailyFileHandler)]
+    logging.getLogger("keiyaku.test").warning("一件目")
+    handler.flush()
+    text = (tmp_path / "logs" / "keiyaku.log").read_text(encoding="utf-8")
+    assert "log lines are not copied to" in text and "一件目" in text
 
 
 def test_serve_refuses_a_log_file_shared_by_several_workers(tmp_path: Path, devpki: DevPki) -> None:
