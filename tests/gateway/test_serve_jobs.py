@@ -23,15 +23,20 @@ schedules:
 """
 
 
-def test_two_served_apps_run_each_tick_of_a_job_once(
-    tmp_path: Path, devpki: DevPki, db_engine: Engine
-) -> None:
-    config = write_config(
+def _config(tmp_path: Path, devpki: DevPki, db_engine: Engine) -> Path:
+    """A config on the test database whose one job fires every second."""
+    return write_config(
         tmp_path,
         devpki,
         database_url=db_engine.url.render_as_string(hide_password=False),
         extra=SCHEDULES,
     )
+
+
+def test_two_served_apps_run_each_tick_of_a_job_once(
+    tmp_path: Path, devpki: DevPki, db_engine: Engine
+) -> None:
+    config = _config(tmp_path, devpki, db_engine)
     gateways = [open_test_gateway(config) for _ in range(2)]
     servers = [serve_in_thread(create_app(g, run_mailer=False, run_jobs=True)) for g in gateways]
     try:
@@ -54,12 +59,7 @@ def test_two_served_apps_run_each_tick_of_a_job_once(
 def test_run_jobs_is_off_in_create_app_unless_asked(
     tmp_path: Path, devpki: DevPki, db_engine: Engine
 ) -> None:
-    config = write_config(
-        tmp_path,
-        devpki,
-        database_url=db_engine.url.render_as_string(hide_password=False),
-        extra=SCHEDULES,
-    )
+    config = _config(tmp_path, devpki, db_engine)
     gateway = open_test_gateway(config)
     server = serve_in_thread(create_app(gateway, run_mailer=False))
     try:
