@@ -37,6 +37,8 @@ _NONCE_LEN = 12
 _HEADER_LEN = len(MAGIC) + _FINGERPRINT_LEN + _WRAPPED_LEN + _NONCE_LEN
 _BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
+log = logging.getLogger(__name__)
+
 
 def _fingerprint(master_key: bytes) -> bytes:
     return hashlib.sha256(b"keiyaku-blob-master\x00" + master_key).digest()[:_FINGERPRINT_LEN]
@@ -49,9 +51,6 @@ def fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-log = logging.getLogger(__name__)
 
 
 def _write_durably(path: Path, chunks: tuple[bytes, ...]) -> None:
