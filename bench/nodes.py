@@ -83,7 +83,7 @@ def _node(
         record_view,
         send_envelope,
     )
-    from core.model import Delivery, DeliveryState, Document
+    from core.model import Delivery, Document
     from core.outbox import dispatch, enqueue
     from core.signing import (
         RevocationData,
@@ -91,7 +91,7 @@ def _node(
         TimestampService,
         load_pkcs12_signer,
     )
-    from core.states import PartyRole
+    from core.states import DeliveryState, PartyRole
     from core.storage import create_database_engine, make_session_factory
     from tests.fixtures.pdfs import make_pdf
 

@@ -281,7 +281,7 @@ class SoapQuery:
     verify_tls: bool | str = True
 
 
-class _ValidateResponse(Plugin):  # type: ignore[misc]
+class _ValidateResponse(Plugin):
     """Checks each response payload (the first child of soap:Body) against an XSD."""
 
     def __init__(self, schema: xmlschema.XMLSchema, name: str) -> None:

@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from core.states import EnvelopeState, PartyRole, PartyState
+from core.states import DeliveryState, EnvelopeState, PartyRole, PartyState
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -274,15 +274,6 @@ class AuditEvent(Base):
 
     # Lets the unit of work insert an envelope before the events that refer to it.
     envelope: Mapped[Envelope | None] = relationship()
-
-
-class DeliveryState(enum.StrEnum):
-    """Where one outbox row stands."""
-
-    PENDING = "pending"  # due at next_attempt_at
-    LEASED = "leased"  # claimed by a worker until lease_expires_at
-    DELIVERED = "delivered"
-    DEAD = "dead"  # gave up: the bound was reached or the error is permanent
 
 
 class Delivery(Base):

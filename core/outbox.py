@@ -28,7 +28,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.audit import record_event
 from core.errors import GatewayError, NotFoundError, StateError
-from core.model import Delivery, DeliveryState, utcnow
+from core.model import Delivery, utcnow
+from core.states import DeliveryState
 
 log = logging.getLogger(__name__)
 

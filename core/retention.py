@@ -46,14 +46,13 @@ from core.model import (
     Award,
     AwardDocument,
     Delivery,
-    DeliveryState,
     Document,
     Envelope,
     GuaranteeReference,
     utcnow,
 )
 from core.notify import MAIL_TARGET
-from core.states import EnvelopeState
+from core.states import DeliveryState, EnvelopeState
 
 __all__ = [
     "FINAL_STATES",

@@ -146,3 +146,12 @@ def check_party_transition(current: PartyState, target: PartyState) -> None:
             "変更することはできません。",
             details={"object": "party", "from": current.value, "to": target.value},
         )
+
+
+class DeliveryState(enum.StrEnum):
+    """Where one outbox row stands."""
+
+    PENDING = "pending"  # due at next_attempt_at
+    LEASED = "leased"  # claimed by a worker until lease_expires_at
+    DELIVERED = "delivered"
+    DEAD = "dead"  # gave up: the bound was reached or the error is permanent

@@ -42,7 +42,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy import and_, func, or_, select, text
 
 from core.errors import Disposition, GatewayError
-from core.model import Delivery, DeliveryState, Document, Envelope, JobRun, SyncRun, utcnow
+from core.model import Delivery, Document, Envelope, JobRun, SyncRun, utcnow
+from core.states import DeliveryState
 from gateway.runtime import Gateway
 
 __all__ = [
@@ -348,12 +349,14 @@ class _DatabaseCollector(Collector):
                 select(Envelope.state, func.count()).group_by(Envelope.state)
             ):
                 envelopes.add_metric([str(getattr(state, "value", state))], count)
-            for target, state, count in session.execute(
+            for target, delivery_state, count in session.execute(
                 select(Delivery.target, Delivery.state, func.count()).group_by(
                     Delivery.target, Delivery.state
                 )
             ):
-                deliveries.add_metric([target, str(getattr(state, "value", state))], count)
+                deliveries.add_metric(
+                    [target, str(getattr(delivery_state, "value", delivery_state))], count
+                )
             due_rows = session.execute(
                 select(Delivery.target, func.count())
                 .where(

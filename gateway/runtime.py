@@ -57,7 +57,7 @@ def load_trust_roots(settings: Settings) -> list[x509.Certificate]:
     for path in settings.signing.trust_roots:
         full = settings.path(path)
         try:
-            roots.append(load_cert_from_pemder(str(full)))
+            roots.append(load_cert_from_pemder(str(full)))  # type: ignore[no-untyped-call]
         except (OSError, ValueError) as exc:
             raise ConfigError(
                 "config.trust_root",

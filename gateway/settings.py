@@ -179,10 +179,15 @@ class SinkContentSettings(_Section):
     record: RecordSettings | None = None
 
 
+SinkEvent = Literal["completed", "declined", "cancelled"]
+
+
+def _completed_only() -> list[SinkEvent]:
+    return ["completed"]
+
+
 class _SinkSettings(_Section):
-    events: list[Literal["completed", "declined", "cancelled"]] = Field(
-        default_factory=lambda: ["completed"], min_length=1
-    )
+    events: list[SinkEvent] = Field(default_factory=_completed_only, min_length=1)
     content: SinkContentSettings = SinkContentSettings()
 
     @model_validator(mode="after")

@@ -65,7 +65,7 @@ class _CmsAssemblyCache(Signer):
     ) -> Iterable[attributes.CMSAttributeProvider]:
         if self._cached_sc_v2 is None:
             self._cached_sc_v2 = as_signing_certificate_v2(self.signing_cert).dump()
-        for provider in super()._signed_attr_providers(*args, **kwargs):  # type: ignore[no-untyped-call]
+        for provider in super()._signed_attr_providers(*args, **kwargs):
             if isinstance(provider, attributes.SigningCertificateV2Provider):
                 yield _SigningCertificateV2(self._cached_sc_v2)
             else:
@@ -76,7 +76,7 @@ class _CmsAssemblyCache(Signer):
     ) -> cms.SignerInfo:
         """``SignerInfo`` like pyHanko's, with the constant identifiers pre-encoded."""
         if digest_algorithm == "shake256":  # pyHanko's RFC 8419 special case
-            return super().signer_info(digest_algorithm, signed_attrs, signature)  # type: ignore[no-untyped-call,no-any-return]
+            return super().signer_info(digest_algorithm, signed_attrs, signature)
         cert = self.signing_cert
         assert cert is not None  # both signers here always have one
         if self._cached_sid is None:

@@ -17,8 +17,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from core.intake import count_runs, get_run, list_dead_letters, list_runs
 from core.jobs import list_job_runs
-from core.model import DeliveryState
 from core.outbox import count_deliveries, list_deliveries, list_targets, retry_dead
+from core.states import DeliveryState
 from gateway.admin.pages import admin_page, admin_staff, to_login
 from gateway.deps import ClientIpDep, ContextDep, SessionDep
 from gateway.pages.signing import check_csrf

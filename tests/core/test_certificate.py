@@ -236,9 +236,9 @@ def test_times_are_shown_in_jst(tmp_path: Path) -> None:
 
 def test_naive_datetimes_and_bad_ids_are_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
-        _op(0, at=datetime(2025, 10, 1, 9, 0))
+        _op(0, at=datetime(2025, 10, 1, 9, 0))  # noqa: DTZ001 (naive on purpose)
     with pytest.raises(ValueError, match="timezone-aware"):
-        _data(issued_at=datetime(2025, 10, 1, 9, 0))
+        _data(issued_at=datetime(2025, 10, 1, 9, 0))  # noqa: DTZ001 (naive on purpose)
     with pytest.raises(ValueError, match="32 lowercase hex"):
         _data(certificate_id="R7-0042")
 

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import Disposition, GatewayError, StateError
-from core.model import AuditEvent, Delivery, DeliveryState, utcnow
+from core.model import AuditEvent, Delivery, utcnow
 from core.outbox import (
     RetryPolicy,
     claim,
@@ -23,6 +23,7 @@ from core.outbox import (
     mark_failed,
     retry_dead,
 )
+from core.states import DeliveryState
 
 
 def _fill(session: Session, n: int, target: str = "folder") -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.model import Delivery, DeliveryState
+from core.model import Delivery
 from core.outbox import claim, dispatch, enqueue, release_leases
+from core.states import DeliveryState
 
 
 def _enqueue(sessions: sessionmaker[Session], count: int, target: str = "folder") -> None:

@@ -21,10 +21,10 @@ from core.envelopes import (
     send_envelope,
 )
 from core.guarantees import GuaranteeInput, add_guarantee
-from core.model import Delivery, DeliveryState
+from core.model import Delivery
 from core.outbox import list_deliveries
 from core.pushback import JST, PushbackObserver, Subscription, assemble_content, delivery_key
-from core.states import EnvelopeState, PartyRole
+from core.states import DeliveryState, EnvelopeState, PartyRole
 from tests.fixtures.pdfs import make_pdf
 
 

@@ -32,7 +32,6 @@ from core.model import (
     AwardDocument,
     AwardState,
     Delivery,
-    DeliveryState,
     Document,
     Envelope,
     GuaranteeKind,
@@ -47,6 +46,7 @@ from core.retention import (
     purge_documents,
     purged_blob_ids,
 )
+from core.states import DeliveryState
 from schedules import retimestamp
 from tests.fixtures.envelopes import complete_parties, one_signer_envelope
 

@@ -100,7 +100,7 @@ def test_approval_reason_is_exact_and_in_jst() -> None:
 
 def test_approval_reason_refuses_naive_time() -> None:
     with pytest.raises(ValueError):
-        approval_reason(name="a", email="b", at=datetime(2025, 10, 1))
+        approval_reason(name="a", email="b", at=datetime(2025, 10, 1))  # noqa: DTZ001 (naive on purpose)
 
 
 # -- inspect ---------------------------------------------------------------------------------

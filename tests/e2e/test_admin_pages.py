@@ -10,8 +10,9 @@ import pyotp
 from playwright.sync_api import BrowserContext, Page
 from sqlalchemy import update
 
-from core.model import Delivery, DeliveryState, Envelope, VisibilityScope
+from core.model import Delivery, Envelope, VisibilityScope
 from core.staff import PasswordPolicy, add_staff, enable_totp, get_staff, set_password
+from core.states import DeliveryState
 from tests.e2e.conftest import Site
 from tests.fixtures.gateway import envelope_request
 from tests.fixtures.operations import dead_and_due_deliveries, sync_run_with_line_errors

@@ -14,8 +14,9 @@ import pytest
 import trustme
 from sqlalchemy import select, update
 
-from core.model import Delivery, DeliveryState, SigningLink
+from core.model import Delivery, SigningLink
 from core.notify import AttachmentLimits, attachments_fit, is_carrier_address
+from core.states import DeliveryState
 from gateway.app import build_mail_handler
 from gateway.mailer import MailDispatcher
 from tests.e2e.conftest import body_of, link_in

@@ -9,8 +9,9 @@ import time
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.model import Delivery, DeliveryState
+from core.model import Delivery
 from core.outbox import enqueue
+from core.states import DeliveryState
 from gateway.mailer import MailDispatcher
 
 

@@ -11,9 +11,10 @@ from connectors.folder import FolderSink
 from connectors.outbound import ContentSpec, RecordSpec
 from connectors.soap import SoapCall, SoapSink
 from core.envelopes import Runtime
-from core.model import DeliveryState, Envelope
+from core.model import Envelope
 from core.outbox import RetryPolicy, list_deliveries
 from core.pushback import delivery_key
+from core.states import DeliveryState
 from schedules.dispatch import JOB_ID, Target, run, run_until_idle
 from tests.fixtures.pushback import enqueue_completed, make_completed_envelopes
 from tests.fixtures.soap_sink import RECORD_FIELDS, SoapSinkServer
