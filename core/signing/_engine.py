@@ -74,11 +74,14 @@ def _newest_token_by_offsets(data: bytes) -> cms.SignedData | None:
         if hole[:1] != b"<" or hole[-1:] != b">":
             continue
         try:
-            info = cms.ContentInfo.load(bytes.fromhex(hole[1:-1].decode("ascii")).rstrip(b"\0"))
+            # The hole is zero-padded after the DER; load() reads exactly the DER's own length
+            # and ignores the padding. (Stripping zero bytes instead would cut a token whose
+            # last byte happens to be 0x00, about one in 256.)
+            info = cms.ContentInfo.load(bytes.fromhex(hole[1:-1].decode("ascii")))
             signed = info["content"]
             if signed["encap_content_info"]["content_type"].native != "tst_info":
                 return None  # the newest signature is a signature, not a document timestamp
-            return signed  # type: ignore[no-any-return]
+            return signed
         except (ValueError, TypeError, KeyError):
             return None
     return None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from io import BytesIO
 from typing import Any, Literal
@@ -77,12 +77,15 @@ class SignatureReport:
     modification_level: str | None = None
     docmdp_ok: bool = False
     problems: tuple[str, ...] = ()
+    #: False when validating as of a moment that precedes the signature's own time
+    exists_at_moment: bool = True
 
     @property
     def ok(self) -> bool:
         """Every check passed."""
         return (
-            self.intact
+            self.exists_at_moment
+            and self.intact
             and self.trusted
             and self.timestamp_present
             and self.timestamp_valid
@@ -372,8 +375,26 @@ async def _verify(
                 field_name=str(embedded.field_name),
                 problems=(f"{type(exc).__name__}: {exc}"[:500],),
             )
-        reports.append(report)
+        reports.append(_at_moment(report, moment))
     return VerificationReport(signatures=tuple(reports))
+
+
+def _at_moment(report: SignatureReport, moment: datetime | None) -> SignatureReport:
+    """``report``, failed with that one reason when ``moment`` precedes the signature's time.
+
+    A signature cannot be valid before it was made; the chain and timestamp checks then fail
+    for that reason only, so their messages would mislead (e.g. "does not chain to a trusted
+    root" because the TSA certificate is checked at a time before its token existed).
+    """
+    if moment is None or report.signing_time is None or report.signing_time <= moment:
+        return report
+    when = report.signing_time.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S JST")
+    asked = moment.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S JST")
+    return replace(
+        report,
+        exists_at_moment=False,
+        problems=(f"the validation time ({asked}) precedes this signature's time ({when})",),
+    )
 
 
 def verify_pdf(

@@ -38,9 +38,20 @@ def test_backup_destroy_restore_verifies_every_document(tmp_path: Path) -> None:
     config = home / "config.yaml"
     demo = _run("--config", str(config), "demo").stdout
     signed = Path(re.findall(r"^signed: (.+)$", demo, re.M)[0])
-    # `verify --at`: valid tomorrow; not after the development TSA certificate lapsed (10 years)
-    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).strftime("%Y-%m-%d")
+    # `verify --at`: valid a day later (a date-time with its zone, whatever the hour here); not
+    # after the development TSA certificate lapsed (10 years); and a moment before the signing
+    # fails for exactly that reason
+    now = dt.datetime.now(dt.UTC)
+    tomorrow = (now + dt.timedelta(days=1)).isoformat(timespec="seconds")
     assert _run("--config", str(config), "verify", str(signed), "--at", tomorrow).returncode == 0
+    yesterday = (now - dt.timedelta(days=1)).isoformat(timespec="seconds")
+    early = _run("--config", str(config), "verify", str(signed), "--at", yesterday, check=False)
+    assert early.returncode == 1 and "precedes this signature's time" in early.stdout
+    assert "does not chain" not in early.stdout
+    naive = _run(
+        "--config", str(config), "verify", str(signed), "--at", "2030-01-01T00:00", check=False
+    )
+    assert naive.returncode == 2 and "has no time zone" in naive.stderr
     late = _run("--config", str(config), "verify", str(signed), "--at", "2040-01-01", check=False)
     assert late.returncode == 1 and "FAILED" in late.stdout
     database, blobs = home / "keiyaku.db", home / "blobs"
