@@ -43,7 +43,7 @@ from gateway.api.envelopes import _create
 from gateway.api.schemas import EnvelopeCreate
 from gateway.app import build_context
 from gateway.runtime import open_gateway
-from gateway.server import free_port, open_database
+from gateway.server import listening_socket, open_database
 from gateway.settings import load_settings
 from tests.fixtures.gateway import SECRETS, write_config
 from tests.fixtures.pdfs import make_pdf
@@ -166,7 +166,8 @@ def bench_store(
     """Measure one store: HTTP (multipart, JSON) and in-process."""
     with tempfile.TemporaryDirectory(prefix=f"bench-api-{store}-") as tmp:
         home = Path(tmp)
-        port = free_port()
+        sock = listening_socket()  # handed to the server: no window for another process
+        port = sock.getsockname()[1]
         config = _config(home, database_url, port)
         settings = load_settings(config, environ=SECRETS)
         with open_database(settings) as sessions, sessions() as session:
@@ -183,13 +184,14 @@ def bench_store(
                 "--config",
                 str(config),
                 "serve",
-                "--port",
-                str(port),
+                "--fd",
+                str(sock.fileno()),
                 "--workers",
                 str(workers),
             ],
             cwd=ROOT,
             env={**os.environ, **SECRETS},
+            pass_fds=(sock.fileno(),),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -220,6 +222,7 @@ def bench_store(
         finally:
             server.terminate()
             server.wait(timeout=30)
+            sock.close()
 
         # The same work without HTTP: the API's create function, straight.
         gateway = open_gateway(settings, migrate_schema=False)

@@ -6,13 +6,13 @@ import json
 import os
 import secrets
 import sys
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 from core.errors import GatewayError
-from core.signing import verify_pdf
 
 DEFAULT_CONFIG = "config.yaml"
 
@@ -146,25 +146,60 @@ def demo(obj: _Context, output: Path | None) -> None:
         click.echo(f"pushed: {name}: {folder}")
 
 
+class _ValidationTime(click.ParamType["datetime", Any]):
+    """``--at``: a date (midnight JST) or an ISO 8601 date-time with an explicit zone.
+
+    A date-time without a zone is refused rather than guessed: the machine's zone, UTC and JST
+    are nine hours apart, and which one the operator meant decides whether a signature exists.
+    """
+
+    name = "DATE|DATETIME"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        from zoneinfo import ZoneInfo
+
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        try:
+            day = date.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            return datetime(day.year, day.month, day.day, tzinfo=ZoneInfo("Asia/Tokyo"))
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(f"{text!r} is neither YYYY-MM-DD nor an ISO 8601 date-time", param, ctx)
+        if moment.tzinfo is None:
+            self.fail(
+                f"{text!r} has no time zone: add one, e.g. {text}+09:00 (JST) or {text}Z (UTC)",
+                param,
+                ctx,
+            )
+        return moment
+
+
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
     "--at",
-    "at",
-    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    "moment",
+    type=_ValidationTime(),
     default=None,
-    help="Validate as of this JST date/time (e.g. years ahead, after certificates lapsed).",
+    help="Validate as of this time (e.g. years ahead, after certificates lapsed): "
+    "YYYY-MM-DD (midnight JST) or a date-time with its zone, e.g. 2036-04-01T09:00+09:00.",
 )
 @click.pass_obj
-def verify(obj: _Context, file: Path, as_json: bool, at: Any) -> None:
+def verify(obj: _Context, file: Path, as_json: bool, moment: Any) -> None:
     """Check every signature of FILE from its embedded data; exit 0 only if all hold."""
-    from zoneinfo import ZoneInfo
-
+    from core.signing import verify_pdf
     from gateway.runtime import load_trust_roots
 
     settings = obj.settings()
-    moment = at.replace(tzinfo=ZoneInfo("Asia/Tokyo")) if at is not None else None
     try:
         report = verify_pdf(
             file.read_bytes(), trust_roots=load_trust_roots(settings), moment=moment
@@ -201,15 +236,22 @@ def _report_text(file: Path, report: Any) -> str:
 @main.command()
 @click.option("--host", default=None, help="Address to listen on (default: server.host).")
 @click.option("--port", type=int, default=None, help="Port to listen on (default: server.port).")
+@click.option(
+    "--fd",
+    type=click.IntRange(0),
+    default=None,
+    help="Serve on this inherited, already listening socket (systemd socket activation, a "
+    "test harness) instead of binding --host/--port.",
+)
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.pass_obj
-def serve(obj: _Context, host: str | None, port: int | None, workers: int) -> None:
+def serve(obj: _Context, host: str | None, port: int | None, fd: int | None, workers: int) -> None:
     """Run the envelope API (/api/v1), the signing pages (/sign) and the mail sender."""
     from gateway.server import run_server
 
     settings = obj.settings()
     try:
-        run_server(settings, host=host, port=port, workers=workers, config_path=obj.config)
+        run_server(settings, host=host, port=port, fd=fd, workers=workers, config_path=obj.config)
     except GatewayError as exc:
         _fail(exc)
 

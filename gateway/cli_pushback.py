@@ -15,10 +15,9 @@ from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
 
 import click
-from sqlalchemy import select
 
 from core.errors import GatewayError
-from core.model import Delivery, DeliveryState, Envelope
+from core.states import DeliveryState
 
 JST = ZoneInfo("Asia/Tokyo")
 
@@ -63,6 +62,10 @@ class _Open:
 
 def _envelope_id(session: Any, ref: str) -> str:
     """An envelope by id or by management number."""
+    from sqlalchemy import select
+
+    from core.model import Envelope
+
     found = session.scalar(
         select(Envelope.id).where((Envelope.id == ref) | (Envelope.management_number == ref))
     )
@@ -79,7 +82,8 @@ def outbox() -> None:
     """Push-back deliveries: list, show, retry, dispatch."""
 
 
-def _delivery_row(d: Delivery) -> dict[str, Any]:
+def _delivery_row(d: Any) -> dict[str, Any]:
+    """One delivery (a ``core.model.Delivery``) for listing."""
     return {
         "id": d.id,
         "target": d.target,

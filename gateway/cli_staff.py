@@ -13,13 +13,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from zoneinfo import ZoneInfo
 
 import click
-from sqlalchemy.orm import Session
 
 from core.errors import GatewayError
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 JST = ZoneInfo("Asia/Tokyo")
 

@@ -52,11 +52,14 @@ def run_server(
     *,
     host: str | None = None,
     port: int | None = None,
+    fd: int | None = None,
     workers: int = 1,
     config_path: Path | None = None,
 ) -> None:
-    """Serve until interrupted (``keiyaku serve``); several worker processes with ``workers``."""
-    host, port = host or settings.server.host, port or settings.server.port
+    """Serve until interrupted (``keiyaku serve``); several worker processes with ``workers``;
+    on an inherited listening socket with ``fd``."""
+    host = host or settings.server.host
+    port = settings.server.port if port is None else port  # 0: any free port
     if workers > 1:
         if config_path is None:
             raise GatewayError(
@@ -81,6 +84,7 @@ def run_server(
             factory=True,
             host=host,
             port=port,
+            fd=fd,
             workers=workers,
             proxy_headers=False,
             server_header=False,
@@ -91,7 +95,7 @@ def run_server(
         app = create_app(
             gateway, run_jobs=settings.server.run_jobs, run_pushback=settings.server.run_pushback
         )
-        uvicorn.Server(_uvicorn_config(app, host, port, **_log_options(settings))).run()
+        uvicorn.Server(_uvicorn_config(app, host, port, fd=fd, **_log_options(settings))).run()
     finally:
         gateway.close()
 
@@ -145,31 +149,54 @@ def open_database(settings: Settings) -> Iterator[sessionmaker[Session]]:
         engine.dispose()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def listening_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0: any free port) and listening.
+
+    Handing the bound socket itself to the server (rather than a port number found free a moment
+    earlier) leaves no window in which another process can take the port; connections made
+    before the server accepts wait in the backlog.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 @contextmanager
-def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int | None = None) -> Iterator[str]:
-    """Serve ``app`` with uvicorn in a thread; yields its base URL; stops it afterwards."""
-    port = port or free_port(host)
+def serve_in_thread(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    sock: socket.socket | None = None,
+) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a thread on ``sock`` (else a new listening socket on
+    ``host:port``); yields its base URL; stops it and closes the socket afterwards."""
+    sock = sock or listening_socket(host, port)
+    host, port = sock.getsockname()[:2]
     server = uvicorn.Server(_uvicorn_config(app, host, port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True
+    )
     thread.start()
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # the lifespan start-up (migrations, jobs) included
         while not server.started:
+            thread.join(0.01)  # returns at once when the server thread died
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise GatewayError(
                     "server.start_failed",
                     f"uvicorn did not start on {host}:{port}",
                     "サーバーを起動できませんでした。",
                 )
-            time.sleep(0.02)
         yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        sock.close()

@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 from core.devpki import DevPki
 from gateway.app import create_app
 from gateway.runtime import Gateway
-from gateway.server import free_port, serve_in_thread
+from gateway.server import listening_socket, serve_in_thread
 from tests.fixtures.gateway import new_token, open_test_gateway, write_config
 from tests.fixtures.smtp import Inbox, smtp_server
 
@@ -77,7 +77,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, devpki: DevPki) -> Iterator[S
     home = tmp_path_factory.mktemp("e2e")
     shots = home / "screenshots"
     shots.mkdir()
-    port = free_port()
+    sock = listening_socket()  # the port goes into the config; the socket to the server
+    port = sock.getsockname()[1]
     with smtp_server() as (smtp_port, inbox):
         config = write_config(
             home,
@@ -98,7 +99,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, devpki: DevPki) -> Iterator[S
         gateway = open_test_gateway(config)
         try:
             app = create_app(gateway)
-            with serve_in_thread(app, port=port) as url:
+            with serve_in_thread(app, sock=sock) as url:
                 token = new_token(gateway, "e-bid")
                 with httpx.Client(
                     base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,16 +22,10 @@ KEY = "Q7xK2mP9aZ"
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def home(site_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("KEIYAKU_MASTER_KEY", "KEIYAKU_SIGNING_PASSPHRASE", "KEIYAKU_SESSION_KEY"):
         monkeypatch.delenv(name, raising=False)
-    subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "init", str(tmp_path / "home")],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-    )
-    return tmp_path / "home"
+    return site_home
 
 
 def _envelopes(home: Path, titles: list[str]) -> list[str]:

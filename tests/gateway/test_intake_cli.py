@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import copy_site
 from tests.fixtures.pdfs import make_pdf
 
 KEIYAKU = [sys.executable, "-m", "gateway.cli"]
@@ -32,9 +33,9 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("intake-home")
-    assert _run("init", str(home)).returncode == 0
+def home(tmp_path_factory: pytest.TempPathFactory, initialised_site: Path) -> Path:
+    # no database yet: `mapping check` must not create one
+    home = copy_site(initialised_site, None, tmp_path_factory.mktemp("intake") / "home")
     config = home / "config.yaml"
     # Tests drop whole files at once: no need to wait for them to settle.
     config.write_text(

@@ -20,9 +20,11 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.blobs import BlobStore
-from core.model import Base, Delivery, DeliveryState, Envelope
+from core.model import Base, Delivery, Envelope
 from core.pushback import delivery_key
+from core.states import DeliveryState
 from core.storage import create_database_engine, migrate
+from tests.conftest import copy_site
 from tests.fixtures.pushback import _pdf, enqueue_completed, make_completed_envelopes
 from tests.fixtures.soap_sink import RECORD_FIELDS, SoapSinkServer
 
@@ -35,13 +37,11 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A `keiyaku init` home (config, secrets, development PKI), made once."""
-    path = tmp_path_factory.mktemp("home")
-    subprocess.run(
-        [*KEIYAKU, "init", str(path)], check=True, cwd=ROOT, env=_env(), capture_output=True
-    )
-    return path
+def home(
+    tmp_path_factory: pytest.TempPathFactory, initialised_site: Path, sqlite_template: Path
+) -> Path:
+    """A `keiyaku init` home (config, secrets, development PKI), copied for this module."""
+    return copy_site(initialised_site, sqlite_template, tmp_path_factory.mktemp("nodes") / "home")
 
 
 def _configure(
