@@ -8,6 +8,14 @@ idempotency key is written after that, in a folder of its own. A delivery whose 
 whose trigger file carrying the same key, already exists is done: the push succeeds without
 writing anything.
 
+Exactly once, with or without a trigger file: every file is first written under its temporary
+name, then a *staged* marker (``<receipt>.staged``, beside the receipts) records that all of
+them are complete, and only then are they renamed into place, one by one. A retry that finds
+the staged marker renames only the files whose temporary name still exists (a rename is
+atomic: a file either still waits under its temporary name or is in place, perhaps already
+taken away by the consumer) and never writes a file into place a second time; without the
+marker no file was renamed yet, and everything is written again.
+
 The temporary name is derived from the key, so a retry after a crash overwrites its own
 leftovers instead of adding new ones. On a delivery's first attempt (``Outbound.first_attempt``:
 its first claim, never failed) nothing of it can be there yet, so the sinks skip looking.
@@ -70,6 +78,11 @@ class DropPlan:
         return cls(
             files=tuple(files), receipt_name=key_hash(outbound.idempotency_key), receipt=receipt
         )
+
+    @property
+    def staged_name(self) -> str:
+        """The marker, beside the receipts, saying every temporary file is complete."""
+        return f"{self.receipt_name}.staged"
 
     @property
     def trigger(self) -> OutboundFile | None:

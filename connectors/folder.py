@@ -59,13 +59,26 @@ class FolderSink(Sink):
             )
             if done == "receipt":
                 return
+            self.receipts.mkdir(parents=True, exist_ok=True)
+            staged = self.receipts / plan.staged_name
             if done is None:
                 folder.mkdir(parents=True, exist_ok=True)
+                # No file is renamed into place before the staged marker says all are written;
+                # a retry after it renames only what still waits (see connectors._drop).
+                retry = not outbound.first_attempt and staged.exists()
+                if not retry:
+                    for file in plan.files:
+                        self._stage(folder, file.name, file.data, idempotency_key)
+                    self._place(self.receipts, staged.name, plan.receipt, idempotency_key)
                 for file in plan.files:
-                    self._write(folder, file.name, file.data, idempotency_key)
+                    tmp = folder / temp_name(file.name, idempotency_key)
+                    if retry and not tmp.exists():
+                        continue  # renamed before the crash (and maybe taken away since)
+                    os.replace(tmp, folder / file.name)
+                    self._sync_folder(folder)
             # (A trigger without a receipt: a crash came in between; only the receipt is left.)
-            self.receipts.mkdir(parents=True, exist_ok=True)
-            self._write(self.receipts, plan.receipt_name, plan.receipt, idempotency_key)
+            self._place(self.receipts, plan.receipt_name, plan.receipt, idempotency_key)
+            staged.unlink(missing_ok=True)
         except OSError as exc:
             permanent = exc.errno in _PERMANENT
             raise SinkError(
@@ -87,15 +100,21 @@ class FolderSink(Sink):
             return None
         return "trigger" if trigger_carries(data, key) else None
 
-    def _write(self, folder: Path, name: str, data: bytes, key: str) -> None:
-        final = folder / name
-        tmp = folder / temp_name(name, key)
-        with open(tmp, "wb") as fh:
+    def _stage(self, folder: Path, name: str, data: bytes, key: str) -> None:
+        """Write ``name``'s bytes, complete, under its temporary name."""
+        with open(folder / temp_name(name, key), "wb") as fh:
             fh.write(data)
             if self.fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.replace(tmp, final)
+
+    def _place(self, folder: Path, name: str, data: bytes, key: str) -> None:
+        """Write ``name`` whole or not at all (a temporary name, then a rename)."""
+        self._stage(folder, name, data, key)
+        os.replace(folder / temp_name(name, key), folder / name)
+        self._sync_folder(folder)
+
+    def _sync_folder(self, folder: Path) -> None:
         if self.fsync:
             # The rename itself must survive a power cut before the receipt says "done".
             fd = os.open(folder, os.O_RDONLY)

@@ -181,20 +181,36 @@ class SftpSink(Sink):
             )
             if done == "receipt":
                 return
+            self._makedirs(sftp, self.receipts)
+            staged = posixpath.join(self.receipts, plan.staged_name)
             if done is None:
                 self._makedirs(sftp, folder)
+                # No file is renamed into place before the staged marker says all are written;
+                # a retry after it renames only what still waits (see connectors._drop).
+                retry = not outbound.first_attempt and self._exists(sftp, staged)
+                if not retry:
+                    for file in plan.files:
+                        self._upload(sftp, folder, file.name, file.data, idempotency_key)
+                    with sftp.open(staged, "wb") as fh:
+                        fh.write(plan.receipt)
                 renames = _Renames(sftp)
                 for file in plan.files:
+                    tmp = posixpath.join(folder, temp_name(file.name, idempotency_key))
+                    if retry and not self._exists(sftp, tmp):
+                        continue  # renamed before the crash (and maybe taken away since)
                     if file.role == "trigger":
                         renames.wait()  # every file is in place before the trigger appears
-                    self._upload(sftp, folder, file.name, file.data, idempotency_key, renames)
+                    renames.send(tmp, posixpath.join(folder, file.name))
                 renames.wait()
             # (A trigger without a receipt: a crash came in between; only the receipt is left.)
-            self._makedirs(sftp, self.receipts)
             # Written in place: by now every file (and the trigger) is complete, so even a
             # receipt cut short by a crash tells the truth.
             with sftp.open(posixpath.join(self.receipts, plan.receipt_name), "wb") as fh:
                 fh.write(plan.receipt)
+            try:
+                sftp.remove(staged)
+            except FileNotFoundError:
+                pass  # never staged (the trigger said done) or removed by an earlier try
         except GatewayError:
             self.close()
             raise
@@ -253,15 +269,13 @@ class SftpSink(Sink):
         name: str,
         data: bytes,
         key: str,
-        renames: _Renames,
     ) -> None:
         tmp = posixpath.join(folder, temp_name(name, key))
         with sftp.open(tmp, "wb") as fh:
             # Pipelined: writes are not acknowledged one by one; close() checks every answer,
-            # so a file is renamed only once all of it is written.
+            # so the staged marker is written only once all of every file is written.
             fh.set_pipelined(True)
             fh.write(data)
-        renames.send(tmp, posixpath.join(folder, name))
 
 
 class _Renames:

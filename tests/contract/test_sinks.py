@@ -229,3 +229,83 @@ def test_a_payload_without_a_rendered_delivery_is_refused(harness: Any) -> None:
     other = outbound(6)
     with pytest.raises(GatewayError):  # a payload rendered for another key
         harness.sink.push(idempotency_key="k", payload=other.as_payload())
+
+
+@pytest.mark.parametrize("kind", ["folder", "sftp"])
+def test_a_retry_after_a_crash_never_puts_a_file_in_place_twice(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No trigger file: a push dies after its first file was renamed into place, the consumer
+    takes that file away at once (as drop-folder readers do), and the retry puts only the
+    files that never arrived in place; a third push is a no-op."""
+    item = outbound(7)
+    key = item.idempotency_key
+    if kind == "folder":
+        root = tmp_path / "drop"
+        sink: Sink = FolderSink(name="folder", root=root)
+        real_replace = os.replace
+        placed: list[str] = []
+
+        def dying_replace(src: Any, dst: Any) -> None:
+            if ".keiyaku-receipts" not in str(dst) and placed:
+                raise OSError(5, "killed mid-delivery")  # the second file never arrives
+            real_replace(src, dst)
+            if ".keiyaku-receipts" not in str(dst):
+                placed.append(str(dst))
+
+        monkeypatch.setattr("connectors.folder.os.replace", dying_replace)
+    else:
+        server: SshServer = request.getfixturevalue("sshd_server")
+        endpoint = SftpEndpoint(
+            host=server.host,
+            port=server.port,
+            username=server.username,
+            key_path=server.client_key,
+            known_hosts=server.known_hosts,
+            timeout=5,
+        )
+        root = server.root / f"retry-{os.urandom(4).hex()}"
+        sink = SftpSink(name="sftp", endpoint=endpoint, root=str(root))
+        import connectors.sftp as sftp_module
+
+        real_send = sftp_module._Renames.send
+        sent: list[str] = []
+
+        def dying_send(self: Any, old: str, new: str) -> None:
+            if sent:
+                raise OSError(5, "killed mid-delivery")
+            sent.append(new)
+            self.sftp.posix_rename(old, new)  # this one reaches the server
+
+        monkeypatch.setattr(sftp_module._Renames, "send", dying_send)
+    folder = root / "KG-20261122-0007"
+    names = sorted(f.name for f in item.files)
+    try:
+        with pytest.raises(GatewayError) as info:
+            sink.push(idempotency_key=key, payload=replace(item, first_attempt=True).as_payload())
+        assert info.value.retriable
+        arrived = [p for p in folder.iterdir() if not p.name.startswith(".")]
+        assert len(arrived) == 1  # one file in place, the rest still under temporary names
+        taken = {arrived[0].name: arrived[0].read_bytes()}
+        arrived[0].unlink()  # the consumer imported it and moved it away
+
+        monkeypatch.undo()
+        if kind == "sftp":
+            monkeypatch.setattr(sftp_module._Renames, "send", real_send)
+        sink.push(idempotency_key=key, payload=item.as_payload())  # the retry
+        now_there = {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
+        assert set(now_there) | set(taken) == set(names)
+        assert not set(now_there) & set(taken)  # the taken file did not come back
+        expected = {f.name: f.data for f in item.files}
+        assert {**now_there, **taken} == expected
+        assert not [p for p in folder.iterdir() if p.name.endswith(".part")]
+
+        for p in list(folder.iterdir()):
+            p.unlink()
+        sink.push(idempotency_key=key, payload=item.as_payload())  # done: nothing written
+        assert list(folder.iterdir()) == []
+        receipts = root / ".keiyaku-receipts"
+        assert [p.name for p in receipts.iterdir() if p.name.endswith(".staged")] == []
+    finally:
+        if kind == "sftp":
+            sink.close()  # type: ignore[attr-defined]
