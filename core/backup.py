@@ -45,6 +45,7 @@ from core.errors import BackupError
 __all__ = [
     "BackupResult",
     "PurgedBlobs",
+    "RestorePlan",
     "RestoreResult",
     "backup",
     "copy_blobs",
@@ -52,6 +53,7 @@ __all__ = [
     "generation_time",
     "latest_backup",
     "list_backups",
+    "plan_restore",
     "restore",
 ]
 
@@ -191,6 +193,7 @@ def backup(
     generations: int = 8,
     pg_dump: str = "pg_dump",
     now: dt.datetime | None = None,
+    schema_revisions: Iterable[str] = (),
 ) -> BackupResult:
     """Write one database generation and copy new blobs into ``directory``; keep the newest
     ``generations`` database files."""
@@ -241,6 +244,7 @@ def backup(
         "database_file": final.name,
         "sha256": _sha256(final),
         "blobs_total": total,
+        "schema_revisions": sorted(schema_revisions),
     }
     final.with_suffix(".json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     fsync_folder(folder)
@@ -295,38 +299,154 @@ def delete_purged_copies(directory: Path, purged: PurgedBlobs) -> int:
     return deleted
 
 
-def restore(
+@dataclass(frozen=True)
+class RestorePlan:
+    """What a restore would do, checked before anything is touched."""
+
+    backup_file: Path
+    kind: str  # sqlite or postgresql
+    target_envelopes: int  # envelopes the target database holds now (0: empty or no schema)
+    keys_checked: int  # backup documents decrypted with the configured master key
+    schema_revisions: tuple[str, ...]  # the backup's migration heads, when its manifest says
+    problems: tuple[str, ...]  # each one refuses the restore, whatever --force says
+
+    @property
+    def target_has_data(self) -> bool:
+        """Whether the restore would replace a site's envelopes (only with ``force``)."""
+        return self.target_envelopes > 0
+
+
+_KEY_SAMPLE = 5
+
+
+def _target_envelopes(database_url: str) -> int:
+    """Envelopes in the target database; 0 when it does not exist or has no schema yet."""
+    from sqlalchemy import create_engine, inspect, text
+
+    sqlite_path = _sqlite_path(database_url)
+    if sqlite_path is not None and not sqlite_path.exists():
+        return 0
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("envelopes"):
+                return 0
+            return int(conn.execute(text("SELECT count(*) FROM envelopes")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def plan_restore(
     *,
     backup_file: Path,
     database_url: str,
-    blob_root: Path,
-    pg_restore: str = "pg_restore",
-) -> RestoreResult:
-    """Put the database generation ``backup_file`` back into ``database_url`` and copy back
-    every blob of its backup folder that ``blob_root`` lacks. Stop the gateway first."""
+    master_key: bytes,
+    known_revisions: Iterable[str],
+) -> RestorePlan:
+    """Check a restore before it destroys anything: the backup is whole (its manifest's
+    SHA-256), of the target's kind, its documents decrypt with this site's master key (a backup
+    of another site does not), its schema is one this version knows, and how many envelopes
+    the target would lose."""
+    from core.blobs import BlobStore
+
+    problems: list[str] = []
     if not backup_file.is_file():
         raise BackupError(
             "backup.not_found",
             f"backup file {backup_file} does not exist",
             f"バックアップファイル {backup_file} がありません。",
         )
-    manifest = backup_file.with_suffix(".json")
-    if manifest.exists():
-        expected = json.loads(manifest.read_text(encoding="utf-8")).get("sha256")
-        if expected and expected != _sha256(backup_file):
-            raise BackupError(
-                "backup.corrupt",
-                f"backup file {backup_file} does not match its manifest's SHA-256",
-                f"バックアップファイル {backup_file} が破損しています。",
-            )
+    manifest_path = backup_file.with_suffix(".json")
+    manifest = (
+        json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else {}
+    )
+    if manifest.get("sha256") and manifest["sha256"] != _sha256(backup_file):
+        raise BackupError(
+            "backup.corrupt",
+            f"backup file {backup_file} does not match its manifest's SHA-256",
+            f"バックアップファイル {backup_file} が破損しています。",
+        )
+    sqlite = _sqlite_path(database_url) is not None
+    wanted = ".sqlite3" if sqlite else ".pgdump"
+    if backup_file.suffix != wanted:
+        problems.append(
+            f"{backup_file.name} is not a {'SQLite' if sqlite else 'pg_dump'} backup, "
+            "as the configured database needs"
+        )
+    revisions = tuple(manifest.get("schema_revisions") or ())
+    unknown = sorted(set(revisions) - set(known_revisions))
+    if unknown:
+        problems.append(
+            f"the backup's schema ({', '.join(unknown)}) is newer than this version knows: "
+            "restore with the version that made it"
+        )
+    folder = backup_file.parent.parent / "blobs"
+    sample = sorted(p.name for p in folder.glob("??/*") if p.is_file())[:_KEY_SAMPLE]
+    checked = 0
+    if sample:
+        store = BlobStore(folder, master_key)
+        for blob_id in sample:
+            try:
+                store.get(blob_id)
+            except BackupError:
+                raise
+            except Exception as exc:  # wrong key, tampered copy: either way, refuse
+                code = getattr(exc, "code", type(exc).__name__)
+                problems.append(
+                    f"backup document {blob_id} does not decrypt with this site's master key "
+                    f"({code}): a backup of another site, or another key"
+                )
+                break
+            checked += 1
+    return RestorePlan(
+        backup_file=backup_file,
+        kind="sqlite" if sqlite else "postgresql",
+        target_envelopes=_target_envelopes(database_url),
+        keys_checked=checked,
+        schema_revisions=revisions,
+        problems=tuple(problems),
+    )
+
+
+def restore(
+    *,
+    backup_file: Path,
+    database_url: str,
+    blob_root: Path,
+    master_key: bytes,
+    known_revisions: Iterable[str],
+    force: bool = False,
+    pg_restore: str = "pg_restore",
+) -> RestoreResult:
+    """Put the database generation ``backup_file`` back into ``database_url`` and copy back
+    every blob of its backup folder that ``blob_root`` lacks. Stop the gateway first.
+
+    Refuses, before touching anything, what :func:`plan_restore` finds wrong, and a target that
+    holds envelopes unless ``force``.
+    """
+    plan = plan_restore(
+        backup_file=backup_file,
+        database_url=database_url,
+        master_key=master_key,
+        known_revisions=known_revisions,
+    )
+    if plan.problems:
+        raise BackupError(
+            "backup.refused",
+            "restore refused: " + "; ".join(plan.problems),
+            "このバックアップは復元できません(別のサイトのバックアップ、鍵の違い、種類の違いなど)。",
+            details={"problems": list(plan.problems)},
+        )
+    if plan.target_has_data and not force:
+        raise BackupError(
+            "backup.target_not_empty",
+            f"the target database holds {plan.target_envelopes} envelopes; pass --force to "
+            "replace them",
+            f"復元先のデータベースに封筒が{plan.target_envelopes}件あります。上書きするには "
+            "--force を指定してください。",
+        )
     sqlite_path = _sqlite_path(database_url)
     if sqlite_path is not None:
-        if backup_file.suffix != ".sqlite3":
-            raise BackupError(
-                "backup.wrong_kind",
-                f"{backup_file.name} is not a SQLite backup",
-                "SQLiteのバックアップではありません。",
-            )
         sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         src = sqlite3.connect(f"file:{backup_file}?mode=ro", uri=True)
         dst = sqlite3.connect(sqlite_path)
@@ -336,12 +456,6 @@ def restore(
             dst.close()
             src.close()
     else:
-        if backup_file.suffix != ".pgdump":
-            raise BackupError(
-                "backup.wrong_kind",
-                f"{backup_file.name} is not a pg_dump backup",
-                "pg_dumpのバックアップではありません。",
-            )
         url, env = _libpq(database_url)
         _run_tool(
             [

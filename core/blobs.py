@@ -14,6 +14,7 @@ logged and counted, never fails the store: the daily backup copies whatever the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
-from core.errors import BlobError, ConfigError
+from core.errors import BlobError, ConfigError, storage_error
 
 MAGIC = b"KGB1"
 _FINGERPRINT_LEN = 8
@@ -58,12 +59,18 @@ def _write_durably(path: Path, chunks: tuple[bytes, ...]) -> None:
     database will reference the name right after, so a crash must not be able to lose it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        for chunk in chunks:
-            fh.write(chunk)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # A partial temporary file (disk full, killed) must not keep the disk full.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     fsync_folder(path.parent)
 
 
@@ -114,7 +121,13 @@ class BlobStore:
         nonce = secrets.token_bytes(_NONCE_LEN)
         header = MAGIC + self._fingerprint + aes_key_wrap(self._master_key, data_key) + nonce
         ciphertext = AESGCM(data_key).encrypt(nonce, data, header + blob_id.encode())
-        _write_durably(self._path(blob_id), (header, ciphertext))
+        try:
+            _write_durably(self._path(blob_id), (header, ciphertext))
+        except OSError as exc:
+            fault = storage_error(exc, str(self.root))
+            if fault is not None:
+                raise fault from exc
+            raise
         if self.mirror is not None:
             try:
                 _write_durably(blob_path(self.mirror, blob_id), (header, ciphertext))

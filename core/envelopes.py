@@ -8,11 +8,13 @@ Approving is two steps so that a TSA outage never leaves a document half-signed:
 1. :func:`record_approval` stores the party's instruction (who, when, from where, how
    authenticated) and moves the party to ``signing``, atomically and exactly once even when the
    same approval is submitted twice at the same moment (a conditional ``UPDATE``).
-2. :func:`apply_pending_signature` signs every document for that party and, in one transaction,
-   points the documents at their new revisions, completes the party and hands the envelope to
-   the next party. When the TSA is down it records the error and leaves the party in
-   ``signing``; :func:`resume_pending` finishes it later. The last party's signature moves the
-   envelope to ``sealing``, and :func:`seal_envelope` adds validation data and a document
+   A signing task commits with it (:mod:`core.signing_tasks`).
+2. The signing worker (:mod:`core.signing_worker`) runs :func:`apply_pending_signature`, which
+   signs every document for that party and, in one transaction, points the documents at their
+   new revisions, completes the party, closes the task and hands the envelope to the next party.
+   When the TSA is down it records the error and leaves the party in ``signing``; the worker
+   tries again with backoff. The last party's signature moves the envelope to ``sealing`` (and
+   queues a seal task), and :func:`seal_envelope` adds validation data and a document
    timestamp, then issues the completion certificate.
 """
 
@@ -37,7 +39,16 @@ from core.blobs import BlobStore
 from core.certificate import JST, CertificateData, CertificateOperation, render_certificate
 from core.errors import Disposition, DocumentError, GatewayError, NotFoundError, StateError
 from core.model import Document, DocumentRevision, Envelope, Field, Party, utcnow
+from core.outbox import release_leases
 from core.signing import FieldBox, PdfInfo, SigningEngine, approval_reason
+from core.signing_tasks import (
+    claim_task,
+    close_task,
+    enqueue_seal,
+    enqueue_signature,
+    seal_key,
+    signature_key,
+)
 from core.states import (
     ACTIONABLE_PARTY_STATES,
     EnvelopeState,
@@ -475,6 +486,7 @@ def _advance(
         return party
     if all(p.state in (PartyState.COMPLETED, PartyState.NOTIFIED) for p in envelope.parties):
         _set_envelope_state(envelope, EnvelopeState.SEALING, now)
+        enqueue_seal(session=session, envelope=envelope)
     return None
 
 
@@ -642,6 +654,9 @@ def record_approval(
     set_committed_value(party, "approved_at", now)
     set_committed_value(party, "approved_ip", ip)
     set_committed_value(party, "auth_method", auth_method)
+    # The signature is applied by the signing worker; its task commits with the approval, so
+    # an approval the signer was told is complete can never be left unsigned.
+    enqueue_signature(session=session, party=party)
     session.commit()
     return party
 
@@ -739,6 +754,7 @@ def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
         doc.size = revision.size
         doc.signature_count += 1
     envelope.last_error = None
+    close_task(session=session, key=signature_key(party.id), now=now)
     set_committed_value(party, "state", PartyState.COMPLETED)
     set_committed_value(party, "completed_at", now)
     record_event(
@@ -782,7 +798,11 @@ def approve(
     auth_method: str,
     ip: str | None = None,
 ) -> Party:
-    """Record the party's approval, sign it, and seal the envelope when it was the last one."""
+    """Record the party's approval, then apply it at once (and seal when it was the last one)
+    instead of leaving it to the signing worker: for callers without a worker (the CLI's
+    one-shot commands, tests). The task is leased first, so a worker running at the same time
+    never signs the same approval too; a retriable failure gives the task back to the worker.
+    """
     party = record_approval(
         session=session,
         envelope_id=envelope_id,
@@ -791,9 +811,23 @@ def approve(
         auth_method=auth_method,
         ip=ip,
     )
-    party = _sign_for_party(session, runtime, party)
+    inline = f"inline:{secrets.token_hex(4)}"
+    task = claim_task(session=session, key=signature_key(party.id), worker=inline)
+    if task is None:
+        return party  # the signing worker took it
+    try:
+        party = _sign_for_party(session, runtime, party)
+    except GatewayError:
+        release_leases(session=session, worker=inline, delivery_ids=[task])
+        raise
     if party.envelope.state is EnvelopeState.SEALING:
-        seal_envelope(session=session, runtime=runtime, envelope_id=envelope_id)
+        task = claim_task(session=session, key=seal_key(envelope_id), worker=inline)
+        if task is not None:
+            try:
+                seal_envelope(session=session, runtime=runtime, envelope_id=envelope_id)
+            except GatewayError:
+                release_leases(session=session, worker=inline, delivery_ids=[task])
+                raise
     return party
 
 
@@ -1004,6 +1038,7 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
         envelope_id=envelope.id,
         at=now,
     )
+    close_task(session=session, key=seal_key(envelope.id), now=now)
     set_committed_value(envelope, "state", EnvelopeState.COMPLETED)
     set_committed_value(envelope, "completed_at", now)
     set_committed_value(envelope, "updated_at", now)
@@ -1031,42 +1066,6 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
     runtime.notify(session, envelope, "envelope.completed")
     session.commit()
     return envelope
-
-
-def resume_pending(*, session: Session, runtime: Runtime) -> list[str]:
-    """Finish every signature and seal left waiting by a retriable failure. Returns envelope ids.
-
-    Errors that are still retriable are left for the next run; the rest propagate.
-    """
-    resumed: list[str] = []
-    pending = session.execute(
-        select(Party.envelope_id, Party.id)
-        .join(Envelope, Envelope.id == Party.envelope_id)
-        .where(Party.state == PartyState.SIGNING.value, Envelope.state == EnvelopeState.SENT.value)
-        .order_by(Party.envelope_id, Party.routing_order)
-    ).all()
-    for envelope_id, party_id in pending:
-        try:
-            apply_pending_signature(
-                session=session, runtime=runtime, envelope_id=envelope_id, party_id=party_id
-            )
-        except GatewayError as exc:
-            if not exc.retriable:
-                raise
-            continue
-        resumed.append(envelope_id)
-    sealing = session.scalars(
-        select(Envelope.id).where(Envelope.state == EnvelopeState.SEALING.value)
-    ).all()
-    for envelope_id in sealing:
-        try:
-            seal_envelope(session=session, runtime=runtime, envelope_id=envelope_id)
-        except GatewayError as exc:
-            if not exc.retriable:
-                raise
-            continue
-        resumed.append(envelope_id)
-    return sorted(set(resumed))
 
 
 def current_documents(*, runtime: Runtime, envelope: Envelope) -> list[tuple[str, bytes]]:

@@ -23,7 +23,10 @@ what to do with it::
     ├── StaffError                    staff.*              fatal (refused staff record, password
     │                                                      policy, missing role)
     ├── NotFoundError                 not_found.*          fatal
-    └── AuthError                     auth.*, link.*       fatal (missing or wrong token, code, lock)
+    ├── AuthError                     auth.*, link.*       fatal (missing or wrong token, code, lock)
+    └── InfrastructureError           storage.*,           retriable (disk full or read-only,
+                                      database.*           database unavailable, lock or statement
+                                                           timeout): answered 503 + Retry-After
 
 Library exceptions are chained with ``raise ... from exc`` so the cause survives in logs.
 """
@@ -31,6 +34,7 @@ Library exceptions are chained with ``raise ... from exc`` so the cause survives
 from __future__ import annotations
 
 import enum
+import errno
 from typing import Any
 
 
@@ -140,3 +144,52 @@ class GuaranteeError(GatewayError):
 
 class BackupError(GatewayError):
     """A backup or restore could not be made (missing tool, unreadable backup, target in use)."""
+
+
+class InfrastructureError(GatewayError):
+    """The machine, not the request: a disk full or read-only, the database gone or a lock or
+    statement timeout. Nothing was half-written; the same request can be retried later."""
+
+    default_disposition = Disposition.RETRIABLE
+
+    #: seconds a client should wait before retrying (HTTP Retry-After)
+    retry_after = 30
+
+
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: (
+        "storage.full",
+        "no space left on the document store",
+        "保存領域の空きが不足しています。",
+    ),
+    errno.EDQUOT: (
+        "storage.full",
+        "disk quota exceeded on the document store",
+        "保存領域の空きが不足しています。",
+    ),
+    errno.EROFS: (
+        "storage.read_only",
+        "the document store is read-only",
+        "保存領域に書き込めません(読み取り専用)。",
+    ),
+    errno.EIO: (
+        "storage.io_error",
+        "an I/O error on the document store",
+        "保存領域の読み書きに失敗しました。",
+    ),
+}
+
+
+def storage_error(exc: OSError, where: str) -> InfrastructureError | None:
+    """The coded error for a disk fault (full, read-only, I/O) at ``where``; None for any other
+    ``OSError`` (a missing file is a different story, told by its caller)."""
+    known = _STORAGE_ERRNOS.get(exc.errno or 0)
+    if known is None:
+        return None
+    code, message_en, message_ja = known
+    return InfrastructureError(
+        code,
+        f"{message_en} ({where}: {exc.strerror})",
+        message_ja + "しばらくしてから再度お試しください。",
+        details={"errno": exc.errno},
+    )

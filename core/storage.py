@@ -12,7 +12,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.orm import Session, sessionmaker
+
+from core.errors import InfrastructureError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -28,13 +31,65 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_database_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url`` with the settings the gateway relies on for each backend."""
+def create_database_engine(
+    url: str,
+    *,
+    lock_timeout: float | None = None,
+    statement_timeout: float | None = None,
+    **kwargs: Any,
+) -> Engine:
+    """An engine for ``url`` with the settings the gateway relies on for each backend.
+
+    On PostgreSQL, ``lock_timeout`` and ``statement_timeout`` (seconds) bound how long one
+    statement may wait for a lock or run, so a request never hangs behind a stuck lock: it
+    fails with a coded, retriable ``database.timeout`` instead.
+    """
     if url.startswith("sqlite"):
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    options = []
+    if lock_timeout is not None:
+        options.append(f"-c lock_timeout={int(lock_timeout * 1000)}")
+    if statement_timeout is not None:
+        options.append(f"-c statement_timeout={int(statement_timeout * 1000)}")
+    if options:
+        connect_args = dict(kwargs.pop("connect_args", {}))
+        connect_args["options"] = " ".join([connect_args.get("options", ""), *options]).strip()
+        kwargs["connect_args"] = connect_args
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def database_error(exc: BaseException) -> InfrastructureError | None:
+    """The coded, retriable error for a database fault: unreachable, connection dropped (a
+    terminated backend, a restart), lock or statement timeout; None for anything else."""
+    if not isinstance(exc, sqlalchemy_exc.SQLAlchemyError):
+        return None
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None) or ""
+    if sqlstate in ("55P03", "57014"):  # lock_not_available, query_canceled (statement_timeout)
+        return InfrastructureError(
+            "database.timeout",
+            f"the database did not answer in time ({type(orig).__name__})",
+            "データベースが混み合っています。しばらくしてから再度お試しください。",
+        )
+    if isinstance(exc, sqlalchemy_exc.OperationalError) and "database is locked" in str(exc):
+        return InfrastructureError(
+            "database.timeout",
+            "the database stayed locked by another writer",
+            "データベースが混み合っています。しばらくしてから再度お試しください。",
+        )
+    if (
+        (isinstance(exc, sqlalchemy_exc.DBAPIError) and exc.connection_invalidated)
+        or isinstance(exc, sqlalchemy_exc.OperationalError | sqlalchemy_exc.TimeoutError)
+        or sqlstate.startswith(("08", "57P"))  # connection exceptions, admin shutdown
+    ):
+        return InfrastructureError(
+            "database.unavailable",
+            f"the database is unavailable ({type(orig or exc).__name__})",
+            "データベースに接続できません。しばらくしてから再度お試しください。",
+        )
+    return None
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -51,6 +106,18 @@ def migrate(engine: Engine, revision: str = "heads") -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+def schema_revisions(engine: Engine) -> set[str]:
+    """The migration revisions the database is at (empty before the first migration)."""
+    with engine.connect() as connection:
+        return set(MigrationContext.configure(connection).get_current_heads())
+
+
+def known_revisions(engine: Engine) -> set[str]:
+    """Every migration revision this version of the gateway ships."""
+    script = ScriptDirectory.from_config(alembic_config(engine))
+    return {revision.revision for revision in script.walk_revisions()}
 
 
 def schema_is_current(engine: Engine) -> bool:

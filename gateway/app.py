@@ -27,6 +27,7 @@ from gateway.api.awards import router as awards_router
 from gateway.api.envelopes import router as api_router
 from gateway.api.schemas import EnvelopeCreate
 from gateway.api.staff import router as staff_api_router
+from gateway.background import SigningWorker
 from gateway.context import AppContext, page_templates
 from gateway.errors import install_error_handlers
 from gateway.mailer import MailDispatcher, MailHandler, MailRenderer, build_transport
@@ -85,7 +86,9 @@ def build_mail_handler(gateway: Gateway) -> MailHandler:
     )
 
 
-def build_context(gateway: Gateway, *, run_mailer: bool = True) -> AppContext:
+def build_context(
+    gateway: Gateway, *, run_mailer: bool = True, run_signing: bool = True
+) -> AppContext:
     """Everything the app shares, checked once at start."""
     settings = gateway.settings
     public_url = settings.server.public_url
@@ -103,6 +106,14 @@ def build_context(gateway: Gateway, *, run_mailer: bool = True) -> AppContext:
             settings.mail.dispatch_interval_seconds,
             lease=dt.timedelta(seconds=settings.outbox.lease_seconds),
         )
+    signer = None
+    if run_signing:
+        signer = SigningWorker(
+            gateway.sessions,
+            gateway.runtime,
+            settings.signing.worker.interval_seconds,
+            lease=dt.timedelta(seconds=settings.signing.worker.lease_seconds),
+        )
     override = settings.path(settings.mail.templates_dir) if settings.mail.templates_dir else None
     return AppContext(
         gateway=gateway,
@@ -111,6 +122,7 @@ def build_context(gateway: Gateway, *, run_mailer: bool = True) -> AppContext:
         templates=page_templates(override),
         pages=PageRenderer(dpi=settings.pages.page_dpi),
         dispatcher=dispatcher,
+        signer=signer,
         trusted_proxies=[
             ipaddress.ip_network(p, strict=False) for p in settings.server.trusted_proxies
         ],
@@ -153,12 +165,18 @@ def redact_path(path: str) -> str:
 
 
 def create_app(
-    gateway: Gateway, *, run_mailer: bool = True, run_jobs: bool = False, run_pushback: bool = False
+    gateway: Gateway,
+    *,
+    run_mailer: bool = True,
+    run_jobs: bool = False,
+    run_pushback: bool = False,
+    run_signing: bool = True,
 ) -> FastAPI:
     """The app for one gateway; with ``run_mailer`` a thread sends the queued mail, with
+    ``run_signing`` a thread applies committed approvals and seals (the signing worker), with
     ``run_jobs`` a background scheduler runs the configured jobs (once per tick cluster-wide),
     with ``run_pushback`` a thread pushes due deliveries to the configured sinks."""
-    context = build_context(gateway, run_mailer=run_mailer)
+    context = build_context(gateway, run_mailer=run_mailer, run_signing=run_signing)
     pushback = None
     if run_pushback and gateway.settings.sinks:
         from gateway.sinks import PushbackWorker
@@ -176,6 +194,8 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if context.dispatcher is not None:
             context.dispatcher.start()
+        if context.signer is not None:
+            context.signer.start()
         if scheduler is not None:
             scheduler.start()
         if pushback is not None:
@@ -188,6 +208,8 @@ def create_app(
             if scheduler is not None:
                 # Let a running job finish: its tick is claimed, another node will not redo it.
                 await run_in_threadpool(scheduler.shutdown, True)
+            if context.signer is not None:
+                await run_in_threadpool(context.signer.stop)
             if context.dispatcher is not None:
                 await run_in_threadpool(context.dispatcher.stop)
 

@@ -1,4 +1,5 @@
-"""A background thread of `keiyaku serve` that claims outbox rows as leases (mail, push-back).
+"""Background threads of `keiyaku serve` that claim outbox rows as leases (mail, push-back, the
+signing worker).
 
 Stopping it lets the work in flight finish, then gives back what it claimed and did not do, so
 another node takes it at once instead of after the lease expires. A thread still busy after 30 s
@@ -7,12 +8,17 @@ is left alone: its leases expire on their own rather than risk doing the work tw
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
+import socket
 import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.envelopes import Runtime
 from core.outbox import release_leases
+from core.signing_worker import process_until_idle
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +67,46 @@ class LeasingThread:
                 release_leases(session=session, worker=self.worker)
         except Exception:  # shutting down: the leases expire anyway
             log.exception("%s could not give back its leases at shutdown", self.name)
+
+
+class SigningWorker(LeasingThread):
+    """Applies the queued signatures and seals (:mod:`core.signing_worker`) in a background
+    thread: every ``interval`` seconds, or at once after :meth:`wake` (an approval was just
+    committed on this node)."""
+
+    name = "signing-worker"
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        runtime: Runtime,
+        interval: float,
+        lease: dt.timedelta,
+    ) -> None:
+        super().__init__(sessions, f"{socket.gethostname()}:{os.getpid()}:signing")
+        self.runtime = runtime
+        self.interval = interval
+        self.lease = lease
+        self._wake = threading.Event()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                process_until_idle(
+                    sessions=self.sessions,
+                    runtime=self.runtime,
+                    worker=self.worker,
+                    lease=self.lease,
+                    stop=self._stop.is_set,
+                )
+            except Exception:  # the worker must outlive a database or disk hiccup
+                log.exception("signing worker pass failed; trying again later")
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def _interrupt(self) -> None:
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Look for due signing work now."""
+        self._wake.set()

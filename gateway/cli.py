@@ -93,11 +93,11 @@ def init(directory: Path, buyer: str, force: bool) -> None:
 @click.pass_obj
 def migrate(obj: _Context) -> None:
     """Create or upgrade the database schema."""
-    from core.storage import create_database_engine
     from core.storage import migrate as run_migrations
+    from gateway.runtime import database_engine
 
     settings = obj.settings()
-    engine = create_database_engine(settings.database_url)
+    engine = database_engine(settings)
     try:
         run_migrations(engine)
     finally:
@@ -218,6 +218,7 @@ def _report_text(file: Path, report: Any) -> str:
     lines = [f"{file}: {'OK' if report.ok else 'FAILED'}"]
     if report.error:
         lines.append(f"  error: {report.error}")
+    lines.extend(f"  problem: {p}" for p in report.problems)
     checks = ("intact", "trusted", "timestamp_valid", "ltv", "docmdp_ok")
     for index, sig in enumerate(report.signatures, start=1):
         when = sig.signing_time.strftime("%Y-%m-%d %H:%M:%S JST") if sig.signing_time else "-"
@@ -357,6 +358,15 @@ def _register_pushback() -> None:
 _register_pushback()
 
 
+def _register_signing() -> None:
+    from gateway.cli_signing import signing
+
+    main.add_command(signing)
+
+
+_register_signing()
+
+
 def _register_staff() -> None:
     from gateway.cli_staff import api_client_allow, audit, report, staff
 
@@ -374,9 +384,16 @@ def _register_ops() -> None:
         restore_command,
         retention_command,
         retimestamp_command,
+        sweep_blobs_command,
     )
 
-    for command in (backup_command, restore_command, retimestamp_command, retention_command):
+    for command in (
+        backup_command,
+        restore_command,
+        retimestamp_command,
+        retention_command,
+        sweep_blobs_command,
+    ):
         main.add_command(command)
 
 

@@ -24,12 +24,12 @@ def _fail(exc: GatewayError) -> NoReturn:
 @click.pass_obj
 def backup_command(obj: Any) -> None:
     """Back up the database (one dated generation) and copy new documents to the backup folder."""
-    from core.storage import create_database_engine
     from gateway.ops import run_backup
+    from gateway.runtime import database_engine
 
     settings = obj.settings()
     # No migration here: the backup taken before an upgrade must hold the schema as it was.
-    engine = create_database_engine(settings.database_url)
+    engine = database_engine(settings)
     try:
         result = run_backup(settings, engine)
     except GatewayError as exc:
@@ -48,29 +48,50 @@ def backup_command(obj: Any) -> None:
 
 @click.command("restore")
 @click.argument("backup", type=click.Path(path_type=Path, exists=True))
-@click.option("--force", is_flag=True, help="Overwrite an existing SQLite database file.")
+@click.option("--force", is_flag=True, help="Replace a database that holds envelopes.")
+@click.option(
+    "--dry-run", is_flag=True, help="Check the backup and the target; say what would happen."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the check as JSON.")
 @click.pass_obj
-def restore_command(obj: Any, backup: Path, force: bool, as_json: bool) -> None:
+def restore_command(obj: Any, backup: Path, force: bool, dry_run: bool, as_json: bool) -> None:
     """Restore BACKUP (a database generation, or a backup folder: its newest one), copy back the
-    documents, then verify every document and the database. Stop every node first."""
-    from core.backup import latest_backup, restore
+    documents, then verify every document and the database. Stop every node first.
+
+    Nothing is touched until the backup is checked against this site: it must be whole, of the
+    configured database's kind, of a schema this version knows, and its documents must decrypt
+    with this site's master key (a backup of another site does not); a database that holds
+    envelopes is replaced only with --force."""
+    from core.backup import latest_backup, plan_restore, restore
+    from core.storage import known_revisions
     from gateway.ops import check_restored
-    from gateway.runtime import open_gateway
+    from gateway.runtime import database_engine, master_key, open_gateway
 
     settings = obj.settings()
-    backup_file = latest_backup(backup) if backup.is_dir() else backup
-    url = settings.database_url
-    if url.startswith("sqlite") and not force:
-        target = Path(url.split("///", 1)[1])
-        if target.exists():
-            click.echo(f"{target} exists; pass --force to overwrite it", err=True)
-            sys.exit(2)
     try:
+        backup_file = latest_backup(backup) if backup.is_dir() else backup
+        engine = database_engine(settings)
+        try:
+            known = known_revisions(engine)
+        finally:
+            engine.dispose()
+        key = master_key(settings)
+        if dry_run:
+            plan = plan_restore(
+                backup_file=backup_file,
+                database_url=settings.database_url,
+                master_key=key,
+                known_revisions=known,
+            )
+            _print_plan(plan, force=force, as_json=as_json)
+            sys.exit(0 if not plan.problems and (force or not plan.target_has_data) else 2)
         result = restore(
             backup_file=backup_file,
-            database_url=url,
+            database_url=settings.database_url,
             blob_root=settings.path(settings.blobs.path),
+            master_key=key,
+            known_revisions=known,
+            force=force,
             pg_restore=str(Path(settings.backup.pg_dump).with_name("pg_restore")),
         )
         gateway = open_gateway(settings)
@@ -94,6 +115,40 @@ def restore_command(obj: Any, backup: Path, force: bool, as_json: bool) -> None:
         for failure in check.failures:
             click.echo(f"  FAILED {failure}")
     sys.exit(0 if check.ok else 1)
+
+
+def _print_plan(plan: Any, *, force: bool, as_json: bool) -> None:
+    """What `restore --dry-run` found, for a terminal or as JSON."""
+    would = (
+        "refuse"
+        if plan.problems
+        else ("replace the target's data" if plan.target_has_data else "restore")
+    )
+    if plan.target_has_data and not force and not plan.problems:
+        would = "refuse without --force (the target holds envelopes)"
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "backup": str(plan.backup_file),
+                    "kind": plan.kind,
+                    "target_envelopes": plan.target_envelopes,
+                    "keys_checked": plan.keys_checked,
+                    "schema_revisions": list(plan.schema_revisions),
+                    "problems": list(plan.problems),
+                    "would": would,
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+        return
+    click.echo(f"backup: {plan.backup_file} ({plan.kind})")
+    click.echo(f"documents decrypted with this site's key: {plan.keys_checked}")
+    click.echo(f"target: {plan.target_envelopes} envelopes now")
+    for problem in plan.problems:
+        click.echo(f"problem: {problem}")
+    click.echo(f"would: {would}")
 
 
 @click.command("retimestamp")
@@ -183,3 +238,64 @@ def retention_command(obj: Any, dry_run: bool, as_json: bool) -> None:
         f"blobs deleted: {report.blobs_deleted}"
     )
     _exit_listing(report.failed)
+
+
+@click.command("sweep-blobs")
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@click.option(
+    "--grace-hours",
+    type=click.FloatRange(min=1),
+    default=24,
+    show_default=True,
+    help="Leave files younger than this (their row may be about to commit).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_obj
+def sweep_blobs_command(obj: Any, dry_run: bool, grace_hours: float, as_json: bool) -> None:
+    """Delete stored documents no envelope, award or guarantee refers to (left by a crash or a
+    refused request), older than the grace period; --dry-run reports them first."""
+    import datetime as dt
+
+    from core.blob_sweep import sweep_orphans
+    from gateway.runtime import open_gateway
+
+    settings = obj.settings()
+    try:
+        gateway = open_gateway(settings)
+    except GatewayError as exc:
+        _fail(exc)
+    try:
+        with gateway.sessions() as session:
+            report = sweep_orphans(
+                session=session,
+                blobs=gateway.runtime.blobs,
+                grace=dt.timedelta(hours=grace_hours),
+                dry_run=dry_run,
+                actor="cli",
+            )
+    finally:
+        gateway.close()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "dry_run": dry_run,
+                    "orphans": [
+                        {"name": o.name, "size": o.size, "modified_at": o.modified_at.isoformat()}
+                        for o in report.orphans
+                    ],
+                    "deleted": report.deleted,
+                    "kept_young": report.kept_young,
+                },
+                indent=2,
+            )
+        )
+        return
+    for orphan in report.orphans:
+        click.echo(
+            f"{'would delete' if dry_run else 'deleted'}: {orphan.name} ({orphan.size} bytes)"
+        )
+    click.echo(
+        f"orphans: {len(report.orphans)}, deleted: {report.deleted}, "
+        f"younger than {grace_hours:g} h (kept): {report.kept_young}"
+    )

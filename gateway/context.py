@@ -11,6 +11,7 @@ from typing import Any
 import jinja2
 
 from core.links import AccessCodePolicy
+from gateway.background import SigningWorker
 from gateway.mailer import MailDispatcher, jst
 from gateway.pages.cookies import CookieSigner
 from gateway.pages.render import PageRenderer
@@ -44,6 +45,7 @@ class AppContext:
     templates: jinja2.Environment
     pages: PageRenderer
     dispatcher: MailDispatcher | None
+    signer: SigningWorker | None
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
     secure_cookies: bool
     session_seconds: int
@@ -53,3 +55,8 @@ class AppContext:
         """Have the mail worker look for new mail now (after a request queued some)."""
         if self.dispatcher is not None:
             self.dispatcher.wake()
+
+    def wake_signer(self) -> None:
+        """Have the signing worker apply new approvals now (after a request committed one)."""
+        if self.signer is not None:
+            self.signer.wake()

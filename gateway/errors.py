@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import (
@@ -27,12 +28,15 @@ from core.errors import (
     ConfigError,
     DocumentError,
     GatewayError,
+    InfrastructureError,
     NotFoundError,
     RecordError,
     SigningError,
     StaffError,
     StateError,
+    storage_error,
 )
+from core.storage import database_error
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,8 @@ def status_for(exc: GatewayError) -> int:
         return 409 if exc.code.startswith("state.") else 422
     if isinstance(exc, DocumentError | RecordError | StaffError):
         return 422
+    if isinstance(exc, InfrastructureError):
+        return 503
     if isinstance(exc, SigningError | BlobError | ConfigError):
         return 503 if exc.retriable else 500
     if exc.code.startswith("request."):
@@ -89,7 +95,11 @@ async def handle_gateway_error(request: Request, exc: Exception) -> Response:
     status = status_for(exc)
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.code == "auth.invalid_token" else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.code == "auth.invalid_token" else {}
+    if status == 503:
+        # Retrying helps (an outage, a full disk being cleared): tell clients when.
+        retry_after = exc.retry_after if isinstance(exc, InfrastructureError) else 30
+        headers["Retry-After"] = str(retry_after)
     if request.url.path.startswith(_PAGE_PREFIXES):
         context = request.app.state.context
         template = context.templates.get_template("pages/error.html")
@@ -141,8 +151,31 @@ async def handle_http_error(request: Request, exc: Exception) -> Response:
     return await handle_gateway_error(request, error)
 
 
+async def handle_infrastructure_fault(request: Request, exc: Exception) -> Response:
+    """A database or disk fault that escaped as a library exception: the coded 503 when it is
+    one (database unavailable, lock or statement timeout, disk full or read-only), else the
+    unexpected error it is (a 500 with the same JSON shape, logged with its traceback)."""
+    infra = database_error(exc)
+    if infra is None and isinstance(exc, OSError):
+        infra = storage_error(exc, request.url.path)
+    if infra is not None:
+        log.warning("%s %s: %s", request.method, request.url.path, infra, exc_info=exc)
+        return await handle_gateway_error(request, infra)
+    log.error("%s %s raised", request.method, request.url.path, exc_info=exc)
+    unexpected = GatewayError(
+        "internal.unexpected",
+        f"unexpected {type(exc).__name__}",
+        "システムで問題が発生しました。時間をおいて再度お試しください。",
+    )
+    return await handle_gateway_error(request, unexpected)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
     app.add_exception_handler(GatewayError, handle_gateway_error)
+    app.add_exception_handler(SQLAlchemyError, handle_infrastructure_fault)
+    app.add_exception_handler(OSError, handle_infrastructure_fault)
+    # Anything else unexpected: the same JSON shape or Japanese page, never a bare text 500.
+    app.add_exception_handler(Exception, handle_infrastructure_fault)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)

@@ -18,7 +18,7 @@ from core.model import Document, Envelope
 from core.retention import PurgeReport, RetentionPolicy, purged_blob_ids
 from core.signing import verify_pdf
 from core.states import EnvelopeState
-from core.storage import make_session_factory, schema_is_current
+from core.storage import make_session_factory, schema_is_current, schema_revisions
 from gateway.runtime import Gateway, load_trust_roots
 from gateway.settings import Settings
 from schedules import retention, retimestamp
@@ -41,6 +41,7 @@ def run_backup(
         generations=settings.backup.generations,
         pg_dump=settings.backup.pg_dump,
         now=now,
+        schema_revisions=schema_revisions(engine),
     )
     if not schema_is_current(engine):
         return result

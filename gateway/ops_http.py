@@ -43,6 +43,7 @@ from sqlalchemy import and_, func, or_, select, text
 
 from core.errors import Disposition, GatewayError
 from core.model import Delivery, Document, Envelope, JobRun, SyncRun, utcnow
+from core.signing_worker import waiting_ages
 from core.states import DeliveryState
 from gateway.runtime import Gateway
 
@@ -59,6 +60,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 JST = ZoneInfo("Asia/Tokyo")
 _PROBE_TTL = 15.0
+# the age labels of keiyaku_signing_waiting: [low, high) in seconds
+_AGE_BUCKETS = (
+    ("lt_1m", 0.0, 60.0),
+    ("1m_10m", 60.0, 600.0),
+    ("10m_1h", 600.0, 3600.0),
+    ("ge_1h", 3600.0, float("inf")),
+)
 _PROBE_TIMEOUT = 2.0
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -236,10 +244,52 @@ class _HealthProbe:
     def database(self) -> ComponentHealth:
         try:
             with self.gateway.engine.connect() as conn:
+                if conn.dialect.name == "postgresql":
+                    # the probe itself must not hang where requests hang
+                    conn.execute(text("SET LOCAL statement_timeout = 2000"))
                 conn.execute(text("select 1"))
         except Exception as exc:  # any failure is the verdict
             return ComponentHealth(status="down", detail=type(exc).__name__)
         return ComponentHealth(status="ok")
+
+    def lock_waits(self) -> ComponentHealth:
+        """Statements of this database waiting on a lock for more than 10 s (PostgreSQL)."""
+        with self.gateway.engine.connect() as conn:
+            if conn.dialect.name != "postgresql":
+                return ComponentHealth(status="disabled", detail="SQLite")
+            conn.execute(text("SET LOCAL statement_timeout = 2000"))
+            waiting = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND now() - query_start > interval '10 seconds'"
+                )
+            ).scalar_one()
+        return ComponentHealth(
+            status="down" if waiting else "ok",
+            detail=f"{waiting} statement(s) waiting on a lock for more than 10 s",
+        )
+
+    def work(self) -> dict[str, ComponentHealth]:
+        """Work that should not wait: approvals not signed beyond the alert threshold (a TSA or
+        disk fault not cleared), and deliveries that went dead."""
+        alert = self.gateway.settings.signing.worker.alert_after_seconds
+        with self.gateway.sessions() as session:
+            ages = waiting_ages(session=session)
+            dead = session.scalar(
+                select(func.count()).where(Delivery.state == DeliveryState.DEAD.value)
+            )
+        late = [a for a in ages if a > alert]
+        signing = ComponentHealth(
+            status="down" if late else "ok",
+            detail=f"{len(ages)} waiting"
+            + (
+                f", {len(late)} for more than {alert} s (oldest {int(max(late))} s)" if late else ""
+            ),
+        )
+        deliveries = ComponentHealth(
+            status="down" if dead else "ok", detail=f"{dead or 0} dead deliveries"
+        )
+        return {"signing": signing, "deliveries": deliveries, "lock_waits": self.lock_waits()}
 
     def blobs(self) -> ComponentHealth:
         return _writable(self.gateway.runtime.blobs.root)
@@ -261,11 +311,15 @@ class _HealthProbe:
         checks: dict[str, ComponentHealth] = {}
         tsa = settings.signing.tsa
         if tsa.urls:
-            results = [_tcp(*_url_endpoint(url)) for url in tsa.urls]
-            up = [r for r in results if r.status == "ok"]
+            from core.signing import probe_tsa
+
+            answers = probe_tsa(tsa.urls, timeout=_PROBE_TIMEOUT)
+            up = [url for url, problem in answers.items() if problem is None]
+            problems = "; ".join(f"{p}" for p in answers.values() if p is not None)
             checks["tsa"] = ComponentHealth(
                 status="ok" if up else "down",
-                detail=f"{len(up)}/{len(results)} reachable",
+                detail=f"{len(up)}/{len(answers)} answered with a valid token"
+                + (f" ({problems})" if problems else ""),
             )
         else:
             checks["tsa"] = ComponentHealth(status="ok", detail="development TSA (in-process)")
@@ -290,6 +344,8 @@ class _HealthProbe:
             "document_mirror": self.document_mirror(),
             **self.remote(),
         }
+        if checks["database"].status == "ok":
+            checks.update(self.work())
         local_down = [n for n in ("database", "blobs") if checks[n].status != "ok"]
         if local_down:
             raise GatewayError(
@@ -404,7 +460,22 @@ class _DatabaseCollector(Collector):
                     if finished.tzinfo is None:
                         finished = finished.replace(tzinfo=dt.UTC)
                     last_job.add_metric([job_id], finished.timestamp())
+            ages = waiting_ages(session=session, now=now)
+        signing = GaugeMetricFamily(
+            "keiyaku_signing_waiting",
+            "Committed approvals and seals not applied yet, by how long they have waited.",
+            labels=["age"],
+        )
+        for label, low, high in _AGE_BUCKETS:
+            signing.add_metric([label], sum(1 for a in ages if low <= a < high))
+        oldest = GaugeMetricFamily(
+            "keiyaku_signing_oldest_waiting_seconds",
+            "Seconds the oldest approval or seal not applied yet has waited (0: none).",
+        )
+        oldest.add_metric([], max(ages, default=0.0))
         yield from (
+            signing,
+            oldest,
             envelopes,
             deliveries,
             due,

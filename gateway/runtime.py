@@ -126,16 +126,25 @@ def document_mirror(settings: Settings) -> Path | None:
     return settings.path(settings.backup.directory) / "blobs"
 
 
+def database_engine(settings: Settings) -> Engine:
+    """The configured database, with the configured lock and statement timeouts."""
+    return create_database_engine(
+        settings.database_url,
+        lock_timeout=settings.database.lock_timeout_seconds,
+        statement_timeout=settings.database.statement_timeout_seconds,
+    )
+
+
 def open_gateway(settings: Settings, *, migrate_schema: bool = True) -> Gateway:
     """Connect to the database (migrating it), open the blob store and load the signing key."""
-    engine = create_database_engine(settings.database_url)
+    engine = database_engine(settings)
     if migrate_schema:
         migrate(engine)
     limits = settings.limits
     runtime = Runtime(
         blobs=BlobStore(
             settings.path(settings.blobs.path),
-            _master_key(settings.blobs.master_key.get_secret_value()),
+            master_key(settings),
             mirror=document_mirror(settings),
         ),
         signing=build_signing_engine(settings),
@@ -192,13 +201,18 @@ def access_code_policy(settings: Settings) -> AccessCodePolicy:
     The pepper is derived from the blob master key: it stays out of the database like the key,
     and losing it would lose the documents anyway, so it adds no new secret to keep.
     """
-    master = _master_key(settings.blobs.master_key.get_secret_value())
+    master = master_key(settings)
     pepper = hmac.new(master, b"keiyaku-gateway access-code pepper v1", hashlib.sha256).digest()
     return AccessCodePolicy(
         pepper=pepper,
         min_length=settings.pages.access_code_min_length,
         max_attempts=settings.pages.max_code_attempts,
     )
+
+
+def master_key(settings: Settings) -> bytes:
+    """The configured blob master key, checked (64 hex characters)."""
+    return _master_key(settings.blobs.master_key.get_secret_value())
 
 
 def _master_key(text: str) -> bytes:

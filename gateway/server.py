@@ -18,9 +18,9 @@ import uvicorn
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import GatewayError
-from core.storage import create_database_engine, make_session_factory, migrate
+from core.storage import make_session_factory, migrate
 from gateway.app import create_app, redact_path
-from gateway.runtime import open_gateway
+from gateway.runtime import database_engine, open_gateway
 from gateway.settings import Settings, load_settings
 
 
@@ -92,9 +92,7 @@ def run_server(
         return
     gateway = open_gateway(settings)
     try:
-        app = create_app(
-            gateway, run_jobs=settings.server.run_jobs, run_pushback=settings.server.run_pushback
-        )
+        app = _served_app(gateway, settings)
         uvicorn.Server(_uvicorn_config(app, host, port, fd=fd, **_log_options(settings))).run()
     finally:
         gateway.close()
@@ -133,15 +131,23 @@ def worker_app() -> Any:
     settings = load_settings(Path(os.environ[_CONFIG_ENV]))
     _log_options(settings)
     gateway = open_gateway(settings, migrate_schema=False)  # lives as long as the process
+    return _served_app(gateway, settings)
+
+
+def _served_app(gateway: Any, settings: Settings) -> Any:
+    """The app as ``keiyaku serve`` runs it: background workers as ``server.*`` says."""
     return create_app(
-        gateway, run_jobs=settings.server.run_jobs, run_pushback=settings.server.run_pushback
+        gateway,
+        run_jobs=settings.server.run_jobs,
+        run_pushback=settings.server.run_pushback,
+        run_signing=settings.server.run_signing,
     )
 
 
 @contextmanager
 def open_database(settings: Settings) -> Iterator[sessionmaker[Session]]:
     """Sessions on the configured database (migrated), for commands that need no signing key."""
-    engine = create_database_engine(settings.database_url)
+    engine = database_engine(settings)
     try:
         migrate(engine)
         yield make_session_factory(engine)

@@ -38,6 +38,8 @@ class BuyerSettings(_Section):
 
 class DatabaseSettings(_Section):
     url: str = "sqlite:///keiyaku.db"
+    lock_timeout_seconds: float = Field(default=10, gt=0, le=3600)
+    statement_timeout_seconds: float = Field(default=120, gt=0, le=86400)
 
 
 class BlobSettings(_Section):
@@ -81,6 +83,12 @@ class TsaSettings(_Section):
         return self
 
 
+class SigningWorkerSettings(_Section):
+    interval_seconds: float = Field(default=2.0, gt=0, le=3600)
+    lease_seconds: int = Field(default=120, ge=1, le=3600)
+    alert_after_seconds: int = Field(default=600, ge=1)
+
+
 class SigningSettings(_Section):
     key: Pkcs12Key | Pkcs11Key = Field(discriminator="kind")
     trust_roots: list[Path] = Field(min_length=1)
@@ -88,6 +96,7 @@ class SigningSettings(_Section):
     tsa: TsaSettings
     location: str = "日本"
     font: Path | None = None
+    worker: SigningWorkerSettings = SigningWorkerSettings()
 
 
 class SmtpSettings(_Section):
@@ -122,6 +131,7 @@ class ServerSettings(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     run_jobs: bool = True
     run_pushback: bool = True
+    run_signing: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> ServerSettings:

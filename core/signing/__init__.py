@@ -18,7 +18,7 @@ The engine is pure bytes-in/bytes-out: a failure leaves the caller's input untou
 from ._documents import FieldBox, PdfInfo
 from ._engine import RevocationData, SigningEngine, approval_reason, newest_timestamp_expiry
 from ._keys import SigningKey, load_pkcs11_signer, load_pkcs12_signer
-from ._timestamps import TimestampService
+from ._timestamps import TimestampService, probe_tsa
 from ._verify import SignatureReport, VerificationReport, verify_pdf
 
 __all__ = [
@@ -34,5 +34,6 @@ __all__ = [
     "load_pkcs11_signer",
     "load_pkcs12_signer",
     "newest_timestamp_expiry",
+    "probe_tsa",
     "verify_pdf",
 ]

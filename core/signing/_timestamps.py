@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -259,3 +260,27 @@ class TimestampService:
         """Release the pooled HTTP session."""
         if isinstance(self._timestamper, _FailoverTimeStamper):
             await self._timestamper.aclose()
+
+
+async def _probe_one(url: str, timeout: float) -> str | None:
+    async with aiohttp.ClientSession() as session:
+        stamper = HTTPTimeStamper(url, timeout=int(max(1, timeout)), session=session)
+        try:
+            # a real RFC 3161 request: pyHanko checks the answer's status, nonce and digest
+            await stamper.async_timestamp(
+                hashlib.sha256(b"keiyaku-gateway probe").digest(), "sha256"
+            )
+        except Exception as exc:  # any failure is the verdict on this TSA
+            cause = exc.__cause__ or exc
+            return f"{type(cause).__name__}: {cause}"[:200]
+    return None
+
+
+def probe_tsa(urls: Sequence[str], *, timeout: float) -> dict[str, str | None]:
+    """Ask each TSA for a real timestamp token: per URL, None when it answered with a valid
+    token, else why not (a TCP connect alone says nothing about a TSA answering 503)."""
+
+    async def run() -> list[str | None]:
+        return list(await asyncio.gather(*(_probe_one(url, timeout) for url in urls)))
+
+    return dict(zip(urls, asyncio.run(run()), strict=True))

@@ -109,17 +109,27 @@ class VerificationReport:
     signatures: tuple[SignatureReport, ...] = ()
     error: str | None = None
     problems: tuple[str, ...] = field(default=())
+    #: bytes after the end of the last signed revision (pdfsig's "Not total document signed")
+    unsigned_bytes: int = 0
 
     @property
     def ok(self) -> bool:
-        """At least one signature, every one fully valid, and the file readable."""
-        return self.error is None and bool(self.signatures) and all(s.ok for s in self.signatures)
+        """At least one signature, every one fully valid, the file readable, and nothing after
+        the last signed revision."""
+        return (
+            self.error is None
+            and self.unsigned_bytes == 0
+            and bool(self.signatures)
+            and all(s.ok for s in self.signatures)
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
             "ok": self.ok,
             "error": self.error,
+            "unsigned_bytes": self.unsigned_bytes,
+            "problems": list(self.problems),
             "signatures": [s.as_dict() for s in self.signatures],
         }
 
@@ -376,7 +386,51 @@ async def _verify(
                 problems=(f"{type(exc).__name__}: {exc}"[:500],),
             )
         reports.append(_at_moment(report, moment))
-    return VerificationReport(signatures=tuple(reports))
+    unsigned = _unsigned_bytes(data, signatures, reports)
+    problems = (
+        (f"{unsigned} bytes after the last signed revision are covered by no signature",)
+        if unsigned
+        else ()
+    )
+    return VerificationReport(signatures=tuple(reports), unsigned_bytes=unsigned, problems=problems)
+
+
+def _unsigned_bytes(
+    data: bytes, signatures: Sequence[EmbeddedPdfSignature], reports: Sequence[SignatureReport]
+) -> int:
+    """Bytes after the newest signed revision that nothing vouches for (0: none).
+
+    Later revisions that only add validation data (a DSS update, as the archive timestamp
+    renewal writes after its timestamp) are what PAdES-LTA expects and pyHanko's difference
+    analysis classifies them (``LTA_UPDATES``); anything else after the last signed byte (text
+    after the final ``%%EOF``, or a revision that changes the document) counts.
+    """
+    if not signatures:
+        return 0
+    end = _signed_end(signatures)
+    unsigned = len(data) - end
+    if unsigned <= 0:
+        return 0
+    eof = data.rfind(b"%%EOF")
+    after_eof = len(data) - (eof + 5) if eof >= 0 else unsigned
+    if after_eof and data[eof + 5 :].strip():
+        return unsigned  # something that is not a revision at all
+    newest = reports[-1].modification_level if reports else None
+    if eof + 5 > end and newest in ("NONE", "LTA_UPDATES"):
+        return 0  # whole revisions of validation data only
+    return unsigned
+
+
+def _signed_end(signatures: Sequence[EmbeddedPdfSignature]) -> int:
+    """Where the newest signed byte range ends (0 when none can be read)."""
+    ends = []
+    for embedded in signatures:
+        try:
+            start1, length1, start2, length2 = (int(v) for v in embedded.sig_object["/ByteRange"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        ends.append(max(start1 + length1, start2 + length2))
+    return max(ends, default=0)
 
 
 def _at_moment(report: SignatureReport, moment: datetime | None) -> SignatureReport:

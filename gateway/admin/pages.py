@@ -37,6 +37,7 @@ from core.errors import StaffError
 from core.model import Staff, StaffRole
 from core.reports import JST, monthly_report
 from core.search import EnvelopeQuery, search_envelopes
+from core.signing_worker import list_waiting
 from core.staff import (
     MAX_IMPORT_BYTES,
     PasswordPolicy,
@@ -339,6 +340,7 @@ def envelope_detail(
         events=list_events(session=session, envelope_id=envelope.id),
         cancellable=envelope.state in _CANCELLABLE and has_role(staff, StaffRole.SENDER),
         completed=envelope.state is EnvelopeState.COMPLETED,
+        waiting=list_waiting(session=session, envelope_id=envelope.id),
     )
 
 

@@ -22,14 +22,12 @@ from starlette.datastructures import FormData
 
 from core.audit import record_event
 from core.envelopes import (
-    apply_pending_signature,
     decline,
     document_at,
     get_party,
     read_document,
     record_approval,
     record_view,
-    seal_envelope,
 )
 from core.errors import AuthError, GatewayError, StateError
 from core.links import check_access_code, forward_party, open_link
@@ -434,8 +432,8 @@ def download_for_review(
 def _complete(
     context: AppContext, token: str, values: dict[str, str], ip: str | None
 ) -> tuple[str, StateError | None]:
-    """Record the approval and sign; returns where to go next, or a field error to show."""
-    runtime = context.gateway.runtime
+    """Record the approval (the signing worker applies the signature); returns where to go
+    next, or a field error to show."""
     with context.gateway.sessions() as session:
         _link, party = _open_party(session, token)
         envelope_id = party.envelope_id
@@ -454,17 +452,6 @@ def _complete(
             if exc.code in ("state.already_acted", "state.envelope_not_open"):
                 return "done", None  # a double submit, or the envelope closed meanwhile
             raise
-        try:
-            signed = apply_pending_signature(
-                session=session, runtime=runtime, envelope_id=envelope_id, party_id=party.id
-            )
-            if signed.envelope.state is EnvelopeState.SEALING:
-                seal_envelope(session=session, runtime=runtime, envelope_id=envelope_id)
-        except GatewayError as exc:
-            # The approval is recorded; a TSA outage is finished later by resume_pending, and
-            # a concurrent submit that already applied the signature is fine too.
-            if not (exc.retriable or exc.code in ("state.already_acted", "state.already_sealed")):
-                raise
         return "done", None
 
 
@@ -485,6 +472,7 @@ async def complete(token: Token, request: Request, context: ContextDep) -> Respo
     try:
         _where, error = await run_in_threadpool(_complete, context, token, values, ip)
     finally:
+        context.wake_signer()
         context.wake_mailer()
     if error is not None:
         return await run_in_threadpool(_rerender, request, context, token, error.message_ja, values)

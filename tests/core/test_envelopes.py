@@ -32,14 +32,13 @@ from core.envelopes import (
     get_envelope,
     record_approval,
     record_view,
-    resume_pending,
-    seal_envelope,
     send_envelope,
 )
-from core.errors import BlobError, DocumentError, SigningError, StateError
+from core.errors import BlobError, DocumentError, StateError
 from core.model import Envelope, Party
-from core.outbox import enqueue, list_deliveries
+from core.outbox import DispatchResult, RetryPolicy, enqueue, list_deliveries
 from core.signing import SigningEngine, SigningKey, TimestampService, verify_pdf
+from core.signing_worker import list_waiting, process_until_idle
 from core.states import EnvelopeState, PartyRole, PartyState
 from tests.fixtures.pdfs import make_pdf
 from tests.fixtures.pki import LivePki
@@ -465,13 +464,15 @@ def test_five_files_are_accepted_by_default(
     ]
 
 
-def test_tsa_outage_leaves_the_envelope_waiting_then_resumes(
-    session: Session,
+def test_tsa_outage_leaves_the_envelope_waiting_then_the_worker_finishes(
+    sessions: sessionmaker[Session],
     test_pki: LivePki,
     pkcs12_key: SigningKey,
     tmp_path: Path,
 ) -> None:
-    """A real TSA (certomancer) answering 503: nothing half-signed; a retry finishes the job."""
+    """A real TSA (certomancer) answering 503: the approval is committed with its signing task,
+    nothing is half-signed, the task keeps the error and stays due; once the TSA is back the
+    signing worker signs, then seals the same way."""
     engine = SigningEngine(
         key=pkcs12_key,
         timestamps=TimestampService.from_urls(
@@ -483,71 +484,86 @@ def test_tsa_outage_leaves_the_envelope_waiting_then_resumes(
     runtime = Runtime(
         blobs=BlobStore(tmp_path / "b", b"m" * 32), signing=engine, buyer_name="開発市"
     )
+    at_once = RetryPolicy(max_attempts=1000, base_delay=0.0, max_delay=0.0)
+
+    def work() -> DispatchResult:
+        return process_until_idle(sessions=sessions, runtime=runtime, worker="w", policy=at_once)
+
     try:
-        envelope = create_envelope(
-            session=session,
-            runtime=runtime,
-            title="TSA障害",
-            creator="staff",
-            documents=[DocumentInput("a.pdf", make_pdf(pages=1))],
-            parties=_parties(1),
-        )
-        send_envelope(session=session, runtime=runtime, envelope_id=envelope.id, actor="staff")
-        session.commit()
-        first, second = envelope.parties
-        before = [r.blob_id for r in envelope.documents[0].revisions]
-        test_pki.flaky.fail_next(1000)
-        with pytest.raises(SigningError) as info:
-            approve(
+        with sessions() as session:
+            envelope = create_envelope(
                 session=session,
                 runtime=runtime,
-                envelope_id=envelope.id,
-                party_id=first.id,
+                title="TSA障害",
+                creator="staff",
+                documents=[DocumentInput("a.pdf", make_pdf(pages=1))],
+                parties=_parties(1),
+            )
+            send_envelope(session=session, runtime=runtime, envelope_id=envelope.id, actor="staff")
+            session.commit()
+            envelope_id = envelope.id
+            first_id, second_id = (p.id for p in envelope.parties)
+            before = [r.blob_id for r in envelope.documents[0].revisions]
+            record_approval(
+                session=session,
+                envelope_id=envelope_id,
+                party_id=first_id,
                 values={},
                 auth_method=STAFF,
                 ip="192.0.2.1",
             )
-        assert info.value.code == "signing.tsa_unreachable" and info.value.retriable
-        session.refresh(envelope)
-        session.refresh(first)
-        assert first.state is PartyState.SIGNING  # the instruction is kept...
-        assert [r.blob_id for r in envelope.documents[0].revisions] == before  # ...no change
-        assert envelope.documents[0].signature_count == 0
-        assert envelope.last_error and "tsa_unreachable" in envelope.last_error
-        assert second.state is PartyState.WAITING
-        assert resume_pending(session=session, runtime=runtime) == []  # still down
-
-        test_pki.flaky.fail_next(0)
-        assert resume_pending(session=session, runtime=runtime) == [envelope.id]
-        session.refresh(envelope)
-        assert envelope.last_error is None
-        assert envelope.documents[0].signature_count == 1
-        assert [p.state for p in envelope.parties] == [PartyState.COMPLETED, PartyState.SENT]
-
-        # The last party's seal fails the same way and resumes the same way.
-        record_approval(
-            session=session,
-            envelope_id=envelope.id,
-            party_id=second.id,
-            values={},
-            auth_method=CONTRACTOR,
-        )
-        apply_pending_signature(
-            session=session, runtime=runtime, envelope_id=envelope.id, party_id=second.id
-        )
-        session.refresh(envelope)
-        assert envelope.state is EnvelopeState.SEALING
         test_pki.flaky.fail_next(1000)
-        with pytest.raises(SigningError):
-            seal_envelope(session=session, runtime=runtime, envelope_id=envelope.id)
-        session.refresh(envelope)
-        assert envelope.state is EnvelopeState.SEALING and envelope.certificate_blob_id is None
+        result = work()
+        assert result.retrying and not result.delivered and not result.dead
+        with sessions() as session:
+            envelope = get_envelope(session=session, envelope_id=envelope_id)
+            first, second = envelope.parties
+            assert first.state is PartyState.SIGNING  # the instruction is kept...
+            assert [r.blob_id for r in envelope.documents[0].revisions] == before  # no change
+            assert envelope.documents[0].signature_count == 0
+            assert envelope.last_error and "tsa_unreachable" in envelope.last_error
+            assert second.state is PartyState.WAITING
+            (waiting,) = list_waiting(session=session)
+            assert waiting.kind == "signature" and waiting.attempts >= 1
+            assert waiting.last_error and "tsa_unreachable" in waiting.last_error
+
         test_pki.flaky.fail_next(0)
-        assert resume_pending(session=session, runtime=runtime) == [envelope.id]
-        session.refresh(envelope)
-        assert envelope.state is EnvelopeState.COMPLETED
-        ((_, data),) = current_documents(runtime=runtime, envelope=envelope)
-        assert verify_pdf(data, trust_roots=[test_pki.root]).ok
+        assert work().delivered
+        with sessions() as session:
+            envelope = get_envelope(session=session, envelope_id=envelope_id)
+            assert envelope.last_error is None
+            assert envelope.documents[0].signature_count == 1
+            assert [p.state for p in envelope.parties] == [PartyState.COMPLETED, PartyState.SENT]
+            assert list_waiting(session=session) == []
+
+            # The last party's seal fails the same way and the worker finishes it the same way.
+            record_approval(
+                session=session,
+                envelope_id=envelope_id,
+                party_id=second_id,
+                values={},
+                auth_method=CONTRACTOR,
+            )
+        with sessions() as session:
+            # applied inline this time (as a retry of the task would): it closes its own task
+            # and queues the seal with the move to ``sealing``
+            apply_pending_signature(
+                session=session, runtime=runtime, envelope_id=envelope_id, party_id=second_id
+            )
+        test_pki.flaky.fail_next(1000)
+        work()
+        with sessions() as session:
+            envelope = get_envelope(session=session, envelope_id=envelope_id)
+            assert envelope.state is EnvelopeState.SEALING and envelope.certificate_blob_id is None
+            assert [w.kind for w in list_waiting(session=session)] == ["seal"]
+        test_pki.flaky.fail_next(0)
+        work()
+        with sessions() as session:
+            envelope = get_envelope(session=session, envelope_id=envelope_id)
+            assert envelope.state is EnvelopeState.COMPLETED
+            assert list_waiting(session=session) == []
+            ((_, data),) = current_documents(runtime=runtime, envelope=envelope)
+            assert verify_pdf(data, trust_roots=[test_pki.root]).ok
     finally:
         engine.close()
 
@@ -622,7 +638,7 @@ def test_observers_write_outbox_rows_with_each_state_change(
     send_envelope(session=session, runtime=runtime, envelope_id=envelope.id, actor="staff")
     session.commit()
     _act_all(session, runtime, envelope)
-    events = [d.payload["event"] for d in reversed(list_deliveries(session=session))]
+    events = [d.payload["event"] for d in reversed(list_deliveries(session=session, target="test"))]
     assert events == ["party.requested"] * 3 + ["party.notified", "envelope.completed"]
 
     other = make_envelope()

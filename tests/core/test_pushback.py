@@ -24,6 +24,7 @@ from core.guarantees import GuaranteeInput, add_guarantee
 from core.model import Delivery
 from core.outbox import list_deliveries
 from core.pushback import JST, PushbackObserver, Subscription, assemble_content, delivery_key
+from core.signing_tasks import SIGNING_TARGET
 from core.states import DeliveryState, EnvelopeState, PartyRole
 from tests.fixtures.pdfs import make_pdf
 
@@ -77,7 +78,17 @@ def test_completion_enqueues_one_delivery_per_subscribed_sink(
         values={},
         auth_method="email+access_code",
     )
-    rows = sorted(list_deliveries(session=session), key=lambda d: d.target)
+    # the signature and the seal were applied inline: their signing tasks are done
+    signing = [d for d in list_deliveries(session=session) if d.target == SIGNING_TARGET]
+    assert sorted(d.idempotency_key for d in signing) == [
+        f"seal:{envelope_id}",
+        f"signing:{party.id}",
+    ]
+    assert all(d.state is DeliveryState.DELIVERED for d in signing)
+    rows = sorted(
+        (d for d in list_deliveries(session=session) if d.target != SIGNING_TARGET),
+        key=lambda d: d.target,
+    )
     assert [(d.target, d.idempotency_key) for d in rows] == [
         ("documents", f"documents:{envelope_id}:completed"),
         ("finance", f"finance:{envelope_id}:completed"),
@@ -88,7 +99,12 @@ def test_completion_enqueues_one_delivery_per_subscribed_sink(
     assert envelope is not None
     runtime.notify(session, envelope, "envelope.completed")
     session.commit()
-    assert session.scalar(select(func.count()).select_from(Delivery)) == 2
+    assert (
+        session.scalar(
+            select(func.count()).select_from(Delivery).where(Delivery.target != SIGNING_TARGET)
+        )
+        == 2
+    )
 
     add_guarantee(
         session=session,

@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.orm import sessionmaker
 
-from core.backup import backup, list_backups, restore
+from core.backup import backup, list_backups, plan_restore, restore
+from core.blobs import BlobStore
 from core.errors import BackupError
 from core.model import Base
-from core.storage import create_database_engine, migrate
+from core.storage import create_database_engine, known_revisions, migrate, schema_revisions
+from tests.fixtures.pushback import make_completed_envelopes
 
 KEIYAKU = [sys.executable, "-m", "gateway.cli"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,7 +94,13 @@ def test_backup_destroy_restore_verifies_every_document(tmp_path: Path) -> None:
     assert envelopes >= 1 and total >= 2 and ok == total
     assert "audit chain ok" in restored.stdout and "database ok" in restored.stdout
 
-    # restoring over a live database needs --force
+    # restoring over a live database needs --force; a dry run says so and changes nothing
+    before = database.read_bytes()
+    dry = _run("--config", str(config), "restore", str(home / "backups"), "--dry-run", check=False)
+    assert dry.returncode == 2 and "would: refuse without --force" in dry.stdout
+    assert f"target: {envelopes} envelopes now" in dry.stdout
+    assert "documents decrypted with this site's key: " in dry.stdout
+    assert database.read_bytes() == before
     refused = _run("--config", str(config), "restore", str(home / "backups"), check=False)
     assert refused.returncode == 2 and "--force" in refused.stderr
     # a damaged backup file is refused before anything is touched
@@ -141,13 +150,20 @@ def test_postgresql_backup_and_restore_with_pg_dump(postgres_url: str, tmp_path:
                 )
             )
         result = backup(
-            database_url=postgres_url, blob_root=tmp_path / "blobs", directory=tmp_path / "bk"
+            database_url=postgres_url,
+            blob_root=tmp_path / "blobs",
+            directory=tmp_path / "bk",
+            schema_revisions=schema_revisions(engine),
         )
         assert result.database_file.suffix == ".pgdump"
         with engine.begin() as conn:
             conn.execute(text("DELETE FROM contractors"))
         restore(
-            backup_file=result.database_file, database_url=postgres_url, blob_root=tmp_path / "b"
+            backup_file=result.database_file,
+            database_url=postgres_url,
+            blob_root=tmp_path / "b",
+            master_key=KEY_A,
+            known_revisions=known_revisions(engine),
         )
         with engine.connect() as conn:
             names = conn.execute(text("SELECT name FROM contractors")).scalars().all()
@@ -157,10 +173,111 @@ def test_postgresql_backup_and_restore_with_pg_dump(postgres_url: str, tmp_path:
                 backup_file=result.database_file.with_suffix(".sqlite3"),
                 database_url=postgres_url,
                 blob_root=tmp_path / "b",
+                master_key=KEY_A,
+                known_revisions=known_revisions(engine),
             )
         assert info.value.code == "backup.not_found"
     finally:
         with engine.begin() as conn:
             tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
             conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
+        engine.dispose()
+
+
+KEY_A, KEY_B = b"a" * 32, b"b" * 32
+
+
+@pytest.mark.postgres
+def test_a_restore_into_the_wrong_site_leaves_it_untouched(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A backup of another site (its documents under another master key) is refused before
+    pg_restore runs, even with --force; this site's own backup over its live data needs --force;
+    a backup of a schema this version does not know is refused too."""
+    if shutil.which("pg_dump") is None or shutil.which("pg_restore") is None:
+        pytest.skip("pg_dump/pg_restore not installed")
+    engine = create_database_engine(postgres_url)
+    migrate(engine)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def truncate() -> None:
+        with engine.begin() as conn:
+            tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
+
+    def envelopes() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM envelopes")).scalar_one())
+
+    try:
+        truncate()
+        with sessions() as session:  # the other site: two envelopes under key A
+            make_completed_envelopes(session, BlobStore(tmp_path / "a", KEY_A), 2, prefix="KG-A")
+        other = backup(
+            database_url=postgres_url,
+            blob_root=tmp_path / "a",
+            directory=tmp_path / "bk-a",
+            schema_revisions=schema_revisions(engine),
+        )
+        truncate()
+        with sessions() as session:  # this site: three envelopes under key B
+            make_completed_envelopes(session, BlobStore(tmp_path / "b", KEY_B), 3, prefix="KG-B")
+        known = known_revisions(engine)
+        for force in (False, True):
+            with pytest.raises(BackupError) as info:
+                restore(
+                    backup_file=other.database_file,
+                    database_url=postgres_url,
+                    blob_root=tmp_path / "b",
+                    master_key=KEY_B,
+                    known_revisions=known,
+                    force=force,
+                )
+            assert info.value.code == "backup.refused"
+            assert "master key" in info.value.message_en
+            assert envelopes() == 3  # untouched
+        plan = plan_restore(
+            backup_file=other.database_file,
+            database_url=postgres_url,
+            master_key=KEY_B,
+            known_revisions=known,
+        )
+        assert plan.problems and plan.target_envelopes == 3 and plan.keys_checked == 0
+
+        # A schema from a newer version is refused too.
+        manifest = other.database_file.with_suffix(".json")
+        data = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({**data, "schema_revisions": ["9999"]}))
+        with pytest.raises(BackupError, match="newer than this version knows"):
+            restore(
+                backup_file=other.database_file,
+                database_url=postgres_url,
+                blob_root=tmp_path / "a2",
+                master_key=KEY_A,
+                known_revisions=known,
+                force=True,
+            )
+        manifest.write_text(json.dumps(data))
+
+        # With the right key: refused over live data without force, done with it.
+        with pytest.raises(BackupError) as info:
+            restore(
+                backup_file=other.database_file,
+                database_url=postgres_url,
+                blob_root=tmp_path / "a2",
+                master_key=KEY_A,
+                known_revisions=known,
+            )
+        assert info.value.code == "backup.target_not_empty" and envelopes() == 3
+        restore(
+            backup_file=other.database_file,
+            database_url=postgres_url,
+            blob_root=tmp_path / "a2",
+            master_key=KEY_A,
+            known_revisions=known,
+            force=True,
+        )
+        assert envelopes() == 2
+    finally:
+        truncate()
         engine.dispose()

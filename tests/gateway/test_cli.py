@@ -127,6 +127,20 @@ def test_verify_accepts_the_demo_and_rejects_a_flipped_byte(
     assert pdfsig.stdout.count("Digest Mismatch.") == 2, pdfsig.stdout
     assert "Signature is Valid." not in pdfsig.stdout
 
+    # Bytes appended after the final document timestamp: every signature still holds, but the
+    # file is not what was signed (pdfsig: "Not total document signed").
+    appended = tmp_path / "appended.pdf"
+    appended.write_bytes(signed[0].read_bytes() + b"\n% appended later\n")
+    extra = _run("--config", str(config), "verify", "--json", str(appended), check=False)
+    assert extra.returncode == 1
+    verdict = json.loads(extra.stdout)
+    assert verdict["ok"] is False and verdict["unsigned_bytes"] == len(b"\n% appended later\n")
+    assert all(s["ok"] for s in verdict["signatures"])
+    text = _run("--config", str(config), "verify", str(appended), check=False).stdout
+    assert "bytes after the last signed revision" in text
+    pdfsig = subprocess.run(["pdfsig", str(appended)], capture_output=True, text=True)
+    assert "Not total document signed" in pdfsig.stdout
+
 
 def _era_date(text: str) -> dt.date:
     """An independent reading of 令和N年M月D日 (full-width digits allowed)."""

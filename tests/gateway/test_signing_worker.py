@@ -1,0 +1,212 @@
+"""The signing worker through the surfaces people use: a TSA outage while signers click
+「署名手続きを完了する」 on the signing pages. Their click returns at once, the done page says
+署名処理中 and refreshes itself, /metrics and /healthz tell operators, and once the TSA answers
+again every committed approval ends signed and the envelope sealed, without anyone acting."""
+
+from __future__ import annotations
+
+import mailbox
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from core.signing import verify_pdf
+from gateway.app import build_mail_handler, create_app
+from gateway.mailer import MailDispatcher
+from gateway.runtime import Gateway, open_gateway
+from gateway.server import serve_in_thread
+from gateway.settings import load_settings
+from tests.fixtures.gateway import SECRETS, envelope_request, new_token
+from tests.fixtures.pki import P12_PASSPHRASE, LivePki
+
+LINK = re.compile(r"https?://\S+/sign/\S+")
+
+
+@dataclass
+class Site:
+    gateway: Gateway
+    url: str
+    maildir: Path
+    pki: LivePki
+
+    def mail_to(self, address: str) -> str:
+        """The signing link of the newest request mail to ``address`` (sends queued mail)."""
+        MailDispatcher(self.gateway.sessions, build_mail_handler(self.gateway), 1).run_once()
+        box = mailbox.Maildir(str(self.maildir), create=False)
+        try:
+            bodies = [
+                m.get_payload(decode=True).decode()  # type: ignore[union-attr]
+                for m in box
+                if address in str(m["To"]) and not m.is_multipart()
+            ]
+        finally:
+            box.close()
+        links = [link for body in bodies for link in LINK.findall(body)]
+        assert links, f"no signing link mailed to {address}"
+        return links[-1]
+
+
+@pytest.fixture
+def site(tmp_path: Path, db_engine: Engine, test_pki: LivePki) -> Iterator[Site]:
+    """A gateway signing with the test PKI's key and its flaky TSA (certomancer), served on
+    loopback with the signing worker running (looking every 0.2 s, alerting after 1 s)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"""
+environment: development
+buyer:
+  name: "開発市"
+database:
+  url: "{db_engine.url.render_as_string(hide_password=False)}"
+blobs:
+  path: blobs
+  master_key: ${{TEST_MASTER_KEY}}
+signing:
+  key:
+    kind: pkcs12
+    path: {test_pki.signer_p12()}
+    passphrase: ${{TEST_P12}}
+  trust_roots: [{test_pki.pem_path("root")}]
+  tsa:
+    urls: [{test_pki.flaky_tsa_url}]
+    timeout_seconds: 2
+    attempts: 1
+  worker:
+    interval_seconds: 0.2
+    lease_seconds: 30
+    alert_after_seconds: 1
+mail:
+  maildir: mail
+  sender: keiyaku@city.example.jp
+server:
+  public_url: "http://testserver"
+  session_key: ${{TEST_SESSION_KEY}}
+""",
+        encoding="utf-8",
+    )
+    settings = load_settings(config, environ={**SECRETS, "TEST_P12": P12_PASSPHRASE.decode()})
+    gateway = open_gateway(settings)
+    try:
+        with serve_in_thread(create_app(gateway, run_mailer=False)) as url:
+            yield Site(gateway, url, tmp_path / "mail", test_pki)
+    finally:
+        test_pki.flaky.fail_next(0)
+        gateway.close()
+
+
+def _sign_in(site: Site, link: str, code: str) -> httpx.Client:
+    client = httpx.Client(base_url=site.url, timeout=60, follow_redirects=False)
+    path = link.split("testserver", 1)[1]
+    page = client.get(path)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert csrf is not None, page.text
+    answer = client.post(path, data={"access_code": code, "csrf_token": csrf.group(1)})
+    assert answer.status_code == 303, answer.text
+    return client
+
+
+def _complete(client: httpx.Client, link: str) -> tuple[httpx.Response, float]:
+    path = link.split("testserver", 1)[1]
+    documents = client.get(f"{path}/documents")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', documents.text)
+    assert csrf is not None
+    fields = re.findall(r'name="(field_[0-9a-f]+)"', documents.text)
+    form = {"csrf_token": csrf.group(1), **dict.fromkeys(fields, "令和8年12月7日")}
+    started = time.monotonic()
+    answer = client.post(f"{path}/complete", data=form)
+    return answer, time.monotonic() - started
+
+
+def _done_heading(client: httpx.Client, link: str) -> str:
+    page = client.get(link.split("testserver", 1)[1] + "/done")
+    assert page.status_code == 200, page.text
+    heading = re.search(r'<h1 id="status">([^<]+)</h1>', page.text)
+    assert heading is not None, page.text
+    if heading.group(1) == "署名処理中":
+        assert '<meta http-equiv="refresh"' in page.text  # the page refreshes itself
+    return heading.group(1)
+
+
+def _wait_for(predicate: object, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_a_tsa_outage_never_strands_an_approval(site: Site) -> None:
+    token = new_token(site.gateway, "e-bid")
+    api = httpx.Client(base_url=site.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    created = api.post("/api/v1/envelopes", json=envelope_request(send=True))
+    assert created.status_code == 201, created.text
+    envelope_id = created.json()["id"]
+
+    # The TSA fails (503) from now on; the approver's click still returns at once.
+    site.pki.flaky.fail_next(1_000_000)
+    link = site.mail_to("kacho@city.example.jp")
+    approver = _sign_in(site, link, "1111")
+    answer, seconds = _complete(approver, link)
+    assert answer.status_code == 303 and answer.headers["location"].endswith("/done")
+    assert seconds < 2.0  # no TSA round trip (nor its 2 s timeout) inside the click
+    assert _done_heading(approver, link) == "署名処理中"
+
+    # Operators see it: the envelope keeps the error, /metrics counts it, /healthz degrades.
+    def deferred() -> bool:
+        body = api.get(f"/api/v1/envelopes/{envelope_id}").json()
+        return body["parties"][0]["state"] == "signing" and bool(body.get("last_error"))
+
+    _wait_for(deferred, 20)
+    metrics = httpx.get(f"{site.url}/metrics").text
+    waiting = re.search(r'keiyaku_signing_waiting\{age="lt_1m"\} (\d+)', metrics)
+    assert waiting is not None and int(waiting.group(1)) == 1
+    time.sleep(1.2)  # past signing.worker.alert_after_seconds
+    health = httpx.get(f"{site.url}/healthz").json()
+    assert health["status"] == "degraded"
+    assert health["checks"]["signing"]["status"] == "down"
+    assert health["checks"]["tsa"]["status"] == "down"  # a real timestamp request failed
+
+    # The TSA answers again: the worker signs without anyone acting; the page says 完了.
+    site.pki.flaky.fail_next(0)
+    _wait_for(lambda: _done_heading(approver, link) == "署名手続きが完了しました", 90)
+    health = httpx.get(f"{site.url}/healthz").json()
+    assert health["checks"]["signing"]["status"] == "ok"
+
+    # The contractor and the official sign while the TSA fails again, then it recovers:
+    # every approval ends signed and the envelope sealed.
+    for address, code in (("ichiro@takahashi.example.co.jp", "2468"),):
+        site.pki.flaky.fail_next(1_000_000)
+        link = site.mail_to(address)
+        client = _sign_in(site, link, code)
+        answer, seconds = _complete(client, link)
+        assert answer.status_code == 303 and seconds < 2.0
+        site.pki.flaky.fail_next(0)
+        _wait_for(lambda c=client, lk=link: _done_heading(c, lk) == "署名手続きが完了しました", 90)
+    link = site.mail_to("shicho@city.example.jp")
+    official = _sign_in(site, link, "3333")
+    site.pki.flaky.fail_next(1_000_000)
+    answer, _seconds = _complete(official, link)
+    assert answer.status_code == 303
+    time.sleep(1.0)
+    assert api.get(f"/api/v1/envelopes/{envelope_id}").json()["state"] == "sent"
+    site.pki.flaky.fail_next(0)
+    _wait_for(
+        lambda: api.get(f"/api/v1/envelopes/{envelope_id}").json()["state"] == "completed", 90
+    )
+    body = api.get(f"/api/v1/envelopes/{envelope_id}").json()
+    assert all(p["state"] == "completed" for p in body["parties"])
+    for position in range(len(body["documents"])):
+        pdf = api.get(f"/api/v1/envelopes/{envelope_id}/documents/{position}")
+        assert pdf.status_code == 200
+        report = verify_pdf(pdf.content, trust_roots=[site.pki.root])
+        assert report.ok, report.as_dict()
+        assert sum(1 for s in report.signatures if s.kind == "approval") == 3
+    metrics = httpx.get(f"{site.url}/metrics").text
+    assert "keiyaku_signing_oldest_waiting_seconds 0.0" in metrics
+    for opened in (api, approver, client, official):
+        opened.close()
