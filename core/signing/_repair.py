@@ -1,0 +1,82 @@
+"""The tolerant second reading of an upload: qpdf (through pikepdf) rebuilds what pyHanko's strict
+reader refuses but real viewers read (a ``0000000000 65536 f`` xref entry, orphaned generations,
+hybrid-reference files, damaged xref tables, direct page objects in the page tree).
+
+The rebuilt file is written once, before any signature exists, so that every later revision is a
+plain increment of it; the upload itself stays in the record as revision 1. Stream data is copied
+as it is (never decoded): a Flate bomb costs no more to rebuild than its compressed size.
+"""
+
+from __future__ import annotations
+
+import logging
+from io import BytesIO
+
+import pikepdf
+
+from core.errors import DocumentError
+
+__all__ = ["rebuild"]
+
+log = logging.getLogger(__name__)
+
+DAMAGED_EN = "The PDF is damaged and cannot be read."
+DAMAGED_JA = "PDFファイルが破損しているため読み込めません。元のファイルを確認してください。"
+ENCRYPTED_EN = (
+    "The PDF is encrypted or password-protected; remove the protection and upload it again."
+)
+ENCRYPTED_JA = "PDFが暗号化（パスワード保護）されています。保護を解除してから再度登録してください。"
+
+
+def damaged(reason: str) -> DocumentError:
+    """``document.damaged`` with the library's reason (shortened) in the details."""
+    return DocumentError(
+        "document.damaged", DAMAGED_EN, DAMAGED_JA, details={"reason": reason[:200]}
+    )
+
+
+def encrypted() -> DocumentError:
+    """``document.encrypted``: opening the file needs a password."""
+    return DocumentError("document.encrypted", ENCRYPTED_EN, ENCRYPTED_JA)
+
+
+def restricted() -> DocumentError:
+    """``document.restricted``: opens without a password but carries owner restrictions."""
+    return DocumentError(
+        "document.restricted",
+        "The PDF is protected with permission restrictions (an owner password). Signing "
+        "would have to change a document its author restricted; upload a copy saved without "
+        "the protection.",
+        "PDFに権限パスワード（編集・変更の制限）が設定されています。制限された文書に署名を"
+        "追加することはできません。保護を解除して保存したPDFを登録してください。",
+    )
+
+
+def rebuild(data: bytes) -> bytes:
+    """``data`` read by qpdf (which repairs what it can) and written out again, unencrypted
+    files only; raises ``document.encrypted``, ``document.restricted`` or ``document.damaged``."""
+    try:
+        with pikepdf.open(BytesIO(data)) as pdf:
+            if pdf.is_encrypted:
+                raise restricted()
+            # walking the page tree makes qpdf repair it (direct page objects become indirect,
+            # loops and wrong /Type entries are reported)
+            if len(pdf.pages) == 0:
+                raise DocumentError(
+                    "document.empty", "The PDF has no pages.", "PDFにページがありません。"
+                )
+            out = BytesIO()
+            pdf.save(
+                out,
+                stream_decode_level=pikepdf.StreamDecodeLevel.none,
+                object_stream_mode=pikepdf.ObjectStreamMode.preserve,
+                fix_metadata_version=False,
+            )
+    except DocumentError:
+        raise
+    except pikepdf.PasswordError as exc:
+        raise encrypted() from exc
+    except Exception as exc:  # qpdf's own failures and anything it raises on a hostile file
+        raise damaged(f"{type(exc).__name__}: {exc}") from exc
+    log.info("rebuilt an upload with qpdf (%d -> %d bytes)", len(data), len(out.getvalue()))
+    return out.getvalue()
