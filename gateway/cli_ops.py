@@ -76,8 +76,12 @@ def restore_command(obj: Any, backup: Path, force: bool, as_json: bool) -> None:
         gateway = open_gateway(settings)
     except GatewayError as exc:
         _fail(exc)
+
+    def progress(index: int, total: int, name: str, result: str) -> None:
+        click.echo(f"  checked {index}/{total}: {name}: {result}", err=True)
+
     try:
-        check = check_restored(gateway)
+        check = check_restored(gateway, progress=progress)
     finally:
         gateway.close()
     if as_json:

@@ -147,6 +147,16 @@ def _checked(data: bytes, *, rebuilt: bool) -> LoadedDocument:
         perms = _get(reader.root, "/Perms")
         certified = isinstance(perms, generic.DictionaryObject) and "/DocMDP" in perms
         _fields_of(reader.root)
+        metadata = _get(reader.root, "/Metadata")
+        if isinstance(metadata, generic.StreamObject) and not (
+            int(_get(metadata, "/Length", 0)) <= 4 * 1024 * 1024  # type: ignore[call-overload]
+            and _repair.xmp_readable(metadata.data)
+        ):
+            raise _NeedsRebuild("the XMP packet is not UTF-8")
+        if not rebuilt:
+            repairs = _repair.qpdf_repairs(data)
+            if repairs:
+                raise _NeedsRebuild("; ".join(repairs)[:300])
     except (DocumentError, _NeedsRebuild):
         raise
     except Exception as exc:  # the library's failure on this file, whatever its class

@@ -10,13 +10,14 @@ as it is (never decoded): a Flate bomb costs no more to rebuild than its compres
 from __future__ import annotations
 
 import logging
+import re
 from io import BytesIO
 
 import pikepdf
 
 from core.errors import DocumentError
 
-__all__ = ["rebuild"]
+__all__ = ["qpdf_repairs", "rebuild"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,58 @@ def restricted() -> DocumentError:
     )
 
 
+# a classic xref entry and what follows it: the specification wants exactly two end-of-line bytes
+_XREF_ENTRY = re.compile(rb"(?<![0-9])[0-9]{10} [0-9]{5} [fn]([ \r\n]*)")
+
+
+def qpdf_repairs(data: bytes) -> list[str]:
+    """What qpdf had to repair to read ``data`` (empty for a sound file): its warnings while
+    reading every object (streams are not decoded), and classic xref entries not 20 bytes long
+    (pyHanko and qpdf read them, MuPDF calls them broken). Such a file is rebuilt before the
+    first signature, or every signed copy would carry the damage."""
+    problems = [
+        f"xref entry followed by {sep!r}"
+        for sep in (m.group(1) for m in _XREF_ENTRY.finditer(data))
+        if sep not in (b" \r", b" \n", b"\r\n")
+    ][:1]
+    try:
+        with pikepdf.open(BytesIO(data)) as pdf:
+            for _obj in pdf.objects:
+                pass
+            problems.extend(str(w) for w in pdf.get_warnings()[:5])
+    except Exception as exc:  # the strict reader read it; let the rebuild report the damage
+        problems.append(f"{type(exc).__name__}: {exc}")
+    return problems
+
+
+_MAX_XMP = 4 * 1024 * 1024
+
+
+def xmp_readable(stream: bytes) -> bool:
+    """Whether an XMP packet is what pyHanko can update on every later write (UTF-8 XML)."""
+    try:
+        stream.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _drop_unreadable_xmp(pdf: pikepdf.Pdf) -> None:
+    """Remove a document XMP packet that is not UTF-8 (or is huge): every signature rewrites
+    the packet, and the document information dictionary keeps title, author and dates."""
+    metadata = pdf.Root.get("/Metadata")
+    if not isinstance(metadata, pikepdf.Stream):
+        return
+    try:
+        length = int(metadata.get("/Length", 0))
+        readable = length <= _MAX_XMP and xmp_readable(metadata.read_bytes())
+    except Exception:  # an undecodable packet is as unreadable as a non-UTF-8 one
+        readable = False
+    if not readable:
+        log.info("dropping an XMP packet that is not UTF-8")
+        del pdf.Root["/Metadata"]
+
+
 def rebuild(data: bytes) -> bytes:
     """``data`` read by qpdf (which repairs what it can) and written out again, unencrypted
     files only; raises ``document.encrypted``, ``document.restricted`` or ``document.damaged``."""
@@ -65,6 +118,7 @@ def rebuild(data: bytes) -> bytes:
                 raise DocumentError(
                     "document.empty", "The PDF has no pages.", "PDFにページがありません。"
                 )
+            _drop_unreadable_xmp(pdf)
             out = BytesIO()
             pdf.save(
                 out,

@@ -109,6 +109,8 @@ class VerificationReport:
     signatures: tuple[SignatureReport, ...] = ()
     error: str | None = None
     problems: tuple[str, ...] = field(default=())
+    #: True when the check stopped at its time or memory budget (see ``BoundedVerifier``)
+    unfinished: bool = False
 
     @property
     def ok(self) -> bool:
@@ -119,6 +121,7 @@ class VerificationReport:
         """JSON-ready form."""
         return {
             "ok": self.ok,
+            "unfinished": self.unfinished,
             "error": self.error,
             "signatures": [s.as_dict() for s in self.signatures],
         }
