@@ -13,7 +13,7 @@ import logging
 import multiprocessing
 import resource
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import Any
@@ -51,7 +51,32 @@ def _serve(conn: Connection, roots_der: list[bytes], memory_bytes: int) -> None:
             report = verify_pdf(data, trust_roots=roots, moment=moment)
         except MemoryError:
             report = _unfinished("its memory budget was exhausted")
-        conn.send(report)
+        conn.send(_plain(report))
+
+
+def _plain(report: VerificationReport) -> VerificationReport:
+    """``report`` with plain ``str`` values only: pyHanko's string subclasses carry references
+    into the document that cannot cross the process boundary."""
+
+    def text(value: str | None) -> str | None:
+        return None if value is None else str.__str__(value)
+
+    return replace(
+        report,
+        error=text(report.error),
+        problems=tuple(str.__str__(p) for p in report.problems),
+        signatures=tuple(
+            replace(
+                sig,
+                field_name=str.__str__(sig.field_name),
+                signer=text(sig.signer),
+                reason=text(sig.reason),
+                modification_level=text(sig.modification_level),
+                problems=tuple(str.__str__(p) for p in sig.problems),
+            )
+            for sig in report.signatures
+        ),
+    )
 
 
 def _unfinished(why: str) -> VerificationReport:

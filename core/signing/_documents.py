@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.generic import pdf_name
@@ -149,7 +150,7 @@ def _checked(data: bytes, *, rebuilt: bool) -> LoadedDocument:
         _fields_of(reader.root)
         metadata = _get(reader.root, "/Metadata")
         if isinstance(metadata, generic.StreamObject) and not (
-            int(_get(metadata, "/Length", 0)) <= 4 * 1024 * 1024  # type: ignore[call-overload]
+            int(_get(metadata, "/Length", 0)) <= 4 * 1024 * 1024
             and _repair.xmp_readable(metadata.data)
         ):
             raise _NeedsRebuild("the XMP packet is not UTF-8")
@@ -187,6 +188,10 @@ def _check_page(page: generic.DictionaryObject) -> None:
     annots = _get(page, "/Annots")
     if annots is not None and not isinstance(annots, generic.ArrayObject | generic.NullObject):
         raise _NeedsRebuild("page /Annots is not an array")
+    if isinstance(annots, generic.ArrayObject) and any(
+        isinstance(annots.raw_get(i), generic.DictionaryObject) for i in range(len(annots))
+    ):
+        raise _NeedsRebuild("direct annotation dictionaries in a page's /Annots")
 
 
 def _fields_of(root: generic.DictionaryObject) -> list[generic.PdfObject]:
@@ -249,13 +254,11 @@ def _resolve(value: generic.PdfObject | None) -> generic.PdfObject | None:
     return value.get_object() if isinstance(value, generic.IndirectObject) else value
 
 
-def _get(
-    dictionary: generic.DictionaryObject, key: str, default: object = None
-) -> generic.PdfObject | None:
+def _get(dictionary: generic.DictionaryObject, key: str, default: Any = None) -> Any:
     """``dictionary[key]`` resolved when it is an indirect reference (pyHanko's ``get`` does not
     resolve; the PDF specification allows a reference almost anywhere)."""
     if key not in dictionary:
-        return default  # type: ignore[return-value]
+        return default
     return _resolve(dictionary.raw_get(key))
 
 

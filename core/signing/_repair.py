@@ -105,6 +105,19 @@ def _drop_unreadable_xmp(pdf: pikepdf.Pdf) -> None:
         del pdf.Root["/Metadata"]
 
 
+def _indirect_annotations(pdf: pikepdf.Pdf) -> None:
+    """Make direct annotation dictionaries in /Annots indirect objects (FPDF writes them
+    direct): pyHanko's check of later revisions treats a changed /Annots array that holds
+    direct objects as a suspicious modification, so every signature after the first fails."""
+    for page in pdf.pages:
+        annots = page.obj.get("/Annots")
+        if not isinstance(annots, pikepdf.Array):
+            continue
+        for index, annot in enumerate(list(annots)):
+            if isinstance(annot, pikepdf.Dictionary) and not annot.is_indirect:
+                annots[index] = pdf.make_indirect(annot)
+
+
 def rebuild(data: bytes) -> bytes:
     """``data`` read by qpdf (which repairs what it can) and written out again, unencrypted
     files only; raises ``document.encrypted``, ``document.restricted`` or ``document.damaged``."""
@@ -119,6 +132,7 @@ def rebuild(data: bytes) -> bytes:
                     "document.empty", "The PDF has no pages.", "PDFにページがありません。"
                 )
             _drop_unreadable_xmp(pdf)
+            _indirect_annotations(pdf)
             out = BytesIO()
             pdf.save(
                 out,

@@ -78,6 +78,7 @@ def _page_image(data: bytes, tmp_path: Path) -> Image.Image:
     subprocess.run(
         [
             "pdftoppm",
+            "-cropbox",
             "-r",
             "72",
             "-f",
