@@ -193,24 +193,41 @@ class _ValidationTime(click.ParamType["datetime", Any]):
     help="Validate as of this time (e.g. years ahead, after certificates lapsed): "
     "YYYY-MM-DD (midnight JST) or a date-time with its zone, e.g. 2036-04-01T09:00+09:00.",
 )
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=1),
+    default=300,
+    show_default=True,
+    help="Seconds the check may take before it stops with 'could not finish' (exit 3).",
+)
+@click.option(
+    "--memory-limit",
+    type=click.IntRange(min=256),
+    default=2048,
+    show_default=True,
+    help="Megabytes of memory the check may use before it stops with 'could not finish'.",
+)
 @click.pass_obj
-def verify(obj: _Context, file: Path, as_json: bool, moment: Any) -> None:
-    """Check every signature of FILE from its embedded data; exit 0 only if all hold."""
-    from core.signing import verify_pdf
+def verify(
+    obj: _Context, file: Path, as_json: bool, moment: Any, time_limit: float, memory_limit: int
+) -> None:
+    """Check every signature of FILE from its embedded data; exit 0 only if all hold, 3 when
+    the check could not finish within its time or memory budget."""
+    from core.signing import BoundedVerifier, VerifyBudget
     from gateway.runtime import load_trust_roots
 
     settings = obj.settings()
+    budget = VerifyBudget(seconds=time_limit, memory_bytes=memory_limit * 1024 * 1024)
     try:
-        report = verify_pdf(
-            file.read_bytes(), trust_roots=load_trust_roots(settings), moment=moment
-        )
+        with BoundedVerifier(trust_roots=load_trust_roots(settings), budget=budget) as verifier:
+            report = verifier.verify(file.read_bytes(), moment=moment)
     except GatewayError as exc:
         _fail(exc)
     if as_json:
         click.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
     else:
         click.echo(_report_text(file, report))
-    sys.exit(0 if report.ok else 1)
+    sys.exit(0 if report.ok else 3 if report.unfinished else 1)
 
 
 def _report_text(file: Path, report: Any) -> str:

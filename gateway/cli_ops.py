@@ -97,8 +97,12 @@ def restore_command(obj: Any, backup: Path, force: bool, dry_run: bool, as_json:
         gateway = open_gateway(settings)
     except GatewayError as exc:
         _fail(exc)
+
+    def progress(index: int, total: int, name: str, result: str) -> None:
+        click.echo(f"  checked {index}/{total}: {name}: {result}", err=True)
+
     try:
-        check = check_restored(gateway)
+        check = check_restored(gateway, progress=progress)
     finally:
         gateway.close()
     if as_json:

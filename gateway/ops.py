@@ -4,6 +4,7 @@ gateway."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -16,7 +17,7 @@ from core.backup import BackupResult, backup, delete_purged_copies
 from core.envelopes import read_document
 from core.model import Document, Envelope
 from core.retention import PurgeReport, RetentionPolicy, purged_blob_ids
-from core.signing import verify_pdf
+from core.signing import BoundedVerifier, VerifyBudget
 from core.states import EnvelopeState
 from core.storage import make_session_factory, schema_is_current, schema_revisions
 from gateway.runtime import Gateway, load_trust_roots
@@ -151,12 +152,21 @@ class RestoreCheck:
         }
 
 
-def check_restored(gateway: Gateway) -> RestoreCheck:
-    """Verify every completed document (``verify_pdf``; those deleted at the end of their
-    retention are counted apart) and the database after a restore."""
+def check_restored(
+    gateway: Gateway,
+    *,
+    progress: Callable[[int, int, str, str], None] | None = None,
+    budget: VerifyBudget | None = None,
+) -> RestoreCheck:
+    """Verify every completed document (in a child process, each within ``budget``; those
+    deleted at the end of their retention are counted apart) and the database after a restore.
+    ``progress(index, total, document name, result)`` is called after each document."""
     check = RestoreCheck()
     roots = load_trust_roots(gateway.settings)
-    with gateway.sessions() as session:
+    with (
+        gateway.sessions() as session,
+        BoundedVerifier(trust_roots=roots, budget=budget) as verifier,
+    ):
         if gateway.engine.dialect.name == "sqlite":
             result = session.execute(text("PRAGMA integrity_check")).scalar()
             check.database_ok = result == "ok"
@@ -181,16 +191,25 @@ def check_restored(gateway: Gateway) -> RestoreCheck:
             .options(selectinload(Document.revisions), selectinload(Document.envelope))
             .order_by(Document.id)
         ).all()
-        for document in documents:
+        for index, document in enumerate(documents, start=1):
             check.documents += 1
             try:
                 data = read_document(runtime=gateway.runtime, document=document)
             except Exception as exc:  # a missing or damaged blob is a failure to report
                 check.failures.append(f"{document.id} {document.name}: {exc}")
+                if progress is not None:
+                    progress(index, len(documents), document.name, "unreadable")
                 continue
-            report = verify_pdf(data, trust_roots=roots)
+            report = verifier.verify(data)
             if report.ok:
                 check.documents_ok += 1
+                result = "ok"
+            elif report.unfinished:
+                check.failures.append(f"{document.id} {document.name}: {report.error}")
+                result = "could not finish"
             else:
                 check.failures.append(f"{document.id} {document.name}: verification failed")
+                result = "FAILED"
+            if progress is not None:
+                progress(index, len(documents), document.name, result)
     return check

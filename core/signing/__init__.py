@@ -11,10 +11,14 @@ Public API (see ``notes/signing.md`` for the pyHanko facts behind it)::
         .renew_archival_timestamp(data)           DSS for the newest timestamp + a fresh one
         .timestamp_expiry(data)                   when the newest timestamp's chain expires
     verify_pdf(data, trust_roots=, moment=) -> VerificationReport
+    BoundedVerifier(trust_roots=, budget=).verify(data, moment=)
+                                                  the same in a child process, within a time and
+                                                  memory budget ("could not finish" when over)
 
 The engine is pure bytes-in/bytes-out: a failure leaves the caller's input untouched.
 """
 
+from ._bounded import BoundedVerifier, VerifyBudget
 from ._documents import FieldBox, PdfInfo
 from ._engine import RevocationData, SigningEngine, approval_reason, newest_timestamp_expiry
 from ._keys import SigningKey, load_pkcs11_signer, load_pkcs12_signer
@@ -22,6 +26,7 @@ from ._timestamps import TimestampService, probe_tsa
 from ._verify import SignatureReport, VerificationReport, verify_pdf
 
 __all__ = [
+    "BoundedVerifier",
     "FieldBox",
     "PdfInfo",
     "RevocationData",
@@ -30,6 +35,7 @@ __all__ = [
     "SigningKey",
     "TimestampService",
     "VerificationReport",
+    "VerifyBudget",
     "approval_reason",
     "load_pkcs11_signer",
     "load_pkcs12_signer",

@@ -8,31 +8,37 @@ Everything here is synchronous, pure CPU work on pyHanko's reader and writers; n
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.generic import pdf_name
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
-from pyhanko.pdf_utils.misc import PdfError
 from pyhanko.pdf_utils.reader import PdfFileReader
-from pyhanko.pdf_utils.writer import BasePdfFileWriter, copy_into_new_writer
+from pyhanko.pdf_utils.writer import BasePdfFileWriter
 from pyhanko.sign.fields import enumerate_sig_fields
 
 from core.errors import DocumentError, SigningError
 
+from . import _repair
 from ._cjkfont import CjkFont, ShapedText
 
 __all__ = [
     "FieldBox",
+    "LoadedDocument",
     "PdfInfo",
     "fill_text_fields",
     "inspect_document",
+    "load_document",
     "open_document",
     "prepare_document",
 ]
+
+log = logging.getLogger(__name__)
 
 _CERTIFICATE_ID = re.compile(r"[0-9a-f]{32}")
 _FIELD_NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}")
@@ -41,6 +47,18 @@ _ID_OFFSET_X = 12.0
 _ID_OFFSET_Y = 10.0
 _ID_FONT_SIZE = 7
 _ID_FONT = "/KgIdHelv"
+_ID_XOBJECT = "/KgIdStamp"
+_ID_PADDING = 1.5  # the opaque white backing around the ID text, points
+# Helvetica advance widths (1/1000 em) of the characters the ID line uses
+_HELVETICA_WIDTHS = {
+    **dict.fromkeys("0123456789abde", 556),
+    "c": 500,
+    "f": 278,
+    "I": 278,
+    "D": 722,
+    ":": 278,
+    " ": 278,
+}
 _FIELD_FONT = "/KgFieldFont"
 _READ_ONLY = 1  # /Ff bit 1
 _PRINT = 4  # annotation /F bit 3
@@ -67,48 +85,86 @@ def _refuse(code: str, message_en: str, message_ja: str, **details: object) -> D
     return DocumentError(code, message_en, message_ja, details=dict(details) or None)
 
 
+class _NeedsRebuild(Exception):
+    """The strict reading failed, or found a shape the writers should not touch as it is."""
+
+
+@dataclass(frozen=True)
+class LoadedDocument:
+    """An accepted upload as the engine signs it: ``data`` is the upload itself, or the file
+    qpdf rebuilt from it (``rebuilt``), and ``reader`` pyHanko's strict reader over ``data``."""
+
+    data: bytes
+    reader: PdfFileReader
+    pages: list[tuple[generic.DictionaryObject, generic.IndirectObject]]
+    rebuilt: bool
+
+
 def open_document(data: bytes) -> PdfFileReader:
-    """Parse ``data`` and refuse what the engine cannot sign; see :func:`inspect_document`."""
-    head = data[:1024]
-    if b"%PDF-" not in head:
+    """Parse ``data`` and refuse what the engine cannot sign; see :func:`load_document`."""
+    return load_document(data).reader
+
+
+def load_document(data: bytes) -> LoadedDocument:
+    """The one boundary around PDF parsing of an upload: the strict reader first, then qpdf's
+    rebuild for what real viewers read but the strict reader refuses. Every failure of the PDF
+    libraries becomes a coded ``document.*`` error; nothing else escapes."""
+    if b"%PDF-" not in data[:1024]:
         raise _refuse(
             "document.not_pdf",
             "The file is not a PDF document.",
             "PDFファイルではありません。PDF形式のファイルを指定してください。",
         )
     try:
-        reader = PdfFileReader(BytesIO(data), strict=True)
-        encrypted = reader.encrypted
-    except (PdfError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise _refuse(
-            "document.damaged",
-            "The PDF is damaged and cannot be read.",
-            "PDFファイルが破損しているため読み込めません。元のファイルを確認してください。",
-            reason=str(exc)[:200],
-        ) from exc
-    if encrypted:
-        raise _refuse(
-            "document.encrypted",
-            "The PDF is encrypted or password-protected; remove the protection and upload it again.",
-            "PDFが暗号化（パスワード保護）されています。保護を解除してから再度登録してください。",
-        )
+        return _checked(data, rebuilt=False)
+    except DocumentError:
+        raise
+    except _NeedsRebuild as exc:
+        log.info("strict reading refused an upload (%s); rebuilding it with qpdf", exc)
+    except RecursionError as exc:  # a hostile nesting depth is damage, not a crash
+        raise _repair.damaged("nesting too deep") from exc
+    data = _repair.rebuild(data)
     try:
-        page_count = _count_pages(reader)
+        return _checked(data, rebuilt=True)
+    except DocumentError:
+        raise
+    except (_NeedsRebuild, RecursionError) as exc:
+        raise _repair.damaged(str(exc.__cause__ or exc)) from exc
+
+
+def _checked(data: bytes, *, rebuilt: bool) -> LoadedDocument:
+    try:
+        reader = PdfFileReader(BytesIO(data), strict=True)
+        if reader.encrypted:
+            # qpdf tells the two kinds apart: a password to open it, or owner restrictions only
+            raise _NeedsRebuild("encrypted")
+        if reader.xrefs.hybrid_xrefs_present:
+            # pyHanko refuses to sign hybrid-xref files in strict mode (Word writes them)
+            raise _NeedsRebuild("hybrid-reference file")
+        pages = _iter_pages(reader)
+        for page, _ref in pages:
+            _check_page(page)
         signed = any(True for _ in enumerate_sig_fields(reader, filled_status=True))
-    except (PdfError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise _refuse(
-            "document.damaged",
-            "The PDF is damaged and cannot be read.",
-            "PDFファイルが破損しているため読み込めません。元のファイルを確認してください。",
-            reason=str(exc)[:200],
-        ) from exc
-    if page_count == 0:
-        raise _refuse(
-            "document.empty",
-            "The PDF has no pages.",
-            "PDFにページがありません。",
-        )
-    if signed:
+        perms = _get(reader.root, "/Perms")
+        certified = isinstance(perms, generic.DictionaryObject) and "/DocMDP" in perms
+        _fields_of(reader.root)
+        metadata = _get(reader.root, "/Metadata")
+        if isinstance(metadata, generic.StreamObject) and not (
+            int(_get(metadata, "/Length", 0)) <= 4 * 1024 * 1024
+            and _repair.xmp_readable(metadata.data)
+        ):
+            raise _NeedsRebuild("the XMP packet is not UTF-8")
+        if not rebuilt:
+            repairs = _repair.qpdf_repairs(data)
+            if repairs:
+                raise _NeedsRebuild("; ".join(repairs)[:300])
+    except (DocumentError, _NeedsRebuild):
+        raise
+    except Exception as exc:  # the library's failure on this file, whatever its class
+        raise _NeedsRebuild(f"{type(exc).__name__}: {exc}") from exc
+    if not pages:
+        raise _refuse("document.empty", "The PDF has no pages.", "PDFにページがありません。")
+    if signed or certified:
         # the certificate ID is stamped on page 1 before signing, which would invalidate an
         # existing signature: refuse instead of silently breaking it
         raise _refuse(
@@ -118,20 +174,42 @@ def open_document(data: bytes) -> PdfFileReader:
             "このPDFにはすでに電子署名が付いています。締結証明書IDの付記により既存の署名が無効になる"
             "ため受け付けられません。署名前の原本を登録してください。",
         )
-    return reader
+    return LoadedDocument(data=data, reader=reader, pages=pages, rebuilt=rebuilt)
+
+
+def _check_page(page: generic.DictionaryObject) -> None:
+    """Resolve what the stamp and the fields will use (catches damage before any writing)."""
+    _visible_box(page)
+    _rotation(page)
+    _content_refs(page)
+    resources = _inherited(page, "/Resources")
+    if resources is not None and not isinstance(resources, generic.DictionaryObject):
+        raise _NeedsRebuild("page /Resources is not a dictionary")
+    annots = _get(page, "/Annots")
+    if annots is not None and not isinstance(annots, generic.ArrayObject | generic.NullObject):
+        raise _NeedsRebuild("page /Annots is not an array")
+    if isinstance(annots, generic.ArrayObject) and any(
+        isinstance(annots.raw_get(i), generic.DictionaryObject) for i in range(len(annots))
+    ):
+        raise _NeedsRebuild("direct annotation dictionaries in a page's /Annots")
+
+
+def _fields_of(root: generic.DictionaryObject) -> list[generic.PdfObject]:
+    form = _get(root, "/AcroForm")
+    if form is None or isinstance(form, generic.NullObject):
+        return []
+    if not isinstance(form, generic.DictionaryObject):
+        raise _NeedsRebuild("/AcroForm is not a dictionary")
+    fields = _get(form, "/Fields")
+    if fields is None or isinstance(fields, generic.NullObject):
+        return []
+    if not isinstance(fields, generic.ArrayObject):
+        raise _NeedsRebuild("/AcroForm /Fields is not an array")
+    return list(fields)
 
 
 def _count_pages(reader: PdfFileReader) -> int:
-    """Walk the page tree, resolving every page and its content references (catches damage)."""
-    count = 0
-    for page, _ref in _iter_pages(reader):
-        contents = page.get("/Contents")
-        if isinstance(contents, generic.ArrayObject):
-            for item in contents:
-                if isinstance(item, generic.IndirectObject):
-                    item.get_object()
-        count += 1
-    return count
+    return len(_iter_pages(reader))
 
 
 def _iter_pages(
@@ -140,54 +218,134 @@ def _iter_pages(
     pages: list[tuple[generic.DictionaryObject, generic.IndirectObject]] = []
     seen: set[tuple[int, int]] = set()
 
-    def walk(node_ref: generic.IndirectObject) -> None:
+    def walk(node_ref: generic.PdfObject, depth: int) -> None:
+        if not isinstance(node_ref, generic.IndirectObject):
+            # a direct page-tree node cannot be updated on its own: qpdf makes it indirect
+            raise _NeedsRebuild("direct object in the page tree")
+        if depth > 64:
+            raise _NeedsRebuild("page tree too deep")
         key = (node_ref.idnum, node_ref.generation)
         if key in seen:
-            raise PdfError("circular page tree")
+            raise _NeedsRebuild("circular page tree or a page used twice")
         seen.add(key)
         node = node_ref.get_object()
         if not isinstance(node, generic.DictionaryObject):
-            raise PdfError("page tree node is not a dictionary")
-        if node.get("/Type") == "/Pages" or "/Kids" in node:
-            for kid in node["/Kids"]:
-                walk(kid)
+            raise _NeedsRebuild("page tree node is not a dictionary")
+        if _get(node, "/Type") == "/Pages" or "/Kids" in node:
+            kids = node["/Kids"]
+            if not isinstance(kids, generic.ArrayObject):
+                raise _NeedsRebuild("/Kids is not an array")
+            for kid in kids:
+                walk(kid, depth + 1)
         else:
             pages.append((node, node_ref))
 
-    walk(reader.root.raw_get("/Pages"))
+    walk(reader.root.raw_get("/Pages"), 0)
     return pages
 
 
 def inspect_document(data: bytes) -> PdfInfo:
     """Accept or refuse an input PDF (see :meth:`SigningEngine.inspect`)."""
-    reader = open_document(data)
-    return PdfInfo(page_count=_count_pages(reader), size=len(data))
+    loaded = load_document(data)
+    return PdfInfo(page_count=len(loaded.pages), size=len(data))
 
 
-def _visible_box(page: generic.DictionaryObject) -> tuple[float, float, float, float]:
-    box = page.get("/CropBox") or page.get("/MediaBox")
-    if box is None:
-        raise SigningError(
-            "signing.page_box_missing",
-            "Page 1 has no MediaBox.",
-            "1ページ目の用紙サイズ（MediaBox）が見つかりません。",
-        )
-    x1, y1, x2, y2 = (float(v) for v in box)
+def _resolve(value: generic.PdfObject | None) -> generic.PdfObject | None:
+    return value.get_object() if isinstance(value, generic.IndirectObject) else value
+
+
+def _get(dictionary: generic.DictionaryObject, key: str, default: Any = None) -> Any:
+    """``dictionary[key]`` resolved when it is an indirect reference (pyHanko's ``get`` does not
+    resolve; the PDF specification allows a reference almost anywhere)."""
+    if key not in dictionary:
+        return default
+    return _resolve(dictionary.raw_get(key))
+
+
+def _inherited(page: generic.DictionaryObject, key: str) -> generic.PdfObject | None:
+    """``key`` of ``page`` or of the nearest page-tree ancestor that has it (MediaBox, CropBox,
+    Rotate and Resources are inheritable), resolved; None when no node has it."""
+    node: generic.PdfObject | None = page
+    for _ in range(64):
+        if not isinstance(node, generic.DictionaryObject):
+            return None
+        if key in node:
+            value = _resolve(node.raw_get(key))
+            return None if isinstance(value, generic.NullObject) else value
+        node = _resolve(node.raw_get("/Parent")) if "/Parent" in node else None
+    raise _NeedsRebuild("page tree /Parent chain too long")
+
+
+def _rectangle(value: generic.PdfObject | None) -> tuple[float, float, float, float] | None:
+    if not isinstance(value, generic.ArrayObject) or len(value) != 4:
+        return None
+    x1, y1, x2, y2 = (float(_resolve(v)) for v in value)  # type: ignore[arg-type]
     return min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)
 
 
-def _id_matrix(page: generic.DictionaryObject) -> tuple[float, ...]:
-    """Text matrix putting the ID upright at the *displayed* bottom-left, whatever /Rotate says."""
+def _visible_box(page: generic.DictionaryObject) -> tuple[float, float, float, float]:
+    """The displayed area: the CropBox clipped to the MediaBox, both read through inheritance
+    (a missing MediaBox is US Letter, as viewers take it)."""
+    media = _rectangle(_inherited(page, "/MediaBox")) or (0.0, 0.0, 612.0, 792.0)
+    crop = _rectangle(_inherited(page, "/CropBox"))
+    if crop is not None:
+        box = (
+            max(media[0], crop[0]),
+            max(media[1], crop[1]),
+            min(media[2], crop[2]),
+            min(media[3], crop[3]),
+        )
+        if box[2] > box[0] and box[3] > box[1]:
+            media = box
+    if media[2] - media[0] <= 0 or media[3] - media[1] <= 0:
+        raise _NeedsRebuild("page has an empty MediaBox")
+    return media
+
+
+def _rotation(page: generic.DictionaryObject) -> int:
+    """/Rotate read through inheritance, as 0, 90, 180 or 270 (viewers ignore other values)."""
+    value = _inherited(page, "/Rotate")
+    if value is None:
+        return 0
+    rotate = int(value) % 360  # type: ignore[call-overload]
+    return rotate if rotate in (0, 90, 180, 270) else 0
+
+
+def _content_refs(page: generic.DictionaryObject) -> list[generic.IndirectObject]:
+    """The page's content streams in order, whatever the layout: none, one stream, a direct
+    array or an indirect array of streams (null and non-stream items skipped, as viewers do)."""
+    if "/Contents" not in page:
+        return []
+    raw = page.raw_get("/Contents")
+    resolved = _resolve(raw)
+    if isinstance(resolved, generic.StreamObject):
+        if not isinstance(raw, generic.IndirectObject):
+            raise _NeedsRebuild("direct content stream")
+        return [raw]
+    if isinstance(resolved, generic.ArrayObject):
+        refs = []
+        for item in resolved:
+            if isinstance(item, generic.IndirectObject) and isinstance(
+                item.get_object(), generic.StreamObject
+            ):
+                refs.append(item)
+        return refs
+    return []
+
+
+def _id_matrix(page: generic.DictionaryObject, scale: float = 1.0) -> tuple[float, ...]:
+    """Matrix putting the ID upright at the *displayed* bottom-left, whatever /Rotate says."""
     llx, lly, urx, ury = _visible_box(page)
-    rotate = int(page.get("/Rotate", 0)) % 360
-    dx, dy = _ID_OFFSET_X, _ID_OFFSET_Y
+    rotate = _rotation(page)
+    dx, dy = _ID_OFFSET_X * scale, _ID_OFFSET_Y * scale
+    s = scale
     if rotate == 90:
-        return (0, 1, -1, 0, urx - dy, lly + dx)
+        return (0, s, -s, 0, urx - dy, lly + dx)
     if rotate == 180:
-        return (-1, 0, 0, -1, urx - dx, ury - dy)
+        return (-s, 0, 0, -s, urx - dx, ury - dy)
     if rotate == 270:
-        return (0, -1, 1, 0, llx + dy, ury - dx)
-    return (1, 0, 0, 1, llx + dx, lly + dy)
+        return (0, -s, s, 0, llx + dy, ury - dx)
+    return (s, 0, 0, s, llx + dx, lly + dy)
 
 
 def _helvetica() -> generic.DictionaryObject:
@@ -201,41 +359,75 @@ def _helvetica() -> generic.DictionaryObject:
     )
 
 
-def _stamp_certificate_id(writer: BasePdfFileWriter, certificate_id: str) -> None:
-    first_page = _first_page(writer)
-    matrix = " ".join(f"{v:g}" for v in _id_matrix(first_page))
+def _stamp_form(text: str) -> tuple[generic.StreamObject, float, float]:
+    """The ID line as a form XObject with its own font resource: black Helvetica on a small
+    opaque white backing (legible on dark scans and over existing ink); its width and height."""
+    advance = sum(_HELVETICA_WIDTHS[c] for c in text) * _ID_FONT_SIZE / 1000
+    width = advance + 2 * _ID_PADDING
+    height = _ID_FONT_SIZE + 2 * _ID_PADDING
+    content = (
+        f"q 1 g 0 0 {width:.2f} {height:.2f} re f Q "
+        f"BT {_ID_FONT} {_ID_FONT_SIZE} Tf 0 g {_ID_PADDING:g} {_ID_PADDING + 1.5:g} Td "
+        f"({text}) Tj ET\n"
+    ).encode("ascii")
+    resources = generic.DictionaryObject(
+        {pdf_name("/Font"): generic.DictionaryObject({pdf_name(_ID_FONT): _helvetica()})}
+    )
+    return _form_xobject(width, height, content=content, resources=resources), width, height
+
+
+def _stamp_certificate_id(
+    writer: BasePdfFileWriter,
+    page: generic.DictionaryObject,
+    page_ref: generic.IndirectObject,
+    certificate_id: str,
+) -> None:
+    """Draw the ID at the displayed bottom-left of ``page`` whatever its content layout: the
+    page's /Contents becomes [q, original streams..., Q + stamp] and its /Resources a copy of
+    the inherited ones plus the stamp's form XObject (which carries its own font)."""
+    form, width, height = _stamp_form(f"ID: {certificate_id}")
+    llx, lly, urx, ury = _visible_box(page)
+    shown_w, shown_h = urx - llx, ury - lly
+    if _rotation(page) in (90, 270):
+        shown_w, shown_h = shown_h, shown_w
+    # on a tiny page the ID shrinks to fit (offsets included), never off the page
+    scale = min(
+        1.0,
+        shown_w / (width + 2 * _ID_OFFSET_X),
+        shown_h / (height + 2 * _ID_OFFSET_Y),
+    )
+    matrix = " ".join(f"{v:.4f}" for v in _id_matrix(page, scale))
+    resources = _inherited(page, "/Resources")
+    own = generic.DictionaryObject()
+    if isinstance(resources, generic.DictionaryObject):
+        for key in resources:
+            own[key] = resources.raw_get(key)
+    xobjects = generic.DictionaryObject()
+    existing = _get(own, "/XObject")
+    if isinstance(existing, generic.DictionaryObject):
+        for key in existing:
+            xobjects[key] = existing.raw_get(key)
+    name = _ID_XOBJECT
+    while name in xobjects:
+        name += "X"
+    xobjects[pdf_name(name)] = writer.add_object(form)
+    own[pdf_name("/XObject")] = xobjects
     # isolate the original content's graphics state so that a stray cm or colour cannot move or
     # hide the ID
     opening = writer.add_object(generic.StreamObject(stream_data=b"q\n"))
-    text = (
-        f"Q\nq {matrix} cm BT {_ID_FONT} {_ID_FONT_SIZE} Tf 0 g 0 0 Td (ID: {certificate_id}) Tj "
-        f"ET Q\n"
-    ).encode("ascii")
-    closing = writer.add_object(generic.StreamObject(stream_data=text))
-    writer.add_stream_to_page(0, opening, prepend=True)
-    resources = generic.DictionaryObject(
-        {
-            pdf_name("/Font"): generic.DictionaryObject(
-                {pdf_name(_ID_FONT): writer.add_object(_helvetica())}
-            )
-        }
+    closing = writer.add_object(
+        generic.StreamObject(stream_data=f"\nQ\nq {matrix} cm {name} Do Q\n".encode("ascii"))
     )
-    writer.add_stream_to_page(0, closing, resources=resources)
-
-
-def _first_page(writer: BasePdfFileWriter) -> generic.DictionaryObject:
-    page_ref, _res = writer.find_page_for_modification(0)
-    page = page_ref.get_object()
-    assert isinstance(page, generic.DictionaryObject)
-    return page
+    page[pdf_name("/Contents")] = generic.ArrayObject([opening, *_content_refs(page), closing])
+    page[pdf_name("/Resources")] = own
+    writer.mark_update(page_ref)
 
 
 def _acroform(writer: BasePdfFileWriter) -> generic.DictionaryObject:
     """The document's AcroForm dictionary, created (or marked for update) as needed."""
     root = writer.root
-    try:
-        raw = root.raw_get("/AcroForm")
-    except KeyError:
+    raw = root.raw_get("/AcroForm") if "/AcroForm" in root else None
+    if raw is None or isinstance(_resolve(raw), generic.NullObject):
         form = generic.DictionaryObject({pdf_name("/Fields"): generic.ArrayObject()})
         root[pdf_name("/AcroForm")] = writer.add_object(form)
         writer.update_root()
@@ -247,8 +439,8 @@ def _acroform(writer: BasePdfFileWriter) -> generic.DictionaryObject:
         writer.update_root()
         form = raw
     assert isinstance(form, generic.DictionaryObject)
-    fields = form.get("/Fields")
-    if fields is None:
+    fields = _get(form, "/Fields")
+    if not isinstance(fields, generic.ArrayObject):
         form[pdf_name("/Fields")] = generic.ArrayObject()
     elif isinstance(form.raw_get("/Fields"), generic.IndirectObject):
         writer.mark_update(form.raw_get("/Fields"))
@@ -257,7 +449,7 @@ def _acroform(writer: BasePdfFileWriter) -> generic.DictionaryObject:
 
 def _existing_field_names(form: generic.DictionaryObject) -> set[str]:
     names: set[str] = set()
-    for field_ref in form.get("/Fields", ()):
+    for field_ref in _get(form, "/Fields", ()):
         field = field_ref.get_object()
         if isinstance(field, generic.DictionaryObject) and "/T" in field:
             names.add(str(field["/T"]))
@@ -270,8 +462,11 @@ def _form_xobject(
     *,
     content: bytes = b"",
     resources: generic.DictionaryObject | None = None,
+    rotation: int = 0,
 ) -> generic.StreamObject:
-    """A form XObject of ``width`` x ``height`` points: a field's appearance stream."""
+    """A form XObject of ``width`` x ``height`` points: a field's appearance stream, turned
+    counter-clockwise by ``rotation`` (a widget's /MK /R) so that it reads upright on a page
+    displayed turned clockwise by the same angle."""
     entries: dict[generic.NameObject, generic.PdfObject] = {
         pdf_name("/Type"): pdf_name("/XObject"),
         pdf_name("/Subtype"): pdf_name("/Form"),
@@ -286,6 +481,11 @@ def _form_xobject(
     }
     if resources is not None:
         entries[pdf_name("/Resources")] = resources
+    if rotation:
+        a, b, c, d = {90: (0, 1, -1, 0), 180: (-1, 0, 0, -1), 270: (0, -1, 1, 0)}[rotation]
+        entries[pdf_name("/Matrix")] = generic.ArrayObject(
+            generic.NumberObject(v) for v in (a, b, c, d, 0, 0)
+        )
     return generic.StreamObject(entries, stream_data=content)
 
 
@@ -322,26 +522,42 @@ def _check_fields(fields: Sequence[FieldBox], page_count: int) -> None:
 
 
 def prepare_document(data: bytes, *, certificate_id: str, fields: Sequence[FieldBox]) -> bytes:
-    """Stamp the certificate ID on page 1 and create the empty text fields (one revision)."""
+    """Stamp the certificate ID on page 1 and create the empty text fields (one revision).
+
+    A file the strict reader refuses is rebuilt by qpdf first (see :mod:`._repair`), and so is
+    one that pyHanko's writer cannot update as it is; the result is then the rebuilt file plus
+    the one revision."""
     if not _CERTIFICATE_ID.fullmatch(certificate_id):
         raise SigningError(
             "signing.certificate_id_invalid",
             "The completion-certificate ID must be 32 lower-case hex digits.",
             "締結証明書IDは32桁の16進数（小文字）で指定してください。",
         )
-    reader = open_document(data)
-    pages = _iter_pages(reader)
-    _check_fields(fields, len(pages))
-    if reader.xrefs.hybrid_xrefs_present:
-        # pyHanko refuses to sign hybrid-xref files in strict mode (Word writes them): rewrite once
-        # now, before any signature exists, so that every later revision is a plain increment
-        buf = BytesIO()
-        copy_into_new_writer(reader).write(buf)
-        data = buf.getvalue()
-        reader = PdfFileReader(BytesIO(data), strict=True)
-        pages = _iter_pages(reader)
-    writer = IncrementalPdfFileWriter.from_reader(reader)
-    _stamp_certificate_id(writer, certificate_id)
+    loaded = load_document(data)
+    _check_fields(fields, len(loaded.pages))
+    try:
+        return _prepared(loaded, certificate_id, fields)
+    except (DocumentError, SigningError):
+        raise
+    except Exception as exc:
+        if loaded.rebuilt:
+            raise _repair.damaged(f"{type(exc).__name__}: {exc}") from exc
+        log.info("writing the prepared revision failed (%s); rebuilding with qpdf", exc)
+    try:
+        loaded = _checked(_repair.rebuild(data), rebuilt=True)
+        return _prepared(loaded, certificate_id, fields)
+    except (DocumentError, SigningError):
+        raise
+    except Exception as exc:
+        raise _repair.damaged(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _prepared(loaded: LoadedDocument, certificate_id: str, fields: Sequence[FieldBox]) -> bytes:
+    writer = IncrementalPdfFileWriter.from_reader(loaded.reader)
+    pages = loaded.pages
+    first_page, first_ref = pages[0]
+    _strip_usage_rights(writer)
+    _stamp_certificate_id(writer, first_page, first_ref, certificate_id)
     if fields:
         form = _acroform(writer)
         taken = _existing_field_names(form)
@@ -352,19 +568,26 @@ def prepare_document(data: bytes, *, certificate_id: str, fields: Sequence[Field
                 f"The document already has form fields named {clash}.",
                 f"同名のフォームフィールドがすでに存在します: {clash}",
             )
-        dr = form.get("/DR")
-        if not isinstance(dr, generic.DictionaryObject):
-            dr = generic.DictionaryObject()
-            form[pdf_name("/DR")] = dr
-        fonts = dr.get("/Font")
-        if not isinstance(fonts, generic.DictionaryObject):
-            fonts = generic.DictionaryObject()
-            dr[pdf_name("/Font")] = fonts
+        # copies, so that an indirect /DR or /Font shared elsewhere is never changed in place
+        dr = generic.DictionaryObject()
+        old_dr = _get(form, "/DR")
+        if isinstance(old_dr, generic.DictionaryObject):
+            for key in old_dr:
+                dr[key] = old_dr.raw_get(key)
+        fonts = generic.DictionaryObject()
+        old_fonts = _get(dr, "/Font")
+        if isinstance(old_fonts, generic.DictionaryObject):
+            for key in old_fonts:
+                fonts[key] = old_fonts.raw_get(key)
         fonts[pdf_name(_FIELD_FONT)] = writer.add_object(_helvetica())
+        dr[pdf_name("/Font")] = fonts
+        form[pdf_name("/DR")] = dr
         form[pdf_name("/DA")] = generic.pdf_string(f"{_FIELD_FONT} 0 Tf 0 g")
         for box in fields:
-            _page, page_ref = pages[box.page - 1]
+            page, page_ref = pages[box.page - 1]
             x1, y1, x2, y2 = box.rect
+            rotation = _rotation(page)
+            width, height = (y2 - y1, x2 - x1) if rotation in (90, 270) else (x2 - x1, y2 - y1)
             widget = generic.DictionaryObject(
                 {
                     pdf_name("/Type"): pdf_name("/Annot"),
@@ -380,16 +603,58 @@ def prepare_document(data: bytes, *, certificate_id: str, fields: Sequence[Field
                     pdf_name("/P"): page_ref,
                     pdf_name("/DA"): generic.pdf_string(f"{_FIELD_FONT} 10 Tf 0 g"),
                     pdf_name("/AP"): generic.DictionaryObject(
-                        {pdf_name("/N"): writer.add_object(_form_xobject(x2 - x1, y2 - y1))}
+                        {
+                            pdf_name("/N"): writer.add_object(
+                                _form_xobject(width, height, rotation=rotation)
+                            )
+                        }
                     ),
                 }
             )
+            if rotation:
+                # the box turns with the page, so its text reads upright as displayed
+                widget[pdf_name("/MK")] = generic.DictionaryObject(
+                    {pdf_name("/R"): generic.NumberObject(rotation)}
+                )
             widget_ref = writer.add_object(widget)
             form["/Fields"].append(widget_ref)
-            writer.register_annotation(page_ref, widget_ref)
+            _add_annotation(writer, page, page_ref, widget_ref)
     out = BytesIO()
     writer.write(out)
     return out.getvalue()
+
+
+def _strip_usage_rights(writer: IncrementalPdfFileWriter) -> None:
+    """Drop Adobe Reader usage rights (/Perms /UR3, /UR): their signature covers the whole
+    file, so the ID stamp breaks it anyway and Reader would then show the document as changed.
+    The rights only unlock Reader features; the content stays as it is."""
+    perms = _get(writer.root, "/Perms")
+    if not isinstance(perms, generic.DictionaryObject):
+        return
+    if not ({"/UR3", "/UR"} & set(perms.keys())):
+        return
+    log.info("removing usage-rights signatures %s before the first signature", list(perms))
+    del writer.root["/Perms"]
+    writer.update_root()
+
+
+def _add_annotation(
+    writer: IncrementalPdfFileWriter,
+    page: generic.DictionaryObject,
+    page_ref: generic.IndirectObject,
+    annotation: generic.IndirectObject,
+) -> None:
+    """Append ``annotation`` to the page's /Annots: a direct or indirect array, null or none."""
+    raw = page.raw_get("/Annots") if "/Annots" in page else None
+    annots = _resolve(raw)
+    if isinstance(annots, generic.ArrayObject):
+        annots.append(annotation)
+        if isinstance(raw, generic.IndirectObject):
+            writer.mark_update(raw)
+            return
+    else:
+        page[pdf_name("/Annots")] = generic.ArrayObject([annotation])
+    writer.mark_update(page_ref)
 
 
 def fill_text_fields(
@@ -425,24 +690,30 @@ def fill_text_fields(
     for name, text in shaped.items():
         ref = by_name[name]
         field = ref.get_object()
-        if field.get("/FT") != "/Tx":
+        if _get(field, "/FT") != "/Tx":
             raise SigningError(
                 "signing.unknown_field",
                 f"Form field {name!r} is not a text field.",
                 f"フォームフィールド {name!r} はテキストボックスではありません。",
             )
-        flags = int(field.get("/Ff", 0))
+        flags = int(_get(field, "/Ff", 0))
         if flags & _READ_ONLY:
             raise SigningError(
                 "signing.field_locked",
                 f"Text field {name!r} was already filled and is read-only.",
                 f"テキストボックス {name!r} はすでに記入済みのため変更できません。",
             )
-        x1, y1, x2, y2 = (float(v) for v in field["/Rect"])
+        x1, y1, x2, y2 = (float(_resolve(v)) for v in field["/Rect"])  # type: ignore[arg-type]
         field[pdf_name("/V")] = generic.TextStringObject(text.text)
         field[pdf_name("/Ff")] = generic.NumberObject(flags | _READ_ONLY)
+        mk = _get(field, "/MK")
+        rotation = int(_get(mk, "/R", 0)) % 360 if isinstance(mk, generic.DictionaryObject) else 0
+        rotation = rotation if rotation in (90, 180, 270) else 0
+        width, height = abs(x2 - x1), abs(y2 - y1)
+        if rotation in (90, 270):
+            width, height = height, width
         appearance = _text_appearance(
-            text, width=abs(x2 - x1), height=abs(y2 - y1), font_ref=font_ref
+            text, width=width, height=height, font_ref=font_ref, rotation=rotation
         )
         field[pdf_name("/AP")] = generic.DictionaryObject(
             {pdf_name("/N"): writer.add_object(appearance)}
@@ -451,7 +722,12 @@ def fill_text_fields(
 
 
 def _text_appearance(
-    text: ShapedText, *, width: float, height: float, font_ref: generic.IndirectObject
+    text: ShapedText,
+    *,
+    width: float,
+    height: float,
+    font_ref: generic.IndirectObject,
+    rotation: int = 0,
 ) -> generic.StreamObject:
     padding = 2.0
     size = min(10.0, max(height - 2 * padding, 4.0))
@@ -471,4 +747,5 @@ def _text_appearance(
         height,
         content=ops,
         resources=generic.DictionaryObject({pdf_name("/Font"): fonts}),
+        rotation=rotation,
     )

@@ -111,6 +111,8 @@ class VerificationReport:
     problems: tuple[str, ...] = field(default=())
     #: bytes after the end of the last signed revision (pdfsig's "Not total document signed")
     unsigned_bytes: int = 0
+    #: True when the check stopped at its time or memory budget (see ``BoundedVerifier``)
+    unfinished: bool = False
 
     @property
     def ok(self) -> bool:
@@ -127,6 +129,7 @@ class VerificationReport:
         """JSON-ready form."""
         return {
             "ok": self.ok,
+            "unfinished": self.unfinished,
             "error": self.error,
             "unsigned_bytes": self.unsigned_bytes,
             "problems": list(self.problems),

@@ -1,0 +1,204 @@
+"""Engine-level checks of the real-world-PDF classes (issue 19): the ID stamp on every page
+layout, text boxes on rotated pages, the rebuild of files the strict reader refuses, and
+verification in bounded time and memory."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+from pathlib import Path
+
+import pikepdf
+import pytest
+from PIL import Image, ImageChops
+
+from core.errors import DocumentError
+from core.signing import BoundedVerifier, FieldBox, SigningEngine, VerifyBudget, verify_pdf
+from tests.fixtures.pdfs import make_pdf
+from tests.fixtures.pki import LivePki
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "pdfs"
+CERT_ID = "0123456789abcdef0123456789abcdef"
+
+
+def _id_box(data: bytes, tmp_path: Path) -> tuple[float, float, float, float, float, float]:
+    """Where poppler finds the ID on page 1 as displayed: x_min, y_min, x_max, y_max (from the
+    top-left) and the displayed page width and height."""
+    path = tmp_path / "stamped.pdf"
+    path.write_bytes(data)
+    html = subprocess.run(
+        ["pdftotext", "-f", "1", "-l", "1", "-bbox", str(path), "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    page = re.search(r'<page width="([\d.]+)" height="([\d.]+)"', html)
+    word = re.search(
+        r'<word xMin="([\d.-]+)" yMin="([\d.-]+)" xMax="([\d.-]+)" yMax="([\d.-]+)">ID:', html
+    )
+    assert page and word, html[:800]
+    x1, y1, x2, y2 = (float(v) for v in word.groups())
+    return x1, y1, x2, y2, float(page.group(1)), float(page.group(2))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "qpdf-inherited-rotate.pdf",  # /Rotate on the page tree
+        "qpdf-page-inherit-mediabox.pdf",  # /MediaBox on the page tree
+        "pyhanko-scribble-in-arr.pdf",  # /Contents an array
+        "qpdf-no-contents.pdf",  # no /Contents at all
+        "qpdf-boxes.pdf",  # a CropBox smaller than the MediaBox
+        "pdfjs-hello_world_rotated.pdf",
+        "pyhanko-no-mediabox.pdf",
+    ],
+)
+def test_the_id_is_legible_at_the_displayed_bottom_left(
+    name: str, live_engine: SigningEngine, tmp_path: Path
+) -> None:
+    original = (CORPUS / name).read_bytes()
+    prepared = live_engine.prepare(original, certificate_id=CERT_ID, fields=[])
+    before, after = _page_image(original, tmp_path), _page_image(prepared, tmp_path)
+    assert before.size == after.size
+    changed = ImageChops.difference(before, after).getbbox()
+    assert changed is not None, "the ID is not visible"
+    left, top, right, bottom = changed
+    _width, height = after.size
+    # what changed is a small area at the displayed bottom-left corner, and on the page
+    assert left <= 20 and height - bottom <= 20, (changed, after.size)
+    assert right - left <= 200 and bottom - top <= 20, (changed, after.size)
+    assert poppler_text(prepared, tmp_path).count("ID: " + CERT_ID) == 1
+
+
+def _page_image(data: bytes, tmp_path: Path) -> Image.Image:
+    """Page 1 as poppler displays it (72 dpi: one pixel per point)."""
+    path = tmp_path / "page.pdf"
+    path.write_bytes(data)
+    subprocess.run(
+        [
+            "pdftoppm",
+            "-cropbox",
+            "-r",
+            "72",
+            "-f",
+            "1",
+            "-l",
+            "1",
+            "-singlefile",
+            "-png",
+            str(path),
+            str(tmp_path / "page"),
+        ],
+        check=True,
+    )
+    with Image.open(tmp_path / "page.png") as image:
+        return image.convert("RGB")
+
+
+def poppler_text(data: bytes, tmp_path: Path) -> str:
+    """The text poppler extracts from page 1."""
+    path = tmp_path / "text.pdf"
+    path.write_bytes(data)
+    return subprocess.run(
+        ["pdftotext", "-f", "1", "-l", "1", str(path), "-"], capture_output=True, text=True
+    ).stdout
+
+
+def test_the_id_shrinks_onto_a_tiny_page(live_engine: SigningEngine, tmp_path: Path) -> None:
+    pdf = pikepdf.new()
+    pdf.add_blank_page(page_size=(90, 40))
+    buf = io.BytesIO()
+    pdf.save(buf)
+    prepared = live_engine.prepare(buf.getvalue(), certificate_id=CERT_ID, fields=[])
+    x1, y1, x2, y2, width, height = _id_box(prepared, tmp_path)
+    assert 0 <= x1 and x2 <= width and 0 <= y1 and y2 <= height, (x1, y1, x2, y2)
+
+
+def test_the_id_sits_on_an_opaque_backing(live_engine: SigningEngine) -> None:
+    prepared = live_engine.prepare(make_pdf(pages=1), certificate_id=CERT_ID, fields=[])
+    with pikepdf.open(io.BytesIO(prepared)) as pdf:
+        xobjects = pdf.pages[0].Resources.XObject
+        stamp = xobjects["/KgIdStamp"]
+        assert b"1 g 0 0" in stamp.read_bytes() and b" re f" in stamp.read_bytes()
+        assert "/KgIdHelv" in stamp.Resources.Font  # the font travels with the stamp
+
+
+def test_text_boxes_turn_with_the_page(live_engine: SigningEngine) -> None:
+    data = (CORPUS / "qpdf-inherited-rotate.pdf").read_bytes()
+    prepared = live_engine.prepare(
+        data, certificate_id=CERT_ID, fields=[FieldBox("date", 1, (100, 100, 300, 120))]
+    )
+    with pikepdf.open(io.BytesIO(prepared)) as pdf:
+        rotate = int(pdf.pages[0].obj.get("/Rotate", 0) or pdf.Root.Pages.get("/Rotate", 0))
+        (field,) = [f for f in pdf.Root.AcroForm.Fields if str(f.T) == "date"]
+        assert rotate in (90, 180, 270)
+        assert int(field.MK.R) == rotate
+        assert "/Matrix" in field.AP.N
+
+
+def test_a_file_the_strict_reader_refuses_is_rebuilt_and_signed(
+    live_engine: SigningEngine, test_pki: LivePki
+) -> None:
+    data = (CORPUS / "pyhanko-minimal-badxref.pdf").read_bytes()
+    prepared = live_engine.prepare(data, certificate_id=CERT_ID, fields=[])
+    assert not prepared.startswith(data[:200]) or len(prepared) != len(data)
+    signed = live_engine.seal(
+        live_engine.sign_approval(prepared, signature_field="kg_sig_1", reason="r", values={})
+    )
+    assert verify_pdf(signed, trust_roots=[test_pki.root]).ok
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("qpdf-enc-R3_V2_U-view_O-master.pdf", "document.encrypted"),
+        ("pyhanko-malformed-encrypt-dict1.pdf", "document.encrypted"),
+        ("qpdf-enc-R3_V2_O-master.pdf", "document.restricted"),
+        ("qpdf-pages-loop.pdf", "document.damaged"),
+        ("pyhanko-minimal-signed-twice-no-sig-type.pdf", "document.already_signed"),
+    ],
+)
+def test_refusals_say_what_is_wrong(name: str, code: str, live_engine: SigningEngine) -> None:
+    with pytest.raises(DocumentError) as info:
+        live_engine.inspect((CORPUS / name).read_bytes())
+    assert info.value.code == code
+
+
+def test_usage_rights_are_stripped_before_the_first_signature(
+    live_engine: SigningEngine,
+) -> None:
+    data = (CORPUS / "pdfjs-prefilled_f1040.pdf").read_bytes()
+    prepared = live_engine.prepare(data, certificate_id=CERT_ID, fields=[])
+    with pikepdf.open(io.BytesIO(prepared)) as pdf:
+        assert "/Perms" not in pdf.Root
+
+
+@pytest.fixture(scope="module")
+def sealed(live_engine: SigningEngine) -> bytes:
+    prepared = live_engine.prepare(make_pdf(pages=1), certificate_id=CERT_ID, fields=[])
+    return live_engine.seal(
+        live_engine.sign_approval(prepared, signature_field="kg_sig_1", reason="r", values={})
+    )
+
+
+def test_bounded_verification_agrees_with_the_direct_one(sealed: bytes, test_pki: LivePki) -> None:
+    with BoundedVerifier(trust_roots=[test_pki.root]) as verifier:
+        report = verifier.verify(sealed)
+        again = verifier.verify(sealed)  # the child is reused
+    assert report.ok and again.ok, report.as_dict()
+    assert report.as_dict() == verify_pdf(sealed, trust_roots=[test_pki.root]).as_dict()
+
+
+def test_verification_over_budget_could_not_finish(sealed: bytes, test_pki: LivePki) -> None:
+    with BoundedVerifier(
+        trust_roots=[test_pki.root], budget=VerifyBudget(seconds=0.01)
+    ) as verifier:
+        report = verifier.verify(sealed)
+    assert not report.ok and report.unfinished
+    assert report.error is not None and "could not finish" in report.error
+    with BoundedVerifier(
+        trust_roots=[test_pki.root], budget=VerifyBudget(memory_bytes=64 * 1024 * 1024)
+    ) as verifier:
+        starved = verifier.verify(sealed)
+    assert not starved.ok and starved.unfinished, starved.as_dict()
