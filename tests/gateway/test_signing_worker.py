@@ -7,22 +7,27 @@ from __future__ import annotations
 
 import mailbox
 import re
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
+from core.model import Base
 from core.signing import verify_pdf
+from core.storage import create_database_engine, migrate
 from gateway.app import build_mail_handler, create_app
 from gateway.mailer import MailDispatcher
 from gateway.runtime import Gateway, open_gateway
 from gateway.server import serve_in_thread
 from gateway.settings import load_settings
-from tests.fixtures.gateway import SECRETS, envelope_request, new_token
+from tests.fixtures.gateway import SECRETS, envelope_request, new_token, write_config
+from tests.fixtures.pdfs import make_pdf
 from tests.fixtures.pki import P12_PASSPHRASE, LivePki
 
 LINK = re.compile(r"https?://\S+/sign/\S+")
@@ -210,3 +215,128 @@ def test_a_tsa_outage_never_strands_an_approval(site: Site) -> None:
     assert "keiyaku_signing_oldest_waiting_seconds 0.0" in metrics
     for opened in (api, approver, client, official):
         opened.close()
+
+
+@contextmanager
+def _tmpfs(path: Path, size: str) -> Iterator[Callable[[str], None]]:
+    """A real small file system at ``path`` (tmpfs), to fill and to make read-only; yields a
+    function that remounts it with other options. Needs root (CI runs as root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+
+    def remount(options: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
+
+    try:
+        yield remount
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_full_then_read_only_disk_answers_503_and_signing_resumes(site: Site) -> None:
+    """The blob store on a real full, then read-only, file system: creates answer 503 with the
+    coded error and Retry-After and leave no file behind; an approval committed while the disk
+    is read-only is signed once it is writable again."""
+    token = new_token(site.gateway, "e-bid")
+    store = site.gateway.runtime.blobs.root
+    with (
+        httpx.Client(
+            base_url=site.url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        ) as api,
+        _tmpfs(store, "96k") as remount,
+    ):
+        big = envelope_request(pdfs=[make_pdf(pages=1, size_target=300_000), make_pdf(pages=1)])
+        full = api.post("/api/v1/envelopes", json=big)
+        assert full.status_code == 503, full.text
+        assert full.json()["error"]["code"] == "storage.full"
+        assert full.headers["Retry-After"].isdigit()
+        assert "保存領域" in full.json()["error"]["message_ja"]
+        assert [p for p in store.rglob("*") if p.is_file()] == []  # nothing half-written
+        assert api.get("/api/v1/envelopes").json()["total"] == 0
+
+        remount("size=64m")
+        created = api.post("/api/v1/envelopes", json=envelope_request(send=True))
+        assert created.status_code == 201, created.text
+        envelope_id = created.json()["id"]
+        remount("ro")
+        refused = api.post("/api/v1/envelopes", json=envelope_request())
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "storage.read_only"
+
+        link = site.mail_to("kacho@city.example.jp")
+        approver = _sign_in(site, link, "1111")
+        answer, _seconds = _complete(approver, link)  # the approval is a database write only
+        assert answer.status_code == 303
+        _wait_for(
+            lambda: (
+                "storage.read_only"
+                in (api.get(f"/api/v1/envelopes/{envelope_id}").json().get("last_error") or "")
+            ),
+            30,
+        )
+        assert _done_heading(approver, link) == "署名処理中"
+        remount("rw")
+        _wait_for(lambda: _done_heading(approver, link) == "署名手続きが完了しました", 90)
+        body = api.get(f"/api/v1/envelopes/{envelope_id}").json()
+        assert body["parties"][0]["state"] == "completed" and body["last_error"] is None
+        approver.close()
+
+
+@pytest.mark.postgres
+def test_a_lock_held_elsewhere_answers_503_in_time_not_a_hang(
+    tmp_path: Path, test_pki: LivePki, request: pytest.FixtureRequest
+) -> None:
+    """PostgreSQL: a table locked by another session makes the API answer 503 database.timeout
+    within the configured lock timeout; backends terminated under the app are replaced."""
+    url = request.getfixturevalue("postgres_url")
+    engine = create_database_engine(url)
+    migrate(engine)
+    config = write_config(
+        tmp_path,
+        request.getfixturevalue("devpki"),
+        database_url=url,
+        extra="",
+    )
+    text_config = config.read_text(encoding="utf-8").replace(
+        f'  url: "{url}"\n', f'  url: "{url}"\n  lock_timeout_seconds: 1\n'
+    )
+    config.write_text(text_config, encoding="utf-8")
+    gateway = open_gateway(load_settings(config, environ=SECRETS))
+    try:
+        with serve_in_thread(create_app(gateway, run_mailer=False)) as base:
+            token = new_token(gateway, "e-bid")
+            client = httpx.Client(
+                base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
+            )
+            assert client.post("/api/v1/envelopes", json=envelope_request()).status_code == 201
+            with engine.connect() as holder:
+                holder.execute(text("LOCK TABLE envelopes IN ACCESS EXCLUSIVE MODE"))
+                started = time.monotonic()
+                answer = client.get("/api/v1/envelopes")
+                waited = time.monotonic() - started
+                holder.rollback()
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "database.timeout"
+            assert answer.headers["Retry-After"].isdigit()
+            assert waited < 10
+            # Every backend of this database killed (an admin, a failover): the next requests
+            # work again on fresh connections.
+            with engine.connect() as admin:
+                admin.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+            answers = [client.get("/api/v1/envelopes").status_code for _ in range(3)]
+            assert answers[-1] == 200 and all(a in (200, 503) for a in answers)
+            client.close()
+    finally:
+        gateway.close()
+        with engine.begin() as conn:
+            tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
+        engine.dispose()
