@@ -69,7 +69,36 @@ class LeasingThread:
             log.exception("%s could not give back its leases at shutdown", self.name)
 
 
-class SigningWorker(LeasingThread):
+class PollingThread(LeasingThread):
+    """A leasing thread that runs :meth:`_pass` (work until nothing is due) every ``interval``
+    seconds, or at once after :meth:`wake`; an exception is logged and the loop goes on."""
+
+    def __init__(self, sessions: sessionmaker[Session], worker: str, interval: float) -> None:
+        super().__init__(sessions, worker)
+        self.interval = interval
+        self._wake = threading.Event()
+
+    def _pass(self) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._pass()
+            except Exception:  # the worker must outlive a database or disk hiccup
+                log.exception("%s pass failed; trying again later", self.name)
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def _interrupt(self) -> None:
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Look for due work now."""
+        self._wake.set()
+
+
+class SigningWorker(PollingThread):
     """Applies the queued signatures and seals (:mod:`core.signing_worker`) in a background
     thread: every ``interval`` seconds, or at once after :meth:`wake` (an approval was just
     committed on this node)."""
@@ -83,30 +112,15 @@ class SigningWorker(LeasingThread):
         interval: float,
         lease: dt.timedelta,
     ) -> None:
-        super().__init__(sessions, f"{socket.gethostname()}:{os.getpid()}:signing")
+        super().__init__(sessions, f"{socket.gethostname()}:{os.getpid()}:signing", interval)
         self.runtime = runtime
-        self.interval = interval
         self.lease = lease
-        self._wake = threading.Event()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                process_until_idle(
-                    sessions=self.sessions,
-                    runtime=self.runtime,
-                    worker=self.worker,
-                    lease=self.lease,
-                    stop=self._stop.is_set,
-                )
-            except Exception:  # the worker must outlive a database or disk hiccup
-                log.exception("signing worker pass failed; trying again later")
-            self._wake.wait(self.interval)
-            self._wake.clear()
-
-    def _interrupt(self) -> None:
-        self._wake.set()
-
-    def wake(self) -> None:
-        """Look for due signing work now."""
-        self._wake.set()
+    def _pass(self) -> None:
+        process_until_idle(
+            sessions=self.sessions,
+            runtime=self.runtime,
+            worker=self.worker,
+            lease=self.lease,
+            stop=self._stop.is_set,
+        )

@@ -21,7 +21,6 @@ import os
 import smtplib
 import socket
 import ssl
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.headerregistry import Address
@@ -50,7 +49,7 @@ from core.model import Delivery, LinkPurpose, Party
 from core.notify import MAIL_TARGET, AttachmentLimits, MailKind, attachments_fit
 from core.outbox import DispatchResult, dispatch
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, party_state_ja
-from gateway.background import LeasingThread
+from gateway.background import PollingThread
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +343,7 @@ class MailHandler:
         return message
 
 
-class MailDispatcher(LeasingThread):
+class MailDispatcher(PollingThread):
     """Runs the mail outbox in a background thread: every ``interval`` seconds, or at once
     after :meth:`wake`."""
 
@@ -357,12 +356,10 @@ class MailDispatcher(LeasingThread):
         interval: float,
         lease: dt.timedelta = dt.timedelta(minutes=5),
     ) -> None:
-        super().__init__(sessions, f"{socket.gethostname()}:{os.getpid()}:mail")
+        super().__init__(sessions, f"{socket.gethostname()}:{os.getpid()}:mail", interval)
         self.handler = handler
-        self.interval = interval
         # how long a killed node's claimed mail waits before another node sends it
         self.lease = lease
-        self._wake = threading.Event()
 
     def run_once(self) -> DispatchResult:
         """One pass over the due mail deliveries."""
@@ -374,24 +371,11 @@ class MailDispatcher(LeasingThread):
             stop=self._stop.is_set,
         )
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                while True:
-                    result = self.run_once()
-                    if not (result.delivered or result.retrying or result.dead):
-                        break
-            except Exception:  # the worker must outlive a database hiccup
-                log.exception("mail dispatch failed; trying again later")
-            self._wake.wait(self.interval)
-            self._wake.clear()
-
-    def _interrupt(self) -> None:
-        self._wake.set()
-
-    def wake(self) -> None:
-        """Look for due mail now."""
-        self._wake.set()
+    def _pass(self) -> None:
+        while True:
+            result = self.run_once()
+            if not (result.delivered or result.retrying or result.dead):
+                break
 
 
 def build_transport(settings: Any) -> MailTransport:
