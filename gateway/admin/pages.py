@@ -172,7 +172,8 @@ async def login(
 
     outcome, token = await run_in_threadpool(attempt)
     if token is None:
-        status = 423 if outcome.error.code == "auth.locked" else 401
+        # A locked account answers like an unknown one (401, same message): no enumeration.
+        status = 401
         return admin_page(
             request,
             context,
