@@ -23,6 +23,7 @@ from core.csv_export import SafeCsvWriter, restore
 from core.errors import NotFoundError, StaffError
 from core.model import AddressBookEntry, Staff, StaffRole
 from core.staff import check_email, check_name, import_columns, read_import_rows
+from core.text import multi_line, one_line
 
 # Import headers, Japanese or English, and the order of the export.
 _HEADERS = {
@@ -53,8 +54,9 @@ class Contact:
     note: str | None = None
 
 
-def _optional(text: str | None, limit: int, label: str) -> str | None:
-    text = (text or "").strip()
+def _optional(text: str | None, limit: int, label: str, *, lines: bool = False) -> str | None:
+    clean = multi_line if lines else one_line
+    text = clean(text or "", field=label, label_ja=label, error=StaffError)
     if len(text) > limit:
         raise StaffError(
             "address_book.too_long",
@@ -79,7 +81,7 @@ def check_contact(
         name=check_name(name),
         email=check_email(email),
         department=_optional(department, 200, "部署"),
-        note=_optional(note, 2000, "備考"),
+        note=_optional(note, 2000, "備考", lines=True),
     )
 
 

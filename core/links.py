@@ -38,6 +38,7 @@ from core.envelopes import Runtime, check_party_can_act, get_party
 from core.errors import AuthError, StateError
 from core.model import AccessCode, LinkPurpose, Party, SigningLink, utcnow
 from core.states import PartyRole
+from core.text import one_line
 
 __all__ = [
     "AccessCodePolicy",
@@ -363,7 +364,8 @@ def forward_party(
         raise StateError(
             "state.cc_cannot_act", "a cc party cannot forward", "CC(写し送付先)は転送できません。"
         )
-    name, email = name.strip(), email.strip()
+    name = one_line(name, field="name", label_ja="転送先の氏名")
+    email = email.strip()
     if not name or len(name) > 200:
         raise StateError(
             "party.forward_name", "the new person needs a name", "転送先の氏名を入力してください。"

@@ -9,6 +9,7 @@ stored:
   carry multi-line titles); any other control character is refused with
   ``text.control_character``.
 - :func:`multi_line`: CR LF and CR become LF, tabs stay; other control characters are refused.
+- :func:`without_controls`: for search terms: control characters become spaces.
 - :func:`printable`: for values that are only recorded (audit actors, search terms echoed back):
   control characters replaced, never refused.
 
@@ -22,7 +23,7 @@ import re
 
 from core.errors import GatewayError, StateError
 
-__all__ = ["has_no_controls", "multi_line", "one_line", "printable"]
+__all__ = ["has_no_controls", "multi_line", "one_line", "printable", "without_controls"]
 
 _BREAKS = re.compile(r"[\r\n\t\v\f\x85\u2028\u2029]+")
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -68,6 +69,12 @@ def multi_line(
     if bad is not None:
         raise _refuse(text, bad, label_ja, field, error)
     return text.strip()
+
+
+def without_controls(text: str) -> str:
+    """``text`` with every run of control characters turned into one space, stripped: for
+    search terms, where refusing would only be in the way."""
+    return re.sub(r"\s+", " ", _CONTROLS.sub(" ", text)).strip()
 
 
 def printable(text: str) -> str:

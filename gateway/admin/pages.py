@@ -60,6 +60,7 @@ from core.staff_sessions import (
 from core.states import EnvelopeState, envelope_state_ja, party_state_ja
 from gateway.context import AppContext
 from gateway.deps import ClientIpDep, ContextDep, SessionDep
+from gateway.downloads import file_response
 from gateway.pages.signing import check_csrf, render_page
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
@@ -344,11 +345,7 @@ def envelope_detail(
 
 
 def _attachment(data: bytes, name: str) -> Response:
-    return Response(
-        data,
-        media_type="application/pdf",
-        headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}"},
-    )
+    return file_response(data, name, no_store=False)
 
 
 @router.get("/envelopes/{envelope_id}/documents/{position}")
