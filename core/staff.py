@@ -27,6 +27,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
+from zxcvbn import zxcvbn
 
 from core.attempts import AttemptCounter, lock_counter, reserve_attempt, settle_success
 from core.audit import record_event
@@ -51,6 +52,9 @@ class PasswordPolicy:
     passphrase_length: int = 20
     max_failures: int = 5
     lockout: dt.timedelta = dt.timedelta(minutes=15)
+    # zxcvbn's score (0-4) a password needs: 3 is "safely unguessable" against an online
+    # attack that gets past the lockout, and refuses Password123! and its kind.
+    min_score: int = 3
 
 
 def check_password(password: str, *, policy: PasswordPolicy, email: str = "") -> None:
@@ -69,12 +73,29 @@ def check_password(password: str, *, policy: PasswordPolicy, email: str = "") ->
     local = email.split("@", 1)[0].lower()
     if len(local) >= 3 and local in password.lower():
         problems.append("contains the e-mail address")
+    common = False
+    if not problems and policy.min_score > 0:
+        # zxcvbn: dictionaries of common passwords, names and words, keyboard patterns, dates,
+        # l33t substitutions; the e-mail address counts as known to the attacker.
+        estimate = zxcvbn(password[:100], user_inputs=[email, local, *email.split("@")[1:]])
+        if estimate["score"] < policy.min_score:
+            common = True
+            problems.append(
+                f"too easy to guess (strength {estimate['score']} of 4, at least "
+                f"{policy.min_score} needed)"
+            )
     if problems:
+        message_ja = (
+            "このパスワードは推測されやすいため使用できません。よく使われる語句や"
+            "単純な並び(Password123! など)を避け、長めのパスワードにしてください。"
+            if common
+            else f"パスワードは{policy.min_length}文字以上で、英大文字・英小文字・数字・記号の"
+            "うち3種類以上を含め、メールアドレスを含めないでください。"
+        )
         raise StaffError(
             "staff.weak_password",
             "the password does not meet the policy: " + "; ".join(problems),
-            f"パスワードは{policy.min_length}文字以上で、英大文字・英小文字・数字・記号のうち"
-            "3種類以上を含め、メールアドレスを含めないでください。",
+            message_ja,
             details={"problems": problems},
         )
 

@@ -60,6 +60,7 @@ def password_policy(settings: Any) -> Any:
         min_length=settings.staff.password_min_length,
         max_failures=settings.staff.max_failed_logins,
         lockout=dt.timedelta(minutes=settings.staff.lockout_minutes),
+        min_score=settings.staff.password_min_score,
     )
 
 

@@ -464,6 +464,8 @@ class SchedulesSettings(_Section):
 
 class StaffSettings(_Section):
     password_min_length: int = Field(default=12, ge=10, le=128)
+    # zxcvbn strength (0-4) a staff password needs; 3 refuses common ones like Password123!.
+    password_min_score: int = Field(default=3, ge=2, le=4)
     max_failed_logins: int = Field(default=5, ge=3, le=20)
     lockout_minutes: int = Field(default=15, ge=1, le=1440)
     # A staff session unused this long ends; whatever the use, it ends session_hours after login.

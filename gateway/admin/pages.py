@@ -78,6 +78,7 @@ def _policy(context: AppContext) -> PasswordPolicy:
         min_length=settings.password_min_length,
         max_failures=settings.max_failed_logins,
         lockout=dt.timedelta(minutes=settings.lockout_minutes),
+        min_score=settings.password_min_score,
     )
 
 

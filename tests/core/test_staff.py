@@ -38,6 +38,12 @@ def test_password_policy() -> None:
         with pytest.raises(StaffError) as caught:
             check_password(bad, policy=POLICY, email="tanaka@city.example.jp")
         assert caught.value.code == "staff.weak_password"
+    # Common passwords pass the length and class rules but not zxcvbn.
+    for common in ("Password123!", "P@ssw0rd2026!", "Qwerty123456!", "Iloveyou2026!"):
+        with pytest.raises(StaffError) as caught:
+            check_password(common, policy=POLICY, email="tanaka@city.example.jp")
+        assert caught.value.code == "staff.weak_password"
+        assert "推測されやすい" in caught.value.message_ja
 
 
 def _staff(session: Session) -> Staff:

@@ -79,6 +79,22 @@ def test_import_dry_run_apply_and_bad_lines(home: Path, tmp_path: Path) -> None:
         stdin="short\n",
     )
     assert code == 2 and "staff.weak_password" in out
+    for common in ("Password123!", "Welcome2026!", "Qwerty123456!"):
+        # Long enough and three classes, but among the first an attacker tries (zxcvbn).
+        code, out = _run(
+            home,
+            "staff",
+            "add",
+            "--email",
+            "suzuki@city.example.jp",
+            "--name",
+            "鈴木",
+            "--roles",
+            "signer",
+            "--password-stdin",
+            stdin=f"{common}\n",
+        )
+        assert code == 2 and "staff.weak_password" in out, (common, out)
     code, out = _run(
         home,
         "staff",
