@@ -32,6 +32,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
+from core.active_content import ActiveContentMode, check_active_content
 from core.amendments import amended_by, describe, original_of
 from core.audit import list_events, record_event
 from core.blobs import BlobStore
@@ -63,6 +64,8 @@ class Limits:
     max_envelope_bytes: int = 50 * MB
     max_files: int = 20
     max_parties: int = 50
+    # A PDF that runs JavaScript or launches something when opened: refuse it, or strip that.
+    pdf_active_content: ActiveContentMode = "refuse"
 
 
 class EnvelopeObserver(Protocol):
@@ -200,7 +203,10 @@ def check_documents(*, runtime: Runtime, documents: Sequence[DocumentInput]) -> 
     """Refuse documents over the size limits or that the signing engine cannot take (what
     :func:`create_envelope` checks first), before anything is stored; returns their page counts."""
     _check_limits(documents, runtime.limits)
-    return [runtime.signing.inspect(doc.data) for doc in documents]
+    infos = [runtime.signing.inspect(doc.data) for doc in documents]
+    for doc in documents:
+        check_active_content(doc.data, name=doc.name, mode=runtime.limits.pdf_active_content)
+    return infos
 
 
 def check_parties(*, runtime: Runtime, parties: Sequence[PartyInput]) -> None:
@@ -299,6 +305,13 @@ def create_envelope(
     _check_limits(documents, limits)
     _check_parties(parties, limits)
     infos = [runtime.signing.inspect(doc.data) for doc in documents]
+    # Before the documents are stored or stamped: the first signature covers no script.
+    documents = [
+        DocumentInput(
+            d.name, check_active_content(d.data, name=d.name, mode=limits.pdf_active_content)
+        )
+        for d in documents
+    ]
     _check_fields(fields, parties, [i.page_count for i in infos])
 
     now = utcnow()
