@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import xmlschema
 
+from core.csv_export import SafeCsvWriter, neutralise
 from core.errors import ConfigError, Disposition, SinkError
 from core.model import GuaranteeKind
 from core.pushback import FACT_NAMES, PushContent
@@ -327,7 +328,8 @@ def encode_cp932(text: str, *, field_name: str) -> bytes:
 
 def _render_csv(values: Mapping[str, Any], spec: RecordSpec) -> bytes:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
+    # Finance staff open these files in Excel too: formula cells are neutralised.
+    writer = SafeCsvWriter(buffer, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
     if spec.header:
         writer.writerow(list(values))
     writer.writerow([values[name] for name in values])
@@ -335,7 +337,7 @@ def _render_csv(values: Mapping[str, Any], spec: RecordSpec) -> bytes:
     if spec.encoding == "cp932":
         # Per field, so the error names the field that cannot be written.
         for name, value in values.items():
-            encode_cp932(str(value), field_name=name)
+            encode_cp932(neutralise(value), field_name=name)
         return encode_cp932(text, field_name="(header)")
     return text.encode(spec.encoding)
 

@@ -9,7 +9,6 @@ only when every line is good (:func:`apply_import`): a file is never half import
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,9 +19,11 @@ from sqlalchemy.orm import Session
 
 from core.access import require_role
 from core.audit import record_event
+from core.csv_export import SafeCsvWriter, restore
 from core.errors import NotFoundError, StaffError
 from core.model import AddressBookEntry, Staff, StaffRole
 from core.staff import check_email, check_name, import_columns, read_import_rows
+from core.text import multi_line, one_line
 
 # Import headers, Japanese or English, and the order of the export.
 _HEADERS = {
@@ -40,8 +41,6 @@ _HEADERS = {
 }
 _REQUIRED = ("company", "name", "email")
 _EXPORT_HEADER = ("会社名", "氏名", "メールアドレス", "部署", "備考")
-# A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
@@ -55,8 +54,9 @@ class Contact:
     note: str | None = None
 
 
-def _optional(text: str | None, limit: int, label: str) -> str | None:
-    text = (text or "").strip()
+def _optional(text: str | None, limit: int, label: str, *, lines: bool = False) -> str | None:
+    clean = multi_line if lines else one_line
+    text = clean(text or "", field=label, label_ja=label, error=StaffError)
     if len(text) > limit:
         raise StaffError(
             "address_book.too_long",
@@ -81,7 +81,7 @@ def check_contact(
         name=check_name(name),
         email=check_email(email),
         department=_optional(department, 200, "部署"),
-        note=_optional(note, 2000, "備考"),
+        note=_optional(note, 2000, "備考", lines=True),
     )
 
 
@@ -230,13 +230,6 @@ class ContactImportPlan:
     errors: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _unescape(cell: str) -> str:
-    # What export_csv wrote to keep a spreadsheet from running a formula.
-    if cell.startswith("'") and cell[1:].startswith(_FORMULA_START):
-        return cell[1:]
-    return cell
-
-
 def plan_import(*, session: Session, data: bytes) -> ContactImportPlan:
     """Read an import file (UTF-8 or CP932; header 会社名,氏名,メールアドレス[,部署][,備考] or
     company,name,email[,department][,note]) and compare it with the book; writes nothing."""
@@ -254,7 +247,7 @@ def plan_import(*, session: Session, data: bytes) -> ContactImportPlan:
     for number, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
-        raw = {c: _unescape(row[i]) for i, c in enumerate(columns) if c and i < len(row)}
+        raw = {c: restore(row[i]) for i, c in enumerate(columns) if c and i < len(row)}
         try:
             contact = check_contact(
                 company=raw.get("company"),
@@ -313,21 +306,16 @@ def apply_import(*, session: Session, staff: Staff, plan: ContactImportPlan) -> 
     )
 
 
-def _escape(cell: str | None) -> str:
-    cell = cell or ""
-    return "'" + cell if cell.startswith(_FORMULA_START) else cell
-
-
 def export_csv(*, session: Session, staff: Staff) -> bytes:
     """The whole book as CSV (UTF-8 with BOM, so Excel reads the Japanese), in the import's
     format; an audit event, as it hands out personal data."""
     _require_reader(staff)
     out = io.StringIO(newline="")
-    writer = csv.writer(out, lineterminator="\r\n")
+    writer = SafeCsvWriter(out, lineterminator="\r\n")
     writer.writerow(_EXPORT_HEADER)
     entries = list_contacts(session=session, staff=staff, limit=1_000_000)
     for e in entries:
-        writer.writerow([_escape(v) for v in (e.company, e.name, e.email, e.department, e.note)])
+        writer.writerow((e.company, e.name, e.email, e.department, e.note))
     record_event(
         session=session,
         action="address_book.export",

@@ -8,21 +8,26 @@ it created: every lookup goes through :func:`get_client_envelope`, which answers
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.attempts import lock_counter, reserve_attempt, settle_success, throttle_counter
+from core.audit import record_event
 from core.envelopes import get_envelope
 from core.errors import AuthError, NotFoundError, StateError
 from core.links import hash_token
-from core.model import ApiClient, ApiEnvelope, Envelope, utcnow
+from core.model import ApiClient, ApiEnvelope, AuthThrottle, Envelope, utcnow
 from core.states import EnvelopeState
 
 __all__ = [
     "DEFAULT_SCOPES",
     "SCOPES",
+    "TokenPolicy",
     "authenticate",
     "create_api_client",
     "find_idempotent",
@@ -99,14 +104,67 @@ def _unauthorized() -> AuthError:
     )
 
 
-def authenticate(*, session: Session, token: str | None) -> ApiClient:
-    """The live client holding ``token``, or ``auth.invalid_token``."""
-    if not token or not token.startswith(_TOKEN_PREFIX) or len(token) > 200:
+@dataclass(frozen=True)
+class TokenPolicy:
+    """How many wrong tokens one caller address may present before it is locked out, and for
+    how long. A token carries 256 random bits, so the limit is not what keeps a token secret;
+    it stops a scan and tells the audit log about it."""
+
+    max_failures: int = 20
+    lockout: dt.timedelta = dt.timedelta(minutes=15)
+
+
+def authenticate(
+    *,
+    session: Session,
+    token: str | None,
+    ip: str | None = None,
+    policy: TokenPolicy | None = None,
+    now: dt.datetime | None = None,
+) -> ApiClient:
+    """The live client holding ``token``, or ``auth.invalid_token``.
+
+    Each attempt reserves one of ``policy.max_failures`` per caller address first (commits it:
+    :mod:`core.attempts`); the wrong token that uses the last one locks the address out for
+    ``policy.lockout``, and a locked-out address is answered ``auth.invalid_token`` whatever
+    token it holds (the audit log records ``api.locked``). A right token gives its attempt back.
+    """
+    policy = policy or TokenPolicy()
+    now = now or utcnow()
+    counter = throttle_counter(
+        session=session, key=f"api_token:{ip or '-'}", limit=policy.max_failures, now=now
+    )
+    reserved = reserve_attempt(session=session, counter=counter)
+    session.commit()
+    if reserved is None:
+        record_event(session=session, action="api.locked", actor=ip or "-", ip=ip)
+        session.commit()
         raise _unauthorized()
-    client = session.scalar(select(ApiClient).where(ApiClient.token_hash == hash_token(token)))
-    if client is None or client.revoked_at is not None:
+    client = None
+    if token and token.startswith(_TOKEN_PREFIX) and len(token) <= 200:
+        client = session.scalar(select(ApiClient).where(ApiClient.token_hash == hash_token(token)))
+    if client is not None and client.revoked_at is None:
+        if settle_success(session=session, counter=counter):
+            session.commit()
+            return client
+        session.commit()
+        record_event(session=session, action="api.locked", actor=client.name, ip=ip)
+        session.commit()
         raise _unauthorized()
-    return client
+    if reserved >= policy.max_failures and lock_counter(
+        session=session,
+        counter=counter,
+        values={AuthThrottle.locked_until: now + policy.lockout, AuthThrottle.failures: 0},
+    ):
+        record_event(
+            session=session,
+            action="api.lockout",
+            actor=ip or "-",
+            ip=ip,
+            detail={"failures": reserved},
+        )
+    session.commit()
+    raise _unauthorized()
 
 
 def require_scope(client: ApiClient, scope: str) -> None:

@@ -194,6 +194,16 @@ class BlobStore:
         fsync_folder(path.parent)
         return True
 
+    def discard(self, blob_id: str) -> None:
+        """Remove a blob that no row ever came to reference (a refused or failed create), and
+        its copy in the mirror folder: nothing of a refused request is kept anywhere."""
+        self.delete(blob_id)
+        if self.mirror is not None:
+            try:
+                blob_path(self.mirror, blob_id).unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("mirror copy of %s not removed: %s", blob_id, exc)
+
     @staticmethod
     def _tampered(blob_id: str) -> BlobError:
         return BlobError(

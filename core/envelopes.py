@@ -23,9 +23,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import re
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
+from core.active_content import ActiveContentMode, check_active_content
 from core.amendments import amended_by, describe, original_of
 from core.audit import list_events, record_event
 from core.blobs import BlobStore
@@ -58,6 +60,7 @@ from core.states import (
     check_party_transition,
     envelope_state_ja,
 )
+from core.text import multi_line, one_line
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,8 @@ class Limits:
     max_envelope_bytes: int = 50 * MB
     max_files: int = 20
     max_parties: int = 50
+    # A PDF that runs JavaScript or launches something when opened: refuse it, or strip that.
+    pdf_active_content: ActiveContentMode = "refuse"
 
 
 class EnvelopeObserver(Protocol):
@@ -140,6 +145,7 @@ class FieldInput:
 
 
 _SIGNING_ROLES = frozenset({PartyRole.APPROVER, PartyRole.SIGNER})
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 
 
 def _input_error(code: str, message_en: str, message_ja: str, **details: object) -> DocumentError:
@@ -195,7 +201,7 @@ def _check_parties(parties: Sequence[PartyInput], limits: Limits) -> None:
             f"署名者は{limits.max_parties}人までです。",
         )
     for index, party in enumerate(parties):
-        if not party.name.strip() or "@" not in party.email:
+        if not party.name.strip() or not _EMAIL.fullmatch(party.email.strip()):
             raise StateError(
                 "envelope.bad_party",
                 f"party {index + 1} needs a name and an e-mail address",
@@ -208,7 +214,10 @@ def check_documents(*, runtime: Runtime, documents: Sequence[DocumentInput]) -> 
     """Refuse documents over the size limits or that the signing engine cannot take (what
     :func:`create_envelope` checks first), before anything is stored; returns their page counts."""
     _check_limits(documents, runtime.limits)
-    return [runtime.signing.inspect(doc.data) for doc in documents]
+    infos = [runtime.signing.inspect(doc.data) for doc in documents]
+    for doc in documents:
+        check_active_content(doc.data, name=doc.name, mode=runtime.limits.pdf_active_content)
+    return infos
 
 
 def check_parties(*, runtime: Runtime, parties: Sequence[PartyInput]) -> None:
@@ -272,7 +281,34 @@ def create_envelope(
 
     Nothing is added to the session when any input is refused.
     """
-    if not title.strip():
+    # Every text on one line, control characters refused, before anything is stored: a line
+    # break in a title or name would break the mails and downloads made from it later.
+    title = one_line(title, field="title", label_ja="件名")
+    creator = one_line(creator, field="creator", label_ja="文書作成者")
+    creator_email = _optional_line(creator_email, "sender_email", "送信者メールアドレス")
+    management_number = _optional_line(management_number, "management_number", "管理番号")
+    counterparty = _optional_line(counterparty, "counterparty", "契約相手方")
+    department = _optional_line(department, "department", "所属")
+    documents = [
+        DocumentInput(
+            name=one_line(d.name, field=f"documents.{i}.name", label_ja="文書名"), data=d.data
+        )
+        for i, d in enumerate(documents)
+    ]
+    parties = [
+        PartyInput(
+            role=p.role,
+            name=one_line(p.name, field=f"parties.{i}.name", label_ja="氏名"),
+            email=one_line(p.email, field=f"parties.{i}.email", label_ja="メールアドレス"),
+            company=_optional_line(p.company, f"parties.{i}.company", "会社名"),
+        )
+        for i, p in enumerate(parties)
+    ]
+    fields = [
+        replace(f, label=one_line(f.label, field=f"fields.{i}.label", label_ja="項目名"))
+        for i, f in enumerate(fields)
+    ]
+    if not title:
         raise StateError(
             "envelope.no_title", "an envelope needs a title", "件名を入力してください。"
         )
@@ -280,6 +316,13 @@ def create_envelope(
     _check_limits(documents, limits)
     _check_parties(parties, limits)
     infos = [runtime.signing.inspect(doc.data) for doc in documents]
+    # Before the documents are stored or stamped: the first signature covers no script.
+    documents = [
+        DocumentInput(
+            d.name, check_active_content(d.data, name=d.name, mode=limits.pdf_active_content)
+        )
+        for d in documents
+    ]
     _check_fields(fields, parties, [i.page_count for i in infos])
 
     now = utcnow()
@@ -343,6 +386,47 @@ def create_envelope(
         )
         for position, doc in enumerate(documents)
     ]
+    try:
+        _store_documents(runtime, envelope, documents, infos, prepared, doc_ids, now)
+        envelope.parties.extend(party_rows)
+        envelope.fields.extend(field_rows)
+        session.add(envelope)
+        record_event(
+            session=session,
+            action="envelope.created",
+            actor=actor or creator,
+            envelope_id=envelope.id,
+            at=now,
+            detail={"documents": [d.name for d in documents], "parties": len(parties)},
+        )
+        session.flush()
+    except BaseException:
+        discard_envelope_blobs(runtime=runtime, envelope=envelope)
+        raise
+    return envelope
+
+
+def discard_envelope_blobs(*, runtime: Runtime, envelope: Envelope) -> None:
+    """Remove the blobs a create wrote for ``envelope`` when the create fails or is rolled
+    back (call it from the caller's failure path too): no orphan stays in the store."""
+    for document in envelope.documents:
+        for revision in document.revisions:
+            runtime.blobs.discard(revision.blob_id)
+
+
+def _optional_line(text: str | None, field: str, label_ja: str) -> str | None:
+    return one_line(text, field=field, label_ja=label_ja) or None if text is not None else None
+
+
+def _store_documents(
+    runtime: Runtime,
+    envelope: Envelope,
+    documents: Sequence[DocumentInput],
+    infos: Sequence[PdfInfo],
+    prepared: Sequence[bytes],
+    doc_ids: Sequence[str],
+    now: dt.datetime,
+) -> None:
     for position, (doc, info, data) in enumerate(zip(documents, infos, prepared, strict=True)):
         # The upload is kept as revision 1; preparing appends to it, so the prepared file
         # costs one small append instead of a second full copy.
@@ -364,25 +448,12 @@ def create_envelope(
             page_count=info.page_count,
             revisions=[original],
         )
+        envelope.documents.append(document)
         document.revisions.append(
             store_revision(
                 runtime=runtime, document=document, previous=doc.data, new=data, reason="prepared"
             )
         )
-        envelope.documents.append(document)
-    envelope.parties.extend(party_rows)
-    envelope.fields.extend(field_rows)
-    session.add(envelope)
-    record_event(
-        session=session,
-        action="envelope.created",
-        actor=actor or creator,
-        envelope_id=envelope.id,
-        at=now,
-        detail={"documents": [d.name for d in documents], "parties": len(parties)},
-    )
-    session.flush()
-    return envelope
 
 
 def _envelope_graph() -> tuple[Any, ...]:
@@ -843,7 +914,7 @@ def decline(
     """The current party declines with a reason; the envelope ends as ``declined``."""
     party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
     _require_current(party)
-    reason = reason.strip()
+    reason = multi_line(reason, field="reason", label_ja="却下理由")
     if not reason:
         raise StateError(
             "envelope.decline_reason_required",
@@ -879,6 +950,7 @@ def cancel_envelope(
     ip: str | None = None,
 ) -> Envelope:
     """Cancel an envelope before completion (draft or sent)."""
+    reason = multi_line(reason, field="reason", label_ja="取消理由")
     envelope = get_envelope(session=session, envelope_id=envelope_id)
     now = utcnow()
     _set_envelope_state(envelope, EnvelopeState.CANCELLED, now)
@@ -889,7 +961,7 @@ def cancel_envelope(
         envelope_id=envelope_id,
         ip=ip,
         at=now,
-        detail={"reason": reason.strip()},
+        detail={"reason": reason},
     )
     runtime.notify(session, envelope, "envelope.cancelled")
     session.flush()

@@ -9,7 +9,8 @@ is never stored, logged or returned.
 
 Wrong codes are counted on the link row in the database, so every process and node shares the
 count. Each check first *reserves* an attempt with a conditional ``UPDATE`` (only while fewer
-than the limit are used) and commits, then compares: parallel guesses cannot exceed the limit.
+than the limit are used) and commits, then compares: parallel guesses cannot exceed the limit
+(:mod:`core.attempts`, the rule every guessable secret follows).
 The attempt that reaches the limit locks the link, records it and tells the sender (observer
 event ``party.locked``).
 
@@ -31,11 +32,13 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from core.attempts import AttemptCounter, lock_counter, reserve_attempt, settle_success
 from core.audit import record_event
 from core.envelopes import Runtime, check_party_can_act, get_party
 from core.errors import AuthError, StateError
 from core.model import AccessCode, LinkPurpose, Party, SigningLink, utcnow
 from core.states import PartyRole
+from core.text import one_line
 
 __all__ = [
     "AccessCodePolicy",
@@ -192,6 +195,15 @@ def _link_error(code: str, message_en: str, message_ja: str) -> AuthError:
     return AuthError(code, message_en, message_ja)
 
 
+def _locked_link() -> AuthError:
+    return _link_error(
+        "link.locked",
+        "this link is locked after too many wrong access codes",
+        "アクセスコードの入力誤りが上限に達したため、このURLはロックされました。"
+        "送信者に連絡済みです。再送をお待ちください。",
+    )
+
+
 def open_link(
     *, session: Session, token: str, purpose: LinkPurpose, now: dt.datetime | None = None
 ) -> SigningLink:
@@ -262,38 +274,25 @@ def check_access_code(
     if link is None or link.party_id is None or link.purpose is not LinkPurpose.SIGN:
         raise _link_error("link.not_found", "no such link", "このURLは無効です。")
     envelope_id, party_id = link.envelope_id, link.party_id
-    reserved = session.execute(
-        update(SigningLink)
-        .where(
-            SigningLink.id == link_id,
-            SigningLink.locked_at.is_(None),
-            SigningLink.revoked_at.is_(None),
-            SigningLink.failed_attempts < policy.max_attempts,
-        )
-        .values(failed_attempts=SigningLink.failed_attempts + 1)
-        .returning(SigningLink.failed_attempts)
-        .execution_options(synchronize_session=False)
+    counter = AttemptCounter(
+        where=SigningLink.id == link_id,
+        count=SigningLink.failed_attempts,
+        open=SigningLink.locked_at.is_(None) & SigningLink.revoked_at.is_(None),
+        limit=policy.max_attempts,
     )
     # The count this attempt reserved, read atomically with the increment: reading it again
     # later would see other processes' attempts and misnumber this one.
-    reserved_count = reserved.scalar_one_or_none()
+    reserved_count = reserve_attempt(session=session, counter=counter)
     session.commit()
     if reserved_count is None:
-        raise _link_error(
-            "link.locked",
-            "this link is locked after too many wrong access codes",
-            "アクセスコードの入力誤りが上限に達したため、このURLはロックされました。"
-            "送信者に連絡済みです。再送をお待ちください。",
-        )
+        raise _locked_link()
     stored = session.get(AccessCode, party_id, populate_existing=True)
     if stored is not None and policy.matches(code.strip(), stored.code_hash):
-        # Give the reserved attempt back: only wrong codes count.
-        session.execute(
-            update(SigningLink)
-            .where(SigningLink.id == link_id)
-            .values(failed_attempts=SigningLink.failed_attempts - 1)
-            .execution_options(synchronize_session=False)
-        )
+        # Give the reserved attempt back (only wrong codes count), unless a parallel wrong
+        # code locked the link meanwhile: then this right code does not open it either.
+        if not settle_success(session=session, counter=counter):
+            session.commit()
+            raise _locked_link()
         record_event(
             session=session,
             action="party.authenticated",
@@ -318,13 +317,7 @@ def check_access_code(
     locked_now = False
     if used >= policy.max_attempts:
         now = utcnow()
-        locked = session.execute(
-            update(SigningLink)
-            .where(SigningLink.id == link_id, SigningLink.locked_at.is_(None))
-            .values(locked_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        if locked.rowcount == 1:  # type: ignore[attr-defined]
+        if lock_counter(session=session, counter=counter, values={SigningLink.locked_at: now}):
             locked_now = True
             record_event(
                 session=session,
@@ -340,12 +333,7 @@ def check_access_code(
             runtime.notify(session, party.envelope, "party.locked", party)
     session.commit()
     if locked_now or used >= policy.max_attempts:
-        raise _link_error(
-            "link.locked",
-            "this link is locked after too many wrong access codes",
-            "アクセスコードの入力誤りが上限に達したため、このURLはロックされました。"
-            "送信者に連絡済みです。再送をお待ちください。",
-        )
+        raise _locked_link()
     left = policy.max_attempts - used
     raise AuthError(
         "link.code_wrong",
@@ -376,7 +364,8 @@ def forward_party(
         raise StateError(
             "state.cc_cannot_act", "a cc party cannot forward", "CC(写し送付先)は転送できません。"
         )
-    name, email = name.strip(), email.strip()
+    name = one_line(name, field="name", label_ja="転送先の氏名")
+    email = email.strip()
     if not name or len(name) > 200:
         raise StateError(
             "party.forward_name", "the new person needs a name", "転送先の氏名を入力してください。"

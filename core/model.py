@@ -361,6 +361,17 @@ class ApiClient(Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
+class AuthThrottle(Base):
+    """Failed attempts at a secret that names no row of its own (an unknown API token names no
+    client), per key such as ``api_token:<client address>``; see :mod:`core.attempts`."""
+
+    __tablename__ = "auth_throttles"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer(), default=0)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
 class ApiEnvelope(Base):
     """Which system created an envelope (it sees only its own), and under which idempotency key."""
 

@@ -24,6 +24,7 @@ from core.access import scope_clause, scope_for
 from core.errors import StaffError
 from core.model import BIGRAMS, Document, Envelope, Staff
 from core.states import EnvelopeState
+from core.text import without_controls
 
 MAX_PER_PAGE = 200
 
@@ -42,6 +43,13 @@ class EnvelopeQuery:
     department: str | None = None
     page: int = 1
     per_page: int = 50
+
+    def __post_init__(self) -> None:
+        # A NUL cannot even be sent to PostgreSQL, and no stored text holds a control character.
+        for name in ("keyword", "counterparty", "department"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, without_controls(value) or None)
 
 
 @dataclass(frozen=True)

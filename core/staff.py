@@ -1,7 +1,8 @@
 """Staff: records, passwords (argon2id), login with lockout and optional TOTP, and CSV import.
 
 Failed logins are counted in the database (``staff.failed_logins``) so the limit holds across
-processes and nodes. A TOTP code is good once: the accepted time step is stored
+processes and nodes; each attempt reserves its count before the password is checked
+(:mod:`core.attempts`), so parallel guesses cannot exceed the limit. A TOTP code is good once: the accepted time step is stored
 (``staff.totp_last_step``) and a code of that step or an older one is refused (RFC 6238 5.2).
 
 The import is planned first (:func:`plan_import`, which writes nothing) and applied after
@@ -26,11 +27,14 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
+from zxcvbn import zxcvbn
 
+from core.attempts import AttemptCounter, lock_counter, reserve_attempt, settle_success
 from core.audit import record_event
 from core.errors import AuthError, StaffError
 from core.model import Staff, StaffRole, VisibilityScope, utcnow
 from core.staff_sessions import end_staff_sessions
+from core.text import has_no_controls, one_line, printable
 
 # argon2-cffi's defaults are argon2id with the RFC 9106 "low memory" parameters.
 _HASHER = PasswordHasher()
@@ -48,6 +52,9 @@ class PasswordPolicy:
     passphrase_length: int = 20
     max_failures: int = 5
     lockout: dt.timedelta = dt.timedelta(minutes=15)
+    # zxcvbn's score (0-4) a password needs: 3 is "safely unguessable" against an online
+    # attack that gets past the lockout, and refuses Password123! and its kind.
+    min_score: int = 3
 
 
 def check_password(password: str, *, policy: PasswordPolicy, email: str = "") -> None:
@@ -66,12 +73,29 @@ def check_password(password: str, *, policy: PasswordPolicy, email: str = "") ->
     local = email.split("@", 1)[0].lower()
     if len(local) >= 3 and local in password.lower():
         problems.append("contains the e-mail address")
+    common = False
+    if not problems and policy.min_score > 0:
+        # zxcvbn: dictionaries of common passwords, names and words, keyboard patterns, dates,
+        # l33t substitutions; the e-mail address counts as known to the attacker.
+        estimate = zxcvbn(password[:100], user_inputs=[email, local, *email.split("@")[1:]])
+        if estimate["score"] < policy.min_score:
+            common = True
+            problems.append(
+                f"too easy to guess (strength {estimate['score']} of 4, at least "
+                f"{policy.min_score} needed)"
+            )
     if problems:
+        message_ja = (
+            "このパスワードは推測されやすいため使用できません。よく使われる語句や"
+            "単純な並び(Password123! など)を避け、長めのパスワードにしてください。"
+            if common
+            else f"パスワードは{policy.min_length}文字以上で、英大文字・英小文字・数字・記号の"
+            "うち3種類以上を含め、メールアドレスを含めないでください。"
+        )
         raise StaffError(
             "staff.weak_password",
             "the password does not meet the policy: " + "; ".join(problems),
-            f"パスワードは{policy.min_length}文字以上で、英大文字・英小文字・数字・記号のうち"
-            "3種類以上を含め、メールアドレスを含めないでください。",
+            message_ja,
             details={"problems": problems},
         )
 
@@ -169,13 +193,20 @@ def _claim_totp_step(session: Session, staff: Staff, step: int) -> bool:
     return True
 
 
-def _locked(until: dt.datetime) -> AuthError:
-    return AuthError(
-        "auth.locked",
-        "too many failed logins; the account is locked for a while",
-        "ログインの失敗が続いたため、アカウントを一時的にロックしました。"
-        "しばらくしてからやり直すか、管理者に連絡してください。",
-        details={"locked_until": until.isoformat()},
+def _dummy_verify(password: str) -> None:
+    # The same argon2 work as a real check, so no answer is faster than another.
+    try:
+        _HASHER.verify(_DUMMY_HASH, password + "x")
+    except VerificationError:
+        pass
+
+
+def _login_counter(staff_id: str, policy: PasswordPolicy, now: dt.datetime) -> AttemptCounter:
+    return AttemptCounter(
+        where=Staff.id == staff_id,
+        count=Staff.failed_logins,
+        open=Staff.locked_until.is_(None) | (Staff.locked_until <= now),
+        limit=policy.max_failures,
     )
 
 
@@ -189,23 +220,34 @@ def authenticate(
     ip: str | None = None,
     now: dt.datetime | None = None,
 ) -> LoginOutcome:
-    """Check a login; counts failures in the database and locks the account after
-    ``policy.max_failures`` of them. Commit the session whatever the outcome."""
+    """Check a login (password, then the TOTP code when enrolled).
+
+    Each attempt first reserves one of ``policy.max_failures`` attempts in the database
+    (:mod:`core.attempts`) and commits it, then checks; the failure that uses the last one locks
+    the account for ``policy.lockout``. A locked, unknown or disabled account answers exactly
+    like a wrong password (``auth.login_failed``, after the same hashing work), so the answer
+    does not tell which accounts exist or are locked; the audit log says which it was.
+    Commits; commit the session again after using the outcome.
+    """
     now = now or utcnow()
     email = email.strip().lower()
-    staff = session.scalars(select(Staff).where(Staff.email == email)).one_or_none()
+    staff = None
+    if has_no_controls(email) and has_no_controls(password) and len(email) <= 320:
+        staff = session.scalars(select(Staff).where(Staff.email == email)).one_or_none()
     if staff is None or staff.disabled or staff.password_hash is None:
-        try:
-            _HASHER.verify(_DUMMY_HASH, password + "x")
-        except VerificationError:
-            pass
-        record_event(session=session, action="login.failed", actor=email, ip=ip)
+        _dummy_verify(password)
+        record_event(session=session, action="login.failed", actor=printable(email[:320]), ip=ip)
         return LoginOutcome(error=_failed())
-    if staff.locked_until is not None and staff.locked_until > now:
+    counter = _login_counter(staff.id, policy, now)
+    reserved = reserve_attempt(session=session, counter=counter)
+    session.commit()
+    if reserved is None:
+        _dummy_verify(password)
         record_event(session=session, action="login.locked", actor=email, ip=ip)
-        return LoginOutcome(error=_locked(staff.locked_until))
+        return LoginOutcome(error=_failed())
+    session.refresh(staff)
     try:
-        good: bool = _HASHER.verify(staff.password_hash, password)
+        good: bool = _HASHER.verify(staff.password_hash or "", password)
     except (VerifyMismatchError, InvalidHashError, VerificationError):
         good = False
     error, action = _failed(), "login.failed"
@@ -215,32 +257,30 @@ def authenticate(
         if step is not None and not good:
             error, action = _code_reused(), "login.totp_reused"
     if not good:
-        # Counted with one UPDATE so concurrent attempts from several processes all count.
-        failures = session.execute(
-            update(Staff)
-            .where(Staff.id == staff.id)
-            .values(failed_logins=Staff.failed_logins + 1)
-            .returning(Staff.failed_logins)
-            .execution_options(synchronize_session=False)
-        ).scalar_one()
-        session.refresh(staff)
-        if failures >= policy.max_failures:
-            staff.locked_until = now + policy.lockout
-            staff.failed_logins = 0
+        if reserved >= policy.max_failures and lock_counter(
+            session=session,
+            counter=counter,
+            values={Staff.locked_until: now + policy.lockout, Staff.failed_logins: 0},
+        ):
             record_event(
                 session=session,
                 action="login.lockout",
                 actor=email,
                 ip=ip,
-                detail={"failures": failures},
+                detail={"failures": reserved},
             )
-            return LoginOutcome(error=_locked(staff.locked_until))
-        record_event(session=session, action=action, actor=email, ip=ip)
+        record_event(
+            session=session, action=action, actor=email, ip=ip, detail={"attempt": reserved}
+        )
         return LoginOutcome(error=error)
-    if _HASHER.check_needs_rehash(staff.password_hash):
+    # Clear the count, unless a parallel wrong guess locked the account meanwhile: then this
+    # login is refused and the lock stays.
+    if not settle_success(session=session, counter=counter, values={Staff.failed_logins: 0}):
+        record_event(session=session, action="login.locked", actor=email, ip=ip)
+        return LoginOutcome(error=_failed())
+    session.refresh(staff)
+    if _HASHER.check_needs_rehash(staff.password_hash or ""):
         staff.password_hash = hash_password(password)
-    staff.failed_logins = 0
-    staff.locked_until = None
     record_event(session=session, action="login", actor=email, ip=ip)
     return LoginOutcome(staff=staff)
 
@@ -288,18 +328,19 @@ def parse_scope(text: str) -> VisibilityScope:
 def check_email(email: str) -> str:
     """The address lower-cased and stripped, or ``staff.bad_email``."""
     email = email.strip().lower()
-    if not _EMAIL.match(email) or len(email) > 320:
+    if not _EMAIL.match(email) or len(email) > 320 or not has_no_controls(email):
         raise StaffError(
             "staff.bad_email",
-            f"not an e-mail address: {email!r}",
+            f"not an e-mail address: {printable(email)!r}",
             "メールアドレスの形式が正しくありません。",
         )
     return email
 
 
 def check_name(name: str) -> str:
-    """The name stripped (1 to 200 characters), or ``staff.bad_name``."""
-    name = name.strip()
+    """The name on one line, stripped (1 to 200 characters), or ``staff.bad_name``
+    (``text.control_character`` for a control character other than a line break)."""
+    name = one_line(name, field="name", label_ja="氏名", error=StaffError)
     if not name or len(name) > 200:
         raise StaffError(
             "staff.bad_name",
@@ -307,6 +348,18 @@ def check_name(name: str) -> str:
             "氏名を200文字以内で入力してください。",
         )
     return name
+
+
+def check_department(department: str | None) -> str | None:
+    """The department on one line, stripped (None when empty), or ``staff.bad_department``."""
+    text = one_line(department or "", field="department", label_ja="所属", error=StaffError)
+    if len(text) > 200:
+        raise StaffError(
+            "staff.bad_department",
+            "a department of at most 200 characters",
+            "所属は200文字以内で入力してください。",
+        )
+    return text or None
 
 
 def add_staff(
@@ -330,7 +383,7 @@ def add_staff(
     staff = Staff(
         name=check_name(name),
         email=email,
-        department=(department or "").strip() or None,
+        department=check_department(department),
         roles=parse_roles(roles),
         scope=scope if isinstance(scope, VisibilityScope) else parse_scope(scope),
         disabled=False,
@@ -385,7 +438,7 @@ def _normalise(changes: dict[str, Any]) -> dict[str, Any]:
         if key == "name":
             out[key] = check_name(value)
         elif key == "department":
-            out[key] = value.strip() or None
+            out[key] = check_department(value)
         elif key == "roles":
             out[key] = parse_roles(value)
         elif key == "scope":
@@ -538,7 +591,7 @@ def plan_import(
             values: dict[str, Any] = {
                 "email": check_email(raw["email"]),
                 "name": check_name(raw["name"]),
-                "department": raw.get("department", "").strip() or None,
+                "department": check_department(raw.get("department")),
                 "roles": parse_roles(raw["roles"]),
                 "scope": parse_scope(raw["scope"]),
                 "disabled": _truthy(raw.get("disabled", "")),

@@ -146,14 +146,57 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
         schema.setdefault("components", {})["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer"}
         }
+        components["Error"] = _ERROR_SCHEMA
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
         for path, operations in schema["paths"].items():
-            if path.startswith("/api/"):
-                for operation in operations.values():
-                    operation["security"] = [{"bearer": []}]
+            for operation in operations.values():
+                _document_errors(operation, api=path.startswith("/api/"))
         app.openapi_schema = schema
         return schema
 
     return build
+
+
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Every error answer (gateway.errors): a stable code and two messages",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "message_ja", "disposition"],
+            "properties": {
+                "code": {"type": "string", "examples": ["auth.invalid_token"]},
+                "message": {"type": "string"},
+                "message_ja": {"type": "string"},
+                "disposition": {
+                    "type": "string",
+                    "enum": ["fatal", "retriable", "skippable_record"],
+                },
+                "details": {"type": "object"},
+            },
+        }
+    },
+}
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+
+
+def _document_errors(operation: dict[str, Any], *, api: bool) -> None:
+    """Every answer an operation can give, in the error shape: 400 (a body the server cannot
+    parse), 401 for the API (no, unknown or revoked token), 422 (invalid input)."""
+    responses = operation.setdefault("responses", {})
+    if api:
+        operation["security"] = [{"bearer": []}]
+        responses.setdefault("401", {"description": "Missing, unknown or revoked API token"})
+    responses.setdefault("400", {"description": "Malformed request (e.g. an unreadable body)"})
+    if operation.get("parameters") or operation.get("requestBody"):
+        responses.setdefault("422", {"description": "Invalid request"})
+    for status, response in responses.items():
+        if status.isdigit() and int(status) >= 400:
+            response["content"] = _ERROR_CONTENT
+            if status == "422":
+                response["description"] = response.get("description") or "Invalid request"
 
 
 _TOKEN_IN_PATH = re.compile(r"^/(sign|download)/[^/]+")

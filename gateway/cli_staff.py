@@ -5,7 +5,6 @@ Registered on the main group by :mod:`gateway.cli`. Output is English; times are
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import getpass
 import json
@@ -18,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
+from core.csv_export import SafeCsvWriter
 from core.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ def password_policy(settings: Any) -> Any:
         min_length=settings.staff.password_min_length,
         max_failures=settings.staff.max_failed_logins,
         lockout=dt.timedelta(minutes=settings.staff.lockout_minutes),
+        min_score=settings.staff.password_min_score,
     )
 
 
@@ -366,7 +367,7 @@ def audit_export(obj: Any, start: str, end: str, output: Path | None) -> None:
     handle = output.open("w", encoding="utf-8-sig", newline="") if output else sys.stdout
     count = 0
     try:
-        writer = csv.writer(handle)
+        writer = SafeCsvWriter(handle)
         writer.writerow(
             [
                 "chain_seq",

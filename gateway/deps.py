@@ -3,6 +3,7 @@ caller's IP address and the calling API client."""
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 from collections.abc import Iterator, Sequence
 from typing import Annotated
@@ -11,7 +12,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from core.access import check_client_network
-from core.api_clients import authenticate
+from core.api_clients import TokenPolicy, authenticate
 from core.model import ApiClient
 from gateway.context import AppContext
 
@@ -80,6 +81,7 @@ ClientIpDep = Annotated[str | None, Depends(get_client_ip)]
 
 def get_api_client(
     session: SessionDep,
+    context: ContextDep,
     ip: ClientIpDep,
     authorization: Annotated[
         str | None, Header(description="`Bearer <token>` of the calling system")
@@ -91,7 +93,12 @@ def get_api_client(
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer":
             token = value.strip()
-    client = authenticate(session=session, token=token)
+    server = context.gateway.settings.server
+    policy = TokenPolicy(
+        max_failures=server.max_failed_tokens,
+        lockout=dt.timedelta(minutes=server.token_lockout_minutes),
+    )
+    client = authenticate(session=session, token=token, ip=ip, policy=policy)
     check_client_network(client, ip)
     return client
 

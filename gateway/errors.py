@@ -133,7 +133,9 @@ async def handle_validation_error(request: Request, exc: Exception) -> Response:
 async def handle_http_error(request: Request, exc: Exception) -> Response:
     """Unknown routes and wrong methods, in the same shape."""
     assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
     if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
         error = GatewayError(
             "request.method_not_allowed",
             f"{request.method} is not allowed here",
@@ -148,7 +150,29 @@ async def handle_http_error(request: Request, exc: Exception) -> Response:
             f"request.http_{exc.status_code}", str(exc.detail), "リクエストを処理できません。"
         )
         _BY_CODE.setdefault(error.code, exc.status_code)
-    return await handle_gateway_error(request, error)
+    response = await handle_gateway_error(request, error)
+    for name, value in headers.items():
+        if value:
+            response.headers.setdefault(name, value)
+    return response
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path (RFC 9110 15.5.6: a 405 lists them all;
+    Starlette names only those of the first route that matched the path)."""
+    methods: set[str] = set()
+    pending = list(request.app.routes)
+    while pending:
+        route = pending.pop()
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and getattr(route, "methods", None):
+            if regex.match(request.url.path):
+                methods |= set(route.methods)
+            continue
+        # An included router (FastAPI keeps it as one entry holding its routes).
+        inner = getattr(route, "original_router", None) or getattr(route, "router", None)
+        pending.extend(getattr(inner, "routes", None) or [])
+    return ", ".join(sorted(methods))
 
 
 async def handle_infrastructure_fault(request: Request, exc: Exception) -> Response:

@@ -49,6 +49,7 @@ from core.model import Delivery, LinkPurpose, Party
 from core.notify import MAIL_TARGET, AttachmentLimits, MailKind, attachments_fit
 from core.outbox import DispatchResult, dispatch
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, party_state_ja
+from core.text import without_controls
 from gateway.background import PollingThread
 
 log = logging.getLogger(__name__)
@@ -286,7 +287,9 @@ class MailHandler:
                 context["reason"] = self._cancel_reason(session, envelope.id)
             session.commit()  # the link exists before the mail that carries it leaves
         subject, body = self.renderer.render(kind.value, context)
-        recipients = [Address(display_name=name, addr_spec=to)]
+        # Entries normalise names and titles; rows stored before they did may still hold a
+        # line break, which no header may carry (the mail would never leave).
+        recipients = [Address(display_name=without_controls(name), addr_spec=to.strip())]
         return self._message(delivery, subject, body, recipients, attachments)
 
     @staticmethod
@@ -325,9 +328,10 @@ class MailHandler:
         attachments: Sequence[tuple[str, bytes]],
     ) -> EmailMessage:
         message = EmailMessage()
-        message["Subject"] = subject
+        message["Subject"] = without_controls(subject)
         message["From"] = Address(
-            display_name=f"{self.runtime.buyer_name} 電子契約", addr_spec=self.sender
+            display_name=without_controls(f"{self.runtime.buyer_name} 電子契約"),
+            addr_spec=self.sender,
         )
         message["To"] = recipients
         message["Date"] = format_datetime(dt.datetime.now(JST))
@@ -339,7 +343,12 @@ class MailHandler:
         message["Auto-Submitted"] = "auto-generated"
         message.set_content(body, charset="utf-8")
         for filename, data in attachments:
-            message.add_attachment(data, maintype="application", subtype="pdf", filename=filename)
+            message.add_attachment(
+                data,
+                maintype="application",
+                subtype="pdf",
+                filename=without_controls(filename) or "document.pdf",
+            )
         return message
 
 

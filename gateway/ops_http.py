@@ -1,7 +1,10 @@
 """Operations over HTTP: ``/healthz`` with one status per dependency, ``/metrics`` in the
 Prometheus text format, a request id on every request and JSON log lines that carry it.
 
-Installed on the app by :func:`install_operations`. ``/healthz`` answers 200 with ``status:
+Installed on the app by :func:`install_operations`. Anyone gets the bare liveness answer of
+``/healthz`` (no paths, no hosts); its details and ``/metrics`` are for operations callers:
+from ``server.operations_networks`` (loopback by default) or with ``server.operations_token``.
+For them ``/healthz`` answers 200 with ``status:
 ok`` when everything is reachable and ``degraded`` when only the TSA, SMTP or the backup folder
 documents are copied to is not (signing and mail then wait and retry, the daily backup copies
 what the mirror missed, the rest works); a database or blob-store failure is a 503 with the
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import hmac
+import ipaddress
 import json
 import logging
 import logging.handlers
@@ -41,7 +46,7 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 from sqlalchemy import and_, func, or_, select, text
 
-from core.errors import Disposition, GatewayError
+from core.errors import AuthError, Disposition, GatewayError
 from core.model import Delivery, Document, Envelope, JobRun, SyncRun, utcnow
 from core.signing_worker import waiting_ages
 from core.states import DeliveryState
@@ -52,6 +57,7 @@ __all__ = [
     "HealthReport",
     "JsonFormatter",
     "JstDailyFileHandler",
+    "Liveness",
     "configure_logging",
     "current_request_id",
     "install_operations",
@@ -197,6 +203,12 @@ def configure_logging(
 class ComponentHealth(BaseModel):
     status: Literal["ok", "down", "disabled"]
     detail: str | None = None
+
+
+class Liveness(BaseModel):
+    """What anyone (a load balancer) sees: the process answers and its database is reachable."""
+
+    status: Literal["ok"]
 
 
 class HealthReport(BaseModel):
@@ -568,13 +580,57 @@ def install_operations(app: FastAPI, gateway: Gateway) -> None:
             )
             _request_id.reset(token)
 
-    @app.get("/healthz", response_model=HealthReport, tags=["health"])
-    def healthz() -> HealthReport:
-        """Each dependency's status: database, blob store, document mirror, TSA, SMTP."""
-        return probe.report()
+    settings = gateway.settings.server
+    networks = [ipaddress.ip_network(n, strict=False) for n in settings.operations_networks]
+    proxies = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
+    secret = settings.operations_token
+
+    def may_see_details(request: Request) -> bool:
+        """A caller from ``server.operations_networks`` or holding ``server.operations_token``."""
+        from gateway.deps import resolve_client_ip
+
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if secret is not None and scheme.lower() == "bearer":
+            expected = secret.get_secret_value().encode()
+            if hmac.compare_digest(given.strip().encode(), expected):
+                return True
+        peer = request.client.host if request.client else None
+        client = resolve_client_ip(peer, request.headers.getlist("x-forwarded-for"), proxies)
+        try:
+            address = ipaddress.ip_address(client or "")
+        except ValueError:
+            return False
+        return any(address in network for network in networks)
+
+    @app.get(
+        "/healthz",
+        response_model=HealthReport | Liveness,
+        tags=["health"],
+        responses={503: {"description": "The database or the blob store is unavailable"}},
+    )
+    def healthz(request: Request) -> HealthReport | Liveness:
+        """Liveness for anyone (``{"status": "ok"}``, 503 when the database or the blob store
+        is down); each dependency's status (database, blob store, document mirror, TSA, SMTP)
+        only for operations callers (``server.operations_networks`` or the operations token)."""
+        if may_see_details(request):
+            return probe.report()
+        if probe.database().status != "ok" or probe.blobs().status != "ok":
+            raise GatewayError(
+                "health.unavailable",
+                "the gateway cannot serve requests",
+                "現在サービスを利用できません。",
+                disposition=Disposition.RETRIABLE,
+            )
+        return Liveness(status="ok")
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)
-    async def metrics() -> Response:
-        """Prometheus text format."""
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format (operations callers only)."""
+        if not may_see_details(request):
+            raise AuthError(
+                "auth.operations_only",
+                "metrics need the operations token or an operations network",
+                "この情報は運用担当者のみ参照できます。",
+            )
         body = await run_in_threadpool(generate_latest, registry)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

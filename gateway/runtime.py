@@ -154,6 +154,7 @@ def open_gateway(settings: Settings, *, migrate_schema: bool = True) -> Gateway:
             max_envelope_bytes=limits.max_envelope_mb * MB,
             max_files=limits.max_files,
             max_parties=limits.max_parties,
+            pdf_active_content=limits.pdf_active_content,
         ),
         # Each envelope event adds its mails to the outbox in the same transaction.
         # Push-back: one delivery per subscribed sink, in the same transaction (gateway.sinks).

@@ -132,12 +132,18 @@ class ServerSettings(_Section):
     run_jobs: bool = True
     run_pushback: bool = True
     run_signing: bool = True
+    # Wrong API tokens one client address may send before it is locked out for a while.
+    max_failed_tokens: int = Field(default=20, ge=3, le=1000)
+    token_lockout_minutes: int = Field(default=15, ge=1, le=1440)
+    # Who sees /metrics and the detailed /healthz: a bearer token and/or client networks.
+    operations_token: SecretStr | None = None
+    operations_networks: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
 
     @model_validator(mode="after")
     def _check(self) -> ServerSettings:
         import ipaddress
 
-        for entry in self.trusted_proxies:
+        for entry in [*self.trusted_proxies, *self.operations_networks]:
             ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
         if not self.public_url.startswith(("http://", "https://")):
             raise ValueError("public_url must start with http:// or https://")
@@ -157,6 +163,8 @@ class LimitSettings(_Section):
     max_envelope_mb: int = Field(default=50, ge=1)
     max_files: int = Field(default=20, ge=5)
     max_parties: int = Field(default=50, ge=17)
+    # A PDF whose /OpenAction or /AA runs JavaScript (or launches something): refuse or strip.
+    pdf_active_content: Literal["refuse", "strip"] = "refuse"
 
 
 class OutboxSettings(_Section):
@@ -466,6 +474,8 @@ class SchedulesSettings(_Section):
 
 class StaffSettings(_Section):
     password_min_length: int = Field(default=12, ge=10, le=128)
+    # zxcvbn strength (0-4) a staff password needs; 3 refuses common ones like Password123!.
+    password_min_score: int = Field(default=3, ge=2, le=4)
     max_failed_logins: int = Field(default=5, ge=3, le=20)
     lockout_minutes: int = Field(default=15, ge=1, le=1440)
     # A staff session unused this long ends; whatever the use, it ends session_hours after login.

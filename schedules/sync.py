@@ -45,6 +45,7 @@ from core.intake import (
     upsert_usage_request,
 )
 from core.model import SyncRun
+from core.text import multi_line
 from mapping import SourceMapping, redact
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,18 @@ class _Batch:
     skipped: int = 0
 
 
+def _control_character(fields: Mapping[str, Any]) -> GatewayError | None:
+    """A line error for a field holding NUL or another control character (line breaks and tabs
+    are text: the envelope makes one-line values of them), before anything is stored."""
+    for name, value in fields.items():
+        if isinstance(value, str):
+            try:
+                multi_line(value, field=name, label_ja=name, error=RecordError)
+            except RecordError as exc:
+                return exc
+    return None
+
+
 def map_records(
     records: Sequence[RawRecord],
     mapping: SourceMapping,
@@ -162,8 +175,9 @@ def map_records(
     batch = _Batch()
     for record in records:
         p = record.provenance
-        if record.error is not None:
-            batch.errors.append(_record_error(record, record.error))
+        error = record.error or _control_character(record.fields)
+        if error is not None:
+            batch.errors.append(_record_error(record, error))
             batch.raws[(p.file, p.line, p.path)] = redact(record.fields, mapping.sensitive_columns)
             continue
         outcome = mapping.apply(

@@ -39,6 +39,7 @@ from core.envelopes import (
     check_documents,
     check_parties,
     create_envelope,
+    discard_envelope_blobs,
     send_envelope,
 )
 from core.errors import GatewayError, StaffError, StateError
@@ -639,12 +640,17 @@ def _create(
         actor=staff.email,
         department=department_for_new_envelope(staff, draft.department),
     )
-    store_access_codes(session, envelope, [p.code_hash for p in draft.parties])
-    if send:
-        send_envelope(
-            session=session, runtime=runtime, envelope_id=envelope.id, actor=staff.email, ip=ip
-        )
-    session.commit()
+    try:
+        store_access_codes(session, envelope, [p.code_hash for p in draft.parties])
+        if send:
+            send_envelope(
+                session=session, runtime=runtime, envelope_id=envelope.id, actor=staff.email, ip=ip
+            )
+        session.commit()
+    except BaseException:
+        session.rollback()
+        discard_envelope_blobs(runtime=runtime, envelope=envelope)
+        raise
     return envelope.id
 
 

@@ -61,6 +61,7 @@ from core.staff_sessions import (
 from core.states import EnvelopeState, envelope_state_ja, party_state_ja
 from gateway.context import AppContext
 from gateway.deps import ClientIpDep, ContextDep, SessionDep
+from gateway.downloads import file_response
 from gateway.pages.signing import check_csrf, render_page
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
@@ -78,6 +79,7 @@ def _policy(context: AppContext) -> PasswordPolicy:
         min_length=settings.password_min_length,
         max_failures=settings.max_failed_logins,
         lockout=dt.timedelta(minutes=settings.lockout_minutes),
+        min_score=settings.password_min_score,
     )
 
 
@@ -173,7 +175,8 @@ async def login(
 
     outcome, token = await run_in_threadpool(attempt)
     if token is None:
-        status = 423 if outcome.error.code == "auth.locked" else 401
+        # A locked account answers like an unknown one (401, same message): no enumeration.
+        status = 401
         return admin_page(
             request,
             context,
@@ -345,11 +348,7 @@ def envelope_detail(
 
 
 def _attachment(data: bytes, name: str) -> Response:
-    return Response(
-        data,
-        media_type="application/pdf",
-        headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}"},
-    )
+    return file_response(data, name, no_store=False)
 
 
 @router.get("/envelopes/{envelope_id}/documents/{position}")

@@ -14,7 +14,6 @@ import hashlib
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Annotated, Any, Literal
-from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -42,6 +41,7 @@ from core.envelopes import (
     cancel_envelope,
     completion_certificate,
     create_envelope,
+    discard_envelope_blobs,
     document_at,
     read_document,
     send_envelope,
@@ -50,6 +50,7 @@ from core.errors import DocumentError, GatewayError, NotFoundError, StateError
 from core.links import AccessCodePolicy, resend_request, set_access_code
 from core.model import ApiClient, Envelope
 from core.states import EnvelopeState, PartyRole
+from core.text import one_line
 from gateway.api.schemas import (
     CancelIn,
     EnvelopeCreate,
@@ -60,6 +61,7 @@ from gateway.api.schemas import (
 )
 from gateway.context import AppContext
 from gateway.deps import ApiClientDep, ClientIpDep, ContextDep, SessionDep
+from gateway.downloads import file_response
 
 router = APIRouter(prefix="/api/v1", tags=["envelopes"])
 
@@ -105,13 +107,7 @@ _CREATE_BODY: dict[str, Any] = {
 
 
 def _pdf_response(name: str, data: bytes) -> Response:
-    ascii_name = name.encode("ascii", "replace").decode().replace('"', "").replace("?", "_")
-    disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
-    return Response(
-        data,
-        media_type="application/pdf",
-        headers={"Content-Disposition": disposition, "Cache-Control": "no-store"},
-    )
+    return file_response(data, name)
 
 
 def _out(session: Session, envelope: Envelope) -> EnvelopeOut:
@@ -251,7 +247,10 @@ def store_access_codes(session: Session, envelope: Envelope, codes: Sequence[str
 
 
 def check_management_number(session: Session, number: str | None) -> None:
-    """Refuse a management number (管理番号) another envelope already has."""
+    """Refuse a management number (管理番号) another envelope already has (or one holding a
+    control character, before it reaches the database)."""
+    if number is not None:
+        number = one_line(number, field="management_number", label_ja="管理番号")
     if number is not None and session.scalar(
         select(Envelope.id).where(Envelope.management_number == number)
     ):
@@ -285,6 +284,7 @@ def _create(
         # The original must be one of this system's own envelopes.
         get_client_envelope(session=session, client_id=client.id, envelope_id=body.amends)
     actor = f"api:{client.name}"
+    envelope: Envelope | None = None
     try:
         envelope = create_envelope(
             session=session,
@@ -335,6 +335,8 @@ def _create(
     except IntegrityError as exc:
         # A concurrent request with the same idempotency key (or management number) won.
         session.rollback()
+        if envelope is not None:
+            discard_envelope_blobs(runtime=runtime, envelope=envelope)
         if key is not None:
             replay = _replay(session, client, key, digest)
             if replay is not None:
@@ -344,6 +346,12 @@ def _create(
             "the envelope conflicts with one created at the same time",
             "同時に登録された封筒と競合しました。",
         ) from exc
+    except BaseException:
+        # Refused after the documents were stored (e.g. sending failed): keep no orphan blobs.
+        session.rollback()
+        if envelope is not None:
+            discard_envelope_blobs(runtime=runtime, envelope=envelope)
+        raise
     return _out(session, envelope), False
 
 

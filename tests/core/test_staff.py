@@ -10,9 +10,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+import core.staff as staff_module
 from core.errors import StaffError
 from core.model import AuditEvent, Staff, VisibilityScope
 from core.staff import (
+    LoginOutcome,
     PasswordPolicy,
     add_staff,
     apply_import,
@@ -36,6 +38,12 @@ def test_password_policy() -> None:
         with pytest.raises(StaffError) as caught:
             check_password(bad, policy=POLICY, email="tanaka@city.example.jp")
         assert caught.value.code == "staff.weak_password"
+    # Common passwords pass the length and class rules but not zxcvbn.
+    for common in ("Password123!", "P@ssw0rd2026!", "Qwerty123456!", "Iloveyou2026!"):
+        with pytest.raises(StaffError) as caught:
+            check_password(common, policy=POLICY, email="tanaka@city.example.jp")
+        assert caught.value.code == "staff.weak_password"
+        assert "推測されやすい" in caught.value.message_ja
 
 
 def _staff(session: Session) -> Staff:
@@ -78,49 +86,72 @@ def test_add_and_edit(session: Session) -> None:
         update_staff(session=session, staff=staff, actor="t", roles="root")
 
 
+def _authenticate(sessions: sessionmaker[Session], **kwargs: object) -> LoginOutcome:
+    """One login on a fresh session (authenticate commits the reserved attempt itself)."""
+    with sessions() as session:
+        outcome = authenticate(
+            session=session, email="tanaka@city.example.jp", policy=POLICY, **kwargs
+        )
+        session.commit()
+        return outcome
+
+
 def test_lockout_is_counted_in_the_database(sessions: sessionmaker[Session]) -> None:
     with transaction(sessions) as session:
         _staff(session)
     now = dt.datetime(2026, 4, 1, 9, tzinfo=dt.UTC)
-    for attempt in range(3):
-        with transaction(sessions) as session:  # a new session each time: nothing in memory
-            outcome = authenticate(
-                session=session,
-                email="tanaka@city.example.jp",
-                password="wrong",
-                policy=POLICY,
-                now=now,
-                ip="192.0.2.1",
-            )
-        assert outcome.error is not None
-        assert outcome.error.code == ("auth.locked" if attempt == 2 else "auth.login_failed")
-    with transaction(sessions) as session:  # the right password is refused while locked
-        outcome = authenticate(
-            session=session,
-            email="tanaka@city.example.jp",
-            password=GOOD,
-            policy=POLICY,
-            now=now + dt.timedelta(minutes=5),
-        )
-    assert outcome.error is not None and outcome.error.code == "auth.locked"
-    with transaction(sessions) as session:
-        outcome = authenticate(
-            session=session,
-            email="tanaka@city.example.jp",
-            password=GOOD,
-            policy=POLICY,
-            now=now + dt.timedelta(minutes=11),
-        )
-        assert outcome.staff is not None
+    for _attempt in range(3):
+        outcome = _authenticate(sessions, password="wrong", now=now, ip="192.0.2.1")
+        # The failure that locks answers like any other: nothing tells that the account exists.
+        assert outcome.error is not None and outcome.error.code == "auth.login_failed"
+    # The right password is refused while locked, with the same answer, and the lock stays.
+    outcome = _authenticate(sessions, password=GOOD, now=now + dt.timedelta(minutes=5))
+    assert outcome.error is not None and outcome.error.code == "auth.login_failed"
+    with sessions() as session:
+        assert session.scalar(select(Staff.locked_until)) == now + POLICY.lockout
+    outcome = _authenticate(sessions, password=GOOD, now=now + dt.timedelta(minutes=11))
+    assert outcome.staff is not None
     with sessions() as session:
         actions = session.scalars(select(AuditEvent.action).order_by(AuditEvent.chain_seq)).all()
-    assert actions[-5:] == [
+    assert actions[-6:] == [
         "login.failed",
         "login.failed",
         "login.lockout",
+        "login.failed",
         "login.locked",
         "login",
     ]
+
+
+def test_a_lock_recorded_while_the_right_password_is_checked_wins(
+    sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The right password's attempt was reserved before a parallel wrong one locked the
+    account: it does not log in and does not clear the lock."""
+    with transaction(sessions) as session:
+        _staff(session)
+    now = dt.datetime(2026, 4, 1, 9, tzinfo=dt.UTC)
+    _authenticate(sessions, password="wrong", now=now)
+    real = staff_module._HASHER
+
+    class LockWhileChecking:
+        """The real hasher, but the locking guess lands while the right password is checked."""
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+        def verify(self, stored: str, password: str) -> bool:
+            if password == GOOD:
+                assert _authenticate(sessions, password="wrong", now=now).staff is None
+            return bool(real.verify(stored, password))
+
+    # Two attempts are left: the right password reserves one, the wrong guess the last.
+    monkeypatch.setattr(staff_module, "_HASHER", LockWhileChecking())
+    outcome = _authenticate(sessions, password=GOOD, now=now)
+    assert outcome.staff is None
+    assert outcome.error is not None and outcome.error.code == "auth.login_failed"
+    with sessions() as session:
+        assert session.scalar(select(Staff.locked_until)) == now + POLICY.lockout
 
 
 def test_unknown_and_disabled_staff_get_the_same_answer(session: Session) -> None:
@@ -171,21 +202,26 @@ def test_a_one_time_code_is_good_once(sessions: sessionmaker[Session]) -> None:
         totp = pyotp.TOTP(staff.totp_secret)
     now = dt.datetime(2026, 4, 1, 9, 0, 5, tzinfo=dt.UTC)
     code = totp.at(now)
-    with transaction(sessions) as session:
+    with sessions() as session:
         assert _login(session, code, now) is None
-    with transaction(sessions) as session:  # the same code again, still inside its window
+        session.commit()
+    with sessions() as session:  # the same code again, still inside its window
         assert _login(session, code, now + dt.timedelta(seconds=10)) == "auth.totp_reused"
-    with transaction(sessions) as session:  # the previous step's code is older still
+        session.commit()
+    with sessions() as session:  # the previous step's code is older still
         assert _login(session, totp.at(now - dt.timedelta(seconds=30)), now) == "auth.totp_reused"
+        session.commit()
     with sessions() as session:  # each refusal counts towards the lockout
         assert session.scalar(select(Staff.failed_logins)) == 2
     later = now + dt.timedelta(seconds=30)
-    with transaction(sessions) as session:  # the next code works
+    with sessions() as session:  # the next code works
         assert _login(session, totp.at(later), later) is None
+        session.commit()
     window = {totp.at(later + dt.timedelta(seconds=30 * i)) for i in (-1, 0, 1)}
     wrong = next(c for c in ("000000", "111111", "222222", "333333") if c not in window)
-    with transaction(sessions) as session:  # and a wrong one is only wrong
+    with sessions() as session:  # and a wrong one is only wrong
         assert _login(session, wrong, later) == "auth.login_failed"
+        session.commit()
     with sessions() as session:
         stored = session.scalars(select(Staff).where(Staff.email == "tanaka@city.example.jp")).one()
         assert stored.totp_last_step == totp.timecode(later)

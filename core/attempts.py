@@ -1,0 +1,114 @@
+"""Attempt counters for every guessable secret: staff password and TOTP, access code, API token.
+
+One rule for all of them, so parallel guesses from several processes or nodes cannot exceed a
+limit: an attempt is *reserved* before the secret is compared, with one conditional ``UPDATE``
+that adds one to the counter only while the row is open (not locked) and below the limit, and
+returns the count it made (``RETURNING``, read atomically with the increment). The caller commits
+the reservation, then compares the secret:
+
+- wrong, and the reservation reached the limit → :func:`lock_counter` (only the first such attempt
+  records the lock);
+- right → :func:`settle_success` gives the attempt back (or clears the count) *only while the
+  row is still open*: a success whose row was locked meanwhile by a parallel wrong guess does not
+  log in and does not clear the lock.
+
+An attempt that finds no reservation is refused without comparing anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from core.model import AuthThrottle
+
+__all__ = [
+    "AttemptCounter",
+    "lock_counter",
+    "reserve_attempt",
+    "settle_success",
+    "throttle_counter",
+]
+
+
+@dataclass(frozen=True)
+class AttemptCounter:
+    """Where one secret's attempts are counted: the row (``where``), its counter column, the
+    condition under which the row is open (not locked) and the limit of reserved attempts."""
+
+    where: ColumnElement[bool]
+    count: InstrumentedAttribute[int]
+    open: ColumnElement[bool]
+    limit: int
+
+    @property
+    def _entity(self) -> Any:
+        return self.count.class_
+
+
+def reserve_attempt(*, session: Session, counter: AttemptCounter) -> int | None:
+    """Reserve one attempt; the count it made (1..limit), or None when the row is locked or
+    its attempts are used up (then compare nothing). The caller commits before comparing."""
+    result = session.execute(
+        update(counter._entity)
+        .where(counter.where, counter.open, counter.count < counter.limit)
+        .values({counter.count: counter.count + 1})
+        .returning(counter.count)
+        .execution_options(synchronize_session=False)
+    )
+    value = result.scalar_one_or_none()
+    return int(value) if value is not None else None
+
+
+def settle_success(
+    *, session: Session, counter: AttemptCounter, values: Mapping[Any, Any] | None = None
+) -> bool:
+    """After the right secret: give the reserved attempt back (or apply ``values``, e.g. a
+    reset to 0) while the row is still open. False when a lock was recorded meanwhile: the
+    success must then be refused, and the lock stays."""
+    result = session.execute(
+        update(counter._entity)
+        .where(counter.where, counter.open)
+        .values(dict(values) if values is not None else {counter.count: counter.count - 1})
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount) == 1  # type: ignore[attr-defined]
+
+
+def lock_counter(*, session: Session, counter: AttemptCounter, values: Mapping[Any, Any]) -> bool:
+    """Record a lock (``values``: e.g. ``locked_at`` or ``locked_until``) unless the row is
+    locked already; True for the one attempt that recorded it."""
+    result = session.execute(
+        update(counter._entity)
+        .where(counter.where, counter.open)
+        .values(dict(values))
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount) == 1  # type: ignore[attr-defined]
+
+
+def throttle_counter(*, session: Session, key: str, limit: int, now: dt.datetime) -> AttemptCounter:
+    """The counter of a secret that has no row of its own to count on (an API token: an unknown
+    token names no client), keyed e.g. by the caller's address; the row is made on first use."""
+    if session.scalar(select(AuthThrottle.key).where(AuthThrottle.key == key)) is None:
+        dialect = session.get_bind().dialect.name
+        make = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        # ON CONFLICT DO NOTHING: two processes making the same row at once both go on.
+        session.execute(
+            make(AuthThrottle)
+            .values(key=key, failures=0, locked_until=None)
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
+    return AttemptCounter(
+        where=AuthThrottle.key == key,
+        count=AuthThrottle.failures,
+        open=(AuthThrottle.locked_until.is_(None)) | (AuthThrottle.locked_until <= now),
+        limit=limit,
+    )
