@@ -16,8 +16,12 @@ certificate, a CP932 CSV finance record and a trigger file. Then, per round:
 - ``dispatcher xK`` (with ``--workers K``): K dispatcher processes at once on the same outbox,
   as a deployment scales it (leases keep them off each other's deliveries); start-up excluded.
 
-It prints deliveries/s, the ratio dispatcher / floor in time (the target is at most 2), and the
-spread over the rounds: the machine has 2 cores and may be shared, so figures are noisy.
+Within a round the steps run in an order rotated round by round, so load swings hit both.
+Every round is verified byte for byte: each file the dispatcher delivered (PDF, certificate,
+record, trigger) is read back from the sink folder and compared with the bytes rendered for
+that envelope beforehand, and the floor's copy likewise. It prints deliveries/s, the ratio
+dispatcher / floor in time (the target is at most 2), the spread over the rounds, the bench
+process's peak RSS and the machine's load (``--json``: one JSON object).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import resource
 import secrets
 import statistics
 import tempfile
@@ -34,6 +39,7 @@ from typing import Any
 
 from sqlalchemy.orm import sessionmaker
 
+from bench.harness import emit, machine, ratio
 from connectors.outbound import ContentSpec, RecordSpec, render_outbound
 from connectors.sftp import SftpEndpoint, SftpSink, open_sftp
 from core.blobs import BlobStore
@@ -207,14 +213,35 @@ def _floor_round(files: list[tuple[str, str, bytes]], endpoint: SftpEndpoint, ro
     return time.perf_counter() - start
 
 
-def main() -> None:
+def _check_delivered(files: list[tuple[str, str, bytes]], root: Path) -> int:
+    """Every expected file at its place with its bytes, and nothing else; the file count."""
+    found = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    # The dispatcher's idempotency receipts (one per delivery) are its own, not compared.
+    receipts = {f for f in found if f.startswith(".keiyaku-receipts/")}
+    found -= receipts
+    expected = {f"{folder}/{name}" for folder, name, _ in files}
+    if found != expected:
+        raise AssertionError(
+            f"sink differs: missing {sorted(expected - found)[:3]}, extra {sorted(found - expected)[:3]}"
+        )
+    for folder, name, data in files:
+        if (root / folder / name).read_bytes() != data:
+            raise AssertionError(f"{folder}/{name}: bytes differ")
+    return len(files)
+
+
+def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--pdf-kb", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="also K dispatcher processes")
-    args = parser.parse_args()
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    start_machine = machine()
+    lines: list[str] = []
+    verified = 0
     with tempfile.TemporaryDirectory() as tmp, running_sshd(Path(tmp) / "sshd") as server:
         work = Path(tmp)
         endpoint = SftpEndpoint(
@@ -224,11 +251,14 @@ def main() -> None:
             key_path=server.client_key,
             known_hosts=server.known_hosts,
         )
-        print(f"preparing {args.n} completed envelopes ({args.pdf_kb} KB PDF + certificate) ...")
         sessions, runtime, ids = _prepare(work, args.n, args.pdf_kb)
         files = _files(sessions, runtime, ids)
         megabytes = sum(len(f[2]) for f in files) / 1e6
-        print(f"{len(files)} files, {megabytes:.1f} MB per round; {args.rounds} rounds each")
+        lines.append(
+            f"{args.n} completed envelopes ({args.pdf_kb} KB PDF + certificate): {len(files)} "
+            f"files, {megabytes:.1f} MB per round; {args.rounds} rounds, order rotated; "
+            f"load {start_machine['load']} on {start_machine['cores']} cores"
+        )
         floor: list[float] = []
         dispatcher: list[float] = []
         parallel: list[float] = []
@@ -246,12 +276,21 @@ def main() -> None:
                         prefix=f"R{index}",
                     )
                 )
-            floor.append(_floor_round(files, endpoint, str(server.root / f"floor-{index}")))
-            dispatcher.append(
-                _dispatch_round(
-                    sessions, runtime, round_ids, endpoint, str(server.root / f"sink-{index}")
-                )
-            )
+            round_files = files if index == 0 else _files(sessions, runtime, round_ids)
+            floor_root = server.root / f"floor-{index}"
+            sink_root = server.root / f"sink-{index}"
+
+            def run_floor(root: Path = floor_root, todo: list = round_files) -> None:
+                floor.append(_floor_round(todo, endpoint, str(root)))
+
+            def run_dispatcher(root: Path = sink_root, todo: list = round_ids) -> None:
+                dispatcher.append(_dispatch_round(sessions, runtime, todo, endpoint, str(root)))
+
+            steps = [run_floor, run_dispatcher]
+            for step in steps[index % 2 :] + steps[: index % 2]:
+                step()
+            verified += _check_delivered(round_files, floor_root)
+            verified += _check_delivered(round_files, sink_root)
             if args.workers > 1:
                 with sessions() as session:
                     more = make_completed_envelopes(
@@ -272,23 +311,50 @@ def main() -> None:
                         args.workers,
                     )
                 )
-        print(f"{'':12}{'deliveries/s':>14}{'MB/s':>8}{'min s':>8}{'max s':>8}")
+        lines.append(f"{'':12}{'deliveries/s':>14}{'MB/s':>8}{'min s':>8}{'max s':>8}")
         rows = [("floor", floor), ("dispatcher", dispatcher)]
         if parallel:
             rows.append((f"dispatcher x{args.workers}", parallel))
+        report: dict = {"bench": "pushback", "n": args.n, "rounds": args.rounds, "stacks": {}}
         for label, times in rows:
             best = statistics.median(times)
-            print(
+            report["stacks"][label] = {
+                "deliveries_per_s": round(args.n / best, 1),
+                "median_s": round(best, 3),
+                "min_s": round(min(times), 3),
+                "max_s": round(max(times), 3),
+            }
+            lines.append(
                 f"{label:12}{args.n / best:>14.1f}{megabytes / best:>8.1f}"
                 f"{min(times):>8.2f}{max(times):>8.2f}"
             )
-        ratio = statistics.median(dispatcher) / statistics.median(floor)
+        report["dispatcher_vs_floor"] = ratio(
+            statistics.median(dispatcher), statistics.median(floor)
+        )
+        report["files_verified"] = verified
+        report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         spread = max(dispatcher) / min(dispatcher)
-        print(f"ratio dispatcher/floor (median time): {ratio:.2f}x (target <= 2.0)")
+        lines.append(
+            f"ratio dispatcher/floor (median time): {report['dispatcher_vs_floor']:.2f}x "
+            "(target <= 2.0)"
+        )
         if parallel:
-            ratio_k = statistics.median(parallel) / statistics.median(floor)
-            print(f"ratio dispatcher x{args.workers}/floor (median time): {ratio_k:.2f}x")
-        print(f"round-to-round spread of the dispatcher: {spread:.2f}x (noise)")
+            report["dispatcher_x_vs_floor"] = ratio(
+                statistics.median(parallel), statistics.median(floor)
+            )
+            lines.append(
+                f"ratio dispatcher x{args.workers}/floor (median time): "
+                f"{report['dispatcher_x_vs_floor']:.2f}x"
+            )
+        lines.append(f"round-to-round spread of the dispatcher: {spread:.2f}x (noise)")
+        lines.append(
+            f"{verified} delivered files compared byte for byte with what was rendered; "
+            f"bench process peak RSS {report['peak_rss_mb']} MB"
+        )
+    report["machine_start"] = start_machine
+    report["machine_end"] = machine()
+    lines.append(f"load at end {report['machine_end']['load']}")
+    emit(report, lines, as_json=args.json)
 
 
 if __name__ == "__main__":

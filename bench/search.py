@@ -1,5 +1,5 @@
 """Records-law search over 100,000 envelopes on PostgreSQL: each search shape's p95 beside a plain
-indexed SELECT of the same rows.
+indexed SELECT of the same rows and count.
 
     .venv/bin/python -m bench.search [--envelopes 100000] [--runs 60] [--pg URL]
 
@@ -8,10 +8,11 @@ for SSD) is migrated (the indexes of migrations 0007, 0010 and 0011: trigrams an
 SQLAlchemy Core ``executemany`` batches: envelopes over 40 departments, 3,000 counterparties,
 five years of transaction dates and amounts from 10,000 to 500,000,000 yen, each with one document
 and one party. Then, for every shape, ``core.search.search_envelopes`` (ORM, the caller's
-visibility scope, page 1 of 50 plus the total count) is timed against a hand-written SQL
-``SELECT ... ORDER BY transaction_date DESC, id DESC LIMIT 50`` with the same conditions and
-no scope or count, through the bare driver (the floor). Parameters vary per run (the same
-sequence for both). The database is dropped at the end.
+visibility scope, page 1 of 50 plus the total count) is timed against hand-written SQL
+``SELECT ... ORDER BY transaction_date DESC, id DESC LIMIT 50`` and ``SELECT count(*)`` with
+the same conditions and the same scope, through the bare driver (the floor); the two run in
+alternating order and must return the same ids in the same order and the same count.
+Parameters vary per run (the same sequence for both). The database is dropped at the end.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import insert, text
 from sqlalchemy.orm import Session
 
+from bench.harness import emit, machine, scratch_postgres
 from core.model import Document, Envelope, Party, Staff, VisibilityScope
 from core.search import EnvelopeQuery, search_envelopes
 from core.states import EnvelopeState
@@ -193,7 +195,9 @@ def _combined(rng: random.Random) -> tuple[dict[str, Any], str, dict[str, Any]]:
     )
 
 
-def run(url: str, count: int, runs: int) -> None:
+def run(url: str, count: int, runs: int, lines: list[str]) -> list[dict[str, Any]]:
+    """Fill, then time every shape for both callers; the figures per shape and caller."""
+    shapes: list[dict[str, Any]] = []
     rng = random.Random(20261122)
     engine = create_database_engine(url)
     migrate(engine)
@@ -203,7 +207,9 @@ def run(url: str, count: int, runs: int) -> None:
     # later, so without this the plans depended on how soon it came by).
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE"))
-    print(f"filled {count:,} envelopes (+ documents, parties) in {time.perf_counter() - t0:.1f} s")
+    lines.append(
+        f"filled {count:,} envelopes (+ documents, parties) in {time.perf_counter() - t0:.1f} s"
+    )
     with Session(engine, expire_on_commit=False) as session:
         admin = Staff(
             email="admin@city.example.jp",
@@ -225,7 +231,7 @@ def run(url: str, count: int, runs: int) -> None:
         session.add_all([admin, clerk])
         session.commit()
         raw = engine.raw_connection()
-        print(
+        lines.append(
             f"{'shape':42} {'who':6} {'search p95':>11} {'floor p95':>10} {'ratio':>6} "
             f"{'matches':>8}"
         )
@@ -235,58 +241,107 @@ def run(url: str, count: int, runs: int) -> None:
                 ours: list[float] = []
                 floor: list[float] = []
                 total = 0
-                for query_args, sql, binds in params:
-                    started = time.perf_counter()
-                    page = search_envelopes(
-                        session=session, staff=who, query=EnvelopeQuery(**query_args)
-                    )
-                    ours.append(time.perf_counter() - started)
-                    total += page.total
-                    for item in page.items:
-                        session.expunge(item)
+                verified = 0
+                for index, (query_args, sql, binds) in enumerate(params):
                     # The same rows: a department-scoped caller's floor filters the department too.
                     scoped = sql if who is admin else f"({sql}) AND e.department = :scope"
                     if who is not admin:
                         binds = {**binds, "scope": DEPARTMENTS[0]}
-                    statement = text(
-                        f"SELECT e.* FROM envelopes e WHERE {scoped} "
+                    rows_sql = text(
+                        f"SELECT e.id FROM envelopes e WHERE {scoped} "
                         "ORDER BY e.transaction_date DESC, e.id DESC LIMIT 50"
                     ).bindparams(**binds)
-                    compiled = statement.compile(
-                        engine, compile_kwargs={"render_postcompile": True}
+                    count_sql = text(f"SELECT count(*) FROM envelopes e WHERE {scoped}").bindparams(
+                        **binds
                     )
-                    started = time.perf_counter()
-                    with raw.cursor() as cursor:
-                        cursor.execute(str(compiled), compiled.params)
-                        cursor.fetchall()
-                    floor.append(time.perf_counter() - started)
+                    compiled = [
+                        q.compile(engine, compile_kwargs={"render_postcompile": True})
+                        for q in (rows_sql, count_sql)
+                    ]
+                    got: dict[str, Any] = {}
+
+                    def run_ours(
+                        query_args: dict[str, Any] = query_args,
+                        who: Staff = who,
+                        ours: list[float] = ours,
+                        got: dict[str, Any] = got,
+                    ) -> None:
+                        started = time.perf_counter()
+                        page = search_envelopes(
+                            session=session, staff=who, query=EnvelopeQuery(**query_args)
+                        )
+                        ours.append(time.perf_counter() - started)
+                        got["ours"] = ([item.id for item in page.items], page.total)
+                        for item in page.items:
+                            session.expunge(item)
+
+                    def run_floor(
+                        compiled: list[Any] = compiled,
+                        floor: list[float] = floor,
+                        got: dict[str, Any] = got,
+                    ) -> None:
+                        # The floor does the page and the count too, as the search must.
+                        started = time.perf_counter()
+                        with raw.cursor() as cursor:
+                            cursor.execute(str(compiled[0]), compiled[0].params)
+                            ids = [row[0] for row in cursor.fetchall()]
+                            cursor.execute(str(compiled[1]), compiled[1].params)
+                            count = cursor.fetchone()[0]
+                        floor.append(time.perf_counter() - started)
+                        got["floor"] = (ids, count)
+
+                    steps = [run_ours, run_floor]
+                    for step in steps[index % 2 :] + steps[: index % 2]:
+                        step()
+                    if got["ours"] != got["floor"]:
+                        raise AssertionError(f"{name}: rows differ from the floor's")
+                    verified += 1
+                    total += got["ours"][1]
                 ratio = _p95(ours) / _p95(floor)
-                print(
-                    f"{name:42} {'admin' if who is admin else 'dept':6} {_p95(ours):9.1f}ms "
+                label = "admin" if who is admin else "dept"
+                shapes.append(
+                    {
+                        "shape": name,
+                        "who": label,
+                        "search_p95_ms": round(_p95(ours), 2),
+                        "floor_p95_ms": round(_p95(floor), 2),
+                        "search_vs_floor": round(ratio, 3),
+                        "matches": total // runs,
+                        "verified": verified,
+                    }
+                )
+                lines.append(
+                    f"{name:42} {label:6} {_p95(ours):9.1f}ms "
                     f"{_p95(floor):8.1f}ms {ratio:6.1f} {total // runs:8,}"
                 )
         raw.close()
     engine.dispose()
+    return shapes
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark; print the table or one JSON object."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--envelopes", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--pg", default=ADMIN_URL, help="admin URL of a PostgreSQL server")
-    args = parser.parse_args()
-    name = f"keiyaku_bench_search_{secrets.token_hex(4)}"
-    admin = create_engine(args.pg, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-        # SSD storage, as docs/operations.md recommends for production
-        conn.execute(text(f'ALTER DATABASE "{name}" SET random_page_cost = 1.1'))
-    try:
-        run(args.pg.rsplit("/", 1)[0] + f"/{name}", args.envelopes, args.runs)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    report: dict[str, Any] = {"bench": "search", "envelopes": args.envelopes, "runs": args.runs}
+    report["machine_start"] = machine()
+    lines = [f"load {report['machine_start']['load']} on {report['machine_start']['cores']} cores"]
+    # SSD storage, as docs/operations.md recommends for production
+    with scratch_postgres(args.pg, random_page_cost="1.1") as url:
+        if url is None:
+            raise SystemExit(f"PostgreSQL unreachable at {args.pg}")
+        report["shapes"] = run(url, args.envelopes, args.runs, lines)
+    report["verified"] = sum(s["verified"] for s in report["shapes"])
+    report["machine_end"] = machine()
+    lines.append(
+        f"{report['verified']} searches returned the floor's rows and count; "
+        f"load at end {report['machine_end']['load']}"
+    )
+    emit(report, lines, as_json=args.json)
 
 
 if __name__ == "__main__":

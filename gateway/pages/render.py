@@ -1,9 +1,17 @@
 """Document pages as PNG images, rendered on the server with pdfium (pypdfium2), so the signer
 needs no PDF plugin or viewer. pdfium is not thread-safe: one lock serialises its use, and a
-small cache keeps recently shown pages."""
+small cache keeps recently shown pages.
+
+The signing pages get :meth:`PageRenderer.page_image`: a 16-colour palette PNG (4 bits a pixel;
+greys for text, a seal's red kept) at one of :data:`PAGE_WIDTHS`, so a phone on a 3G line gets
+tens of kilobytes a page instead of hundreds. Each is rendered once per document revision and
+width, and carries an ETag that is known before rendering (see :func:`page_etag`), so a
+revalidation is answered without touching the document.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 from collections import OrderedDict
@@ -11,10 +19,43 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import pypdfium2 as pdfium
+from PIL import Image
 
 from core.errors import DocumentError
 
 PageSize = tuple[float, float]
+_FAST_OCTREE = Image.Quantize.FASTOCTREE
+
+#: Widths in pixels a signer's browser may ask for (``srcset``); others snap to the next one up.
+PAGE_WIDTHS = (480, 720, 960, 1200)
+#: The width when the browser names none (``src``).
+DEFAULT_PAGE_WIDTH = 960
+#: Changes every ETag when the encoding changes, so browsers never keep an old rendering.
+_IMAGE_ENCODING = "png-p16-v1"
+_PALETTE_COLOURS = 16
+
+
+def fit_width(requested: int | None) -> int:
+    """The smallest of :data:`PAGE_WIDTHS` at least ``requested`` wide (the largest if none)."""
+    if requested is None:
+        return DEFAULT_PAGE_WIDTH
+    return next((w for w in PAGE_WIDTHS if w >= requested), PAGE_WIDTHS[-1])
+
+
+def page_etag(key: Hashable, page_index: int, width: int) -> str:
+    """The strong ETag of one page image: the document revision (in ``key``), page, width and
+    encoding decide its bytes, so it is computed without rendering."""
+    digest = hashlib.sha256(repr((_IMAGE_ENCODING, key, page_index, width)).encode()).hexdigest()
+    return f'"{digest[:32]}"'
+
+
+@dataclass(frozen=True)
+class PageImage:
+    """One rendered page: the bytes, their media type and ETag."""
+
+    data: bytes
+    etag: str
+    media_type: str = "image/png"
 
 
 @dataclass(frozen=True)
@@ -61,12 +102,21 @@ def rect_at(
 class PageRenderer:
     """Renders pages of stored documents; results are cached by (document, revision, page)."""
 
-    def __init__(self, dpi: int = 110, cache_entries: int = 128) -> None:
+    def __init__(
+        self, dpi: int = 110, cache_entries: int = 128, image_cache_bytes: int = 64 * 2**20
+    ) -> None:
         self.scale = dpi / 72
         self._lock = threading.Lock()
         self._pngs: OrderedDict[Hashable, bytes] = OrderedDict()
         self._boxes: dict[Hashable, list[PageBox]] = {}
         self._cache_entries = cache_entries
+        self._images: OrderedDict[Hashable, PageImage] = OrderedDict()
+        self._image_bytes = 0
+        self._image_cache_bytes = image_cache_bytes
+        # The last document read for a page image: its other pages follow right after.
+        self._source: tuple[Hashable, bytes] | None = None
+        #: Page images rendered so far (not served from the cache): for tests and benches.
+        self.renders = 0
 
     def page_boxes(self, key: Hashable, load: Callable[[], bytes]) -> list[PageBox]:
         """The visible area and rotation of every page; ``load`` reads the document when needed."""
@@ -119,6 +169,52 @@ class PageRenderer:
             while len(self._pngs) > self._cache_entries:
                 self._pngs.popitem(last=False)
             return png
+
+    def page_image(
+        self, key: Hashable, load: Callable[[], bytes], page_index: int, width: int
+    ) -> PageImage:
+        """Page ``page_index`` (0-based) ``width`` pixels wide (one of :data:`PAGE_WIDTHS`) as a
+        16-colour palette PNG; rendered once per ``key`` (document revision) and width."""
+        if width not in PAGE_WIDTHS:
+            raise ValueError(f"width {width} is not one of {PAGE_WIDTHS}")
+        cache_key = (key, page_index, width)
+        with self._lock:
+            cached = self._images.get(cache_key)
+            if cached is not None:
+                self._images.move_to_end(cache_key)
+                return cached
+            if self._source is None or self._source[0] != key:
+                self._source = (key, load())
+            pdf = self._open(self._source[1])
+            try:
+                if not 0 <= page_index < len(pdf):
+                    raise DocumentError(
+                        "document.no_such_page",
+                        f"no page {page_index + 1}",
+                        "指定されたページはありません。",
+                    )
+                pdf.init_forms()
+                page = pdf[page_index]
+                scale = width / page.get_width()
+                image = page.render(scale=scale, may_draw_forms=True).to_pil()
+                if abs(image.width - width) > 2:  # a turned page: width and height swap
+                    scale *= width / image.width
+                    image = page.render(scale=scale, may_draw_forms=True).to_pil()
+                page.close()
+            finally:
+                pdf.close()
+            # Fast octree: ~4x quicker than median cut at the same size; 4 bits a pixel.
+            palette = image.quantize(colors=_PALETTE_COLOURS, method=_FAST_OCTREE)
+            out = io.BytesIO()
+            palette.save(out, format="PNG", optimize=False, bits=4)
+            rendered = PageImage(out.getvalue(), page_etag(key, page_index, width))
+            self.renders += 1
+            self._images[cache_key] = rendered
+            self._image_bytes += len(rendered.data)
+            while self._image_bytes > self._image_cache_bytes and len(self._images) > 1:
+                _, dropped = self._images.popitem(last=False)
+                self._image_bytes -= len(dropped.data)
+            return rendered
 
     @staticmethod
     def _open(data: bytes) -> pdfium.PdfDocument:

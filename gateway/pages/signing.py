@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
@@ -37,7 +37,7 @@ from gateway.context import AppContext
 from gateway.deps import ClientIpDep, ContextDep, SessionDep, get_client_ip
 from gateway.downloads import file_response
 from gateway.pages.cookies import CSRF_COOKIE, SESSION_COOKIE
-from gateway.pages.render import placement
+from gateway.pages.render import PAGE_WIDTHS, fit_width, page_etag, placement
 
 router = APIRouter(include_in_schema=False)
 
@@ -184,7 +184,8 @@ def _documents_view(context: AppContext, envelope: Envelope, party: Party) -> li
             ]
             width, height = page_box.size
             pages.append({"number": number, "width": width, "height": height, "boxes": boxes})
-        views.append({"doc": doc, "pages": pages})
+        # The revision in the image URLs: cached images stay valid until another signature.
+        views.append({"doc": doc, "pages": pages, "revision": _render_key(doc)[1]})
     return views
 
 
@@ -222,6 +223,7 @@ def _documents_page(
         required_count=sum(1 for f in party.fields if f.required),
         values=values or {f.id: f.value or "" for f in party.fields},
         error=error,
+        page_widths=PAGE_WIDTHS,
     )
 
 
@@ -379,14 +381,33 @@ def page_image(
     request: Request,
     context: ContextDep,
     session: SessionDep,
+    w: Annotated[int | None, Query(ge=1, le=10000)] = None,
 ) -> Response:
-    """One page of one document of this envelope, as PNG."""
+    """One page of one document of this envelope: a palette PNG ``w`` pixels wide (snapped to
+    the renderer's widths), rendered once per revision, cached by the browser for the length of
+    a signing session and revalidated by ETag (304 without rendering)."""
     checked = _viewable_document(request, context, session, token, position)
     if isinstance(checked, RedirectResponse):
         return Response(status_code=403)
     _party, doc = checked
-    png = context.pages.png(_render_key(doc), _document_loader(context, doc), page - 1)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+    width = fit_width(w)
+    key = _render_key(doc)
+    etag = page_etag(key, page - 1, width)
+    # private: a signer's documents never sit in a shared cache. The URL names the revision
+    # (``v``), so a page signed since gets a new URL rather than a stale image.
+    headers = {"ETag": etag, "Cache-Control": f"private, max-age={context.session_seconds}"}
+    if _etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    image = context.pages.page_image(key, _document_loader(context, doc), page - 1, width)
+    return Response(image.data, media_type=image.media_type, headers=headers)
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in header.split(","))
 
 
 @router.get("/sign/{token}/documents/{position}/download")

@@ -45,9 +45,77 @@
     }
   }
 
+  var ZOOMS = [0.5, 0.75, 1, 1.25, 1.5, 2, 3];
+
+  // Page navigation and zoom, one toolbar per document. Zooming widens the pages (the boxes are
+  // placed in percent, so they follow) and tells the browser the new displayed width, so it
+  // picks a sharper image from the srcset.
+  function viewer(panel) {
+    var tools = panel.querySelector(".viewer-tools");
+    var pages = panel.querySelector(".pages");
+    if (!tools || !pages) {
+      return;
+    }
+    var count = Number(tools.getAttribute("data-pages"));
+    var jump = tools.querySelector(".page-jump");
+    var level = tools.querySelector(".zoom-level");
+    var zoom = 2; // index of 1 in ZOOMS
+    var current = 1;
+
+    function goTo(number) {
+      var target = Math.min(Math.max(1, number), count);
+      var page = pages.querySelector('.page[data-page="' + target + '"]');
+      if (page) {
+        page.scrollIntoView({ block: "start" });
+      }
+      current = target;
+      jump.value = String(target);
+    }
+
+    function setZoom(index) {
+      zoom = Math.min(Math.max(0, index), ZOOMS.length - 1);
+      pages.style.setProperty("--zoom", String(ZOOMS[zoom]));
+      level.textContent = Math.round(ZOOMS[zoom] * 100) + "%";
+      var shown = Math.round(pages.clientWidth * ZOOMS[zoom]) + "px";
+      pages.querySelectorAll("img").forEach(function (img) {
+        img.sizes = shown;
+      });
+      goTo(current);
+    }
+
+    tools.querySelectorAll("[data-page-step]").forEach(function (button) {
+      button.addEventListener("click", function () {
+        goTo(current + Number(button.getAttribute("data-page-step")));
+      });
+    });
+    tools.querySelectorAll("[data-zoom-step]").forEach(function (button) {
+      button.addEventListener("click", function () {
+        setZoom(zoom + Number(button.getAttribute("data-zoom-step")));
+      });
+    });
+    jump.addEventListener("change", function () {
+      goTo(Number(jump.value) || 1);
+    });
+    if ("IntersectionObserver" in window) {
+      // The page crossing the middle of the window is the current one.
+      var observer = new IntersectionObserver(function (entries) {
+        entries.forEach(function (entry) {
+          if (entry.isIntersecting) {
+            current = Number(entry.target.getAttribute("data-page"));
+            jump.value = String(current);
+          }
+        });
+      }, { rootMargin: "-45% 0px -50% 0px" });
+      pages.querySelectorAll(".page").forEach(function (page) {
+        observer.observe(page);
+      });
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     place();
     countFilled();
+    document.querySelectorAll(".doc").forEach(viewer);
     document.querySelectorAll(".tab").forEach(function (tab) {
       tab.addEventListener("click", function () {
         showTab(tab.getAttribute("data-tab"));

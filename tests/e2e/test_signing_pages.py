@@ -55,9 +55,12 @@ def _enter_code(page: Page, site: Site, url: str, code: str, name: str) -> None:
 def _open_documents(page: Page, site: Site, url: str, code: str, name: str) -> None:
     _enter_code(page, site, url, code, name)
     page.wait_for_url("**/documents")
-    # Every page image of the visible document is rendered by the server and loaded.
+    # Every page image in the window is rendered by the server and loaded (the others load
+    # lazily when scrolled to). A function, not an expression: the page's CSP forbids eval.
     page.wait_for_function(
-        "Array.from(document.querySelectorAll('.doc:not([hidden]) img'))"
+        "() => Array.from(document.querySelectorAll('.doc:not([hidden]) img'))"
+        ".filter(i => { const r = i.getBoundingClientRect();"
+        " return r.bottom > 0 && r.top < window.innerHeight; })"
         ".every(i => i.complete && i.naturalWidth > 0)"
     )
 

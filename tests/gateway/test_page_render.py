@@ -1,0 +1,63 @@
+"""PageRenderer.page_image: palette PNGs at the offered widths, rendered once per revision."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from core.errors import DocumentError
+from gateway.pages.render import PAGE_WIDTHS, PageRenderer, fit_width, page_etag
+from tests.fixtures.pdfs import make_pdf
+
+
+def test_rendered_once_per_revision_and_width() -> None:
+    pdf = make_pdf(pages=3)
+    loads: list[int] = []
+
+    def load() -> bytes:
+        loads.append(1)
+        return pdf
+
+    renderer = PageRenderer()
+    first = renderer.page_image(("doc", 1), load, 0, 720)
+    assert renderer.page_image(("doc", 1), load, 0, 720) is first
+    assert renderer.renders == 1
+    image = Image.open(io.BytesIO(first.data))
+    assert image.mode == "P" and image.width == 720
+    assert first.etag == page_etag(("doc", 1), 0, 720)
+    renderer.page_image(("doc", 1), load, 1, 720)
+    renderer.page_image(("doc", 1), load, 0, 1200)
+    assert renderer.renders == 3
+    assert len(loads) == 1  # the document is read once for its pages
+    newer = renderer.page_image(("doc", 2), load, 0, 720)
+    assert newer.etag != first.etag
+
+
+def test_widths_and_bad_pages() -> None:
+    assert fit_width(None) == 960
+    assert fit_width(1) == PAGE_WIDTHS[0]
+    assert fit_width(721) == 960
+    assert fit_width(5000) == PAGE_WIDTHS[-1]
+    renderer = PageRenderer()
+    with pytest.raises(DocumentError):
+        renderer.page_image("k", lambda: make_pdf(pages=1), 5, 480)
+    with pytest.raises(ValueError):
+        renderer.page_image("k", lambda: make_pdf(pages=1), 0, 500)
+
+
+def test_a_red_seal_keeps_its_colour() -> None:
+    from reportlab.lib.pagesizes import A4
+    from reportlab.pdfgen import canvas
+
+    buf = io.BytesIO()
+    pdf = canvas.Canvas(buf, pagesize=A4)
+    pdf.setFillColorRGB(0.85, 0.1, 0.1)
+    pdf.circle(300, 400, 60, fill=1)
+    pdf.showPage()
+    pdf.save()
+    data = PageRenderer().page_image("seal", lambda: buf.getvalue(), 0, 480).data
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    r, g, b = image.getpixel((image.width // 2, image.height - int(400 / 842 * image.height)))
+    assert r > 150 and g < 80 and b < 80
