@@ -25,6 +25,7 @@ import hashlib
 import logging
 import re
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -885,7 +886,9 @@ def approve(
     inline = f"inline:{secrets.token_hex(4)}"
     task = claim_task(session=session, key=signature_key(party.id), worker=inline)
     if task is None:
-        return party  # the signing worker took it
+        # A signing worker took it first: wait for its result, as the caller asked for the
+        # approval applied (bounded by the worker's lease; after that the task is due again).
+        return _wait_until_signed(session, party, dt.timedelta(minutes=2))
     try:
         party = _sign_for_party(session, runtime, party)
     except GatewayError:
@@ -900,6 +903,22 @@ def approve(
                 release_leases(session=session, worker=inline, delivery_ids=[task])
                 raise
     return party
+
+
+def _wait_until_signed(session: Session, party: Party, limit: dt.timedelta) -> Party:
+    deadline = time.monotonic() + limit.total_seconds()
+    while True:
+        session.expire_all()
+        current = get_party(session=session, envelope_id=party.envelope_id, party_id=party.id)
+        busy = (
+            current.state is PartyState.SIGNING
+            or current.envelope.state is EnvelopeState.SEALING  # the worker seals right after
+        )
+        if not busy or time.monotonic() > deadline:
+            session.rollback()
+            return current
+        session.rollback()
+        time.sleep(0.05)
 
 
 def decline(
