@@ -105,9 +105,21 @@ def find_active_content(data: bytes) -> list[str]:
     try:
         return _findings(PdfReader(io.BytesIO(data)))
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-        if any(marker in data for marker in _RAW_MARKERS):
-            return [f"unreadable structure with action names ({type(exc).__name__})"]
-        return []
+        failure = exc
+    # What pypdf cannot read, qpdf (pikepdf) often can: look again at its rewrite, the same file
+    # the signing path rebuilds before the first signature (core.signing._repair).
+    try:
+        import pikepdf
+
+        rebuilt = io.BytesIO()
+        with pikepdf.open(io.BytesIO(data)) as pdf:
+            pdf.save(rebuilt)
+        return _findings(PdfReader(io.BytesIO(rebuilt.getvalue())))
+    except Exception:  # unreadable by both: judge by the raw bytes below
+        pass
+    if any(marker in data for marker in _RAW_MARKERS):
+        return [f"unreadable structure with action names ({type(failure).__name__})"]
+    return []
 
 
 def _strip(data: bytes) -> bytes:

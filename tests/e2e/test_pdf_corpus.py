@@ -96,8 +96,12 @@ def _sign_through_pages(page: Page, site: Site, email: str, code: str, value: st
     page.fill("#access_code", code)
     page.click("#next")
     page.wait_for_url("**/documents")
+    # Every page image in the window is loaded (the others load lazily when scrolled to). A
+    # function, not an expression: the page's CSP forbids eval.
     page.wait_for_function(
-        "Array.from(document.querySelectorAll('.doc:not([hidden]) img'))"
+        "() => Array.from(document.querySelectorAll('.doc:not([hidden]) img'))"
+        ".filter(i => { const r = i.getBoundingClientRect();"
+        " return r.bottom > 0 && r.top < window.innerHeight; })"
         ".every(i => i.complete && i.naturalWidth > 0)"
     )
     if value is not None:
