@@ -15,6 +15,8 @@ import click
 from core.errors import GatewayError
 
 DEFAULT_CONFIG = "config.yaml"
+# `keiyaku sync`: the runs succeeded but some records became line errors (1: a run failed).
+SOME_LINES_FAILED = 3
 
 
 def _fail(exc: GatewayError) -> NoReturn:
@@ -522,7 +524,9 @@ def sync(
     """Pull SOURCE (default: every pulled source) through its mapping into envelopes.
 
     Shows a progress bar on a terminal. ``--runs`` lists recent runs; ``--errors RUN`` the
-    line errors of one run.
+    line errors of one run. Exit 0 when every record got through (or was skipped), 3 when
+    some records became line errors, 1 when a run failed (e.g. a file whose every record failed,
+    which is left in place) or a source could not be read.
     """
     from core.intake import list_dead_letters, list_runs
     from gateway import intake
@@ -610,6 +614,8 @@ def sync(
                     f"{result.conflicts} conflicts, {result.errors} errors "
                     f"in {result.duration_ms} ms"
                 )
+                if result.message:
+                    click.echo(f"  {result.status}: {result.message}", err=result.status == "failed")
                 for error in result.line_errors[:20]:
                     click.echo(f"  {error.describe()}")
         if as_json:
@@ -618,8 +624,10 @@ def sync(
                  | {"line_errors": [e.as_json() for e in r.line_errors]} for r in results],
                 ensure_ascii=False, indent=2, default=str,
             ))  # fmt: skip
-        if failed:
+        if failed or any(r.status == "failed" for r in results):
             sys.exit(1)
+        if any(r.errors for r in results):
+            sys.exit(SOME_LINES_FAILED)
     finally:
         gateway.close()
 

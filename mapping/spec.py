@@ -15,7 +15,7 @@ import dataclasses
 import datetime as dt
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -1227,6 +1227,48 @@ def _expand_columns(names: Iterable[str], vars_: Mapping[str, Value]) -> set[str
     return found
 
 
+def _conditions(conditions: Iterable[Condition]) -> Iterator[Value]:
+    for condition in conditions:
+        if condition.subject is not None:
+            yield condition.subject
+        yield from _conditions(condition.children)
+
+
+def _check_declared_columns(
+    problems: _Problems,
+    columns: Sequence[str],
+    vars_: Mapping[str, Value],
+    targets: Mapping[str, Target],
+    documents: Sequence[DocumentSpec],
+    parties: Sequence[PartySpec],
+    skip: Sequence[Condition],
+) -> None:
+    """With ``format.columns`` declared, a column position beyond them or a name not among
+    them is a mistake in the mapping: one problem at its line, not one line error per record.
+    (``first_of`` options are exempt: a missing column there means "try the next".)"""
+    values: list[Value] = [*vars_.values(), *(t.value for t in targets.values())]
+    for doc in documents:
+        values += [v for v in (doc.name, doc.path, doc.attachment) if v is not None]
+    for party in parties:
+        values += [v for v in (party.name, party.email, party.company, party.title) if v is not None]
+    values += _conditions(skip)
+    declared = set(columns)
+    for value in values:
+        if value.kind == "first_of":
+            continue
+        for ref in sorted(value.columns):
+            if ref in vars_ or ref in declared or ref == "value":
+                continue
+            if ref.isdigit():
+                if int(ref) > len(columns):
+                    problems.add(
+                        value.line,
+                        f"column {ref} is out of range: format.columns declares {len(columns)}",
+                    )
+            else:
+                problems.add(value.line, f"no column {ref!r} among format.columns")
+
+
 def load_mapping(text: str, *, name: str = "mapping.yaml") -> SourceMapping:
     """Parse and check a mapping; raise :class:`MappingSpecError` listing every problem with
     its line."""
@@ -1284,6 +1326,8 @@ def load_mapping(text: str, *, name: str = "mapping.yaml") -> SourceMapping:
     for var_name, var in vars_.items():
         if var_name in var.columns and var.kind == "var":
             problems.add(var.line, f"vars.{var_name} refers to itself")
+    if "columns" in fmt:
+        _check_declared_columns(problems, fmt["columns"], vars_, targets, documents, parties, skip)
     if problems.items:
         _raise(name, problems)
     sensitive: frozenset[str] = frozenset()

@@ -143,6 +143,34 @@ def document_fetcher(source: Source) -> Callable[[DocumentRef], bytes]:
     return fetch
 
 
+class _FileTally:
+    """Records read and records failed, per file: a file whose every record failed is not
+    taken as read."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, int] = {}
+        self.failures: dict[str, set[tuple[int | None, str | None]]] = {}
+
+    def read(self, records: Sequence[RawRecord]) -> None:
+        for record in records:
+            name = record.provenance.file
+            if name is not None:
+                self.records[name] = self.records.get(name, 0) + 1
+
+    def failed(self, errors: Sequence[LineError]) -> None:
+        for error in errors:
+            if error.file is not None:
+                self.failures.setdefault(error.file, set()).add((error.line, error.path))
+
+    def wholly_failed(self) -> dict[str, int]:
+        """Files (name → records) none of whose records got through."""
+        return {
+            name: count
+            for name, count in self.records.items()
+            if count and len(self.failures.get(name, ())) >= count
+        }
+
+
 @dataclass
 class _Batch:
     drafts: list[tuple[Any, RawRecord]] = field(default_factory=list)
@@ -215,6 +243,7 @@ def _intake(
             )
         )
     contractor_ids: set[str] = set()
+    reported = directory.conflicts
     for draft, record in batch.drafts:
         p = record.provenance
         try:
@@ -242,6 +271,7 @@ def _intake(
         else:
             counts.unchanged += 1
         del p
+    counts.conflicts += directory.conflicts - reported
     if contractor_ids:
         session.flush()
         counts.add(
@@ -273,12 +303,14 @@ def sync_source(
         run_id = run.id
         cursor = get_cursor(session=session, source=spec.name)
     line_errors: list[LineError] = []
+    files = _FileTally()
     source = spec.open()
     try:
         fetch = document_fetcher(source)
         directory = ContractorDirectory()
         batch = source.pull(cursor)
         for chunk in _chunks(batch.records, batch_size):
+            files.read(chunk)
             mapped = map_records(chunk, spec.mapping, authorities)
             with sessions() as session:
                 counts = _intake(
@@ -299,6 +331,7 @@ def sync_source(
                 assert run_row is not None
                 count_run(run=run_row, counts=counts, records=len(chunk), skipped=mapped.skipped)
                 session.commit()
+            files.failed(counts.errors)
             line_errors.extend(counts.errors[: max(0, keep_errors - len(line_errors))])
             if progress is not None:
                 progress(len(chunk))
@@ -318,13 +351,29 @@ def sync_source(
                 run_row.released += counts.released
                 run_row.errors += len(counts.errors)
                 line_errors.extend(counts.errors[: max(0, keep_errors - len(line_errors))])
-            store_cursor(session=session, source=spec.name, cursor=batch.cursor)
+            failed_files = files.wholly_failed()
+            next_cursor = batch.cursor
+            status, message = "succeeded", None
+            if failed_files:
+                # Nothing of these files was taken in: they stay where they are, are read again
+                # next run (after the mapping is fixed), and the run says it failed.
+                next_cursor = source.leave(batch.cursor, set(failed_files))
+                status = "failed"
+                message = "; ".join(
+                    f"{name}: all {count} records failed"
+                    + (f" ({hint})" if (hint := source.diagnose(name)) else "")
+                    + "; the file was left in place"
+                    for name, count in failed_files.items()
+                )
+            store_cursor(session=session, source=spec.name, cursor=next_cursor)
             run_row = session.get(SyncRun, run_id)
             assert run_row is not None
-            finish_run(session=session, run=run_row, status="succeeded")
+            finish_run(session=session, run=run_row, status=status, message=message)
             session.commit()
             result = SyncResult.of(run_row, line_errors)
-        source.acknowledge(batch.cursor)
+        if message:
+            log.error("sync of %s failed: %s", spec.name, message)
+        source.acknowledge(next_cursor)
     except Exception as exc:
         message = (
             f"{exc.code}: {exc.message_en}"
