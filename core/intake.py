@@ -48,7 +48,7 @@ from core.envelopes import (
     create_envelope,
     send_envelope,
 )
-from core.errors import GatewayError, NotFoundError, RecordError
+from core.errors import GatewayError, NotFoundError, RecordError, StateError
 from core.links import AccessCodePolicy
 from core.model import (
     AccessCode,
@@ -550,7 +550,11 @@ def upsert_contractor(
         session.add(ContractorEmail(contractor_id=contractor.id, email=email, source=source))
     first_row = contractor.id not in directory.touched
     directory.touched.add(contractor.id)
-    if draft.emails and (contractor.email is None or first_row) and contractor.email != draft.emails[0]:
+    if (
+        draft.emails
+        and (contractor.email is None or first_row)
+        and contractor.email != draft.emails[0]
+    ):
         contractor.email = draft.emails[0]
         changed = changed or [draft.emails[0]]
     name = draft.contractor.name
@@ -1216,15 +1220,208 @@ def list_awards(
     session: Session,
     source: str | None = None,
     state: AwardState | None = None,
+    waiting: bool = False,
     limit: int = 100,
+    offset: int = 0,
 ) -> Sequence[Award]:
-    """Awards, newest first, optionally of one source or in one state."""
-    query = select(Award).order_by(Award.updated_at.desc(), Award.id).limit(limit)
+    """Awards, newest first, optionally of one source, in one state, or every one that has
+    no envelope yet and is not dismissed (``waiting``)."""
+    query = select(Award).order_by(Award.updated_at.desc(), Award.id).limit(limit).offset(offset)
     if source is not None:
         query = query.where(Award.source == source)
     if state is not None:
         query = query.where(Award.state == state.value)
+    if waiting:
+        query = query.where(Award.state.in_([s.value for s in PENDING_STATES]))
     return session.scalars(query).all()
+
+
+def count_awards(*, session: Session, source: str | None = None, waiting: bool = False) -> int:
+    """How many awards :func:`list_awards` would list without a limit."""
+    query = select(func.count()).select_from(Award)
+    if source is not None:
+        query = query.where(Award.source == source)
+    if waiting:
+        query = query.where(Award.state.in_([s.value for s in PENDING_STATES]))
+    return int(session.scalar(query) or 0)
+
+
+@dataclass(frozen=True)
+class WaitingReason:
+    """Why an award has no envelope, and what would give it one (Japanese for staff)."""
+
+    code: (
+        str  # no_usage_request | no_document | no_contractor_match | conflict | changed_after_send
+    )
+    reason: str
+    reason_ja: str
+    release_ja: str
+
+
+def waiting_reason(award: Award) -> WaitingReason | None:
+    """Why the award waits (None when it has its envelope or was dismissed)."""
+    note = award.note or ""
+    if award.state is AwardState.WAITING_USAGE_REQUEST:
+        return WaitingReason(
+            "no_usage_request",
+            "the contractor's usage request (consent, signer) has not arrived",
+            note or "受注者の電子契約利用申出書(承諾書)がまだ届いていません。",
+            "利用申出書が取り込まれる(または登録される)と、自動的に封筒を作成します。",
+        )
+    if award.state is AwardState.WAITING_DOCUMENTS:
+        return WaitingReason(
+            "no_document",
+            f"a contract document could not be fetched: {note}",
+            note or "契約書ファイルがありません。",
+            "取込元に契約書ファイルを置くと、次回の取込で作成します。",
+        )
+    if award.state is AwardState.WAITING_CONTRACTOR:
+        return WaitingReason(
+            "no_contractor_match",
+            "the record names its contractor by name only (no corporate number or code)",
+            note or "受注者を特定できません。",
+            "取込元に法人番号か業者番号を含めるか、職員が受注者を指定して解除してください。",
+        )
+    if award.state is AwardState.CONTRACTOR_CONFLICT:
+        return WaitingReason(
+            "conflict",
+            "the contractor's identity is in doubt (see keiyaku contractors conflicts)",
+            note or "受注者の同一性に疑いがあるため保留しています。",
+            "受注者を確認し、正しい受注者を指定して解除するか、対象外にしてください。",
+        )
+    if award.state is AwardState.CHANGED_AFTER_SEND:
+        return WaitingReason(
+            "changed_after_send",
+            "the source changed the award after its envelope was sent; the change was not applied",
+            note or "封筒の送信後に落札情報が変更されました。",
+            "封筒を取り消して作り直すか、変更を破棄(対象外)してください。",
+        )
+    return None
+
+
+def _award_for_staff(session: Session, source: str, award_id: str) -> Award:
+    award = get_award(session=session, source=source, award_id=award_id)
+    return award
+
+
+def release_award(
+    *,
+    session: Session,
+    runtime: Runtime,
+    policy: IntakePolicy,
+    source: str,
+    award_id: str,
+    actor: str,
+    contractor_id: str | None = None,
+) -> Award:
+    """Staff release a waiting award (audited): optionally name its contractor (a legal entity
+    staff have confirmed), then make its envelope when it is ready; otherwise it waits again for
+    what it still lacks. Conflicts reported for this award are marked resolved."""
+    award = _award_for_staff(session, source, award_id)
+    if award.state in (AwardState.DRAFTED, AwardState.SENT, AwardState.CHANGED_AFTER_SEND):
+        raise StateError(
+            "state.award_not_waiting",
+            f"award {award_id} of {source} has an envelope ({award.state.value}); cancel it first",
+            "この落札情報には封筒が作成済みです。作り直す場合は封筒を取り消してください。",
+        )
+    previous = award.contractor_id
+    if contractor_id is not None:
+        if session.get(Contractor, contractor_id) is None:
+            raise NotFoundError(
+                "not_found.contractor", f"no contractor {contractor_id}", "事業者が見つかりません。"
+            )
+        award.contractor_id = contractor_id
+    if award.contractor_id is None:
+        raise StateError(
+            "state.award_contractor_unknown",
+            f"award {award_id}: name its contractor (--contractor) to release it",
+            "受注者が特定されていません。受注者を指定してください。",
+        )
+    for conflict in session.scalars(
+        select(ContractorConflict).where(
+            ContractorConflict.source == source,
+            ContractorConflict.award_id == award_id,
+            ContractorConflict.resolved_at.is_(None),
+        )
+    ):
+        conflict.resolved_at, conflict.resolved_by = utcnow(), actor
+        conflict.resolution = f"released with contractor {award.contractor_id}"
+    award.state = (
+        AwardState.WAITING_USAGE_REQUEST if award.documents else AwardState.WAITING_DOCUMENTS
+    )
+    award.note = None
+    award.updated_at = utcnow()
+    record_event(
+        session=session,
+        action="award.released",
+        actor=actor,
+        detail={"source": source, "award_id": award_id, "contractor": award.contractor_id,
+                "previous_contractor": previous},
+    )  # fmt: skip
+    _release(session, runtime, policy, award, None, IntakeCounts())
+    return award
+
+
+def dismiss_award(
+    *, session: Session, source: str, award_id: str, actor: str, reason: str
+) -> Award:
+    """Staff decide a waiting award never becomes an envelope here (audited, with a reason);
+    for a change that arrived after sending, the change is dropped and the envelope stays."""
+    if not reason.strip():
+        raise StateError("state.reason_required", "give a reason", "理由を入力してください。")
+    award = _award_for_staff(session, source, award_id)
+    if award.state is AwardState.CHANGED_AFTER_SEND:
+        award.rejected_change = None
+        award.state = AwardState.SENT
+        award.note = f"送信後の変更を破棄しました: {reason}"
+    elif award.state in (AwardState.DRAFTED, AwardState.SENT):
+        raise StateError(
+            "state.award_not_waiting",
+            f"award {award_id} of {source} has an envelope; cancel the envelope instead",
+            "この落札情報には封筒が作成済みです。封筒を取り消してください。",
+        )
+    else:
+        award.state = AwardState.DISMISSED
+        award.note = reason[:1000]
+    award.updated_at = utcnow()
+    record_event(
+        session=session,
+        action="award.dismissed",
+        actor=actor,
+        envelope_id=award.envelope_id,
+        detail={"source": source, "award_id": award_id, "reason": reason},
+    )
+    return award
+
+
+def list_conflicts(
+    *, session: Session, open_only: bool = True, limit: int = 100
+) -> Sequence[ContractorConflict]:
+    """Doubts about contractors' identities, newest first."""
+    query = select(ContractorConflict).order_by(ContractorConflict.id.desc()).limit(limit)
+    if open_only:
+        query = query.where(ContractorConflict.resolved_at.is_(None))
+    return session.scalars(query).all()
+
+
+def resolve_conflict(
+    *, session: Session, conflict_id: int, actor: str, resolution: str
+) -> ContractorConflict:
+    """Staff mark a conflict as checked (audited); holding or releasing awards is separate."""
+    conflict = session.get(ContractorConflict, conflict_id)
+    if conflict is None:
+        raise NotFoundError(
+            "not_found.conflict", f"no conflict {conflict_id}", "確認事項が見つかりません。"
+        )
+    conflict.resolved_at, conflict.resolved_by = utcnow(), actor
+    conflict.resolution = resolution[:2000]
+    record_event(
+        session=session,
+        action="contractor.conflict_resolved",
+        actor=actor,
+        detail={"conflict": conflict_id, "kind": conflict.kind, "resolution": resolution},
+    )
+    return conflict
 
 
 def usage_request_for_envelope(*, session: Session, envelope_id: str) -> UsageRequest | None:

@@ -385,6 +385,16 @@ def _register_ops() -> None:
 _register_ops()
 
 
+def _register_awards() -> None:
+    from gateway.cli_awards import awards, contractors
+
+    main.add_command(awards)
+    main.add_command(contractors)
+
+
+_register_awards()
+
+
 def _write_sample_mappings(directory: Path) -> None:
     """The worked examples of docs/mapping.md, and the inbox folder the example source reads."""
     from gateway.intake import SAMPLE_MAPPINGS
@@ -615,7 +625,9 @@ def sync(
                     f"in {result.duration_ms} ms"
                 )
                 if result.message:
-                    click.echo(f"  {result.status}: {result.message}", err=result.status == "failed")
+                    click.echo(
+                        f"  {result.status}: {result.message}", err=result.status == "failed"
+                    )
                 for error in result.line_errors[:20]:
                     click.echo(f"  {error.describe()}")
         if as_json:

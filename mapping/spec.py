@@ -1250,7 +1250,9 @@ def _check_declared_columns(
     for doc in documents:
         values += [v for v in (doc.name, doc.path, doc.attachment) if v is not None]
     for party in parties:
-        values += [v for v in (party.name, party.email, party.company, party.title) if v is not None]
+        values += [
+            v for v in (party.name, party.email, party.company, party.title) if v is not None
+        ]
     values += _conditions(skip)
     declared = set(columns)
     for value in values:

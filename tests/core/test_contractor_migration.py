@@ -32,7 +32,10 @@ def test_merged_contractors_are_reported_and_their_awards_held(tmp_path: Path) -
     engine = create_database_engine(f"sqlite:///{tmp_path / 'old.db'}")
     migrate(engine, "0011")
     with engine.begin() as conn:
-        for cid, name, corp in (("c1", "株式会社山田建設", "1000000000001"), ("c2", "㈱鈴木", None)):
+        for cid, name, corp in (
+            ("c1", "株式会社山田建設", "1000000000001"),
+            ("c2", "㈱鈴木", None),
+        ):
             conn.execute(
                 text("INSERT INTO contractors (id, name, corporate_number, created_at) "
                      "VALUES (:id, :name, :corp, :now)"),

@@ -104,6 +104,46 @@ def test_sync_and_runs(home: Path) -> None:
     assert unknown.returncode == 1 and "config.unknown_source" in unknown.stderr
 
 
+def test_awards_list_says_why_each_waits_and_staff_release_or_dismiss(home: Path) -> None:
+    config = str(home / "config.yaml")
+    jv = (
+        '"0000000000000000004","共同企業体の工事","2025-10-03","5000000.00","S8","8002010",'
+        '"山田・鈴木特定建設工事共同企業体",""\r\n'
+    )
+    (home / "inbox" / "pdf" / "0000000000000000004.pdf").write_bytes(make_pdf(pages=1))
+    (home / "inbox" / "jv.csv").write_bytes(b"\xef\xbb\xbf" + jv.encode("utf-8"))
+    assert _run("--config", config, "sync", "inbox").returncode == 0
+    out = _run("--config", config, "awards", "list", "--state", "waiting", "--source", "inbox",
+               "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    waiting = {a["award_id"]: a for a in json.loads(out.stdout)}
+    assert set(waiting) == {"0000000000000000001", "0000000000000000004"}
+    consent = waiting["0000000000000000001"]["waiting"]
+    assert consent["code"] == "no_usage_request" and "利用申出書" in consent["release_ja"]
+    jv_row = waiting["0000000000000000004"]
+    assert jv_row["state"] == "waiting_contractor" and jv_row["contractor_id"] is None
+    assert jv_row["waiting"]["code"] == "no_contractor_match"
+    text = _run("--config", config, "awards", "list").stdout
+    assert "inbox:0000000000000000004 waiting_contractor" in text and "2 awards" in text
+
+    # Staff cannot release it without naming the contractor; dismissing is audited.
+    refused = _run("--config", config, "awards", "release", "inbox", "0000000000000000004")
+    assert refused.returncode == 2 and "state.award_contractor_unknown" in refused.stderr
+    dismissed = _run("--config", config, "awards", "dismiss", "inbox", "0000000000000000004",
+                     "--reason", "紙で契約済み")  # fmt: skip
+    assert dismissed.returncode == 0 and "dismissed" in dismissed.stdout
+    left = json.loads(_run("--config", config, "awards", "list", "--json").stdout)
+    assert [a["award_id"] for a in left] == ["0000000000000000001"]
+    audit = _run(
+        "--config", config, "audit", "export", "--from", "2000-01-01", "--to", "2100-12-31"
+    )
+    assert (
+        audit.returncode == 0
+        and "award.dismissed" in audit.stdout
+        and "紙で契約済み" in audit.stdout
+    )
+
+
 def test_a_file_in_the_wrong_encoding_fails_the_run_and_stays(home: Path) -> None:
     config = str(home / "config.yaml")
     inbox = home / "inbox"
@@ -139,7 +179,9 @@ def test_a_column_beyond_the_declared_ones_is_one_error_at_its_yaml_line(
     out = _run("--config", str(home / "config.yaml"), "mapping", "check", "--mapping", str(bad),
                "--sample", str(sample))  # fmt: skip
     assert out.returncode == 2
-    problems = [x for x in out.stderr.splitlines() if x.startswith("  - ") and "format.columns" in x]
+    problems = [
+        x for x in out.stderr.splitlines() if x.startswith("  - ") and "format.columns" in x
+    ]
     assert problems == [
         f"  - {bad}:4: column 9 is out of range: format.columns declares 2",
         f"  - {bad}:6: no column '商号' among format.columns",

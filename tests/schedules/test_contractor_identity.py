@@ -62,7 +62,9 @@ def _portal_row(number: str, title: str, name: str, corp: str) -> str:
     return f'"{number}","{title}","2025-10-01","1000000.00","S1","8002010","{name}","{corp}"'
 
 
-def _spec(name: str, folder: Path, mapping: SourceMapping, documents: Path | None = None) -> SourceSpec:
+def _spec(
+    name: str, folder: Path, mapping: SourceMapping, documents: Path | None = None
+) -> SourceSpec:
     folder.mkdir(parents=True, exist_ok=True)
 
     def opener() -> Source:
@@ -84,10 +86,14 @@ def _sync(sessions: sessionmaker[Session], runtime: Runtime, spec: SourceSpec) -
 
 
 def _portal(tmp_path: Path) -> SourceSpec:
-    mapping = load_mapping((MAPPINGS / "portal.yaml").read_text(encoding="utf-8"), name="portal.yaml")
+    mapping = load_mapping(
+        (MAPPINGS / "portal.yaml").read_text(encoding="utf-8"), name="portal.yaml"
+    )
     inbox = tmp_path / "portal"
     (inbox / "pdf").mkdir(parents=True)
-    rows = [_portal_row(f"P{i}", f"案件{i}", "株式会社山田建設", corp) for i, corp in enumerate(YAMADA)]
+    rows = [
+        _portal_row(f"P{i}", f"案件{i}", "株式会社山田建設", corp) for i, corp in enumerate(YAMADA)
+    ]
     rows.append(_portal_row("P9", "共同企業体の案件", "山田・鈴木特定建設工事共同企業体", ""))
     rows.append(_portal_row("P8", "代表者名だけのJV", "㈱山田建設", ""))
     for i in [*range(5), 8, 9]:
@@ -121,7 +127,9 @@ def test_same_name_companies_stay_apart_and_consent_releases_only_its_own_award(
     usage = load_mapping(USAGE_BY_NUMBER, name="usage.yaml")
     spec = _spec("uketsuke", tmp_path / "usage", usage)
     header = "商号又は名称,法人番号,氏名,メールアドレス,アクセスコード,提出日"
-    consent = f"株式会社山田建設,{YAMADA[2]},山田 花子,hanako@yamada2.example.jp,1234,令和7年10月2日"
+    consent = (
+        f"株式会社山田建設,{YAMADA[2]},山田 花子,hanako@yamada2.example.jp,1234,令和7年10月2日"
+    )
     (tmp_path / "usage" / "u.csv").write_bytes(cp932([header, consent]))
     released = _sync(sessions, runtime, spec)
     assert (released.created, released.released) == (1, 1)
@@ -165,7 +173,9 @@ def _registry_rows() -> list[str]:
     for i in range(15):
         code = f"{i + 1:06d}"
         corp = corporate_number(2_000_000_000 + i) if i % 2 == 0 else ""
-        rows.append(f"{code},{names[i % 5]},{corp},info{i}@c{i}.example.jp;keiyaku{i}@c{i}.example.jp")
+        rows.append(
+            f"{code},{names[i % 5]},{corp},info{i}@c{i}.example.jp;keiyaku{i}@c{i}.example.jp"
+        )
     rows.append(f"000001,{names[0]},{corporate_number(2_000_000_000)},keiyaku0@c0.example.jp")
     return rows
 
