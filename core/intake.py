@@ -1538,6 +1538,52 @@ def list_dead_letters(
     return session.scalars(query).all()
 
 
+def list_replayable(
+    *, session: Session, source: str, run_id: int | None = None
+) -> Sequence[DeadLetter]:
+    """Dead letters of a source not yet replayed that hold a record (oldest first); records
+    the source could not read whole (``format.*``: undecodable, wrong column count) are not
+    replayable: their file is read again instead."""
+    query = (
+        select(DeadLetter)
+        .where(
+            DeadLetter.source == source,
+            DeadLetter.replayed_at.is_(None),
+            DeadLetter.code.not_like("format.%"),
+        )
+        .order_by(DeadLetter.id)
+    )
+    if run_id is not None:
+        query = query.where(DeadLetter.run_id == run_id)
+    return [d for d in session.scalars(query) if d.record]
+
+
+def mark_replayed(*, session: Session, dead_letter_ids: Sequence[int]) -> None:
+    """Note that these dead letters were taken in again (a new failure is a new dead letter)."""
+    now = utcnow()
+    for start in range(0, len(dead_letter_ids), 500):
+        for row in session.scalars(
+            select(DeadLetter).where(DeadLetter.id.in_(dead_letter_ids[start : start + 500]))
+        ):
+            row.replayed_at = now
+
+
+def reset_cursor(
+    *, session: Session, source: str, cursor: Mapping[str, Any], actor: str
+) -> dict[str, Any]:
+    """Set a source's bookmark by hand (audited): the next run reads from there. Returns the
+    bookmark it replaced."""
+    previous = get_cursor(session=session, source=source)
+    store_cursor(session=session, source=source, cursor=cursor)
+    record_event(
+        session=session,
+        action="source.cursor_reset",
+        actor=actor,
+        detail={"source": source, "from": previous, "to": dict(cursor)},
+    )
+    return previous
+
+
 def get_cursor(*, session: Session, source: str) -> dict[str, Any]:
     """The source's bookmark ({} before its first run)."""
     row = session.get(SourceCursor, source)

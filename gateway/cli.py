@@ -516,14 +516,29 @@ def mapping_check(
     sys.exit(1 if errors else 0)
 
 
-@main.command()
+class _SyncGroup(click.Group):
+    """``keiyaku sync [SOURCE] [options]`` runs a sync; ``keiyaku sync replay|reset-cursor``
+    are its subcommands (a source of those names cannot be synced by name)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_SyncGroup)
+def sync() -> None:
+    """Pull sources into envelopes (`sync [SOURCE]`), replay dead letters, reset a cursor."""
+
+
+@sync.command("run")
 @click.argument("source", required=False)
 @click.option("--runs", "show_runs", is_flag=True, help="List recent sync runs instead.")
 @click.option("--errors", "errors_of", type=int, default=None, help="List the line errors of RUN.")
 @click.option("--limit", type=int, default=20, show_default=True, help="Rows listed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def sync(
+def sync_run(
     obj: _Context,
     source: str | None,
     show_runs: bool,
@@ -642,6 +657,85 @@ def sync(
             sys.exit(SOME_LINES_FAILED)
     finally:
         gateway.close()
+
+
+@sync.command("replay")
+@click.argument("source")
+@click.option("--run", "run_id", type=int, default=None, help="Only the dead letters of RUN.")
+@click.pass_obj
+def sync_replay(obj: _Context, source: str, run_id: int | None) -> None:
+    """Take SOURCE's dead letters (records that failed) in again through its current mapping.
+
+    Exit codes as for `keiyaku sync`."""
+    from gateway import intake
+    from gateway.runtime import access_code_policy, open_gateway
+    from schedules.sync import replay_dead_letters
+
+    settings = obj.settings()
+    try:
+        gateway = open_gateway(settings)
+    except GatewayError as exc:
+        _fail(exc)
+    try:
+        result, replayed = replay_dead_letters(
+            sessions=gateway.sessions,
+            runtime=gateway.runtime,
+            policy=intake.policy(settings, access_codes=access_code_policy(settings)),
+            spec=intake.source_spec(settings, source),
+            authorities=intake.authorities(settings),
+            run_id=run_id,
+            batch_size=settings.intake.batch_size,
+        )
+    except GatewayError as exc:
+        _fail(exc)
+    finally:
+        gateway.close()
+    click.echo(
+        f"{source}: replayed {replayed} dead letters as run #{result.run_id} {result.status}: "
+        f"{result.created} created, {result.updated} updated, {result.unchanged} unchanged, "
+        f"{result.released} envelopes, {result.errors} errors"
+    )
+    for error in result.line_errors[:20]:
+        click.echo(f"  {error.describe()}")
+    if result.status == "failed":
+        sys.exit(1)
+    if result.errors:
+        sys.exit(SOME_LINES_FAILED)
+
+
+@sync.command("reset-cursor")
+@click.argument("source")
+@click.option(
+    "--to",
+    "value",
+    required=True,
+    help="The bookmark to read from next run (e.g. a SOAP cursor_field value); 'start' forgets "
+    "the bookmark, so everything the source still holds is read again (idempotently).",
+)
+@click.pass_obj
+def sync_reset_cursor(obj: _Context, source: str, value: str) -> None:
+    """Set SOURCE's bookmark by hand (audited)."""
+    import getpass
+
+    from core.intake import reset_cursor
+    from gateway import intake
+    from gateway.server import open_database
+
+    settings = obj.settings()
+    try:
+        intake.source_settings(settings, source)
+        with open_database(settings) as factory, factory() as session:
+            cursor: dict[str, Any] = {} if value == "start" else {"value": value}
+            previous = reset_cursor(
+                session=session, source=source, cursor=cursor, actor=f"cli:{getpass.getuser()}"
+            )
+            session.commit()
+    except GatewayError as exc:
+        _fail(exc)
+    click.echo(
+        f"{source}: cursor {json.dumps(previous, ensure_ascii=False)} -> "
+        f"{json.dumps(cursor, ensure_ascii=False)}"
+    )
 
 
 def _run_json(run: Any) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from gateway.settings import (
     FolderSourceSettings,
     Settings,
     SftpSourceSettings,
+    SoapFolderDocumentsSettings,
+    SoapSftpDocumentsSettings,
     SoapSourceSettings,
 )
 from mapping import MappingSpecError, SourceMapping, load_mapping
@@ -170,12 +172,42 @@ def open_source(settings: Settings, name: str, mapping: SourceMapping) -> Source
                 cursor_field=config.cursor_field,
                 verify_tls=str(settings.path(config.ca_file)) if config.ca_file else True,
             ),
+            documents=_soap_documents(settings, name, config),
         )
     raise ConfigError(
         "config.source_not_pulled",
         f"source {name!r} is pushed (kind api); it cannot be pulled",
         f"取込元「{name}」はAPIで受け付ける取込元のため、取得処理はありません。",
     )
+
+
+def _soap_documents(settings: Settings, name: str, config: SoapSourceSettings) -> Any:
+    """The transport a SOAP source reads documents named by path through (None: none)."""
+    documents = config.documents
+    limit = settings.limits.max_file_mb * 1024 * 1024
+    if isinstance(documents, SoapFolderDocumentsSettings):
+        folder = str(settings.path(documents.path))
+        return FolderSource(
+            name=name, directory=folder, csv_format=CsvFormat(), documents_dir=folder,
+            max_document_bytes=limit,
+        )  # fmt: skip
+    if isinstance(documents, SoapSftpDocumentsSettings):
+        endpoint = SftpEndpoint(
+            host=documents.host,
+            port=documents.port,
+            username=documents.username,
+            key_path=settings.path(documents.key_path),
+            known_hosts=settings.path(documents.known_hosts),
+            key_passphrase=documents.key_passphrase.get_secret_value()
+            if documents.key_passphrase
+            else None,
+            timeout=documents.timeout_seconds,
+        )
+        return SftpSource(
+            endpoint=endpoint, name=name, directory=documents.path, csv_format=CsvFormat(),
+            documents_dir=documents.path, max_document_bytes=limit,
+        )  # fmt: skip
+    return None
 
 
 def _read_lock(config: FolderSourceSettings | SftpSourceSettings) -> ReadLock:

@@ -1025,8 +1025,12 @@ def _documents(c: _Compiler, root: LineDict) -> tuple[DocumentSpec, ...]:
             continue
         for key in sorted(set(item) - {"name", "path", "attachment", "required"}):
             c.problems.add(item.line_of(key), f"{where}: unknown key {key!r}")
-        if ("path" in item) == ("attachment" in item):
-            c.problems.add(line, f"{where}: give either path (a file) or attachment (a field)")
+        if "path" not in item and "attachment" not in item:
+            c.problems.add(
+                line,
+                f"{where}: give path (a file), attachment (a field), or both (the attachment "
+                "when the record carries one, else the file)",
+            )
             continue
         if "name" not in item:
             c.problems.add(line, f"{where}: 'name' is required (the file name staff see)")
@@ -1373,7 +1377,9 @@ def redact(fields: Mapping[str, Any], sensitive: Iterable[str]) -> dict[str, Any
         if key in hidden or str(position) in hidden:
             out[key] = "****"
         elif isinstance(value, bytes):
-            out[key] = f"<{len(value)} bytes>"
+            # Kept whole (as base64, which mappings read as an attachment) so a dead letter can
+            # be replayed with its document.
+            out[key] = base64.b64encode(value).decode("ascii")
         elif isinstance(value, str | int | float | bool) or value is None:
             out[key] = value
         else:

@@ -186,3 +186,20 @@ def test_a_column_beyond_the_declared_ones_is_one_error_at_its_yaml_line(
         f"  - {bad}:4: column 9 is out of range: format.columns declares 2",
         f"  - {bad}:6: no column '商号' among format.columns",
     ]
+
+
+def test_sync_replay_and_reset_cursor(home: Path) -> None:
+    config = str(home / "config.yaml")
+    # The line error of the first run (a corporate number with a wrong check digit) fails
+    # again when replayed: a new dead letter, exit 3; the old ones are marked replayed.
+    replay = _run("--config", config, "sync", "replay", "inbox")
+    assert replay.returncode == 3, replay.stdout + replay.stderr
+    assert "inbox: replayed 1 dead letters as run #" in replay.stdout
+    assert "mapping.bad_corporate_number" in replay.stdout
+    again = _run("--config", config, "sync", "replay", "inbox", "--run", "1")
+    assert "replayed 0 dead letters" in again.stdout and again.returncode == 0
+    reset = _run("--config", config, "sync", "reset-cursor", "inbox", "--to", "start")
+    assert reset.returncode == 0 and "-> {}" in reset.stdout
+    unknown = _run("--config", config, "sync", "reset-cursor", "nope", "--to", "start")
+    assert unknown.returncode == 2 and "config.unknown_source" in unknown.stderr
+    assert "replay" in _run("--config", config, "sync", "--help").stdout
