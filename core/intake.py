@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from core.audit import record_event
 from core.business_days import BusinessCalendar
+from core.consent import CONSTRUCTION, has_withdrawn
 from core.drafts import (
     ContractorDraft,
     ContractorRef,
@@ -82,12 +83,14 @@ AWARD_STATE_JA = {
     AwardState.WAITING_CONTRACTOR: "受注者の特定待ち",
     AwardState.CONTRACTOR_CONFLICT: "受注者の確認待ち(保留)",
     AwardState.DISMISSED: "対象外(職員が除外)",
+    AwardState.WAITING_SIGNER: "署名者の連絡先待ち",
 }
 # States a later run (or a usage request arriving) may move on by itself.
 WAITING_STATES = (
     AwardState.WAITING_USAGE_REQUEST,
     AwardState.WAITING_DOCUMENTS,
     AwardState.WAITING_CONTRACTOR,
+    AwardState.WAITING_SIGNER,
 )
 # Everything that has no envelope yet and is not dismissed: what staff see as "waiting".
 PENDING_STATES = (*WAITING_STATES, AwardState.CONTRACTOR_CONFLICT, AwardState.CHANGED_AFTER_SEND)
@@ -572,6 +575,17 @@ def upsert_contractor(
     return "updated" if changed else "unchanged"
 
 
+def find_contractor(
+    *, session: Session, corporate_number: str | None = None, registry_code: str | None = None
+) -> Contractor | None:
+    """The contractor with this corporate number (else registry code); never by name."""
+    directory = ContractorDirectory()
+    found = directory.find_id(
+        session, ContractorRef(corporate_number=corporate_number, registry_code=registry_code)
+    )
+    return session.get(Contractor, found) if found else None
+
+
 def contractor_emails(*, session: Session, contractor_id: str) -> list[str]:
     """A contractor's registered e-mail addresses."""
     return list(
@@ -622,6 +636,7 @@ def upsert_usage_request(
         "contact_phone": draft.contact_phone,
         "contact_email": draft.contact_email,
         "consented_on": draft.consented_on,
+        "measures": draft.measures,
     }
     now = utcnow()
     if row is None:
@@ -1016,20 +1031,54 @@ def _release(
         award.note = award.note or "受注者を特定できません(法人番号・業者番号がありません)。"
         counts.waiting += 1
         return
-    if requests is not None and award.contractor_id in requests:
-        request = _choose_request(requests[award.contractor_id], award.award_id)
-    else:
-        request = find_usage_request(
-            session=session, contractor_id=award.contractor_id, award_ref=award.award_id
-        )
-    if request is None:
+    contract_type = award.draft.get("contract_type") or CONSTRUCTION
+    signer_from = (
+        "usage_request"
+        if contract_type == CONSTRUCTION
+        else award.draft.get("signer_from") or "usage_request"
+    )
+    if has_withdrawn(session=session, contractor_id=award.contractor_id):
         award.state = AwardState.WAITING_USAGE_REQUEST
-        award.note = "受注者の電子契約利用申出書(承諾書)がまだ届いていません。"
+        award.note = "受注者が電子契約の承諾を撤回しています(新しい封筒は作成しません)。"
         counts.waiting += 1
         return
+    request: UsageRequest | None = None
+    signer: tuple[str, str, str | None]
+    if signer_from == "usage_request":
+        if requests is not None and award.contractor_id in requests:
+            request = _choose_request(requests[award.contractor_id], award.award_id)
+        else:
+            request = find_usage_request(
+                session=session, contractor_id=award.contractor_id, award_ref=award.award_id
+            )
+        if request is None:
+            award.state = AwardState.WAITING_USAGE_REQUEST
+            award.note = "受注者の電子契約利用申出書(承諾書)がまだ届いていません。"
+            counts.waiting += 1
+            return
+        name = request.signer_name
+        if request.signer_title:
+            name = f"{request.signer_title} {request.signer_name}"
+        signer = (name, request.signer_email, request.access_code_hash)
+    elif signer_from == "registry":
+        contractor = session.get(Contractor, award.contractor_id)
+        if contractor is None or not contractor.email:
+            award.state = AwardState.WAITING_SIGNER
+            award.note = "入札参加資格者名簿に受注者の登録メールアドレスがありません。"
+            counts.waiting += 1
+            return
+        signer = (f"{contractor.name} ご担当者", contractor.email, None)
+    else:  # the mapping named the signer on the contractor party
+        party = next(p for p in award.draft.get("parties", []) if p.get("source") == "contractor")
+        name = party.get("name") or f"{award.counterparty or ''} ご担当者".strip()
+        if party.get("title"):
+            name = f"{party['title']} {name}"
+        signer = (name, party["email"], None)
     try:
         with session.begin_nested():
-            envelope = _make_envelope(session, runtime, policy, award, request)
+            envelope = _make_envelope(
+                session, runtime, policy, award, request, signer, contract_type
+            )
     except IntegrityError as exc:
         raise RecordError(
             "intake.duplicate_management_number",
@@ -1043,9 +1092,13 @@ def _release(
         counts.waiting += 1
         raise RecordError(exc.code, exc.message_en, exc.message_ja, details=exc.details) from exc
     award.envelope_id = envelope.id
-    award.usage_request_id = request.id
+    award.usage_request_id = request.id if request is not None else None
     award.state = AwardState.SENT if envelope.state is EnvelopeState.SENT else AwardState.DRAFTED
-    award.note = None
+    award.note = (
+        None
+        if signer[2] is not None or envelope.state is EnvelopeState.SENT
+        else "受注者の署名者にアクセスコードがないため下書きのままです。設定してから送信してください。"
+    )
     counts.released += 1
 
 
@@ -1068,19 +1121,21 @@ def _make_envelope(
     runtime: Runtime,
     policy: IntakePolicy,
     award: Award,
-    request: UsageRequest,
+    request: UsageRequest | None,
+    signer: tuple[str, str, str | None],
+    contract_type: str,
 ) -> Envelope:
+    """The award's envelope, its contractor party being ``signer`` (name, e-mail, access-code
+    hash); a construction contract is made on the usage request as its consent."""
     draft = award.draft
     parties: list[PartyInput] = []
     contractor_positions: list[int] = []
+    signer_name, signer_email, code_hash = signer
     for position, p in enumerate(draft.get("parties", [])):
         role = PartyRole(p["role"])
         if p.get("source") == "contractor":
             contractor_positions.append(position)
-            name = request.signer_name
-            if request.signer_title:
-                name = f"{request.signer_title} {request.signer_name}"
-            parties.append(PartyInput(role, name, request.signer_email, award.counterparty))
+            parties.append(PartyInput(role, signer_name, signer_email, award.counterparty))
         else:
             name = p.get("name") or ""
             if p.get("title"):
@@ -1115,14 +1170,16 @@ def _make_envelope(
         deadline=award.signing_due,
         actor="intake",
         department=award.department,
+        contract_type=contract_type,
+        consent_id=request.id if request is not None else None,
     )
     envelope.contractor_id = award.contractor_id
-    if request.access_code_hash:
+    if code_hash:
         for position in contractor_positions:
             session.add(
                 AccessCode(
                     party_id=envelope.parties[position].id,
-                    code_hash=request.access_code_hash,
+                    code_hash=code_hash,
                     set_at=utcnow(),
                 )
             )
@@ -1134,11 +1191,12 @@ def _make_envelope(
         detail={
             "source": award.source,
             "award_id": award.award_id,
-            "usage_request": request.id,
+            "usage_request": request.id if request is not None else None,
+            "contract_type": contract_type,
         },
     )
     session.flush()
-    if policy.auto_send:
+    if policy.auto_send and code_hash:
         send_envelope(
             session=session, runtime=runtime, envelope_id=envelope.id, actor=policy.creator
         )
@@ -1168,7 +1226,10 @@ def release_waiting(
             or_(UsageRequest.award_ref.is_(None), UsageRequest.award_ref == Award.award_id),
         )
     )
-    ready = and_(Award.state == AwardState.WAITING_USAGE_REQUEST.value, consented)
+    ready = or_(
+        and_(Award.state == AwardState.WAITING_USAGE_REQUEST.value, consented),
+        Award.state == AwardState.WAITING_SIGNER.value,
+    )
     if fetch is not None:
         ready = or_(ready, Award.state == AwardState.WAITING_DOCUMENTS.value)
     query = select(Award).where(ready)
@@ -1281,6 +1342,13 @@ def waiting_reason(award: Award) -> WaitingReason | None:
             "the record names its contractor by name only (no corporate number or code)",
             note or "受注者を特定できません。",
             "取込元に法人番号か業者番号を含めるか、職員が受注者を指定して解除してください。",
+        )
+    if award.state is AwardState.WAITING_SIGNER:
+        return WaitingReason(
+            "no_signer_address",
+            "the signer comes from the bidder registry, which has no address for the contractor",
+            note or "入札参加資格者名簿に受注者の登録メールアドレスがありません。",
+            "名簿に登録メールアドレスが取り込まれると、自動的に封筒を作成します。",
         )
     if award.state is AwardState.CONTRACTOR_CONFLICT:
         return WaitingReason(

@@ -145,6 +145,7 @@ class Envelope(Base):
     consent_id: Mapped[str | None] = mapped_column(ForeignKey("usage_requests.id"))
 
     contractor: Mapped[Contractor | None] = relationship()
+    consent: Mapped[UsageRequest | None] = relationship()
     documents: Mapped[list[Document]] = relationship(
         back_populates="envelope", order_by="Document.position", cascade="all, delete-orphan"
     )
@@ -405,6 +406,7 @@ class AwardState(enum.StrEnum):
     WAITING_CONTRACTOR = "waiting_contractor"  # no corporate number or code: who is it?
     CONTRACTOR_CONFLICT = "contractor_conflict"  # its contractor's identity is in doubt
     DISMISSED = "dismissed"  # staff decided it never becomes an envelope here
+    WAITING_SIGNER = "waiting_signer"  # the signer's address (registry) is not there yet
 
 
 def _wide_enum(cls: type[Any], name: str) -> Enum:

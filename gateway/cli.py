@@ -386,10 +386,11 @@ _register_ops()
 
 
 def _register_awards() -> None:
-    from gateway.cli_awards import awards, contractors
+    from gateway.cli_awards import awards, consent, contractors
 
     main.add_command(awards)
     main.add_command(contractors)
+    main.add_command(consent)
 
 
 _register_awards()

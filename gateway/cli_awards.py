@@ -240,3 +240,51 @@ def contractors_resolve(obj: Any, conflict_id: int, note: str) -> None:
         resolve_conflict(session=session, conflict_id=conflict_id, actor=_actor(), resolution=note)
         session.commit()
     click.echo(f"conflict #{conflict_id} resolved")
+
+
+@click.group()
+def consent() -> None:
+    """Contractors' prior consents (建設業法19条3項): list, withdraw."""
+
+
+@consent.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.pass_obj
+def consent_list(obj: Any, as_json: bool, limit: int) -> None:
+    """Consents, newest first, with their date, measures and withdrawal."""
+    from core.consent import consent_json, list_consents
+    from core.model import Contractor
+
+    with _gateway(obj) as (gateway, _settings), gateway.sessions() as session:
+        items = []
+        for c in list_consents(session=session, limit=limit):
+            data = consent_json(c) or {}
+            contractor = session.get(Contractor, c.contractor_id)
+            data["contractor_name"] = contractor.name if contractor else None
+            data["corporate_number"] = contractor.corporate_number if contractor else None
+            items.append(data)
+    if as_json:
+        click.echo(json.dumps(items, ensure_ascii=False, indent=2))
+        return
+    for item in items:
+        state = f"withdrawn {item['withdrawn_at']}" if item["withdrawn_at"] else "in force"
+        click.echo(
+            f"{item['id']} {item['contractor_name']} ({item['corporate_number'] or '-'}): "
+            f"consented {item['consented_on']}, {state}"
+        )
+    click.echo(f"{len(items)} consents")
+
+
+@consent.command("withdraw")
+@click.argument("consent_id")
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.pass_obj
+def consent_withdraw(obj: Any, consent_id: str, reason: str) -> None:
+    """Record the contractor's withdrawal: no new envelope to it (audited)."""
+    from core.consent import withdraw_consent
+
+    with _gateway(obj) as (gateway, _settings), gateway.sessions() as session:
+        withdraw_consent(session=session, consent_id=consent_id, actor=_actor(), reason=reason)
+        session.commit()
+    click.echo(f"consent {consent_id} withdrawn")

@@ -254,6 +254,8 @@ def _intake(
                 outcome = upsert_contractor(
                     session=session, source=spec.name, draft=draft, directory=directory
                 )
+                if (found := directory.find_id(session, draft.contractor)) is not None:
+                    contractor_ids.add(found)  # awards waiting for its registry address
             elif isinstance(draft, UsageRequestDraft):
                 row, outcome = upsert_usage_request(
                     session=session, source=spec.name, draft=draft, policy=policy,

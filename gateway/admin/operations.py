@@ -16,6 +16,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from core.consent import consent_json, list_consents, withdraw_consent
 from core.intake import (
     CONFLICT_KIND_JA,
     award_state_ja,
@@ -31,6 +32,7 @@ from core.intake import (
     waiting_reason,
 )
 from core.jobs import list_job_runs
+from core.model import Contractor
 from core.outbox import count_deliveries, list_deliveries, list_targets, retry_dead
 from core.states import DeliveryState
 from gateway.admin.pages import admin_page, admin_staff, to_login
@@ -207,6 +209,41 @@ async def award_action(
             )  # fmt: skip
         session.commit()
         return RedirectResponse("/admin/awards", status_code=303)
+
+    return await run_in_threadpool(run)
+
+
+@router.get("/consents", response_class=HTMLResponse)
+def consents_page(request: Request, context: ContextDep, session: SessionDep) -> Response:
+    """The contractors' prior consents (建設業法19条3項), with their withdrawal."""
+    staff = admin_staff(request, context, session)
+    if staff is None:
+        return to_login(request)
+    rows = []
+    for consent in list_consents(session=session, limit=500):
+        contractor = session.get(Contractor, consent.contractor_id)
+        rows.append((consent_json(consent), contractor))
+    return admin_page(request, context, "admin/consents.html", staff, consents=rows)
+
+
+@router.post("/consents/{consent_id}/withdraw")
+async def consent_withdraw(
+    request: Request, consent_id: str, context: ContextDep, session: SessionDep, ip: ClientIpDep
+) -> Response:
+    """Record a withdrawal (audited): no new envelope to that contractor."""
+    form = await request.form()
+    check_csrf(request, context, str(form.get("csrf_token") or ""))
+
+    def run() -> Response:
+        staff = admin_staff(request, context, session)
+        if staff is None:
+            return to_login(request)
+        withdraw_consent(
+            session=session, consent_id=consent_id, actor=staff.email,
+            reason=str(form.get("reason") or ""), ip=ip,
+        )  # fmt: skip
+        session.commit()
+        return RedirectResponse("/admin/consents", status_code=303)
 
     return await run_in_threadpool(run)
 

@@ -203,3 +203,13 @@ def test_sync_replay_and_reset_cursor(home: Path) -> None:
     unknown = _run("--config", config, "sync", "reset-cursor", "nope", "--to", "start")
     assert unknown.returncode == 2 and "config.unknown_source" in unknown.stderr
     assert "replay" in _run("--config", config, "sync", "--help").stdout
+
+
+def test_consent_and_conflict_commands(home: Path) -> None:
+    config = str(home / "config.yaml")
+    listed = _run("--config", config, "consent", "list", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    missing = _run("--config", config, "consent", "withdraw", "nope", "--reason", "x")
+    assert missing.returncode == 2 and "not_found.consent" in missing.stderr
+    conflicts = _run("--config", config, "contractors", "conflicts", "--json")
+    assert conflicts.returncode == 0 and isinstance(json.loads(conflicts.stdout), list)
