@@ -269,9 +269,11 @@ def api_client() -> None:
     "--scope",
     "scopes",
     multiple=True,
-    type=click.Choice(["awards:write", "envelopes:read", "envelopes:write", "staff:write"]),
-    help="Grant these scopes (repeatable; default: awards:write, envelopes:read and "
-    "envelopes:write; staff:write, the staff import, only when named).",
+    type=click.Choice(
+        ["awards:read", "awards:write", "envelopes:read", "envelopes:write", "staff:write"]
+    ),
+    help="Grant these scopes (repeatable; default: awards:read, awards:write, envelopes:read "
+    "and envelopes:write; staff:write, the staff import, only when named).",
 )
 @click.pass_obj
 def api_client_create(obj: _Context, name: str, scopes: tuple[str, ...]) -> None:

@@ -52,41 +52,6 @@ def _gateway(obj: Any) -> Iterator[tuple[Any, Any]]:
         gateway.close()
 
 
-def award_json(award: Any) -> dict[str, Any]:
-    """One award as the CLI and the API show it, with why it waits and what releases it."""
-    from core.intake import award_state_ja, waiting_reason
-
-    why = waiting_reason(award)
-    return {
-        "source": award.source,
-        "award_id": award.award_id,
-        "title": award.title,
-        "state": award.state.value,
-        "state_ja": award_state_ja(award.state),
-        "amount": None if award.amount is None else str(award.amount),
-        "award_date": award.award_date.isoformat() if award.award_date else None,
-        "counterparty": award.counterparty,
-        "corporate_number": award.corporate_number,
-        "contractor_id": award.contractor_id,
-        "envelope_id": award.envelope_id,
-        "usage_request_due": award.usage_request_due.isoformat()
-        if award.usage_request_due
-        else None,
-        "signing_due": award.signing_due.isoformat() if award.signing_due else None,
-        "waiting": None
-        if why is None
-        else {
-            "code": why.code,
-            "reason": why.reason,
-            "reason_ja": why.reason_ja,
-            "release_ja": why.release_ja,
-        },
-        "file": award.file,
-        "line": award.line,
-        "updated_at": _jst(award.updated_at),
-    }
-
-
 @click.group()
 def awards() -> None:
     """Awards taken in: list what waits and why; release or dismiss one."""
@@ -111,6 +76,7 @@ def awards_list(obj: Any, state: str, source: str | None, limit: int, as_json: b
     """List awards (by default the waiting ones), each with why it waits."""
     from core.intake import list_awards
     from core.model import AwardState
+    from gateway.intake import award_json
 
     with _gateway(obj) as (gateway, _settings), gateway.sessions() as session:
         rows = list_awards(
@@ -148,6 +114,7 @@ def awards_release(obj: Any, source: str, award_id: str, contractor_id: str | No
     """Release a waiting or held award (audited): its envelope is made when it is ready."""
     from core.intake import release_award
     from gateway import intake
+    from gateway.intake import award_json
     from gateway.runtime import access_code_policy
 
     with _gateway(obj) as (gateway, settings), gateway.sessions() as session:

@@ -24,8 +24,8 @@ from core.errors import NotFoundError, RecordError
 from core.intake import dismiss_award, list_awards, release_award
 from core.model import ApiClient, AwardState
 from gateway import intake
-from gateway.cli_awards import award_json
 from gateway.deps import ApiClientDep, ContextDep, SessionDep
+from gateway.intake import award_json
 from gateway.runtime import access_code_policy
 from gateway.settings import ApiSourceSettings
 from schedules.sync import SyncResult, accept_record
