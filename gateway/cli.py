@@ -487,6 +487,15 @@ def mapping_check(
             errors.extend(e.as_json() for e in outcome.errors)
         elif outcome.draft is not None:
             drafts.append({"line": p.line, "draft": outcome.draft.as_json()})
+    hint = None
+    failed_lines = {e.get("line") for e in errors}
+    if total and len(failed_lines) >= total and spec.format.get("type", "csv") == "csv":
+        from connectors.csv import encoding_hint
+
+        with sample.open("rb") as stream:
+            looks = encoding_hint(stream.read(64 * 1024), str(spec.format.get("encoding")))
+        if looks:
+            hint = f"every record failed; the file looks like {looks}: set format.encoding: {looks}"
     if as_json:
         click.echo(
             json.dumps(
@@ -497,6 +506,7 @@ def mapping_check(
                     "drafts": drafts[:limit],
                     "skipped": skipped,
                     "errors": errors,
+                    "hint": hint,
                 },
                 ensure_ascii=False,
                 indent=2,
@@ -516,6 +526,8 @@ def mapping_check(
         click.echo(
             f"{total} records: {len(drafts)} drafts, {len(skipped)} skipped, {len(errors)} errors"
         )
+        if hint:
+            click.echo(f"hint: {hint}")
     sys.exit(1 if errors else 0)
 
 

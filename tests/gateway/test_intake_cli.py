@@ -149,6 +149,13 @@ def test_a_file_in_the_wrong_encoding_fails_the_run_and_stays(home: Path) -> Non
     inbox = home / "inbox"
     # The portal export saved by Excel as CP932: the mapping declares UTF-8.
     (inbox / "excel.csv").write_bytes(PORTAL.replace('"",', '"1",').encode("cp932"))
+    check = _run(
+        "--config", config, "mapping", "check", "inbox", "--sample", str(inbox / "excel.csv")
+    )
+    assert (
+        check.returncode == 1
+        and "hint: every record failed; the file looks like cp932" in check.stdout
+    )
     out = _run("--config", config, "sync", "inbox")
     assert out.returncode == 1, out.stdout + out.stderr
     assert "failed: 3 records" in out.stdout
