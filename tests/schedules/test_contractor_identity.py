@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from stdnum.jp import cn
@@ -209,9 +208,8 @@ def test_a_registry_with_repeated_names_keeps_each_code_and_reimports_as_a_no_op
         assert "000002" in conflict.message_ja and "全然違う商事" in conflict.message_ja
 
 
-@pytest.mark.parametrize("release_by", ["code"])
 def test_awards_of_same_name_registry_companies_go_each_to_its_own_signer(
-    sessions: sessionmaker[Session], runtime: Runtime, tmp_path: Path, release_by: str
+    sessions: sessionmaker[Session], runtime: Runtime, tmp_path: Path
 ) -> None:
     registry = _spec("meibo", tmp_path / "meibo", registry_mapping())
     (tmp_path / "meibo" / "m.csv").write_bytes(cp932([REGISTRY_HEADER, *_registry_rows()]))
