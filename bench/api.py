@@ -61,6 +61,7 @@ def _config(home: Path, database_url: str, port: int) -> Path:
 def _envelope(pdf_b64: str | None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "title": "市道１号線舗装補修工事",
+        "contract_type": "other",
         "parties": [
             {
                 "role": "approver",

@@ -8,7 +8,7 @@ connector (``tests/contract``).
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,21 @@ class Source(abc.ABC):
 
     def acknowledge(self, cursor: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
         """Called after the records of ``cursor`` are committed (e.g. move processed files)."""
+
+    def leave(self, cursor: Mapping[str, Any], files: set[str]) -> Mapping[str, Any]:
+        """The cursor without ``files``: the run failed on them, so they stay where they are
+        and are read again next run (by default the cursor does not name files)."""
+        return cursor
+
+    def retry(self, cursor: Mapping[str, Any], failed: Sequence[RawRecord]) -> Mapping[str, Any]:
+        """The cursor to store when ``failed`` records became line errors: by default
+        unchanged (files are read whole; they are retried by :meth:`leave`)."""
+        return cursor
+
+    def diagnose(self, file: str) -> str | None:
+        """A hint on why every record of ``file`` failed (e.g. its bytes look like another
+        encoding than the mapping declares), or None."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

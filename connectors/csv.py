@@ -57,6 +57,52 @@ class CsvFormat:
         return "utf-8-sig" if name in ("utf-8", "utf-8-sig") else self.encoding
 
 
+def _decodes(data: bytes, encoding: str) -> bool:
+    """Whether ``data`` is valid in ``encoding`` (a character cut at the end is allowed)."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    try:
+        decoder.decode(data, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def encoding_hint(head: bytes, declared: str) -> str | None:
+    """What a file's first bytes look like when they do not look like ``declared``: ``"utf-8"``
+    or ``"cp932"``, else None. UTF-8 text is almost never valid CP932 *and* valid UTF-8 at once
+    (and the reverse), so a file that decodes strictly only as the other is a safe hint."""
+    body = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
+    if body.isascii():
+        return None
+    declared = codecs.lookup(_ALIASES.get(declared.lower(), declared)).name
+    utf8 = _decodes(body, "utf-8")
+    if declared in ("utf-8", "utf-8-sig"):
+        return "cp932" if not utf8 and _decodes(body, "cp932") else None
+    return "utf-8" if utf8 or head.startswith(b"\xef\xbb\xbf") else None
+
+
+class PrefixedStream(io.RawIOBase):
+    """A binary stream whose first bytes were already read (to sniff them): those, then the
+    rest of the original stream."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head.nbytes:
+            n = min(len(buffer), self._head.nbytes)
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
 def _unique_names(names: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     result = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import fnmatch
+import io
 import logging
 import posixpath
 import time
@@ -24,12 +25,13 @@ from typing import IO, Any, Literal
 from zoneinfo import ZoneInfo
 
 from connectors.base import Batch, RawRecord, Source
-from connectors.csv import CsvFormat, read_csv
+from connectors.csv import CsvFormat, PrefixedStream, encoding_hint, read_csv
 from core.errors import RecordError
 
 log = logging.getLogger(__name__)
 JST = ZoneInfo("Asia/Tokyo")
 _TEMPORARY_SUFFIXES = (".part", ".tmp", ".filepart", ".crdownload")
+_SNIFF_BYTES = 64 * 1024  # enough text to tell CP932 from UTF-8
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class InboxSource(Source, abc.ABC):
         self.documents_dir = posixpath.normpath(documents_dir or directory)
         self.max_document_bytes = max_document_bytes
         self._sleep = sleep
+        self._hints: dict[str, str] = {}
 
     # --- what a transport provides ---
 
@@ -161,7 +164,12 @@ class InboxSource(Source, abc.ABC):
     def _records(self, files: list[FileEntry], cursor: dict[str, Any]) -> Iterator[RawRecord]:
         for entry in files:
             with self._open(entry.name) as stream:
-                yield from read_csv(stream, self.csv_format, source=self.name, file=entry.name)
+                head = stream.read(_SNIFF_BYTES)
+                hint = encoding_hint(head, self.csv_format.encoding)
+                if hint is not None:
+                    self._hints[entry.name] = hint
+                whole = io.BufferedReader(PrefixedStream(head, stream))
+                yield from read_csv(whole, self.csv_format, source=self.name, file=entry.name)
             after = self._stat(posixpath.join(self.directory, entry.name))
             if after is None or after.stamp() != entry.stamp():
                 # Rewritten while we read it: what we read may be partial. Forget it, so the
@@ -170,6 +178,23 @@ class InboxSource(Source, abc.ABC):
                 cursor["files"].pop(entry.name, None)
                 if entry.name in cursor["move"]:
                     cursor["move"].remove(entry.name)
+
+    def leave(self, cursor: Mapping[str, Any], files: set[str]) -> Mapping[str, Any]:
+        """Forget ``files`` (read again next run) and do not move them aside."""
+        kept = dict(cursor)
+        kept["files"] = {k: v for k, v in cursor.get("files", {}).items() if k not in files}
+        kept["move"] = [name for name in cursor.get("move", []) if name not in files]
+        return kept
+
+    def diagnose(self, file: str) -> str | None:
+        """Which encoding the file's first bytes look like, when not the declared one."""
+        hint = self._hints.get(file)
+        if hint is None:
+            return None
+        return (
+            f"its bytes look like {hint.upper()}, not {self.csv_format.encoding}: "
+            f"set format.encoding: {hint} in the mapping"
+        )
 
     def acknowledge(self, cursor: Mapping[str, Any]) -> None:
         """Move the files whose records are committed into the processed folder."""

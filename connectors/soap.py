@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 import xmlschema
@@ -327,11 +327,15 @@ class SoapSource(Source):
     bounded timeouts and retries (tenacity). Unsafe XML (DTDs, entities, external references)
     and responses that fail the configured XSD are refused, not retried."""
 
-    def __init__(self, *, name: str, query: SoapQuery) -> None:
+    def __init__(
+        self, *, name: str, query: SoapQuery, documents: DocumentStore | None = None
+    ) -> None:
         self.name = name
         self.query = query
+        self.documents = documents
         self._client: Client | None = None
         self._session: requests.Session | None = None
+        self._pulled: tuple[Mapping[str, Any], list[str]] = ({}, [])
 
     def _bind(self) -> Client:
         if self._client is not None:
@@ -371,10 +375,12 @@ class SoapSource(Source):
         return client
 
     def close(self) -> None:
-        """Drop the client and its HTTP connections."""
+        """Drop the client and its HTTP connections (and the document transport's)."""
         if self._session is not None:
             self._session.close()
         self._client, self._session = None, None
+        if self.documents is not None:
+            self.documents.close()
 
     def _call(self, arguments: Mapping[str, Any]) -> Any:
         client = self._bind()
@@ -475,6 +481,7 @@ class SoapSource(Source):
         items = node if isinstance(node, list) else ([] if node is None else [node])
         records = []
         best = cursor.get("value")
+        values: list[str] = []
         for index, item in enumerate(items):
             fields: dict[str, Any] = {}
             _flatten(item if isinstance(item, dict) else {"value": item}, "", fields)
@@ -485,13 +492,81 @@ class SoapSource(Source):
             )
             if q.cursor_field and fields.get(q.cursor_field) is not None:
                 value = str(fields[q.cursor_field])
+                values.append(value)
                 best = value if best is None or value > str(best) else best
-        return Batch(records=iter(records), cursor={"value": best} if q.cursor_field else {})
+        self._pulled = (cursor, values)
+        next_cursor: dict[str, Any] = {"value": best} if q.cursor_field else {}
+        if q.cursor_field and cursor.get("retry"):
+            next_cursor["retry"] = cursor["retry"]
+        return Batch(records=iter(records), cursor=next_cursor)
+
+    def retry(self, cursor: Mapping[str, Any], failed: Sequence[RawRecord]) -> Mapping[str, Any]:
+        """Keep the bookmark before the earliest record that failed, so the next run fetches it
+        again (intake is idempotent: the records after it are simply unchanged). A record that
+        fails :data:`MAX_RECORD_RETRIES` runs in a row no longer holds the bookmark back; it stays
+        in the dead-letter store for ``keiyaku sync replay``."""
+        q = self.query
+        if not q.cursor_field:
+            return cursor
+        failed_values = sorted(
+            str(r.fields[q.cursor_field])
+            for r in failed
+            if r.fields.get(q.cursor_field) is not None
+        )
+        moved = {k: v for k, v in cursor.items() if k != "retry"}
+        if not failed_values:
+            return moved
+        earliest = failed_values[0]
+        previous, values = self._pulled
+        retry = previous.get("retry") or {}
+        attempts = int(retry.get("attempts", 0)) + 1 if retry.get("at") == earliest else 1
+        if attempts > MAX_RECORD_RETRIES:
+            log.warning(
+                "%s: the record at %s=%s failed %d runs; moving on (sync replay takes it again)",
+                self.name, q.cursor_field, earliest, attempts - 1,
+            )  # fmt: skip
+            return moved
+        before = [v for v in values if v < earliest]
+        held = max(before) if before else previous.get("value")
+        return {"value": held, "retry": {"at": earliest, "attempts": attempts}}
 
     def fetch_document(self, path: str) -> bytes:
-        """SOAP sources attach their PDFs to the record; there is nothing to fetch by path."""
-        raise RecordError(
-            "intake.document_path",
-            f"{self.name}: a SOAP source has no files; attach the PDF in the response ({path})",
-            "SOAP連携元ではファイルのパス指定はできません。応答に添付してください。",
-        )
+        """A document a record names by path, through the configured transport (folder or
+        SFTP); which document and why it cannot be had is said in the error."""
+        if self.documents is None:
+            raise RecordError(
+                "intake.document_transport",
+                f"{self.name}: document {path} is named by path but the source has no "
+                f"documents transport (sources.{self.name}.documents: folder or sftp)",
+                f"文書「{path}」はパスで指定されていますが、この取込元には文書の取得先"
+                "(documents: フォルダまたはSFTP)が設定されていません。",
+                details={"path": path},
+            )
+        try:
+            return self.documents.fetch_document(path)
+        except RecordError:
+            raise
+        except GatewayError as exc:
+            # The transport is down or refused us: this award waits for its document (with
+            # the reason), the next run tries again.
+            raise RecordError(
+                "intake.document_unavailable",
+                f"{self.name}: cannot fetch document {path}: {exc.code}: {exc.message_en}",
+                f"文書「{path}」を取得できません: {exc.message_ja}",
+                details={"path": path, "cause": exc.code},
+            ) from exc
+
+
+class DocumentStore(Protocol):
+    """Where a SOAP source's documents named by path are read (a folder or SFTP source's
+    ``fetch_document``, confined to its documents folder)."""
+
+    def fetch_document(self, path: str) -> bytes:
+        """The document's bytes, or a :class:`~core.errors.RecordError` saying why not."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+# Runs in a row a failing record keeps the bookmark back before it no longer does.
+MAX_RECORD_RETRIES = 3

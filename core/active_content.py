@@ -116,7 +116,7 @@ def find_active_content(data: bytes) -> list[str]:
             pdf.save(rebuilt)
         return _findings(PdfReader(io.BytesIO(rebuilt.getvalue())))
     except Exception:  # unreadable by both: judge by the raw bytes below
-        pass
+        log.info("neither pypdf nor qpdf reads this PDF; judging active content by its bytes")
     if any(marker in data for marker in _RAW_MARKERS):
         return [f"unreadable structure with action names ({type(failure).__name__})"]
     return []

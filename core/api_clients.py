@@ -39,10 +39,10 @@ __all__ = [
     "revoke_api_client",
 ]
 
-SCOPES = ("awards:write", "envelopes:read", "envelopes:write", "staff:write")
+SCOPES = ("awards:read", "awards:write", "envelopes:read", "envelopes:write", "staff:write")
 # What a client gets when none is named: staff:write (the staff import, which can disable every
 # account) only ever on request.
-DEFAULT_SCOPES = ("awards:write", "envelopes:read", "envelopes:write")
+DEFAULT_SCOPES = ("awards:read", "awards:write", "envelopes:read", "envelopes:write")
 _TOKEN_PREFIX = "kgw_"  # noqa: S105 - a prefix, not a secret
 
 

@@ -120,11 +120,21 @@ class EnvelopeDraft:
     documents: tuple[DocumentRef, ...] = ()
     parties: tuple[PartyDraft, ...] = ()
     fields: tuple[FieldDraft, ...] = ()
+    # 契約種別: construction | other; None when the mapping does not say (taken as construction).
+    contract_type: str | None = None
+    # Where the contractor's signer comes from when not the usage request: registry | mapping.
+    signer_from: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The draft as JSON-ready data (what is stored on the award and printed by
-        ``mapping check``)."""
-        return {
+        ``mapping check``). Keys added later appear only when set, so older drafts keep their
+        fingerprints."""
+        extra: dict[str, Any] = {}
+        if self.contract_type is not None:
+            extra["contract_type"] = self.contract_type
+        if self.signer_from is not None:
+            extra["signer_from"] = self.signer_from
+        return extra | {
             "award_id": self.award_id,
             "title": self.title,
             "amount": _jsonable(self.amount),
@@ -177,6 +187,7 @@ class UsageRequestDraft:
     contact_email: str | None = None
     consented_on: dt.date | None = None
     request_id: str | None = None  # the form's own number, when the source has one
+    measures: str | None = None  # 電磁的措置 the contractor agreed to
 
     def key(self) -> str:
         """What makes two rows the same request: its own id, else contractor and award."""

@@ -40,6 +40,7 @@ from core.amendments import amended_by, describe, original_of
 from core.audit import list_events, record_event
 from core.blobs import BlobStore
 from core.certificate import JST, CertificateData, CertificateOperation, render_certificate
+from core.consent import check_contract_type, require_consent
 from core.errors import Disposition, DocumentError, GatewayError, NotFoundError, StateError
 from core.model import Document, DocumentRevision, Envelope, Field, Party, utcnow
 from core.outbox import release_leases
@@ -277,10 +278,13 @@ def create_envelope(
     deadline: dt.date | None = None,
     actor: str | None = None,
     department: str | None = None,
+    contract_type: str = "other",
+    consent_id: str | None = None,
 ) -> Envelope:
     """Validate the inputs, stamp and prepare every document, and add a draft envelope.
 
-    Nothing is added to the session when any input is refused.
+    A ``construction`` contract needs the contractor's consent in force (``consent_id``,
+    :mod:`core.consent`). Nothing is added to the session when any input is refused.
     """
     # Every text on one line, control characters refused, before anything is stored: a line
     # break in a title or name would break the mails and downloads made from it later.
@@ -309,6 +313,8 @@ def create_envelope(
         replace(f, label=one_line(f.label, field=f"fields.{i}.label", label_ja="項目名"))
         for i, f in enumerate(fields)
     ]
+    check_contract_type(contract_type)
+    require_consent(session=session, contract_type=contract_type, consent_id=consent_id)
     if not title:
         raise StateError(
             "envelope.no_title", "an envelope needs a title", "件名を入力してください。"
@@ -342,6 +348,8 @@ def create_envelope(
         deadline=deadline,
         created_at=now,
         updated_at=now,
+        contract_type=contract_type,
+        consent_id=consent_id,
     )
     party_rows = [
         Party(
@@ -565,8 +573,12 @@ def _advance(
 def send_envelope(
     *, session: Session, runtime: Runtime, envelope_id: str, actor: str, ip: str | None = None
 ) -> Party:
-    """Send a draft: the first acting party is asked to act. Returns that party."""
+    """Send a draft: the first acting party is asked to act. Returns that party. A construction
+    contract whose consent was withdrawn meanwhile is not sent (``consent.withdrawn``)."""
     envelope = get_envelope(session=session, envelope_id=envelope_id)
+    require_consent(
+        session=session, contract_type=envelope.contract_type, consent_id=envelope.consent_id
+    )
     now = utcnow()
     _set_envelope_state(envelope, EnvelopeState.SENT, now)
     envelope.sent_at = now

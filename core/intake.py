@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from core.audit import record_event
 from core.business_days import BusinessCalendar
+from core.consent import CONSTRUCTION, has_withdrawn
 from core.drafts import (
     ContractorDraft,
     ContractorRef,
@@ -48,7 +49,7 @@ from core.envelopes import (
     create_envelope,
     send_envelope,
 )
-from core.errors import GatewayError, NotFoundError, RecordError
+from core.errors import GatewayError, NotFoundError, RecordError, StateError
 from core.links import AccessCodePolicy
 from core.model import (
     AccessCode,
@@ -56,6 +57,7 @@ from core.model import (
     AwardDocument,
     AwardState,
     Contractor,
+    ContractorConflict,
     ContractorEmail,
     ContractorIdentity,
     DeadLetter,
@@ -78,8 +80,20 @@ AWARD_STATE_JA = {
     AwardState.DRAFTED: "封筒作成済み(下書き)",
     AwardState.SENT: "送信済み",
     AwardState.CHANGED_AFTER_SEND: "送信後に落札情報が変更(要確認)",
+    AwardState.WAITING_CONTRACTOR: "受注者の特定待ち",
+    AwardState.CONTRACTOR_CONFLICT: "受注者の確認待ち(保留)",
+    AwardState.DISMISSED: "対象外(職員が除外)",
+    AwardState.WAITING_SIGNER: "署名者の連絡先待ち",
 }
-WAITING_STATES = (AwardState.WAITING_USAGE_REQUEST, AwardState.WAITING_DOCUMENTS)
+# States a later run (or a usage request arriving) may move on by itself.
+WAITING_STATES = (
+    AwardState.WAITING_USAGE_REQUEST,
+    AwardState.WAITING_DOCUMENTS,
+    AwardState.WAITING_CONTRACTOR,
+    AwardState.WAITING_SIGNER,
+)
+# Everything that has no envelope yet and is not dismissed: what staff see as "waiting".
+PENDING_STATES = (*WAITING_STATES, AwardState.CONTRACTOR_CONFLICT, AwardState.CHANGED_AFTER_SEND)
 
 
 def award_state_ja(state: AwardState) -> str:
@@ -158,29 +172,73 @@ def name_key(name: str) -> str:
     return re.sub(r"[\s・･]+", "", text).casefold()
 
 
-def _identities(ref: ContractorRef) -> list[tuple[str, str]]:
-    keys = []
-    if ref.corporate_number:
-        keys.append(("corporate_number", ref.corporate_number))
-    if ref.registry_code:
-        keys.append(("registry_code", unicodedata.normalize("NFKC", ref.registry_code).strip()))
-    if ref.name:
-        keys.append(("name_key", name_key(ref.name)[:200]))
-    return keys
+_WITHOUT_FORMS = re.compile(
+    "|".join(re.escape(f) for f in sorted(set(_COMPANY_FORMS.values()), key=len, reverse=True))
+)
+# Old and new forms of the same character, as registries and exports mix them (髙/高, 﨑/崎).
+_VARIANTS = str.maketrans({"髙": "高", "﨑": "崎", "德": "徳", "濵": "浜", "邉": "辺", "邊": "辺"})
+
+
+def loose_name(name: str) -> str:
+    """A name with the company form (株式会社, 有限会社, ...) and character variants dropped:
+    for saying whether two records *disagree* on a name, never for matching."""
+    return _WITHOUT_FORMS.sub("", name_key(name)).translate(_VARIANTS)
+
+
+def registry_code_key(code: str) -> str:
+    """A registry code as stored (NFKC, trimmed)."""
+    return unicodedata.normalize("NFKC", code).strip()[:200]
+
+
+CONFLICT_KIND_JA = {
+    "name_candidate": "商号のみ一致(同一事業者か要確認)",
+    "code_name_mismatch": "業者番号と商号が不一致",
+    "code_corporate_mismatch": "業者番号・法人番号の所有者が不一致",
+    "merged_before": "以前の取込で複数の事業者が統合",
+}
+
+
+@dataclass(frozen=True)
+class Identified:
+    """Who a record's contractor is: the contractor, or None and why it is not known
+    (``waiting_contractor``: only a name, which never decides)."""
+
+    contractor: Contractor | None
+    created: bool = False
+    note: str | None = None
 
 
 class ContractorDirectory:
-    """Finds contractors by their identities, caching what one run has looked up."""
+    """Finds contractors by their identities (corporate number, registry code), caching what one
+    run has looked up, and reports every doubt as a :class:`~core.model.ContractorConflict`.
+
+    The rules (a contractor is a legal entity): the corporate number decides; a registry code
+    belongs to one contractor; a name alone never matches. A record naming a company only by
+    name is not attached to anything; known contractors of that name are reported as
+    candidates for staff to confirm.
+    """
 
     def __init__(self) -> None:
         self._ids: dict[tuple[str, str], str] = {}
         self._missing: set[tuple[str, str]] = set()
         self.created: set[str] = set()  # contractors this directory created
         self._objects: dict[str, Contractor] = {}
+        self._reported: set[str] = set()
+        self.conflicts = 0  # conflicts newly reported through this directory
+        self.touched: set[str] = set()  # contractors a registry row has updated in this run
+
+    @staticmethod
+    def _keys(ref: ContractorRef) -> list[tuple[str, str]]:
+        keys = []
+        if ref.corporate_number:
+            keys.append(("corporate_number", ref.corporate_number))
+        if ref.registry_code and registry_code_key(ref.registry_code):
+            keys.append(("registry_code", registry_code_key(ref.registry_code)))
+        return keys
 
     def prefetch(self, session: Session, refs: Iterable[ContractorRef]) -> None:
         """Load the identities of many refs in one query."""
-        wanted = {key for ref in refs for key in _identities(ref)}
+        wanted = {key for ref in refs for key in self._keys(ref)}
         wanted -= set(self._ids) | self._missing
         if not wanted:
             return
@@ -195,41 +253,277 @@ class ContractorDirectory:
         self._missing |= wanted - set(self._ids)
 
     def find_id(self, session: Session, ref: ContractorRef) -> str | None:
-        """The contractor's id: by corporate number, then registry code, then name."""
+        """The contractor's id by corporate number, else registry code; None for a ref that
+        has neither (a name never decides) or that is unknown."""
         self.prefetch(session, [ref])
-        for key in _identities(ref):
+        for key in self._keys(ref):
             if key in self._ids:
                 return self._ids[key]
         return None
 
-    def resolve(self, session: Session, ref: ContractorRef) -> Contractor:
-        """The contractor named by ``ref``, created when unknown; identities it was not yet
-        known by are learnt (a corporate number never moves to another contractor)."""
-        contractor_id = self.find_id(session, ref)
-        contractor = self._objects.get(contractor_id) if contractor_id else None
-        if contractor is None and contractor_id:
+    def _get(self, session: Session, contractor_id: str) -> Contractor:
+        contractor = self._objects.get(contractor_id)
+        if contractor is None:
             with session.no_autoflush:  # a lookup must not flush the batch row by row
                 contractor = session.get(Contractor, contractor_id)
-        if contractor is None:
-            contractor = Contractor(
-                id=new_id(),
-                name=(ref.name or ref.describe())[:200],
-                corporate_number=ref.corporate_number,
+            assert contractor is not None
+            self._objects[contractor_id] = contractor
+        return contractor
+
+    def _learn(self, session: Session, contractor: Contractor, kind: str, value: str) -> None:
+        session.add(ContractorIdentity(contractor_id=contractor.id, kind=kind, value=value))
+        self._ids[(kind, value)] = contractor.id
+        self._missing.discard((kind, value))
+
+    def _new(self, session: Session, ref: ContractorRef, keys: list[tuple[str, str]]) -> Contractor:
+        name = (ref.name or ref.describe())[:200]
+        contractor = Contractor(
+            id=new_id(),
+            name=name,
+            name_key=name_key(name)[:200],
+            corporate_number=ref.corporate_number,
+            created_at=utcnow(),
+        )
+        session.add(contractor)
+        self.created.add(contractor.id)
+        self._objects[contractor.id] = contractor
+        for kind, value in keys:
+            self._learn(session, contractor, kind, value)
+        return contractor
+
+    def report(
+        self,
+        session: Session,
+        *,
+        kind: str,
+        message: str,
+        message_ja: str,
+        contractor_id: str | None = None,
+        other_contractor_id: str | None = None,
+        source: str | None = None,
+        award_id: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record one doubt for staff, once: the same doubt reported again changes nothing."""
+        material = [kind, contractor_id, other_contractor_id, source, award_id,
+                    sorted((detail or {}).items())]  # fmt: skip
+        key = hashlib.sha256(repr(material).encode()).hexdigest()
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        if session.scalar(select(ContractorConflict.id).where(ContractorConflict.key == key)):
+            return
+        session.add(
+            ContractorConflict(
+                key=key,
+                kind=kind,
+                contractor_id=contractor_id,
+                other_contractor_id=other_contractor_id,
+                source=source,
+                award_id=award_id,
+                message=message[:4000],
+                message_ja=message_ja[:4000],
+                detail=dict(detail or {}),
                 created_at=utcnow(),
             )
-            session.add(contractor)
-            self.created.add(contractor.id)
-        elif ref.corporate_number and not contractor.corporate_number:
-            contractor.corporate_number = ref.corporate_number
-        self._objects[contractor.id] = contractor
-        for key in _identities(ref):
-            if key not in self._ids:
-                session.add(
-                    ContractorIdentity(contractor_id=contractor.id, kind=key[0], value=key[1])
+        )
+        self.conflicts += 1
+        log.warning("contractor conflict (%s): %s", kind, message)
+
+    def _name_candidates(
+        self, session: Session, ref: ContractorRef, exclude: str | None = None
+    ) -> list[Contractor]:
+        """Known contractors of the same name that could be the same legal entity (none of
+        their numbers or codes contradicts the ref's)."""
+        if not ref.name:
+            return []
+        key = name_key(ref.name)[:200]
+        with session.no_autoflush:
+            rows = list(
+                session.scalars(
+                    select(Contractor)
+                    .where(Contractor.name_key == key)
+                    .order_by(Contractor.created_at, Contractor.id)
+                    .limit(20)
                 )
-                self._ids[key] = contractor.id
-                self._missing.discard(key)
-        return contractor
+            )
+            # Contractors this run made are not flushed yet (lookups never flush the batch).
+            rows += [
+                c for cid, c in self._objects.items()
+                if cid in self.created and c.name_key == key and c not in rows
+            ]  # fmt: skip
+            found = []
+            code = registry_code_key(ref.registry_code) if ref.registry_code else None
+            for row in rows:
+                if row.id == exclude:
+                    continue
+                if ref.corporate_number and row.corporate_number:
+                    continue  # two numbers: two legal entities, whatever their names
+                if code is not None:
+                    codes = {
+                        value
+                        for (kind, value), owner in self._ids.items()
+                        if owner == row.id and kind == "registry_code"
+                    } | set(
+                        session.scalars(
+                            select(ContractorIdentity.value).where(
+                                ContractorIdentity.contractor_id == row.id,
+                                ContractorIdentity.kind == "registry_code",
+                            )
+                        )
+                    )
+                    if codes and code not in codes:
+                        continue  # another code: another contractor
+                found.append(row)
+        return found
+
+    def identify(
+        self,
+        session: Session,
+        ref: ContractorRef,
+        *,
+        source: str | None = None,
+        award_id: str | None = None,
+    ) -> Identified:
+        """The contractor a record names, created when its number or code is new. A ref with
+        neither is not identified (only candidates are reported)."""
+        keys = self._keys(ref)
+        if not keys:
+            candidates = self._name_candidates(session, ref)
+            if candidates:
+                self.report(
+                    session,
+                    kind="name_candidate",
+                    message=(
+                        f"{source}:{award_id}: {ref.name!r} has no corporate number or registry "
+                        f"code; known contractors of that name: "
+                        + ", ".join(f"{c.id} ({c.corporate_number or '-'})" for c in candidates)
+                    ),
+                    message_ja=(
+                        f"落札番号 {award_id}: 「{ref.name}」には法人番号も業者番号もありません。"
+                        f"同じ商号の事業者が{len(candidates)}件あります。同一か確認してください。"
+                    ),
+                    contractor_id=candidates[0].id,
+                    source=source,
+                    award_id=award_id,
+                    detail={"name": ref.name, "candidates": [c.id for c in candidates]},
+                )
+            note = (
+                "受注者を特定できません(法人番号・業者番号がなく、商号だけでは同一の事業者と"
+                "判断しません)。"
+                + (f"同じ商号の事業者が{len(candidates)}件あります。" if candidates else "")
+            )
+            return Identified(None, note=note)
+        self.prefetch(session, [ref])
+        number = ref.corporate_number
+        code = registry_code_key(ref.registry_code) if ref.registry_code else None
+        by_number = self._ids.get(("corporate_number", number)) if number else None
+        by_code = self._ids.get(("registry_code", code)) if code else None
+        if by_number is not None:
+            contractor = self._get(session, by_number)
+            if by_code is not None and by_code != by_number:
+                owner = self._get(session, by_code)
+                self.report(
+                    session,
+                    kind="code_corporate_mismatch",
+                    message=(
+                        f"registry code {code} belongs to {owner.name} ({owner.corporate_number or '-'}) "
+                        f"but a record gives it with corporate number {number} ({contractor.name}); "
+                        "the corporate number decided"
+                    ),
+                    message_ja=(
+                        f"業者番号 {code} は「{owner.name}」のものですが、法人番号 {number}"
+                        f"(「{contractor.name}」)の記録に書かれています。法人番号で判断しました。"
+                    ),
+                    contractor_id=contractor.id,
+                    other_contractor_id=owner.id,
+                    source=source,
+                    award_id=award_id,
+                    detail={"registry_code": code, "corporate_number": number},
+                )
+            elif code is not None and by_code is None:
+                self._learn(session, contractor, "registry_code", code)
+            return Identified(contractor)
+        if by_code is not None:
+            owner = self._get(session, by_code)
+            if number and owner.corporate_number and owner.corporate_number != number:
+                contractor = self._new(session, ref, [("corporate_number", number)])
+                self.report(
+                    session,
+                    kind="code_corporate_mismatch",
+                    message=(
+                        f"registry code {code} belongs to {owner.name} ({owner.corporate_number}) "
+                        f"but a record gives it with corporate number {number}; a new contractor "
+                        "was made for that number, without the code"
+                    ),
+                    message_ja=(
+                        f"業者番号 {code} は法人番号 {owner.corporate_number} の「{owner.name}」の"
+                        f"ものですが、法人番号 {number} の記録に書かれています。"
+                        "法人番号で別の事業者として扱いました。"
+                    ),
+                    contractor_id=contractor.id,
+                    other_contractor_id=owner.id,
+                    source=source,
+                    award_id=award_id,
+                    detail={"registry_code": code, "corporate_number": number},
+                )
+                return Identified(contractor, created=True)
+            if number and not owner.corporate_number:
+                owner.corporate_number = number
+                self._learn(session, owner, "corporate_number", number)
+            if ref.name and owner.name and loose_name(ref.name) != loose_name(owner.name):
+                self.report(
+                    session,
+                    kind="code_name_mismatch",
+                    message=(
+                        f"registry code {code} is {owner.name!r} but a record names {ref.name!r}"
+                    ),
+                    message_ja=(
+                        f"業者番号 {code} は「{owner.name}」ですが、記録の商号は「{ref.name}」です。"
+                        "業者番号で判断しました。"
+                    ),
+                    contractor_id=owner.id,
+                    source=source,
+                    award_id=award_id,
+                    detail={"registry_code": code, "name": ref.name},
+                )
+            return Identified(owner)
+        contractor = self._new(session, ref, keys)
+        candidates = self._name_candidates(session, ref, exclude=contractor.id)
+        if candidates:
+            self.report(
+                session,
+                kind="name_candidate",
+                message=(
+                    f"new contractor {ref.name!r} ({number or code}) has the name of known "
+                    "contractors without a contradicting number: "
+                    + ", ".join(c.id for c in candidates)
+                    + "; not merged"
+                ),
+                message_ja=(
+                    f"新しい事業者「{ref.name}」({number or code})と同じ商号の事業者が"
+                    f"{len(candidates)}件あります。統合はしていません。同一か確認してください。"
+                ),
+                contractor_id=contractor.id,
+                other_contractor_id=candidates[0].id,
+                source=source,
+                detail={"candidates": [c.id for c in candidates]},
+            )
+        return Identified(contractor, created=True)
+
+    def resolve(self, session: Session, ref: ContractorRef, **where: Any) -> Contractor:
+        """The contractor a record names, or ``intake.contractor_unidentified`` for a ref
+        with neither corporate number nor registry code."""
+        found = self.identify(session, ref, **where)
+        if found.contractor is None:
+            raise RecordError(
+                "intake.contractor_unidentified",
+                f"{ref.describe()}: no corporate number or registry code; a name alone never "
+                "identifies a contractor",
+                f"「{ref.describe()}」: 法人番号または業者番号が必要です(商号だけでは事業者を"
+                "特定しません)。",
+            )
+        return found.contractor
 
 
 def upsert_contractor(
@@ -240,27 +534,56 @@ def upsert_contractor(
     directory: ContractorDirectory | None = None,
 ) -> str:
     """Record one bidder-registry row: the contractor and its registered e-mail addresses.
-    Returns ``created``, ``updated`` or ``unchanged``."""
+    Returns ``created``, ``updated`` or ``unchanged``; the same file twice changes nothing
+    (a contractor listed on several rows takes its primary address and name from its first
+    row in the run)."""
     directory = directory or ContractorDirectory()
-    known = directory.find_id(session, draft.contractor) is not None
-    contractor = directory.resolve(session, draft.contractor)
+    found = directory.identify(session, draft.contractor, source=source)
+    if found.contractor is None:
+        directory.resolve(session, draft.contractor, source=source)  # raises
+    contractor = found.contractor
+    assert contractor is not None
     existing = set(
         session.scalars(
             select(ContractorEmail.email).where(ContractorEmail.contractor_id == contractor.id)
         )
     )
-    added = [email for email in draft.emails if email not in existing]
-    for email in added:
+    changed = [email for email in draft.emails if email not in existing]
+    for email in changed:
         session.add(ContractorEmail(contractor_id=contractor.id, email=email, source=source))
-    if draft.emails and contractor.email != draft.emails[0]:
+    first_row = contractor.id not in directory.touched
+    directory.touched.add(contractor.id)
+    if (
+        draft.emails
+        and (contractor.email is None or first_row)
+        and contractor.email != draft.emails[0]
+    ):
         contractor.email = draft.emails[0]
-        added = added or [draft.emails[0]]
-    if draft.contractor.name and contractor.name != draft.contractor.name:
-        contractor.name = draft.contractor.name[:200]
-        added = added or ["name"]
-    if not known:
+        changed = changed or [draft.emails[0]]
+    name = draft.contractor.name
+    if (
+        first_row
+        and name
+        and contractor.name != name[:200]
+        and loose_name(name) == loose_name(contractor.name)
+    ):
+        contractor.name = name[:200]  # the same name spelt as the registry spells it
+        contractor.name_key = name_key(name)[:200]
+        changed = changed or ["name"]
+    if found.created:
         return "created"
-    return "updated" if added else "unchanged"
+    return "updated" if changed else "unchanged"
+
+
+def find_contractor(
+    *, session: Session, corporate_number: str | None = None, registry_code: str | None = None
+) -> Contractor | None:
+    """The contractor with this corporate number (else registry code); never by name."""
+    directory = ContractorDirectory()
+    found = directory.find_id(
+        session, ContractorRef(corporate_number=corporate_number, registry_code=registry_code)
+    )
+    return session.get(Contractor, found) if found else None
 
 
 def contractor_emails(*, session: Session, contractor_id: str) -> list[str]:
@@ -288,7 +611,7 @@ def upsert_usage_request(
     """Record one usage request (imported from a source or posted); the access code is kept
     only as a salted, peppered hash. Returns the row and ``created``/``updated``/``unchanged``."""
     directory = directory or ContractorDirectory()
-    contractor = directory.resolve(session, draft.contractor)
+    contractor = directory.resolve(session, draft.contractor, source=source)
     code_hash = None
     if draft.access_code is not None:
         if policy.access_codes is None:
@@ -313,6 +636,7 @@ def upsert_usage_request(
         "contact_phone": draft.contact_phone,
         "contact_email": draft.contact_email,
         "consented_on": draft.consented_on,
+        "measures": draft.measures,
     }
     now = utcnow()
     if row is None:
@@ -478,6 +802,7 @@ def intake_awards(
     that are ready; the rest wait."""
     counts = IntakeCounts()
     directory = directory or ContractorDirectory()
+    reported = directory.conflicts
     ids = [item.draft.award_id for item in items]
     existing: dict[str, Award] = {}
     for start in range(0, len(ids), 500):
@@ -517,6 +842,8 @@ def intake_awards(
                     session, runtime, policy, source, item, fetch, run_id, directory, counts,
                     requests,
                 )  # fmt: skip
+            elif award.state in (AwardState.DISMISSED, AwardState.CONTRACTOR_CONFLICT):
+                counts.unchanged += 1  # staff decide these; a source never moves them on
             elif award.fingerprint == draft.fingerprint():
                 counts.unchanged += 1
                 if award.state in WAITING_STATES:
@@ -529,6 +856,7 @@ def intake_awards(
                 )  # fmt: skip
         except RecordError as exc:
             counts.errors.append(_line_error(source, item, exc))
+    counts.conflicts += directory.conflicts - reported
     return counts
 
 
@@ -545,8 +873,9 @@ def _create_award(
     requests: dict[str, list[UsageRequest]] | None = None,
 ) -> None:
     draft = item.draft
-    contractor = directory.resolve(session, draft.contractor)
-    if requests is not None and contractor.id not in requests:
+    found = directory.identify(session, draft.contractor, source=source, award_id=draft.award_id)
+    contractor = found.contractor
+    if contractor is not None and requests is not None and contractor.id not in requests:
         # Unknown to the batch's one query: a contractor created just now has no request.
         requests[contractor.id] = (
             []
@@ -565,13 +894,15 @@ def _create_award(
         source=source,
         award_id=draft.award_id[:100],
         state=AwardState.WAITING_USAGE_REQUEST,
-        contractor_id=contractor.id,
+        contractor_id=contractor.id if contractor is not None else None,
         last_run_id=run_id,
         created_at=now,
     )
     _apply_draft(award, draft, item, policy)
     award.documents = []
     session.add(award)
+    if contractor is None:
+        award.note = found.note
     missing = _stage_documents(session, runtime, award, draft, fetch)
     counts.created += 1
     if missing is not None:
@@ -624,10 +955,16 @@ def _update_award(
     _apply_draft(award, draft, item, policy)
     award.last_run_id = run_id
     award.rejected_change = None
-    contractor = directory.resolve(session, draft.contractor)
-    award.contractor_id = contractor.id
-    counts.updated += 1
     new = award.draft
+    if old.get("contractor") != new.get("contractor") or award.contractor_id is None:
+        # A contractor staff assigned by hand stays while the record names the same company.
+        found = directory.identify(
+            session, draft.contractor, source=award.source, award_id=award.award_id
+        )
+        award.contractor_id = found.contractor.id if found.contractor is not None else None
+        if found.contractor is None:
+            award.note = found.note
+    counts.updated += 1
     if envelope is not None and _scalar_change_only(old, new):
         envelope.title = award.title
         envelope.amount = award.amount
@@ -690,21 +1027,58 @@ def _release(
             return
         award.state = AwardState.WAITING_USAGE_REQUEST
     if award.contractor_id is None:
-        return
-    if requests is not None and award.contractor_id in requests:
-        request = _choose_request(requests[award.contractor_id], award.award_id)
-    else:
-        request = find_usage_request(
-            session=session, contractor_id=award.contractor_id, award_ref=award.award_id
-        )
-    if request is None:
-        award.state = AwardState.WAITING_USAGE_REQUEST
-        award.note = "受注者の電子契約利用申出書(承諾書)がまだ届いていません。"
+        award.state = AwardState.WAITING_CONTRACTOR
+        award.note = award.note or "受注者を特定できません(法人番号・業者番号がありません)。"
         counts.waiting += 1
         return
+    contract_type = award.draft.get("contract_type") or CONSTRUCTION
+    signer_from = (
+        "usage_request"
+        if contract_type == CONSTRUCTION
+        else award.draft.get("signer_from") or "usage_request"
+    )
+    if has_withdrawn(session=session, contractor_id=award.contractor_id):
+        award.state = AwardState.WAITING_USAGE_REQUEST
+        award.note = "受注者が電子契約の承諾を撤回しています(新しい封筒は作成しません)。"
+        counts.waiting += 1
+        return
+    request: UsageRequest | None = None
+    signer: tuple[str, str, str | None]
+    if signer_from == "usage_request":
+        if requests is not None and award.contractor_id in requests:
+            request = _choose_request(requests[award.contractor_id], award.award_id)
+        else:
+            request = find_usage_request(
+                session=session, contractor_id=award.contractor_id, award_ref=award.award_id
+            )
+        if request is None:
+            award.state = AwardState.WAITING_USAGE_REQUEST
+            award.note = "受注者の電子契約利用申出書(承諾書)がまだ届いていません。"
+            counts.waiting += 1
+            return
+        name = request.signer_name
+        if request.signer_title:
+            name = f"{request.signer_title} {request.signer_name}"
+        signer = (name, request.signer_email, request.access_code_hash)
+    elif signer_from == "registry":
+        contractor = session.get(Contractor, award.contractor_id)
+        if contractor is None or not contractor.email:
+            award.state = AwardState.WAITING_SIGNER
+            award.note = "入札参加資格者名簿に受注者の登録メールアドレスがありません。"
+            counts.waiting += 1
+            return
+        signer = (f"{contractor.name} ご担当者", contractor.email, None)
+    else:  # the mapping named the signer on the contractor party
+        party = next(p for p in award.draft.get("parties", []) if p.get("source") == "contractor")
+        name = party.get("name") or f"{award.counterparty or ''} ご担当者".strip()
+        if party.get("title"):
+            name = f"{party['title']} {name}"
+        signer = (name, party["email"], None)
     try:
         with session.begin_nested():
-            envelope = _make_envelope(session, runtime, policy, award, request)
+            envelope = _make_envelope(
+                session, runtime, policy, award, request, signer, contract_type
+            )
     except IntegrityError as exc:
         raise RecordError(
             "intake.duplicate_management_number",
@@ -718,9 +1092,13 @@ def _release(
         counts.waiting += 1
         raise RecordError(exc.code, exc.message_en, exc.message_ja, details=exc.details) from exc
     award.envelope_id = envelope.id
-    award.usage_request_id = request.id
+    award.usage_request_id = request.id if request is not None else None
     award.state = AwardState.SENT if envelope.state is EnvelopeState.SENT else AwardState.DRAFTED
-    award.note = None
+    award.note = (
+        None
+        if signer[2] is not None or envelope.state is EnvelopeState.SENT
+        else "受注者の署名者にアクセスコードがないため下書きのままです。設定してから送信してください。"
+    )
     counts.released += 1
 
 
@@ -743,19 +1121,21 @@ def _make_envelope(
     runtime: Runtime,
     policy: IntakePolicy,
     award: Award,
-    request: UsageRequest,
+    request: UsageRequest | None,
+    signer: tuple[str, str, str | None],
+    contract_type: str,
 ) -> Envelope:
+    """The award's envelope, its contractor party being ``signer`` (name, e-mail, access-code
+    hash); a construction contract is made on the usage request as its consent."""
     draft = award.draft
     parties: list[PartyInput] = []
     contractor_positions: list[int] = []
+    signer_name, signer_email, code_hash = signer
     for position, p in enumerate(draft.get("parties", [])):
         role = PartyRole(p["role"])
         if p.get("source") == "contractor":
             contractor_positions.append(position)
-            name = request.signer_name
-            if request.signer_title:
-                name = f"{request.signer_title} {request.signer_name}"
-            parties.append(PartyInput(role, name, request.signer_email, award.counterparty))
+            parties.append(PartyInput(role, signer_name, signer_email, award.counterparty))
         else:
             name = p.get("name") or ""
             if p.get("title"):
@@ -790,14 +1170,16 @@ def _make_envelope(
         deadline=award.signing_due,
         actor="intake",
         department=award.department,
+        contract_type=contract_type,
+        consent_id=request.id if request is not None else None,
     )
     envelope.contractor_id = award.contractor_id
-    if request.access_code_hash:
+    if code_hash:
         for position in contractor_positions:
             session.add(
                 AccessCode(
                     party_id=envelope.parties[position].id,
-                    code_hash=request.access_code_hash,
+                    code_hash=code_hash,
                     set_at=utcnow(),
                 )
             )
@@ -809,11 +1191,12 @@ def _make_envelope(
         detail={
             "source": award.source,
             "award_id": award.award_id,
-            "usage_request": request.id,
+            "usage_request": request.id if request is not None else None,
+            "contract_type": contract_type,
         },
     )
     session.flush()
-    if policy.auto_send:
+    if policy.auto_send and code_hash:
         send_envelope(
             session=session, runtime=runtime, envelope_id=envelope.id, actor=policy.creator
         )
@@ -843,7 +1226,10 @@ def release_waiting(
             or_(UsageRequest.award_ref.is_(None), UsageRequest.award_ref == Award.award_id),
         )
     )
-    ready = and_(Award.state == AwardState.WAITING_USAGE_REQUEST.value, consented)
+    ready = or_(
+        and_(Award.state == AwardState.WAITING_USAGE_REQUEST.value, consented),
+        Award.state == AwardState.WAITING_SIGNER.value,
+    )
     if fetch is not None:
         ready = or_(ready, Award.state == AwardState.WAITING_DOCUMENTS.value)
     query = select(Award).where(ready)
@@ -895,15 +1281,215 @@ def list_awards(
     session: Session,
     source: str | None = None,
     state: AwardState | None = None,
+    waiting: bool = False,
     limit: int = 100,
+    offset: int = 0,
 ) -> Sequence[Award]:
-    """Awards, newest first, optionally of one source or in one state."""
-    query = select(Award).order_by(Award.updated_at.desc(), Award.id).limit(limit)
+    """Awards, newest first, optionally of one source, in one state, or every one that has
+    no envelope yet and is not dismissed (``waiting``)."""
+    query = select(Award).order_by(Award.updated_at.desc(), Award.id).limit(limit).offset(offset)
     if source is not None:
         query = query.where(Award.source == source)
     if state is not None:
         query = query.where(Award.state == state.value)
+    if waiting:
+        query = query.where(Award.state.in_([s.value for s in PENDING_STATES]))
     return session.scalars(query).all()
+
+
+def count_awards(*, session: Session, source: str | None = None, waiting: bool = False) -> int:
+    """How many awards :func:`list_awards` would list without a limit."""
+    query = select(func.count()).select_from(Award)
+    if source is not None:
+        query = query.where(Award.source == source)
+    if waiting:
+        query = query.where(Award.state.in_([s.value for s in PENDING_STATES]))
+    return int(session.scalar(query) or 0)
+
+
+@dataclass(frozen=True)
+class WaitingReason:
+    """Why an award has no envelope, and what would give it one (Japanese for staff)."""
+
+    code: (
+        str  # no_usage_request | no_document | no_contractor_match | conflict | changed_after_send
+    )
+    reason: str
+    reason_ja: str
+    release_ja: str
+
+
+def waiting_reason(award: Award) -> WaitingReason | None:
+    """Why the award waits (None when it has its envelope or was dismissed)."""
+    note = award.note or ""
+    if award.state is AwardState.WAITING_USAGE_REQUEST:
+        return WaitingReason(
+            "no_usage_request",
+            "the contractor's usage request (consent, signer) has not arrived",
+            note or "受注者の電子契約利用申出書(承諾書)がまだ届いていません。",
+            "利用申出書が取り込まれる(または登録される)と、自動的に封筒を作成します。",
+        )
+    if award.state is AwardState.WAITING_DOCUMENTS:
+        return WaitingReason(
+            "no_document",
+            f"a contract document could not be fetched: {note}",
+            note or "契約書ファイルがありません。",
+            "取込元に契約書ファイルを置くと、次回の取込で作成します。",
+        )
+    if award.state is AwardState.WAITING_CONTRACTOR:
+        return WaitingReason(
+            "no_contractor_match",
+            "the record names its contractor by name only (no corporate number or code)",
+            note or "受注者を特定できません。",
+            "取込元に法人番号か業者番号を含めるか、職員が受注者を指定して解除してください。",
+        )
+    if award.state is AwardState.WAITING_SIGNER:
+        return WaitingReason(
+            "no_signer_address",
+            "the signer comes from the bidder registry, which has no address for the contractor",
+            note or "入札参加資格者名簿に受注者の登録メールアドレスがありません。",
+            "名簿に登録メールアドレスが取り込まれると、自動的に封筒を作成します。",
+        )
+    if award.state is AwardState.CONTRACTOR_CONFLICT:
+        return WaitingReason(
+            "conflict",
+            "the contractor's identity is in doubt (see keiyaku contractors conflicts)",
+            note or "受注者の同一性に疑いがあるため保留しています。",
+            "受注者を確認し、正しい受注者を指定して解除するか、対象外にしてください。",
+        )
+    if award.state is AwardState.CHANGED_AFTER_SEND:
+        return WaitingReason(
+            "changed_after_send",
+            "the source changed the award after its envelope was sent; the change was not applied",
+            note or "封筒の送信後に落札情報が変更されました。",
+            "封筒を取り消して作り直すか、変更を破棄(対象外)してください。",
+        )
+    return None
+
+
+def _award_for_staff(session: Session, source: str, award_id: str) -> Award:
+    award = get_award(session=session, source=source, award_id=award_id)
+    return award
+
+
+def release_award(
+    *,
+    session: Session,
+    runtime: Runtime,
+    policy: IntakePolicy,
+    source: str,
+    award_id: str,
+    actor: str,
+    contractor_id: str | None = None,
+) -> Award:
+    """Staff release a waiting award (audited): optionally name its contractor (a legal entity
+    staff have confirmed), then make its envelope when it is ready; otherwise it waits again for
+    what it still lacks. Conflicts reported for this award are marked resolved."""
+    award = _award_for_staff(session, source, award_id)
+    if award.state in (AwardState.DRAFTED, AwardState.SENT, AwardState.CHANGED_AFTER_SEND):
+        raise StateError(
+            "state.award_not_waiting",
+            f"award {award_id} of {source} has an envelope ({award.state.value}); cancel it first",
+            "この落札情報には封筒が作成済みです。作り直す場合は封筒を取り消してください。",
+        )
+    previous = award.contractor_id
+    if contractor_id is not None:
+        if session.get(Contractor, contractor_id) is None:
+            raise NotFoundError(
+                "not_found.contractor", f"no contractor {contractor_id}", "事業者が見つかりません。"
+            )
+        award.contractor_id = contractor_id
+    if award.contractor_id is None:
+        raise StateError(
+            "state.award_contractor_unknown",
+            f"award {award_id}: name its contractor (--contractor) to release it",
+            "受注者が特定されていません。受注者を指定してください。",
+        )
+    for conflict in session.scalars(
+        select(ContractorConflict).where(
+            ContractorConflict.source == source,
+            ContractorConflict.award_id == award_id,
+            ContractorConflict.resolved_at.is_(None),
+        )
+    ):
+        conflict.resolved_at, conflict.resolved_by = utcnow(), actor
+        conflict.resolution = f"released with contractor {award.contractor_id}"
+    award.state = (
+        AwardState.WAITING_USAGE_REQUEST if award.documents else AwardState.WAITING_DOCUMENTS
+    )
+    award.note = None
+    award.updated_at = utcnow()
+    record_event(
+        session=session,
+        action="award.released",
+        actor=actor,
+        detail={"source": source, "award_id": award_id, "contractor": award.contractor_id,
+                "previous_contractor": previous},
+    )  # fmt: skip
+    _release(session, runtime, policy, award, None, IntakeCounts())
+    return award
+
+
+def dismiss_award(
+    *, session: Session, source: str, award_id: str, actor: str, reason: str
+) -> Award:
+    """Staff decide a waiting award never becomes an envelope here (audited, with a reason);
+    for a change that arrived after sending, the change is dropped and the envelope stays."""
+    if not reason.strip():
+        raise StateError("state.reason_required", "give a reason", "理由を入力してください。")
+    award = _award_for_staff(session, source, award_id)
+    if award.state is AwardState.CHANGED_AFTER_SEND:
+        award.rejected_change = None
+        award.state = AwardState.SENT
+        award.note = f"送信後の変更を破棄しました: {reason}"
+    elif award.state in (AwardState.DRAFTED, AwardState.SENT):
+        raise StateError(
+            "state.award_not_waiting",
+            f"award {award_id} of {source} has an envelope; cancel the envelope instead",
+            "この落札情報には封筒が作成済みです。封筒を取り消してください。",
+        )
+    else:
+        award.state = AwardState.DISMISSED
+        award.note = reason[:1000]
+    award.updated_at = utcnow()
+    record_event(
+        session=session,
+        action="award.dismissed",
+        actor=actor,
+        envelope_id=award.envelope_id,
+        detail={"source": source, "award_id": award_id, "reason": reason},
+    )
+    return award
+
+
+def list_conflicts(
+    *, session: Session, open_only: bool = True, limit: int = 100
+) -> Sequence[ContractorConflict]:
+    """Doubts about contractors' identities, newest first."""
+    query = select(ContractorConflict).order_by(ContractorConflict.id.desc()).limit(limit)
+    if open_only:
+        query = query.where(ContractorConflict.resolved_at.is_(None))
+    return session.scalars(query).all()
+
+
+def resolve_conflict(
+    *, session: Session, conflict_id: int, actor: str, resolution: str
+) -> ContractorConflict:
+    """Staff mark a conflict as checked (audited); holding or releasing awards is separate."""
+    conflict = session.get(ContractorConflict, conflict_id)
+    if conflict is None:
+        raise NotFoundError(
+            "not_found.conflict", f"no conflict {conflict_id}", "確認事項が見つかりません。"
+        )
+    conflict.resolved_at, conflict.resolved_by = utcnow(), actor
+    conflict.resolution = resolution[:2000]
+    record_event(
+        session=session,
+        action="contractor.conflict_resolved",
+        actor=actor,
+        detail={"conflict": conflict_id, "kind": conflict.kind, "resolution": resolution},
+    )
+    return conflict
 
 
 def usage_request_for_envelope(*, session: Session, envelope_id: str) -> UsageRequest | None:
@@ -1018,6 +1604,52 @@ def list_dead_letters(
     if run_id is not None:
         query = query.where(DeadLetter.run_id == run_id)
     return session.scalars(query).all()
+
+
+def list_replayable(
+    *, session: Session, source: str, run_id: int | None = None
+) -> Sequence[DeadLetter]:
+    """Dead letters of a source not yet replayed that hold a record (oldest first); records
+    the source could not read whole (``format.*``: undecodable, wrong column count) are not
+    replayable: their file is read again instead."""
+    query = (
+        select(DeadLetter)
+        .where(
+            DeadLetter.source == source,
+            DeadLetter.replayed_at.is_(None),
+            DeadLetter.code.not_like("format.%"),
+        )
+        .order_by(DeadLetter.id)
+    )
+    if run_id is not None:
+        query = query.where(DeadLetter.run_id == run_id)
+    return [d for d in session.scalars(query) if d.record]
+
+
+def mark_replayed(*, session: Session, dead_letter_ids: Sequence[int]) -> None:
+    """Note that these dead letters were taken in again (a new failure is a new dead letter)."""
+    now = utcnow()
+    for start in range(0, len(dead_letter_ids), 500):
+        for row in session.scalars(
+            select(DeadLetter).where(DeadLetter.id.in_(dead_letter_ids[start : start + 500]))
+        ):
+            row.replayed_at = now
+
+
+def reset_cursor(
+    *, session: Session, source: str, cursor: Mapping[str, Any], actor: str
+) -> dict[str, Any]:
+    """Set a source's bookmark by hand (audited): the next run reads from there. Returns the
+    bookmark it replaced."""
+    previous = get_cursor(session=session, source=source)
+    store_cursor(session=session, source=source, cursor=cursor)
+    record_event(
+        session=session,
+        action="source.cursor_reset",
+        actor=actor,
+        detail={"source": source, "from": previous, "to": dict(cursor)},
+    )
+    return previous
 
 
 def get_cursor(*, session: Session, source: str) -> dict[str, Any]:

@@ -100,6 +100,8 @@ class Contractor(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
     corporate_number: Mapped[str | None] = mapped_column(String(13), index=True)
+    # The name as a match key (core.intake.name_key): finds *candidates* for staff, never merges.
+    name_key: Mapped[str | None] = mapped_column(String(200), index=True)
     email: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -136,8 +138,14 @@ class Envelope(Base):
     # When the documents' bytes were removed after the configured retention (the envelope's
     # facts and audit trail stay).
     documents_purged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # 契約種別: "construction" (建設工事: 建設業法19条3項 needs the contractor's prior consent) or
+    # "other"; None only on envelopes made before the type was recorded.
+    contract_type: Mapped[str | None] = mapped_column(String(32))
+    # The recorded consent (usage request) a construction contract was sent under.
+    consent_id: Mapped[str | None] = mapped_column(ForeignKey("usage_requests.id"))
 
     contractor: Mapped[Contractor | None] = relationship()
+    consent: Mapped[UsageRequest | None] = relationship()
     documents: Mapped[list[Document]] = relationship(
         back_populates="envelope", order_by="Document.position", cascade="all, delete-orphan"
     )
@@ -406,6 +414,10 @@ class AwardState(enum.StrEnum):
     DRAFTED = "drafted"  # a draft envelope exists
     SENT = "sent"  # its envelope was sent (auto_send)
     CHANGED_AFTER_SEND = "changed_after_send"  # the source changed it after sending; reported
+    WAITING_CONTRACTOR = "waiting_contractor"  # no corporate number or code: who is it?
+    CONTRACTOR_CONFLICT = "contractor_conflict"  # its contractor's identity is in doubt
+    DISMISSED = "dismissed"  # staff decided it never becomes an envelope here
+    WAITING_SIGNER = "waiting_signer"  # the signer's address (registry) is not there yet
 
 
 def _wide_enum(cls: type[Any], name: str) -> Enum:
@@ -473,7 +485,11 @@ class UsageRequest(Base):
     contact_phone: Mapped[str | None] = mapped_column(String(50))
     contact_email: Mapped[str | None] = mapped_column(String(320))
     consented_on: Mapped[dt.date | None] = mapped_column(Date())
+    # 電磁的措置: what the contractor agreed to (e.g. 電子契約サービスによる電子署名), 建設業法施行規則13条の4.
+    measures: Mapped[str | None] = mapped_column(String(300))
     withdrawn_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    withdrawn_by: Mapped[str | None] = mapped_column(String(200))
+    withdrawal_reason: Mapped[str | None] = mapped_column(Text())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -589,6 +605,36 @@ class DeadLetter(Base):
     mapping_line: Mapped[int | None] = mapped_column(Integer())
     record: Mapped[dict[str, Any]] = mapped_column(JSON(), default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Set when the record was taken in again (``keiyaku sync replay``) or came right later.
+    replayed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class ContractorConflict(Base):
+    """A doubt about who a contractor is, for staff to decide; intake never merges on a guess.
+
+    ``kind``: ``name_candidate`` (a record names a company only by name, and that name matches
+    known contractors), ``code_name_mismatch`` (a registry code's record carries another
+    company's name), ``code_corporate_mismatch`` (a registry code or corporate number already
+    belongs to another contractor), ``merged_before`` (found by migration 0014: one contractor
+    row holding several legal entities). ``key`` makes reporting the same doubt twice a no-op.
+    """
+
+    __tablename__ = "contractor_conflicts"
+
+    id: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    contractor_id: Mapped[str | None] = mapped_column(ForeignKey("contractors.id"), index=True)
+    other_contractor_id: Mapped[str | None] = mapped_column(ForeignKey("contractors.id"))
+    source: Mapped[str | None] = mapped_column(String(64))
+    award_id: Mapped[str | None] = mapped_column(String(100))
+    message: Mapped[str] = mapped_column(Text())
+    message_ja: Mapped[str] = mapped_column(Text())
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON(), default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    resolved_by: Mapped[str | None] = mapped_column(String(200))
+    resolution: Mapped[str | None] = mapped_column(Text())
 
 
 class JobRun(Base):

@@ -24,6 +24,7 @@ from gateway.admin import install_allow_list
 from gateway.admin import router as admin_router
 from gateway.admin.operations import router as operations_router
 from gateway.api.awards import router as awards_router
+from gateway.api.consents import router as consents_router
 from gateway.api.envelopes import router as api_router
 from gateway.api.schemas import EnvelopeCreate
 from gateway.api.staff import router as staff_api_router
@@ -269,6 +270,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(awards_router)
+    app.include_router(consents_router)
     app.include_router(staff_api_router)
     app.include_router(pages_router)
     app.include_router(admin_router)

@@ -15,6 +15,8 @@ import click
 from core.errors import GatewayError
 
 DEFAULT_CONFIG = "config.yaml"
+# `keiyaku sync`: the runs succeeded but some records became line errors (1: a run failed).
+SOME_LINES_FAILED = 3
 
 
 def _fail(exc: GatewayError) -> NoReturn:
@@ -285,9 +287,11 @@ def api_client() -> None:
     "--scope",
     "scopes",
     multiple=True,
-    type=click.Choice(["awards:write", "envelopes:read", "envelopes:write", "staff:write"]),
-    help="Grant these scopes (repeatable; default: awards:write, envelopes:read and "
-    "envelopes:write; staff:write, the staff import, only when named).",
+    type=click.Choice(
+        ["awards:read", "awards:write", "envelopes:read", "envelopes:write", "staff:write"]
+    ),
+    help="Grant these scopes (repeatable; default: awards:read, awards:write, envelopes:read "
+    "and envelopes:write; staff:write, the staff import, only when named).",
 )
 @click.pass_obj
 def api_client_create(obj: _Context, name: str, scopes: tuple[str, ...]) -> None:
@@ -417,6 +421,17 @@ def _register_ops() -> None:
 _register_ops()
 
 
+def _register_awards() -> None:
+    from gateway.cli_awards import awards, consent, contractors
+
+    main.add_command(awards)
+    main.add_command(contractors)
+    main.add_command(consent)
+
+
+_register_awards()
+
+
 def _write_sample_mappings(directory: Path) -> None:
     """The worked examples of docs/mapping.md, and the inbox folder the example source reads."""
     from gateway.intake import SAMPLE_MAPPINGS
@@ -506,6 +521,15 @@ def mapping_check(
             errors.extend(e.as_json() for e in outcome.errors)
         elif outcome.draft is not None:
             drafts.append({"line": p.line, "draft": outcome.draft.as_json()})
+    hint = None
+    failed_lines = {e.get("line") for e in errors}
+    if total and len(failed_lines) >= total and spec.format.get("type", "csv") == "csv":
+        from connectors.csv import encoding_hint
+
+        with sample.open("rb") as stream:
+            looks = encoding_hint(stream.read(64 * 1024), str(spec.format.get("encoding")))
+        if looks:
+            hint = f"every record failed; the file looks like {looks}: set format.encoding: {looks}"
     if as_json:
         click.echo(
             json.dumps(
@@ -516,6 +540,7 @@ def mapping_check(
                     "drafts": drafts[:limit],
                     "skipped": skipped,
                     "errors": errors,
+                    "hint": hint,
                 },
                 ensure_ascii=False,
                 indent=2,
@@ -535,17 +560,34 @@ def mapping_check(
         click.echo(
             f"{total} records: {len(drafts)} drafts, {len(skipped)} skipped, {len(errors)} errors"
         )
+        if hint:
+            click.echo(f"hint: {hint}")
     sys.exit(1 if errors else 0)
 
 
-@main.command()
+class _SyncGroup(click.Group):
+    """``keiyaku sync [SOURCE] [options]`` runs a sync; ``keiyaku sync replay|reset-cursor``
+    are its subcommands (a source of those names cannot be synced by name)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_SyncGroup)
+def sync() -> None:
+    """Pull sources into envelopes (`sync [SOURCE]`), replay dead letters, reset a cursor."""
+
+
+@sync.command("run")
 @click.argument("source", required=False)
 @click.option("--runs", "show_runs", is_flag=True, help="List recent sync runs instead.")
 @click.option("--errors", "errors_of", type=int, default=None, help="List the line errors of RUN.")
 @click.option("--limit", type=int, default=20, show_default=True, help="Rows listed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def sync(
+def sync_run(
     obj: _Context,
     source: str | None,
     show_runs: bool,
@@ -556,7 +598,9 @@ def sync(
     """Pull SOURCE (default: every pulled source) through its mapping into envelopes.
 
     Shows a progress bar on a terminal. ``--runs`` lists recent runs; ``--errors RUN`` the
-    line errors of one run.
+    line errors of one run. Exit 0 when every record got through (or was skipped), 3 when
+    some records became line errors, 1 when a run failed (e.g. a file whose every record failed,
+    which is left in place) or a source could not be read.
     """
     from core.intake import list_dead_letters, list_runs
     from gateway import intake
@@ -644,6 +688,10 @@ def sync(
                     f"{result.conflicts} conflicts, {result.errors} errors "
                     f"in {result.duration_ms} ms"
                 )
+                if result.message:
+                    click.echo(
+                        f"  {result.status}: {result.message}", err=result.status == "failed"
+                    )
                 for error in result.line_errors[:20]:
                     click.echo(f"  {error.describe()}")
         if as_json:
@@ -652,10 +700,91 @@ def sync(
                  | {"line_errors": [e.as_json() for e in r.line_errors]} for r in results],
                 ensure_ascii=False, indent=2, default=str,
             ))  # fmt: skip
-        if failed:
+        if failed or any(r.status == "failed" for r in results):
             sys.exit(1)
+        if any(r.errors for r in results):
+            sys.exit(SOME_LINES_FAILED)
     finally:
         gateway.close()
+
+
+@sync.command("replay")
+@click.argument("source")
+@click.option("--run", "run_id", type=int, default=None, help="Only the dead letters of RUN.")
+@click.pass_obj
+def sync_replay(obj: _Context, source: str, run_id: int | None) -> None:
+    """Take SOURCE's dead letters (records that failed) in again through its current mapping.
+
+    Exit codes as for `keiyaku sync`."""
+    from gateway import intake
+    from gateway.runtime import access_code_policy, open_gateway
+    from schedules.sync import replay_dead_letters
+
+    settings = obj.settings()
+    try:
+        gateway = open_gateway(settings)
+    except GatewayError as exc:
+        _fail(exc)
+    try:
+        result, replayed = replay_dead_letters(
+            sessions=gateway.sessions,
+            runtime=gateway.runtime,
+            policy=intake.policy(settings, access_codes=access_code_policy(settings)),
+            spec=intake.source_spec(settings, source),
+            authorities=intake.authorities(settings),
+            run_id=run_id,
+            batch_size=settings.intake.batch_size,
+        )
+    except GatewayError as exc:
+        _fail(exc)
+    finally:
+        gateway.close()
+    click.echo(
+        f"{source}: replayed {replayed} dead letters as run #{result.run_id} {result.status}: "
+        f"{result.created} created, {result.updated} updated, {result.unchanged} unchanged, "
+        f"{result.released} envelopes, {result.errors} errors"
+    )
+    for error in result.line_errors[:20]:
+        click.echo(f"  {error.describe()}")
+    if result.status == "failed":
+        sys.exit(1)
+    if result.errors:
+        sys.exit(SOME_LINES_FAILED)
+
+
+@sync.command("reset-cursor")
+@click.argument("source")
+@click.option(
+    "--to",
+    "value",
+    required=True,
+    help="The bookmark to read from next run (e.g. a SOAP cursor_field value); 'start' forgets "
+    "the bookmark, so everything the source still holds is read again (idempotently).",
+)
+@click.pass_obj
+def sync_reset_cursor(obj: _Context, source: str, value: str) -> None:
+    """Set SOURCE's bookmark by hand (audited)."""
+    import getpass
+
+    from core.intake import reset_cursor
+    from gateway import intake
+    from gateway.server import open_database
+
+    settings = obj.settings()
+    try:
+        intake.source_settings(settings, source)
+        with open_database(settings) as factory, factory() as session:
+            cursor: dict[str, Any] = {} if value == "start" else {"value": value}
+            previous = reset_cursor(
+                session=session, source=source, cursor=cursor, actor=f"cli:{getpass.getuser()}"
+            )
+            session.commit()
+    except GatewayError as exc:
+        _fail(exc)
+    click.echo(
+        f"{source}: cursor {json.dumps(previous, ensure_ascii=False)} -> "
+        f"{json.dumps(cursor, ensure_ascii=False)}"
+    )
 
 
 def _run_json(run: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from connectors.base import RawRecord, Source
 from connectors.csv import CsvFormat, read_csv
@@ -16,12 +17,14 @@ from connectors.soap import SoapQuery, SoapSource
 from core.business_days import BusinessCalendar
 from core.drafts import SigningAuthority
 from core.errors import ConfigError
-from core.intake import IntakePolicy
+from core.intake import IntakePolicy, award_state_ja, waiting_reason
 from gateway.settings import (
     ApiSourceSettings,
     FolderSourceSettings,
     Settings,
     SftpSourceSettings,
+    SoapFolderDocumentsSettings,
+    SoapSftpDocumentsSettings,
     SoapSourceSettings,
 )
 from mapping import MappingSpecError, SourceMapping, load_mapping
@@ -29,6 +32,7 @@ from schedules.runner import JobSpec
 from schedules.sync import SourceSpec
 
 SAMPLE_MAPPINGS = Path(__file__).parent / "mappings"
+JST = ZoneInfo("Asia/Tokyo")
 
 
 def calendar(settings: Settings) -> BusinessCalendar:
@@ -170,12 +174,42 @@ def open_source(settings: Settings, name: str, mapping: SourceMapping) -> Source
                 cursor_field=config.cursor_field,
                 verify_tls=str(settings.path(config.ca_file)) if config.ca_file else True,
             ),
+            documents=_soap_documents(settings, name, config),
         )
     raise ConfigError(
         "config.source_not_pulled",
         f"source {name!r} is pushed (kind api); it cannot be pulled",
         f"取込元「{name}」はAPIで受け付ける取込元のため、取得処理はありません。",
     )
+
+
+def _soap_documents(settings: Settings, name: str, config: SoapSourceSettings) -> Any:
+    """The transport a SOAP source reads documents named by path through (None: none)."""
+    documents = config.documents
+    limit = settings.limits.max_file_mb * 1024 * 1024
+    if isinstance(documents, SoapFolderDocumentsSettings):
+        folder = str(settings.path(documents.path))
+        return FolderSource(
+            name=name, directory=folder, csv_format=CsvFormat(), documents_dir=folder,
+            max_document_bytes=limit,
+        )  # fmt: skip
+    if isinstance(documents, SoapSftpDocumentsSettings):
+        endpoint = SftpEndpoint(
+            host=documents.host,
+            port=documents.port,
+            username=documents.username,
+            key_path=settings.path(documents.key_path),
+            known_hosts=settings.path(documents.known_hosts),
+            key_passphrase=documents.key_passphrase.get_secret_value()
+            if documents.key_passphrase
+            else None,
+            timeout=documents.timeout_seconds,
+        )
+        return SftpSource(
+            endpoint=endpoint, name=name, directory=documents.path, csv_format=CsvFormat(),
+            documents_dir=documents.path, max_document_bytes=limit,
+        )  # fmt: skip
+    return None
 
 
 def _read_lock(config: FolderSourceSettings | SftpSourceSettings) -> ReadLock:
@@ -249,3 +283,36 @@ def jobs(settings: Settings, gateway: Any, *, access_codes: Any = None) -> list[
 
         specs.append(JobSpec(deadlines.JOB_ID, schedules.deadlines, check))
     return specs
+
+
+def award_json(award: Any) -> dict[str, Any]:
+    """One award as the CLI and the API show it, with why it waits and what releases it."""
+    why = waiting_reason(award)
+    return {
+        "source": award.source,
+        "award_id": award.award_id,
+        "title": award.title,
+        "state": award.state.value,
+        "state_ja": award_state_ja(award.state),
+        "amount": None if award.amount is None else str(award.amount),
+        "award_date": award.award_date.isoformat() if award.award_date else None,
+        "counterparty": award.counterparty,
+        "corporate_number": award.corporate_number,
+        "contractor_id": award.contractor_id,
+        "envelope_id": award.envelope_id,
+        "usage_request_due": award.usage_request_due.isoformat()
+        if award.usage_request_due
+        else None,
+        "signing_due": award.signing_due.isoformat() if award.signing_due else None,
+        "waiting": None
+        if why is None
+        else {
+            "code": why.code,
+            "reason": why.reason,
+            "reason_ja": why.reason_ja,
+            "release_ja": why.release_ja,
+        },
+        "file": award.file,
+        "line": award.line,
+        "updated_at": award.updated_at.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S JST"),
+    }

@@ -346,6 +346,28 @@ class SftpSourceSettings(_InboxSourceSettings):
     timeout_seconds: float = Field(default=15, gt=0)
 
 
+class SoapFolderDocumentsSettings(_Section):
+    kind: Literal["folder"]
+    path: Path
+
+
+class SoapSftpDocumentsSettings(_Section):
+    kind: Literal["sftp"]
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str
+    key_path: Path
+    key_passphrase: SecretStr | None = None
+    known_hosts: Path
+    path: str
+    timeout_seconds: float = Field(default=15, gt=0)
+
+
+SoapDocumentsSettings = Annotated[
+    SoapFolderDocumentsSettings | SoapSftpDocumentsSettings, Field(discriminator="kind")
+]
+
+
 class SoapSourceSettings(_SourceSettings):
     kind: Literal["soap"]
     wsdl: str
@@ -364,6 +386,8 @@ class SoapSourceSettings(_SourceSettings):
     cursor_argument: str | None = None
     cursor_field: str | None = None
     ca_file: Path | None = None
+    # Where documents the records name by path (not inline) are read: a folder or SFTP server.
+    documents: SoapDocumentsSettings | None = None
 
 
 class ApiSourceSettings(_SourceSettings):

@@ -15,7 +15,7 @@ import dataclasses
 import datetime as dt
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -43,7 +43,7 @@ KINDS: tuple[str, ...] = ("awards", "contractors", "usage_requests")
 
 TOP_KEYS = {
     "awards": {"version", "kind", "description", "format", "lookups", "vars", "skip", "award",
-               "contractor", "documents", "parties", "fields"},
+               "contractor", "documents", "parties", "fields", "signer"},
     "contractors": {"version", "kind", "description", "format", "lookups", "vars", "skip",
                     "contractor"},
     "usage_requests": {"version", "kind", "description", "format", "lookups", "vars", "skip",
@@ -54,11 +54,14 @@ FORMAT_KEYS = {
     "null_values", "record_path",
 }  # fmt: skip
 AWARD_KEYS = {"id", "title", "amount", "award_date", "transaction_date", "department",
-              "deadline", "management_number"}  # fmt: skip
+              "deadline", "management_number", "contract_type"}  # fmt: skip
 CONTRACTOR_KEYS = {"name", "corporate_number", "registry_code", "emails"}
 USAGE_KEYS = {"award_id", "signer_name", "signer_title", "signer_email", "access_code",
               "contact_department", "contact_name", "contact_phone", "contact_email",
-              "consented_on", "request_id"}  # fmt: skip
+              "consented_on", "request_id", "measures"}  # fmt: skip
+# Where the contractor's signer comes from, per contract type (``signer:``).
+SIGNER_SOURCES = ("usage_request", "registry", "mapping")
+CONTRACT_TYPES = ("construction", "other")
 VALUE_KEYS = {"column", "template", "value", "first_of", "var", "transforms", "default",
               "required"}  # fmt: skip
 CONDITION_OPS = {"equals", "not_equals", "in", "not_in", "empty", "matches", "less_than",
@@ -70,7 +73,7 @@ _ENCODING_ALIASES = {"shift_jis": "cp932", "shift-jis": "cp932", "sjis": "cp932"
 
 # What each target is read as; text arriving for a typed target is converted implicitly.
 TargetType = Literal["text", "date", "yen", "emails", "email", "corporate_number",
-                     "access_code", "bytes", "any"]  # fmt: skip
+                     "access_code", "contract_type", "bytes", "any"]  # fmt: skip
 
 
 class MappingSpecError(ConfigError):
@@ -601,6 +604,8 @@ class SourceMapping:
     parties: tuple[PartySpec, ...] = ()
     fields: tuple[FieldDraft, ...] = ()
     sensitive_columns: frozenset[str] = field(default_factory=frozenset)
+    # contract type → usage_request | registry | mapping (``signer:``)
+    signer: dict[str, str] = field(default_factory=dict)
 
     def apply(
         self,
@@ -750,6 +755,7 @@ class SourceMapping:
                 contact_email=values.get("contact_email"),
                 consented_on=values.get("consented_on"),
                 request_id=values.get("request_id"),
+                measures=values.get("measures"),
             )
         amount = values.get("amount")
         department = values.get("department")
@@ -757,6 +763,15 @@ class SourceMapping:
         for spec in self.parties:
             parties.append(self._party(spec, ctx, contractor, department, amount, authorities))
         award_date = values.get("award_date")
+        contract_type = values.get("contract_type")
+        # Unmapped, a contract counts as construction: the strictest rule (prior consent).
+        signer_from = self.signer.get(contract_type or "construction", "usage_request")
+        if signer_from != "mapping":
+            parties = [
+                dataclasses.replace(p, name=None, email=None, title=None)
+                if p.source == "contractor" else p
+                for p in parties
+            ]  # fmt: skip
         return EnvelopeDraft(
             award_id=values["id"],
             title=values["title"],
@@ -770,6 +785,8 @@ class SourceMapping:
             documents=tuple(documents),
             parties=tuple(parties),
             fields=self.fields,
+            contract_type=contract_type,
+            signer_from=None if signer_from == "usage_request" else signer_from,
         )
 
     def _party(
@@ -782,7 +799,18 @@ class SourceMapping:
         authorities: Sequence[SigningAuthority],
     ) -> PartyDraft:
         if spec.origin == "contractor":
-            return PartyDraft(role=spec.role, source="contractor", company=contractor.name)
+            if spec.email is None:
+                return PartyDraft(role=spec.role, source="contractor", company=contractor.name)
+            name = spec.name.evaluate(ctx) if spec.name else None
+            title = spec.title.evaluate(ctx) if spec.title else None
+            return PartyDraft(
+                role=spec.role,
+                source="contractor",
+                company=contractor.name,
+                name=None if name is None else _coerce(name, "text"),
+                email=_coerce(spec.email.evaluate(ctx), "email"),
+                title=None if title is None else _coerce(title, "text"),
+            )
         if spec.origin == "signing_authority":
             official = choose_signing_authority(authorities, department, amount)
             if official is None:
@@ -871,13 +899,31 @@ def _coerce(value: Any, kind: TargetType) -> Any:
         return TRANSFORMS["corporate_number"].apply(value, None, Env(lambda n: None, {}))
     if kind == "access_code":
         return TRANSFORMS["access_code"].apply(value, None, Env(lambda n: None, {}))
+    if kind == "contract_type":
+        return contract_type_of(str(value))
     return value
+
+
+def contract_type_of(text: str) -> str:
+    """``construction`` or ``other`` from how exports write it: ``construction``/``other``,
+    建設工事, a 業種 of the 29 建設工事 kinds (土木一式工事, 舗装工事, ... all end in 工事), or
+    anything else (委託, 物品, 役務) for other. Use a ``lookup`` for anything subtler."""
+    word = unicodedata.normalize("NFKC", text).strip()
+    if word.lower() in CONTRACT_TYPES:
+        return word.lower()
+    if word.endswith("工事") or word in ("建設", "工事"):
+        return "construction"
+    if not word:
+        raise ValueProblem(
+            "mapping.contract_type", "the contract type is empty", "契約種別が空欄です。"
+        )
+    return "other"
 
 
 _AWARD_TYPES: dict[str, TargetType] = {
     "id": "text", "title": "text", "amount": "yen", "award_date": "date",
     "transaction_date": "date", "department": "text", "deadline": "date",
-    "management_number": "text",
+    "management_number": "text", "contract_type": "contract_type",
 }  # fmt: skip
 _CONTRACTOR_TYPES: dict[str, TargetType] = {
     "name": "text", "corporate_number": "corporate_number", "registry_code": "text",
@@ -887,7 +933,7 @@ _USAGE_TYPES: dict[str, TargetType] = {
     "award_id": "text", "signer_name": "text", "signer_title": "text", "signer_email": "email",
     "access_code": "access_code", "contact_department": "text", "contact_name": "text",
     "contact_phone": "text", "contact_email": "email", "consented_on": "date",
-    "request_id": "text",
+    "request_id": "text", "measures": "text",
 }  # fmt: skip
 _REQUIRED = {
     "awards": {"id", "title"},
@@ -1025,8 +1071,12 @@ def _documents(c: _Compiler, root: LineDict) -> tuple[DocumentSpec, ...]:
             continue
         for key in sorted(set(item) - {"name", "path", "attachment", "required"}):
             c.problems.add(item.line_of(key), f"{where}: unknown key {key!r}")
-        if ("path" in item) == ("attachment" in item):
-            c.problems.add(line, f"{where}: give either path (a file) or attachment (a field)")
+        if "path" not in item and "attachment" not in item:
+            c.problems.add(
+                line,
+                f"{where}: give path (a file), attachment (a field), or both (the attachment "
+                "when the record carries one, else the file)",
+            )
             continue
         if "name" not in item:
             c.problems.add(line, f"{where}: 'name' is required (the file name staff see)")
@@ -1075,6 +1125,24 @@ def _parties(c: _Compiler, root: LineDict) -> tuple[PartySpec, ...]:
         origin = item.get("from", "fixed")
         if origin not in PARTY_FROM:
             c.problems.add(item.line_of("from"), f"{where}: from is one of {', '.join(PARTY_FROM)}")
+            continue
+        if origin == "contractor" and ({"name", "email", "title"} & set(item)):
+            # The signer named by the mapping, used where `signer:` says `mapping`.
+            for key in sorted({"company"} & set(item)):
+                c.problems.add(item.line_of(key), f"{where}: the company is the contractor's name")
+            if "email" not in item:
+                c.problems.add(line, f"{where}: a contractor signer from the mapping needs email")
+                continue
+            specs.append(
+                PartySpec(
+                    line, role, origin,
+                    name=c.value(item["name"], item.line_of("name"), f"{where}.name")
+                    if "name" in item else None,
+                    email=c.value(item["email"], item.line_of("email"), f"{where}.email"),
+                    title=c.value(item["title"], item.line_of("title"), f"{where}.title")
+                    if "title" in item else None,
+                )
+            )  # fmt: skip
             continue
         if origin != "fixed":
             extra = {"name", "email", "company", "title"} & set(item)
@@ -1181,6 +1249,49 @@ def _fields(
     return tuple(result)
 
 
+def _signer(c: _Compiler, root: LineDict, parties: Sequence[PartySpec]) -> dict[str, str]:
+    """``signer:``: where the contractor's signer comes from, per contract type. Construction
+    contracts always take it from the usage request (建設業法19条3項: the prior consent)."""
+    chosen = {"construction": "usage_request", "other": "usage_request"}
+    node = root.get("signer")
+    if node is None:
+        return chosen
+    if not isinstance(node, LineDict):
+        c.problems.add(root.line_of("signer"), "signer maps contract types to signer sources")
+        return chosen
+    for key in node:
+        line = node.line_of(key)
+        if key not in CONTRACT_TYPES:
+            c.problems.add(line, f"signer: unknown contract type {key!r} (construction, other)")
+            continue
+        value = node[key]
+        if value not in SIGNER_SOURCES:
+            c.problems.add(line, f"signer.{key} is one of {', '.join(SIGNER_SOURCES)}")
+            continue
+        if key == "construction" and value != "usage_request":
+            c.problems.add(
+                line,
+                "signer.construction must be usage_request: a construction contract needs the "
+                "contractor's prior consent (建設業法19条3項)",
+            )
+            continue
+        chosen[key] = value
+    contractor_parties = [p for p in parties if p.origin == "contractor"]
+    if "mapping" in chosen.values() and any(p.email is None for p in contractor_parties):
+        c.problems.add(
+            root.line_of("signer"),
+            "signer: mapping needs name and email on each `from: contractor` party",
+        )
+    if "mapping" not in chosen.values():
+        for party in contractor_parties:
+            if party.email is not None:
+                c.problems.add(
+                    party.line,
+                    "a contractor party's name/email are used only with `signer: {other: mapping}`",
+                )
+    return chosen
+
+
 def _vars(c: _Compiler, root: LineDict) -> dict[str, Value]:
     node = root.get("vars")
     if node is None:
@@ -1227,6 +1338,50 @@ def _expand_columns(names: Iterable[str], vars_: Mapping[str, Value]) -> set[str
     return found
 
 
+def _conditions(conditions: Iterable[Condition]) -> Iterator[Value]:
+    for condition in conditions:
+        if condition.subject is not None:
+            yield condition.subject
+        yield from _conditions(condition.children)
+
+
+def _check_declared_columns(
+    problems: _Problems,
+    columns: Sequence[str],
+    vars_: Mapping[str, Value],
+    targets: Mapping[str, Target],
+    documents: Sequence[DocumentSpec],
+    parties: Sequence[PartySpec],
+    skip: Sequence[Condition],
+) -> None:
+    """With ``format.columns`` declared, a column position beyond them or a name not among
+    them is a mistake in the mapping: one problem at its line, not one line error per record.
+    (``first_of`` options are exempt: a missing column there means "try the next".)"""
+    values: list[Value] = [*vars_.values(), *(t.value for t in targets.values())]
+    for doc in documents:
+        values += [v for v in (doc.name, doc.path, doc.attachment) if v is not None]
+    for party in parties:
+        values += [
+            v for v in (party.name, party.email, party.company, party.title) if v is not None
+        ]
+    values += _conditions(skip)
+    declared = set(columns)
+    for value in values:
+        if value.kind == "first_of":
+            continue
+        for ref in sorted(value.columns):
+            if ref in vars_ or ref in declared or ref == "value":
+                continue
+            if ref.isdigit():
+                if int(ref) > len(columns):
+                    problems.add(
+                        value.line,
+                        f"column {ref} is out of range: format.columns declares {len(columns)}",
+                    )
+            else:
+                problems.add(value.line, f"no column {ref!r} among format.columns")
+
+
 def load_mapping(text: str, *, name: str = "mapping.yaml") -> SourceMapping:
     """Parse and check a mapping; raise :class:`MappingSpecError` listing every problem with
     its line."""
@@ -1271,11 +1426,13 @@ def load_mapping(text: str, *, name: str = "mapping.yaml") -> SourceMapping:
     documents: tuple[DocumentSpec, ...] = ()
     parties: tuple[PartySpec, ...] = ()
     fields: tuple[FieldDraft, ...] = ()
+    signer: dict[str, str] = {}
     if kind == "awards":
         targets.update(_section(c, root, "award", AWARD_KEYS, _AWARD_TYPES, _REQUIRED["awards"]))
         documents = _documents(c, root)
         parties = _parties(c, root)
         fields = _fields(c, root, len(documents), parties)
+        signer = _signer(c, root, parties)
     elif kind == "usage_requests":
         targets.update(
             _section(c, root, "usage_request", USAGE_KEYS, _USAGE_TYPES, _REQUIRED[kind])
@@ -1284,6 +1441,8 @@ def load_mapping(text: str, *, name: str = "mapping.yaml") -> SourceMapping:
     for var_name, var in vars_.items():
         if var_name in var.columns and var.kind == "var":
             problems.add(var.line, f"vars.{var_name} refers to itself")
+    if "columns" in fmt:
+        _check_declared_columns(problems, fmt["columns"], vars_, targets, documents, parties, skip)
     if problems.items:
         _raise(name, problems)
     sensitive: frozenset[str] = frozenset()
@@ -1301,6 +1460,7 @@ def load_mapping(text: str, *, name: str = "mapping.yaml") -> SourceMapping:
         parties=parties,
         fields=fields,
         sensitive_columns=sensitive,
+        signer=signer,
     )
 
 
@@ -1327,7 +1487,9 @@ def redact(fields: Mapping[str, Any], sensitive: Iterable[str]) -> dict[str, Any
         if key in hidden or str(position) in hidden:
             out[key] = "****"
         elif isinstance(value, bytes):
-            out[key] = f"<{len(value)} bytes>"
+            # Kept whole (as base64, which mappings read as an attachment) so a dead letter can
+            # be replayed with its document.
+            out[key] = base64.b64encode(value).decode("ascii")
         elif isinstance(value, str | int | float | bool) or value is None:
             out[key] = value
         else:

@@ -9,6 +9,7 @@ commit. Running the same file again is harmless: intake is idempotent on (source
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,6 +38,8 @@ from core.intake import (
     finish_run,
     get_cursor,
     intake_awards,
+    list_replayable,
+    mark_replayed,
     record_line_errors,
     release_waiting,
     start_run,
@@ -144,6 +147,34 @@ def document_fetcher(source: Source) -> Callable[[DocumentRef], bytes]:
     return fetch
 
 
+class _FileTally:
+    """Records read and records failed, per file: a file whose every record failed is not
+    taken as read."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, int] = {}
+        self.failures: dict[str, set[tuple[int | None, str | None]]] = {}
+
+    def read(self, records: Sequence[RawRecord]) -> None:
+        for record in records:
+            name = record.provenance.file
+            if name is not None:
+                self.records[name] = self.records.get(name, 0) + 1
+
+    def failed(self, errors: Sequence[LineError]) -> None:
+        for error in errors:
+            if error.file is not None:
+                self.failures.setdefault(error.file, set()).add((error.line, error.path))
+
+    def wholly_failed(self) -> dict[str, int]:
+        """Files (name → records) none of whose records got through."""
+        return {
+            name: count
+            for name, count in self.records.items()
+            if count and len(self.failures.get(name, ())) >= count
+        }
+
+
 @dataclass
 class _Batch:
     drafts: list[tuple[Any, RawRecord]] = field(default_factory=list)
@@ -229,6 +260,7 @@ def _intake(
             )
         )
     contractor_ids: set[str] = set()
+    reported = directory.conflicts
     for draft, record in batch.drafts:
         p = record.provenance
         try:
@@ -236,6 +268,8 @@ def _intake(
                 outcome = upsert_contractor(
                     session=session, source=spec.name, draft=draft, directory=directory
                 )
+                if (found := directory.find_id(session, draft.contractor)) is not None:
+                    contractor_ids.add(found)  # awards waiting for its registry address
             elif isinstance(draft, UsageRequestDraft):
                 row, outcome = upsert_usage_request(
                     session=session, source=spec.name, draft=draft, policy=policy,
@@ -256,6 +290,7 @@ def _intake(
         else:
             counts.unchanged += 1
         del p
+    counts.conflicts += directory.conflicts - reported
     if contractor_ids:
         session.flush()
         counts.add(
@@ -278,8 +313,10 @@ def sync_source(
     batch_size: int = 500,
     progress: Progress | None = None,
     keep_errors: int = 100,
+    whole_files: bool = True,
 ) -> SyncResult:
-    """Run one sync of one source and record it; a failure is recorded and re-raised."""
+    """Run one sync of one source and record it; a failure is recorded and re-raised. With
+    ``whole_files``, a file none of whose records got through fails the run and stays put."""
     started = time.monotonic()
     with sessions() as session:
         run = start_run(session=session, source=spec.name, trigger=trigger)
@@ -287,12 +324,15 @@ def sync_source(
         run_id = run.id
         cursor = get_cursor(session=session, source=spec.name)
     line_errors: list[LineError] = []
+    files = _FileTally()
     source = spec.open()
     try:
         fetch = document_fetcher(source)
         directory = ContractorDirectory()
         batch = source.pull(cursor)
+        failed_records: list[RawRecord] = []
         for chunk in _chunks(batch.records, batch_size):
+            files.read(chunk)
             mapped = map_records(chunk, spec.mapping, authorities)
             with sessions() as session:
                 counts = _intake(
@@ -313,6 +353,12 @@ def sync_source(
                 assert run_row is not None
                 count_run(run=run_row, counts=counts, records=len(chunk), skipped=mapped.skipped)
                 session.commit()
+            files.failed(counts.errors)
+            failed_keys = {(e.file, e.line, e.path) for e in counts.errors}
+            failed_records += [
+                r for r in chunk if (r.provenance.file, r.provenance.line, r.provenance.path)
+                in failed_keys
+            ]  # fmt: skip
             line_errors.extend(counts.errors[: max(0, keep_errors - len(line_errors))])
             if progress is not None:
                 progress(len(chunk))
@@ -332,13 +378,30 @@ def sync_source(
                 run_row.released += counts.released
                 run_row.errors += len(counts.errors)
                 line_errors.extend(counts.errors[: max(0, keep_errors - len(line_errors))])
-            store_cursor(session=session, source=spec.name, cursor=batch.cursor)
+            failed_files = files.wholly_failed() if whole_files else {}
+            # Records that failed are fetched again next run where the source can (SOAP).
+            next_cursor = source.retry(batch.cursor, failed_records)
+            status, message = "succeeded", None
+            if failed_files:
+                # Nothing of these files was taken in: they stay where they are, are read again
+                # next run (after the mapping is fixed), and the run says it failed.
+                next_cursor = source.leave(next_cursor, set(failed_files))
+                status = "failed"
+                message = "; ".join(
+                    f"{name}: all {count} records failed"
+                    + (f" ({hint})" if (hint := source.diagnose(name)) else "")
+                    + "; the file was left in place"
+                    for name, count in failed_files.items()
+                )
+            store_cursor(session=session, source=spec.name, cursor=next_cursor)
             run_row = session.get(SyncRun, run_id)
             assert run_row is not None
-            finish_run(session=session, run=run_row, status="succeeded")
+            finish_run(session=session, run=run_row, status=status, message=message)
             session.commit()
             result = SyncResult.of(run_row, line_errors)
-        source.acknowledge(batch.cursor)
+        if message:
+            log.error("sync of %s failed: %s", spec.name, message)
+        source.acknowledge(next_cursor)
     except Exception as exc:
         message = (
             f"{exc.code}: {exc.message_en}"
@@ -396,3 +459,70 @@ def accept_record(
         authorities=authorities,
         trigger="api",
     )
+
+
+def replay_dead_letters(
+    *,
+    sessions: sessionmaker[Session],
+    runtime: Runtime,
+    policy: IntakePolicy,
+    spec: SourceSpec,
+    authorities: Sequence[SigningAuthority] = (),
+    run_id: int | None = None,
+    batch_size: int = 500,
+) -> tuple[SyncResult, int]:
+    """Take the source's dead letters (of one run, or all not yet replayed) in again through
+    the source's current mapping, as a run of its own (trigger ``replay``); documents named by
+    path are fetched through the source. Records that fail again become new dead letters.
+    Returns the run and how many dead letters were replayed."""
+    from connectors.base import Batch, Provenance
+
+    with sessions() as session:
+        letters = list_replayable(session=session, source=spec.name, run_id=run_id)
+        # A record that failed in several runs is in the store several times: take it once,
+        # as it was last seen.
+        latest: dict[str, Any] = {}
+        for d in letters:
+            latest[json.dumps(d.record, sort_keys=True, ensure_ascii=False)] = d
+        records = [
+            RawRecord(dict(d.record), Provenance(source=spec.name, file=d.file, line=d.line,
+                                                 path=d.path))
+            for d in sorted(latest.values(), key=lambda d: d.id)
+        ]  # fmt: skip
+        ids = [d.id for d in letters]
+
+    class _Replay(Source):
+        name = spec.name
+
+        def __init__(self) -> None:
+            self._real: Source | None = None
+
+        def pull(self, cursor: Mapping[str, Any]) -> Batch:
+            return Batch(records=iter(records), cursor=cursor)
+
+        def fetch_document(self, path: str) -> bytes:
+            if self._real is None:
+                self._real = spec.open()
+            fetch = getattr(self._real, "fetch_document", None)
+            if fetch is None:
+                raise RecordError(
+                    "intake.document_missing",
+                    f"{spec.name} cannot fetch {path}",
+                    f"文書「{path}」を取得できません。",
+                )
+            data: bytes = fetch(path)
+            return data
+
+        def close(self) -> None:
+            if self._real is not None:
+                self._real.close()
+
+    replay = SourceSpec(spec.name, spec.kind, spec.mapping, _Replay)
+    result = sync_source(
+        sessions=sessions, runtime=runtime, policy=policy, spec=replay, authorities=authorities,
+        trigger="replay", batch_size=batch_size, whole_files=False,
+    )  # fmt: skip
+    with sessions() as session:
+        mark_replayed(session=session, dead_letter_ids=ids)
+        session.commit()
+    return result, len(ids)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
@@ -32,6 +34,13 @@ from starlette.datastructures import FormData, UploadFile
 
 from core.access import chooses_department, department_for_new_envelope
 from core.address_book import list_contacts
+from core.consent import (
+    CONSTRUCTION,
+    CONTRACT_TYPES,
+    current_consent,
+    has_withdrawn,
+    require_consent,
+)
 from core.envelopes import (
     DocumentInput,
     FieldInput,
@@ -43,6 +52,7 @@ from core.envelopes import (
     send_envelope,
 )
 from core.errors import GatewayError, StaffError, StateError
+from core.intake import find_contractor
 from core.model import Staff, StaffRole
 from core.staff import check_email, check_name
 from core.states import PartyRole
@@ -85,6 +95,8 @@ _FACTS = (
     "transaction_date",
     "deadline",
     "department",
+    "contract_type",
+    "contractor_number",
 )
 _PARTY_COLUMNS = ("role", "pick", "company", "name", "email", "code")
 _BOX_COLUMNS = ("document", "party", "page", "x1", "y1", "x2", "y2", "label", "required", "max")
@@ -185,6 +197,37 @@ def _parse_date(text: str, label: str) -> dt.date | None:
         ) from exc
 
 
+def _consent_of(session: Session, draft: ComposeDraft) -> tuple[str | None, str | None]:
+    """The contractor (by 法人番号 or 業者番号) and, for a construction contract, its consent
+    in force; ``consent.required`` / ``consent.withdrawn`` otherwise."""
+    number = unicodedata.normalize("NFKC", draft.contractor_number).strip()
+    contractor = None
+    if number:
+        contractor = find_contractor(
+            session=session,
+            corporate_number=number if re.fullmatch(r"[0-9]{13}", number) else None,
+            registry_code=None if re.fullmatch(r"[0-9]{13}", number) else number,
+        )
+    if contractor is not None and has_withdrawn(session=session, contractor_id=contractor.id):
+        raise StateError(
+            "consent.withdrawn",
+            "the contractor withdrew its consent",
+            "受注者が電子契約の承諾を撤回しているため、封筒を作成できません。",
+        )
+    consent = None
+    if draft.contract_type == CONSTRUCTION and contractor is not None:
+        consent = current_consent(session=session, contractor_id=contractor.id)
+    require_consent(
+        session=session,
+        contract_type=draft.contract_type,
+        consent_id=consent.id if consent is not None else None,
+    )
+    return (
+        contractor.id if contractor is not None else None,
+        consent.id if consent is not None else None,
+    )
+
+
 def _check_facts(session: Session, staff: Staff, draft: ComposeDraft, problems: Problems) -> None:
     if not draft.title or len(draft.title) > 300:
         problems.append("件名を300文字以内で入力してください。")
@@ -194,6 +237,10 @@ def _check_facts(session: Session, staff: Staff, draft: ComposeDraft, problems: 
     problems.check(_parse_amount, draft.amount)
     problems.check(_parse_date, draft.transaction_date, "取引年月日")
     problems.check(_parse_date, draft.deadline, "締切日")
+    if draft.contract_type not in CONTRACT_TYPES:
+        problems.append("契約種別(建設工事/建設工事以外)を選んでください。")
+    else:
+        problems.check(_consent_of, session, draft)
     before = len(problems)
     department = problems.check(department_for_new_envelope, staff, draft.department)
     if len(problems) == before:  # else the refused one stays on the form
@@ -345,6 +392,8 @@ async def compose_submit(request: Request, context: ContextDep, session: Session
             transaction_date=values["transaction_date"],
             deadline=values["deadline"],
             department=values["department"],
+            contract_type=values["contract_type"],
+            contractor_number=values["contractor_number"],
         )
         if previous is not None:
             draft.created_at = previous.created_at  # its PDFs are as old as that
@@ -621,6 +670,7 @@ def _create(
     runtime = context.gateway.runtime
     store = DraftStore(runtime.blobs)
     check_management_number(session, draft.management_number or None)
+    contractor_id, consent_id = _consent_of(session, draft)
     envelope = create_envelope(
         session=session,
         runtime=runtime,
@@ -639,7 +689,10 @@ def _create(
         deadline=_parse_date(draft.deadline, "締切日"),
         actor=staff.email,
         department=department_for_new_envelope(staff, draft.department),
+        contract_type=draft.contract_type,
+        consent_id=consent_id,
     )
+    envelope.contractor_id = contractor_id
     try:
         store_access_codes(session, envelope, [p.code_hash for p in draft.parties])
         if send:

@@ -62,6 +62,8 @@ class ComposeDraft:
     transaction_date: str = ""
     deadline: str = ""
     department: str = ""
+    contract_type: str = ""  # construction | other: chosen by the sender, never defaulted
+    contractor_number: str = ""  # 法人番号 or 業者番号: whose consent a construction contract uses
     documents: list[DraftDocument] = field(default_factory=list)
     parties: list[DraftParty] = field(default_factory=list)
     ready: bool = False

@@ -1,5 +1,6 @@
 """Operations pages for admins (Japanese): the intake's sync runs with their line errors, the
-scheduled jobs' recent runs, and the outbox with counts per state and a retry of dead deliveries.
+awards that wait (why, and what would release them) with release / dismiss, the scheduled jobs'
+recent runs, and the outbox with counts per state and a retry of dead deliveries.
 
 Admins only (``staff.role_required``, 403, for anyone else); the retry is a CSRF-checked post
 and an audit event (:func:`core.outbox.retry_dead`).
@@ -15,8 +16,23 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from core.intake import count_runs, get_run, list_dead_letters, list_runs
+from core.consent import consent_json, list_consents, withdraw_consent
+from core.intake import (
+    CONFLICT_KIND_JA,
+    award_state_ja,
+    count_awards,
+    count_runs,
+    dismiss_award,
+    get_run,
+    list_awards,
+    list_conflicts,
+    list_dead_letters,
+    list_runs,
+    release_award,
+    waiting_reason,
+)
 from core.jobs import list_job_runs
+from core.model import Contractor
 from core.outbox import count_deliveries, list_deliveries, list_targets, retry_dead
 from core.states import DeliveryState
 from gateway.admin.pages import admin_page, admin_staff, to_login
@@ -117,6 +133,119 @@ def sync_run(request: Request, run_id: int, context: ContextDep, session: Sessio
         status_ja=RUN_STATUS_JA,
         trigger_ja=TRIGGER_JA,
     )
+
+
+@router.get("/awards", response_class=HTMLResponse)
+def awards_page(
+    request: Request,
+    context: ContextDep,
+    session: SessionDep,
+    page: PageNumber = 1,
+    source: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """Awards without an envelope: why each waits, what would release it, and the open
+    contractor conflicts."""
+    staff = admin_staff(request, context, session)
+    if staff is None:
+        return to_login(request)
+    source = source or None
+    pager = Pager(
+        page,
+        count_awards(session=session, source=source, waiting=True),
+        "/admin/awards",
+        (("source", source),) if source else (),
+    )
+    rows = list_awards(
+        session=session, source=source, waiting=True, limit=PER_PAGE, offset=pager.offset
+    )
+    return admin_page(
+        request,
+        context,
+        "admin/awards.html",
+        staff,
+        awards=[(a, award_state_ja(a.state), waiting_reason(a)) for a in rows],
+        conflicts=list_conflicts(session=session, limit=PER_PAGE),
+        conflict_kind_ja=CONFLICT_KIND_JA,
+        pager=pager,
+        source=source or "",
+    )
+
+
+@router.post("/awards/{source}/{award_id}/{action}")
+async def award_action(
+    request: Request,
+    source: str,
+    award_id: str,
+    action: Literal["release", "dismiss"],
+    context: ContextDep,
+    session: SessionDep,
+) -> Response:
+    """Release (optionally naming the contractor) or dismiss (with a reason) one award."""
+    form = await request.form()
+    check_csrf(request, context, str(form.get("csrf_token") or ""))
+
+    def run() -> Response:
+        staff = admin_staff(request, context, session)
+        if staff is None:
+            return to_login(request)
+        if action == "release":
+            settings = context.gateway.settings
+            from gateway import intake
+            from gateway.runtime import access_code_policy
+
+            release_award(
+                session=session,
+                runtime=context.gateway.runtime,
+                policy=intake.policy(settings, access_codes=access_code_policy(settings)),
+                source=source,
+                award_id=award_id,
+                actor=staff.email,
+                contractor_id=str(form.get("contractor_id") or "").strip() or None,
+            )
+        else:
+            dismiss_award(
+                session=session, source=source, award_id=award_id, actor=staff.email,
+                reason=str(form.get("reason") or ""),
+            )  # fmt: skip
+        session.commit()
+        return RedirectResponse("/admin/awards", status_code=303)
+
+    return await run_in_threadpool(run)
+
+
+@router.get("/consents", response_class=HTMLResponse)
+def consents_page(request: Request, context: ContextDep, session: SessionDep) -> Response:
+    """The contractors' prior consents (建設業法19条3項), with their withdrawal."""
+    staff = admin_staff(request, context, session)
+    if staff is None:
+        return to_login(request)
+    rows = []
+    for consent in list_consents(session=session, limit=500):
+        contractor = session.get(Contractor, consent.contractor_id)
+        rows.append((consent_json(consent), contractor))
+    return admin_page(request, context, "admin/consents.html", staff, consents=rows)
+
+
+@router.post("/consents/{consent_id}/withdraw")
+async def consent_withdraw(
+    request: Request, consent_id: str, context: ContextDep, session: SessionDep, ip: ClientIpDep
+) -> Response:
+    """Record a withdrawal (audited): no new envelope to that contractor."""
+    form = await request.form()
+    check_csrf(request, context, str(form.get("csrf_token") or ""))
+
+    def run() -> Response:
+        staff = admin_staff(request, context, session)
+        if staff is None:
+            return to_login(request)
+        withdraw_consent(
+            session=session, consent_id=consent_id, actor=staff.email,
+            reason=str(form.get("reason") or ""), ip=ip,
+        )  # fmt: skip
+        session.commit()
+        return RedirectResponse("/admin/consents", status_code=303)
+
+    return await run_in_threadpool(run)
 
 
 @router.get("/outbox", response_class=HTMLResponse)

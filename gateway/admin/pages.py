@@ -27,6 +27,7 @@ from starlette.datastructures import UploadFile
 
 from core.access import get_visible_envelope, has_role, require_role
 from core.audit import list_events, record_event
+from core.consent import CONTRACT_TYPE_JA, consent_json
 from core.envelopes import (
     cancel_envelope,
     completion_certificate,
@@ -344,6 +345,8 @@ def envelope_detail(
         cancellable=envelope.state in _CANCELLABLE and has_role(staff, StaffRole.SENDER),
         completed=envelope.state is EnvelopeState.COMPLETED,
         waiting=list_waiting(session=session, envelope_id=envelope.id),
+        contract_type_ja=CONTRACT_TYPE_JA.get(envelope.contract_type or "", "未設定"),
+        consent=consent_json(envelope.consent),
     )
 
 

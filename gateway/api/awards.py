@@ -1,4 +1,6 @@
-"""``POST /api/v1/awards/{source}``: an e-bidding system pushes an award the moment it is decided.
+"""``POST /api/v1/awards/{source}``: an e-bidding system pushes an award the moment it is decided;
+``GET /api/v1/awards`` lists awards (by default those waiting) with why each waits and what would
+release it; ``.../release`` and ``.../dismiss`` are staff's decisions on one (audited).
 
 The body is one record, as JSON (field name → value) or, when the source names an XSD, as XML
 validated against it (external entities and DTDs refused, no network or file includes). It goes
@@ -12,15 +14,18 @@ import json
 from typing import Annotated, Any
 
 import xmlschema
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from core.api_clients import require_scope
 from core.errors import NotFoundError, RecordError
+from core.intake import dismiss_award, list_awards, release_award
+from core.model import ApiClient, AwardState
 from gateway import intake
-from gateway.deps import ApiClientDep, ContextDep
+from gateway.deps import ApiClientDep, ContextDep, SessionDep
+from gateway.intake import award_json
 from gateway.runtime import access_code_policy
 from gateway.settings import ApiSourceSettings
 from schedules.sync import SyncResult, accept_record
@@ -28,6 +33,7 @@ from schedules.sync import SyncResult, accept_record
 router = APIRouter(prefix="/api/v1", tags=["awards"])
 
 PUSH = "awards:write"
+READ = "awards:read"
 
 MAX_BODY = 1024 * 1024
 
@@ -180,3 +186,135 @@ async def push_award(
         ],
     )
     return JSONResponse(out.model_dump(mode="json"), status_code=422 if out.errors else 200)
+
+
+class WaitingOut(BaseModel):
+    """Why an award waits and what would release it."""
+
+    code: str
+    reason: str
+    reason_ja: str
+    release_ja: str
+
+
+class AwardOut(BaseModel):
+    """One award taken in, with its state and (when it has no envelope yet) why it waits."""
+
+    source: str
+    award_id: str
+    title: str
+    state: str
+    state_ja: str
+    amount: str | None
+    award_date: str | None
+    counterparty: str | None
+    corporate_number: str | None
+    contractor_id: str | None
+    envelope_id: str | None
+    usage_request_due: str | None
+    signing_due: str | None
+    waiting: WaitingOut | None
+    file: str | None
+    line: int | None
+    updated_at: str | None
+
+
+class DismissIn(BaseModel):
+    """Why staff dismiss an award."""
+
+    reason: str
+
+
+class ReleaseIn(BaseModel):
+    """Optionally, the contractor staff confirmed for the award."""
+
+    contractor_id: str | None = None
+
+
+def _read(client: ApiClient) -> None:
+    if READ not in client.scopes:
+        require_scope(client, PUSH)  # a pushing system may read what it pushed
+
+
+@router.get(
+    "/awards",
+    response_model=list[AwardOut],
+    summary="List awards (default: the waiting ones) with why each waits",
+)
+def get_awards(
+    session: SessionDep,
+    client: ApiClientDep,
+    state: Annotated[str, Query(pattern="^(waiting|all|[a-z_]+)$")] = "waiting",
+    source: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[dict[str, Any]]:
+    """Awards, newest first; ``state=waiting`` (default) lists every award without an envelope
+    that is not dismissed, ``all`` every award, or one state by name."""
+    _read(client)
+    one: AwardState | None = None
+    if state not in ("waiting", "all"):
+        try:
+            one = AwardState(state)
+        except ValueError as exc:
+            raise RecordError(
+                "request.bad_state",
+                f"unknown award state {state!r}",
+                "落札情報の状態の指定が正しくありません。",
+            ) from exc
+    rows = list_awards(
+        session=session, source=source, state=one, waiting=state == "waiting",
+        limit=limit, offset=offset,
+    )  # fmt: skip
+    return [award_json(a) for a in rows]
+
+
+@router.post(
+    "/awards/{source}/{award_id}/release",
+    response_model=AwardOut,
+    summary="Release a waiting or held award (audited)",
+)
+def post_release(
+    context: ContextDep,
+    session: SessionDep,
+    client: ApiClientDep,
+    source: Annotated[str, Path(min_length=1, max_length=64)],
+    award_id: Annotated[str, Path(min_length=1, max_length=100)],
+    body: ReleaseIn | None = None,
+) -> dict[str, Any]:
+    """Name the contractor staff confirmed (optional) and make the envelope when ready."""
+    require_scope(client, PUSH)
+    settings = context.gateway.settings
+    award = release_award(
+        session=session,
+        runtime=context.gateway.runtime,
+        policy=intake.policy(settings, access_codes=access_code_policy(settings)),
+        source=source,
+        award_id=award_id,
+        actor=f"api:{client.name}",
+        contractor_id=body.contractor_id if body else None,
+    )
+    session.commit()
+    return award_json(award)
+
+
+@router.post(
+    "/awards/{source}/{award_id}/dismiss",
+    response_model=AwardOut,
+    summary="Dismiss a waiting award, or drop a change made after sending (audited)",
+)
+def post_dismiss(
+    session: SessionDep,
+    client: ApiClientDep,
+    source: Annotated[str, Path(min_length=1, max_length=64)],
+    award_id: Annotated[str, Path(min_length=1, max_length=100)],
+    body: DismissIn,
+) -> dict[str, Any]:
+    """The award never becomes an envelope here; the reason is audited."""
+    require_scope(client, PUSH)
+    award = dismiss_award(
+        session=session, source=source, award_id=award_id, actor=f"api:{client.name}",
+        reason=body.reason,
+    )  # fmt: skip
+    session.commit()
+    return award_json(award)

@@ -34,6 +34,7 @@ from core.api_clients import (
     require_scope,
 )
 from core.audit import record_event
+from core.consent import CONSTRUCTION, current_consent, get_consent, has_withdrawn
 from core.envelopes import (
     DocumentInput,
     FieldInput,
@@ -47,6 +48,7 @@ from core.envelopes import (
     send_envelope,
 )
 from core.errors import DocumentError, GatewayError, NotFoundError, StateError
+from core.intake import find_contractor
 from core.links import AccessCodePolicy, resend_request, set_access_code
 from core.model import ApiClient, Envelope
 from core.states import EnvelopeState, PartyRole
@@ -261,6 +263,40 @@ def check_management_number(session: Session, number: str | None) -> None:
         )
 
 
+def _consent_for(session: Session, body: EnvelopeCreate) -> tuple[str | None, str | None]:
+    """The contractor named by the request and the consent the envelope is made on: the one
+    named, else the contractor's consent in force for a construction contract."""
+    contractor_id: str | None = None
+    if body.contractor is not None:
+        contractor = find_contractor(
+            session=session,
+            corporate_number=body.contractor.corporate_number,
+            registry_code=body.contractor.registry_code,
+        )
+        if contractor is not None:
+            contractor_id = contractor.id
+            if has_withdrawn(session=session, contractor_id=contractor.id):
+                raise StateError(
+                    "consent.withdrawn",
+                    "the contractor withdrew its consent to electronic contracts",
+                    "受注者が電子契約の承諾を撤回しているため、封筒を作成できません。",
+                )
+    consent_id = body.consent_id
+    if consent_id is None and contractor_id is not None and body.contract_type == CONSTRUCTION:
+        consent = current_consent(session=session, contractor_id=contractor_id)
+        consent_id = consent.id if consent is not None else None
+    if consent_id is not None:
+        consent = get_consent(session=session, consent_id=consent_id)
+        if contractor_id is not None and consent.contractor_id != contractor_id:
+            raise StateError(
+                "consent.other_contractor",
+                "the consent belongs to another contractor",
+                "指定された承諾は別の受注者のものです。",
+            )
+        contractor_id = consent.contractor_id
+    return contractor_id, consent_id
+
+
 def _create(
     context: AppContext,
     session: Session,
@@ -285,6 +321,7 @@ def _create(
         get_client_envelope(session=session, client_id=client.id, envelope_id=body.amends)
     actor = f"api:{client.name}"
     envelope: Envelope | None = None
+    contractor_id, consent_id = _consent_for(session, body)
     try:
         envelope = create_envelope(
             session=session,
@@ -314,7 +351,10 @@ def _create(
             transaction_date=body.metadata.transaction_date,
             deadline=body.metadata.deadline,
             actor=actor,
+            contract_type=body.contract_type,
+            consent_id=consent_id,
         )
+        envelope.contractor_id = contractor_id
         store_access_codes(session, envelope, codes)
         if body.amends is not None:
             record_amendment(

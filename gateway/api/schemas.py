@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.model import Envelope
+from core.consent import CONTRACT_TYPE_JA, consent_json
+from core.model import Envelope, UsageRequest
 from core.states import envelope_state_ja, party_state_ja
 
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
@@ -64,10 +65,29 @@ class MetadataIn(_In):
     deadline: dt.date | None = None
 
 
+class ContractorIn(_In):
+    """The contractor (a legal entity) by its corporate number or bidder-registry code."""
+
+    corporate_number: str | None = Field(default=None, pattern=r"^[0-9]{13}$")
+    registry_code: str | None = Field(default=None, min_length=1, max_length=200)
+
+
 class EnvelopeCreate(_In):
     """A new envelope. In a multipart request the documents come as file parts instead."""
 
     title: str = Field(min_length=1, max_length=300)
+    contract_type: Literal["construction", "other"] = Field(
+        description="契約種別: construction (建設工事: needs the contractor's recorded prior "
+        "consent, 建設業法19条3項) or other"
+    )
+    contractor: ContractorIn | None = Field(
+        default=None,
+        description="Who the contractor is; a construction contract is made on its consent "
+        "in force (or name consent_id)",
+    )
+    consent_id: str | None = Field(
+        default=None, min_length=1, max_length=32, description="The consent (usage request) id"
+    )
     parties: list[PartyIn] = Field(min_length=1, max_length=200)
     documents: list[DocumentIn] = Field(default_factory=list, max_length=100)
     fields: list[FieldIn] = Field(default_factory=list, max_length=500)
@@ -127,6 +147,43 @@ class MetadataOut(BaseModel):
     deadline: dt.date | None
 
 
+class ConsentOut(BaseModel):
+    """The contractor's prior consent (電子契約利用申出書 / 承諾書, 建設業法19条3項)."""
+
+    id: str
+    contractor_id: str
+    consented_on: dt.date
+    measures: str
+    signer_name: str
+    signer_email: str
+    withdrawn_at: dt.datetime | None
+    withdrawn_by: str | None
+    withdrawal_reason: str | None
+
+
+class ConsentIn(_In):
+    """A consent received outside the gateway's sources (e.g. from the e-bidding system)."""
+
+    contractor_name: str = Field(min_length=1, max_length=200)
+    contractor: ContractorIn
+    signer_name: str = Field(min_length=1, max_length=200)
+    signer_title: str | None = Field(default=None, max_length=200)
+    signer_email: str = Field(max_length=320, pattern=EMAIL_PATTERN)
+    consented_on: dt.date = Field(description="承諾日")
+    measures: str | None = Field(
+        default=None, max_length=300, description="電磁的措置 agreed to; default: this gateway's"
+    )
+    access_code: str | None = Field(
+        default=None, min_length=4, max_length=64, json_schema_extra={"writeOnly": True}
+    )
+
+
+class WithdrawIn(_In):
+    """Why the consent is withdrawn."""
+
+    reason: str = Field(min_length=1, max_length=2000)
+
+
 class EnvelopeOut(BaseModel):
     """An envelope's status, per party."""
 
@@ -147,6 +204,9 @@ class EnvelopeOut(BaseModel):
     last_error: str | None
     # When the documents were deleted at the end of their retention (downloads answer 410).
     documents_purged_at: dt.datetime | None = None
+    contract_type: str | None = None
+    contract_type_ja: str | None = None
+    consent: ConsentOut | None = None
     documents: list[DocumentOut]
     parties: list[PartyOut]
 
@@ -197,6 +257,9 @@ def envelope_out(envelope: Envelope, *, amends: str | None, amended_by: list[str
         amended_by=amended_by,
         last_error=envelope.last_error,
         documents_purged_at=envelope.documents_purged_at,
+        contract_type=envelope.contract_type,
+        contract_type_ja=CONTRACT_TYPE_JA.get(envelope.contract_type or ""),
+        consent=consent_out(envelope.consent),
         documents=[
             DocumentOut(
                 position=d.position,
@@ -225,6 +288,12 @@ def envelope_out(envelope: Envelope, *, amends: str | None, amended_by: list[str
             for p in envelope.parties
         ],
     )
+
+
+def consent_out(consent: UsageRequest | None) -> ConsentOut | None:
+    """The API view of a consent (never its access code)."""
+    data = consent_json(consent)
+    return None if data is None else ConsentOut.model_validate(data)
 
 
 def envelope_summary(envelope: Envelope) -> EnvelopeSummary:

@@ -52,6 +52,7 @@ def _step1(page: Page, site: Site, tmp_path: Path) -> None:
     page.fill("#amount", "12,540,000")
     page.fill("#transaction_date", "2026-05-01")
     page.fill("#deadline", "2026-05-12")
+    page.select_option("#contract_type", "other")
     contract, acceptance = tmp_path / "工事請負契約書.pdf", tmp_path / "請書.pdf"
     contract.write_bytes(make_pdf(pages=2, title="工事請負契約書"))
     acceptance.write_bytes(with_page_box(make_pdf(pages=1, title="請書"), crop=CROP))

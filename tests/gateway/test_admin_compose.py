@@ -58,6 +58,8 @@ def _facts(**overrides: str) -> dict[str, Any]:
         "transaction_date": "2026-04-01",
         "deadline": "2026-04-10",
         "department": "",
+        "contract_type": "other",
+        "contractor_number": "",
         **overrides,
     }
 
@@ -256,6 +258,17 @@ def test_what_compose_refuses(live_gateway: Callable[..., LiveGateway]) -> None:
         _add_contact(client)
         no_csrf = client.post(NEW, data={**_facts(), **THREE}, files=_pdfs(make_pdf(pages=1)))
         assert no_csrf.status_code == 403
+
+        # A construction contract without the contractor's recorded consent is refused, and
+        # the page says why (建設業法19条3項); so is a form without a contract type.
+        construction = _step1(
+            client, {**_facts(contract_type="construction", contractor_number="7000012050002"),
+                     **THREE},
+        )  # fmt: skip
+        assert construction.status_code == 422
+        assert "建設工事の請負契約は、受注者の事前の承諾" in construction.text
+        untyped = _step1(client, {**_facts(contract_type=""), **THREE})
+        assert untyped.status_code == 422 and "契約種別" in untyped.text
 
         other = _step1(client, {**_facts(department="土木課"), **THREE})
         assert other.status_code == 422 and "所属以外の部署の契約は作成できません" in other.text

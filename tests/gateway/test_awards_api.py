@@ -167,3 +167,52 @@ def test_control_characters_in_a_pushed_award(
         taken = http.post("/api/v1/awards/ebid", json=multi_line)
         assert taken.status_code == 200, taken.text
         assert taken.json()["created"] == 1
+
+
+def test_waiting_awards_are_listed_with_why_and_staff_decide(
+    live_gateway: Callable[..., LiveGateway], tmp_path: Path
+) -> None:
+    from tests.gateway.test_admin_pages import _csrf, _login, _staff
+
+    live = _start(live_gateway, tmp_path)
+    with live.client(live.token("ebid")) as http:
+        assert http.post("/api/v1/awards/ebid", json=AWARD).status_code == 200
+        second = {**AWARD, "案件番号": "R7-0002", "業者番号": ""}  # a name only
+        assert http.post("/api/v1/awards/ebid", json=second).status_code == 200
+        listed = http.get("/api/v1/awards", params={"state": "waiting", "source": "ebid"})
+        assert listed.status_code == 200, listed.text
+        by_id = {a["award_id"]: a for a in listed.json()}
+        assert by_id["R7-0001"]["waiting"]["code"] == "no_usage_request"
+        assert by_id["R7-0001"]["waiting"]["release_ja"]
+        assert by_id["R7-0002"]["state"] == "waiting_contractor"
+        assert by_id["R7-0002"]["waiting"]["code"] == "no_contractor_match"
+        assert "法人番号" in by_id["R7-0002"]["waiting"]["reason_ja"]
+        assert http.get("/api/v1/awards", params={"state": "sent"}).json() == []
+        assert http.get("/api/v1/awards", params={"state": "nope"}).status_code == 422
+        gone = http.post("/api/v1/awards/ebid/R7-0002/dismiss", json={"reason": "重複登録"})
+        assert gone.status_code == 200 and gone.json()["state"] == "dismissed"
+        left = http.get("/api/v1/awards").json()
+        assert [a["award_id"] for a in left] == ["R7-0001"]
+        unknown = http.post("/api/v1/awards/ebid/R7-0009/release", json={})
+        assert unknown.status_code == 404
+    with live.client(live.token("reader", ["envelopes:read"])) as http:
+        assert http.get("/api/v1/awards").status_code == 403
+
+    # The same list on the staff page, with the dismiss form (CSRF) for admins.
+    _staff(live, "admin@city.example.jp", "総務課", roles="admin")
+    with live.client() as client:
+        assert _login(client, "admin@city.example.jp").status_code == 303
+        page = client.get("/admin/awards")
+        assert page.status_code == 200
+        table = page.text.split('id="awards"')[1].split("</table>")[0]
+        assert 'data-award="ebid:R7-0001"' in table and "利用申出書" in table
+        assert "R7-0002" not in table
+        done = client.post(
+            "/admin/awards/ebid/R7-0001/dismiss",
+            data={"reason": "紙で契約", "csrf_token": _csrf(page.text)},
+            follow_redirects=False,
+        )
+        assert done.status_code == 303
+        assert 'data-award="ebid:R7-0001"' not in client.get("/admin/awards").text
+        forged = client.post("/admin/awards/ebid/R7-0001/release", data={"csrf_token": "x"})
+        assert forged.status_code == 403

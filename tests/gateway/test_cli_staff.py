@@ -202,7 +202,7 @@ def test_report_monthly(home: Path) -> None:
 
 def test_api_client_allow(home: Path) -> None:
     code, out = _run(home, "api-client", "create", "e-bid")
-    assert code == 0 and "(awards:write envelopes:read envelopes:write)" in out
+    assert code == 0 and "(awards:read awards:write envelopes:read envelopes:write)" in out
     code, out = _run(home, "api-client", "create", "personnel", "--scope", "staff:write")
     assert code == 0 and "(staff:write)" in out
     scopes = next(p for p in api_client_create.params if p.name == "scopes")

@@ -48,7 +48,7 @@ colour: blue
     assert "m.yaml:6: award.amount: transform 'lookup': no lookup table 'nowhere'" in joined
     assert "m.yaml:6: award.amount: unknown transform 'kanji'" in joined
     assert "m.yaml:8: contractor.name: unclosed '{'" in joined
-    assert "m.yaml:10: documents[1]: give either path" in joined
+    assert "m.yaml:10: documents[1]: give path (a file), attachment (a field), or both" in joined
     assert "m.yaml:12: parties[1]: role is one of approver, signer, cc" in joined
     assert "m.yaml:14: fields[1]: document is a whole number" in joined
     assert "m.yaml:15: unknown key 'colour'" in joined

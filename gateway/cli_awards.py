@@ -1,0 +1,257 @@
+"""`keiyaku awards ...` and `keiyaku contractors ...`: what waits, why, and staff's decisions.
+
+Registered on the main group by :mod:`gateway.cli`. Output is English (the reasons staff read are
+also given in Japanese); times are JST. Every decision is audited with the CLI user as actor.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+from zoneinfo import ZoneInfo
+
+import click
+
+from core.errors import GatewayError
+
+JST = ZoneInfo("Asia/Tokyo")
+
+
+def _fail(exc: GatewayError) -> NoReturn:
+    click.echo(f"error: {exc.code}: {exc.message_en}", err=True)
+    sys.exit(2)
+
+
+def _actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def _jst(value: Any) -> str | None:
+    return value.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S JST") if value else None
+
+
+@contextmanager
+def _gateway(obj: Any) -> Iterator[tuple[Any, Any]]:
+    """The gateway (database, blobs, signing) of the config; errors end with code 2."""
+    from gateway.runtime import open_gateway
+
+    settings = obj.settings()
+    try:
+        gateway = open_gateway(settings)
+    except GatewayError as exc:
+        _fail(exc)
+    try:
+        yield gateway, settings
+    except GatewayError as exc:
+        _fail(exc)
+    finally:
+        gateway.close()
+
+
+@click.group()
+def awards() -> None:
+    """Awards taken in: list what waits and why; release or dismiss one."""
+
+
+@awards.command("list")
+@click.option(
+    "--state",
+    type=click.Choice(
+        ["waiting", "all", "waiting_usage_request", "waiting_documents", "waiting_contractor",
+         "contractor_conflict", "changed_after_send", "drafted", "sent", "dismissed"]
+    ),
+    default="waiting",
+    show_default=True,
+    help="waiting: every award without an envelope that is not dismissed.",
+)  # fmt: skip
+@click.option("--source", default=None, help="Only awards of this source.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the awards as JSON.")
+@click.pass_obj
+def awards_list(obj: Any, state: str, source: str | None, limit: int, as_json: bool) -> None:
+    """List awards (by default the waiting ones), each with why it waits."""
+    from core.intake import list_awards
+    from core.model import AwardState
+    from gateway.intake import award_json
+
+    with _gateway(obj) as (gateway, _settings), gateway.sessions() as session:
+        rows = list_awards(
+            session=session,
+            source=source,
+            state=None if state in ("waiting", "all") else AwardState(state),
+            waiting=state == "waiting",
+            limit=limit,
+        )
+        items = [award_json(a) for a in rows]
+    if as_json:
+        click.echo(json.dumps(items, ensure_ascii=False, indent=2))
+        return
+    for item in items:
+        why = item["waiting"]
+        click.echo(
+            f"{item['source']}:{item['award_id']} {item['state']} {item['title']} "
+            f"({item['counterparty'] or '-'})"
+            + (f": {why['code']}: {why['reason']}" if why else "")
+        )
+        if why:
+            click.echo(f"  理由: {why['reason_ja']}")
+            click.echo(f"  解除: {why['release_ja']}")
+    click.echo(f"{len(items)} awards")
+
+
+@awards.command("release")
+@click.argument("source")
+@click.argument("award_id")
+@click.option(
+    "--contractor", "contractor_id", default=None, help="The contractor (id) staff confirmed."
+)
+@click.pass_obj
+def awards_release(obj: Any, source: str, award_id: str, contractor_id: str | None) -> None:
+    """Release a waiting or held award (audited): its envelope is made when it is ready."""
+    from core.intake import release_award
+    from gateway import intake
+    from gateway.intake import award_json
+    from gateway.runtime import access_code_policy
+
+    with _gateway(obj) as (gateway, settings), gateway.sessions() as session:
+        award = release_award(
+            session=session,
+            runtime=gateway.runtime,
+            policy=intake.policy(settings, access_codes=access_code_policy(settings)),
+            source=source,
+            award_id=award_id,
+            actor=_actor(),
+            contractor_id=contractor_id,
+        )
+        session.commit()
+        out = award_json(award)
+    why = out["waiting"]
+    click.echo(
+        f"{source}:{award_id}: {out['state']}"
+        + (f" (still waiting: {why['code']}: {why['reason']})" if why else "")
+    )
+
+
+@awards.command("dismiss")
+@click.argument("source")
+@click.argument("award_id")
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.pass_obj
+def awards_dismiss(obj: Any, source: str, award_id: str, reason: str) -> None:
+    """Dismiss a waiting award (or drop a change that arrived after sending), audited."""
+    from core.intake import dismiss_award
+
+    with _gateway(obj) as (gateway, _settings), gateway.sessions() as session:
+        award = dismiss_award(
+            session=session, source=source, award_id=award_id, actor=_actor(), reason=reason
+        )
+        session.commit()
+        click.echo(f"{source}:{award_id}: {award.state.value}")
+
+
+@click.group()
+def contractors() -> None:
+    """Contractors: doubts about who is who, for staff to check."""
+
+
+@contractors.command("conflicts")
+@click.option("--all", "show_all", is_flag=True, help="Include resolved ones.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_obj
+def contractors_conflicts(obj: Any, show_all: bool, as_json: bool) -> None:
+    """List contractor conflicts: name-only candidates, code/name or code/number mismatches,
+    and contractors merged before migration 0014."""
+    from core.intake import CONFLICT_KIND_JA, list_conflicts
+
+    with _gateway(obj) as (gateway, _settings), gateway.sessions() as session:
+        items = [
+            {
+                "id": c.id,
+                "kind": c.kind,
+                "kind_ja": CONFLICT_KIND_JA.get(c.kind, c.kind),
+                "contractor_id": c.contractor_id,
+                "other_contractor_id": c.other_contractor_id,
+                "source": c.source,
+                "award_id": c.award_id,
+                "message": c.message,
+                "message_ja": c.message_ja,
+                "detail": c.detail,
+                "created_at": _jst(c.created_at),
+                "resolved_at": _jst(c.resolved_at),
+                "resolved_by": c.resolved_by,
+            }
+            for c in list_conflicts(session=session, open_only=not show_all, limit=1000)
+        ]
+    if as_json:
+        click.echo(json.dumps(items, ensure_ascii=False, indent=2))
+        return
+    for item in items:
+        where = f" {item['source']}:{item['award_id']}" if item["award_id"] else ""
+        click.echo(f"#{item['id']} {item['kind']}{where}: {item['message']}")
+    click.echo(f"{len(items)} conflicts")
+
+
+@contractors.command("resolve")
+@click.argument("conflict_id", type=int)
+@click.option("--note", required=True, help="What staff checked and decided.")
+@click.pass_obj
+def contractors_resolve(obj: Any, conflict_id: int, note: str) -> None:
+    """Mark a conflict as checked (audited)."""
+    from core.intake import resolve_conflict
+
+    with _gateway(obj) as (gateway, _settings), gateway.sessions() as session:
+        resolve_conflict(session=session, conflict_id=conflict_id, actor=_actor(), resolution=note)
+        session.commit()
+    click.echo(f"conflict #{conflict_id} resolved")
+
+
+@click.group()
+def consent() -> None:
+    """Contractors' prior consents (建設業法19条3項): list, withdraw."""
+
+
+@consent.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.pass_obj
+def consent_list(obj: Any, as_json: bool, limit: int) -> None:
+    """Consents, newest first, with their date, measures and withdrawal."""
+    from core.consent import consent_json, list_consents
+    from core.model import Contractor
+
+    with _gateway(obj) as (gateway, _settings), gateway.sessions() as session:
+        items = []
+        for c in list_consents(session=session, limit=limit):
+            data = consent_json(c) or {}
+            contractor = session.get(Contractor, c.contractor_id)
+            data["contractor_name"] = contractor.name if contractor else None
+            data["corporate_number"] = contractor.corporate_number if contractor else None
+            items.append(data)
+    if as_json:
+        click.echo(json.dumps(items, ensure_ascii=False, indent=2))
+        return
+    for item in items:
+        state = f"withdrawn {item['withdrawn_at']}" if item["withdrawn_at"] else "in force"
+        click.echo(
+            f"{item['id']} {item['contractor_name']} ({item['corporate_number'] or '-'}): "
+            f"consented {item['consented_on']}, {state}"
+        )
+    click.echo(f"{len(items)} consents")
+
+
+@consent.command("withdraw")
+@click.argument("consent_id")
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.pass_obj
+def consent_withdraw(obj: Any, consent_id: str, reason: str) -> None:
+    """Record the contractor's withdrawal: no new envelope to it (audited)."""
+    from core.consent import withdraw_consent
+
+    with _gateway(obj) as (gateway, _settings), gateway.sessions() as session:
+        withdraw_consent(session=session, consent_id=consent_id, actor=_actor(), reason=reason)
+        session.commit()
+    click.echo(f"consent {consent_id} withdrawn")
