@@ -38,7 +38,16 @@ from core.audit import list_events, record_event
 from core.blobs import BlobStore
 from core.certificate import JST, CertificateData, CertificateOperation, render_certificate
 from core.errors import Disposition, DocumentError, GatewayError, NotFoundError, StateError
-from core.model import Document, DocumentRevision, Envelope, Field, Party, utcnow
+from core.model import (
+    AccessCode,
+    Document,
+    DocumentRevision,
+    Envelope,
+    Field,
+    Party,
+    Staff,
+    utcnow,
+)
 from core.outbox import release_leases
 from core.signing import FieldBox, PdfInfo, SigningEngine, approval_reason
 from core.signing_tasks import (
@@ -124,6 +133,9 @@ class PartyInput:
     name: str
     email: str
     company: str | None = None
+    # Bind the party to the staff account with this e-mail: it signs from the staff pages
+    # after logging in, and needs no access code.
+    staff: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,16 @@ class FieldInput:
 
 
 _SIGNING_ROLES = frozenset({PartyRole.APPROVER, PartyRole.SIGNER})
+
+# How a party can have been authenticated when it gave its instruction: only what a real
+# surface produces. The signing pages: the mailed link plus the access code; the staff pages:
+# the staff login with the password typed again at signing, plus the one-time code when the
+# account has TOTP.
+AUTH_ACCESS_CODE = "email+access_code"
+AUTH_STAFF = "staff_login"
+AUTH_STAFF_TOTP = "staff_login+totp"
+LINK_AUTH_METHODS = frozenset({AUTH_ACCESS_CODE})
+STAFF_AUTH_METHODS = frozenset({AUTH_STAFF, AUTH_STAFF_TOTP})
 
 
 def _input_error(code: str, message_en: str, message_ja: str, **details: object) -> DocumentError:
@@ -202,6 +224,79 @@ def _check_parties(parties: Sequence[PartyInput], limits: Limits) -> None:
                 f"{index + 1}番目の署名者の氏名とメールアドレスを入力してください。",
                 details={"party": index + 1},
             )
+
+
+def _staff_accounts(session: Session, parties: Sequence[PartyInput]) -> list[Staff | None]:
+    """The staff account of each party bound to one (by e-mail), or ``envelope.party_not_staff``."""
+    accounts: list[Staff | None] = []
+    for index, party in enumerate(parties):
+        if not party.staff:
+            accounts.append(None)
+            continue
+        if party.role not in _SIGNING_ROLES:
+            raise StateError(
+                "envelope.bad_party",
+                f"party {index + 1} is a cc and cannot be bound to a staff account",
+                f"{index + 1}番目の署名者はCC(写し送付先)のため、職員の署名には指定できません。",
+                details={"party": index + 1},
+            )
+        try:
+            accounts.append(check_staff_party(session=session, email=party.email))
+        except StateError as exc:
+            exc.details["party"] = index + 1
+            exc.message_ja = f"{index + 1}番目の署名者: {exc.message_ja}"
+            raise
+    return accounts
+
+
+def check_staff_party(*, session: Session, email: str) -> Staff:
+    """The enabled staff account a party with ``email`` is bound to, or
+    ``envelope.party_not_staff``."""
+    email = email.strip().lower()
+    staff = session.scalars(select(Staff).where(Staff.email == email)).first()
+    if staff is None or staff.disabled:
+        raise StateError(
+            "envelope.party_not_staff",
+            f"no enabled staff account has the e-mail {email}",
+            f"{email} は職員として登録されていないか、無効になっています。"
+            "職員管理で登録するか、アクセスコードで署名する署名者にしてください。",
+            details={"email": email},
+        )
+    return staff
+
+
+def party_auth_ja(party: Party) -> str:
+    """How a party signs, as staff read it: 職員ログイン or メール＋アクセスコード."""
+    if party.role is PartyRole.CC:
+        return "(写し送付のみ)"
+    return "職員ログイン" if party.staff_id is not None else "メールのURL＋アクセスコード"
+
+
+def check_authentication_means(*, session: Session, envelope: Envelope) -> None:
+    """Refuse (``envelope.party_cannot_authenticate``) an envelope in which an approver or
+    signer has no way to authenticate: neither a staff account that can log in nor an access
+    code. Otherwise its mailed link would refuse every code and lock."""
+    for party in envelope.parties:
+        if party.role not in _SIGNING_ROLES:
+            continue
+        if party.staff_id is not None:
+            staff = session.get(Staff, party.staff_id)
+            if staff is not None and not staff.disabled and staff.password_hash is not None:
+                continue
+            problem_en = "its staff account is disabled or has no password"
+            problem_ja = "職員アカウントが無効か、パスワードが設定されていません"
+        else:
+            if session.get(AccessCode, party.id) is not None:
+                continue
+            problem_en = "it has no access code and is not bound to a staff account"
+            problem_ja = "アクセスコードが設定されておらず、職員にも指定されていません"
+        raise StateError(
+            "envelope.party_cannot_authenticate",
+            f"party {party.routing_order} ({party.email}) cannot authenticate: {problem_en}",
+            f"{party.routing_order}番目の署名者({party.name})は本人確認の手段がないため、"
+            f"送信できません({problem_ja})。",
+            details={"routing_order": party.routing_order},
+        )
 
 
 def check_documents(*, runtime: Runtime, documents: Sequence[DocumentInput]) -> list[PdfInfo]:
@@ -281,6 +376,7 @@ def create_envelope(
     _check_parties(parties, limits)
     infos = [runtime.signing.inspect(doc.data) for doc in documents]
     _check_fields(fields, parties, [i.page_count for i in infos])
+    accounts = _staff_accounts(session, parties)
 
     now = utcnow()
     envelope = Envelope(
@@ -306,10 +402,11 @@ def create_envelope(
             role=p.role,
             state=PartyState.WAITING,
             name=p.name.strip(),
-            email=p.email.strip(),
+            email=account.email if account is not None else p.email.strip(),
             company=p.company,
+            staff_id=account.id if account is not None else None,
         )
-        for order, p in enumerate(parties, start=1)
+        for order, (p, account) in enumerate(zip(parties, accounts, strict=True), start=1)
     ]
     doc_ids = [secrets.token_hex(16) for _ in documents]
     field_rows = [
@@ -495,6 +592,8 @@ def send_envelope(
 ) -> Party:
     """Send a draft: the first acting party is asked to act. Returns that party."""
     envelope = get_envelope(session=session, envelope_id=envelope_id)
+    check_envelope_transition(envelope.state, EnvelopeState.SENT)
+    check_authentication_means(session=session, envelope=envelope)
     now = utcnow()
     _set_envelope_state(envelope, EnvelopeState.SENT, now)
     envelope.sent_at = now
@@ -565,6 +664,12 @@ def record_view(
     return party
 
 
+def check_party_values(party: Party, values: Mapping[str, str]) -> dict[str, str]:
+    """The values :func:`record_approval` would store for ``party``'s fields, or the
+    ``envelope.field_*`` error it would raise (so a page can check before asking more)."""
+    return _check_values(party, values)
+
+
 def _check_values(party: Party, values: Mapping[str, str]) -> dict[str, str]:
     """Values for exactly this party's fields (by field id), required ones present."""
     own = {f.id: f for f in party.fields}
@@ -597,6 +702,20 @@ def _check_values(party: Party, values: Mapping[str, str]) -> dict[str, str]:
     return cleaned
 
 
+def check_auth_method(party: Party, auth_method: str) -> None:
+    """Refuse (``envelope.bad_auth_method``) an authentication method the party cannot have
+    used: a staff-bound party signs only from the staff pages, any other only by link + code."""
+    allowed = STAFF_AUTH_METHODS if party.staff_id is not None else LINK_AUTH_METHODS
+    if auth_method not in allowed:
+        raise StateError(
+            "envelope.bad_auth_method",
+            f"party {party.routing_order} cannot have authenticated by {auth_method!r} "
+            f"(expected one of {sorted(allowed)})",
+            "この署名者は、この方法では署名できません。",
+            details={"auth_method": auth_method, "allowed": sorted(allowed)},
+        )
+
+
 def record_approval(
     *,
     session: Session,
@@ -617,6 +736,7 @@ def record_approval(
         raise StateError(
             "state.cc_cannot_act", "a cc party cannot approve", "CC(写し送付先)は承認できません。"
         )
+    check_auth_method(party, auth_method)
     cleaned = _check_values(party, values)
     check_party_transition(party.state, PartyState.SIGNING)
     now = utcnow()
@@ -914,9 +1034,9 @@ def expire_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> 
 
 
 _METHOD_JA = {
-    "email+access_code": "メール認証＋アクセスコード",
-    "staff_login": "職員ログイン",
-    "api": "API連携",
+    AUTH_ACCESS_CODE: "メール認証＋アクセスコード",
+    AUTH_STAFF: "職員ログイン(署名時にパスワードを再入力)",
+    AUTH_STAFF_TOTP: "職員ログイン(署名時にパスワード＋確認コードを再入力)",
 }
 
 _ACTION_JA = {

@@ -60,6 +60,9 @@ class MailKind(enum.StrEnum):
     EXPIRE_NOTICE = "expire_notice"  # to the sender
     LOCKOUT_NOTICE = "lockout_notice"  # to the sender: a link was locked by wrong codes
     COMPLETION = "completion"  # 電子署名完了のお知らせ, to everyone, with a download link
+    # A party bound to a staff account: its turn, with the staff pages' address (no link token,
+    # no access code: it signs after logging in).
+    STAFF_REQUEST = "staff_request"
 
     @property
     def carries_signing_link(self) -> bool:
@@ -134,6 +137,12 @@ def planned_mails(
     """The mails one envelope event causes, with their stable idempotency keys."""
     sender = _sender(envelope, fallback_sender)
     eid = envelope.id
+    if event in ("party.requested", "party.resent") and party is not None and party.staff_id:
+        kind = MailKind.STAFF_REQUEST
+        key = f"mail:{kind}:{eid}:{party.id}:{party.email.lower()}"
+        if event == "party.resent":
+            key = f"{key}:{secrets.token_hex(8)}"
+        return [_Mail(kind, party.email, party.name, party.id, key)]
     if event == "party.requested" and party is not None:
         first = _first_acting(envelope)
         kind = (

@@ -222,13 +222,26 @@ def body_and_files(
 
 
 def hash_access_codes(
-    policy: AccessCodePolicy, parties: Sequence[tuple[str, str | None]]
+    policy: AccessCodePolicy,
+    parties: Sequence[tuple[str, str | None]],
+    staff: Sequence[bool] = (),
 ) -> list[str | None]:
     """Each party's access code (role, code in routing order) checked and hashed; None for a
-    cc, ``party.access_code_required`` for an approver or signer without one."""
+    cc and a party bound to staff (``staff``, in the same order; it logs in instead; a code given
+    for it is refused), ``party.access_code_required`` for another approver or signer without
+    one."""
     codes: list[str | None] = []
-    for index, (role, code) in enumerate(parties):
-        if role == PartyRole.CC.value:
+    bound = list(staff) + [False] * (len(parties) - len(staff))
+    for index, ((role, code), is_staff) in enumerate(zip(parties, bound, strict=True)):
+        if is_staff and code is not None:
+            raise StateError(
+                "party.access_code_for_staff",
+                f"party {index + 1} signs as staff (staff login) and takes no access code",
+                f"{index + 1}番目の署名者は職員としてログインして署名するため、"
+                "アクセスコードは指定できません。",
+                details={"party": index + 1},
+            )
+        if role == PartyRole.CC.value or is_staff:
             codes.append(None)
             continue
         if code is None:
@@ -279,7 +292,11 @@ def _create(
         if replay is not None:
             return replay, True
     runtime = context.gateway.runtime
-    codes = hash_access_codes(context.policy, [(p.role, p.access_code) for p in body.parties])
+    codes = hash_access_codes(
+        context.policy,
+        [(p.role, p.access_code) for p in body.parties],
+        [p.staff for p in body.parties],
+    )
     check_management_number(session, body.management_number)
     if body.amends is not None:
         # The original must be one of this system's own envelopes.
@@ -294,7 +311,8 @@ def _create(
             creator_email=body.sender_email,
             documents=documents,
             parties=[
-                PartyInput(PartyRole(p.role), p.name, p.email, p.company) for p in body.parties
+                PartyInput(PartyRole(p.role), p.name, p.email, p.company, staff=p.staff)
+                for p in body.parties
             ],
             fields=[
                 FieldInput(

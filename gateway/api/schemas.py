@@ -36,8 +36,13 @@ class PartyIn(_In):
         min_length=4,
         max_length=64,
         json_schema_extra={"writeOnly": True},
-        description="Required for approvers and signers: the code agreed with the party "
-        "beforehand (4 digits by default). Stored hashed; never returned.",
+        description="Required for approvers and signers not bound to staff: the code agreed "
+        "with the party beforehand (4 digits by default). Stored hashed; never returned.",
+    )
+    staff: bool = Field(
+        default=False,
+        description="A buyer-side party bound to the staff account with this e-mail: it signs "
+        "from the staff pages after logging in, and takes no access code.",
     )
 
 
@@ -118,6 +123,8 @@ class PartyOut(BaseModel):
     approved_at: dt.datetime | None
     completed_at: dt.datetime | None
     decline_reason: str | None
+    staff: bool = Field(default=False, description="Signs from the staff pages (staff login)")
+    auth_method: str | None = Field(default=None, description="How the approval was authenticated")
 
 
 class MetadataOut(BaseModel):
@@ -221,6 +228,8 @@ def envelope_out(envelope: Envelope, *, amends: str | None, amended_by: list[str
                 approved_at=p.approved_at,
                 completed_at=p.completed_at,
                 decline_reason=p.decline_reason,
+                staff=p.staff_id is not None,
+                auth_method=p.auth_method,
             )
             for p in envelope.parties
         ],

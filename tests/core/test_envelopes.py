@@ -40,6 +40,7 @@ from core.outbox import DispatchResult, RetryPolicy, enqueue, list_deliveries
 from core.signing import SigningEngine, SigningKey, TimestampService, verify_pdf
 from core.signing_worker import list_waiting, process_until_idle
 from core.states import EnvelopeState, PartyRole, PartyState
+from tests.fixtures.envelopes import ensure_staff, give_access_codes
 from tests.fixtures.pdfs import make_pdf
 from tests.fixtures.pki import LivePki
 
@@ -48,8 +49,11 @@ CONTRACTOR = "email+access_code"
 
 
 def _parties(n_signers: int = 2) -> list[PartyInput]:
+    # The internal approver is staff (signs after logging in); the others sign by link + code.
     parties = [
-        PartyInput(PartyRole.APPROVER, "契約 花子", "kacho@city.example.jp", "開発市 契約課")
+        PartyInput(
+            PartyRole.APPROVER, "契約 花子", "kacho@city.example.jp", "開発市 契約課", staff=True
+        )
     ]
     for i in range(n_signers):
         parties.append(
@@ -76,7 +80,9 @@ def make_envelope(session: Session, dev_runtime: Runtime) -> Callable[..., Envel
             ],
         }
         args.update(overrides)
+        ensure_staff(session, "kacho@city.example.jp")
         envelope = create_envelope(session=session, runtime=dev_runtime, **args)  # type: ignore[arg-type]
+        give_access_codes(session, envelope)
         session.commit()
         return envelope
 
@@ -204,6 +210,7 @@ def test_concurrent_submits_apply_once(
     sessions: sessionmaker[Session], dev_runtime: Runtime
 ) -> None:
     with sessions() as session:
+        ensure_staff(session, "kacho@city.example.jp")
         envelope = create_envelope(
             session=session,
             runtime=dev_runtime,
@@ -212,6 +219,7 @@ def test_concurrent_submits_apply_once(
             documents=[DocumentInput("a.pdf", make_pdf(pages=1))],
             parties=_parties(1),
         )
+        give_access_codes(session, envelope)
         session.commit()
         send_envelope(session=session, runtime=dev_runtime, envelope_id=envelope.id, actor="staff")
         session.commit()
@@ -491,6 +499,7 @@ def test_tsa_outage_leaves_the_envelope_waiting_then_the_worker_finishes(
 
     try:
         with sessions() as session:
+            ensure_staff(session, "kacho@city.example.jp")
             envelope = create_envelope(
                 session=session,
                 runtime=runtime,
@@ -499,6 +508,7 @@ def test_tsa_outage_leaves_the_envelope_waiting_then_the_worker_finishes(
                 documents=[DocumentInput("a.pdf", make_pdf(pages=1))],
                 parties=_parties(1),
             )
+            give_access_codes(session, envelope)
             send_envelope(session=session, runtime=runtime, envelope_id=envelope.id, actor="staff")
             session.commit()
             envelope_id = envelope.id

@@ -26,6 +26,7 @@ from core.outbox import list_deliveries
 from core.pushback import JST, PushbackObserver, Subscription, assemble_content, delivery_key
 from core.signing_tasks import SIGNING_TARGET
 from core.states import DeliveryState, EnvelopeState, PartyRole
+from tests.fixtures.envelopes import give_access_codes
 from tests.fixtures.pdfs import make_pdf
 
 
@@ -58,6 +59,7 @@ def _create(session: Session, runtime: Runtime) -> str:
         amount=Decimal("31389000"),
         transaction_date=dt.date(2026, 4, 1),
     )
+    give_access_codes(session, envelope)
     session.commit()
     return envelope.id
 
