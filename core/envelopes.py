@@ -998,8 +998,16 @@ def cancel_envelope(
     reason: str = "",
     ip: str | None = None,
 ) -> Envelope:
-    """Cancel an envelope before completion (draft or sent)."""
+    """Cancel an envelope before completion (draft or sent), with a reason the parties
+    already asked are told (``envelope.cancel_reason_required`` without one)."""
     envelope = get_envelope(session=session, envelope_id=envelope_id)
+    check_envelope_transition(envelope.state, EnvelopeState.CANCELLED)
+    if not reason.strip():
+        raise StateError(
+            "envelope.cancel_reason_required",
+            "a cancel needs a reason",
+            "取り消す理由を入力してください。",
+        )
     now = utcnow()
     _set_envelope_state(envelope, EnvelopeState.CANCELLED, now)
     record_event(
@@ -1046,6 +1054,46 @@ _ACTION_JA = {
     "party.declined": "却下",
     "envelope.completed": "タイムスタンプ付与・締結",
 }
+
+
+_AUDIT_JA = {
+    **_ACTION_JA,
+    "envelope.completed": "締結(タイムスタンプ付与)",
+    "envelope.cancelled": "取消",
+    "envelope.expired": "期限切れ",
+    "envelope.deadline_extended": "締切日の変更",
+    "party.requested": "署名依頼",
+    "party.notified": "写しの通知",
+    "party.viewed": "初回閲覧",
+    "documents.viewed": "文書の閲覧",
+    "document.downloaded": "文書のダウンロード",
+    "party.authenticated": "本人確認",
+    "party.code_failed": "アクセスコード誤り",
+    "party.locked": "URLのロック",
+    "party.unlocked": "ロック解除",
+    "party.reauth_failed": "署名時の本人確認失敗",
+    "party.signed": "電子署名の付与",
+    "party.forwarded": "転送",
+    "party.resent": "再送",
+    "party.reminded": "再通知",
+    "party.corrected": "宛先の訂正",
+    "party.replaced": "署名者の変更",
+    "party.access_code_changed": "アクセスコードの変更",
+    "signing.deferred": "署名処理の延期(再試行)",
+    "staff.view": "職員の閲覧",
+    "staff.download": "職員のダウンロード",
+    "staff.download_certificate": "締結証明書のダウンロード",
+    "award.envelope_created": "落札情報から作成",
+    "link.opened_closed": "終了後のURLアクセス",
+    "download.viewed": "ダウンロード画面の表示",
+    "certificate.downloaded": "締結証明書のダウンロード",
+    "certificate.reissued": "締結証明書の再発行",
+}
+
+
+def action_ja(action: str) -> str:
+    """The Japanese label staff see for an audit action (the code itself when none)."""
+    return _AUDIT_JA.get(action, action)
 
 
 def auth_method_ja(method: str | None) -> str:

@@ -239,6 +239,7 @@ class MailHandler:
                 "attached": False,
                 "download_days": self.download_valid.days,
                 "reason": "",
+                "deadline": f"{envelope.deadline:%Y年%m月%d日}" if envelope.deadline else "",
             }
             attachments: list[tuple[str, bytes]] = []
             now = dt.datetime.now(dt.UTC)
@@ -268,9 +269,6 @@ class MailHandler:
                 # No token: the staff member logs in and finds the envelope in the inbox.
                 context["url"] = f"{self.public_url}/admin/sign/{envelope.id}"
                 context["inbox_url"] = f"{self.public_url}/admin/inbox"
-                context["deadline"] = (
-                    f"{envelope.deadline:%Y年%m月%d日}" if envelope.deadline else ""
-                )
                 context["role_ja"] = "承認" if party and party.role.value == "approver" else "署名"
             elif kind is MailKind.COMPLETION:
                 link, token = issue_link(

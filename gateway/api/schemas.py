@@ -97,9 +97,37 @@ class EnvelopeCreate(_In):
 
 
 class CancelIn(_In):
-    """Why an envelope is cancelled (told to the parties)."""
+    """Why an envelope is cancelled (told to the parties; required)."""
 
     reason: str = Field(default="", max_length=2000)
+
+
+class AccessCodeIn(_In):
+    """A new access code for a party that signs by link (told to it by another channel)."""
+
+    access_code: str = Field(min_length=4, max_length=64, json_schema_extra={"writeOnly": True})
+
+
+class ReaddressIn(_In):
+    """Correct a party's name or e-mail before it acted, or replace the signer
+    (``replace: true``, with a reason)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    email: str = Field(max_length=320, pattern=EMAIL_PATTERN)
+    staff: bool | None = Field(
+        default=None, description="Bind to the staff account with this e-mail (null: as before)"
+    )
+    access_code: str | None = Field(
+        default=None, min_length=4, max_length=64, json_schema_extra={"writeOnly": True}
+    )
+    replace: bool = False
+    reason: str = Field(default="", max_length=2000)
+
+
+class DeadlineIn(_In):
+    """A later signing deadline."""
+
+    deadline: dt.date
 
 
 class DocumentOut(BaseModel):

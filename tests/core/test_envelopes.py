@@ -289,7 +289,11 @@ def test_decline_needs_a_reason_and_ends_the_envelope(
         )
     with pytest.raises(StateError, match="state.illegal_transition"):
         cancel_envelope(
-            session=session, runtime=dev_runtime, envelope_id=envelope.id, actor="staff"
+            session=session,
+            runtime=dev_runtime,
+            envelope_id=envelope.id,
+            actor="staff",
+            reason="金額誤り",
         )
 
 
@@ -297,6 +301,11 @@ def test_cancel_only_before_completion_and_expire(
     session: Session, dev_runtime: Runtime, make_envelope: Callable[..., Envelope]
 ) -> None:
     draft = make_envelope()
+    with pytest.raises(StateError) as info:
+        cancel_envelope(
+            session=session, runtime=dev_runtime, envelope_id=draft.id, actor="staff", reason=" "
+        )
+    assert info.value.code == "envelope.cancel_reason_required"
     cancel_envelope(
         session=session, runtime=dev_runtime, envelope_id=draft.id, actor="staff", reason="誤登録"
     )
@@ -316,7 +325,13 @@ def test_cancel_only_before_completion_and_expire(
     session.refresh(done)
     assert done.state is EnvelopeState.COMPLETED
     with pytest.raises(StateError, match="state.illegal_transition"):
-        cancel_envelope(session=session, runtime=dev_runtime, envelope_id=done.id, actor="staff")
+        cancel_envelope(
+            session=session,
+            runtime=dev_runtime,
+            envelope_id=done.id,
+            actor="staff",
+            reason="金額誤り",
+        )
     with pytest.raises(StateError, match="state.illegal_transition"):
         expire_envelope(session=session, runtime=dev_runtime, envelope_id=done.id)
 
@@ -656,10 +671,14 @@ def test_observers_write_outbox_rows_with_each_state_change(
     session.commit()
     failing = replace(runtime, observers=(_OutboxObserver(fail_on="envelope.cancelled"),))
     with pytest.raises(RuntimeError):
-        cancel_envelope(session=session, runtime=failing, envelope_id=other.id, actor="staff")
+        cancel_envelope(
+            session=session, runtime=failing, envelope_id=other.id, actor="staff", reason="金額誤り"
+        )
     session.rollback()
     assert get_envelope(session=session, envelope_id=other.id).state is EnvelopeState.SENT
-    cancel_envelope(session=session, runtime=runtime, envelope_id=other.id, actor="staff")
+    cancel_envelope(
+        session=session, runtime=runtime, envelope_id=other.id, actor="staff", reason="金額誤り"
+    )
     session.commit()
     newest = list_deliveries(session=session)[0]
     assert newest.payload["event"] == "envelope.cancelled"

@@ -157,10 +157,18 @@ def test_deliveries_roll_back_with_the_state_change(session: Session, dev_runtim
     envelope_id = _create(session, runtime)
     aborting = replace(runtime, observers=(*runtime.observers, _Boom()))
     with pytest.raises(RuntimeError):
-        cancel_envelope(session=session, runtime=aborting, envelope_id=envelope_id, actor="staff")
+        cancel_envelope(
+            session=session,
+            runtime=aborting,
+            envelope_id=envelope_id,
+            actor="staff",
+            reason="金額誤り",
+        )
     session.rollback()
     assert list_deliveries(session=session) == []
-    cancel_envelope(session=session, runtime=runtime, envelope_id=envelope_id, actor="staff")
+    cancel_envelope(
+        session=session, runtime=runtime, envelope_id=envelope_id, actor="staff", reason="金額誤り"
+    )
     session.commit()
     (delivery,) = list_deliveries(session=session)  # only finance asked for cancellations
     assert delivery.idempotency_key == delivery_key("finance", envelope_id, "cancelled")
