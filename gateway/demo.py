@@ -416,7 +416,6 @@ def _expect(response: httpx.Response, *codes: int) -> httpx.Response:
 
 def _staff_login(client: httpx.Client, email_address: str, password: str, target: str) -> str:
     """Log in on the staff login form and come back to ``target``; returns that page."""
-    page = _expect(client.get(target), 200, 303)
     login = _expect(client.get("/admin/login", params={"next": target}), 200)
     form = {"csrf_token": _csrf(login.text), "email": email_address, "password": password,
             "next": target}  # fmt: skip
@@ -467,8 +466,8 @@ def _act(
     code_page = _expect(client.get(path), 200)
     form = {"csrf_token": _csrf(code_page.text), "access_code": CONTRACTOR_CODE}
     _expect(client.post(path, data=form), 303)
-    page = _expect(client.get(f"{path}/documents"), 200)
-    _fill_and_complete(client, path, page.text, day, party.name, {})
+    documents = _expect(client.get(f"{path}/documents"), 200)
+    _fill_and_complete(client, path, documents.text, day, party.name, {})
     return "link + access code"
 
 

@@ -7,6 +7,7 @@ confirmation and a reason."""
 from __future__ import annotations
 
 import datetime as dt
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
@@ -18,7 +19,12 @@ from tests.e2e.conftest import Site, body_of, link_in
 from tests.fixtures.gateway import envelope_request
 
 PASSWORD = "Kei-yaku-2026!"
+JST = ZoneInfo("Asia/Tokyo")
 SIZES = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
+
+
+def _today() -> dt.date:
+    return dt.datetime.now(JST).date()
 
 
 def _clerk(site: Site, email: str) -> None:
@@ -54,7 +60,7 @@ def test_recovery_actions_end_in_a_completed_envelope(
     body = envelope_request(
         emails=(f"kacho-{tag}@city.example.jp", f"ichiro-{tag}@example.co.jp",
                 f"shicho-{tag}@city.example.jp"),
-        send=True, sender_email=clerk, metadata={"deadline": str(dt.date.today() + dt.timedelta(days=3))},
+        send=True, sender_email=clerk, metadata={"deadline": str(_today() + dt.timedelta(days=3))},
     )  # fmt: skip
     envelope = site.api.post("/api/v1/envelopes", json=body).json()
     detail = f"/admin/envelopes/{envelope['id']}"
@@ -105,7 +111,7 @@ def test_recovery_actions_end_in_a_completed_envelope(
     page.click("#remind-1")
     reminder = site.inbox.wait_for(new_address, 2)[-1]
     assert reminder["Subject"].startswith("【再通知】")
-    later = dt.date.today() + dt.timedelta(days=10)
+    later = _today() + dt.timedelta(days=10)
     page.fill("#new-deadline", later.isoformat())
     page.click("#extend-deadline")
     expect(page.locator("#deadline")).to_have_text(later.isoformat())
