@@ -79,6 +79,10 @@ class PartyDraft:
     email: str | None = None
     company: str | None = None
     title: str | None = None
+    # A ``fixed`` party bound to the staff account with its e-mail (signs after logging in);
+    # ``signing_authority`` parties are always staff. None (not False) keeps drafts made
+    # before this key existed at the same fingerprint.
+    staff: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,16 @@ from core.blobs import BlobStore
 from core.certificate import JST, CertificateData, CertificateOperation, render_certificate
 from core.consent import check_contract_type, require_consent
 from core.errors import Disposition, DocumentError, GatewayError, NotFoundError, StateError
-from core.model import Document, DocumentRevision, Envelope, Field, Party, utcnow
+from core.model import (
+    AccessCode,
+    Document,
+    DocumentRevision,
+    Envelope,
+    Field,
+    Party,
+    Staff,
+    utcnow,
+)
 from core.outbox import release_leases
 from core.signing import FieldBox, PdfInfo, SigningEngine, approval_reason
 from core.signing_tasks import (
@@ -131,6 +140,9 @@ class PartyInput:
     name: str
     email: str
     company: str | None = None
+    # Bind the party to the staff account with this e-mail: it signs from the staff pages
+    # after logging in, and needs no access code.
+    staff: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +160,16 @@ class FieldInput:
 
 _SIGNING_ROLES = frozenset({PartyRole.APPROVER, PartyRole.SIGNER})
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
+
+# How a party can have been authenticated when it gave its instruction: only what a real
+# surface produces. The signing pages: the mailed link plus the access code; the staff pages:
+# the staff login with the password typed again at signing, plus the one-time code when the
+# account has TOTP.
+AUTH_ACCESS_CODE = "email+access_code"
+AUTH_STAFF = "staff_login"
+AUTH_STAFF_TOTP = "staff_login+totp"
+LINK_AUTH_METHODS = frozenset({AUTH_ACCESS_CODE})
+STAFF_AUTH_METHODS = frozenset({AUTH_STAFF, AUTH_STAFF_TOTP})
 
 
 def _input_error(code: str, message_en: str, message_ja: str, **details: object) -> DocumentError:
@@ -210,6 +232,79 @@ def _check_parties(parties: Sequence[PartyInput], limits: Limits) -> None:
                 f"{index + 1}番目の署名者の氏名とメールアドレスを入力してください。",
                 details={"party": index + 1},
             )
+
+
+def _staff_accounts(session: Session, parties: Sequence[PartyInput]) -> list[Staff | None]:
+    """The staff account of each party bound to one (by e-mail), or ``envelope.party_not_staff``."""
+    accounts: list[Staff | None] = []
+    for index, party in enumerate(parties):
+        if not party.staff:
+            accounts.append(None)
+            continue
+        if party.role not in _SIGNING_ROLES:
+            raise StateError(
+                "envelope.bad_party",
+                f"party {index + 1} is a cc and cannot be bound to a staff account",
+                f"{index + 1}番目の署名者はCC(写し送付先)のため、職員の署名には指定できません。",
+                details={"party": index + 1},
+            )
+        try:
+            accounts.append(check_staff_party(session=session, email=party.email))
+        except StateError as exc:
+            exc.details["party"] = index + 1
+            exc.message_ja = f"{index + 1}番目の署名者: {exc.message_ja}"
+            raise
+    return accounts
+
+
+def check_staff_party(*, session: Session, email: str) -> Staff:
+    """The enabled staff account a party with ``email`` is bound to, or
+    ``envelope.party_not_staff``."""
+    email = email.strip().lower()
+    staff = session.scalars(select(Staff).where(Staff.email == email)).first()
+    if staff is None or staff.disabled:
+        raise StateError(
+            "envelope.party_not_staff",
+            f"no enabled staff account has the e-mail {email}",
+            f"{email} は職員として登録されていないか、無効になっています。"
+            "職員管理で登録するか、アクセスコードで署名する署名者にしてください。",
+            details={"email": email},
+        )
+    return staff
+
+
+def party_auth_ja(party: Party) -> str:
+    """How a party signs, as staff read it: 職員ログイン or メール＋アクセスコード."""
+    if party.role is PartyRole.CC:
+        return "(写し送付のみ)"
+    return "職員ログイン" if party.staff_id is not None else "メールのURL＋アクセスコード"
+
+
+def check_authentication_means(*, session: Session, envelope: Envelope) -> None:
+    """Refuse (``envelope.party_cannot_authenticate``) an envelope in which an approver or
+    signer has no way to authenticate: neither a staff account that can log in nor an access
+    code. Otherwise its mailed link would refuse every code and lock."""
+    for party in envelope.parties:
+        if party.role not in _SIGNING_ROLES:
+            continue
+        if party.staff_id is not None:
+            staff = session.get(Staff, party.staff_id)
+            if staff is not None and not staff.disabled and staff.password_hash is not None:
+                continue
+            problem_en = "its staff account is disabled or has no password"
+            problem_ja = "職員アカウントが無効か、パスワードが設定されていません"
+        else:
+            if session.get(AccessCode, party.id) is not None:
+                continue
+            problem_en = "it has no access code and is not bound to a staff account"
+            problem_ja = "アクセスコードが設定されておらず、職員にも指定されていません"
+        raise StateError(
+            "envelope.party_cannot_authenticate",
+            f"party {party.routing_order} ({party.email}) cannot authenticate: {problem_en}",
+            f"{party.routing_order}番目の署名者({party.name})は本人確認の手段がないため、"
+            f"送信できません({problem_ja})。",
+            details={"routing_order": party.routing_order},
+        )
 
 
 def check_documents(*, runtime: Runtime, documents: Sequence[DocumentInput]) -> list[PdfInfo]:
@@ -331,6 +426,7 @@ def create_envelope(
         for d in documents
     ]
     _check_fields(fields, parties, [i.page_count for i in infos])
+    accounts = _staff_accounts(session, parties)
 
     now = utcnow()
     envelope = Envelope(
@@ -358,10 +454,11 @@ def create_envelope(
             role=p.role,
             state=PartyState.WAITING,
             name=p.name.strip(),
-            email=p.email.strip(),
+            email=account.email if account is not None else p.email.strip(),
             company=p.company,
+            staff_id=account.id if account is not None else None,
         )
-        for order, p in enumerate(parties, start=1)
+        for order, (p, account) in enumerate(zip(parties, accounts, strict=True), start=1)
     ]
     doc_ids = [secrets.token_hex(16) for _ in documents]
     field_rows = [
@@ -579,6 +676,8 @@ def send_envelope(
     require_consent(
         session=session, contract_type=envelope.contract_type, consent_id=envelope.consent_id
     )
+    check_envelope_transition(envelope.state, EnvelopeState.SENT)
+    check_authentication_means(session=session, envelope=envelope)
     now = utcnow()
     _set_envelope_state(envelope, EnvelopeState.SENT, now)
     envelope.sent_at = now
@@ -649,6 +748,12 @@ def record_view(
     return party
 
 
+def check_party_values(party: Party, values: Mapping[str, str]) -> dict[str, str]:
+    """The values :func:`record_approval` would store for ``party``'s fields, or the
+    ``envelope.field_*`` error it would raise (so a page can check before asking more)."""
+    return _check_values(party, values)
+
+
 def _check_values(party: Party, values: Mapping[str, str]) -> dict[str, str]:
     """Values for exactly this party's fields (by field id), required ones present."""
     own = {f.id: f for f in party.fields}
@@ -681,6 +786,20 @@ def _check_values(party: Party, values: Mapping[str, str]) -> dict[str, str]:
     return cleaned
 
 
+def check_auth_method(party: Party, auth_method: str) -> None:
+    """Refuse (``envelope.bad_auth_method``) an authentication method the party cannot have
+    used: a staff-bound party signs only from the staff pages, any other only by link + code."""
+    allowed = STAFF_AUTH_METHODS if party.staff_id is not None else LINK_AUTH_METHODS
+    if auth_method not in allowed:
+        raise StateError(
+            "envelope.bad_auth_method",
+            f"party {party.routing_order} cannot have authenticated by {auth_method!r} "
+            f"(expected one of {sorted(allowed)})",
+            "この署名者は、この方法では署名できません。",
+            details={"auth_method": auth_method, "allowed": sorted(allowed)},
+        )
+
+
 def record_approval(
     *,
     session: Session,
@@ -701,6 +820,7 @@ def record_approval(
         raise StateError(
             "state.cc_cannot_act", "a cc party cannot approve", "CC(写し送付先)は承認できません。"
         )
+    check_auth_method(party, auth_method)
     cleaned = _check_values(party, values)
     check_party_transition(party.state, PartyState.SIGNING)
     now = utcnow()
@@ -980,9 +1100,17 @@ def cancel_envelope(
     reason: str = "",
     ip: str | None = None,
 ) -> Envelope:
-    """Cancel an envelope before completion (draft or sent)."""
+    """Cancel an envelope before completion (draft or sent), with a reason the parties
+    already asked are told (``envelope.cancel_reason_required`` without one)."""
     reason = multi_line(reason, field="reason", label_ja="取消理由")
     envelope = get_envelope(session=session, envelope_id=envelope_id)
+    check_envelope_transition(envelope.state, EnvelopeState.CANCELLED)
+    if not reason.strip():
+        raise StateError(
+            "envelope.cancel_reason_required",
+            "a cancel needs a reason",
+            "取り消す理由を入力してください。",
+        )
     now = utcnow()
     _set_envelope_state(envelope, EnvelopeState.CANCELLED, now)
     record_event(
@@ -1017,9 +1145,9 @@ def expire_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> 
 
 
 _METHOD_JA = {
-    "email+access_code": "メール認証＋アクセスコード",
-    "staff_login": "職員ログイン",
-    "api": "API連携",
+    AUTH_ACCESS_CODE: "メール認証＋アクセスコード",
+    AUTH_STAFF: "職員ログイン(署名時にパスワードを再入力)",
+    AUTH_STAFF_TOTP: "職員ログイン(署名時にパスワード＋確認コードを再入力)",
 }
 
 _ACTION_JA = {
@@ -1029,6 +1157,46 @@ _ACTION_JA = {
     "party.declined": "却下",
     "envelope.completed": "タイムスタンプ付与・締結",
 }
+
+
+_AUDIT_JA = {
+    **_ACTION_JA,
+    "envelope.completed": "締結(タイムスタンプ付与)",
+    "envelope.cancelled": "取消",
+    "envelope.expired": "期限切れ",
+    "envelope.deadline_extended": "締切日の変更",
+    "party.requested": "署名依頼",
+    "party.notified": "写しの通知",
+    "party.viewed": "初回閲覧",
+    "documents.viewed": "文書の閲覧",
+    "document.downloaded": "文書のダウンロード",
+    "party.authenticated": "本人確認",
+    "party.code_failed": "アクセスコード誤り",
+    "party.locked": "URLのロック",
+    "party.unlocked": "ロック解除",
+    "party.reauth_failed": "署名時の本人確認失敗",
+    "party.signed": "電子署名の付与",
+    "party.forwarded": "転送",
+    "party.resent": "再送",
+    "party.reminded": "再通知",
+    "party.corrected": "宛先の訂正",
+    "party.replaced": "署名者の変更",
+    "party.access_code_changed": "アクセスコードの変更",
+    "signing.deferred": "署名処理の延期(再試行)",
+    "staff.view": "職員の閲覧",
+    "staff.download": "職員のダウンロード",
+    "staff.download_certificate": "締結証明書のダウンロード",
+    "award.envelope_created": "落札情報から作成",
+    "link.opened_closed": "終了後のURLアクセス",
+    "download.viewed": "ダウンロード画面の表示",
+    "certificate.downloaded": "締結証明書のダウンロード",
+    "certificate.reissued": "締結証明書の再発行",
+}
+
+
+def action_ja(action: str) -> str:
+    """The Japanese label staff see for an audit action (the code itself when none)."""
+    return _AUDIT_JA.get(action, action)
 
 
 def auth_method_ja(method: str | None) -> str:

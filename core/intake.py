@@ -1140,7 +1140,12 @@ def _make_envelope(
             name = p.get("name") or ""
             if p.get("title"):
                 name = f"{p['title']} {name}".strip()
-            parties.append(PartyInput(role, name, p.get("email") or "", p.get("company")))
+            # The official from the signing-authority register is a staff member, as is a
+            # fixed party the mapping marks `staff: true`: they sign after logging in.
+            staff = p.get("source") == "signing_authority" or bool(p.get("staff"))
+            parties.append(
+                PartyInput(role, name, p.get("email") or "", p.get("company"), staff=staff)
+            )
     fields = [
         FieldInput(
             document=f["document"],

@@ -223,6 +223,9 @@ class Party(Base):
     name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str] = mapped_column(String(320))
     company: Mapped[str | None] = mapped_column(String(200))
+    # A buyer-side party bound to a staff account signs from the staff pages after logging in
+    # (and re-authenticating); None: the party opens a mailed link and types its access code.
+    staff_id: Mapped[str | None] = mapped_column(ForeignKey("staff.id"), index=True)
     # Set when the party gives its instruction (電子署名法 2条1項: who, how authenticated, when).
     approved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     approved_ip: Mapped[str | None] = mapped_column(String(45))

@@ -60,6 +60,14 @@ class MailKind(enum.StrEnum):
     EXPIRE_NOTICE = "expire_notice"  # to the sender
     LOCKOUT_NOTICE = "lockout_notice"  # to the sender: a link was locked by wrong codes
     COMPLETION = "completion"  # 電子署名完了のお知らせ, to everyone, with a download link
+    # A party bound to a staff account: its turn, with the staff pages' address (no link token,
+    # no access code: it signs after logging in).
+    STAFF_REQUEST = "staff_request"
+    REMINDER = "reminder"  # staff's "remind now", with a fresh link
+    UNLOCK_NOTICE = "unlock_notice"  # to the party: its locked link works again
+    CODE_CHANGED = "code_changed"  # to the party: a new access code comes by another channel
+    READDRESSED_NOTICE = "readdressed_notice"  # to an old address: the request moved (no details)
+    DEADLINE_EXTENDED = "deadline_extended"  # to the current party: the new deadline
 
     @property
     def carries_signing_link(self) -> bool:
@@ -68,6 +76,7 @@ class MailKind(enum.StrEnum):
             MailKind.SIGNING_REQUEST,
             MailKind.NEXT_REQUEST,
             MailKind.FORWARDED_REQUEST,
+            MailKind.REMINDER,
         )
 
 
@@ -134,6 +143,24 @@ def planned_mails(
     """The mails one envelope event causes, with their stable idempotency keys."""
     sender = _sender(envelope, fallback_sender)
     eid = envelope.id
+    if event in ("party.requested", "party.resent", "party.reminded") and party and party.staff_id:
+        kind = MailKind.STAFF_REQUEST
+        key = f"mail:{kind}:{eid}:{party.id}:{party.email.lower()}"
+        if event != "party.requested":
+            key = f"{key}:{secrets.token_hex(8)}"
+        return [_Mail(kind, party.email, party.name, party.id, key)]
+    one_off = {
+        "party.reminded": MailKind.REMINDER,
+        "party.unlocked": MailKind.UNLOCK_NOTICE,
+        "party.code_changed": MailKind.CODE_CHANGED,
+        "party.readdressed": MailKind.READDRESSED_NOTICE,
+        "envelope.deadline_extended": MailKind.DEADLINE_EXTENDED,
+    }
+    if event in one_off and party is not None:
+        # Each is a new mail: the key carries a fresh nonce.
+        kind = one_off[event]
+        key = f"mail:{kind}:{eid}:{party.id}:{secrets.token_hex(8)}"
+        return [_Mail(kind, party.email, party.name, party.id, key)]
     if event == "party.requested" and party is not None:
         first = _first_acting(envelope)
         kind = (

@@ -1,50 +1,66 @@
 """`keiyaku demo`: the whole flow on the embedded defaults, from an award export to the signed
-PDFs.
+PDFs, with every person acting through the surface a person uses.
 
 It writes a sample into ``demo-input/`` next to the config: a bidder registry, a usage request
 (電子契約利用申出書) and an award export (CP932, era dates, full-width digits) with the contract
-PDFs the mapping names, plus copies of the worked-example mappings. It syncs them through the real
-intake path as three folder sources that exist only for the demo (the admin's config is not
-touched): the contractor is matched by its registry code, the buyer's signer comes from the
-signing-authority register, the deadlines from the office calendar. Then it sends the envelope as
-staff would, and each party (the contractor's signer, who fills the signing-date box, then the
-official) acts the way the signing pages make them act. Each run takes in a new award number, so
-running it again makes a new envelope.
+PDFs the mapping names, plus copies of the worked-example mappings. As an admin would, it
+registers staff accounts (`keiyaku staff add`): a clerk, and the officials of the
+signing-authority register, who sign as staff; passwords are random per run and never printed.
+It syncs the sample through the real intake path as three folder sources that exist only for the
+demo (the admin's config is not touched). Then it serves the gateway's HTTP app on loopback
+(with its mail and signing workers) and acts through it: the clerk logs in to the staff pages and
+sends the draft; the contractor's signer finds the request in the demo's maildir
+(``demo-input/mail``), opens the link, types the access code from the usage request, fills the
+signing-date box and completes; the official finds the staff request mail, logs in, and signs
+with the password typed again. No service is called with arguments a person could not give.
+Each run takes in a new award number, so running it again makes a new envelope.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
+import email
+import email.policy
+import html as html_lib
 import io
+import mailbox
+import re
+import secrets
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 from reportlab.lib.pagesizes import A4
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen import canvas
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from core.certificate import find_cjk_font
 from core.envelopes import (
     DocumentInput,
-    approve,
     completion_certificate,
     current_documents,
     get_envelope,
-    record_view,
-    send_envelope,
 )
 from core.errors import RecordError
 from core.intake import get_award
-from core.model import Award
-from core.states import EnvelopeState
+from core.model import AuditEvent, Award, Envelope, Party, Staff
+from core.staff import add_staff, set_password
+from core.states import EnvelopeState, PartyRole
 from gateway import intake
+from gateway.app import create_app
+from gateway.cli_staff import password_policy
 from gateway.runtime import Gateway, access_code_policy
+from gateway.server import serve_in_thread
 from gateway.settings import FolderSourceSettings, ReadLockSettings, Settings
 from schedules.sync import SyncResult, sync_source
 
@@ -257,16 +273,237 @@ def _field_value(label: str, day: dt.date, signer: str) -> str:
     return era_date(day, full_width=False) if label.endswith("日") else signer
 
 
+# --- the people of the demo --------------------------------------------------------------------
+
+DEMO_ACTOR = "keiyaku demo"
+CLERK = ("demo-clerk@keiyaku-demo.invalid", "デモ 契約担当")
+# What the contractor wrote on its usage request (write_sample): its access code.
+CONTRACTOR_CODE = "4821"
+MAIL_WAIT_SECONDS = 120.0
+
+
+@dataclass
+class DemoStaff:
+    """The staff accounts the demo logs in with; passwords are random per run, kept in memory."""
+
+    passwords: dict[str, str]
+    # Accounts the demo did not make (someone's real account): never touched, so never used.
+    foreign: set[str]
+
+
+def _made_by_demo(session: Session, email: str) -> bool:
+    events = session.scalars(
+        select(AuditEvent).where(AuditEvent.action == "staff.add", AuditEvent.actor == DEMO_ACTOR)
+    )
+    return any(e.detail.get("email") == email for e in events)
+
+
+def register_staff(gateway: Gateway) -> DemoStaff:
+    """What an admin does before the first contract (`keiyaku staff add --password-stdin`): a
+    clerk who sends, and an account for each official of the signing-authority register, who
+    signs as staff. An account the demo made on an earlier run gets a new random password; an
+    account it did not make is left alone."""
+    settings = gateway.settings
+    policy = password_policy(settings)
+    people = [(CLERK[0], CLERK[1], "sender", "all", settings.buyer.department)]
+    people += [
+        (a.email.strip().lower(), a.name, "signer", "own", settings.buyer.department)
+        for a in settings.intake.signing_authorities
+    ]
+    result = DemoStaff(passwords={}, foreign=set())
+    with gateway.sessions() as session:
+        for email, name, roles, scope, department in people:
+            if email in result.passwords or email in result.foreign:
+                continue
+            member = session.scalars(select(Staff).where(Staff.email == email)).first()
+            if member is not None and not _made_by_demo(session, email):
+                result.foreign.add(email)
+                continue
+            if member is None:
+                member = add_staff(session=session, name=name, email=email, roles=roles,
+                                   scope=scope, department=department, actor=DEMO_ACTOR)  # fmt: skip
+                session.flush()
+            member.disabled = False
+            password = f"Demo-{secrets.token_urlsafe(18)}-9a"
+            set_password(
+                session=session, staff=member, password=password, policy=policy, actor=DEMO_ACTOR
+            )
+            result.passwords[email] = password
+        session.commit()
+    return result
+
+
+# --- the real surfaces: the HTTP app, the maildir ------------------------------------------------
+
+
+def _demo_gateway(gateway: Gateway, folder: Path) -> Gateway:
+    """The same gateway with its mail in a maildir of the demo's own (whatever the config's
+    transport), so the demo reads the mails the way a person would find them in a mailbox."""
+    mail = gateway.settings.mail.model_copy(
+        update={"transport": "maildir", "maildir": folder / "mail"}
+    )
+    return dataclasses.replace(gateway, settings=gateway.settings.model_copy(update={"mail": mail}))
+
+
+_LINK = re.compile(r"https?://\S+?(/(?:sign|admin/sign)/[A-Za-z0-9_-]+)(?=\s)")
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+_FIELD = re.compile(r'<input class="field-box"[^>]*>')
+
+
+class MailReader:
+    """The demo's mailbox: mails to one address, each read once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seen: set[str] = set()
+
+    def wait_for(self, address: str, needle: str, wake: Any = None) -> str:
+        """The body of the next unread mail to ``address`` that contains ``needle``."""
+        deadline = time.monotonic() + MAIL_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            box = mailbox.Maildir(str(self.path), create=True)
+            for key, message in sorted(box.items(), key=lambda item: item[1].get_date()):
+                if key in self.seen or address.lower() not in str(message["To"]).lower():
+                    continue
+                body = _body(message)
+                if needle in body:
+                    self.seen.add(key)
+                    return body
+            if wake is not None:
+                wake()
+            time.sleep(0.2)
+        raise RecordError(
+            "demo.no_mail",
+            f"no mail to {address} about {needle} arrived within {MAIL_WAIT_SECONDS:.0f} s",
+            f"{address} 宛てのメールが届きませんでした。",
+        )
+
+
+def _body(message: Any) -> str:
+    parsed = email.message_from_bytes(bytes(message), policy=email.policy.default)
+    part = parsed.get_body(preferencelist=("plain",))
+    return str(part.get_content()) if part is not None else ""
+
+
+def _csrf(html: str) -> str:
+    found = _CSRF.search(html)
+    if found is None:
+        raise RecordError("demo.page", "the page has no form", "画面にフォームがありません。")
+    return found.group(1)
+
+
+def _fields(html: str) -> list[tuple[str, str]]:
+    """(input name, label) of the party's text boxes on a documents page."""
+    boxes = []
+    for tag in _FIELD.findall(html):
+        name = re.search(r'name="([^"]+)"', tag)
+        label = re.search(r'aria-label="([^"]*)"', tag)
+        if name is not None and label is not None:
+            boxes.append((name.group(1), html_lib.unescape(label.group(1))))
+    return boxes
+
+
+def _expect(response: httpx.Response, *codes: int) -> httpx.Response:
+    if response.status_code not in codes:
+        raise RecordError(
+            "demo.page",
+            f"{response.request.method} {response.request.url.path} answered "
+            f"{response.status_code}: {response.text[:300]}",
+            "デモの操作が画面に受け付けられませんでした。",
+        )
+    return response
+
+
+def _staff_login(client: httpx.Client, email_address: str, password: str, target: str) -> str:
+    """Log in on the staff login form and come back to ``target``; returns that page."""
+    login = _expect(client.get("/admin/login", params={"next": target}), 200)
+    form = {"csrf_token": _csrf(login.text), "email": email_address, "password": password,
+            "next": target}  # fmt: skip
+    _expect(client.post("/admin/login", data=form), 303)
+    page = _expect(client.get(target), 200)
+    return page.text
+
+
+def _fill_and_complete(
+    client: httpx.Client, base: str, page: str, day: dt.date, name: str, extra: dict[str, str]
+) -> None:
+    """The documents page's two steps: fill the boxes, 完了する, 署名手続きを完了する."""
+    form = {"csrf_token": _csrf(page), **extra}
+    for field, label in _fields(page):
+        form[field] = _field_value(label, day, name)
+    done = _expect(client.post(f"{base}/complete", data=form), 303)
+    _expect(client.get(done.headers["location"]), 200)
+
+
+def _act(
+    client: httpx.Client,
+    mails: MailReader,
+    party: Party,
+    envelope: Envelope,
+    staff: DemoStaff,
+    day: dt.date,
+    wake: Any,
+) -> str:
+    """One party acts on the mail it received; returns how it signed in."""
+    body = mails.wait_for(party.email, envelope.management_number, wake)
+    found = _LINK.search(body)
+    if found is None:
+        raise RecordError(
+            "demo.no_link", "the request mail has no link", "依頼メールにURLがありません。"
+        )
+    path = found.group(1)
+    if path.startswith("/admin/sign/"):
+        password = staff.passwords.get(party.email.lower())
+        if password is None:
+            raise RecordError(
+                "demo.foreign_staff",
+                f"{party.email} is an existing staff account; the demo does not sign as it",
+                f"{party.email} は既存の職員アカウントのため、デモでは署名しません。",
+            )
+        page = _staff_login(client, party.email, password, path)
+        _fill_and_complete(client, path, page, day, party.name, {"password": password})
+        return "staff login"
+    code_page = _expect(client.get(path), 200)
+    form = {"csrf_token": _csrf(code_page.text), "access_code": CONTRACTOR_CODE}
+    _expect(client.post(path, data=form), 303)
+    documents = _expect(client.get(f"{path}/documents"), 200)
+    _fill_and_complete(client, path, documents.text, day, party.name, {})
+    return "link + access code"
+
+
+def _wait_completed(gateway: Gateway, envelope_id: str, wake: Any) -> None:
+    deadline = time.monotonic() + MAIL_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        with gateway.sessions() as session:
+            envelope = get_envelope(session=session, envelope_id=envelope_id)
+            if envelope.state is EnvelopeState.COMPLETED:
+                return
+            if (
+                envelope.state is not EnvelopeState.SEALING
+                and envelope.state is not EnvelopeState.SENT
+            ):
+                break
+        wake()
+        time.sleep(0.2)
+    raise RecordError(
+        "demo.not_completed",
+        f"envelope {envelope_id} did not complete",
+        "デモの封筒の締結が完了しませんでした。",
+    )
+
+
 def run_demo(gateway: Gateway, *, output: Path) -> DemoResult:
-    """Take a sample award export in, send its envelope, have every party approve; copy the
-    signed PDFs and certificate to ``output``."""
+    """Take a sample award export in, then act as each person does: the clerk sends the draft
+    from the staff pages, the contractor signs by the mailed link and its access code, the
+    official logs in to the staff pages and signs; copy the signed PDFs and certificate to
+    ``output``."""
     runtime = gateway.runtime
     settings = gateway.settings
-    staff = f"{settings.buyer.name} {settings.buyer.department}"
     day = dt.datetime.now(JST).date()
     folder = settings.path(INPUT)
     award_id = _next_award_id(gateway, day)
     write_sample(folder, buyer=settings.buyer.name, award_id=award_id, day=day)
+    staff = register_staff(gateway)
     syncs = sync_sample(gateway, folder)
     with gateway.sessions() as session:
         award = get_award(session=session, source=AWARDS[0], award_id=award_id)
@@ -278,27 +515,34 @@ def run_demo(gateway: Gateway, *, output: Path) -> DemoResult:
                 f"デモの落札情報 {award_id} から封筒を作成できませんでした。",
                 details={"problems": problems},
             )
-        envelope = get_envelope(session=session, envelope_id=award.envelope_id)
+        envelope_id = award.envelope_id
+    demo_gateway = _demo_gateway(gateway, folder)
+    mails = MailReader(settings.path(folder / "mail"))
+    app = create_app(demo_gateway, run_mailer=True, run_signing=True)
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=120) as client:
+        context = app.state.context
+
+        def wake() -> None:
+            # Look for due mail and signatures now rather than at the next interval.
+            context.wake_mailer()
+            context.wake_signer()
+
+        with gateway.sessions() as session:
+            envelope = get_envelope(session=session, envelope_id=envelope_id)
         if envelope.state is EnvelopeState.DRAFT:
-            send_envelope(session=session, runtime=runtime, envelope_id=envelope.id, actor=staff)
-            session.commit()
-        # Each party acts in turn, as the signing pages make them: open, fill, complete.
+            # The clerk opens the draft on the staff pages and sends it.
+            detail = f"/admin/envelopes/{envelope_id}"
+            page = _staff_login(client, CLERK[0], staff.passwords[CLERK[0]], detail)
+            _expect(client.post(f"{detail}/send", data={"csrf_token": _csrf(page)}), 303)
+            client.cookies.clear()
         for party in list(envelope.parties):
-            record_view(session=session, envelope_id=envelope.id, party_id=party.id, ip="127.0.0.1")
-            session.commit()
-            values = {f.id: _field_value(f.label, day, party.name) for f in party.fields}
-            contractor = party.company == envelope.counterparty
-            approve(
-                session=session,
-                runtime=runtime,
-                envelope_id=envelope.id,
-                party_id=party.id,
-                values=values,
-                auth_method="email+access_code" if contractor else "staff_login",
-                ip="127.0.0.1",
-            )
-        session.refresh(envelope)
-        assert envelope.state is EnvelopeState.COMPLETED
+            if party.role is PartyRole.CC:
+                continue
+            _act(client, mails, party, envelope, staff, day, wake)
+            client.cookies.clear()  # the next person uses their own browser
+        _wait_completed(gateway, envelope_id, wake)
+    with gateway.sessions() as session:
+        envelope = get_envelope(session=session, envelope_id=envelope_id)
         output = output / envelope.management_number
         if output.exists():
             shutil.rmtree(output)

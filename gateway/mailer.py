@@ -239,6 +239,7 @@ class MailHandler:
                 "attached": False,
                 "download_days": self.download_valid.days,
                 "reason": "",
+                "deadline": f"{envelope.deadline:%Y年%m月%d日}" if envelope.deadline else "",
             }
             attachments: list[tuple[str, bytes]] = []
             now = dt.datetime.now(dt.UTC)
@@ -261,6 +262,14 @@ class MailHandler:
                 context["expires_at"] = jst(link.expires_at)
                 if kind is MailKind.FORWARDED_REQUEST:
                     context["forwarded_from"] = self._forwarded_from(session, envelope.id, party)
+            elif kind is MailKind.STAFF_REQUEST:
+                if not self._request_still_applies(envelope.state, party, to):
+                    log.info("mail %s dropped: the request no longer applies", delivery.id)
+                    return None
+                # No token: the staff member logs in and finds the envelope in the inbox.
+                context["url"] = f"{self.public_url}/admin/sign/{envelope.id}"
+                context["inbox_url"] = f"{self.public_url}/admin/inbox"
+                context["role_ja"] = "承認" if party and party.role.value == "approver" else "署名"
             elif kind is MailKind.COMPLETION:
                 link, token = issue_link(
                     session=session,

@@ -578,6 +578,7 @@ class PartySpec:
     email: Value | None = None
     company: Value | None = None
     title: Value | None = None
+    staff: bool = False
 
 
 @dataclass(frozen=True)
@@ -845,6 +846,7 @@ class SourceMapping:
             email=_coerce(text(spec.email), "email") if spec.email else None,
             company=text(spec.company),
             title=text(spec.title),
+            staff=True if spec.staff else None,
         )
 
 
@@ -1114,7 +1116,8 @@ def _parties(c: _Compiler, root: LineDict) -> tuple[PartySpec, ...]:
         if not isinstance(item, LineDict):
             c.problems.add(line, f"{where}: a party is a mapping (role, from, name, email)")
             continue
-        for key in sorted(set(item) - {"role", "from", "name", "email", "company", "title"}):
+        allowed = {"role", "from", "name", "email", "company", "title", "staff"}
+        for key in sorted(set(item) - allowed):
             c.problems.add(item.line_of(key), f"{where}: unknown key {key!r}")
         role = item.get("role")
         if role not in PARTY_ROLES:
@@ -1144,8 +1147,12 @@ def _parties(c: _Compiler, root: LineDict) -> tuple[PartySpec, ...]:
                 )
             )  # fmt: skip
             continue
+        staff = item.get("staff", False)
+        if not isinstance(staff, bool):
+            c.problems.add(item.line_of("staff"), f"{where}: staff is true or false")
+            staff = False
         if origin != "fixed":
-            extra = {"name", "email", "company", "title"} & set(item)
+            extra = {"name", "email", "company", "title", "staff"} & set(item)
             for key in sorted(extra):
                 c.problems.add(
                     item.line_of(key), f"{where}: {key} comes from the {origin}, not the mapping"
@@ -1163,7 +1170,7 @@ def _parties(c: _Compiler, root: LineDict) -> tuple[PartySpec, ...]:
 
         specs.append(
             PartySpec(line, role, origin, value("name"), value("email"), value("company"),
-                      value("title"))
+                      value("title"), staff)
         )  # fmt: skip
     if specs and not any(s.role in ("approver", "signer") for s in specs):
         c.problems.add(node.line, "parties: at least one approver or signer is needed")

@@ -47,6 +47,7 @@ from core.envelopes import (
     PartyInput,
     check_documents,
     check_parties,
+    check_staff_party,
     create_envelope,
     discard_envelope_blobs,
     send_envelope,
@@ -98,7 +99,7 @@ _FACTS = (
     "contract_type",
     "contractor_number",
 )
-_PARTY_COLUMNS = ("role", "pick", "company", "name", "email", "code")
+_PARTY_COLUMNS = ("role", "pick", "company", "name", "email", "code", "auth")
 _BOX_COLUMNS = ("document", "party", "page", "x1", "y1", "x2", "y2", "label", "required", "max")
 MM = 72 / 25.4  # points per millimetre
 _MIN_BOX = 2 * MM  # a smaller text box cannot hold a character
@@ -143,6 +144,12 @@ class PartyRow:
     name: str = ""
     email: str = ""
     code: str = ""
+    auth: str = "code"  # "code": mailed link + access code; "staff": staff login
+
+    @property
+    def staff(self) -> bool:
+        """True when the party signs as staff (staff login, no access code)."""
+        return self.auth == "staff"
 
     def blank(self) -> bool:
         """True for a row nobody filled in (it is left out)."""
@@ -276,22 +283,32 @@ def _check_parties(
             problems.append(prefix + "役割を選んでください。")
         row.name = problems.check(check_name, row.name, prefix=prefix) or row.name
         row.email = problems.check(check_email, row.email, prefix=prefix) or row.email
-        if row.code and row.role != PartyRole.CC.value:
+        if row.code and row.role != PartyRole.CC.value and not row.staff:
             problems.check(context.policy.check_format, row.code, prefix=prefix)
         if len(row.company) > 200:
             problems.append(prefix + "会社名は200文字以内で入力してください。")
     if len(problems) > before:
         return []
     runtime = context.gateway.runtime
-    inputs = [PartyInput(PartyRole(r.role), r.name, r.email, r.company or None) for r in rows]
+    inputs = [
+        PartyInput(PartyRole(r.role), r.name, r.email, r.company or None, staff=r.staff)
+        for r in rows
+    ]
     problems.check(check_parties, runtime=runtime, parties=inputs)
+    for number, row in enumerate(rows, start=1):
+        if row.staff and row.role != PartyRole.CC.value:
+            problems.check(check_staff_party, session=session, email=row.email,
+                           prefix=f"{number}番目の署名者: ")  # fmt: skip
     hashes = problems.check(
-        hash_access_codes, context.policy, [(r.role, r.code or None) for r in rows]
+        hash_access_codes,
+        context.policy,
+        [(r.role, (r.code or None) if not r.staff else None) for r in rows],
+        [r.staff and r.role != PartyRole.CC.value for r in rows],
     )
     if hashes is None:
         return []
     return [
-        DraftParty(r.role, r.company, r.name, r.email, code)
+        DraftParty(r.role, r.company, r.name, r.email, code, staff=r.staff)
         for r, code in zip(rows, hashes, strict=True)
     ]
 
@@ -347,7 +364,10 @@ def compose_form(
         return to_login(request)
     if draft:
         entered = DraftStore(context.gateway.runtime.blobs).load(draft, staff)
-        rows = [PartyRow(p.role, "", p.company, p.name, p.email) for p in entered.parties]
+        rows = [
+            PartyRow(p.role, "", p.company, p.name, p.email, "", "staff" if p.staff else "code")
+            for p in entered.parties
+        ]
     else:
         entered, rows = ComposeDraft(staff_id=staff.id, department=staff.department or ""), []
     return _step1_page(request, context, session, staff, entered, rows, draft_id=draft)
@@ -679,7 +699,8 @@ def _create(
         creator_email=staff.email,
         documents=[DocumentInput(d.name, store.document(d.blob_id)) for d in draft.documents],
         parties=[
-            PartyInput(PartyRole(p.role), p.name, p.email, p.company or None) for p in draft.parties
+            PartyInput(PartyRole(p.role), p.name, p.email, p.company or None, staff=p.staff)
+            for p in draft.parties
         ],
         fields=[box.as_field() for box in boxes],
         management_number=draft.management_number or None,

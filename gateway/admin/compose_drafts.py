@@ -47,6 +47,8 @@ class DraftParty:
     name: str
     email: str
     code_hash: str | None = None
+    # Signs as staff (staff login) instead of link + access code.
+    staff: bool = False
 
 
 @dataclass

@@ -29,13 +29,17 @@ from core.access import get_visible_envelope, has_role, require_role
 from core.audit import list_events, record_event
 from core.consent import CONTRACT_TYPE_JA, consent_json
 from core.envelopes import (
+    action_ja,
+    auth_method_ja,
     cancel_envelope,
     completion_certificate,
     document_at,
+    party_auth_ja,
     read_document,
 )
 from core.errors import StaffError
 from core.model import Staff, StaffRole
+from core.recovery import locked_party_ids
 from core.reports import JST, monthly_report
 from core.search import EnvelopeQuery, search_envelopes
 from core.signing_worker import list_waiting
@@ -296,7 +300,18 @@ def envelope_list(request: Request, context: ContextDep, session: SessionDep) ->
         state_ja=envelope_state_ja,
         base_query=urlencode(kept),
         error=error,
+        locked_envelopes=_locked_envelopes(session, [e.id for e in page.items]),
     )
+
+
+def _locked_envelopes(session: Session, envelope_ids: list[str]) -> set[str]:
+    """Which of these envelopes have a party locked out by wrong access codes."""
+    from core.model import Party
+
+    locked = locked_party_ids(session=session, envelope_ids=envelope_ids)
+    if not locked:
+        return set()
+    return set(session.scalars(select(Party.envelope_id).where(Party.id.in_(locked))))
 
 
 _FORM_KEYS = (
@@ -333,6 +348,7 @@ def envelope_detail(
         session=session, action="staff.view", actor=staff.email, envelope_id=envelope.id, ip=ip
     )
     session.commit()
+    events = list_events(session=session, envelope_id=envelope.id)
     return admin_page(
         request,
         context,
@@ -341,12 +357,17 @@ def envelope_detail(
         envelope=envelope,
         state_ja=envelope_state_ja,
         party_state_ja=party_state_ja,
-        events=list_events(session=session, envelope_id=envelope.id),
+        events=events,
         cancellable=envelope.state in _CANCELLABLE and has_role(staff, StaffRole.SENDER),
         completed=envelope.state is EnvelopeState.COMPLETED,
         waiting=list_waiting(session=session, envelope_id=envelope.id),
         contract_type_ja=CONTRACT_TYPE_JA.get(envelope.contract_type or "", "未設定"),
         consent=consent_json(envelope.consent),
+        locked=locked_party_ids(session=session, envelope_ids=[envelope.id]),
+        party_auth_ja=party_auth_ja,
+        auth_method_ja=auth_method_ja,
+        action_ja=action_ja,
+        forwards=[e for e in events if e.action == "party.forwarded"],
     )
 
 

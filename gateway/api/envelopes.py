@@ -50,14 +50,24 @@ from core.envelopes import (
 from core.errors import DocumentError, GatewayError, NotFoundError, StateError
 from core.intake import find_contractor
 from core.links import AccessCodePolicy, resend_request, set_access_code
-from core.model import ApiClient, Envelope
+from core.model import ApiClient, Envelope, Party
+from core.recovery import (
+    change_access_code,
+    extend_deadline,
+    readdress_party,
+    remind_party,
+    unlock_party,
+)
 from core.states import EnvelopeState, PartyRole
 from core.text import one_line
 from gateway.api.schemas import (
+    AccessCodeIn,
     CancelIn,
+    DeadlineIn,
     EnvelopeCreate,
     EnvelopeList,
     EnvelopeOut,
+    ReaddressIn,
     envelope_out,
     envelope_summary,
 )
@@ -220,13 +230,26 @@ def body_and_files(
 
 
 def hash_access_codes(
-    policy: AccessCodePolicy, parties: Sequence[tuple[str, str | None]]
+    policy: AccessCodePolicy,
+    parties: Sequence[tuple[str, str | None]],
+    staff: Sequence[bool] = (),
 ) -> list[str | None]:
     """Each party's access code (role, code in routing order) checked and hashed; None for a
-    cc, ``party.access_code_required`` for an approver or signer without one."""
+    cc and a party bound to staff (``staff``, in the same order; it logs in instead; a code given
+    for it is refused), ``party.access_code_required`` for another approver or signer without
+    one."""
     codes: list[str | None] = []
-    for index, (role, code) in enumerate(parties):
-        if role == PartyRole.CC.value:
+    bound = list(staff) + [False] * (len(parties) - len(staff))
+    for index, ((role, code), is_staff) in enumerate(zip(parties, bound, strict=True)):
+        if is_staff and code is not None:
+            raise StateError(
+                "party.access_code_for_staff",
+                f"party {index + 1} signs as staff (staff login) and takes no access code",
+                f"{index + 1}番目の署名者は職員としてログインして署名するため、"
+                "アクセスコードは指定できません。",
+                details={"party": index + 1},
+            )
+        if role == PartyRole.CC.value or is_staff:
             codes.append(None)
             continue
         if code is None:
@@ -314,7 +337,11 @@ def _create(
         if replay is not None:
             return replay, True
     runtime = context.gateway.runtime
-    codes = hash_access_codes(context.policy, [(p.role, p.access_code) for p in body.parties])
+    codes = hash_access_codes(
+        context.policy,
+        [(p.role, p.access_code) for p in body.parties],
+        [p.staff for p in body.parties],
+    )
     check_management_number(session, body.management_number)
     if body.amends is not None:
         # The original must be one of this system's own envelopes.
@@ -331,7 +358,8 @@ def _create(
             creator_email=body.sender_email,
             documents=documents,
             parties=[
-                PartyInput(PartyRole(p.role), p.name, p.email, p.company) for p in body.parties
+                PartyInput(PartyRole(p.role), p.name, p.email, p.company, staff=p.staff)
+                for p in body.parties
             ],
             fields=[
                 FieldInput(
@@ -563,6 +591,152 @@ def resend(
         party_id=party.id,
         actor=f"api:{client.name}",
     )
+    session.commit()
+    context.wake_mailer()
+    return get_status(envelope_id, session, client)
+
+
+def _party_at(session: Session, client: ApiClient, envelope_id: str, routing_order: int) -> Party:
+    envelope = get_client_envelope(session=session, client_id=client.id, envelope_id=envelope_id)
+    party = next((p for p in envelope.parties if p.routing_order == routing_order), None)
+    if party is None:
+        raise NotFoundError(
+            "not_found.party", f"no party {routing_order}", "署名者が見つかりません。"
+        )
+    return party
+
+
+RoutingOrder = Annotated[int, Path(ge=1, le=1000)]
+
+
+@router.post(
+    "/envelopes/{envelope_id}/parties/{routing_order}/unlock",
+    response_model=EnvelopeOut,
+    responses=_ERROR_RESPONSES,
+)
+def unlock(
+    envelope_id: EnvelopeId,
+    routing_order: RoutingOrder,
+    context: ContextDep,
+    session: SessionDep,
+    client: ApiClientDep,
+    ip: ClientIpDep,
+) -> EnvelopeOut:
+    """Unlock the party's link locked by wrong access codes; the party is told by mail."""
+    require_scope(client, WRITE)
+    party = _party_at(session, client, envelope_id, routing_order)
+    unlock_party(session=session, runtime=context.gateway.runtime, envelope_id=envelope_id,
+                 party_id=party.id, actor=f"api:{client.name}", ip=ip)  # fmt: skip
+    session.commit()
+    context.wake_mailer()
+    return get_status(envelope_id, session, client)
+
+
+@router.put(
+    "/envelopes/{envelope_id}/parties/{routing_order}/access-code",
+    response_model=EnvelopeOut,
+    responses=_ERROR_RESPONSES,
+)
+def put_access_code(
+    envelope_id: EnvelopeId,
+    routing_order: RoutingOrder,
+    body: AccessCodeIn,
+    context: ContextDep,
+    session: SessionDep,
+    client: ApiClientDep,
+    ip: ClientIpDep,
+) -> EnvelopeOut:
+    """Set a new access code for a party that signs by link (never returned or mailed)."""
+    require_scope(client, WRITE)
+    party = _party_at(session, client, envelope_id, routing_order)
+    code_hash = context.policy.hash(context.policy.check_format(body.access_code))
+    change_access_code(session=session, runtime=context.gateway.runtime, envelope_id=envelope_id,
+                       party_id=party.id, code_hash=code_hash, actor=f"api:{client.name}",
+                       ip=ip)  # fmt: skip
+    session.commit()
+    context.wake_mailer()
+    return get_status(envelope_id, session, client)
+
+
+@router.post(
+    "/envelopes/{envelope_id}/parties/{routing_order}/readdress",
+    response_model=EnvelopeOut,
+    responses=_ERROR_RESPONSES,
+)
+def readdress(
+    envelope_id: EnvelopeId,
+    routing_order: RoutingOrder,
+    body: ReaddressIn,
+    context: ContextDep,
+    session: SessionDep,
+    client: ApiClientDep,
+    ip: ClientIpDep,
+) -> EnvelopeOut:
+    """Correct a party's name or e-mail before it acted, or replace the signer; the new address
+    gets a new request, the old one only a notice that the request moved."""
+    require_scope(client, WRITE)
+    party = _party_at(session, client, envelope_id, routing_order)
+    code_hash = None
+    if body.access_code is not None:
+        code_hash = context.policy.hash(context.policy.check_format(body.access_code))
+    readdress_party(
+        session=session,
+        runtime=context.gateway.runtime,
+        envelope_id=envelope_id,
+        party_id=party.id,
+        name=body.name,
+        email=body.email,
+        staff=body.staff,
+        code_hash=code_hash,
+        replace=body.replace,
+        reason=body.reason,
+        actor=f"api:{client.name}",
+        ip=ip,
+    )
+    session.commit()
+    context.wake_mailer()
+    return get_status(envelope_id, session, client)
+
+
+@router.post(
+    "/envelopes/{envelope_id}/parties/{routing_order}/remind",
+    response_model=EnvelopeOut,
+    responses=_ERROR_RESPONSES,
+)
+def remind(
+    envelope_id: EnvelopeId,
+    routing_order: RoutingOrder,
+    context: ContextDep,
+    session: SessionDep,
+    client: ApiClientDep,
+    ip: ClientIpDep,
+) -> EnvelopeOut:
+    """Remind the party whose turn it is, now."""
+    require_scope(client, WRITE)
+    party = _party_at(session, client, envelope_id, routing_order)
+    remind_party(session=session, runtime=context.gateway.runtime, envelope_id=envelope_id,
+                 party_id=party.id, actor=f"api:{client.name}", ip=ip)  # fmt: skip
+    session.commit()
+    context.wake_mailer()
+    return get_status(envelope_id, session, client)
+
+
+@router.post(
+    "/envelopes/{envelope_id}/deadline", response_model=EnvelopeOut, responses=_ERROR_RESPONSES
+)
+def deadline(
+    envelope_id: EnvelopeId,
+    body: DeadlineIn,
+    context: ContextDep,
+    session: SessionDep,
+    client: ApiClientDep,
+    ip: ClientIpDep,
+) -> EnvelopeOut:
+    """Move the signing deadline later; the party whose turn it is is told."""
+    require_scope(client, WRITE)
+    get_client_envelope(session=session, client_id=client.id, envelope_id=envelope_id)
+    extend_deadline(session=session, runtime=context.gateway.runtime, envelope_id=envelope_id,
+                    deadline=body.deadline, actor=f"api:{client.name}", ip=ip)  # fmt: skip
     session.commit()
     context.wake_mailer()
     return get_status(envelope_id, session, client)

@@ -37,8 +37,13 @@ class PartyIn(_In):
         min_length=4,
         max_length=64,
         json_schema_extra={"writeOnly": True},
-        description="Required for approvers and signers: the code agreed with the party "
-        "beforehand (4 digits by default). Stored hashed; never returned.",
+        description="Required for approvers and signers not bound to staff: the code agreed "
+        "with the party beforehand (4 digits by default). Stored hashed; never returned.",
+    )
+    staff: bool = Field(
+        default=False,
+        description="A buyer-side party bound to the staff account with this e-mail: it signs "
+        "from the staff pages after logging in, and takes no access code.",
     )
 
 
@@ -112,9 +117,37 @@ class EnvelopeCreate(_In):
 
 
 class CancelIn(_In):
-    """Why an envelope is cancelled (told to the parties)."""
+    """Why an envelope is cancelled (told to the parties; required)."""
 
     reason: str = Field(default="", max_length=2000)
+
+
+class AccessCodeIn(_In):
+    """A new access code for a party that signs by link (told to it by another channel)."""
+
+    access_code: str = Field(min_length=4, max_length=64, json_schema_extra={"writeOnly": True})
+
+
+class ReaddressIn(_In):
+    """Correct a party's name or e-mail before it acted, or replace the signer
+    (``replace: true``, with a reason)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    email: str = Field(max_length=320, pattern=EMAIL_PATTERN)
+    staff: bool | None = Field(
+        default=None, description="Bind to the staff account with this e-mail (null: as before)"
+    )
+    access_code: str | None = Field(
+        default=None, min_length=4, max_length=64, json_schema_extra={"writeOnly": True}
+    )
+    replace: bool = False
+    reason: str = Field(default="", max_length=2000)
+
+
+class DeadlineIn(_In):
+    """A later signing deadline."""
+
+    deadline: dt.date
 
 
 class DocumentOut(BaseModel):
@@ -138,6 +171,8 @@ class PartyOut(BaseModel):
     approved_at: dt.datetime | None
     completed_at: dt.datetime | None
     decline_reason: str | None
+    staff: bool = Field(default=False, description="Signs from the staff pages (staff login)")
+    auth_method: str | None = Field(default=None, description="How the approval was authenticated")
 
 
 class MetadataOut(BaseModel):
@@ -284,6 +319,8 @@ def envelope_out(envelope: Envelope, *, amends: str | None, amended_by: list[str
                 approved_at=p.approved_at,
                 completed_at=p.completed_at,
                 decline_reason=p.decline_reason,
+                staff=p.staff_id is not None,
+                auth_method=p.auth_method,
             )
             for p in envelope.parties
         ],

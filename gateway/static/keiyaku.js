@@ -169,6 +169,14 @@
         }
       }
     );
+    // Staff pages: forms that change a contract for good (send, cancel) ask first.
+    document.querySelectorAll("form[data-confirm]").forEach(function (confirmed) {
+      confirmed.addEventListener("submit", function (event) {
+        if (!window.confirm(confirmed.getAttribute("data-confirm"))) {
+          event.preventDefault();
+        }
+      });
+    });
     document.querySelectorAll("[data-close]").forEach(function (button) {
       button.addEventListener("click", function () {
         button.closest("dialog").close();

@@ -32,7 +32,7 @@ from core.model import Document, Envelope
 from core.signing import SigningEngine, verify_pdf
 from core.states import EnvelopeState, PartyRole
 from schedules import retimestamp
-from tests.fixtures.envelopes import complete_parties
+from tests.fixtures.envelopes import complete_parties, give_access_codes
 from tests.fixtures.ltv_pki import LtvPki, create_ltv_pki
 from tests.fixtures.pdfs import make_pdf
 
@@ -73,6 +73,7 @@ def _complete_envelope(session: Session, runtime: Runtime) -> Envelope:
         ],
         fields=[],
     )
+    give_access_codes(session, envelope)
     session.commit()
     send_envelope(session=session, runtime=runtime, envelope_id=envelope.id, actor="開発市")
     session.commit()

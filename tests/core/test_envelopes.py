@@ -40,6 +40,7 @@ from core.outbox import DispatchResult, RetryPolicy, enqueue, list_deliveries
 from core.signing import SigningEngine, SigningKey, TimestampService, verify_pdf
 from core.signing_worker import list_waiting, process_until_idle
 from core.states import EnvelopeState, PartyRole, PartyState
+from tests.fixtures.envelopes import ensure_staff, give_access_codes
 from tests.fixtures.pdfs import make_pdf
 from tests.fixtures.pki import LivePki
 
@@ -48,8 +49,11 @@ CONTRACTOR = "email+access_code"
 
 
 def _parties(n_signers: int = 2) -> list[PartyInput]:
+    # The internal approver is staff (signs after logging in); the others sign by link + code.
     parties = [
-        PartyInput(PartyRole.APPROVER, "契約 花子", "kacho@city.example.jp", "開発市 契約課")
+        PartyInput(
+            PartyRole.APPROVER, "契約 花子", "kacho@city.example.jp", "開発市 契約課", staff=True
+        )
     ]
     for i in range(n_signers):
         parties.append(
@@ -76,7 +80,9 @@ def make_envelope(session: Session, dev_runtime: Runtime) -> Callable[..., Envel
             ],
         }
         args.update(overrides)
+        ensure_staff(session, "kacho@city.example.jp")
         envelope = create_envelope(session=session, runtime=dev_runtime, **args)  # type: ignore[arg-type]
+        give_access_codes(session, envelope)
         session.commit()
         return envelope
 
@@ -204,6 +210,7 @@ def test_concurrent_submits_apply_once(
     sessions: sessionmaker[Session], dev_runtime: Runtime
 ) -> None:
     with sessions() as session:
+        ensure_staff(session, "kacho@city.example.jp")
         envelope = create_envelope(
             session=session,
             runtime=dev_runtime,
@@ -212,6 +219,7 @@ def test_concurrent_submits_apply_once(
             documents=[DocumentInput("a.pdf", make_pdf(pages=1))],
             parties=_parties(1),
         )
+        give_access_codes(session, envelope)
         session.commit()
         send_envelope(session=session, runtime=dev_runtime, envelope_id=envelope.id, actor="staff")
         session.commit()
@@ -281,7 +289,11 @@ def test_decline_needs_a_reason_and_ends_the_envelope(
         )
     with pytest.raises(StateError, match="state.illegal_transition"):
         cancel_envelope(
-            session=session, runtime=dev_runtime, envelope_id=envelope.id, actor="staff"
+            session=session,
+            runtime=dev_runtime,
+            envelope_id=envelope.id,
+            actor="staff",
+            reason="金額誤り",
         )
 
 
@@ -289,6 +301,11 @@ def test_cancel_only_before_completion_and_expire(
     session: Session, dev_runtime: Runtime, make_envelope: Callable[..., Envelope]
 ) -> None:
     draft = make_envelope()
+    with pytest.raises(StateError) as info:
+        cancel_envelope(
+            session=session, runtime=dev_runtime, envelope_id=draft.id, actor="staff", reason=" "
+        )
+    assert info.value.code == "envelope.cancel_reason_required"
     cancel_envelope(
         session=session, runtime=dev_runtime, envelope_id=draft.id, actor="staff", reason="誤登録"
     )
@@ -308,7 +325,13 @@ def test_cancel_only_before_completion_and_expire(
     session.refresh(done)
     assert done.state is EnvelopeState.COMPLETED
     with pytest.raises(StateError, match="state.illegal_transition"):
-        cancel_envelope(session=session, runtime=dev_runtime, envelope_id=done.id, actor="staff")
+        cancel_envelope(
+            session=session,
+            runtime=dev_runtime,
+            envelope_id=done.id,
+            actor="staff",
+            reason="金額誤り",
+        )
     with pytest.raises(StateError, match="state.illegal_transition"):
         expire_envelope(session=session, runtime=dev_runtime, envelope_id=done.id)
 
@@ -491,6 +514,7 @@ def test_tsa_outage_leaves_the_envelope_waiting_then_the_worker_finishes(
 
     try:
         with sessions() as session:
+            ensure_staff(session, "kacho@city.example.jp")
             envelope = create_envelope(
                 session=session,
                 runtime=runtime,
@@ -499,6 +523,7 @@ def test_tsa_outage_leaves_the_envelope_waiting_then_the_worker_finishes(
                 documents=[DocumentInput("a.pdf", make_pdf(pages=1))],
                 parties=_parties(1),
             )
+            give_access_codes(session, envelope)
             send_envelope(session=session, runtime=runtime, envelope_id=envelope.id, actor="staff")
             session.commit()
             envelope_id = envelope.id
@@ -646,10 +671,14 @@ def test_observers_write_outbox_rows_with_each_state_change(
     session.commit()
     failing = replace(runtime, observers=(_OutboxObserver(fail_on="envelope.cancelled"),))
     with pytest.raises(RuntimeError):
-        cancel_envelope(session=session, runtime=failing, envelope_id=other.id, actor="staff")
+        cancel_envelope(
+            session=session, runtime=failing, envelope_id=other.id, actor="staff", reason="金額誤り"
+        )
     session.rollback()
     assert get_envelope(session=session, envelope_id=other.id).state is EnvelopeState.SENT
-    cancel_envelope(session=session, runtime=runtime, envelope_id=other.id, actor="staff")
+    cancel_envelope(
+        session=session, runtime=runtime, envelope_id=other.id, actor="staff", reason="金額誤り"
+    )
     session.commit()
     newest = list_deliveries(session=session)[0]
     assert newest.payload["event"] == "envelope.cancelled"

@@ -26,6 +26,7 @@ from core.outbox import list_deliveries
 from core.pushback import JST, PushbackObserver, Subscription, assemble_content, delivery_key
 from core.signing_tasks import SIGNING_TARGET
 from core.states import DeliveryState, EnvelopeState, PartyRole
+from tests.fixtures.envelopes import give_access_codes
 from tests.fixtures.pdfs import make_pdf
 
 
@@ -58,6 +59,7 @@ def _create(session: Session, runtime: Runtime) -> str:
         amount=Decimal("31389000"),
         transaction_date=dt.date(2026, 4, 1),
     )
+    give_access_codes(session, envelope)
     session.commit()
     return envelope.id
 
@@ -155,10 +157,18 @@ def test_deliveries_roll_back_with_the_state_change(session: Session, dev_runtim
     envelope_id = _create(session, runtime)
     aborting = replace(runtime, observers=(*runtime.observers, _Boom()))
     with pytest.raises(RuntimeError):
-        cancel_envelope(session=session, runtime=aborting, envelope_id=envelope_id, actor="staff")
+        cancel_envelope(
+            session=session,
+            runtime=aborting,
+            envelope_id=envelope_id,
+            actor="staff",
+            reason="金額誤り",
+        )
     session.rollback()
     assert list_deliveries(session=session) == []
-    cancel_envelope(session=session, runtime=runtime, envelope_id=envelope_id, actor="staff")
+    cancel_envelope(
+        session=session, runtime=runtime, envelope_id=envelope_id, actor="staff", reason="金額誤り"
+    )
     session.commit()
     (delivery,) = list_deliveries(session=session)  # only finance asked for cancellations
     assert delivery.idempotency_key == delivery_key("finance", envelope_id, "cancelled")

@@ -115,7 +115,13 @@ def test_expired_documents_are_deleted_and_the_record_stays(
         old = _completed(session, dev_runtime, "旧契約", OLD)
         young = _completed(session, dev_runtime, "新契約", YOUNG)
         cancelled = one_signer_envelope(session, dev_runtime, "取消契約").id
-        cancel_envelope(session=session, runtime=dev_runtime, envelope_id=cancelled, actor="開発市")
+        cancel_envelope(
+            session=session,
+            runtime=dev_runtime,
+            envelope_id=cancelled,
+            actor="開発市",
+            reason="金額誤り",
+        )
         session.commit()
         _age(session, cancelled, updated_at=OLD - dt.timedelta(days=200))
         running = one_signer_envelope(session, dev_runtime, "署名中").id
@@ -244,7 +250,11 @@ def test_an_original_waits_for_its_amendments(
         record_amendment(session=session, envelope=amendment, original_id=original, actor="t")
         session.commit()
         cancel_envelope(
-            session=session, runtime=dev_runtime, envelope_id=amendment.id, actor="開発市"
+            session=session,
+            runtime=dev_runtime,
+            envelope_id=amendment.id,
+            actor="開発市",
+            reason="誤登録",
         )
         session.commit()
         _age(session, amendment.id, updated_at=YOUNG)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import email
+import email.policy
 import io
 import json
+import mailbox
 import os
 import re
 import stat
@@ -17,6 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from core.audit import list_events
 from core.intake import contractor_emails
 from core.model import Award, ContractorEmail, ContractorIdentity, Envelope, SyncRun
 from gateway.runtime import open_gateway
@@ -206,6 +210,42 @@ def test_the_demo_envelope_came_from_the_award_export(
             assert sorted(sources) == ["demo-registry", "demo-usage-requests"]
     finally:
         gateway.close()
+
+
+def test_the_demo_acts_through_the_pages_and_the_mails(
+    demo_run: tuple[Path, list[Path], Path],
+) -> None:
+    """Every person of the demo used a real surface: the clerk sent from the staff pages, the
+    contractor opened its mailed link and typed the usage request's code, the official logged in
+    and typed the password again; the mails are in the demo's maildir."""
+    config, signed, _ = demo_run
+    number = signed[0].parent.name
+    gateway = open_gateway(load_settings(config, environ={}))
+    try:
+        with gateway.sessions() as session:
+            envelope = session.scalars(
+                select(Envelope).where(Envelope.management_number == number)
+            ).one()
+            contractor, official = envelope.parties
+            assert (contractor.staff_id, contractor.auth_method) == (None, "email+access_code")
+            assert official.staff_id is not None and official.auth_method == "staff_login"
+            events = list_events(session=session, envelope_id=envelope.id)
+            by_action = {(e.action, e.actor) for e in events}
+            assert ("envelope.sent", "demo-clerk@keiyaku-demo.invalid") in by_action
+            assert ("party.authenticated", contractor.email) in by_action  # link + code
+            assert ("party.authenticated", official.email) in by_action  # re-authentication
+            viewed = [e for e in events if e.action == "documents.viewed"]
+            assert len(viewed) == 2 and {e.ip for e in viewed} == {"127.0.0.1"}
+    finally:
+        gateway.close()
+    box = mailbox.Maildir(str(config.parent / "demo-input" / "mail"), create=False)
+    mails = [email.message_from_bytes(bytes(m), policy=email.policy.default) for m in box]
+    subjects = {(m["To"].addresses[0].addr_spec, str(m["Subject"])) for m in mails}
+    assert any(to == contractor.email and "署名依頼" in subject for to, subject in subjects)
+    assert any(to == official.email and "署名依頼" in subject for to, subject in subjects)
+    source = (ROOT / "gateway" / "demo.py").read_text(encoding="utf-8")
+    for service in ("approve(", "record_approval(", "send_envelope(", "record_view("):
+        assert service not in source, service
 
 
 def test_the_demo_runs_again_on_a_new_award_number(

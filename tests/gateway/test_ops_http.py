@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from core.envelopes import DocumentInput, PartyInput, approve, create_envelope, send_envelope
 from core.states import PartyRole
 from gateway.ops_http import JsonFormatter, RequestIdFilter
+from tests.fixtures.envelopes import give_access_codes
 from tests.fixtures.pdfs import make_pdf
 
 from .conftest import LiveGateway
@@ -142,6 +143,7 @@ def test_metrics_and_request_ids(
             ],
             fields=[],
         )
+        give_access_codes(session, envelope)
         session.commit()
         party = send_envelope(
             session=session, runtime=gateway.runtime, envelope_id=envelope.id, actor="開発市"
@@ -153,7 +155,7 @@ def test_metrics_and_request_ids(
             envelope_id=envelope.id,
             party_id=party.id,
             values={},
-            auth_method="staff_login",
+            auth_method="email+access_code",
             ip="192.0.2.1",
         )
     with live.client() as client:

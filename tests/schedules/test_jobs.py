@@ -19,6 +19,7 @@ from core.model import Award, AwardState, Contractor, Delivery, JobRun
 from core.states import PartyRole
 from schedules import deadlines
 from schedules.runner import JobSpec, build_scheduler, cron_trigger, fire_time_of, run_once
+from tests.fixtures.envelopes import give_access_codes
 from tests.fixtures.pdfs import make_pdf
 
 JST = ZoneInfo("Asia/Tokyo")
@@ -105,6 +106,7 @@ def test_deadline_notices_once_per_due_date(
             parties=[PartyInput(PartyRole.SIGNER, "髙橋 太郎", "t@example.co.jp")],
             deadline=dt.date(2025, 10, 3),
         )  # fmt: skip
+        give_access_codes(session, envelope)
         send_envelope(session=session, runtime=runtime, envelope_id=envelope.id, actor="staff")
         session.commit()
     calendar = BusinessCalendar()

@@ -31,6 +31,7 @@ from core.states import DeliveryState, EnvelopeState, PartyRole
 from gateway.runtime import load_trust_roots, open_gateway
 from gateway.settings import load_settings
 from tests.conftest import copy_site
+from tests.fixtures.envelopes import give_access_codes
 from tests.fixtures.pdfs import make_pdf
 from tests.schedules.test_dispatch_processes import KEIYAKU, ROOT, _env, pg_sessions
 
@@ -94,6 +95,7 @@ def test_sigkilled_signing_workers_leave_no_approval_unsigned(
                         PartyInput(PartyRole.SIGNER, "開発 太郎", f"s{i}@city.example.jp"),
                     ],
                 )
+                give_access_codes(session, envelope)
                 send_envelope(
                     session=session, runtime=gateway.runtime, envelope_id=envelope.id, actor="t"
                 )
@@ -109,7 +111,7 @@ def test_sigkilled_signing_workers_leave_no_approval_unsigned(
                         envelope_id=envelope_id,
                         party_id=party.id,
                         values={},
-                        auth_method="link+access_code",
+                        auth_method="email+access_code",
                         ip="192.0.2.9",
                     )
 

@@ -19,7 +19,7 @@ from core.drafts import ContractorRef, UsageRequestDraft
 from core.envelopes import Runtime, get_envelope, send_envelope
 from core.errors import GatewayError
 from core.intake import get_award, list_dead_letters, list_runs, upsert_usage_request
-from core.model import AccessCode, Award, AwardState, DeadLetter, Envelope, SyncRun
+from core.model import AccessCode, Award, AwardState, DeadLetter, Envelope, Staff, SyncRun
 from core.states import EnvelopeState, PartyRole
 from mapping import SourceMapping
 from schedules.sync import SourceSpec, sync_source
@@ -30,6 +30,7 @@ from tests.fixtures.intake import (
     cp932,
     municipal_mapping,
     policy,
+    register_officials,
     usage_mapping,
 )
 from tests.fixtures.pdfs import make_pdf
@@ -79,6 +80,9 @@ def _spec(server: SshServer, remote: Path, mapping: SourceMapping, **options: ob
 
 
 def _sync(sessions: sessionmaker[Session], runtime: Runtime, spec: SourceSpec, **kw: object):  # type: ignore[no-untyped-def]
+    if kw.pop("officials", True):
+        with sessions() as session:
+            register_officials(session)
     return sync_source(
         sessions=sessions,
         runtime=runtime,
@@ -158,10 +162,25 @@ def test_cp932_export_becomes_awards_that_wait_then_envelopes(
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Award)) == 3
 
-    # The usage request arrives: the next sync makes the envelope, with the access code.
+    # The usage request arrives, but the official of the signing-authority register has no
+    # staff account yet: no envelope that the official could never sign; the award says why.
     with sessions() as session:
         _consent(session, "000123")
         session.commit()
+        for staff in session.scalars(select(Staff)):
+            staff.disabled = True
+        session.commit()
+    unready = _sync(sessions, runtime, spec, officials=False)
+    assert unready.released == 0
+    assert [e.code for e in unready.line_errors] == ["envelope.party_not_staff"]
+    with sessions() as session:
+        award = get_award(session=session, source="ebid", award_id="R7-001")
+        assert award.envelope_id is None and "envelope.party_not_staff" in (award.note or "")
+        for staff in session.scalars(select(Staff)):
+            staff.disabled = False
+        session.commit()
+
+    # Once the official is staff, the next sync makes the envelope, with the access code.
     released = _sync(sessions, runtime, spec)
     assert released.released == 1
     with sessions() as session:
@@ -175,6 +194,8 @@ def test_cp932_export_becomes_awards_that_wait_then_envelopes(
             (PartyRole.SIGNER, "shicho@city.example.lg.jp"),  # 12,345,000 円 > 課長's ceiling
         ]
         assert envelope.parties[0].name == "代表取締役 髙橋 太郎"
+        # The contractor signs by link + code; the official logs in to the staff pages.
+        assert envelope.parties[0].staff_id is None and envelope.parties[1].staff_id is not None
         assert str(envelope.deadline) == "2025-10-08"
         code = session.get(AccessCode, envelope.parties[0].id)
         assert code is not None and "1234" not in code.code_hash

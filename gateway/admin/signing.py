@@ -1,0 +1,330 @@
+"""Signing as a staff member (``/admin/inbox``, ``/admin/sign/<envelope id>/...``).
+
+A buyer-side party bound to a staff account (an internal approver, the buyer's official) signs
+here instead of through a mailed link and an access code: 署名待ち lists the envelopes whose turn
+is theirs; the envelope opens in the same document view as the signing pages (tabs, pages, the
+party's text boxes, checklist) with the same two steps 「完了する」 → 「署名手続きを完了する」, and
+the confirmation asks for the password again (and the one-time code when the account has TOTP)
+before :func:`core.staff_signing.approve_as_staff` records the approval. The signing worker
+applies it like any other.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
+
+from core.audit import record_event
+from core.envelopes import decline, document_at, read_document, record_view
+from core.errors import AuthError, StateError
+from core.model import Document, Party, Staff
+from core.staff_signing import approve_as_staff, get_staff_party, list_awaiting
+from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState
+from gateway.admin.pages import _policy, admin_page, current_staff, to_login
+from gateway.context import AppContext
+from gateway.deps import ClientIpDep, ContextDep, SessionDep, get_client_ip
+from gateway.pages.signing import (
+    _CLOSED_JA,
+    _checklist,
+    _closed_message,
+    _document_loader,
+    _documents_view,
+    _pdf,
+    _render_key,
+    _text,
+    check_csrf,
+    read_form,
+    render_page,
+)
+
+router = APIRouter(prefix="/admin", include_in_schema=False)
+
+EnvelopeId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9]+$")]
+Position = Annotated[int, Path(ge=0, le=1000)]
+
+
+def _base(envelope_id: str) -> str:
+    return f"/admin/sign/{envelope_id}"
+
+
+@router.get("/inbox", response_class=HTMLResponse)
+def inbox(request: Request, context: ContextDep, session: SessionDep) -> Response:
+    """署名待ち: the envelopes waiting for this staff member's approval or signature."""
+    staff = current_staff(request, context, session)
+    if staff is None:
+        return to_login(request)
+    return admin_page(
+        request,
+        context,
+        "admin/inbox.html",
+        staff,
+        items=list_awaiting(session=session, staff=staff),
+    )
+
+
+def _own_party(
+    request: Request, context: AppContext, session: Session, envelope_id: str
+) -> tuple[Staff, Party] | RedirectResponse:
+    staff = current_staff(request, context, session)
+    if staff is None:
+        return to_login(request)
+    return staff, get_staff_party(session=session, staff=staff, envelope_id=envelope_id)
+
+
+def _documents(
+    request: Request,
+    context: AppContext,
+    staff: Staff,
+    party: Party,
+    *,
+    error: str | None = None,
+    values: dict[str, str] | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    envelope = party.envelope
+    return render_page(
+        request,
+        context,
+        "pages/documents.html",
+        status=status,
+        base=_base(envelope.id),
+        envelope=envelope,
+        party=party,
+        documents=_documents_view(context, envelope, party),
+        checklist=_checklist(envelope, party),
+        required_count=sum(1 for f in party.fields if f.required),
+        values=values or {f.id: f.value or "" for f in party.fields},
+        error=error,
+        staff_signing=True,
+        totp=bool(staff.totp_secret),
+    )
+
+
+@router.get("/sign/{envelope_id}", response_class=HTMLResponse)
+def documents_page(
+    envelope_id: EnvelopeId,
+    request: Request,
+    context: ContextDep,
+    session: SessionDep,
+    ip: ClientIpDep,
+) -> Response:
+    """The envelope to sign, in the signing pages' document view."""
+    checked = _own_party(request, context, session, envelope_id)
+    if isinstance(checked, RedirectResponse):
+        return checked
+    staff, party = checked
+    if _closed_message(party) is not None:
+        return RedirectResponse(f"{_base(envelope_id)}/done", status_code=303)
+    party = record_view(session=session, envelope_id=envelope_id, party_id=party.id, ip=ip)
+    record_event(
+        session=session,
+        action="documents.viewed",
+        actor=staff.email,
+        envelope_id=envelope_id,
+        party_id=party.id,
+        ip=ip,
+        detail={"via": "staff pages"},
+    )
+    session.commit()
+    return _documents(request, context, staff, party)
+
+
+def _document(
+    request: Request, context: AppContext, session: Session, envelope_id: str, position: int
+) -> tuple[Staff, Party, Document] | RedirectResponse:
+    checked = _own_party(request, context, session, envelope_id)
+    if isinstance(checked, RedirectResponse):
+        return checked
+    staff, party = checked
+    envelope = party.envelope
+    if envelope.state in (EnvelopeState.CANCELLED, EnvelopeState.DECLINED, EnvelopeState.EXPIRED):
+        raise StateError(
+            "state.envelope_not_open", "the envelope is closed", _CLOSED_JA[envelope.state]
+        )
+    return staff, party, document_at(envelope, position)
+
+
+@router.get("/sign/{envelope_id}/documents/{position}/pages/{page}.png")
+def page_image(
+    envelope_id: EnvelopeId,
+    position: Position,
+    page: Annotated[int, Path(ge=1, le=100000)],
+    request: Request,
+    context: ContextDep,
+    session: SessionDep,
+) -> Response:
+    """One page of one document, as PNG."""
+    checked = _document(request, context, session, envelope_id, position)
+    if isinstance(checked, RedirectResponse):
+        return Response(status_code=403)
+    _staff, _party, doc = checked
+    png = context.pages.png(_render_key(doc), _document_loader(context, doc), page - 1)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+
+
+@router.get("/sign/{envelope_id}/documents/{position}/download")
+def download(
+    envelope_id: EnvelopeId,
+    position: Position,
+    request: Request,
+    context: ContextDep,
+    session: SessionDep,
+    ip: ClientIpDep,
+) -> Response:
+    """The document as it stands, for review (or signed, once completed)."""
+    checked = _document(request, context, session, envelope_id, position)
+    if isinstance(checked, RedirectResponse):
+        return checked
+    staff, party, doc = checked
+    data = read_document(runtime=context.gateway.runtime, document=doc)
+    record_event(
+        session=session,
+        action="document.downloaded",
+        actor=staff.email,
+        envelope_id=envelope_id,
+        party_id=party.id,
+        ip=ip,
+        detail={"document": doc.name, "signatures": doc.signature_count, "via": "staff pages"},
+    )
+    session.commit()
+    return _pdf(doc.name, data)
+
+
+def _complete(
+    request: Request,
+    context: AppContext,
+    envelope_id: str,
+    values: dict[str, str],
+    password: str,
+    totp_code: str | None,
+    ip: str | None,
+) -> Response:
+    with context.gateway.sessions() as session:
+        checked = _own_party(request, context, session, envelope_id)
+        if isinstance(checked, RedirectResponse):
+            return checked
+        staff, party = checked
+        if party.state not in ACTIONABLE_PARTY_STATES:
+            return RedirectResponse(f"{_base(envelope_id)}/done", status_code=303)
+        try:
+            approve_as_staff(
+                session=session,
+                staff=staff,
+                envelope_id=envelope_id,
+                values=values,
+                password=password,
+                totp_code=totp_code,
+                policy=_policy(context),
+                ip=ip,
+            )
+        except (AuthError, StateError) as exc:
+            if isinstance(exc, StateError) and exc.code in (
+                "state.already_acted",
+                "state.envelope_not_open",
+            ):
+                return RedirectResponse(f"{_base(envelope_id)}/done", status_code=303)
+            if isinstance(exc, StateError) and not exc.code.startswith("envelope.field_"):
+                raise
+            session.rollback()
+            staff, party = get_staff_party_again(session, request, context, envelope_id)
+            status = 423 if exc.code == "auth.locked" else 422
+            return _documents(
+                request, context, staff, party, error=exc.message_ja, values=values, status=status
+            )
+    return RedirectResponse(f"{_base(envelope_id)}/done", status_code=303)
+
+
+def get_staff_party_again(
+    session: Session, request: Request, context: AppContext, envelope_id: str
+) -> tuple[Staff, Party]:
+    """(staff, party) read afresh after a rollback, to show the page again with the error."""
+    checked = _own_party(request, context, session, envelope_id)
+    assert not isinstance(checked, RedirectResponse)
+    return checked
+
+
+@router.post("/sign/{envelope_id}/complete", response_class=HTMLResponse)
+async def complete(envelope_id: EnvelopeId, request: Request, context: ContextDep) -> Response:
+    """「署名手続きを完了する」 with the password (and one-time code) typed again."""
+    form = await read_form(request, 600)
+    check_csrf(request, context, _text(form.get("csrf_token")))
+    values = {
+        key.removeprefix("field_"): _text(value)
+        for key, value in form.multi_items()
+        if key.startswith("field_")
+    }
+    password = _text(form.get("password"))[:256]
+    totp_code = _text(form.get("totp"))[:16] or None
+    ip = get_client_ip(request, context)
+    try:
+        return await run_in_threadpool(
+            _complete, request, context, envelope_id, values, password, totp_code, ip
+        )
+    finally:
+        context.wake_signer()
+        context.wake_mailer()
+
+
+def _decline(
+    request: Request, context: AppContext, envelope_id: str, reason: str, ip: str | None
+) -> Response:
+    with context.gateway.sessions() as session:
+        checked = _own_party(request, context, session, envelope_id)
+        if isinstance(checked, RedirectResponse):
+            return checked
+        staff, party = checked
+        try:
+            decline(
+                session=session,
+                runtime=context.gateway.runtime,
+                envelope_id=envelope_id,
+                party_id=party.id,
+                reason=reason,
+                ip=ip,
+            )
+        except StateError as exc:
+            if exc.code != "envelope.decline_reason_required":
+                raise
+            return _documents(request, context, staff, party, error=exc.message_ja, status=422)
+        session.commit()
+    return RedirectResponse(f"{_base(envelope_id)}/done", status_code=303)
+
+
+@router.post("/sign/{envelope_id}/decline", response_class=HTMLResponse)
+async def decline_page(envelope_id: EnvelopeId, request: Request, context: ContextDep) -> Response:
+    """「同意せずに却下する」 with a reason, which reaches the sender."""
+    form = await read_form(request, 10)
+    check_csrf(request, context, _text(form.get("csrf_token")))
+    ip = get_client_ip(request, context)
+    reason = _text(form.get("reason"))[:2000]
+    response = await run_in_threadpool(_decline, request, context, envelope_id, reason, ip)
+    context.wake_mailer()
+    return response
+
+
+@router.get("/sign/{envelope_id}/done", response_class=HTMLResponse)
+def done_page(
+    envelope_id: EnvelopeId, request: Request, context: ContextDep, session: SessionDep
+) -> Response:
+    """Where the staff member's request stands after they acted."""
+    checked = _own_party(request, context, session, envelope_id)
+    if isinstance(checked, RedirectResponse):
+        return checked
+    _staff, party = checked
+    message = _closed_message(party)
+    if message is None:
+        return RedirectResponse(_base(envelope_id), status_code=303)
+    return render_page(
+        request,
+        context,
+        "pages/done.html",
+        base=_base(envelope_id),
+        envelope=party.envelope,
+        party=party,
+        message=message,
+        staff_signing=True,
+    )
