@@ -396,8 +396,8 @@ def create_envelope(
         for i, d in enumerate(documents)
     ]
     parties = [
-        PartyInput(
-            role=p.role,
+        replace(
+            p,
             name=one_line(p.name, field=f"parties.{i}.name", label_ja="氏名"),
             email=one_line(p.email, field=f"parties.{i}.email", label_ja="メールアドレス"),
             company=_optional_line(p.company, f"parties.{i}.company", "会社名"),

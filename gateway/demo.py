@@ -408,7 +408,7 @@ def _expect(response: httpx.Response, *codes: int) -> httpx.Response:
         raise RecordError(
             "demo.page",
             f"{response.request.method} {response.request.url.path} answered "
-            f"{response.status_code}: {response.text[:300]}",
+            f"{response.status_code}: {_page_message(response.text)}",
             "デモの操作が画面に受け付けられませんでした。",
         )
     return response
@@ -557,3 +557,11 @@ def run_demo(gateway: Gateway, *, output: Path) -> DemoResult:
         return DemoResult(
             envelope.id, envelope.management_number, signed, certificate, folder, syncs
         )
+
+
+def _page_message(html: str) -> str:
+    """What an error page says to its reader (its notice), else the start of the body."""
+    import re
+
+    found = re.search(r'class="(?:notice|error)[^"]*"[^>]*>([^<]+)<', html)
+    return found.group(1).strip() if found else html[:300]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
@@ -27,16 +27,16 @@ from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState
 from gateway.admin.pages import _policy, admin_page, current_staff, to_login
 from gateway.context import AppContext
 from gateway.deps import ClientIpDep, ContextDep, SessionDep, get_client_ip
+from gateway.pages.render import PAGE_WIDTHS
 from gateway.pages.signing import (
     _CLOSED_JA,
     _checklist,
     _closed_message,
-    _document_loader,
     _documents_view,
     _pdf,
-    _render_key,
     _text,
     check_csrf,
+    page_image_response,
     read_form,
     render_page,
 )
@@ -101,6 +101,7 @@ def _documents(
         error=error,
         staff_signing=True,
         totp=bool(staff.totp_secret),
+        page_widths=PAGE_WIDTHS,
     )
 
 
@@ -156,14 +157,15 @@ def page_image(
     request: Request,
     context: ContextDep,
     session: SessionDep,
+    w: Annotated[int | None, Query(ge=1, le=10000)] = None,
 ) -> Response:
-    """One page of one document, as PNG."""
+    """One page of one document, as the signing pages serve it (a palette PNG ``w`` pixels
+    wide, cached per revision, revalidated by ETag)."""
     checked = _document(request, context, session, envelope_id, position)
     if isinstance(checked, RedirectResponse):
         return Response(status_code=403)
     _staff, _party, doc = checked
-    png = context.pages.png(_render_key(doc), _document_loader(context, doc), page - 1)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+    return page_image_response(request, context, doc, page, w)
 
 
 @router.get("/sign/{envelope_id}/documents/{position}/download")

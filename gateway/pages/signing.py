@@ -383,13 +383,20 @@ def page_image(
     session: SessionDep,
     w: Annotated[int | None, Query(ge=1, le=10000)] = None,
 ) -> Response:
-    """One page of one document of this envelope: a palette PNG ``w`` pixels wide (snapped to
-    the renderer's widths), rendered once per revision, cached by the browser for the length of
-    a signing session and revalidated by ETag (304 without rendering)."""
+    """One page of one document of this envelope (:func:`page_image_response`)."""
     checked = _viewable_document(request, context, session, token, position)
     if isinstance(checked, RedirectResponse):
         return Response(status_code=403)
     _party, doc = checked
+    return page_image_response(request, context, doc, page, w)
+
+
+def page_image_response(
+    request: Request, context: AppContext, doc: Document, page: int, w: int | None
+) -> Response:
+    """Page ``page`` of ``doc`` as a palette PNG ``w`` pixels wide (snapped to the renderer's
+    widths), rendered once per revision, cached by the browser for the length of a signing
+    session and revalidated by ETag (304 without rendering); for the signing and staff pages."""
     width = fit_width(w)
     key = _render_key(doc)
     etag = page_etag(key, page - 1, width)

@@ -132,3 +132,14 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
         yield ctx
     finally:
         ctx.close()
+
+
+def wait_for_visible_images(page: Page) -> None:
+    """Every page image in the window is rendered by the server and loaded (the others load
+    lazily when scrolled to). A function, not an expression: the pages' CSP forbids eval."""
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('.doc:not([hidden]) img'))"
+        ".filter(i => { const r = i.getBoundingClientRect();"
+        " return r.bottom > 0 && r.top < window.innerHeight; })"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )

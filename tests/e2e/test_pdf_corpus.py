@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from playwright.sync_api import BrowserContext, Page, expect
 
 from gateway.cli import main
-from tests.e2e.conftest import Site, link_in
+from tests.e2e.conftest import Site, link_in, wait_for_visible_images
 from tests.fixtures.gateway import SECRETS, b64, complete_by_services
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
@@ -96,14 +96,7 @@ def _sign_through_pages(page: Page, site: Site, email: str, code: str, value: st
     page.fill("#access_code", code)
     page.click("#next")
     page.wait_for_url("**/documents")
-    # Every page image in the window is loaded (the others load lazily when scrolled to). A
-    # function, not an expression: the page's CSP forbids eval.
-    page.wait_for_function(
-        "() => Array.from(document.querySelectorAll('.doc:not([hidden]) img'))"
-        ".filter(i => { const r = i.getBoundingClientRect();"
-        " return r.bottom > 0 && r.top < window.innerHeight; })"
-        ".every(i => i.complete && i.naturalWidth > 0)"
-    )
+    wait_for_visible_images(page)
     if value is not None:
         page.get_by_label("記入日", exact=True).fill(value)
     page.click("#complete-button")

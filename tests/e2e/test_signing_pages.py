@@ -19,7 +19,7 @@ from core.audit import list_events
 from core.envelopes import get_envelope
 from core.model import Document, LinkPurpose, SigningLink
 from core.states import EnvelopeState
-from tests.e2e.conftest import Site, body_of, link_in
+from tests.e2e.conftest import Site, body_of, link_in, wait_for_visible_images
 from tests.fixtures.gateway import SECRETS, complete_by_services, envelope_request
 from tests.fixtures.pdfs import make_pdf
 
@@ -55,14 +55,7 @@ def _enter_code(page: Page, site: Site, url: str, code: str, name: str) -> None:
 def _open_documents(page: Page, site: Site, url: str, code: str, name: str) -> None:
     _enter_code(page, site, url, code, name)
     page.wait_for_url("**/documents")
-    # Every page image in the window is rendered by the server and loaded (the others load
-    # lazily when scrolled to). A function, not an expression: the page's CSP forbids eval.
-    page.wait_for_function(
-        "() => Array.from(document.querySelectorAll('.doc:not([hidden]) img'))"
-        ".filter(i => { const r = i.getBoundingClientRect();"
-        " return r.bottom > 0 && r.top < window.innerHeight; })"
-        ".every(i => i.complete && i.naturalWidth > 0)"
-    )
+    wait_for_visible_images(page)
 
 
 def _complete(page: Page, site: Site, name: str, values: dict[str, str] | None = None) -> None:

@@ -18,7 +18,7 @@ from playwright.sync_api import BrowserContext, Page, expect
 from core.audit import list_events
 from core.model import VisibilityScope
 from core.staff import PasswordPolicy, add_staff, enable_totp, get_staff, set_password
-from tests.e2e.conftest import Site, body_of, link_in
+from tests.e2e.conftest import Site, body_of, link_in, wait_for_visible_images
 from tests.fixtures.gateway import SECRETS, envelope_request
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,10 +82,7 @@ def _sign_as_staff(page: Page, site: Site, url: str, email: str, name: str,
         page.fill("#totp", pyotp.TOTP(totp).now())
     page.click("#login")
     page.wait_for_url(re.compile(r".*/admin/sign/[A-Za-z0-9]+$"))
-    page.wait_for_function(
-        "Array.from(document.querySelectorAll('.doc:not([hidden]) img'))"
-        ".every(i => i.complete && i.naturalWidth > 0)"
-    )
+    wait_for_visible_images(page)
     expect(page.locator("#forward-button")).to_have_count(0)  # staff do not forward
     site.shot(page, f"{name}-documents")
     # 完了する → the confirmation asks for the password again.
