@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from core.consent import CONTRACT_TYPE_JA, consent_json
 from core.model import Envelope, UsageRequest
 from core.states import envelope_state_ja, party_state_ja
+from core.text import multi_line
 
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: Any, info: ValidationInfo) -> Any:
+        # NUL and the other control characters are refused at the door of every request body
+        # (PostgreSQL cannot store NUL; mail headers and file names break on the rest); line
+        # breaks and tabs are the services' to normalise.
+        if isinstance(value, str):
+            name = info.field_name or "value"
+            multi_line(value, field=name, label_ja=name)
+        return value
 
 
 class DocumentIn(_In):

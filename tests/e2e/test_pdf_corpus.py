@@ -61,6 +61,7 @@ def _request(name: str, data: bytes, tag: str) -> dict:
     rect = _field_rect(data)
     return {
         "title": f"実文書テスト {name}",
+        "contract_type": "other",  # not construction: no usage request needed for the corpus
         "documents": [{"name": "契約書.pdf", "content_base64": b64(data)}],
         "parties": [
             {
