@@ -51,6 +51,7 @@ TEMPLATE_KEYS = (
     "contractor_name",
     "document",
     "index",
+    "version",
 )
 # Characters outside CP932 that have a CP932 look-alike (the JIS X 0208 vs Microsoft mapping
 # differences); anything else that does not encode refuses the record.
@@ -97,6 +98,8 @@ class ContentSpec:
     certificate_name: str = "{management_number}_締結証明書.pdf"
     directory: str = ""
     record: RecordSpec | None = None
+    # A renewed copy (new archive timestamp) must not overwrite the copy taken at completion.
+    renewed_document_name: str = "{management_number}_{document}_r{version}.pdf"
 
     @property
     def guarantee_keys(self) -> bool:
@@ -196,7 +199,12 @@ def check_template(template: str) -> None:
 def check_spec(spec: ContentSpec) -> None:
     """Refuse a spec with unknown sources, templates, encodings or XML names (at start-up)."""
     try:
-        for template in (spec.document_name, spec.certificate_name, spec.directory):
+        for template in (
+            spec.document_name,
+            spec.certificate_name,
+            spec.directory,
+            spec.renewed_document_name,
+        ):
             check_template(template)
         record = spec.record
         if record is not None:
@@ -249,6 +257,7 @@ def _template_values(content: PushContent) -> dict[str, str]:
         "contractor_name": str(facts.get("contractor_name") or ""),
         "document": "",
         "index": "",
+        "version": str(content.version) if content.version is not None else "",
     }
 
 

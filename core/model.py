@@ -597,6 +597,24 @@ class JobRun(Base):
     message: Mapped[str | None] = mapped_column(Text())
 
 
+class ArchiveCheck(Base):
+    """One re-timestamping run's findings, for ``/healthz``, ``/metrics`` and the next run's
+    operator: how long a timestamp made now would stay valid, what was due, renewed, left
+    alone because a renewal would extend nothing, or failed; and the alert, if any (the TSA
+    certificate is near its end and no newer one is served)."""
+
+    __tablename__ = "archive_checks"
+
+    id: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=True)
+    checked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    tsa_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    due: Mapped[int] = mapped_column(Integer(), default=0)
+    renewed: Mapped[int] = mapped_column(Integer(), default=0)
+    nothing_to_extend: Mapped[int] = mapped_column(Integer(), default=0)
+    failed: Mapped[int] = mapped_column(Integer(), default=0)
+    alert: Mapped[str | None] = mapped_column(Text())
+
+
 # --- Push-back: guarantee references (電子保証) ---
 
 

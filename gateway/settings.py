@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -187,6 +195,7 @@ class SinkContentSettings(_Section):
     certificate_name: str = "{management_number}_締結証明書.pdf"
     directory: str = ""
     record: RecordSettings | None = None
+    renewed_document_name: str = "{management_number}_{document}_r{version}.pdf"
 
 
 SinkEvent = Literal["completed", "declined", "cancelled"]
@@ -199,6 +208,14 @@ def _completed_only() -> list[SinkEvent]:
 class _SinkSettings(_Section):
     events: list[SinkEvent] = Field(default_factory=_completed_only, min_length=1)
     content: SinkContentSettings = SinkContentSettings()
+    # Deliver each renewed copy (new archive timestamp) of a document this sink took; None:
+    # when the sink receives documents.
+    renewals: bool | None = None
+
+    @property
+    def takes_renewals(self) -> bool:
+        """Whether renewed copies are delivered to this sink."""
+        return self.content.documents if self.renewals is None else self.renewals
 
     @model_validator(mode="after")
     def _content_is_sendable(self) -> _SinkSettings:
@@ -283,6 +300,7 @@ def content_spec(content: SinkContentSettings, *, xsd: Path | None) -> Any:
         certificate=content.certificate,
         certificate_name=content.certificate_name,
         directory=content.directory,
+        renewed_document_name=content.renewed_document_name,
         record=None
         if record is None
         else RecordSpec(
@@ -395,6 +413,18 @@ class CalendarSettings(_Section):
 class ArchiveSettings(_Section):
     renew_margin_days: int = Field(default=180, ge=1, le=3650)
     batch_size: int = Field(default=200, ge=1, le=100_000)
+    min_extension_days: int = Field(default=30, ge=0, le=3650)
+    flagged_algorithms: list[str] = Field(default_factory=list)
+    flagged_tsa_certificates: list[str] = Field(default_factory=list)
+
+    @field_validator("flagged_tsa_certificates")
+    @classmethod
+    def _fingerprints(cls, value: list[str]) -> list[str]:
+        cleaned = [v.replace(":", "").strip().lower() for v in value]
+        for fingerprint in cleaned:
+            if not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
+                raise ValueError(f"{fingerprint!r} is not a SHA-256 fingerprint (64 hex digits)")
+        return cleaned
 
 
 class BackupSettings(_Section):
