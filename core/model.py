@@ -357,6 +357,12 @@ class ApiClient(Base):
     scopes: Mapped[list[str]] = mapped_column(JSON(), default=list)
     # CIDR networks this client may call from (staff.allowed_networks applies too); None: any.
     allowed_networks: Mapped[list[str] | None] = mapped_column(JSON())
+    # The buyer department its envelopes belong to when a request names none (staff of that
+    # department see them; the monthly report files them there).
+    department: Mapped[str | None] = mapped_column(String(200))
+    # A client acting for one staff member (a clerk's tool, a tax-office export): its searches
+    # see exactly what that member sees on the staff pages. None: its own envelopes only.
+    staff_id: Mapped[str | None] = mapped_column(ForeignKey("staff.id", ondelete="SET NULL"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
