@@ -100,6 +100,8 @@ class ContentSpec:
     record: RecordSpec | None = None
     # A renewed copy (new archive timestamp) must not overwrite the copy taken at completion.
     renewed_document_name: str = "{management_number}_{document}_r{version}.pdf"
+    # The record of a guarantee change after completion (an update, not the first record).
+    update_record_name: str = "{management_number}_update{version}.{ext}"
 
     @property
     def guarantee_keys(self) -> bool:
@@ -207,6 +209,7 @@ def check_spec(spec: ContentSpec) -> None:
         ):
             check_template(template)
         record = spec.record
+        check_template(spec.update_record_name.replace("{ext}", "x"))
         if record is not None:
             check_template(record.name.replace("{ext}", "x"))
             if not record.fields:

@@ -655,6 +655,9 @@ class GuaranteeReference(Base):
     notice_blob_id: Mapped[str | None] = mapped_column(String(64))
     created_by: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Who confirmed the certificate at the issuer with the number and key, and when.
+    verified_by: Mapped[str | None] = mapped_column(String(320))
+    verified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class StaffRole(enum.StrEnum):

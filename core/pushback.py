@@ -23,7 +23,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
 from core.envelopes import Runtime, completion_certificate, read_document
@@ -31,7 +31,7 @@ from core.errors import NotFoundError
 from core.guarantees import KIND_JA, authentication_key, list_guarantees
 from core.model import Award, Delivery, Document, Envelope, Party
 from core.outbox import enqueue
-from core.states import EnvelopeState
+from core.states import DeliveryState, EnvelopeState
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,21 @@ def renewal_key(target: str, envelope_id: str, document_id: str, version: int) -
     return f"{target}:{envelope_id}:renewed:{document_id}:{version}"
 
 
+def guarantee_update_key(target: str, envelope_id: str, change: str) -> str:
+    """The idempotency key of one guarantee change after completion for one sink."""
+    return f"{target}:{envelope_id}:guarantees:{change}"
+
+
 @dataclass(frozen=True)
 class Subscription:
     """One sink and the events (short names: completed, declined, cancelled) it receives;
-    ``renewals``: it also receives each renewed copy of a document it took at completion."""
+    ``renewals``: it also receives each renewed copy of a document it took at completion;
+    ``guarantee_updates``: each change of the guarantee references after completion."""
 
     target: str
     events: frozenset[str] = frozenset({"completed"})
     renewals: bool = False
+    guarantee_updates: bool = False
 
 
 class PushbackObserver:
@@ -123,6 +130,39 @@ class PushbackObserver:
                     "management_number": envelope.management_number,
                     "document_id": document.id,
                     "version": version,
+                },
+                envelope_id=envelope.id,
+            )
+
+    def guarantees_changed(self, *, session: Session, envelope: Envelope, change: str) -> None:
+        """Enqueue one update for each sink that takes guarantee updates and whose completion
+        delivery has been claimed already (a pending one reads the references fresh when it is
+        pushed, so the change reaches the sink once either way)."""
+        for subscription in self.subscriptions:
+            if not subscription.guarantee_updates:
+                continue
+            took = session.scalar(
+                select(Delivery.state).where(
+                    Delivery.idempotency_key
+                    == delivery_key(subscription.target, envelope.id, "completed")
+                )
+            )
+            if took is None or took is DeliveryState.PENDING:
+                continue
+            prefix = guarantee_update_key(subscription.target, envelope.id, "")
+            earlier = session.scalar(
+                select(func.count(Delivery.id)).where(Delivery.idempotency_key.startswith(prefix))
+            )
+            enqueue(
+                session=session,
+                target=subscription.target,
+                idempotency_key=guarantee_update_key(subscription.target, envelope.id, change),
+                payload={
+                    "envelope_id": envelope.id,
+                    "event": "guarantee_updated",
+                    "management_number": envelope.management_number,
+                    "change": change,
+                    "version": int(earlier or 0) + 1,
                 },
                 envelope_id=envelope.id,
             )

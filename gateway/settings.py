@@ -158,6 +158,7 @@ class PagesSettings(_Section):
     access_code_min_length: int = Field(default=4, ge=4, le=64)
     max_code_attempts: int = Field(default=5, ge=1, le=20)
     page_dpi: int = Field(default=110, ge=50, le=300)
+    guarantee_entry: Literal["off", "before", "after", "both"] = "both"
 
 
 class LimitSettings(_Section):
@@ -196,6 +197,7 @@ class SinkContentSettings(_Section):
     directory: str = ""
     record: RecordSettings | None = None
     renewed_document_name: str = "{management_number}_{document}_r{version}.pdf"
+    update_record_name: str = "{management_number}_update{version}.{ext}"
 
 
 SinkEvent = Literal["completed", "declined", "cancelled"]
@@ -212,10 +214,24 @@ class _SinkSettings(_Section):
     # when the sink receives documents.
     renewals: bool | None = None
 
+    # Deliver a guarantee reference added or removed after completion as an updated record;
+    # None: when the sink's record carries guarantee fields.
+    guarantee_updates: bool | None = None
+
     @property
     def takes_renewals(self) -> bool:
         """Whether renewed copies are delivered to this sink."""
         return self.content.documents if self.renewals is None else self.renewals
+
+    @property
+    def takes_guarantee_updates(self) -> bool:
+        """Whether guarantee changes after completion are delivered to this sink."""
+        if self.guarantee_updates is not None:
+            return self.guarantee_updates
+        record = self.content.record
+        return record is not None and any(
+            source.startswith("guarantee") for source in record.fields.values()
+        )
 
     @model_validator(mode="after")
     def _content_is_sendable(self) -> _SinkSettings:
@@ -301,6 +317,7 @@ def content_spec(content: SinkContentSettings, *, xsd: Path | None) -> Any:
         certificate_name=content.certificate_name,
         directory=content.directory,
         renewed_document_name=content.renewed_document_name,
+        update_record_name=content.update_record_name,
         record=None
         if record is None
         else RecordSpec(

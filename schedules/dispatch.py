@@ -77,6 +77,16 @@ def render_delivery(
             certificate=False,
             record=replace(record, attach=False) if record is not None else None,
         )
+    elif event == "guarantee_updated":
+        # The record again, with the references as they are now, under a name of its own.
+        version = int(delivery.payload.get("version", 0))
+        record = spec.record
+        spec = replace(
+            spec,
+            documents=False,
+            certificate=False,
+            record=replace(record, name=spec.update_record_name) if record is not None else None,
+        )
     with sessions() as session:
         content = assemble_content(
             session=session,

@@ -1,8 +1,9 @@
-"""api_clients.department and api_clients.staff_id (records-law search as a service)
+"""api_clients.department and .staff_id; guarantee_references.verified_by and .verified_at
 
 API envelopes carried no department, so a department's clerks never saw them and the monthly
 report filed them under (未設定): a client now has a default department. A client may act for
 one staff member, whose visibility its searches then use (the same rows as the staff page).
+Staff confirm a guarantee certificate at its issuer; who and when is kept on the reference.
 
 Revision ID: 0016b
 Revises: 0016
@@ -35,7 +36,15 @@ def upgrade() -> None:
         )
 
 
+    with op.batch_alter_table("guarantee_references") as batch:
+        batch.add_column(sa.Column("verified_by", sa.String(320), nullable=True))
+        batch.add_column(sa.Column("verified_at", sa.DateTime(timezone=True), nullable=True))
+
+
 def downgrade() -> None:
+    with op.batch_alter_table("guarantee_references") as batch:
+        batch.drop_column("verified_at")
+        batch.drop_column("verified_by")
     with op.batch_alter_table("api_clients") as batch:
         batch.drop_column("staff_id")
         batch.drop_column("department")
