@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from core.audit import record_event
 from core.envelopes import Runtime, read_document, store_revision
-from core.errors import GatewayError, NotFoundError
+from core.errors import GatewayError, NotFoundError, StateError
 from core.model import ArchiveCheck, Document, Envelope, utcnow
 from core.signing import TimestampFacts
 from core.states import EnvelopeState
@@ -55,6 +55,7 @@ __all__ = [
     "plan_renewals",
     "renew_document_timestamp",
     "renew_due_timestamps",
+    "request_current_copy",
 ]
 
 log = logging.getLogger(__name__)
@@ -443,3 +444,41 @@ def _store_check(session: Session, report: RenewalReport, *, due: int, now: dt.d
         )
     )
     session.commit()
+
+
+def request_current_copy(
+    *,
+    session: Session,
+    runtime: Runtime,
+    envelope_id: str,
+    party_id: str,
+    actor: str,
+    ip: str | None = None,
+) -> None:
+    """Send one party of a concluded envelope the current copy (with every archive timestamp
+    so far) through a fresh download link: the observers are told ``envelope.copy_requested``
+    (the mail observer enqueues the completion mail again). Recorded; not committed."""
+    envelope = session.get(Envelope, envelope_id)
+    party = next((p for p in envelope.parties if p.id == party_id), None) if envelope else None
+    if envelope is None or party is None:
+        raise NotFoundError(
+            "not_found.party",
+            f"no party {party_id} on envelope {envelope_id}",
+            "指定された署名者が見つかりません。",
+        )
+    if envelope.state is not EnvelopeState.COMPLETED or envelope.documents_purged_at is not None:
+        raise StateError(
+            "state.not_completed",
+            "only a concluded envelope whose documents are kept has a copy to send",
+            "締結済みで文書が保存されている契約のみ、最新の文書を送付できます。",
+        )
+    record_event(
+        session=session,
+        action="envelope.copy_requested",
+        actor=actor,
+        envelope_id=envelope.id,
+        party_id=party.id,
+        ip=ip,
+        detail={"to": party.email},
+    )
+    runtime.notify(session, envelope, "envelope.copy_requested", party)
