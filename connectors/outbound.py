@@ -52,6 +52,7 @@ TEMPLATE_KEYS = (
     "contractor_name",
     "document",
     "index",
+    "version",
 )
 # Characters outside CP932 that have a CP932 look-alike (the JIS X 0208 vs Microsoft mapping
 # differences); anything else that does not encode refuses the record.
@@ -98,6 +99,10 @@ class ContentSpec:
     certificate_name: str = "{management_number}_締結証明書.pdf"
     directory: str = ""
     record: RecordSpec | None = None
+    # A renewed copy (new archive timestamp) must not overwrite the copy taken at completion.
+    renewed_document_name: str = "{management_number}_{document}_r{version}.pdf"
+    # The record of a guarantee change after completion (an update, not the first record).
+    update_record_name: str = "{management_number}_update{version}.{ext}"
 
     @property
     def guarantee_keys(self) -> bool:
@@ -197,9 +202,15 @@ def check_template(template: str) -> None:
 def check_spec(spec: ContentSpec) -> None:
     """Refuse a spec with unknown sources, templates, encodings or XML names (at start-up)."""
     try:
-        for template in (spec.document_name, spec.certificate_name, spec.directory):
+        for template in (
+            spec.document_name,
+            spec.certificate_name,
+            spec.directory,
+            spec.renewed_document_name,
+        ):
             check_template(template)
         record = spec.record
+        check_template(spec.update_record_name.replace("{ext}", "x"))
         if record is not None:
             check_template(record.name.replace("{ext}", "x"))
             if not record.fields:
@@ -250,6 +261,7 @@ def _template_values(content: PushContent) -> dict[str, str]:
         "contractor_name": str(facts.get("contractor_name") or ""),
         "document": "",
         "index": "",
+        "version": str(content.version) if content.version is not None else "",
     }
 
 

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from core.attempts import lock_counter, reserve_attempt, settle_success, throttle_counter
@@ -21,7 +21,7 @@ from core.audit import record_event
 from core.envelopes import get_envelope
 from core.errors import AuthError, NotFoundError, StateError
 from core.links import hash_token
-from core.model import ApiClient, ApiEnvelope, AuthThrottle, Envelope, utcnow
+from core.model import ApiClient, ApiEnvelope, AuthThrottle, Envelope, Staff, utcnow
 from core.states import EnvelopeState
 
 __all__ = [
@@ -29,6 +29,8 @@ __all__ = [
     "SCOPES",
     "TokenPolicy",
     "authenticate",
+    "client_department",
+    "client_search_scope",
     "create_api_client",
     "find_idempotent",
     "get_client_envelope",
@@ -37,6 +39,7 @@ __all__ = [
     "record_ownership",
     "require_scope",
     "revoke_api_client",
+    "update_api_client",
 ]
 
 SCOPES = ("awards:read", "awards:write", "envelopes:read", "envelopes:write", "staff:write")
@@ -251,3 +254,67 @@ def list_client_envelopes(
         .where(*condition)
     )
     return rows, int(total or 0)
+
+
+def _acting_staff(session: Session, client: ApiClient) -> Staff | None:
+    if client.staff_id is None:
+        return None
+    staff = session.get(Staff, client.staff_id)
+    if staff is None or staff.disabled:
+        raise AuthError(
+            "auth.staff_disabled",
+            "the staff member this client acts for is disabled or gone",
+            "このシステムが代理する職員のアカウントは無効です。",
+        )
+    return staff
+
+
+def client_department(*, session: Session, client: ApiClient) -> str | None:
+    """The department of an envelope created by ``client`` without one: the client's
+    configured department, else that of the staff member it acts for."""
+    if client.department:
+        return client.department
+    staff = _acting_staff(session, client)
+    return staff.department if staff is not None else None
+
+
+def client_search_scope(
+    *, session: Session, client: ApiClient
+) -> tuple[Staff | None, ColumnElement[bool] | None]:
+    """What ``client`` may search: the staff member it acts for (their visibility, the same
+    rows as on the staff pages), or else its own envelopes (a scope clause)."""
+    staff = _acting_staff(session, client)
+    if staff is not None:
+        return staff, None
+    own = select(ApiEnvelope.envelope_id).where(ApiEnvelope.client_id == client.id)
+    return None, Envelope.id.in_(own)
+
+
+def update_api_client(
+    *,
+    session: Session,
+    name: str,
+    department: str | None = None,
+    staff_email: str | None = None,
+) -> ApiClient:
+    """Set a client's default department and/or the staff member it acts for ("" clears)."""
+    client = session.scalar(select(ApiClient).where(ApiClient.name == name))
+    if client is None:
+        raise NotFoundError(
+            "not_found.api_client", f"no API client {name!r}", "APIクライアントが見つかりません。"
+        )
+    if department is not None:
+        client.department = department.strip() or None
+    if staff_email is not None:
+        if not staff_email.strip():
+            client.staff_id = None
+        else:
+            staff = session.scalar(select(Staff).where(Staff.email == staff_email.strip().lower()))
+            if staff is None:
+                raise NotFoundError(
+                    "not_found.staff",
+                    f"no staff member {staff_email!r}",
+                    "職員が見つかりません。",
+                )
+            client.staff_id = staff.id
+    return client

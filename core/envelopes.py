@@ -53,6 +53,7 @@ from core.model import (
     utcnow,
 )
 from core.outbox import release_leases
+from core.records import fill_record_facts, record_facts
 from core.signing import FieldBox, PdfInfo, SigningEngine, approval_reason
 from core.signing_tasks import (
     claim_task,
@@ -1302,12 +1303,15 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
         doc.revisions.append(revision)
         doc.size = revision.size
         doc.timestamp_expires_at = expiries[doc.id]
+    # 電帳法: every concluded envelope carries its search keys, and they are chained
+    filled = fill_record_facts(envelope=envelope, concluded_at=now, buyer_name=runtime.buyer_name)
     record_event(
         session=session,
         action="envelope.completed",
         actor="system",
         envelope_id=envelope.id,
         at=now,
+        detail={"facts": record_facts(envelope), "facts_filled": filled},
     )
     close_task(session=session, key=seal_key(envelope.id), now=now)
     set_committed_value(envelope, "state", EnvelopeState.COMPLETED)

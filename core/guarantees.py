@@ -24,6 +24,7 @@ import secrets
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -36,7 +37,8 @@ from core.audit import record_event
 from core.blobs import BlobStore
 from core.envelopes import Runtime, get_envelope
 from core.errors import GuaranteeError, NotFoundError
-from core.model import Amendment, GuaranteeKind, GuaranteeReference, utcnow
+from core.model import Amendment, Envelope, GuaranteeKind, GuaranteeReference, utcnow
+from core.states import EnvelopeState
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ _KIND_WORDS: tuple[tuple[str, GuaranteeKind], ...] = (
     ("契約保証", GuaranteeKind.CONTRACT),
     ("契約", GuaranteeKind.CONTRACT),
 )
-SOURCES = frozenset({"api", "cli", "notice", "mapping", "signing_page"})
+SOURCES = frozenset({"api", "cli", "notice", "mapping", "signing_page", "staff_page"})
 
 _NUMBER = re.compile(r"^[0-9A-Z]{4,32}$")
 _KEY = re.compile(r"^[0-9A-Za-z_-]{6,64}$")
@@ -63,6 +65,27 @@ _CIPHER_VERSION = "v1."
 NOTICE_TITLE = "電子証書閲覧用「認証キー」等のお知らせ"
 MAX_NOTICE_BYTES = 5 * 1024 * 1024
 MAX_NOTICE_PAGES = 5
+
+
+@runtime_checkable
+class GuaranteeObserver(Protocol):
+    """Told, inside the change's transaction, when a concluded envelope's guarantee references
+    change (the push-back sends the finance sinks an update). ``change`` names the change
+    uniquely and stably (``{guarantee id}:added`` / ``:removed``)."""
+
+    def guarantees_changed(self, *, session: Session, envelope: Envelope, change: str) -> None:
+        """React to one change."""
+
+
+def _changed_after_completion(
+    session: Session, runtime: Runtime | None, envelope: Envelope, change: str
+) -> None:
+    # Before completion the completion delivery itself carries the references.
+    if runtime is None or envelope.state is not EnvelopeState.COMPLETED:
+        return
+    for observer in runtime.observers:
+        if isinstance(observer, GuaranteeObserver):
+            observer.guarantees_changed(session=session, envelope=envelope, change=change)
 
 
 def _refuse(code: str, en: str, ja: str, **details: object) -> GuaranteeError:
@@ -313,6 +336,7 @@ def add_guarantee(
         },
     )
     session.flush()
+    _changed_after_completion(session, runtime, envelope, f"{row.id}:added")
     log.info("envelope %s: guarantee %s (%s) added by %s", envelope.id, number, kind.value, actor)
     return row
 
@@ -355,9 +379,16 @@ def list_guarantees(*, session: Session, envelope_id: str) -> Sequence[Guarantee
 
 
 def remove_guarantee(
-    *, session: Session, envelope_id: str, guarantee_id: str, actor: str, reason: str
+    *,
+    session: Session,
+    envelope_id: str,
+    guarantee_id: str,
+    actor: str,
+    reason: str,
+    runtime: Runtime | None = None,
 ) -> None:
-    """Delete a mistaken reference, recording who did it and why; not committed."""
+    """Delete a mistaken reference, recording who did it and why; not committed. With
+    ``runtime``, a concluded envelope's observers are told (an update for the finance sinks)."""
     row = session.scalar(
         select(GuaranteeReference).where(
             GuaranteeReference.id == guarantee_id, GuaranteeReference.envelope_id == envelope_id
@@ -389,6 +420,39 @@ def remove_guarantee(
     )
     session.delete(row)
     session.flush()
+    envelope = session.get(Envelope, envelope_id)
+    if envelope is not None:
+        _changed_after_completion(session, runtime, envelope, f"{guarantee_id}:removed")
+
+
+def verify_guarantee(
+    *, session: Session, envelope_id: str, guarantee_id: str, actor: str
+) -> GuaranteeReference:
+    """Record that ``actor`` confirmed the certificate at its issuer (with the number and the
+    key); not committed."""
+    row = session.scalar(
+        select(GuaranteeReference).where(
+            GuaranteeReference.id == guarantee_id, GuaranteeReference.envelope_id == envelope_id
+        )
+    )
+    if row is None:
+        raise NotFoundError(
+            "not_found.guarantee",
+            f"no guarantee {guarantee_id} on envelope {envelope_id}",
+            "指定された保証が見つかりません。",
+        )
+    row.verified_by = actor
+    row.verified_at = utcnow()
+    record_event(
+        session=session,
+        action="guarantee.verified",
+        actor=actor,
+        envelope_id=envelope_id,
+        at=row.verified_at,
+        detail={"guarantee": row.id, "contract_number": row.contract_number},
+    )
+    session.flush()
+    return row
 
 
 # --- the issuer's notice PDF ---

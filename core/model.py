@@ -368,6 +368,12 @@ class ApiClient(Base):
     scopes: Mapped[list[str]] = mapped_column(JSON(), default=list)
     # CIDR networks this client may call from (staff.allowed_networks applies too); None: any.
     allowed_networks: Mapped[list[str] | None] = mapped_column(JSON())
+    # The buyer department its envelopes belong to when a request names none (staff of that
+    # department see them; the monthly report files them there).
+    department: Mapped[str | None] = mapped_column(String(200))
+    # A client acting for one staff member (a clerk's tool, a tax-office export): its searches
+    # see exactly what that member sees on the staff pages. None: its own envelopes only.
+    staff_id: Mapped[str | None] = mapped_column(ForeignKey("staff.id", ondelete="SET NULL"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
@@ -657,6 +663,24 @@ class JobRun(Base):
     message: Mapped[str | None] = mapped_column(Text())
 
 
+class ArchiveCheck(Base):
+    """One re-timestamping run's findings, for ``/healthz``, ``/metrics`` and the next run's
+    operator: how long a timestamp made now would stay valid, what was due, renewed, left
+    alone because a renewal would extend nothing, or failed; and the alert, if any (the TSA
+    certificate is near its end and no newer one is served)."""
+
+    __tablename__ = "archive_checks"
+
+    id: Mapped[int] = mapped_column(Integer(), primary_key=True, autoincrement=True)
+    checked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    tsa_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    due: Mapped[int] = mapped_column(Integer(), default=0)
+    renewed: Mapped[int] = mapped_column(Integer(), default=0)
+    nothing_to_extend: Mapped[int] = mapped_column(Integer(), default=0)
+    failed: Mapped[int] = mapped_column(Integer(), default=0)
+    alert: Mapped[str | None] = mapped_column(Text())
+
+
 # --- Push-back: guarantee references (電子保証) ---
 
 
@@ -691,6 +715,9 @@ class GuaranteeReference(Base):
     notice_blob_id: Mapped[str | None] = mapped_column(String(64))
     created_by: Mapped[str] = mapped_column(String(320))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Who confirmed the certificate at the issuer with the number and key, and when.
+    verified_by: Mapped[str | None] = mapped_column(String(320))
+    verified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class StaffRole(enum.StrEnum):

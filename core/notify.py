@@ -201,6 +201,11 @@ def planned_mails(
             )
             for p in asked
         )
+    if event == "envelope.copy_requested" and party is not None:
+        # The current copy (renewed timestamps included) through a fresh download link; each
+        # request is a new mail, so the key carries a nonce.
+        key = f"mail:{MailKind.COMPLETION}:{eid}:{party.email.lower()}:{secrets.token_hex(8)}"
+        return [_Mail(MailKind.COMPLETION, party.email, party.name, party.id, key)]
     if event == "envelope.completed":
         everyone = [
             _Mail(

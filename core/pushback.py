@@ -3,7 +3,9 @@
 :class:`PushbackObserver` is an :class:`~core.envelopes.EnvelopeObserver`: when an envelope is
 completed (or declined or cancelled, for sinks that ask for those) it adds one delivery per
 subscribed sink in the very transaction of the state change, keyed
-``"{sink}:{envelope_id}:{event}"`` so the same event can never make two deliveries for one sink.
+``"{sink}:{envelope_id}:{event}"`` so the same event can never make two deliveries for one sink. A renewal of a document's archive
+timestamp (:mod:`core.archive`) adds one delivery of the renewed copy to each sink that takes
+renewals and took the document at completion, keyed per document and renewal version.
 
 :func:`assemble_content` is what a dispatcher calls at push time: the envelope's facts (contract
 number, contractor, amount, conclusion date in JST, department, ...), its guarantee references
@@ -15,21 +17,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
 from core.envelopes import Runtime, completion_certificate, read_document
 from core.errors import NotFoundError
 from core.guarantees import KIND_JA, authentication_key, list_guarantees
-from core.model import Award, Document, Envelope, Party
+from core.model import Award, Delivery, Document, Envelope, Party
 from core.outbox import enqueue
-from core.states import EnvelopeState
+from core.states import DeliveryState, EnvelopeState
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +50,27 @@ def delivery_key(target: str, envelope_id: str, event: str) -> str:
     return f"{target}:{envelope_id}:{event}"
 
 
+def renewal_key(target: str, envelope_id: str, document_id: str, version: int) -> str:
+    """The idempotency key of one renewed copy (archive timestamp ``version`` of one document)
+    for one sink: a new key per renewal, the same key for the same renewal."""
+    return f"{target}:{envelope_id}:renewed:{document_id}:{version}"
+
+
+def guarantee_update_key(target: str, envelope_id: str, change: str) -> str:
+    """The idempotency key of one guarantee change after completion for one sink."""
+    return f"{target}:{envelope_id}:guarantees:{change}"
+
+
 @dataclass(frozen=True)
 class Subscription:
-    """One sink and the events (short names: completed, declined, cancelled) it receives."""
+    """One sink and the events (short names: completed, declined, cancelled) it receives;
+    ``renewals``: it also receives each renewed copy of a document it took at completion;
+    ``guarantee_updates``: each change of the guarantee references after completion."""
 
     target: str
     events: frozenset[str] = frozenset({"completed"})
+    renewals: bool = False
+    guarantee_updates: bool = False
 
 
 class PushbackObserver:
@@ -83,6 +100,69 @@ class PushbackObserver:
                     "envelope_id": envelope.id,
                     "event": short,
                     "management_number": envelope.management_number,
+                },
+                envelope_id=envelope.id,
+            )
+
+    def document_renewed(
+        self, *, session: Session, envelope: Envelope, document: Document, version: int
+    ) -> None:
+        """Enqueue the renewed copy for each sink that takes renewals and took the document
+        (its completion delivery exists), inside the renewal's transaction."""
+        for subscription in self.subscriptions:
+            if not subscription.renewals:
+                continue
+            took = session.scalar(
+                select(Delivery.id).where(
+                    Delivery.idempotency_key
+                    == delivery_key(subscription.target, envelope.id, "completed")
+                )
+            )
+            if took is None:
+                continue
+            enqueue(
+                session=session,
+                target=subscription.target,
+                idempotency_key=renewal_key(subscription.target, envelope.id, document.id, version),
+                payload={
+                    "envelope_id": envelope.id,
+                    "event": "renewed",
+                    "management_number": envelope.management_number,
+                    "document_id": document.id,
+                    "version": version,
+                },
+                envelope_id=envelope.id,
+            )
+
+    def guarantees_changed(self, *, session: Session, envelope: Envelope, change: str) -> None:
+        """Enqueue one update for each sink that takes guarantee updates and whose completion
+        delivery has been claimed already (a pending one reads the references fresh when it is
+        pushed, so the change reaches the sink once either way)."""
+        for subscription in self.subscriptions:
+            if not subscription.guarantee_updates:
+                continue
+            took = session.scalar(
+                select(Delivery.state).where(
+                    Delivery.idempotency_key
+                    == delivery_key(subscription.target, envelope.id, "completed")
+                )
+            )
+            if took is None or took is DeliveryState.PENDING:
+                continue
+            prefix = guarantee_update_key(subscription.target, envelope.id, "")
+            earlier = session.scalar(
+                select(func.count(Delivery.id)).where(Delivery.idempotency_key.startswith(prefix))
+            )
+            enqueue(
+                session=session,
+                target=subscription.target,
+                idempotency_key=guarantee_update_key(subscription.target, envelope.id, change),
+                payload={
+                    "envelope_id": envelope.id,
+                    "event": "guarantee_updated",
+                    "management_number": envelope.management_number,
+                    "change": change,
+                    "version": int(earlier or 0) + 1,
                 },
                 envelope_id=envelope.id,
             )
@@ -130,6 +210,8 @@ class PushContent:
     guarantees: tuple[GuaranteeRecord, ...] = ()
     documents: tuple[PushDocument, ...] = ()
     certificate: bytes | None = field(default=None, repr=False)
+    # The archive-timestamp version of a renewed copy (event "renewed"); None otherwise.
+    version: int | None = None
 
 
 FACT_NAMES = (
@@ -200,11 +282,14 @@ def assemble_content(
     certificate: bool = True,
     guarantee_keys: bool = True,
     department: str | None = None,
+    document_ids: Collection[str] | None = None,
+    version: int | None = None,
 ) -> PushContent:
     """What one delivery may send, read fresh from the database and the blob store.
 
     Documents and the certificate are read only when asked for and only for a completed
-    envelope (a declined or cancelled one has nothing concluded to send).
+    envelope (a declined or cancelled one has nothing concluded to send); ``document_ids``
+    limits the documents to those (a renewed copy), ``version`` names the renewal.
     """
     # Only what is pushed (documents with their revisions, the contractor), in one SELECT.
     envelope = (
@@ -243,6 +328,7 @@ def assemble_content(
         docs = [
             PushDocument(name=doc.name, data=read_document(runtime=runtime, document=doc))
             for doc in envelope.documents
+            if document_ids is None or doc.id in document_ids
         ]
     cert = (
         completion_certificate(runtime=runtime, envelope=envelope)
@@ -256,4 +342,5 @@ def assemble_content(
         guarantees=guarantees,
         documents=tuple(docs),
         certificate=cert,
+        version=version,
     )

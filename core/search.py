@@ -11,10 +11,13 @@ one-character word scans.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
-from collections.abc import Sequence
+import io
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, Select, Text, cast, func, select, union
 from sqlalchemy.dialects.postgresql import ARRAY, array
@@ -27,6 +30,9 @@ from core.states import EnvelopeState
 from core.text import without_controls
 
 MAX_PER_PAGE = 200
+# An export (CSV) holds every match, up to this many rows.
+MAX_EXPORT = 100_000
+JST = ZoneInfo("Asia/Tokyo")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class EnvelopeQuery:
     department: str | None = None
     page: int = 1
     per_page: int = 50
+    offset: int | None = None  # rows to skip instead of whole pages (the API's limit/offset)
 
     def __post_init__(self) -> None:
         # A NUL cannot even be sent to PostgreSQL, and no stored text holds a control character.
@@ -149,16 +156,22 @@ def search_statement(
     )
 
 
-def search_envelopes(*, session: Session, staff: Staff, query: EnvelopeQuery) -> SearchPage:
-    """One page of the envelopes that match ``query`` and that ``staff`` may see."""
+def search_envelopes(
+    *,
+    session: Session,
+    staff: Staff | None = None,
+    query: EnvelopeQuery,
+    scope: ColumnElement[bool] | None = None,
+) -> SearchPage:
+    """One page of the envelopes that match ``query`` and that ``staff`` may see (or, for a
+    caller that is not a staff member, that ``scope`` admits: an API client's own envelopes)."""
     per_page = max(1, min(query.per_page, MAX_PER_PAGE))
     page = max(1, query.page)
-    scope = scope_for(session=session, staff=staff)
+    scope = _scope(session, staff, scope)
     dialect = session.get_bind().dialect.name
-    items = session.scalars(
-        search_statement(staff=staff, query=query, dialect=dialect, scope=scope)
-    ).all()
-    if page == 1 and len(items) < per_page:
+    start = query.offset if query.offset is not None else (page - 1) * per_page
+    items = session.scalars(_statement(scope, query, dialect).limit(per_page).offset(start)).all()
+    if start == 0 and len(items) < per_page:
         total = len(items)  # the whole result is on this page: no count query needed
     else:
         counted = session.scalar(
@@ -166,3 +179,153 @@ def search_envelopes(*, session: Session, staff: Staff, query: EnvelopeQuery) ->
         )
         total = int(counted or 0)
     return SearchPage(items=items, total=total, page=page, per_page=per_page)
+
+
+def _scope(
+    session: Session, staff: Staff | None, scope: ColumnElement[bool] | None
+) -> ColumnElement[bool]:
+    if staff is not None:
+        return scope_for(session=session, staff=staff)
+    if scope is None:
+        raise ValueError("a search needs the caller's staff member or an explicit scope")
+    return scope
+
+
+def _statement(scope: ColumnElement[bool], query: EnvelopeQuery, dialect: str) -> Select[Envelope]:
+    return (
+        select(Envelope)
+        .where(scope, *conditions(query, dialect))
+        .order_by(Envelope.transaction_date.desc(), Envelope.id.desc())
+    )
+
+
+def export_envelopes(
+    *,
+    session: Session,
+    query: EnvelopeQuery,
+    staff: Staff | None = None,
+    scope: ColumnElement[bool] | None = None,
+    limit: int = MAX_EXPORT,
+) -> Sequence[Envelope]:
+    """Every match (not one page) for an export, in the search's order; at most ``limit``
+    (``search.too_many`` beyond it: narrow the conditions rather than cut the list silently)."""
+    scope = _scope(session, staff, scope)
+    dialect = session.get_bind().dialect.name
+    rows = session.scalars(_statement(scope, query, dialect).limit(limit + 1)).all()
+    if len(rows) > limit:
+        raise StaffError(
+            "search.too_many",
+            f"more than {limit} envelopes match; narrow the conditions",
+            f"該当が{limit}件を超えています。条件を絞り込んでください。",
+        )
+    return rows
+
+
+def parse_query(params: Mapping[str, str], states: Sequence[str] = ()) -> EnvelopeQuery:
+    """An :class:`EnvelopeQuery` from text conditions, as the staff page, the API and the CLI
+    take them (dates YYYY-MM-DD, amounts in yen with optional thousands commas, ``states``
+    envelope state values). An unreadable or inverted condition raises ``staff.search_input``
+    or ``staff.search_range``, never a query that ignores it."""
+    try:
+        query = EnvelopeQuery(
+            keyword=params.get("keyword") or None,
+            date_from=_date(params.get("date_from")),
+            date_to=_date(params.get("date_to")),
+            counterparty=params.get("counterparty") or None,
+            amount_min=_amount(params.get("amount_min")),
+            amount_max=_amount(params.get("amount_max")),
+            states=tuple(EnvelopeState(s) for s in states if s),
+            department=params.get("department") or None,
+            page=max(1, int(params.get("page") or 1)),
+            per_page=max(1, min(int(params.get("per_page") or 50), MAX_PER_PAGE)),
+        )
+    except (ValueError, InvalidOperation) as exc:
+        raise StaffError(
+            "staff.search_input",
+            f"unreadable search condition: {exc}",
+            "検索条件の形式が正しくありません（日付は YYYY-MM-DD、金額は数字で入力してください）。",
+        ) from exc
+    conditions(query, "sqlite")  # refuses inverted ranges now, before any row is read
+    return query
+
+
+def _date(value: str | None) -> dt.date | None:
+    return dt.date.fromisoformat(value.strip()) if value and value.strip() else None
+
+
+def _amount(value: str | None) -> Decimal | None:
+    if not value or not value.strip():
+        return None
+    amount = Decimal(value.replace(",", "").strip())
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"not an amount: {value!r}")
+    return amount
+
+
+CSV_COLUMNS = (
+    ("management_number", "管理番号"),
+    ("title", "件名"),
+    ("transaction_date", "取引年月日"),
+    ("amount", "取引金額"),
+    ("counterparty", "取引先"),
+    ("department", "部署"),
+    ("state", "状態"),
+    ("completed_at", "締結日時"),
+    ("documents", "文書名"),
+    ("envelope_id", "封筒ID"),
+)
+
+
+def _cell(value: str) -> str:
+    # A cell a spreadsheet would read as a formula (=, +, -, @, tab, CR) is written as text.
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def records_csv(envelopes: Sequence[Envelope]) -> str:
+    """The records-law export: one row per envelope with the search keys (取引年月日, 取引金額,
+    取引先), its department, state, conclusion time (JST) and document names; a Japanese
+    header. Text; the caller chooses the encoding (UTF-8 with BOM for Excel, or CP932)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
+    writer.writerow([label for _key, label in CSV_COLUMNS])
+    for envelope in envelopes:
+        completed = envelope.completed_at.astimezone(JST) if envelope.completed_at else None
+        row = {
+            "management_number": envelope.management_number,
+            "title": envelope.title,
+            "transaction_date": (
+                envelope.transaction_date.isoformat() if envelope.transaction_date else ""
+            ),
+            "amount": format(envelope.amount, "f") if envelope.amount is not None else "",
+            "counterparty": envelope.counterparty or "",
+            "department": envelope.department or "",
+            "state": envelope.state.value,
+            "completed_at": completed.isoformat(timespec="seconds") if completed else "",
+            "documents": " / ".join(d.name for d in envelope.documents),
+            "envelope_id": envelope.id,
+        }
+        writer.writerow([_cell(row[key]) for key, _label in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+# Look-alikes CP932 holds for characters it does not (the JIS X 0208 vs Microsoft differences).
+_CP932_LOOKALIKES = str.maketrans(
+    {"\u301c": "\uff5e", "\u2212": "\uff0d", "\u2014": "\u2015", "\u2016": "\u2225"}
+)
+
+
+def encode_csv(text: str, encoding: str) -> bytes:
+    """The export's bytes: UTF-8 with a BOM (Excel opens it as UTF-8), or CP932. A character
+    CP932 cannot hold refuses the export (``search.unencodable``) instead of becoming ``?``."""
+    if encoding != "cp932":
+        return ("\ufeff" + text).encode("utf-8")
+    mapped = text.translate(_CP932_LOOKALIKES)
+    try:
+        return mapped.encode("cp932")
+    except UnicodeEncodeError as exc:
+        bad = mapped[exc.start]
+        raise StaffError(
+            "search.unencodable",
+            f"{bad!r} (U+{ord(bad):04X}) has no CP932 form; export in UTF-8",
+            f"「{bad}」(U+{ord(bad):04X})はShift_JISで表せません。UTF-8で出力してください。",
+        ) from exc

@@ -26,6 +26,7 @@ from gateway.admin.operations import router as operations_router
 from gateway.api.awards import router as awards_router
 from gateway.api.consents import router as consents_router
 from gateway.api.envelopes import router as api_router
+from gateway.api.guarantees import router as guarantees_api_router
 from gateway.api.schemas import EnvelopeCreate
 from gateway.api.staff import router as staff_api_router
 from gateway.background import SigningWorker
@@ -34,6 +35,8 @@ from gateway.errors import install_error_handlers
 from gateway.mailer import MailDispatcher, MailHandler, MailRenderer, build_transport
 from gateway.ops_http import install_operations
 from gateway.pages.cookies import CookieSigner
+from gateway.pages.guarantees import install as install_guarantee_pages
+from gateway.pages.guarantees import router as guarantee_pages_router
 from gateway.pages.render import PageRenderer
 from gateway.pages.signing import router as pages_router
 from gateway.runtime import Gateway, access_code_policy
@@ -267,12 +270,15 @@ def create_app(
         redoc_url=None,
     )
     app.state.context = context
+    install_guarantee_pages(context)
     install_error_handlers(app)
     app.include_router(api_router)
+    app.include_router(guarantees_api_router)
     app.include_router(awards_router)
     app.include_router(consents_router)
     app.include_router(staff_api_router)
     app.include_router(pages_router)
+    app.include_router(guarantee_pages_router)
     app.include_router(admin_router)
     app.include_router(operations_router)
     install_allow_list(app, gateway.settings.staff.allowed_networks)

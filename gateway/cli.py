@@ -293,10 +293,22 @@ def api_client() -> None:
     help="Grant these scopes (repeatable; default: awards:read, awards:write, envelopes:read "
     "and envelopes:write; staff:write, the staff import, only when named).",
 )
+@click.option("--department", help="Department of its envelopes when a request names none.")
+@click.option(
+    "--as-staff",
+    "staff_email",
+    help="Staff e-mail it acts for: its searches see what that member sees.",
+)
 @click.pass_obj
-def api_client_create(obj: _Context, name: str, scopes: tuple[str, ...]) -> None:
+def api_client_create(
+    obj: _Context,
+    name: str,
+    scopes: tuple[str, ...],
+    department: str | None,
+    staff_email: str | None,
+) -> None:
     """Register system NAME and print its token (shown this once only)."""
-    from core.api_clients import DEFAULT_SCOPES, create_api_client
+    from core.api_clients import DEFAULT_SCOPES, create_api_client, update_api_client
     from gateway.server import open_database
 
     settings = obj.settings()
@@ -305,12 +317,43 @@ def api_client_create(obj: _Context, name: str, scopes: tuple[str, ...]) -> None
             client, token = create_api_client(
                 session=session, name=name, scopes=list(scopes) or list(DEFAULT_SCOPES)
             )
+            session.flush()
+            update_api_client(
+                session=session, name=client.name, department=department, staff_email=staff_email
+            )
             session.commit()
     except GatewayError as exc:
         _fail(exc)
     click.echo(f"api client: {client.name} ({' '.join(client.scopes)})")
     click.echo(f"token: {token}")
     click.echo("store the token now: only its hash is kept")
+
+
+@api_client.command("set")
+@click.argument("name")
+@click.option("--department", help="Department of its envelopes when a request names none.")
+@click.option("--as-staff", "staff_email", help='Staff e-mail it acts for ("" for none).')
+@click.pass_obj
+def api_client_set(
+    obj: _Context, name: str, department: str | None, staff_email: str | None
+) -> None:
+    """Set system NAME's default department and the staff member it acts for."""
+    from core.api_clients import update_api_client
+    from gateway.server import open_database
+
+    settings = obj.settings()
+    try:
+        with open_database(settings) as sessions, sessions() as session:
+            client = update_api_client(
+                session=session, name=name, department=department, staff_email=staff_email
+            )
+            session.commit()
+            click.echo(
+                f"api client: {client.name} department={client.department or '-'} "
+                f"acts for staff={'yes' if client.staff_id else 'no'}"
+            )
+    except GatewayError as exc:
+        _fail(exc)
 
 
 @api_client.command("list")
@@ -407,8 +450,10 @@ def _register_ops() -> None:
         retimestamp_command,
         sweep_blobs_command,
     )
+    from gateway.cli_search import search_command
 
     for command in (
+        search_command,
         backup_command,
         restore_command,
         retimestamp_command,

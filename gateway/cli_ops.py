@@ -5,14 +5,18 @@ Registered on the main group by :mod:`gateway.cli`. Output is English; times are
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
+from zoneinfo import ZoneInfo
 
 import click
 
 from core.errors import GatewayError
+
+JST = ZoneInfo("Asia/Tokyo")
 
 
 def _fail(exc: GatewayError) -> NoReturn:
@@ -156,10 +160,17 @@ def _print_plan(plan: Any, *, force: bool, as_json: bool) -> None:
 
 
 @click.command("retimestamp")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="List what would be stamped and when the next wave is due; stamp nothing.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
-def retimestamp_command(obj: Any) -> None:
-    """Add archive timestamps to documents whose newest timestamp expires within the margin."""
-    from gateway.ops import run_retimestamp
+def retimestamp_command(obj: Any, dry_run: bool, as_json: bool) -> None:
+    """Add archive timestamps to documents whose newest timestamp expires within the margin,
+    when the new timestamp extends their validity (or theirs is flagged)."""
+    from gateway.ops import plan_retimestamp, run_retimestamp
     from gateway.runtime import open_gateway
 
     settings = obj.settings()
@@ -168,16 +179,69 @@ def retimestamp_command(obj: Any) -> None:
     except GatewayError as exc:
         _fail(exc)
     try:
-        report = run_retimestamp(settings, gateway)
+        if dry_run:
+            plan = plan_retimestamp(settings, gateway)
+        else:
+            report = run_retimestamp(settings, gateway)
     except GatewayError as exc:
         _fail(exc)
     finally:
         gateway.close()
+    if dry_run:
+        if as_json:
+            click.echo(json.dumps(plan.as_dict(), ensure_ascii=False, indent=2))
+            return
+        data = plan.as_dict()
+        click.echo(f"a timestamp made now expires: {data['tsa_expires_at'] or '-'}")
+        for item in plan.documents:
+            click.echo(
+                f"  {item.action:<17} {item.management_number} {item.document} "
+                f"(expires {_jst_text(item.expires_at)}): {item.reason}"
+            )
+        click.echo(
+            f"would stamp: {len(plan.to_stamp)}, "
+            f"nothing to extend: {len(plan.documents) - len(plan.to_stamp)}"
+        )
+        wave = data["next_wave"]
+        assert isinstance(wave, dict)
+        if wave["due_at"]:
+            click.echo(
+                f"next wave: {wave['documents']} document(s) due from {wave['due_at']} "
+                f"(timestamps expire {wave['expires_at']})"
+            )
+        else:
+            click.echo("next wave: none")
+        if plan.alert:
+            click.echo(f"ALERT: {plan.alert}")
+        return
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "renewed": report.renewed,
+                    "nothing_to_extend": report.nothing_to_extend,
+                    "failed": report.failed,
+                    "backfilled": report.backfilled,
+                    "tsa_expires_at": _jst_text(report.tsa_expires_at),
+                    "alert": report.alert,
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+        sys.exit(1 if report.failed else 0)
     click.echo(
-        f"re-timestamped: {len(report.renewed)}, failed: {len(report.failed)}, "
+        f"re-timestamped: {len(report.renewed)}, nothing to extend: "
+        f"{len(report.nothing_to_extend)}, failed: {len(report.failed)}, "
         f"expiry backfilled: {report.backfilled}"
     )
+    if report.alert:
+        click.echo(f"ALERT: {report.alert}")
     _exit_listing(report.failed)
+
+
+def _jst_text(moment: dt.datetime | None) -> str | None:
+    return moment.astimezone(JST).isoformat() if moment is not None else None
 
 
 def _exit_listing(failed: dict[str, str]) -> NoReturn:

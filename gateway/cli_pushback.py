@@ -348,6 +348,7 @@ def guarantee_remove(obj: Any, envelope: str, guarantee_id: str, reason: str) ->
             guarantee_id=guarantee_id,
             actor=_actor(),
             reason=reason,
+            runtime=gateway.runtime,
         )
         session.commit()
         click.echo(f"removed {guarantee_id}")

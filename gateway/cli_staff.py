@@ -310,21 +310,28 @@ def audit() -> None:
 @click.option("--all", "every", is_flag=True, help="Report every problem, not only the first.")
 @click.pass_obj
 def audit_verify(obj: Any, as_json: bool, every: bool) -> None:
-    """Recompute the hash chain; exit 1 naming the first edited, deleted or unchained event."""
+    """Recompute the hash chain and compare each concluded envelope's records-law facts with
+    the chained ones; exit 1 naming the first edited, deleted or unchained event, and every
+    envelope whose facts were edited outside the gateway."""
     from core.audit import verify_chain
+    from core.records import verify_record_facts
 
     with _session(obj, commit=False) as (session, _settings):
         report = verify_chain(session=session, stop_at_first=not every)
+        facts = verify_record_facts(session=session)
     if as_json:
         click.echo(
             json.dumps(
                 {
-                    "ok": report.ok,
+                    "ok": report.ok and facts.ok,
                     "checked": report.checked,
                     "unchained": report.unchained,
-                    "problems": report.problems,
+                    "problems": report.problems + facts.problems,
+                    "facts_checked": facts.checked,
+                    "facts_unrecorded": facts.unrecorded,
                 },
                 indent=2,
+                ensure_ascii=False,
             )
         )
     else:
@@ -343,7 +350,20 @@ def audit_verify(obj: Any, as_json: bool, every: bool) -> None:
             f"audit chain: {report.checked} event(s) checked, {report.unchained} older than "
             f"the chain: {'OK' if report.ok else 'FAILED'}"
         )
-    if not report.ok:
+        for p in facts.problems:
+            changes = ", ".join(
+                f"{key} recorded {v['recorded']!r}, now {v['now']!r}"
+                for key, v in p["changed"].items()
+            )
+            click.echo(
+                f"EDITED FACTS: envelope {p['envelope_id']} ({p['management_number']}): {changes}"
+            )
+        click.echo(
+            f"records-law facts: {facts.checked} concluded envelope(s) checked, "
+            f"{facts.unrecorded} concluded before facts were chained: "
+            f"{'OK' if facts.ok else 'FAILED'}"
+        )
+    if not (report.ok and facts.ok):
         sys.exit(1)
 
 

@@ -28,6 +28,7 @@ from core.errors import (
     ConfigError,
     DocumentError,
     GatewayError,
+    GuaranteeError,
     InfrastructureError,
     NotFoundError,
     RecordError,
@@ -73,7 +74,7 @@ def status_for(exc: GatewayError) -> int:
         return 401
     if isinstance(exc, StateError):
         return 409 if exc.code.startswith("state.") else 422
-    if isinstance(exc, DocumentError | RecordError | StaffError):
+    if isinstance(exc, DocumentError | RecordError | StaffError | GuaranteeError):
         return 422
     if isinstance(exc, InfrastructureError):
         return 503

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import selectinload
 
-from core.archive import RenewalReport
+from core.archive import RenewalPlan, RenewalPolicy, RenewalReport, plan_renewals
 from core.audit import verify_chain
 from core.backup import BackupResult, backup, delete_purged_copies
 from core.envelopes import read_document
@@ -56,14 +56,36 @@ def run_backup(
     return replace(result, purged_blobs_deleted=deleted)
 
 
+def renewal_policy(settings: Settings) -> RenewalPolicy:
+    """When documents are renewed, from ``archive`` settings."""
+    archive = settings.archive
+    return RenewalPolicy(
+        margin=dt.timedelta(days=archive.renew_margin_days),
+        min_extension=dt.timedelta(days=archive.min_extension_days),
+        flagged_algorithms=frozenset(a.lower() for a in archive.flagged_algorithms),
+        flagged_certificates=frozenset(archive.flagged_tsa_certificates),
+    )
+
+
 def run_retimestamp(settings: Settings, gateway: Gateway) -> RenewalReport:
     """One re-timestamping run as configured."""
     return retimestamp.run(
         sessions=gateway.sessions,
         runtime=gateway.runtime,
-        margin=dt.timedelta(days=settings.archive.renew_margin_days),
+        policy=renewal_policy(settings),
         batch_size=settings.archive.batch_size,
     )
+
+
+def plan_retimestamp(settings: Settings, gateway: Gateway) -> RenewalPlan:
+    """What a re-timestamping run would do now (``--dry-run``)."""
+    with gateway.sessions() as session:
+        return plan_renewals(
+            session=session,
+            runtime=gateway.runtime,
+            policy=renewal_policy(settings),
+            limit=settings.archive.batch_size,
+        )
 
 
 def retention_policy(settings: Settings) -> RetentionPolicy | None:

@@ -46,6 +46,7 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 from sqlalchemy import and_, func, or_, select, text
 
+from core.archive import latest_check
 from core.errors import AuthError, Disposition, GatewayError
 from core.model import Delivery, Document, Envelope, JobRun, SyncRun, utcnow
 from core.signing_worker import waiting_ages
@@ -301,7 +302,29 @@ class _HealthProbe:
         deliveries = ComponentHealth(
             status="down" if dead else "ok", detail=f"{dead or 0} dead deliveries"
         )
-        return {"signing": signing, "deliveries": deliveries, "lock_waits": self.lock_waits()}
+        return {
+            "signing": signing,
+            "deliveries": deliveries,
+            "lock_waits": self.lock_waits(),
+            "archive": self.archive(),
+        }
+
+    def archive(self) -> ComponentHealth:
+        """The newest re-timestamping run: down while it raised an alert (the TSA certificate
+        is near its end with no newer one, so renewals cannot extend validity)."""
+        with self.gateway.sessions() as session:
+            check = latest_check(session=session)
+        if check is None:
+            return ComponentHealth(status="ok", detail="no re-timestamping run yet")
+        expires = check.tsa_expires_at.astimezone(JST).isoformat() if check.tsa_expires_at else "-"
+        detail = (
+            f"last run {check.checked_at.astimezone(JST).isoformat()}: {check.renewed} renewed, "
+            f"{check.nothing_to_extend} nothing to extend, {check.failed} failed; "
+            f"TSA certificate chain expires {expires}"
+        )
+        if check.alert:
+            return ComponentHealth(status="down", detail=f"{detail}; ALERT: {check.alert}")
+        return ComponentHealth(status="ok", detail=detail)
 
     def blobs(self) -> ComponentHealth:
         return _writable(self.gateway.runtime.blobs.root)
@@ -473,6 +496,26 @@ class _DatabaseCollector(Collector):
                         finished = finished.replace(tzinfo=dt.UTC)
                     last_job.add_metric([job_id], finished.timestamp())
             ages = waiting_ages(session=session, now=now)
+            check = latest_check(session=session)
+        tsa_expiry = GaugeMetricFamily(
+            "keiyaku_tsa_certificate_expiry_timestamp_seconds",
+            "When the chain of a timestamp made now expires, as seen by the last "
+            "re-timestamping run (Unix time).",
+        )
+        nothing = GaugeMetricFamily(
+            "keiyaku_archive_nothing_to_extend",
+            "Due documents the last re-timestamping run left alone: a renewal would not "
+            "have extended their validity.",
+        )
+        archive_alert = GaugeMetricFamily(
+            "keiyaku_archive_alert",
+            "1 while the last re-timestamping run raised an alert (TSA certificate near its end).",
+        )
+        if check is not None:
+            if check.tsa_expires_at is not None:
+                tsa_expiry.add_metric([], check.tsa_expires_at.timestamp())
+            nothing.add_metric([], check.nothing_to_extend)
+            archive_alert.add_metric([], 1 if check.alert else 0)
         signing = GaugeMetricFamily(
             "keiyaku_signing_waiting",
             "Committed approvals and seals not applied yet, by how long they have waited.",
@@ -486,6 +529,9 @@ class _DatabaseCollector(Collector):
         )
         oldest.add_metric([], max(ages, default=0.0))
         yield from (
+            tsa_expiry,
+            nothing,
+            archive_alert,
             signing,
             oldest,
             envelopes,

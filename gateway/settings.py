@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -156,6 +164,7 @@ class PagesSettings(_Section):
     access_code_min_length: int = Field(default=4, ge=4, le=64)
     max_code_attempts: int = Field(default=5, ge=1, le=20)
     page_dpi: int = Field(default=110, ge=50, le=300)
+    guarantee_entry: Literal["off", "before", "after", "both"] = "both"
 
 
 class LimitSettings(_Section):
@@ -195,6 +204,8 @@ class SinkContentSettings(_Section):
     certificate_name: str = "{management_number}_締結証明書.pdf"
     directory: str = ""
     record: RecordSettings | None = None
+    renewed_document_name: str = "{management_number}_{document}_r{version}.pdf"
+    update_record_name: str = "{management_number}_update{version}.{ext}"
 
 
 SinkEvent = Literal["completed", "declined", "cancelled"]
@@ -207,6 +218,28 @@ def _completed_only() -> list[SinkEvent]:
 class _SinkSettings(_Section):
     events: list[SinkEvent] = Field(default_factory=_completed_only, min_length=1)
     content: SinkContentSettings = SinkContentSettings()
+    # Deliver each renewed copy (new archive timestamp) of a document this sink took; None:
+    # when the sink receives documents.
+    renewals: bool | None = None
+
+    # Deliver a guarantee reference added or removed after completion as an updated record;
+    # None: when the sink's record carries guarantee fields.
+    guarantee_updates: bool | None = None
+
+    @property
+    def takes_renewals(self) -> bool:
+        """Whether renewed copies are delivered to this sink."""
+        return self.content.documents if self.renewals is None else self.renewals
+
+    @property
+    def takes_guarantee_updates(self) -> bool:
+        """Whether guarantee changes after completion are delivered to this sink."""
+        if self.guarantee_updates is not None:
+            return self.guarantee_updates
+        record = self.content.record
+        return record is not None and any(
+            source.startswith("guarantee") for source in record.fields.values()
+        )
 
     @model_validator(mode="after")
     def _content_is_sendable(self) -> _SinkSettings:
@@ -291,6 +324,8 @@ def content_spec(content: SinkContentSettings, *, xsd: Path | None) -> Any:
         certificate=content.certificate,
         certificate_name=content.certificate_name,
         directory=content.directory,
+        renewed_document_name=content.renewed_document_name,
+        update_record_name=content.update_record_name,
         record=None
         if record is None
         else RecordSpec(
@@ -427,6 +462,18 @@ class CalendarSettings(_Section):
 class ArchiveSettings(_Section):
     renew_margin_days: int = Field(default=180, ge=1, le=3650)
     batch_size: int = Field(default=200, ge=1, le=100_000)
+    min_extension_days: int = Field(default=30, ge=0, le=3650)
+    flagged_algorithms: list[str] = Field(default_factory=list)
+    flagged_tsa_certificates: list[str] = Field(default_factory=list)
+
+    @field_validator("flagged_tsa_certificates")
+    @classmethod
+    def _fingerprints(cls, value: list[str]) -> list[str]:
+        cleaned = [v.replace(":", "").strip().lower() for v in value]
+        for fingerprint in cleaned:
+            if not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
+                raise ValueError(f"{fingerprint!r} is not a SHA-256 fingerprint (64 hex digits)")
+        return cleaned
 
 
 class BackupSettings(_Section):

@@ -37,7 +37,12 @@ log = logging.getLogger(__name__)
 def pushback_observer(settings: Settings) -> PushbackObserver:
     """The observer that enqueues one delivery per sink subscribed to an envelope event."""
     return PushbackObserver(
-        Subscription(target=name, events=frozenset(sink.events))
+        Subscription(
+            target=name,
+            events=frozenset(sink.events),
+            renewals=sink.takes_renewals,
+            guarantee_updates=sink.takes_guarantee_updates,
+        )
         for name, sink in settings.sinks.items()
     )
 

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -62,6 +62,31 @@ def render_delivery(
             disposition=Disposition.FATAL,
         )
     spec = target.content
+    document_ids: list[str] | None = None
+    version: int | None = None
+    if event == "renewed":
+        # Only the renewed document, under a name of its own; the certificate and the record
+        # file were delivered at completion (structured sinks still get the record's fields).
+        document_ids = [str(delivery.payload.get("document_id"))]
+        version = int(delivery.payload.get("version", 0))
+        record = spec.record
+        spec = replace(
+            spec,
+            documents=True,
+            document_name=spec.renewed_document_name,
+            certificate=False,
+            record=replace(record, attach=False) if record is not None else None,
+        )
+    elif event == "guarantee_updated":
+        # The record again, with the references as they are now, under a name of its own.
+        version = int(delivery.payload.get("version", 0))
+        record = spec.record
+        spec = replace(
+            spec,
+            documents=False,
+            certificate=False,
+            record=replace(record, name=spec.update_record_name) if record is not None else None,
+        )
     with sessions() as session:
         content = assemble_content(
             session=session,
@@ -72,6 +97,8 @@ def render_delivery(
             certificate=spec.certificate,
             guarantee_keys=spec.guarantee_keys,
             department=department,
+            document_ids=document_ids,
+            version=version,
         )
     # Claims count attempts, so attempt 1 without an error is the first push of this key
     # anywhere; a retried dead delivery keeps its last error and is looked for again.

@@ -1,4 +1,5 @@
-"""The re-timestamping job: archive timestamps on documents whose timestamp chain is expiring."""
+"""The re-timestamping job: archive timestamps on documents whose timestamp chain is expiring,
+when the renewal extends their validity (see :mod:`core.archive`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import datetime as dt
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.archive import RenewalReport, renew_due_timestamps
+from core.archive import RenewalPolicy, RenewalReport, renew_due_timestamps
 from core.envelopes import Runtime
 
 JOB_ID = "retimestamp"
@@ -16,12 +17,19 @@ def run(
     *,
     sessions: sessionmaker[Session],
     runtime: Runtime,
-    margin: dt.timedelta,
+    margin: dt.timedelta | None = None,
+    policy: RenewalPolicy | None = None,
     batch_size: int = 100,
     now: dt.datetime | None = None,
 ) -> RenewalReport:
-    """Renew the documents due within ``margin`` (up to ``batch_size`` per run)."""
+    """Renew the documents due (up to ``batch_size`` per run) whose renewal extends their
+    validity; ``margin`` alone means the default policy with that margin."""
     with sessions() as session:
         return renew_due_timestamps(
-            session=session, runtime=runtime, margin=margin, now=now, limit=batch_size
+            session=session,
+            runtime=runtime,
+            margin=margin,
+            policy=policy,
+            now=now,
+            limit=batch_size,
         )

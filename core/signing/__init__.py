@@ -10,6 +10,8 @@ Public API (see ``notes/signing.md`` for the pyHanko facts behind it)::
         .seal(data)                               DSS + document timestamp: PAdES B-LTA
         .renew_archival_timestamp(data)           DSS for the newest timestamp + a fresh one
         .timestamp_expiry(data)                   when the newest timestamp's chain expires
+        .timestamp_facts(data)                    that, its digest algorithm and TSA certificate
+        .new_timestamp_expiry()                   when a timestamp made now would expire
     verify_pdf(data, trust_roots=, moment=) -> VerificationReport
     BoundedVerifier(trust_roots=, budget=).verify(data, moment=)
                                                   the same in a child process, within a time and
@@ -20,7 +22,14 @@ The engine is pure bytes-in/bytes-out: a failure leaves the caller's input untou
 
 from ._bounded import BoundedVerifier, VerifyBudget
 from ._documents import FieldBox, PdfInfo
-from ._engine import RevocationData, SigningEngine, approval_reason, newest_timestamp_expiry
+from ._engine import (
+    RevocationData,
+    SigningEngine,
+    TimestampFacts,
+    approval_reason,
+    newest_timestamp_expiry,
+    newest_timestamp_facts,
+)
 from ._keys import SigningKey, load_pkcs11_signer, load_pkcs12_signer
 from ._timestamps import TimestampService, probe_tsa
 from ._verify import SignatureReport, VerificationReport, verify_pdf
@@ -33,6 +42,7 @@ __all__ = [
     "SignatureReport",
     "SigningEngine",
     "SigningKey",
+    "TimestampFacts",
     "TimestampService",
     "VerificationReport",
     "VerifyBudget",
@@ -40,6 +50,7 @@ __all__ = [
     "load_pkcs11_signer",
     "load_pkcs12_signer",
     "newest_timestamp_expiry",
+    "newest_timestamp_facts",
     "probe_tsa",
     "verify_pdf",
 ]

@@ -37,7 +37,14 @@ from ._keys import SigningKey
 from ._loop import BackgroundLoop, shared_loop
 from ._timestamps import TimestampService
 
-__all__ = ["RevocationData", "SigningEngine", "approval_reason", "newest_timestamp_expiry"]
+__all__ = [
+    "RevocationData",
+    "SigningEngine",
+    "TimestampFacts",
+    "approval_reason",
+    "newest_timestamp_expiry",
+    "newest_timestamp_facts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -116,21 +123,53 @@ def _signer_of(signed: cms.SignedData) -> tuple[x509.Certificate | None, list[x5
     return signer, certs
 
 
+@dataclass(frozen=True)
+class TimestampFacts:
+    """What decides whether the newest document timestamp needs an archive timestamp: when its
+    TSA chain expires, the digest algorithm it was made with, and its TSA certificate's
+    SHA-256 fingerprint (hex, lower case)."""
+
+    expires_at: datetime
+    digest_algorithm: str
+    tsa_certificate_sha256: str
+
+
+def _token_digest_algorithm(signed: cms.SignedData) -> str:
+    try:
+        return str(
+            signed["encap_content_info"]["content"]
+            .parsed["message_imprint"]["hash_algorithm"]["algorithm"]
+            .native
+        )
+    except (ValueError, TypeError, KeyError):
+        return "unknown"
+
+
 def newest_timestamp_expiry(
     data: bytes, *, trust_roots: Sequence[x509.Certificate] = ()
 ) -> datetime | None:
     """The earliest ``notAfter`` on the chain of the newest document timestamp's TSA certificate
     (certificates from the token, the DSS and ``trust_roots``); None when there is no timestamp."""
+    facts = newest_timestamp_facts(data, trust_roots=trust_roots)
+    return facts.expires_at if facts is not None else None
+
+
+def newest_timestamp_facts(
+    data: bytes, *, trust_roots: Sequence[x509.Certificate] = ()
+) -> TimestampFacts | None:
+    """:class:`TimestampFacts` of the newest document timestamp; None when there is none."""
     try:
         reader = PdfFileReader(BytesIO(data), strict=False)
         token = _newest_token_by_offsets(data)
         if token is not None:
             cert, embedded = _signer_of(token)
+            algorithm = _token_digest_algorithm(token)
         else:
             stamps = reader.embedded_timestamp_signatures
             if not stamps:
                 return None
             cert, embedded = stamps[-1].signer_cert, list(stamps[-1].other_embedded_certs)
+            algorithm = _token_digest_algorithm(stamps[-1].signed_data)
     except (PdfError, ValueError, KeyError) as exc:
         raise SigningError(
             "signing.document_unreadable",
@@ -144,7 +183,11 @@ def newest_timestamp_expiry(
         pool.extend(DocumentSecurityStore.read_dss(reader).load_certs())
     except ValidationInfoReadingError:
         log.debug("no readable DSS; using the token's own certificates")
-    return _chain_expiry(cert, pool)
+    return TimestampFacts(
+        expires_at=_chain_expiry(cert, pool),
+        digest_algorithm=algorithm,
+        tsa_certificate_sha256=cert.sha256.hex(),
+    )
 
 
 def _load_pem_or_der(path: Path) -> bytes:
@@ -462,6 +505,18 @@ class SigningEngine:
         finally:
             await vc.aclose()
         return out.getvalue()
+
+    def timestamp_facts(self, data: bytes) -> TimestampFacts | None:
+        """:class:`TimestampFacts` of the newest document timestamp of ``data``."""
+        return newest_timestamp_facts(data, trust_roots=self._trust_roots)
+
+    def new_timestamp_expiry(self) -> datetime:
+        """When the chain of a timestamp made now by the configured TSA would expire: a token
+        over a fixed probe digest is asked for (one request to a real TSA, cached by the
+        timestamp service for an hour) and its TSA chain read, so a renewal that cannot extend
+        anything is known before it is paid for. A TSA outage raises
+        ``signing.tsa_unreachable``."""
+        return self._run(self._timestamps.async_certificate_expiry(self._trust_roots))
 
     def timestamp_expiry(self, data: bytes) -> datetime | None:
         """When the certificate chain of the newest document timestamp expires (the earliest

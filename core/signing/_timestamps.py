@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # until a real token has been seen, assume a generous size (token + TSA chain, DER bytes)
 DEFAULT_TOKEN_SIZE = 8192
+# how long the TSA certificate's expiry, read from a probe token, is trusted (seconds)
+_EXPIRY_TTL = 3600.0
 
 
 class _RoundFailed(Exception):
@@ -197,6 +200,7 @@ class TimestampService:
     ) -> None:
         self._timestamper = timestamper
         self.development_only = development
+        self._expiry: tuple[datetime, float] | None = None
 
     @classmethod
     def from_urls(
@@ -250,6 +254,37 @@ class TimestampService:
     def timestamper(self) -> TimeStamper:
         """The pyHanko timestamper the engine signs with (one instance: it caches a sample token)."""
         return self._timestamper
+
+    async def async_certificate_expiry(self, trust_roots: Sequence[x509.Certificate]) -> datetime:
+        """The earliest ``notAfter`` on the chain of the certificate this TSA signs with now,
+        read from a token over a fixed probe digest; cached for ``_EXPIRY_TTL`` seconds."""
+        from ._engine import _chain_expiry, _signer_of
+
+        cached = self._expiry
+        if cached is not None and time.monotonic() - cached[1] < _EXPIRY_TTL:
+            return cached[0]
+        digest = hashlib.sha256(b"keiyaku-gateway certificate probe").digest()
+        try:
+            token = await self._timestamper.async_timestamp(digest, "sha256")
+        except SigningError:
+            raise
+        except Exception as exc:  # whatever the TSA did, it gave no token
+            raise SigningError(
+                "signing.tsa_unreachable",
+                f"No timestamp token to read the TSA certificate from: {exc}"[:300],
+                "タイムスタンプ局から応答がないため、証明書の有効期限を確認できません。",
+                disposition=Disposition.RETRIABLE,
+            ) from exc
+        cert, embedded = _signer_of(token["content"])
+        if cert is None:
+            raise SigningError(
+                "signing.tsa_certificate_missing",
+                "The TSA's token does not carry its signing certificate.",
+                "タイムスタンプトークンにタイムスタンプ局の証明書が含まれていません。",
+            )
+        expiry = _chain_expiry(cert, [*embedded, *trust_roots])
+        self._expiry = (expiry, time.monotonic())
+        return expiry
 
     @property
     def token_size_hint(self) -> int:

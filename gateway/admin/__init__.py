@@ -4,7 +4,7 @@ and the API."""
 
 from fastapi import APIRouter
 
-from gateway.admin import address_book, compose, pages, recovery, signing
+from gateway.admin import address_book, compose, copies, guarantees, pages, recovery, signing
 from gateway.admin.allow_list import install_allow_list
 
 router = APIRouter()
@@ -14,5 +14,7 @@ router.include_router(address_book.router)
 router.include_router(pages.router)
 router.include_router(signing.router)
 router.include_router(recovery.router)
+router.include_router(guarantees.router)
+router.include_router(copies.router)
 
 __all__ = ["install_allow_list", "router"]

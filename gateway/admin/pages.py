@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -41,7 +41,7 @@ from core.errors import StaffError
 from core.model import Staff, StaffRole
 from core.recovery import locked_party_ids
 from core.reports import JST, monthly_report
-from core.search import EnvelopeQuery, search_envelopes
+from core.search import EnvelopeQuery, SearchPage, parse_query, search_envelopes
 from core.signing_worker import list_waiting
 from core.staff import (
     MAX_IMPORT_BYTES,
@@ -251,25 +251,10 @@ def parse_amount(value: str | None) -> Decimal | None:
 
 
 def _query(params: Any) -> EnvelopeQuery:
-    try:
-        states = tuple(EnvelopeState(s) for s in params.getlist("state") if s)
-        return EnvelopeQuery(
-            keyword=params.get("keyword") or None,
-            date_from=parse_date(params.get("date_from")),
-            date_to=parse_date(params.get("date_to")),
-            counterparty=params.get("counterparty") or None,
-            amount_min=parse_amount(params.get("amount_min")),
-            amount_max=parse_amount(params.get("amount_max")),
-            states=states,
-            department=params.get("department") or None,
-            page=max(1, int(params.get("page") or 1)),
-        )
-    except (ValueError, InvalidOperation) as exc:
-        raise StaffError(
-            "staff.search_input",
-            f"unreadable search condition: {exc}",
-            "検索条件の形式が正しくありません（日付は YYYY-MM-DD、金額は数字で入力してください）。",
-        ) from exc
+    # the same parser as the API and the CLI: the same conditions give the same rows
+    return parse_query(
+        {k: params.get(k) or "" for k in (*_FORM_KEYS, "page")}, params.getlist("state")
+    )
 
 
 @router.get("/envelopes", response_class=HTMLResponse)
@@ -284,9 +269,9 @@ def envelope_list(request: Request, context: ContextDep, session: SessionDep) ->
         query = _query(params)
         page = search_envelopes(session=session, staff=staff, query=query)
     except StaffError as exc:
+        # an invalid condition shows the error and no rows, never the unfiltered list
         error = exc.message_ja
-        query = EnvelopeQuery()
-        page = search_envelopes(session=session, staff=staff, query=query)
+        page = SearchPage(items=[], total=0, page=1, per_page=EnvelopeQuery().per_page)
     kept = [(k, v) for k, v in params.multi_items() if k != "page" and v]
     return admin_page(
         request,

@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -27,6 +28,8 @@ from starlette.datastructures import UploadFile
 
 from core.amendments import amended_by, original_of, record_amendment
 from core.api_clients import (
+    client_department,
+    client_search_scope,
     find_idempotent,
     get_client_envelope,
     list_client_envelopes,
@@ -57,6 +60,13 @@ from core.recovery import (
     readdress_party,
     remind_party,
     unlock_party,
+)
+from core.search import (
+    encode_csv,
+    export_envelopes,
+    parse_query,
+    records_csv,
+    search_envelopes,
 )
 from core.states import EnvelopeState, PartyRole
 from core.text import one_line
@@ -378,6 +388,8 @@ def _create(
             amount=Decimal(body.metadata.amount) if body.metadata.amount is not None else None,
             transaction_date=body.metadata.transaction_date,
             deadline=body.metadata.deadline,
+            department=body.metadata.department
+            or client_department(session=session, client=client),
             actor=actor,
             contract_type=body.contract_type,
             consent_id=consent_id,
@@ -479,28 +491,91 @@ async def create(
     return JSONResponse(out.model_dump(mode="json"), status_code=201, headers=headers)
 
 
-@router.get("/envelopes", response_model=EnvelopeList, responses=_ERROR_RESPONSES)
+_SEARCH_KEYS = (
+    "keyword",
+    "date_from",
+    "date_to",
+    "counterparty",
+    "amount_min",
+    "amount_max",
+    "department",
+)
+_StateName = Literal["draft", "sent", "sealing", "completed", "declined", "cancelled", "expired"]
+
+
+@router.get(
+    "/envelopes",
+    response_model=EnvelopeList,
+    responses={**_ERROR_RESPONSES, 200: {"content": {"text/csv": {}}}},
+)
 def list_envelopes(
     session: SessionDep,
     client: ApiClientDep,
-    state: Annotated[
-        Literal["draft", "sent", "sealing", "completed", "declined", "cancelled", "expired"] | None,
-        Query(),
+    state: Annotated[list[_StateName] | None, Query()] = None,
+    keyword: Annotated[str | None, Query(max_length=200)] = None,
+    date_from: Annotated[
+        str | None, Query(max_length=20, description="取引年月日, YYYY-MM-DD")
     ] = None,
+    date_to: Annotated[str | None, Query(max_length=20)] = None,
+    counterparty: Annotated[str | None, Query(max_length=200)] = None,
+    amount_min: Annotated[str | None, Query(max_length=20, description="Yen")] = None,
+    amount_max: Annotated[str | None, Query(max_length=20)] = None,
+    department: Annotated[str | None, Query(max_length=200)] = None,
+    format: Annotated[Literal["json", "csv"], Query()] = "json",
+    encoding: Annotated[Literal["utf-8", "cp932"], Query()] = "utf-8",
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-) -> EnvelopeList:
-    """This system's envelopes, newest first."""
+) -> Any:
+    """Search the envelopes this system may see (records-law conditions: 取引年月日, 取引金額
+    and 取引先 ranges, combined; keyword in the title or a file name; department; states).
+    A client acting for a staff member sees what that member sees on the staff pages; any
+    other client, its own envelopes. ``format=csv`` exports every match (not one page). An
+    invalid condition is an error with no rows."""
     require_scope(client, READ)
-    rows, total = list_client_envelopes(
+    given = {
+        "keyword": keyword,
+        "date_from": date_from,
+        "date_to": date_to,
+        "counterparty": counterparty,
+        "amount_min": amount_min,
+        "amount_max": amount_max,
+        "department": department,
+    }
+    conditions = {k: v for k, v in given.items() if v}
+    query = parse_query(conditions, list(state or ()))
+    staff, scope = client_search_scope(session=session, client=client)
+    if format == "json" and staff is None and not conditions and len(state or ()) <= 1:
+        # the plain list of this system's envelopes, newest first, as before
+        rows, total = list_client_envelopes(
+            session=session,
+            client_id=client.id,
+            state=EnvelopeState(state[0]) if state else None,
+            limit=limit,
+            offset=offset,
+        )
+        return EnvelopeList(
+            items=[envelope_summary(e) for e in rows], total=total, limit=limit, offset=offset
+        )
+    if format == "csv":
+        rows = export_envelopes(session=session, query=query, staff=staff, scope=scope)
+        data = encode_csv(records_csv(rows), encoding)
+        charset = "Shift_JIS" if encoding == "cp932" else "utf-8"
+        return Response(
+            data,
+            media_type=f"text/csv; charset={charset}",
+            headers={"Content-Disposition": 'attachment; filename="envelopes.csv"'},
+        )
+    page = search_envelopes(
         session=session,
-        client_id=client.id,
-        state=EnvelopeState(state) if state else None,
-        limit=limit,
-        offset=offset,
+        staff=staff,
+        scope=scope,
+        query=replace(query, per_page=limit, offset=offset),
     )
     return EnvelopeList(
-        items=[envelope_summary(e) for e in rows], total=total, limit=limit, offset=offset
+        items=[envelope_summary(e) for e in page.items],
+        total=page.total,
+        limit=limit,
+        offset=offset,
     )
 
 

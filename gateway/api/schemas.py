@@ -80,6 +80,11 @@ class MetadataIn(_In):
     counterparty: str | None = Field(default=None, max_length=200)
     transaction_date: dt.date | None = None
     deadline: dt.date | None = None
+    department: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Owning department (課所名); default: the API client's department",
+    )
 
 
 class ContractorIn(_In):
@@ -192,6 +197,7 @@ class MetadataOut(BaseModel):
     counterparty: str | None
     transaction_date: dt.date | None
     deadline: dt.date | None
+    department: str | None = None
 
 
 class ConsentOut(BaseModel):
@@ -266,6 +272,11 @@ class EnvelopeSummary(BaseModel):
     state_ja: str
     created_at: dt.datetime
     completed_at: dt.datetime | None
+    # The records-law keys (電子帳簿保存法): 取引年月日, 取引金額, 取引先; and the department.
+    transaction_date: dt.date | None = None
+    amount: int | None = None
+    counterparty: str | None = None
+    department: str | None = None
 
 
 class EnvelopeList(BaseModel):
@@ -299,6 +310,7 @@ def envelope_out(envelope: Envelope, *, amends: str | None, amended_by: list[str
             counterparty=envelope.counterparty,
             transaction_date=envelope.transaction_date,
             deadline=envelope.deadline,
+            department=envelope.department,
         ),
         amends=amends,
         amended_by=amended_by,
@@ -355,4 +367,8 @@ def envelope_summary(envelope: Envelope) -> EnvelopeSummary:
         state_ja=envelope_state_ja(envelope.state),
         created_at=envelope.created_at,
         completed_at=envelope.completed_at,
+        transaction_date=envelope.transaction_date,
+        amount=int(envelope.amount) if envelope.amount is not None else None,
+        counterparty=envelope.counterparty,
+        department=envelope.department,
     )

@@ -17,7 +17,15 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.archive import list_documents_due, renew_due_timestamps
+from connectors.folder import FolderSink
+from connectors.outbound import ContentSpec
+from core.archive import (
+    RenewalPolicy,
+    latest_check,
+    list_documents_due,
+    plan_renewals,
+    renew_due_timestamps,
+)
 from core.audit import list_events
 from core.blobs import BlobStore
 from core.envelopes import (
@@ -28,10 +36,12 @@ from core.envelopes import (
     read_document,
     send_envelope,
 )
-from core.model import Document, Envelope
+from core.model import Delivery, Document, Envelope
+from core.pushback import PushbackObserver, Subscription, delivery_key, renewal_key
 from core.signing import SigningEngine, verify_pdf
 from core.states import EnvelopeState, PartyRole
-from schedules import retimestamp
+from schedules import dispatch, retimestamp
+from schedules.dispatch import Target
 from tests.fixtures.envelopes import complete_parties, give_access_codes
 from tests.fixtures.ltv_pki import LtvPki, create_ltv_pki
 from tests.fixtures.pdfs import make_pdf
@@ -209,3 +219,177 @@ def test_the_expiry_read_by_offsets_matches_the_full_parse(
     monkeypatch.undo()
     assert approved_only.count(b"/ByteRange") == 2  # both approvals, no document timestamp
     assert _engine.newest_timestamp_expiry(approved_only, trust_roots=roots) is None
+
+
+def test_a_renewal_with_the_same_tsa_certificate_is_a_reported_no_op(
+    sessions: sessionmaker[Session],
+    ltv_pki: LtvPki,
+    short_engine: SigningEngine,
+    long_engine: SigningEngine,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Time moves to an hour before the short TSA certificate lapses: the document is due, but
+    the TSA still serves that same certificate, so a renewal would extend nothing. The run
+    stamps nothing, says so, raises the alert and stores it; once the TSA serves a longer-lived
+    certificate the next run renews."""
+    blobs = BlobStore(tmp_path / "blobs", secrets.token_bytes(32))
+    same = Runtime(blobs=blobs, signing=short_engine, buyer_name="開発市")
+    rotated = Runtime(blobs=blobs, signing=long_engine, buyer_name="開発市")
+    policy = RenewalPolicy(margin=dt.timedelta(days=1), min_extension=dt.timedelta(days=30))
+    later = ltv_pki.short_expires_at - dt.timedelta(hours=1)
+    with sessions() as session:
+        envelope = _complete_envelope(session, same)
+        document_id = envelope.documents[0].id
+        revisions = len(envelope.documents[0].revisions)
+
+    with sessions() as session:
+        plan = plan_renewals(session=session, runtime=same, policy=policy, now=later)
+    assert [(p.document_id, p.action) for p in plan.documents] == [
+        (document_id, "nothing_to_extend")
+    ]
+    assert plan.to_stamp == [] and plan.tsa_expires_at == ltv_pki.short_expires_at
+    assert plan.alert is not None and "no newer one" in plan.alert
+
+    with caplog.at_level("INFO", logger="core.archive"):
+        report = retimestamp.run(sessions=sessions, runtime=same, policy=policy, now=later)
+    assert report.renewed == [] and report.failed == {}
+    assert report.nothing_to_extend == [document_id]
+    assert report.alert is not None
+    assert any("nothing to extend" in r.getMessage() for r in caplog.records)
+    assert any(r.levelname == "ERROR" and "alert" in r.getMessage() for r in caplog.records)
+    with sessions() as session:
+        document = session.get_one(Document, document_id)
+        assert len(document.revisions) == revisions  # no paid stamp, no bytes added
+        assert document.timestamp_expires_at == ltv_pki.short_expires_at
+        check = latest_check(session=session)
+        assert check is not None and check.nothing_to_extend == 1 and check.renewed == 0
+        assert check.alert == report.alert and check.tsa_expires_at == ltv_pki.short_expires_at
+        assert not [
+            e
+            for e in list_events(session=session, envelope_id=envelope.id)
+            if e.action == "document.retimestamped"
+        ]
+
+    # the TSA now signs with a certificate valid for ten years: the same run renews
+    report = retimestamp.run(sessions=sessions, runtime=rotated, policy=policy, now=later)
+    assert report.renewed == [document_id] and report.nothing_to_extend == []
+    assert report.alert is None
+    with sessions() as session:
+        document = session.get_one(Document, document_id)
+        assert len(document.revisions) == revisions + 1
+        assert document.timestamp_expires_at == ltv_pki.long_expires_at
+        check = latest_check(session=session)
+        assert check is not None and check.renewed == 1 and check.alert is None
+    # and nothing is due any more, with the next wave when the long certificate nears its end
+    with sessions() as session:
+        plan = plan_renewals(session=session, runtime=rotated, policy=policy, now=later)
+    assert plan.documents == []
+    assert plan.next_wave_expires_at == ltv_pki.long_expires_at
+    assert plan.next_wave_due_at == ltv_pki.long_expires_at - policy.margin
+    assert plan.next_wave_documents >= 1
+
+
+def test_a_flagged_algorithm_renews_even_when_nothing_extends(
+    sessions: sessionmaker[Session], ltv_pki: LtvPki, short_engine: SigningEngine, tmp_path: Path
+) -> None:
+    runtime = Runtime(
+        blobs=BlobStore(tmp_path / "blobs", secrets.token_bytes(32)),
+        signing=short_engine,
+        buyer_name="開発市",
+    )
+    later = ltv_pki.short_expires_at - dt.timedelta(hours=1)
+    with sessions() as session:
+        document_id = _complete_envelope(session, runtime).documents[0].id
+    with sessions() as session:
+        facts = short_engine.timestamp_facts(
+            read_document(runtime=runtime, document=session.get_one(Document, document_id))
+        )
+    assert facts is not None and facts.digest_algorithm == "sha256"
+    flagged = RenewalPolicy(margin=dt.timedelta(days=1), flagged_algorithms=frozenset({"sha256"}))
+    by_certificate = RenewalPolicy(
+        margin=dt.timedelta(days=1),
+        flagged_certificates=frozenset({facts.tsa_certificate_sha256}),
+    )
+    with sessions() as session:
+        plan = plan_renewals(session=session, runtime=runtime, policy=by_certificate, now=later)
+        assert [(p.document_id, p.action) for p in plan.documents] == [(document_id, "flagged")]
+    report = retimestamp.run(sessions=sessions, runtime=runtime, policy=flagged, now=later)
+    assert report.renewed == [document_id] and report.nothing_to_extend == []
+
+
+def _keys(sessions: sessionmaker[Session], ids: list[int]) -> list[str]:
+    with sessions() as session:
+        return [session.get_one(Delivery, i).idempotency_key for i in ids]
+
+
+@pytest.fixture(scope="module")
+def twenty_year_pki(tmp_path_factory: pytest.TempPathFactory) -> LtvPki:
+    return create_ltv_pki(tmp_path_factory.mktemp("ltv20"), short_hours=3, long_days=20 * 365)
+
+
+def test_the_renewed_copy_reaches_the_sinks_that_took_the_document_and_verifies_at_12_years(
+    sessions: sessionmaker[Session], twenty_year_pki: LtvPki, tmp_path: Path
+) -> None:
+    """The document-management sink took the signed PDF at completion and takes renewals; the
+    finance sink takes no documents; a sink added after completion took nothing. After the
+    renewal only the first gets the renewed copy, as a file of its own (the completion copy
+    stays), under a key of its own; that copy verifies twelve years on, the completion copy
+    does not."""
+    pki = twenty_year_pki
+    observer = PushbackObserver(
+        [
+            Subscription("documents", renewals=True),
+            Subscription("finance", renewals=False),
+        ]
+    )
+    blobs = BlobStore(tmp_path / "blobs", secrets.token_bytes(32))
+    short, long = pki.engine("short"), pki.engine("long")
+    try:
+        today = Runtime(blobs=blobs, signing=short, buyer_name="開発市", observers=(observer,))
+        with sessions() as session:
+            envelope = _complete_envelope(session, today)
+            envelope_id, document_id = envelope.id, envelope.documents[0].id
+            management_number = envelope.management_number
+        folder = tmp_path / "dms"
+        targets = {"documents": Target(FolderSink(name="documents", root=folder), ContentSpec())}
+        first = dispatch.run_until_idle(sessions=sessions, runtime=today, targets=targets)
+        assert _keys(sessions, first.delivered) == [
+            delivery_key("documents", envelope_id, "completed")
+        ]
+        completion_copy = folder / f"{management_number}_委託契約書.pdf"
+        assert completion_copy.exists()
+
+        # a sink configured later took nothing, so it is sent no renewed copy either
+        late = PushbackObserver(
+            [*observer.subscriptions, Subscription("archive_later", renewals=True)]
+        )
+        rotated = Runtime(blobs=blobs, signing=long, buyer_name="開発市", observers=(late,))
+        later = pki.short_expires_at - dt.timedelta(hours=1)
+        report = retimestamp.run(
+            sessions=sessions,
+            runtime=rotated,
+            policy=RenewalPolicy(margin=dt.timedelta(days=1)),
+            now=later,
+        )
+        assert report.renewed == [document_id]
+        with sessions() as session:
+            keys = session.scalars(select(Delivery.idempotency_key)).all()
+        renewed_key = renewal_key("documents", envelope_id, document_id, 1)
+        assert [k for k in keys if ":renewed:" in k] == [renewed_key]
+
+        second = dispatch.run_until_idle(sessions=sessions, runtime=rotated, targets=targets)
+        assert _keys(sessions, second.delivered) == [renewed_key]
+        renewed_copy = folder / f"{management_number}_委託契約書_r1.pdf"
+        assert renewed_copy.exists() and completion_copy.exists()
+        # a second pass finds nothing: the renewal is delivered once
+        again = dispatch.run_until_idle(sessions=sessions, runtime=rotated, targets=targets)
+        assert again.delivered == []
+    finally:
+        short.close()
+        long.close()
+
+    twelve_years = pki.short_expires_at + dt.timedelta(days=12 * 366)
+    roots = [pki.root]
+    assert verify_pdf(renewed_copy.read_bytes(), trust_roots=roots, moment=twelve_years).ok
+    assert not verify_pdf(completion_copy.read_bytes(), trust_roots=roots, moment=twelve_years).ok

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.amendments import record_amendment
-from core.archive import list_documents_due
+from core.archive import RenewalPolicy, list_documents_due
 from core.audit import list_events, verify_chain
 from core.certificate import JST
 from core.envelopes import (
@@ -314,7 +314,9 @@ def test_retimestamping_skips_purged_documents(
         century = dt.timedelta(days=36500)
         due = list_documents_due(session=session, margin=century)
         assert {d.envelope_id for d in due} == {young}
-    report = retimestamp.run(sessions=sessions, runtime=dev_runtime, margin=century)
+    # a flagged algorithm makes the young document renewable with the same dev TSA
+    policy = RenewalPolicy(margin=century, flagged_algorithms=frozenset({"sha256"}))
+    report = retimestamp.run(sessions=sessions, runtime=dev_runtime, policy=policy)
     assert report.failed == {} and len(report.renewed) == 1 and report.backfilled == 0
 
 

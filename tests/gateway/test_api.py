@@ -49,6 +49,7 @@ def test_create_send_status_list_and_no_secret_in_any_answer(
             "counterparty": "株式会社髙橋建設",
             "transaction_date": "2025-10-01",
             "deadline": "2025-10-08",
+            "department": None,  # the client has no department and the request named none
         }
         assert [d["name"] for d in body["documents"]] == ["工事請負契約書.pdf", "請書.pdf"]
         sent = client.post(f"/api/v1/envelopes/{body['id']}/send")
