@@ -20,7 +20,7 @@ from core.envelopes import (
 from core.model import Envelope
 from core.records import JST, correct_record_facts, verify_record_facts
 from core.states import PartyRole
-from tests.fixtures.envelopes import complete_parties
+from tests.fixtures.envelopes import complete_parties, give_access_codes
 from tests.fixtures.pdfs import make_pdf
 
 
@@ -39,6 +39,7 @@ def _concluded(sessions: sessionmaker[Session], runtime: Runtime) -> str:
             ],
             amount=Decimal("1200000"),
         )
+        give_access_codes(session, envelope)
         session.commit()
         send_envelope(session=session, runtime=runtime, envelope_id=envelope.id, actor="開発市")
         session.commit()
