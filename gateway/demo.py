@@ -519,6 +519,10 @@ def run_demo(gateway: Gateway, *, output: Path) -> DemoResult:
     demo_gateway = _demo_gateway(gateway, folder)
     mails = MailReader(settings.path(folder / "mail"))
     app = create_app(demo_gateway, run_mailer=True, run_signing=True)
+    # The demo's own server is reached over loopback only; it stands in for the TLS a deployment
+    # terminates at its proxy, so its cookies are not marked Secure (with an https public_url,
+    # as production requires, the browser-like client would otherwise never send them back).
+    app.state.context.secure_cookies = False
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=120) as client:
         context = app.state.context
 

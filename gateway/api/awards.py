@@ -269,10 +269,18 @@ def get_awards(
     return [award_json(a) for a in rows]
 
 
+# What a staff decision on one award can answer besides 200 (the error JSON in each case).
+_DECISION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such award from that source"},
+    409: {"description": "Not possible in the award's state, or a reason is missing"},
+}
+
+
 @router.post(
     "/awards/{source}/{award_id}/release",
     response_model=AwardOut,
     summary="Release a waiting or held award (audited)",
+    responses=_DECISION_RESPONSES,
 )
 def post_release(
     context: ContextDep,
@@ -302,6 +310,7 @@ def post_release(
     "/awards/{source}/{award_id}/dismiss",
     response_model=AwardOut,
     summary="Dismiss a waiting award, or drop a change made after sending (audited)",
+    responses=_DECISION_RESPONSES,
 )
 def post_dismiss(
     session: SessionDep,

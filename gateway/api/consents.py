@@ -87,6 +87,10 @@ def get_consents(
     "/consents/{consent_id}/withdraw",
     response_model=ConsentOut,
     summary="Withdraw a consent (audited): no new envelopes to that contractor",
+    responses={
+        404: {"description": "No such consent"},
+        409: {"description": "Already withdrawn, or a reason is missing"},
+    },
 )
 def post_withdraw(
     session: SessionDep,

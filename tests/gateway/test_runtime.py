@@ -49,6 +49,9 @@ signing:
 {urls}
     timeout_seconds: 5
     attempts: 2
+server:
+  public_url: "https://keiyaku.example.lg.jp"
+  session_key: ${{TEST_SESSION_KEY}}
 intake:
   signing_authorities:
     - department: "*"
@@ -71,7 +74,12 @@ def test_demo_flow_with_an_hsm_key_and_tsa_failover(
     dead = closed_port_url()  # nothing listens there, so the failover to the next URL is exercised
     config = _production_config(tmp_path, softhsm_token, test_pki, [dead, test_pki.tsa_url])
     settings = load_settings(
-        config, environ={"TEST_MASTER_KEY": "11" * 32, "TEST_HSM_PIN": softhsm_token.pin}
+        config,
+        environ={
+            "TEST_MASTER_KEY": "11" * 32,
+            "TEST_HSM_PIN": softhsm_token.pin,
+            "TEST_SESSION_KEY": "22" * 32,
+        },
     )
     gateway = open_gateway(settings)
     try:

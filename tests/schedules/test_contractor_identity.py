@@ -25,6 +25,7 @@ from tests.fixtures.intake import (
     cp932,
     municipal_mapping,
     policy,
+    register_officials,
     registry_mapping,
     usage_mapping,
 )
@@ -79,6 +80,8 @@ def _spec(
 
 
 def _sync(sessions: sessionmaker[Session], runtime: Runtime, spec: SourceSpec) -> SyncResult:
+    with sessions() as session:
+        register_officials(session)  # the register's officials sign as staff
     return sync_source(
         sessions=sessions, runtime=runtime, policy=policy(), spec=spec, authorities=AUTHORITIES
     )
