@@ -1,7 +1,7 @@
 """Print the SHA-256 of what the lock is resolved from.
 
 The inputs are the dependency tables of ``pyproject.toml`` (runtime, extras, build system) and
-``requirements/build.in``. ``scripts/upgrade-deps`` writes this hash into the lock's header;
+``requirements-build.in``. ``scripts/upgrade-deps`` writes this hash into the lock's header;
 ``scripts/bootstrap`` refuses a lock whose recorded hash differs, so a dependency added to
 ``pyproject.toml`` without re-locking fails loudly instead of installing something unlocked.
 Standard library only: it runs before the virtual environment exists.
@@ -23,7 +23,7 @@ inputs = {
     "build-system": pyproject.get("build-system", {}).get("requires", []),
     "build.in": [
         line.strip()
-        for line in (root / "requirements" / "build.in").read_text().splitlines()
+        for line in (root / "requirements-build.in").read_text().splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ],
 }

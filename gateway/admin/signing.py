@@ -27,17 +27,15 @@ from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState
 from gateway.admin.pages import _policy, admin_page, current_staff, to_login
 from gateway.context import AppContext
 from gateway.deps import ClientIpDep, ContextDep, SessionDep, get_client_ip
-from gateway.pages.render import PAGE_WIDTHS
 from gateway.pages.signing import (
     _CLOSED_JA,
-    _checklist,
     _closed_message,
-    _documents_view,
     _pdf,
     _text,
     check_csrf,
     page_image_response,
     read_form,
+    render_documents,
     render_page,
 )
 
@@ -85,23 +83,16 @@ def _documents(
     values: dict[str, str] | None = None,
     status: int = 200,
 ) -> HTMLResponse:
-    envelope = party.envelope
-    return render_page(
+    return render_documents(
         request,
         context,
-        "pages/documents.html",
-        status=status,
-        base=_base(envelope.id),
-        envelope=envelope,
-        party=party,
-        documents=_documents_view(context, envelope, party),
-        checklist=_checklist(envelope, party),
-        required_count=sum(1 for f in party.fields if f.required),
-        values=values or {f.id: f.value or "" for f in party.fields},
+        party,
+        base=_base(party.envelope.id),
         error=error,
+        values=values,
+        status=status,
         staff_signing=True,
         totp=bool(staff.totp_secret),
-        page_widths=PAGE_WIDTHS,
     )
 
 

@@ -199,6 +199,38 @@ def _checklist(envelope: Envelope, party: Party) -> list[dict[str, Any]]:
     ]
 
 
+def render_documents(
+    request: Request,
+    context: AppContext,
+    party: Party,
+    *,
+    base: str,
+    error: str | None = None,
+    values: dict[str, str] | None = None,
+    status: int = 200,
+    **extra: Any,
+) -> HTMLResponse:
+    """The document view with this party's boxes and the two-step 完了 (the signing pages under
+    ``base``; the staff signing page passes its own ``base`` and ``extra``)."""
+    envelope = party.envelope
+    return render_page(
+        request,
+        context,
+        "pages/documents.html",
+        status=status,
+        base=base,
+        envelope=envelope,
+        party=party,
+        documents=_documents_view(context, envelope, party),
+        checklist=_checklist(envelope, party),
+        required_count=sum(1 for f in party.fields if f.required),
+        values=values or {f.id: f.value or "" for f in party.fields},
+        error=error,
+        page_widths=PAGE_WIDTHS,
+        **extra,
+    )
+
+
 def _documents_page(
     request: Request,
     context: AppContext,
@@ -209,21 +241,8 @@ def _documents_page(
     values: dict[str, str] | None = None,
     status: int = 200,
 ) -> HTMLResponse:
-    envelope = party.envelope
-    return render_page(
-        request,
-        context,
-        "pages/documents.html",
-        status=status,
-        base=_base(token),
-        envelope=envelope,
-        party=party,
-        documents=_documents_view(context, envelope, party),
-        checklist=_checklist(envelope, party),
-        required_count=sum(1 for f in party.fields if f.required),
-        values=values or {f.id: f.value or "" for f in party.fields},
-        error=error,
-        page_widths=PAGE_WIDTHS,
+    return render_documents(
+        request, context, party, base=_base(token), error=error, values=values, status=status
     )
 
 
