@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from core.access import scope_clause, scope_for
+from core.csv_export import SafeCsvWriter
 from core.errors import StaffError
 from core.model import BIGRAMS, Document, Envelope, Staff
 from core.states import EnvelopeState
@@ -276,17 +277,13 @@ CSV_COLUMNS = (
 )
 
 
-def _cell(value: str) -> str:
-    # A cell a spreadsheet would read as a formula (=, +, -, @, tab, CR) is written as text.
-    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
-
-
 def records_csv(envelopes: Sequence[Envelope]) -> str:
     """The records-law export: one row per envelope with the search keys (取引年月日, 取引金額,
     取引先), its department, state, conclusion time (JST) and document names; a Japanese
     header. Text; the caller chooses the encoding (UTF-8 with BOM for Excel, or CP932)."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
+    # The one writer of every CSV the product makes: a formula-looking cell is written as text.
+    writer = SafeCsvWriter(buffer, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
     writer.writerow([label for _key, label in CSV_COLUMNS])
     for envelope in envelopes:
         completed = envelope.completed_at.astimezone(JST) if envelope.completed_at else None
@@ -304,7 +301,7 @@ def records_csv(envelopes: Sequence[Envelope]) -> str:
             "documents": " / ".join(d.name for d in envelope.documents),
             "envelope_id": envelope.id,
         }
-        writer.writerow([_cell(row[key]) for key, _label in CSV_COLUMNS])
+        writer.writerow([row[key] for key, _label in CSV_COLUMNS])
     return buffer.getvalue()
 
 
