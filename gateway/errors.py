@@ -195,9 +195,23 @@ async def handle_infrastructure_fault(request: Request, exc: Exception) -> Respo
     return await handle_gateway_error(request, unexpected)
 
 
+async def handle_too_deep(request: Request, exc: Exception) -> Response:
+    """A body nested deeper than the parser's recursion limit (e.g. 100,000 ``[``): refused as
+    the client's error, not a 500."""
+    return await handle_gateway_error(
+        request,
+        GatewayError(
+            "request.too_deep",
+            "the request body is nested too deeply",
+            "リクエストの内容の入れ子が深すぎます。",
+        ),
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
     app.add_exception_handler(GatewayError, handle_gateway_error)
+    app.add_exception_handler(RecursionError, handle_too_deep)
     app.add_exception_handler(SQLAlchemyError, handle_infrastructure_fault)
     app.add_exception_handler(OSError, handle_infrastructure_fault)
     # Anything else unexpected: the same JSON shape or Japanese page, never a bare text 500.

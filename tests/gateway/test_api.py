@@ -295,3 +295,18 @@ def test_resend_replaces_the_link_and_unlocks(live_gateway: Callable[..., LiveGa
         kinds = [d.payload["kind"] for d in session.scalars(select(Delivery))]
         assert kinds == ["signing_request", "signing_request"]
         assert session.scalars(select(SigningLink)).all() == []  # links are made at sending
+
+
+def test_a_body_nested_100k_deep_is_refused_not_a_500(
+    live_gateway: Callable[..., LiveGateway],
+) -> None:
+    live = live_gateway()
+    with live.client(live.token("e-bid")) as client:
+        for body in ("[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000):
+            answer = client.post(
+                "/api/v1/envelopes", content=body, headers={"Content-Type": "application/json"}
+            )
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["error"]["code"] == "request.invalid"  # FastAPI's JSON parse
+        # the server is fine afterwards
+        assert client.get("/api/v1/envelopes").status_code == 200

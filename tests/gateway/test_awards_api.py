@@ -216,3 +216,17 @@ def test_waiting_awards_are_listed_with_why_and_staff_decide(
         assert 'data-award="ebid:R7-0001"' not in client.get("/admin/awards").text
         forged = client.post("/admin/awards/ebid/R7-0001/release", data={"csrf_token": "x"})
         assert forged.status_code == 403
+
+
+def test_an_award_nested_100k_deep_is_refused_not_a_500(
+    live_gateway: Callable[..., LiveGateway], tmp_path: Path
+) -> None:
+    live = _start(live_gateway, tmp_path)
+    with live.client(live.token("ebid")) as http:
+        deep = "[" * 100_000 + "]" * 100_000
+        answer = http.post(
+            "/api/v1/awards/ebid", content=deep, headers={"Content-Type": "application/json"}
+        )
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["error"]["code"] == "request.too_deep"
+        assert http.post("/api/v1/awards/ebid", json=AWARD).status_code == 200  # still serving
