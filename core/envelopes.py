@@ -1029,12 +1029,14 @@ def approve(
         raise
     if party.envelope.state is EnvelopeState.SEALING:
         task = claim_task(session=session, key=seal_key(envelope_id), worker=inline)
-        if task is not None:
-            try:
-                seal_envelope(session=session, runtime=runtime, envelope_id=envelope_id)
-            except GatewayError:
-                release_leases(session=session, worker=inline, delivery_ids=[task])
-                raise
+        if task is None:
+            # A signing worker took the seal a moment earlier: wait for it as for a signature.
+            return _wait_until_signed(session, party, dt.timedelta(minutes=2))
+        try:
+            seal_envelope(session=session, runtime=runtime, envelope_id=envelope_id)
+        except GatewayError:
+            release_leases(session=session, worker=inline, delivery_ids=[task])
+            raise
     return party
 
 
