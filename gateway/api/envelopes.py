@@ -57,6 +57,7 @@ from core.model import ApiClient, Envelope, Party
 from core.recovery import (
     change_access_code,
     extend_deadline,
+    locked_party_ids,
     readdress_party,
     remind_party,
     unlock_party,
@@ -139,6 +140,7 @@ def _out(session: Session, envelope: Envelope) -> EnvelopeOut:
         envelope,
         amends=original.id if original is not None else None,
         amended_by=[e.id for e in later],
+        locked=locked_party_ids(session=session, envelope_ids=[envelope.id]),
     )
 
 

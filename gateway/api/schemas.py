@@ -190,6 +190,9 @@ class PartyOut(BaseModel):
     decline_reason: str | None
     staff: bool = Field(default=False, description="Signs from the staff pages (staff login)")
     auth_method: str | None = Field(default=None, description="How the approval was authenticated")
+    locked: bool = Field(
+        default=False, description="The party's link is locked by wrong access codes (unlock it)"
+    )
 
 
 class MetadataOut(BaseModel):
@@ -291,8 +294,15 @@ class Health(BaseModel):
     database: Literal["ok"]
 
 
-def envelope_out(envelope: Envelope, *, amends: str | None, amended_by: list[str]) -> EnvelopeOut:
-    """The API view of an envelope; never a link token or an access code."""
+def envelope_out(
+    envelope: Envelope,
+    *,
+    amends: str | None,
+    amended_by: list[str],
+    locked: frozenset[str] | set[str] = frozenset(),
+) -> EnvelopeOut:
+    """The API view of an envelope; never a link token or an access code. ``locked``: the ids
+    of the parties whose link is locked."""
     return EnvelopeOut(
         id=envelope.id,
         management_number=envelope.management_number,
@@ -345,6 +355,7 @@ def envelope_out(envelope: Envelope, *, amends: str | None, amended_by: list[str
                 decline_reason=p.decline_reason,
                 staff=p.staff_id is not None,
                 auth_method=p.auth_method,
+                locked=p.id in locked,
             )
             for p in envelope.parties
         ],
