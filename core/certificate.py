@@ -368,7 +368,7 @@ def _story(data: CertificateData, font: str, *, split_rows: bool) -> list[Any]:
     )
 
     # Column widths (mm) sum to the body width: 174 mm on A4 with 18 mm margins.
-    widths = [38 * mm, 25 * mm, 15 * mm, 37 * mm]
+    widths = [43.5 * mm, 28 * mm, 15 * mm, 29 * mm]
     widths.append(_BODY_WIDTH - sum(widths))
     header = ["操作日時", "IPアドレス", "操作", "署名方法", "署名者情報"]
     rows: list[list[Any]] = [[Paragraph(h, s.head_cell) for h in header]]
