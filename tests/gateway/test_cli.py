@@ -112,6 +112,12 @@ def test_the_demo_certificate_is_itself_signed_and_verifies(
     report = json.loads(ok.stdout)
     assert report["ok"] is True
     assert [s["kind"] for s in report["signatures"]] == ["approval", "document_timestamp"]
+    text = subprocess.run(
+        ["pdftotext", str(certificate), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    flat = "".join(text.split())
+    # made by intake from the demo's award source, not by a person
+    assert re.search(r"落札情報の取込\(連携元:[^)]*awards", flat), flat
 
 
 def test_verify_accepts_the_demo_and_rejects_a_flipped_byte(
