@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 CERTIFICATE_REASON = "電子契約締結証明書の発行"
+_TIMESTAMP_METHOD = "ドキュメントタイムスタンプ(RFC 3161)"
 
 _ACTION_JA = {
     "envelope.created": "作成",
@@ -175,8 +176,11 @@ def certificate_data(
     now: dt.datetime,
     buyer: str,
     checks: Sequence[DocumentCheck],
+    completing: bool = False,
 ) -> CertificateData:
-    """Everything the certificate of ``envelope`` shows, as of ``now``."""
+    """Everything the certificate of ``envelope`` shows, as of ``now``. With ``completing``,
+    the envelope is being concluded at ``now`` and its ``envelope.completed`` event is not
+    recorded yet: the certificate shows that operation all the same."""
     from core.envelopes import AUTH_ACCESS_CODE, auth_method_ja
 
     parties = {p.id: p for p in envelope.parties}
@@ -198,7 +202,7 @@ def certificate_data(
         note: str | None = None
         if event.action == "envelope.completed":
             name, company, email = "keiyaku-gateway", None, None
-            method = "ドキュメントタイムスタンプ(RFC 3161)"
+            method = _TIMESTAMP_METHOD
         elif event.action in ("envelope.created", "envelope.sent"):
             method, name, company, email = _creation_line(
                 _via(session, event, intake_source), envelope, buyer
@@ -235,6 +239,18 @@ def certificate_data(
                 company=company,
                 email=email,
                 note=note,
+            )
+        )
+    if completing and not any(e.action == "envelope.completed" for e in events):
+        operations.append(
+            CertificateOperation(
+                at=now,
+                ip=None,
+                method=_TIMESTAMP_METHOD,
+                action=_ACTION_JA["envelope.completed"],
+                name="keiyaku-gateway",
+                company=None,
+                email=None,
             )
         )
     consent = envelope.consent
@@ -274,10 +290,17 @@ def issue_certificate(
     envelope: Envelope,
     now: dt.datetime,
     checks: Sequence[DocumentCheck],
+    completing: bool = False,
 ) -> bytes:
     """The signed completion certificate of ``envelope``: rendered, then signed with the
-    gateway key and timestamped (a TSA outage raises the retriable ``signing.tsa_unreachable``)."""
+    gateway key and timestamped (a TSA outage raises the retriable ``signing.tsa_unreachable``).
+    ``completing`` as for :func:`certificate_data`."""
     data = certificate_data(
-        session=session, envelope=envelope, now=now, buyer=runtime.buyer_name, checks=checks
+        session=session,
+        envelope=envelope,
+        now=now,
+        buyer=runtime.buyer_name,
+        checks=checks,
+        completing=completing,
     )
     return runtime.signing.sign_certificate(render_certificate(data), reason=CERTIFICATE_REASON)

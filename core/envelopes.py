@@ -1251,11 +1251,21 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
             # hashed and verified now, for the certificate's document list and status line
             checks.append(check_document(runtime.signing, name=doc.name, data=data))
             del current, data
+        now = utcnow()
+        # Signed and timestamped like the documents, before the envelope row is written: the
+        # TSA round trips hold no lock (on SQLite, the database's write lock).
+        certificate = issue_certificate(
+            session=session,
+            runtime=runtime,
+            envelope=envelope,
+            now=now,
+            checks=checks,
+            completing=True,
+        )
     except GatewayError as exc:
         if exc.retriable:
             _record_retriable(session, envelope, exc)
         raise
-    now = utcnow()
     _compare_and_set(
         session,
         Envelope,
@@ -1299,14 +1309,13 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
         and original.state is EnvelopeState.COMPLETED
         and original.documents_purged_at is None  # nothing of a purged original is kept
     )
-    try:
-        # Signed and timestamped like the documents: a TSA outage leaves the envelope sealing.
-        certificate = issue_certificate(
-            session=session, runtime=runtime, envelope=envelope, now=now, checks=checks
-        )
-        if reissue:
-            assert original is not None
-            # The original's certificate is issued again so that it names this amendment too.
+    envelope.certificate_blob_id = runtime.blobs.put(certificate)
+    if reissue:
+        assert original is not None
+        # The original's certificate is issued again so that it names this amendment too (it
+        # lists concluded amendments only, so this runs after the state change; amendments are
+        # rare). A TSA outage here leaves the envelope sealing, as above.
+        try:
             original_checks = [
                 check_document(runtime.signing, name=name, data=data)
                 for name, data in current_documents(runtime=runtime, envelope=original)
@@ -1314,13 +1323,10 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
             reissued = issue_certificate(
                 session=session, runtime=runtime, envelope=original, now=now, checks=original_checks
             )
-    except GatewayError as exc:
-        if exc.retriable:
-            _record_retriable(session, envelope, exc)
-        raise
-    envelope.certificate_blob_id = runtime.blobs.put(certificate)
-    if reissue:
-        assert original is not None
+        except GatewayError as exc:
+            if exc.retriable:
+                _record_retriable(session, envelope, exc)
+            raise
         original.certificate_blob_id = runtime.blobs.put(reissued)
         record_event(
             session=session,

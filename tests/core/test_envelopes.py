@@ -169,6 +169,7 @@ def test_full_flow_signs_every_document_and_issues_a_certificate(
     assert "全2文書の電子署名6件・ドキュメントタイムスタンプ2件を検証し、すべて有効" in flat
     assert "職員ログイン(署名時にパスワードを再入力)" in flat  # party 1's approval
     assert "メール認証＋アクセスコード" in flat  # the others'
+    assert "ドキュメントタイムスタンプ(RFC3161)" in flat  # the conclusion itself
     actions = [e.action for e in list_events(session=session, envelope_id=envelope.id)]
     assert actions[:3] == ["envelope.created", "envelope.sent", "party.requested"]
     assert actions.count("party.signed") == 3
