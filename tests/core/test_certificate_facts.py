@@ -4,13 +4,31 @@ creation method recorded with the event, and a status line computed from verifyi
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from core.audit import list_events
 from core.certificate_facts import check_document, operation_via, status_line
-from core.envelopes import Runtime, current_documents, get_envelope, send_envelope
-from tests.fixtures.envelopes import complete_parties, ensure_staff, one_signer_envelope
+from core.envelopes import (
+    DocumentInput,
+    PartyInput,
+    Runtime,
+    completion_certificate,
+    create_envelope,
+    current_documents,
+    get_envelope,
+    send_envelope,
+)
+from core.states import PartyRole
+from tests.fixtures.envelopes import (
+    complete_parties,
+    ensure_staff,
+    give_access_codes,
+    one_signer_envelope,
+)
+from tests.fixtures.pdfs import make_pdf
 
 AT = dt.datetime(2026, 4, 1, 1, 2, 3, tzinfo=dt.UTC)
 
@@ -61,3 +79,32 @@ def test_the_status_line_is_what_verifying_the_files_found(
     assert not bad.report.ok
     line = status_line([good, bad], AT)
     assert "有効と確認できませんでした: 契約書.pdf" in line and "すべて有効" not in line
+
+
+def test_the_certificate_names_the_staff_member_and_the_api_client(
+    session: Session, dev_runtime: Runtime, tmp_path: Path
+) -> None:
+    ensure_staff(session, "kakari@city.example.jp", name="契約 係員")
+    envelope = create_envelope(
+        session=session,
+        runtime=dev_runtime,
+        title="物品売買契約",
+        creator="開発市 契約課",
+        documents=[DocumentInput("契約書.pdf", make_pdf(pages=1))],
+        parties=[PartyInput(PartyRole.SIGNER, "署名者 一郎", "s1@example.jp", "株式会社一")],
+        actor="kakari@city.example.jp",
+    )
+    give_access_codes(session, envelope)
+    send_envelope(session=session, runtime=dev_runtime, envelope_id=envelope.id, actor="api:e-bid")
+    session.commit()
+    complete_parties(session, dev_runtime, envelope.id)
+    envelope = get_envelope(session=session, envelope_id=envelope.id)
+    path = tmp_path / "certificate.pdf"
+    path.write_bytes(completion_certificate(runtime=dev_runtime, envelope=envelope))
+    text = subprocess.run(
+        ["pdftotext", str(path), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    flat = "".join(text.split())
+    assert "職員ログイン(契約係員)" in flat and "kakari@city.example.jp" in flat
+    assert "API連携(クライアント:e-bid)" in flat
+    assert "その他" not in flat
