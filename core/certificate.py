@@ -6,8 +6,9 @@ real text (an embedded TrueType subset with a ToUnicode map, or a standard Japan
 the certificate can be searched and read by ``pdftotext`` and screen readers.
 
 Rendering is deterministic: the same :class:`CertificateData` and font give the same bytes (the PDF
-dates are the issue time, not the wall clock), so re-issuing a certificate does not look like a
-change to a sink that compares files.
+dates are the issue time, not the wall clock). The gateway then signs the rendered certificate
+once, with its own key and an RFC 3161 timestamp (``SigningEngine.sign_certificate``), and stores
+that signed file: it is what every later download and push-back hands out.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -38,7 +39,10 @@ from reportlab.platypus.doctemplate import LayoutError
 from core.errors import ConfigError
 
 __all__ = [
+    "CertificateConsent",
     "CertificateData",
+    "CertificateDocument",
+    "CertificateForward",
     "CertificateOperation",
     "find_cjk_font",
     "render_certificate",
@@ -106,9 +110,44 @@ class CertificateOperation:
     name: str
     company: str | None
     email: str | None
+    # more about the operation, e.g. a forward's new addressee and reason
+    note: str | None = None
 
     def __post_init__(self) -> None:
         _require_aware(self.at, "CertificateOperation.at")
+
+
+@dataclass(frozen=True)
+class CertificateDocument:
+    """One signed document as concluded: its name, SHA-256 and number of approval signatures."""
+
+    name: str
+    sha256: str
+    signatures: int
+
+
+@dataclass(frozen=True)
+class CertificateForward:
+    """One forward (転送): the original addressee handed the request to another person."""
+
+    at: datetime
+    from_name: str
+    from_email: str
+    to_name: str
+    to_email: str
+    reason: str
+    from_company: str | None = None
+
+    def __post_init__(self) -> None:
+        _require_aware(self.at, "CertificateForward.at")
+
+
+@dataclass(frozen=True)
+class CertificateConsent:
+    """The contractor's prior consent to electronic conclusion (建設業法19条3項)."""
+
+    consented_on: date
+    measures: str
 
 
 @dataclass(frozen=True)
@@ -129,6 +168,14 @@ class CertificateData:
     # Amendments (変更契約) concluded later that change this contract, one line each.
     amended_by: Sequence[str] = ()
     font_path: Path | None = None
+    # 契約種別 as people read it (建設工事 / 建設工事以外); None: not shown
+    contract_type: str | None = None
+    # the consent a construction contract was concluded under; None with ``consent_required``
+    # says that none is recorded
+    consent: CertificateConsent | None = None
+    consent_required: bool = False
+    documents: Sequence[CertificateDocument] = ()
+    forwards: Sequence[CertificateForward] = ()
 
     def __post_init__(self) -> None:
         if not _CERTIFICATE_ID.match(self.certificate_id):
@@ -221,6 +268,7 @@ class _Styles:
     section: ParagraphStyle
     head_cell: ParagraphStyle
     cell: ParagraphStyle
+    hash_cell: ParagraphStyle
 
 
 def _styles(font: str) -> _Styles:
@@ -241,6 +289,7 @@ def _styles(font: str) -> _Styles:
         ),
         head_cell=ParagraphStyle("head_cell", parent=base, fontSize=8, leading=10.5),
         cell=ParagraphStyle("cell", parent=base, fontSize=8, leading=10.5),
+        hash_cell=ParagraphStyle("hash_cell", parent=base, fontSize=7.5, leading=10),
     )
 
 
@@ -291,6 +340,20 @@ def _story(data: CertificateData, font: str, *, split_rows: bool) -> list[Any]:
         ("文書作成者メールアドレス", _markup(data.creator_email)),
         ("締結証明書ID", _markup(data.certificate_id)),
     ]
+    if data.contract_type:
+        facts.append(("契約種別", _markup(data.contract_type)))
+    if data.consent is not None:
+        facts.append(
+            (
+                "受注者の事前承諾（建設業法第19条第3項）",
+                _markup(
+                    f"承諾日: {data.consent.consented_on:%Y年%m月%d日}",
+                    f"電磁的措置: {data.consent.measures}",
+                ),
+            )
+        )
+    elif data.consent_required:
+        facts.append(("受注者の事前承諾（建設業法第19条第3項）", _markup("記録なし")))
     if data.amends:
         facts.append(("原契約（変更契約の場合）", _markup(data.amends)))
     if data.amended_by:
@@ -316,7 +379,7 @@ def _story(data: CertificateData, font: str, *, split_rows: bool) -> list[Any]:
                 Paragraph(_markup(op.ip), s.cell),
                 Paragraph(_markup(op.action), s.cell),
                 Paragraph(_markup(op.method), s.cell),
-                Paragraph(_markup(op.name, op.company, op.email), s.cell),
+                Paragraph(_markup(op.name, op.company, op.email, op.note), s.cell),
             ]
         )
     commands = _grid(font, 1)
@@ -330,6 +393,59 @@ def _story(data: CertificateData, font: str, *, split_rows: bool) -> list[Any]:
         splitInRow=split_in_row,
         style=TableStyle(commands),
     )
+
+    story_tail: list[Any] = []
+    if data.documents:
+        doc_widths = [52 * mm, _BODY_WIDTH - 52 * mm - 14 * mm, 14 * mm]
+        doc_rows: list[list[Any]] = [
+            [Paragraph(h, s.head_cell) for h in ("文書名", "SHA-256", "署名数")]
+        ]
+        doc_rows += [
+            [
+                Paragraph(_markup(d.name), s.cell),
+                Paragraph(_markup(d.sha256), s.hash_cell),
+                Paragraph(str(d.signatures), s.cell),
+            ]
+            for d in data.documents
+        ]
+        story_tail += [
+            Paragraph("文書のハッシュ値（締結時）", s.section),
+            Table(
+                doc_rows,
+                colWidths=doc_widths,
+                repeatRows=1,
+                splitInRow=split_in_row,
+                style=TableStyle(_grid(font, 1)),
+            ),
+        ]
+    if data.forwards:
+        fwd_widths = [36 * mm, 44 * mm, 44 * mm]
+        fwd_widths.append(_BODY_WIDTH - sum(fwd_widths))
+        fwd_rows: list[list[Any]] = [
+            [
+                Paragraph(h, s.head_cell)
+                for h in ("転送日時", "転送元（元の宛先）", "転送先", "理由")
+            ]
+        ]
+        fwd_rows += [
+            [
+                Paragraph(escape(_jst(f.at)), s.cell),
+                Paragraph(_markup(f.from_name, f.from_company, f.from_email), s.cell),
+                Paragraph(_markup(f.to_name, f.to_email), s.cell),
+                Paragraph(_markup(f.reason), s.cell),
+            ]
+            for f in data.forwards
+        ]
+        story_tail += [
+            Paragraph("転送の記録", s.section),
+            Table(
+                fwd_rows,
+                colWidths=fwd_widths,
+                repeatRows=1,
+                splitInRow=split_in_row,
+                style=TableStyle(_grid(font, 1)),
+            ),
+        ]
 
     return [
         Paragraph("電子契約締結証明書", s.heading),
@@ -345,6 +461,7 @@ def _story(data: CertificateData, font: str, *, split_rows: bool) -> list[Any]:
         ),
         Paragraph("操作履歴", s.section),
         operations_table,
+        *story_tail,
     ]
 
 

@@ -36,10 +36,11 @@ from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from core.active_content import ActiveContentMode, check_active_content
-from core.amendments import amended_by, describe, original_of
-from core.audit import list_events, record_event
+from core.amendments import original_of
+from core.audit import record_event
 from core.blobs import BlobStore
-from core.certificate import JST, CertificateData, CertificateOperation, render_certificate
+from core.certificate import JST
+from core.certificate_facts import DocumentCheck, check_document, issue_certificate, operation_via
 from core.consent import check_contract_type, require_consent
 from core.errors import Disposition, DocumentError, GatewayError, NotFoundError, StateError
 from core.model import (
@@ -376,11 +377,14 @@ def create_envelope(
     department: str | None = None,
     contract_type: str = "other",
     consent_id: str | None = None,
+    via: Mapping[str, str | None] | None = None,
 ) -> Envelope:
     """Validate the inputs, stamp and prepare every document, and add a draft envelope.
 
     A ``construction`` contract needs the contractor's consent in force (``consent_id``,
     :mod:`core.consent`). Nothing is added to the session when any input is refused.
+    ``via`` says how it was created (:func:`core.certificate_facts.operation_via`; read from
+    ``actor`` when not given) for the completion certificate.
     """
     # Every text on one line, control characters refused, before anything is stored: a line
     # break in a title or name would break the mails and downloads made from it later.
@@ -504,7 +508,11 @@ def create_envelope(
             actor=actor or creator,
             envelope_id=envelope.id,
             at=now,
-            detail={"documents": [d.name for d in documents], "parties": len(parties)},
+            detail={
+                "documents": [d.name for d in documents],
+                "parties": len(parties),
+                "via": dict(via or operation_via(session=session, actor=actor or creator)),
+            },
         )
         session.flush()
     except BaseException:
@@ -669,10 +677,17 @@ def _advance(
 
 
 def send_envelope(
-    *, session: Session, runtime: Runtime, envelope_id: str, actor: str, ip: str | None = None
+    *,
+    session: Session,
+    runtime: Runtime,
+    envelope_id: str,
+    actor: str,
+    ip: str | None = None,
+    via: Mapping[str, str | None] | None = None,
 ) -> Party:
     """Send a draft: the first acting party is asked to act. Returns that party. A construction
-    contract whose consent was withdrawn meanwhile is not sent (``consent.withdrawn``)."""
+    contract whose consent was withdrawn meanwhile is not sent (``consent.withdrawn``). ``via``
+    as for :func:`create_envelope`."""
     envelope = get_envelope(session=session, envelope_id=envelope_id)
     require_consent(
         session=session, contract_type=envelope.contract_type, consent_id=envelope.consent_id
@@ -689,6 +704,7 @@ def send_envelope(
         envelope_id=envelope.id,
         ip=ip,
         at=now,
+        detail={"via": dict(via or operation_via(session=session, actor=actor))},
     )
     first = _advance(session, runtime, envelope, now)
     assert first is not None  # create_envelope guarantees an acting party
@@ -1209,53 +1225,6 @@ def auth_method_ja(method: str | None) -> str:
     return _METHOD_JA.get(method, method)
 
 
-def _certificate_data(
-    session: Session, envelope: Envelope, now: dt.datetime, buyer: str
-) -> CertificateData:
-    parties = {p.id: p for p in envelope.parties}
-    operations: list[CertificateOperation] = []
-    for event in list_events(session=session, envelope_id=envelope.id):
-        if event.action not in _ACTION_JA:
-            continue
-        party = parties.get(event.party_id or "")
-        if party is not None:
-            name, company, email = party.name, party.company, party.email
-            method = auth_method_ja(party.auth_method)
-        else:
-            name, company, email, method = event.actor, None, None, ""
-        if event.action == "envelope.completed":
-            name, method = "keiyaku-gateway", "ドキュメントタイムスタンプ(RFC 3161)"
-        elif event.action in ("envelope.created", "envelope.sent"):
-            name, company, email = envelope.creator, buyer, envelope.creator_email
-            method = "職員ログイン"
-        operations.append(
-            CertificateOperation(
-                at=event.at,
-                ip=event.ip,
-                method=method,
-                action=_ACTION_JA[event.action],
-                name=name,
-                company=company,
-                email=email,
-            )
-        )
-    original = original_of(session=session, envelope_id=envelope.id)
-    return CertificateData(
-        amends=describe(original) if original is not None else None,
-        amended_by=[describe(e) for e in amended_by(session=session, envelope_id=envelope.id)],
-        certificate_id=envelope.certificate_id,
-        title=envelope.title,
-        document_names=[d.name for d in envelope.documents],
-        management_number=envelope.management_number,
-        creator=envelope.creator,
-        creator_email=envelope.creator_email,
-        buyer_name=buyer,
-        status_line="署名済みであり、すべての署名が有効です。",
-        operations=operations,
-        issued_at=now,
-    )
-
-
 def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> Envelope:
     """Add validation data and a document timestamp to every document; issue the certificate.
 
@@ -1265,6 +1234,7 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
     check_envelope_transition(envelope.state, EnvelopeState.COMPLETED)
     sealed: list[tuple[Document, DocumentRevision]] = []
     expiries: dict[str, dt.datetime | None] = {}
+    checks: list[DocumentCheck] = []
     try:
         for doc in envelope.documents:
             current = read_document(runtime=runtime, document=doc)
@@ -1278,12 +1248,24 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
                 )
             )
             expiries[doc.id] = runtime.signing.timestamp_expiry(data)
+            # hashed and verified now, for the certificate's document list and status line
+            checks.append(check_document(runtime.signing, name=doc.name, data=data))
             del current, data
+        now = utcnow()
+        # Signed and timestamped like the documents, before the envelope row is written: the
+        # TSA round trips hold no lock (on SQLite, the database's write lock).
+        certificate = issue_certificate(
+            session=session,
+            runtime=runtime,
+            envelope=envelope,
+            now=now,
+            checks=checks,
+            completing=True,
+        )
     except GatewayError as exc:
         if exc.retriable:
             _record_retriable(session, envelope, exc)
         raise
-    now = utcnow()
     _compare_and_set(
         session,
         Envelope,
@@ -1321,16 +1303,30 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
     set_committed_value(envelope, "updated_at", now)
     set_committed_value(envelope, "last_error", None)
     session.flush()
-    certificate = render_certificate(_certificate_data(session, envelope, now, runtime.buyer_name))
-    envelope.certificate_blob_id = runtime.blobs.put(certificate)
     original = original_of(session=session, envelope_id=envelope.id)
-    if (
+    reissue = (
         original is not None
         and original.state is EnvelopeState.COMPLETED
         and original.documents_purged_at is None  # nothing of a purged original is kept
-    ):
-        # The original's certificate is issued again so that it names this amendment too.
-        reissued = render_certificate(_certificate_data(session, original, now, runtime.buyer_name))
+    )
+    envelope.certificate_blob_id = runtime.blobs.put(certificate)
+    if reissue:
+        assert original is not None
+        # The original's certificate is issued again so that it names this amendment too (it
+        # lists concluded amendments only, so this runs after the state change; amendments are
+        # rare). A TSA outage here leaves the envelope sealing, as above.
+        try:
+            original_checks = [
+                check_document(runtime.signing, name=name, data=data)
+                for name, data in current_documents(runtime=runtime, envelope=original)
+            ]
+            reissued = issue_certificate(
+                session=session, runtime=runtime, envelope=original, now=now, checks=original_checks
+            )
+        except GatewayError as exc:
+            if exc.retriable:
+                _record_retriable(session, envelope, exc)
+            raise
         original.certificate_blob_id = runtime.blobs.put(reissued)
         record_event(
             session=session,

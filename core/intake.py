@@ -1177,6 +1177,7 @@ def _make_envelope(
         department=award.department,
         contract_type=contract_type,
         consent_id=request.id if request is not None else None,
+        via={"method": "intake", "source": award.source},
     )
     envelope.contractor_id = award.contractor_id
     if code_hash:
@@ -1203,7 +1204,11 @@ def _make_envelope(
     session.flush()
     if policy.auto_send and code_hash:
         send_envelope(
-            session=session, runtime=runtime, envelope_id=envelope.id, actor=policy.creator
+            session=session,
+            runtime=runtime,
+            envelope_id=envelope.id,
+            actor=policy.creator,
+            via={"method": "intake", "source": award.source},
         )
     return envelope
 

@@ -351,12 +351,18 @@ def forward_party(
     party_id: str,
     name: str,
     email: str,
+    reason: str,
+    code_hash: str,
     ip: str | None = None,
 ) -> Party:
     """The current party hands its turn to another person (転送): the party's name and e-mail
     change, its links stop working, and the new person is sent a request of their own.
 
-    The access code stays the party's: the forwarding person passes it on by another channel.
+    The forwarding person gives the reason and sets the new person's access code
+    (``code_hash``, made by :meth:`AccessCodePolicy.hash` beforehand), so the new person never
+    needs the forwarder's code. The original addressee, the reason and the time stay in the
+    audit trail (``party.forwarded``) for the staff page and the completion certificate, and
+    the sender is told by mail.
     """
     party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
     check_party_can_act(party)
@@ -366,6 +372,7 @@ def forward_party(
         )
     name = one_line(name, field="name", label_ja="転送先の氏名")
     email = email.strip()
+    reason = one_line(reason, field="reason", label_ja="転送の理由").strip()
     if not name or len(name) > 200:
         raise StateError(
             "party.forward_name", "the new person needs a name", "転送先の氏名を入力してください。"
@@ -382,6 +389,18 @@ def forward_party(
             "the request is already addressed to this e-mail",
             "現在の宛先と同じメールアドレスには転送できません。",
         )
+    if not reason or len(reason) > 500:
+        raise StateError(
+            "party.forward_reason",
+            "a forward needs a reason (at most 500 characters)",
+            "転送の理由を入力してください(500文字以内)。",
+        )
+    if not code_hash:
+        raise StateError(
+            "party.forward_code",
+            "a forward needs the new person's access code",
+            "転送先の方のアクセスコードを入力してください。",
+        )
     record_event(
         session=session,
         action="party.forwarded",
@@ -392,11 +411,15 @@ def forward_party(
         detail={
             "from_name": party.name,
             "from_email": party.email,
+            "from_company": party.company,
             "to_name": name,
             "to_email": email,
+            "reason": reason,
+            "access_code_set": True,
         },
     )
     party.name, party.email = name, email
+    set_access_code(session=session, party_id=party.id, code_hash=code_hash)
     revoke_party_links(session=session, party_id=party.id, reason="forwarded")
     runtime.notify(session, party.envelope, "party.forwarded", party)
     session.flush()

@@ -68,6 +68,9 @@ class MailKind(enum.StrEnum):
     CODE_CHANGED = "code_changed"  # to the party: a new access code comes by another channel
     READDRESSED_NOTICE = "readdressed_notice"  # to an old address: the request moved (no details)
     DEADLINE_EXTENDED = "deadline_extended"  # to the current party: the new deadline
+    # To the sender: a contractor's signer forwarded its turn (who, to whom, why, when), with
+    # the envelope's staff page.
+    FORWARD_NOTICE = "forward_notice"
 
     @property
     def carries_signing_link(self) -> bool:
@@ -115,6 +118,8 @@ class _Mail:
     name: str
     party_id: str | None
     key: str
+    # more payload (no secrets): e.g. which forward a forward notice is about
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 def _sender(envelope: Envelope, fallback: str | None) -> tuple[str, str] | None:
@@ -176,8 +181,17 @@ def planned_mails(
         first = _first_acting(envelope)
         if event == "party.resent" and first is not None and first.id == party.id:
             kind = MailKind.SIGNING_REQUEST
-        key = f"mail:{kind}:{eid}:{party.id}:{secrets.token_hex(8)}"
-        return [_Mail(kind, party.email, party.name, party.id, key)]
+        nonce = secrets.token_hex(8)
+        key = f"mail:{kind}:{eid}:{party.id}:{nonce}"
+        mails = [_Mail(kind, party.email, party.name, party.id, key)]
+        if event == "party.forwarded" and sender is not None:
+            # The party already carries the new address: the notice names the forward by it.
+            notice_key = f"mail:{MailKind.FORWARD_NOTICE}:{eid}:{party.id}:{nonce}"
+            extra = (("forwarded_to", party.email),)
+            mails.append(
+                _Mail(MailKind.FORWARD_NOTICE, sender[0], sender[1], party.id, notice_key, extra)
+            )
+        return mails
     if event == "party.locked" and party is not None and sender is not None:
         key = f"mail:{MailKind.LOCKOUT_NOTICE}:{eid}:{party.id}:{secrets.token_hex(8)}"
         return [_Mail(MailKind.LOCKOUT_NOTICE, sender[0], sender[1], party.id, key)]
@@ -256,5 +270,6 @@ class MailObserver:
                     "to": mail.to,
                     "name": mail.name,
                     "party_id": mail.party_id,
+                    **dict(mail.extra),
                 },
             )

@@ -292,6 +292,15 @@ class MailHandler:
                 decliner = next((p for p in envelope.parties if p.decline_reason), party)
                 context["party"] = decliner
                 context["reason"] = decliner.decline_reason if decliner is not None else ""
+            elif kind is MailKind.FORWARD_NOTICE:
+                forward = self._forward_event(
+                    session, envelope.id, party_id, str(payload.get("forwarded_to", ""))
+                )
+                if forward is None:
+                    log.info("mail %s dropped: its forward is not recorded", delivery.id)
+                    return None
+                context["forward"] = forward
+                context["staff_url"] = f"{self.public_url}/admin/envelopes/{envelope.id}"
             elif kind is MailKind.CANCEL_NOTICE:
                 context["reason"] = self._cancel_reason(session, envelope.id)
             session.commit()  # the link exists before the mail that carries it leaves
@@ -318,6 +327,24 @@ class MailHandler:
             if e.action == "party.forwarded" and e.party_id == party.id
         ]
         return str(events[-1].detail.get("from_name", "")) if events else ""
+
+    @staticmethod
+    def _forward_event(
+        session: Session, envelope_id: str, party_id: object, to_email: str
+    ) -> dict[str, str] | None:
+        """The forward a notice is about (the newest of the party's forwards to that address):
+        who forwarded, to whom, why and when (JST)."""
+        events = [
+            e
+            for e in list_events(session=session, envelope_id=envelope_id)
+            if e.action == "party.forwarded"
+            and e.party_id == party_id
+            and str(e.detail.get("to_email", "")).lower() == to_email.lower()
+        ]
+        if not events:
+            return None
+        detail = {k: str(v) if v is not None else "" for k, v in events[-1].detail.items()}
+        return {**detail, "at": jst(events[-1].at)}
 
     @staticmethod
     def _cancel_reason(session: Session, envelope_id: str) -> str:

@@ -569,7 +569,8 @@ def _metrics_registry(gateway: Gateway) -> CollectorRegistry:
     registry.register(_MirrorCollector(gateway))
     latency = Histogram(
         "keiyaku_signing_seconds",
-        "Signing engine latency per operation (approval, seal, archive_timestamp), this process.",
+        "Signing engine latency per operation (approval, seal, archive_timestamp, certificate), "
+        "this process.",
         labelnames=["operation"],
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         registry=registry,

@@ -36,6 +36,7 @@ from ._documents import FieldBox, PdfInfo, fill_text_fields, inspect_document, p
 from ._keys import SigningKey
 from ._loop import BackgroundLoop, shared_loop
 from ._timestamps import TimestampService
+from ._verify import VerificationReport, verify_pdf
 
 __all__ = [
     "RevocationData",
@@ -522,6 +523,26 @@ class SigningEngine:
         """When the certificate chain of the newest document timestamp expires (the earliest
         ``notAfter`` on the path from the TSA certificate to its root); None without one."""
         return newest_timestamp_expiry(data, trust_roots=self._trust_roots)
+
+    # -- completion certificate -----------------------------------------------------------
+
+    def sign_certificate(self, data: bytes, *, reason: str) -> bytes:
+        """Sign a completion certificate the gateway rendered, as it signs a concluded
+        document: an invisible PAdES signature with the gateway key and a signature timestamp,
+        then validation data and a document timestamp (B-LTA), so ``pdfsig`` and
+        ``keiyaku verify`` accept the certificate on its own."""
+        return self._run(self._timed("certificate", self._certify(data, reason)))
+
+    async def _certify(self, data: bytes, reason: str) -> bytes:
+        signed = await self._sign_approval(
+            data, signature_field="kg_certificate", reason=reason, values={}
+        )
+        return await self._seal(signed)
+
+    def verify(self, data: bytes) -> VerificationReport:
+        """Validate ``data``'s signatures and timestamps from its embedded data only, against
+        this engine's trust roots (what ``keiyaku verify`` checks)."""
+        return verify_pdf(data, trust_roots=self._trust_roots)
 
     # -- plumbing ----------------------------------------------------------------------------
 

@@ -569,7 +569,15 @@ async def decline_page(token: Token, request: Request, context: ContextDep) -> R
     return _redirect(f"{_base(token)}/done")
 
 
-def _forward(context: AppContext, token: str, name: str, email: str, ip: str | None) -> str:
+def _forward(
+    context: AppContext,
+    token: str,
+    name: str,
+    email: str,
+    reason: str,
+    code_hash: str,
+    ip: str | None,
+) -> str:
     with context.gateway.sessions() as session:
         _link, party = _open_party(session, token)
         forward_party(
@@ -579,6 +587,8 @@ def _forward(context: AppContext, token: str, name: str, email: str, ip: str | N
             party_id=party.id,
             name=name,
             email=email,
+            reason=reason,
+            code_hash=code_hash,
             ip=ip,
         )
         session.commit()
@@ -587,7 +597,8 @@ def _forward(context: AppContext, token: str, name: str, email: str, ip: str | N
 
 @router.post("/sign/{token}/forward", response_class=HTMLResponse)
 async def forward(token: Token, request: Request, context: ContextDep) -> Response:
-    """Hand this request to another person; this link stops working at once."""
+    """Hand this request to another person, with a reason and the new person's own access
+    code; this link stops working at once."""
     form = await read_form(request, 10)
     check_csrf(request, context, _text(form.get("csrf_token")))
     checked = await run_in_threadpool(_session_party, context, request, token)
@@ -595,16 +606,24 @@ async def forward(token: Token, request: Request, context: ContextDep) -> Respon
         return checked
     ip = get_client_ip(request, context)
     try:
+        code = context.policy.check_format(_text(form.get("access_code"))[:64])
+        # scrypt before any session: no database lock is held while hashing
+        code_hash = await run_in_threadpool(context.policy.hash, code)
         name = await run_in_threadpool(
             _forward,
             context,
             token,
             _text(form.get("name"))[:200],
             _text(form.get("email"))[:320],
+            _text(form.get("reason"))[:2000],
+            code_hash,
             ip,
         )
     except StateError as exc:
-        if not exc.code.startswith("party.forward"):
+        if not (
+            exc.code.startswith("party.forward")
+            or exc.code in {"party.bad_access_code", "text.control_character"}
+        ):
             raise
         return await run_in_threadpool(_rerender, request, context, token, exc.message_ja, {})
     context.wake_mailer()

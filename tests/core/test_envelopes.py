@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import threading
 from collections.abc import Callable
@@ -157,6 +158,18 @@ def test_full_flow_signs_every_document_and_issues_a_certificate(
     assert envelope.certificate_id in text
     assert envelope.management_number in text
     assert "s1@example.jp" in text and "署名者 2" in text
+    # The certificate is itself signed and timestamped by the gateway, and says what a
+    # verification of the concluded files found, with each file's SHA-256.
+    report = verify_pdf(certificate.read_bytes(), trust_roots=dev_trust_roots)
+    assert report.ok, report.as_dict()
+    assert [s.kind for s in report.signatures] == ["approval", "document_timestamp"]
+    flat = "".join(text.split())
+    for _name, data in docs:
+        assert hashlib.sha256(data).hexdigest() in flat
+    assert "全2文書の電子署名6件・ドキュメントタイムスタンプ2件を検証し、すべて有効" in flat
+    assert "職員ログイン(署名時にパスワードを再入力)" in flat  # party 1's approval
+    assert "メール認証＋アクセスコード" in flat  # the others'
+    assert "ドキュメントタイムスタンプ(RFC3161)" in flat  # the conclusion itself
     actions = [e.action for e in list_events(session=session, envelope_id=envelope.id)]
     assert actions[:3] == ["envelope.created", "envelope.sent", "party.requested"]
     assert actions.count("party.signed") == 3

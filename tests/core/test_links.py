@@ -209,7 +209,9 @@ def test_forward_changes_the_party_revokes_its_links_and_is_audited(
 ) -> None:
     envelope = sent_envelope()
     first, second = envelope.parties
+    set_access_code(session=session, party_id=first.id, code_hash=POLICY.hash("1111"))
     _row, token = _link(session, envelope)
+    new_code = POLICY.hash("8642")
     with pytest.raises(StateError, match="state.not_your_turn"):
         forward_party(
             session=session,
@@ -218,12 +220,16 @@ def test_forward_changes_the_party_revokes_its_links_and_is_audited(
             party_id=second.id,
             name="代理",
             email="dairi@example.co.jp",
+            reason="担当替え",
+            code_hash=new_code,
         )
     session.rollback()
-    for name, email, code in [
-        ("", "dairi@example.co.jp", "party.forward_name"),
-        ("代理 次郎", "not-an-address", "party.forward_email"),
-        ("代理 次郎", "ICHIRO@example.co.jp", "party.forward_same"),
+    for name, email, reason, code_hash, code in [
+        ("", "dairi@example.co.jp", "担当替え", new_code, "party.forward_name"),
+        ("代理 次郎", "not-an-address", "担当替え", new_code, "party.forward_email"),
+        ("代理 次郎", "ICHIRO@example.co.jp", "担当替え", new_code, "party.forward_same"),
+        ("代理 次郎", "dairi@example.co.jp", "  ", new_code, "party.forward_reason"),
+        ("代理 次郎", "dairi@example.co.jp", "担当替え", "", "party.forward_code"),
     ]:
         with pytest.raises(StateError, match=code):
             forward_party(
@@ -233,6 +239,8 @@ def test_forward_changes_the_party_revokes_its_links_and_is_audited(
                 party_id=first.id,
                 name=name,
                 email=email,
+                reason=reason,
+                code_hash=code_hash,
             )
     forward_party(
         session=session,
@@ -241,6 +249,8 @@ def test_forward_changes_the_party_revokes_its_links_and_is_audited(
         party_id=first.id,
         name="代理 次郎",
         email="dairi@example.co.jp",
+        reason="社長不在のため副社長が署名します",
+        code_hash=new_code,
         ip="192.0.2.7",
     )
     session.commit()
@@ -255,5 +265,21 @@ def test_forward_changes_the_party_revokes_its_links_and_is_audited(
         if e.action == "party.forwarded"
     ]
     assert event.ip == "192.0.2.7" and event.detail["from_email"] == "ichiro@example.co.jp"
-    kinds = [(d.payload["kind"], d.payload["to"]) for d in session.scalars(select(Delivery))]
+    assert event.detail["from_name"] == "髙橋 一郎"
+    assert event.detail["reason"] == "社長不在のため副社長が署名します"
+    # The new person's code is the one the forwarder set; the forwarder's no longer opens it.
+    new_row, _new_token = _link(session, envelope)
+    assert check_access_code(
+        session=session, runtime=mail_runtime, link_id=new_row.id, code="8642", policy=POLICY
+    )
+    with pytest.raises(AuthError, match="link.code_wrong"):
+        check_access_code(
+            session=session, runtime=mail_runtime, link_id=new_row.id, code="1111", policy=POLICY
+        )
+    payloads = [d.payload for d in session.scalars(select(Delivery))]
+    kinds = [(p["kind"], p["to"]) for p in payloads]
     assert ("forwarded_request", "dairi@example.co.jp") in kinds
+    # The sender is told, naming the forward by its new address.
+    (notice,) = [p for p in payloads if p["kind"] == "forward_notice"]
+    assert notice["to"] == "sender@city.example.jp"
+    assert notice["forwarded_to"] == "dairi@example.co.jp"

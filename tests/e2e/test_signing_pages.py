@@ -223,6 +223,8 @@ def test_forward_gives_the_new_person_their_own_link(site: Site, context: Browse
     page.click("#forward-button")
     page.fill("#forward-name", "代理 次郎")
     page.fill("#forward-email", "dairi-fwd@city.example.jp")
+    page.fill("#forward-code", "7531")
+    page.fill("#forward-reason", "課長不在のため代理で承認します")
     site.shot(page, "forward-dialog")
     page.click("#forward-submit")
     expect(page.locator("h1")).to_have_text("署名依頼を転送しました")
@@ -235,7 +237,7 @@ def test_forward_gives_the_new_person_their_own_link(site: Site, context: Browse
     (forwarded,) = site.inbox.wait_for("dairi-fwd@city.example.jp")
     assert forwarded["Subject"] == SUBJECT
     assert "契約 花子 様から開発市 様の署名依頼が転送されました" in body_of(forwarded)
-    _open_documents(page, site, link_in(forwarded), "1111", "forwardee")
+    _open_documents(page, site, link_in(forwarded), "7531", "forwardee")
     _complete(page, site, "forwardee")
     status = site.api.get(f"/api/v1/envelopes/{envelope['id']}").json()
     assert status["parties"][0]["name"] == "代理 次郎"

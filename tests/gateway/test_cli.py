@@ -101,6 +101,25 @@ def test_demo_signs_two_documents_with_two_signatures_and_a_timestamp(
     assert "締結証明書" in text and "髙橋 一郎" in text
 
 
+def test_the_demo_certificate_is_itself_signed_and_verifies(
+    demo_run: tuple[Path, list[Path], Path],
+) -> None:
+    config, _, certificate = demo_run
+    pdfsig = subprocess.run(["pdfsig", str(certificate)], capture_output=True, text=True)
+    assert "Signature Field Name: kg_certificate" in pdfsig.stdout, pdfsig.stdout
+    assert "Signature is Valid." in pdfsig.stdout, pdfsig.stdout
+    ok = _run("--config", str(config), "verify", "--json", str(certificate))
+    report = json.loads(ok.stdout)
+    assert report["ok"] is True
+    assert [s["kind"] for s in report["signatures"]] == ["approval", "document_timestamp"]
+    text = subprocess.run(
+        ["pdftotext", str(certificate), "-"], capture_output=True, text=True, check=True
+    ).stdout
+    flat = "".join(text.split())
+    # made by intake from the demo's award source, not by a person
+    assert re.search(r"落札情報の取込\(連携元:[^)]*awards", flat), flat
+
+
 def test_verify_accepts_the_demo_and_rejects_a_flipped_byte(
     demo_run: tuple[Path, list[Path], Path], tmp_path: Path
 ) -> None:
