@@ -54,7 +54,7 @@ from core.model import (
 )
 from core.outbox import release_leases
 from core.records import fill_record_facts, record_facts
-from core.signing import FieldBox, PdfInfo, SigningEngine, approval_reason
+from core.signing import FieldBox, PageArea, PdfInfo, SigningEngine, approval_reason
 from core.signing_tasks import (
     claim_task,
     close_task,
@@ -73,6 +73,7 @@ from core.states import (
     envelope_state_ja,
 )
 from core.text import multi_line, one_line
+from core.text_boxes import check_text_box
 
 log = logging.getLogger(__name__)
 
@@ -334,10 +335,10 @@ def _field_error(index: int, message_en: str, message_ja: str) -> StateError:
 
 
 def _check_fields(
-    fields: Sequence[FieldInput], parties: Sequence[PartyInput], page_counts: Sequence[int]
+    fields: Sequence[FieldInput], parties: Sequence[PartyInput], pages: Sequence[Sequence[PageArea]]
 ) -> None:
     for index, f in enumerate(fields):
-        if not 0 <= f.document < len(page_counts):
+        if not 0 <= f.document < len(pages):
             raise _field_error(index, "no such document", "指定された文書がありません。")
         if not 0 <= f.party < len(parties):
             raise _field_error(index, "no such party", "指定された署名者がいません。")
@@ -345,11 +346,15 @@ def _check_fields(
             raise _field_error(
                 index, "a cc party cannot fill fields", "CC(写し送付先)は入力できません。"
             )
-        if not 1 <= f.page <= page_counts[f.document]:
-            raise _field_error(index, "page out of range", "ページ番号が文書の範囲外です。")
-        x1, y1, x2, y2 = f.rect
-        if not (x2 > x1 and y2 > y1):
-            raise _field_error(index, "empty rectangle", "位置と大きさが正しくありません。")
+        # Where the box is, its size and label: the rule the compose page and mappings share.
+        check_text_box(
+            number=index + 1,
+            label=f.label,
+            rect=f.rect,
+            max_length=f.max_length,
+            page=f.page,
+            pages=pages[f.document],
+        )
 
 
 def _new_management_number(session: Session, now: dt.datetime) -> str:
@@ -426,7 +431,7 @@ def create_envelope(
         )
         for d in documents
     ]
-    _check_fields(fields, parties, [i.page_count for i in infos])
+    _check_fields(fields, parties, [i.pages for i in infos])
     accounts = _staff_accounts(session, parties)
 
     now = utcnow()

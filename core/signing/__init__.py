@@ -21,7 +21,7 @@ The engine is pure bytes-in/bytes-out: a failure leaves the caller's input untou
 """
 
 from ._bounded import BoundedVerifier, VerifyBudget
-from ._documents import FieldBox, PdfInfo
+from ._documents import FieldBox, PageArea, PdfInfo
 from ._engine import (
     RevocationData,
     SigningEngine,
@@ -37,6 +37,7 @@ from ._verify import SignatureReport, VerificationReport, verify_pdf
 __all__ = [
     "BoundedVerifier",
     "FieldBox",
+    "PageArea",
     "PdfInfo",
     "RevocationData",
     "SignatureReport",

@@ -74,11 +74,24 @@ class FieldBox:
 
 
 @dataclass(frozen=True)
+class PageArea:
+    """A page's displayed area (CropBox clipped to MediaBox) in PDF points, origin bottom-left,
+    and its /Rotate (0, 90, 180 or 270)."""
+
+    left: float
+    bottom: float
+    right: float
+    top: float
+    rotation: int = 0
+
+
+@dataclass(frozen=True)
 class PdfInfo:
     """What the engine learnt about an accepted input document."""
 
     page_count: int
     size: int
+    pages: tuple[PageArea, ...] = ()
 
 
 def _refuse(code: str, message_en: str, message_ja: str, **details: object) -> DocumentError:
@@ -247,7 +260,11 @@ def _iter_pages(
 def inspect_document(data: bytes) -> PdfInfo:
     """Accept or refuse an input PDF (see :meth:`SigningEngine.inspect`)."""
     loaded = load_document(data)
-    return PdfInfo(page_count=len(loaded.pages), size=len(data))
+    return PdfInfo(
+        page_count=len(loaded.pages),
+        size=len(data),
+        pages=tuple(PageArea(*_visible_box(page), _rotation(page)) for page, _ in loaded.pages),
+    )
 
 
 def _resolve(value: generic.PdfObject | None) -> generic.PdfObject | None:
