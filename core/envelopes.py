@@ -358,8 +358,9 @@ def _check_fields(
 
 
 def _new_management_number(session: Session, now: dt.datetime) -> str:
-    # Readable, sortable and unique without a sequence shared across nodes.
-    return f"KG-{now:%Y%m%d}-{secrets.token_hex(4).upper()}"
+    # Readable, sortable and unique without a sequence shared across nodes; dated in JST, the
+    # day the buyer's clerks work in (00:30 JST is the next day, not UTC's previous one).
+    return f"KG-{now.astimezone(JST):%Y%m%d}-{secrets.token_hex(4).upper()}"
 
 
 def create_envelope(
