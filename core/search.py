@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -41,6 +42,7 @@ class EnvelopeQuery:
     """Search conditions; every one given must hold (AND). Ranges include both ends."""
 
     keyword: str | None = None  # in a document's file name or the title
+    management_number: str | None = None  # 管理番号, whole or part, any letter case
     date_from: dt.date | None = None  # transaction date (取引年月日)
     date_to: dt.date | None = None
     counterparty: str | None = None  # substring of the counterparty's name (取引先)
@@ -54,10 +56,14 @@ class EnvelopeQuery:
 
     def __post_init__(self) -> None:
         # A NUL cannot even be sent to PostgreSQL, and no stored text holds a control character.
-        for name in ("keyword", "counterparty", "department"):
+        for name in ("keyword", "management_number", "counterparty", "department"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, without_controls(value) or None)
+        if self.management_number is not None:
+            # Typed from paper or a phone: ＫＧ－２０２６ is KG-2026.
+            number = unicodedata.normalize("NFKC", self.management_number).strip()
+            object.__setattr__(self, "management_number", number or None)
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,11 @@ def conditions(query: EnvelopeQuery, dialect: str) -> list[ColumnElement[bool]]:
             select(Envelope.id).where(_contains(Envelope.title, keyword, dialect)),
         )
         where.append(Envelope.id.in_(matching))
+    if query.management_number:
+        # Part of the number, any case (kg-20260401 finds KG-20260401-…); on PostgreSQL the
+        # trigram index of migration 0017c serves it.
+        number = _like(query.management_number)
+        where.append(Envelope.management_number.ilike(number, escape="\\"))
     if query.date_from:
         where.append(Envelope.transaction_date >= query.date_from)
     if query.date_to:
@@ -230,6 +241,7 @@ def parse_query(params: Mapping[str, str], states: Sequence[str] = ()) -> Envelo
     try:
         query = EnvelopeQuery(
             keyword=params.get("keyword") or None,
+            management_number=params.get("management_number") or None,
             date_from=_date(params.get("date_from")),
             date_to=_date(params.get("date_to")),
             counterparty=params.get("counterparty") or None,

@@ -300,6 +300,7 @@ def _locked_envelopes(session: Session, envelope_ids: list[str]) -> set[str]:
 
 
 _FORM_KEYS = (
+    "management_number",
     "keyword",
     "date_from",
     "date_to",

@@ -1,16 +1,20 @@
-"""Generated management numbers carry the JST date, whatever the UTC date is."""
+"""Management numbers: generated ones carry the JST date, whatever the UTC date is; the search
+finds one by any part of it."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import pytest
+from sqlalchemy import true
 from sqlalchemy.orm import Session
 
 import core.envelopes
 from core.envelopes import DocumentInput, PartyInput, Runtime, create_envelope
+from core.search import parse_query, search_envelopes
 from core.states import PartyRole
 from tests.fixtures.pdfs import make_pdf
+from tests.fixtures.staff import make_envelope
 
 
 @pytest.mark.parametrize(
@@ -40,3 +44,22 @@ def test_a_generated_number_is_dated_in_jst(
     )
     assert envelope.management_number.startswith(f"KG-{jst_day}-")
     assert envelope.created_at == utc
+
+
+def test_search_finds_a_number_by_any_part_in_any_width_and_case(session: Session) -> None:
+    numbers = ["KG-20260401-AB12CD34", "KG-20260402-0000FFFF", "R20251001-R7-001", "R7_001%"]
+    for number in numbers:
+        make_envelope(session).management_number = number
+    session.flush()
+
+    def found(text: str) -> set[str]:
+        query = parse_query({"management_number": text})
+        page = search_envelopes(session=session, query=query, scope=true())
+        return {e.management_number for e in page.items}
+
+    assert found("KG-20260401-AB12CD34") == {"KG-20260401-AB12CD34"}
+    assert found("ｋｇ－２０２６０４０１") == {"KG-20260401-AB12CD34"}  # full width, lower case
+    assert found("r7-001") == {"R20251001-R7-001"}
+    assert found("KG-2026040") == {"KG-20260401-AB12CD34", "KG-20260402-0000FFFF"}
+    assert found("_001%") == {"R7_001%"}  # LIKE's wildcards are plain characters here
+    assert found("KG-20260403") == set()
