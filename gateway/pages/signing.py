@@ -78,6 +78,7 @@ def render_page(
     nonce, new = _csrf_nonce(request, context)
     html = context.templates.get_template(template).render(
         buyer=context.gateway.runtime.buyer_name,
+        contact=context.gateway.settings.buyer.contact,
         csrf_token=context.cookies.csrf_token(nonce),
         **values,
     )

@@ -5,17 +5,29 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import email
+import email.policy
 import io
+import mailbox
+import re
 from collections.abc import Callable
+from email.message import EmailMessage
+from pathlib import Path
 
+import httpx
 import pytest
 
 import core.envelopes
 from core.api_clients import update_api_client
+from core.envelopes import decline, get_envelope, record_view
+from core.model import VisibilityScope
+from gateway.app import build_mail_handler
+from gateway.mailer import MailDispatcher
+from tests.e2e.conftest import body_of, link_in
 from tests.fixtures.gateway import envelope_request
 from tests.fixtures.staff import make_envelope
 from tests.gateway.conftest import LiveGateway
-from tests.gateway.test_admin_pages import _login, _staff
+from tests.gateway.test_admin_pages import _csrf, _login, _staff
 from tests.gateway.test_records_search import _NUMBER, CLERK, _cli
 
 
@@ -67,3 +79,94 @@ def test_a_clerk_finds_an_envelope_by_its_management_number_on_page_api_and_cli(
     assert out.returncode == 0, out.stderr
     rows = list(csv.reader(io.StringIO(out.stdout.lstrip("\ufeff"))))
     assert [r[0] for r in rows[1:]] == ["R20251001-R7-001"]
+
+
+CONTACT = (
+    "  contact:\n"
+    "    department: 総務部 契約課\n"
+    "    phone: 011-000-0000（内線 123）\n"
+    "    address: 〒060-0000 開発市中央1-1-1 本庁舎3階\n"
+    "    email: keiyaku-madoguchi@city.example.jp\n"
+)
+MAILDIR = "  maildir: outgoing\n  sender: keiyaku@city.example.jp\n"
+
+
+def _mails(live: LiveGateway, tmp_path: Path) -> list[EmailMessage]:
+    """Send what waits in the outbox; every mail in the maildir so far, oldest first."""
+    dispatcher = MailDispatcher(live.gateway.sessions, build_mail_handler(live.gateway), 1)
+    while dispatcher.run_once().delivered:
+        pass
+    box = mailbox.Maildir(str(tmp_path / "outgoing"), create=False)
+    messages = [email.message_from_bytes(m.as_bytes(), policy=email.policy.default) for m in box]
+    return sorted(messages, key=lambda m: str(m["Date"]))  # type: ignore[misc]
+
+
+def _contact_block_in(body: str) -> None:
+    assert "お問い合わせ先: 開発市 総務部 契約課\n電話: 011-000-0000（内線 123）\n" in body
+    assert "所在地: 〒060-0000 開発市中央1-1-1 本庁舎3階\n" in body
+    assert "メール: keiyaku-madoguchi@city.example.jp(このメールに返信すると届きます)" in body
+    assert "返信されても対応できません" not in body
+
+
+def test_mails_carry_the_contact_reply_to_deadline_and_staff_links(
+    live_gateway: Callable[..., LiveGateway], tmp_path: Path
+) -> None:
+    live = live_gateway(buyer=CONTACT, mail=MAILDIR)
+    _staff(live, "admin@city.example.jp", "総務課", roles="admin", scope=VisibilityScope.ALL)
+    with live.client(live.token("e-bid")) as api:
+        locked = api.post("/api/v1/envelopes", json=envelope_request(send=True)).json()
+        (first,) = _mails(live, tmp_path)
+        declined = api.post("/api/v1/envelopes", json=envelope_request(send=True)).json()
+    body = body_of(first)
+    assert "署名期限: 2025年10月08日まで(日本時間)\n" in body  # the signing deadline, JST
+    assert re.search(r"URLの有効期限: \d{4}年\d\d月\d\d日 \d\d:\d\d\(日本時間\)", body)
+    _contact_block_in(body)
+    assert first["Reply-To"].addresses[0].addr_spec == "keiyaku-madoguchi@city.example.jp"
+
+    # The approver's link locked by five wrong codes: the page says whom to call ...
+    with httpx.Client(base_url=live.url) as browser:
+        link = link_in(first).replace("http://testserver", "")
+        for attempt in range(5):
+            token = _csrf(browser.get(link).text)
+            browser.post(link, data={"access_code": f"99{attempt:02d}", "csrf_token": token})
+        page = browser.get(link)
+        assert page.status_code >= 400 and 'id="contact"' in page.text
+        assert "011-000-0000（内線 123）" in page.text and "本庁舎3階" in page.text
+    # ... and the sender's lock notice links to the envelope's staff page.
+    with live.gateway.sessions() as session:
+        envelope = get_envelope(session=session, envelope_id=declined["id"])
+        party = envelope.parties[0]
+        record_view(session=session, envelope_id=envelope.id, party_id=party.id, ip=None)
+        decline(
+            session=session,
+            runtime=live.gateway.runtime,
+            envelope_id=envelope.id,
+            party_id=party.id,
+            reason="金額が見積と異なります",
+        )
+        session.commit()
+    notices = {m["Subject"].split("】")[0]: m for m in _mails(live, tmp_path)[1:]}
+    lock_body = body_of(notices["【ロック"])
+    decline_body = body_of(notices["【却下"])
+    assert f"http://testserver/admin/envelopes/{locked['id']}\n" in lock_body
+    assert f"http://testserver/admin/envelopes/{declined['id']}\n" in decline_body
+    for body in (lock_body, decline_body):
+        _contact_block_in(body)
+    # The link opens that envelope for a staff member who logs in.
+    with live.client() as staff_browser:
+        assert _login(staff_browser, "admin@city.example.jp").status_code == 303
+        opened = staff_browser.get(f"/admin/envelopes/{declined['id']}")
+        assert opened.status_code == 200 and declined["management_number"] in opened.text
+
+
+def test_without_a_contact_mailbox_replies_go_to_the_sender_and_the_mail_says_so(
+    live_gateway: Callable[..., LiveGateway], tmp_path: Path
+) -> None:
+    live = live_gateway(mail=MAILDIR)
+    with live.client(live.token("e-bid")) as api:
+        api.post("/api/v1/envelopes", json=envelope_request(send=True))
+    (mail,) = _mails(live, tmp_path)
+    assert mail["Reply-To"].addresses[0].addr_spec == "keiyaku@city.example.jp"
+    body = body_of(mail)
+    assert "お問い合わせ先: 開発市 契約課\n" in body and "電話:" not in body
+    assert "このメールに返信されても対応できません。お問い合わせは上記までお願いします。" in body
