@@ -27,8 +27,8 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from core.access import scope_clause, scope_for
 from core.csv_export import SafeCsvWriter
 from core.errors import StaffError
-from core.model import BIGRAMS, Document, Envelope, Staff
-from core.states import EnvelopeState
+from core.model import BIGRAMS, Document, Envelope, Party, Staff
+from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, PartyRole, PartyState
 from core.text import without_controls
 
 MAX_PER_PAGE = 200
@@ -209,6 +209,28 @@ def _statement(scope: ColumnElement[bool], query: EnvelopeQuery, dialect: str) -
         .where(scope, *conditions(query, dialect))
         .order_by(Envelope.transaction_date.desc(), Envelope.id.desc())
     )
+
+
+def waiting_on(*, session: Session, envelope_ids: Sequence[str]) -> dict[str, Party]:
+    """For each sent envelope among ``envelope_ids``, the party it waits for (誰の対応待ちか):
+    the first in routing order that has still to act, or whose approval is being signed."""
+    if not envelope_ids:
+        return {}
+    rows = session.scalars(
+        select(Party)
+        .join(Envelope, Envelope.id == Party.envelope_id)
+        .where(
+            Party.envelope_id.in_(list(envelope_ids)),
+            Envelope.state == EnvelopeState.SENT,
+            Party.role != PartyRole.CC,
+            Party.state.in_([*ACTIONABLE_PARTY_STATES, PartyState.SIGNING]),
+        )
+        .order_by(Party.envelope_id, Party.routing_order)
+    )
+    waiting: dict[str, Party] = {}
+    for party in rows:
+        waiting.setdefault(party.envelope_id, party)
+    return waiting
 
 
 def export_envelopes(

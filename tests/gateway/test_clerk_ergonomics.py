@@ -19,7 +19,7 @@ import pytest
 
 import core.envelopes
 from core.api_clients import update_api_client
-from core.envelopes import decline, get_envelope, record_view
+from core.envelopes import approve, decline, get_envelope, record_view
 from core.model import VisibilityScope
 from gateway.app import build_mail_handler
 from gateway.mailer import MailDispatcher
@@ -170,3 +170,73 @@ def test_without_a_contact_mailbox_replies_go_to_the_sender_and_the_mail_says_so
     body = body_of(mail)
     assert "お問い合わせ先: 開発市 契約課\n" in body and "電話:" not in body
     assert "このメールに返信されても対応できません。お問い合わせは上記までお願いします。" in body
+
+
+_ROW = re.compile(r"<tr><td><a href=\"/admin/envelopes/([0-9a-f]{32})\">.*?</tr>", re.S)
+
+
+def _cell(row: str, css: str) -> str:
+    match = re.search(rf'<td class="{css}">(.*?)</td>', row, re.S)
+    assert match, row
+    return match.group(1)
+
+
+def test_the_list_shows_whom_each_envelope_waits_for_and_its_deadline_in_japanese(
+    live_gateway: Callable[..., LiveGateway],
+) -> None:
+    live = live_gateway()
+    _staff(live, CLERK, "契約課", roles="sender,signer")
+    token = live.token("e-bid")
+    with live.gateway.sessions() as session:
+        update_api_client(session=session, name="e-bid", department="契約課")
+        session.commit()
+    with live.client(token) as api:
+        sent = api.post("/api/v1/envelopes", json=envelope_request(send=True)).json()
+        draft = api.post("/api/v1/envelopes", json=envelope_request()).json()
+
+    def rows() -> dict[str, str]:
+        with live.client() as page_client:
+            assert _login(page_client, CLERK).status_code == 303
+            listed = page_client.get("/admin/envelopes")
+        assert "<th>対応待ち</th><th>締切日</th>" in listed.text
+        return {m.group(1): m.group(0) for m in _ROW.finditer(listed.text)}
+
+    listed = rows()
+    assert _cell(listed[sent["id"]], "waiting-on") == "1. 開発市 契約課 契約 花子（承認者）"
+    assert _cell(listed[sent["id"]], "deadline") == "2025-10-08"
+    assert _cell(listed[draft["id"]], "waiting-on") == ""  # a draft waits for its sender
+    # The approver acts: the envelope now waits for the contractor.
+    with live.gateway.sessions() as session:
+        first = get_envelope(session=session, envelope_id=sent["id"]).parties[0]
+        record_view(session=session, envelope_id=sent["id"], party_id=first.id)
+        session.commit()
+        approve(
+            session=session,
+            runtime=live.gateway.runtime,
+            envelope_id=sent["id"],
+            party_id=first.id,
+            values={},
+            auth_method="email+access_code",
+        )
+        session.commit()
+    assert _cell(rows()[sent["id"]], "waiting-on") == "2. 株式会社髙橋建設 髙橋 一郎（署名者）"
+
+    with live.client() as page_client:
+        assert _login(page_client, CLERK).status_code == 303
+        detail = page_client.get(f"/admin/envelopes/{sent['id']}").text
+        staff_page = page_client.get("/admin/staff")
+    roles = re.findall(r'<td class="party-role">([^<]*)</td>', detail)
+    assert roles == ["承認者", "署名者", "署名者"]
+    history = re.findall(r'<td title="([a-z_.]+)">([^<]*)</td>', detail)
+    assert {code for code, _ in history} >= {"envelope.created", "envelope.sent", "party.approved"}
+    assert all(label and label != code for code, label in history), history
+    assert staff_page.status_code == 403  # only admins manage staff
+    _staff(live, "admin@city.example.jp", "総務課", roles="admin", scope=VisibilityScope.ALL)
+    with live.client() as admin:
+        assert _login(admin, "admin@city.example.jp").status_code == 303
+        members = admin.get("/admin/staff").text
+    assert re.search(
+        rf"<td>{CLERK}</td><td class=\"roles\" title=\"[a-z,]+\">送信者・署名者</td><td>所属</td>",
+        members,
+    )
+    assert '<td class="roles" title="admin">管理者</td><td>全体</td>' in members
