@@ -1,6 +1,10 @@
 """Where a text box may go and what it may say: the one rule that the API, the compose page and
 the mappings obey (each through :func:`check_text_box` or :func:`shape_problem`).
 
+A value typed into a box must fit it in the signed PDF: it is drawn smaller to fit the width,
+but one that would need less than ``MIN_FIELD_FONT_SIZE`` is refused when entered
+(:func:`check_values_fit`, ``envelope.field_too_wide``) rather than clipped.
+
 A box is refused (``envelope.bad_field``, Japanese message for the sender) when its rectangle is
 not a finite, upright rectangle of at least :data:`MIN_SIZE` on each side, when it does not lie
 on the page's displayed area (a pointer may round it :data:`EDGE` points out), when the page is
@@ -11,10 +15,11 @@ shown rotated (the box would be drawn sideways), when its label is empty or long
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from core.errors import StateError
-from core.signing import PageArea
+from core.model import Party
+from core.signing import MIN_FIELD_FONT_SIZE, PageArea, SigningEngine
 
 __all__ = [
     "EDGE",
@@ -24,6 +29,7 @@ __all__ = [
     "MM",
     "Problem",
     "check_text_box",
+    "check_values_fit",
     "placement_problem",
     "shape_problem",
 ]
@@ -103,4 +109,23 @@ def check_text_box(
             f"field {number}: {message_en}",
             f"{number}番目のテキストボックス: {message_ja}",
             details={"field": number},
+        )
+
+
+def check_values_fit(*, engine: SigningEngine, party: Party, values: Mapping[str, str]) -> None:
+    """Refuse (``envelope.field_too_wide``, with about how many characters fit) a value of one
+    of ``party``'s boxes that would not fit the box whole and legible in the signed PDF."""
+    for f in party.fields:
+        value = (values.get(f.id) or "").strip()
+        width, height = abs(f.x2 - f.x1), abs(f.y2 - f.y1)
+        if not value or engine.text_fits(value, width=width, height=height):
+            continue
+        # Full-width characters are one em wide: about this many fit at the smallest size.
+        size = min(MIN_FIELD_FONT_SIZE, max(height - 4, 4.0))
+        fit = max(1, int((width - 4) // size))
+        raise StateError(
+            "envelope.field_too_wide",
+            f"the value of field {f.label!r} does not fit its box",
+            f"「{f.label}」が枠に収まりません。全角でおよそ{fit}文字以内に短くしてください。",
+            details={"field": f.id, "characters": fit},
         )

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import re
+
 import pytest
+from pyhanko.pdf_utils.reader import PdfFileReader
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.envelopes import DocumentInput, FieldInput, PartyInput, Runtime, create_envelope
 from core.errors import StateError
 from core.model import Envelope
-from core.signing import PageArea
+from core.signing import MIN_FIELD_FONT_SIZE, FieldBox, PageArea
 from core.states import PartyRole
-from core.text_boxes import MM, check_text_box
+from core.text_boxes import MIN_SIZE, MM, check_text_box, check_values_fit
 from tests.fixtures.pdfs import make_pdf, with_page_box
 
 A4 = PageArea(0, 0, 595.28, 841.89)
@@ -102,3 +106,54 @@ def test_create_envelope_holds_boxes_to_the_pages_own_area(
     turned = with_page_box(make_pdf(pages=1), rotate=90)
     with pytest.raises(StateError, match="rotated"):
         _create(session, dev_runtime, turned, good)
+
+
+def test_a_value_fits_its_box_in_the_signed_pdf_or_is_refused_with_how_much_fits(
+    session: Session, dev_runtime: Runtime
+) -> None:
+    narrow = FieldInput(
+        document=0, party=0, label="記入日", page=1, rect=(300, 700, 372, 716), max_length=100
+    )
+    envelope = _create(session, dev_runtime, make_pdf(pages=1), narrow)
+    party = envelope.parties[0]
+    (field,) = party.fields
+    engine = dev_runtime.signing
+    check_values_fit(engine=engine, party=party, values={field.id: "令和8年4月1日"})
+    check_values_fit(engine=engine, party=party, values={})  # nothing typed: nothing to fit
+    with pytest.raises(StateError) as refused:
+        check_values_fit(engine=engine, party=party, values={field.id: "令" * 14})
+    assert refused.value.code == "envelope.field_too_wide"
+    assert (
+        refused.value.message_ja
+        == "「記入日」が枠に収まりません。全角でおよそ13文字以内に短くしてください。"
+    )
+    check_values_fit(engine=engine, party=party, values={field.id: "令" * 13})  # as promised
+    # A box only as high as the rule's minimum takes whatever its width holds at that height.
+    assert engine.text_fits("令和", width=30, height=MIN_SIZE)
+    assert not engine.text_fits("令" * 8, width=30, height=MIN_SIZE)
+
+
+def test_the_filled_value_is_drawn_whole_at_the_size_the_check_promised(
+    dev_runtime: Runtime,
+) -> None:
+    engine = dev_runtime.signing
+    prepared = engine.prepare(
+        make_pdf(pages=1),
+        certificate_id="0" * 32,
+        fields=[FieldBox(name="kg_text_1", page=1, rect=(300, 700, 372, 716))],
+    )
+    value = "令" * 13
+    assert engine.text_fits(value, width=72, height=16)
+    signed = engine.sign_approval(
+        prepared, signature_field="kg_sig_1", reason="承認", values={"kg_text_1": value}
+    )
+    reader = PdfFileReader(io.BytesIO(signed))
+    (field,) = [
+        f.get_object()
+        for f in reader.root["/AcroForm"]["/Fields"]
+        if f.get_object().get("/T") == "kg_text_1"
+    ]
+    stream = field["/AP"]["/N"].get_object().data.decode("latin-1")
+    size = float(re.search(r"/KgFieldFont ([\d.]+) Tf", stream).group(1))  # type: ignore[union-attr]
+    assert MIN_FIELD_FONT_SIZE <= size <= 10
+    assert 13 * size <= 72 - 4 + 0.01  # 13 full-width glyphs of one em each, inside the padding
