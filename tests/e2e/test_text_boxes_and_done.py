@@ -1,6 +1,7 @@
 """A contractor on a phone (and a desktop): text boxes that leave the printed page readable, a
 value too long for its box refused with how much fits, the completion certificate offered on
-the last signer's done page, and whom to contact on the page of a closed link."""
+the last signer's done page, and whom to contact on the page of a closed link; a clerk finds
+the envelope by its management number and sees whom it waits for."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
 from core.envelopes import get_envelope
-from core.signing import MIN_FIELD_FONT_SIZE
+from core.model import VisibilityScope
+from core.staff import PasswordPolicy, add_staff, set_password
 from tests.e2e.conftest import Site, link_in, wait_for_visible_images
 from tests.fixtures.gateway import b64
 from tests.fixtures.pdfs import make_pdf
 
 SIZES = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
+PASSWORD = "Kei-yaku-2026!"
 BOX = [300, 700, 372, 716]  # 72 x 16 pt: about 14 full-width characters at the smallest size
 
 
@@ -95,7 +98,7 @@ def test_boxes_show_the_page_a_long_value_is_refused_and_the_certificate_is_offe
     with site.gateway.sessions() as session:
         stored = get_envelope(session=session, envelope_id=envelope["id"])
         (field,) = stored.fields
-        assert field.value == "令和8年4月1日"
+        assert field.value == "令和8年4月1日"  # drawn at >= 5 pt: tests/core/test_text_boxes.py
 
     # The link, opened again without the session: closed, and whom to ask.
     other = context.browser.new_context(locale="ja-JP", viewport=SIZES[size])  # type: ignore[union-attr, arg-type]
@@ -107,4 +110,39 @@ def test_boxes_show_the_page_a_long_value_is_refused_and_the_certificate_is_offe
         site.shot(closed, f"closed-{size}")
     finally:
         other.close()
-    assert MIN_FIELD_FONT_SIZE == 5.0
+
+
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_a_clerk_finds_by_number_whom_it_waits_for_and_its_deadline(
+    site: Site, context: BrowserContext, size: str
+) -> None:
+    clerk = f"clerk-list-{size}@city.example.jp"
+    with site.gateway.sessions() as session:
+        staff = add_staff(session=session, name="契約 係員", email=clerk, roles="sender",
+                          scope=VisibilityScope.ALL, department="契約課", actor="t")  # fmt: skip
+        set_password(session=session, staff=staff, password=PASSWORD, policy=PasswordPolicy(),
+                     actor="t")  # fmt: skip
+        session.commit()
+    envelope = _one_signer(site, f"ichiro-list-{size}@example.co.jp")
+    number = envelope["management_number"]
+    page = context.new_page()
+    page.set_viewport_size(SIZES[size])  # type: ignore[arg-type]
+    page.goto(f"{site.url}/admin/envelopes")
+    page.fill("#email", clerk)
+    page.fill("#password", PASSWORD)
+    page.click("#login")
+    page.wait_for_url("**/admin/envelopes")
+    # Typed as on a Japanese keyboard: full width, lower case, only the distinctive part.
+    typed = number.rsplit("-", 1)[1].lower().translate({c: c + 0xFEE0 for c in range(0x21, 0x7F)})
+    page.get_by_label("管理番号").fill(typed)
+    page.click("#do-search")
+    rows = page.locator("#results tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first.locator("td").first).to_have_text(number)
+    expect(rows.first.locator(".waiting-on")).to_have_text(
+        "1. 株式会社髙橋建設 髙橋 一郎（署名者）"
+    )
+    expect(rows.first.locator(".deadline")).to_have_text("2026-04-10")
+    rows.first.locator(".waiting-on").scroll_into_view_if_needed()
+    expect(rows.first.locator(".waiting-on")).to_be_in_viewport()
+    site.shot(page, f"list-{size}")
