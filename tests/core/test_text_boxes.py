@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import re
 
@@ -10,12 +11,24 @@ from pyhanko.pdf_utils.reader import PdfFileReader
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.drafts import ContractorRef, UsageRequestDraft
 from core.envelopes import DocumentInput, FieldInput, PartyInput, Runtime, create_envelope
 from core.errors import StateError
+from core.intake import AwardItem, get_award, intake_awards, upsert_usage_request
 from core.model import Envelope
 from core.signing import MIN_FIELD_FONT_SIZE, FieldBox, PageArea
 from core.states import PartyRole
 from core.text_boxes import MIN_SIZE, MM, check_text_box, check_values_fit
+from mapping import load_mapping
+from tests.fixtures.intake import (
+    AUTHORITIES,
+    HEADER,
+    MAPPINGS,
+    award_rows,
+    cp932,
+    policy,
+    register_officials,
+)
 from tests.fixtures.pdfs import make_pdf, with_page_box
 
 A4 = PageArea(0, 0, 595.28, 841.89)
@@ -157,3 +170,45 @@ def test_the_filled_value_is_drawn_whole_at_the_size_the_check_promised(
     size = float(re.search(r"/KgFieldFont ([\d.]+) Tf", stream).group(1))  # type: ignore[union-attr]
     assert MIN_FIELD_FONT_SIZE <= size <= 10
     assert 13 * size <= 72 - 4 + 0.01  # 13 full-width glyphs of one em each, inside the padding
+
+
+def test_a_mapping_box_off_the_delivered_page_keeps_the_award_waiting_with_the_reason(
+    session: Session, dev_runtime: Runtime
+) -> None:
+    """A mapping cannot know the page before the PDF arrives; intake holds the box to the same
+    rule when it makes the envelope, and the award says why it waits."""
+    text = (MAPPINGS / "municipal.yaml").read_text(encoding="utf-8")
+    off_page = load_mapping(
+        text.replace("rect: [380, 60, 560, 80]", "rect: [5000, 5000, 5180, 5020]"),
+        name="municipal.yaml",
+    )
+    header, *rows = cp932([HEADER, award_rows()[0]]).decode("cp932").splitlines()
+    record = dict(zip(header.split(","), next(csv.reader([rows[0]])), strict=True))
+    draft = off_page.apply(record, source="ebid", authorities=AUTHORITIES).draft
+    assert draft is not None
+    register_officials(session)
+    upsert_usage_request(
+        session=session,
+        source="uketsuke",
+        draft=UsageRequestDraft(
+            contractor=ContractorRef(registry_code="000123"),
+            signer_name="髙橋 太郎",
+            signer_email="takahashi@example.co.jp",
+            access_code="1234",
+        ),
+        policy=policy(),
+    )
+    counts = intake_awards(
+        session=session,
+        runtime=dev_runtime,
+        policy=policy(),
+        source="ebid",
+        items=[AwardItem(draft)],
+        fetch=lambda _ref: make_pdf(pages=1),
+    )
+    award = get_award(session=session, source="ebid", award_id="R7-001")
+    assert counts.released == 0 and award.envelope_id is None
+    assert (
+        award.note == "envelope.bad_field: 1番目のテキストボックス: ページの外にはみ出しています。"
+    )
+    assert session.scalar(select(func.count()).select_from(Envelope)) == 0
