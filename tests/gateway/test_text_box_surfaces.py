@@ -1,8 +1,10 @@
 """One text-box rule on every surface that places boxes: the API, the compose page and a
-mapping refuse the same bad box (core.text_boxes) and accept the same good one."""
+mapping refuse the same bad box (core.text_boxes) and accept the same good one; a value too
+long for its box is refused on the staff signing page as on the link pages."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -13,7 +15,7 @@ from tests.fixtures.gateway import envelope_request
 from tests.fixtures.intake import MAPPINGS
 from tests.gateway.conftest import LiveGateway
 from tests.gateway.test_admin_compose import THREE, _box, _facts, _step1
-from tests.gateway.test_admin_pages import _csrf, _login, _staff
+from tests.gateway.test_admin_pages import PASSWORD, _csrf, _login, _staff
 
 GOOD = (300.0, 700.0, 500.0, 720.0)
 # (rect, the Japanese reason): off the page the compose page shows, and too small.
@@ -84,3 +86,36 @@ def test_a_mapping_refuses_the_box_the_rule_refuses_at_its_line() -> None:
     )
     with pytest.raises(ConfigError, match="label is empty or longer than 100"):
         load_mapping(long_label, name="municipal.yaml")
+
+
+def test_a_staff_signer_is_told_too_when_a_value_does_not_fit_its_box(
+    live_gateway: Callable[..., LiveGateway],
+) -> None:
+    live = live_gateway()
+    _staff(live, "kacho@city.example.jp", "契約課", roles="signer")
+    body = envelope_request()
+    body["parties"][0] = {"role": "approver", "name": "契約 花子", "email": "kacho@city.example.jp",
+                          "company": "開発市 契約課", "staff": True}  # fmt: skip
+    body["fields"] = [{"document": 0, "party": 0, "label": "決裁日", "page": 1,
+                       "rect": [300, 700, 372, 716]}]  # fmt: skip
+    body["send"] = True
+    with live.client(live.token("e-bid")) as api:
+        created = api.post("/api/v1/envelopes", json=body)
+        assert created.status_code == 201, created.text
+    envelope_id = created.json()["id"]
+    with live.client() as client:
+        assert _login(client, "kacho@city.example.jp").status_code == 303
+        page = client.get(f"/admin/sign/{envelope_id}")
+        assert page.status_code == 200, page.text
+        field = re.search(r'name="(field_[0-9a-f]{32})"', page.text)
+        assert field
+        form = {"csrf_token": _csrf(page.text), "password": PASSWORD}
+        refused = client.post(
+            f"/admin/sign/{envelope_id}/complete", data={**form, field.group(1): "令" * 30}
+        )
+        assert refused.status_code == 422
+        assert "「決裁日」が枠に収まりません。全角でおよそ13文字以内" in refused.text
+        done = client.post(
+            f"/admin/sign/{envelope_id}/complete", data={**form, field.group(1): "令和8年4月1日"}
+        )
+        assert done.status_code == 303, done.text
