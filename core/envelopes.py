@@ -55,7 +55,7 @@ from core.model import (
 )
 from core.outbox import release_leases
 from core.records import fill_record_facts, record_facts
-from core.signing import FieldBox, PdfInfo, SigningEngine, approval_reason
+from core.signing import FieldBox, PageArea, PdfInfo, SigningEngine, approval_reason
 from core.signing_tasks import (
     claim_task,
     close_task,
@@ -74,6 +74,7 @@ from core.states import (
     envelope_state_ja,
 )
 from core.text import multi_line, one_line
+from core.text_boxes import check_text_box
 
 log = logging.getLogger(__name__)
 
@@ -335,10 +336,10 @@ def _field_error(index: int, message_en: str, message_ja: str) -> StateError:
 
 
 def _check_fields(
-    fields: Sequence[FieldInput], parties: Sequence[PartyInput], page_counts: Sequence[int]
+    fields: Sequence[FieldInput], parties: Sequence[PartyInput], pages: Sequence[Sequence[PageArea]]
 ) -> None:
     for index, f in enumerate(fields):
-        if not 0 <= f.document < len(page_counts):
+        if not 0 <= f.document < len(pages):
             raise _field_error(index, "no such document", "指定された文書がありません。")
         if not 0 <= f.party < len(parties):
             raise _field_error(index, "no such party", "指定された署名者がいません。")
@@ -346,16 +347,21 @@ def _check_fields(
             raise _field_error(
                 index, "a cc party cannot fill fields", "CC(写し送付先)は入力できません。"
             )
-        if not 1 <= f.page <= page_counts[f.document]:
-            raise _field_error(index, "page out of range", "ページ番号が文書の範囲外です。")
-        x1, y1, x2, y2 = f.rect
-        if not (x2 > x1 and y2 > y1):
-            raise _field_error(index, "empty rectangle", "位置と大きさが正しくありません。")
+        # Where the box is, its size and label: the rule the compose page and mappings share.
+        check_text_box(
+            number=index + 1,
+            label=f.label,
+            rect=f.rect,
+            max_length=f.max_length,
+            page=f.page,
+            pages=pages[f.document],
+        )
 
 
 def _new_management_number(session: Session, now: dt.datetime) -> str:
-    # Readable, sortable and unique without a sequence shared across nodes.
-    return f"KG-{now:%Y%m%d}-{secrets.token_hex(4).upper()}"
+    # Readable, sortable and unique without a sequence shared across nodes; dated in JST, the
+    # day the buyer's clerks work in (00:30 JST is the next day, not UTC's previous one).
+    return f"KG-{now.astimezone(JST):%Y%m%d}-{secrets.token_hex(4).upper()}"
 
 
 def create_envelope(
@@ -430,7 +436,7 @@ def create_envelope(
         )
         for d in documents
     ]
-    _check_fields(fields, parties, [i.page_count for i in infos])
+    _check_fields(fields, parties, [i.pages for i in infos])
     accounts = _staff_accounts(session, parties)
 
     now = utcnow()
@@ -1201,6 +1207,45 @@ _AUDIT_JA = {
     "party.corrected": "宛先の訂正",
     "party.replaced": "署名者の変更",
     "party.access_code_changed": "アクセスコードの変更",
+    "envelope.amends": "変更契約として作成",
+    "envelope.copy_requested": "最新文書の案内を送信",
+    "envelope.facts_corrected": "検索項目(取引年月日・金額・取引先)の訂正",
+    "envelope.updated_from_award": "落札情報の変更を反映",
+    "document.retimestamped": "タイムスタンプの更新",
+    "retention.purged": "保存期間満了による文書の削除",
+    "guarantee.added": "電子保証の登録",
+    "guarantee.removed": "電子保証の削除",
+    "guarantee.verified": "電子保証の確認",
+    "award.released": "落札案件の作成再開",
+    "award.dismissed": "落札案件の取り下げ",
+    "award.change_rejected": "落札情報の変更を拒否",
+    "consent.withdrawn": "承諾の撤回",
+    "contractor.conflict_resolved": "業者の重複の解消",
+    "address_book.add": "アドレス帳に追加",
+    "address_book.update": "アドレス帳の変更",
+    "address_book.delete": "アドレス帳から削除",
+    "address_book.import": "アドレス帳の一括登録",
+    "address_book.export": "アドレス帳の出力",
+    "api.locked": "APIの利用停止中のアクセス",
+    "api.lockout": "APIの利用停止",
+    "api_client.networks": "API接続元の変更",
+    "blobs.swept": "不要な文書ファイルの削除",
+    "login": "ログイン",
+    "login.failed": "ログイン失敗",
+    "login.locked": "ロック中のログイン",
+    "login.lockout": "ログインのロック",
+    "login.totp_reused": "使用済みの確認コードによるログイン",
+    "settings.changed": "設定の変更",
+    "logout": "ログアウト",
+    "outbox.retry": "送信の再試行",
+    "source.cursor_reset": "取込位置のリセット",
+    "staff.add": "職員の追加",
+    "staff.update": "職員の変更",
+    "staff.import": "職員の一括登録",
+    "staff.password_set": "パスワードの設定",
+    "staff.sessions_ended": "ログインの強制終了",
+    "staff.totp_enabled": "確認コードの設定",
+    "staff.totp_disabled": "確認コードの解除",
     "signing.deferred": "署名処理の延期(再試行)",
     "staff.view": "職員の閲覧",
     "staff.download": "職員のダウンロード",

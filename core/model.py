@@ -839,6 +839,15 @@ for _column in (Document.name, Envelope.title, Envelope.counterparty):
         postgresql_using="gin",
         info={"dialect": "postgresql"},
     ).ddl_if(dialect="postgresql")
+# 管理番号 search: part of the number in any case (ILIKE), trigrams only (migration 0017c);
+# the unique constraint's B-tree serves the whole number.
+Index(
+    "ix_envelopes_management_number_trgm",
+    Envelope.management_number,
+    postgresql_using="gin",
+    postgresql_ops={"management_number": "gin_trgm_ops"},
+    info={"dialect": "postgresql"},
+).ddl_if(dialect="postgresql")
 
 
 def schema_filter(dialect: str) -> Any:

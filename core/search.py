@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -26,8 +27,8 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from core.access import scope_clause, scope_for
 from core.csv_export import SafeCsvWriter
 from core.errors import StaffError
-from core.model import BIGRAMS, Document, Envelope, Staff
-from core.states import EnvelopeState
+from core.model import BIGRAMS, Document, Envelope, Party, Staff
+from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, PartyRole, PartyState
 from core.text import without_controls
 
 MAX_PER_PAGE = 200
@@ -41,6 +42,7 @@ class EnvelopeQuery:
     """Search conditions; every one given must hold (AND). Ranges include both ends."""
 
     keyword: str | None = None  # in a document's file name or the title
+    management_number: str | None = None  # 管理番号, whole or part, any letter case
     date_from: dt.date | None = None  # transaction date (取引年月日)
     date_to: dt.date | None = None
     counterparty: str | None = None  # substring of the counterparty's name (取引先)
@@ -54,10 +56,14 @@ class EnvelopeQuery:
 
     def __post_init__(self) -> None:
         # A NUL cannot even be sent to PostgreSQL, and no stored text holds a control character.
-        for name in ("keyword", "counterparty", "department"):
+        for name in ("keyword", "management_number", "counterparty", "department"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, without_controls(value) or None)
+        if self.management_number is not None:
+            # Typed from paper or a phone: ＫＧ－２０２６ is KG-2026.
+            number = unicodedata.normalize("NFKC", self.management_number).strip()
+            object.__setattr__(self, "management_number", number or None)
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,11 @@ def conditions(query: EnvelopeQuery, dialect: str) -> list[ColumnElement[bool]]:
             select(Envelope.id).where(_contains(Envelope.title, keyword, dialect)),
         )
         where.append(Envelope.id.in_(matching))
+    if query.management_number:
+        # Part of the number, any case (kg-20260401 finds KG-20260401-…); on PostgreSQL the
+        # trigram index of migration 0017c serves it.
+        number = _like(query.management_number)
+        where.append(Envelope.management_number.ilike(number, escape="\\"))
     if query.date_from:
         where.append(Envelope.transaction_date >= query.date_from)
     if query.date_to:
@@ -200,6 +211,28 @@ def _statement(scope: ColumnElement[bool], query: EnvelopeQuery, dialect: str) -
     )
 
 
+def waiting_on(*, session: Session, envelope_ids: Sequence[str]) -> dict[str, Party]:
+    """For each sent envelope among ``envelope_ids``, the party it waits for (誰の対応待ちか):
+    the first in routing order that has still to act, or whose approval is being signed."""
+    if not envelope_ids:
+        return {}
+    rows = session.scalars(
+        select(Party)
+        .join(Envelope, Envelope.id == Party.envelope_id)
+        .where(
+            Party.envelope_id.in_(list(envelope_ids)),
+            Envelope.state == EnvelopeState.SENT,
+            Party.role != PartyRole.CC,
+            Party.state.in_([*ACTIONABLE_PARTY_STATES, PartyState.SIGNING]),
+        )
+        .order_by(Party.envelope_id, Party.routing_order)
+    )
+    waiting: dict[str, Party] = {}
+    for party in rows:
+        waiting.setdefault(party.envelope_id, party)
+    return waiting
+
+
 def export_envelopes(
     *,
     session: Session,
@@ -230,6 +263,7 @@ def parse_query(params: Mapping[str, str], states: Sequence[str] = ()) -> Envelo
     try:
         query = EnvelopeQuery(
             keyword=params.get("keyword") or None,
+            management_number=params.get("management_number") or None,
             date_from=_date(params.get("date_from")),
             date_to=_date(params.get("date_to")),
             counterparty=params.get("counterparty") or None,

@@ -288,6 +288,31 @@ def authenticate(
 # --- records -----------------------------------------------------------------------------------
 
 
+_ROLE_JA = {StaffRole.SENDER: "送信者", StaffRole.SIGNER: "署名者", StaffRole.ADMIN: "管理者"}
+_SCOPE_JA = {
+    VisibilityScope.OWN: "本人",
+    VisibilityScope.DEPARTMENT: "所属",
+    VisibilityScope.ALL: "全体",
+}
+
+
+def roles_ja(roles: str) -> str:
+    """A stored role list ("admin,sender") as staff read it: 送信者・管理者, in a fixed order;
+    a name that is not a role stays as it is (never hidden)."""
+    names = {p.strip() for p in re.split(r"[;,|/\s]+", roles) if p.strip()}
+    known = [ja for role, ja in _ROLE_JA.items() if role.value in names]
+    unknown = sorted(names - {r.value for r in StaffRole})
+    return "・".join([*known, *unknown])
+
+
+def scope_ja(scope: VisibilityScope | str) -> str:
+    """A visibility scope as staff read it (本人, 所属, 全体)."""
+    try:
+        return _SCOPE_JA[VisibilityScope(scope)]
+    except ValueError:
+        return str(scope)
+
+
 def parse_roles(text: str) -> str:
     """Normalise a role list ("admin; sender", "sender|signer") to the stored form."""
     names = {p.strip().lower() for p in re.split(r"[;,|/\s]+", text) if p.strip()}

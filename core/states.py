@@ -119,6 +119,18 @@ def envelope_state_ja(state: EnvelopeState) -> str:
     return _ENVELOPE_JA[state]
 
 
+_ROLE_JA = {
+    PartyRole.APPROVER: "承認者",
+    PartyRole.SIGNER: "署名者",
+    PartyRole.CC: "CC（写し送付）",
+}
+
+
+def party_role_ja(role: PartyRole) -> str:
+    """The Japanese label people see for a party's role."""
+    return _ROLE_JA[role]
+
+
 def party_state_ja(state: PartyState) -> str:
     """The Japanese label people see for a party state."""
     return _PARTY_JA[state]

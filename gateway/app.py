@@ -87,6 +87,7 @@ def build_mail_handler(gateway: Gateway) -> MailHandler:
         link_valid=dt.timedelta(days=settings.pages.link_valid_days),
         download_valid=dt.timedelta(days=settings.mail.download_valid_days),
         attachment_limits=AttachmentLimits(),
+        contact=settings.buyer.contact,
     )
 
 

@@ -20,6 +20,7 @@ def _fail(exc: GatewayError) -> None:
 
 @click.command("search")
 @click.option("--keyword", help="In the title or a document's file name.")
+@click.option("--management-number", help="管理番号, whole or part (any letter case).")
 @click.option("--date-from", help="取引年月日 from (YYYY-MM-DD).")
 @click.option("--date-to", help="取引年月日 to (YYYY-MM-DD).")
 @click.option("--counterparty", help="取引先 contains this.")
@@ -49,6 +50,7 @@ def _fail(exc: GatewayError) -> None:
 def search_command(
     obj: Any,
     keyword: str | None,
+    management_number: str | None,
     date_from: str | None,
     date_to: str | None,
     counterparty: str | None,
@@ -69,6 +71,7 @@ def search_command(
     from gateway.server import open_database
 
     given = {
+        "management_number": management_number,
         "keyword": keyword,
         "date_from": date_from,
         "date_to": date_to,

@@ -10,7 +10,10 @@ from typing import Any
 
 import jinja2
 
+from core.envelopes import action_ja
 from core.links import AccessCodePolicy
+from core.staff import roles_ja, scope_ja
+from core.states import party_role_ja
 from gateway.background import SigningWorker
 from gateway.mailer import MailDispatcher, jst
 from gateway.pages.cookies import CookieSigner
@@ -32,6 +35,11 @@ def page_templates(override_dir: Path | None) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["jst"] = jst
+    # Codes staff would otherwise read in English on their pages.
+    env.filters["roles_ja"] = roles_ja
+    env.filters["scope_ja"] = scope_ja
+    env.filters["party_role_ja"] = party_role_ja
+    env.filters["action_ja"] = action_ja
     return env
 
 

@@ -105,7 +105,10 @@ async def handle_gateway_error(request: Request, exc: Exception) -> Response:
         context = request.app.state.context
         template = context.templates.get_template("pages/error.html")
         html = template.render(
-            buyer=context.gateway.runtime.buyer_name, message=exc.message_ja, code=exc.code
+            buyer=context.gateway.runtime.buyer_name,
+            contact=context.gateway.settings.buyer.contact,
+            message=exc.message_ja,
+            code=exc.code,
         )
         return HTMLResponse(html, status_code=status, headers=headers)
     return JSONResponse(error_body(exc), status_code=status, headers=headers)

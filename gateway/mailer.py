@@ -51,6 +51,7 @@ from core.outbox import DispatchResult, dispatch
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, party_state_ja
 from core.text import without_controls
 from gateway.background import PollingThread
+from gateway.settings import ContactSettings
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,8 @@ class MailHandler:
     link_valid: dt.timedelta
     download_valid: dt.timedelta
     attachment_limits: AttachmentLimits = field(default_factory=AttachmentLimits)
+    # お問い合わせ先 at the end of every mail; its e-mail address is every mail's Reply-To.
+    contact: ContactSettings = field(default_factory=ContactSettings)
 
     def __call__(self, delivery: Delivery) -> None:
         """Render and send the delivery's mail; a mail that no longer applies is dropped."""
@@ -240,6 +243,9 @@ class MailHandler:
                 "download_days": self.download_valid.days,
                 "reason": "",
                 "deadline": f"{envelope.deadline:%Y年%m月%d日}" if envelope.deadline else "",
+                "contact": self.contact,
+                # For the mails that go to staff (decline, lock, forward): the envelope's page.
+                "staff_url": f"{self.public_url}/admin/envelopes/{envelope.id}",
             }
             attachments: list[tuple[str, bytes]] = []
             now = dt.datetime.now(dt.UTC)
@@ -370,6 +376,11 @@ class MailHandler:
             addr_spec=self.sender,
         )
         message["To"] = recipients
+        # A reply reaches the contract department, not the unattended sending address.
+        message["Reply-To"] = Address(
+            display_name=without_controls(f"{self.runtime.buyer_name} {self.contact.department}"),
+            addr_spec=self.contact.email or self.sender,
+        )
         message["Date"] = format_datetime(dt.datetime.now(JST))
         domain = self.sender.rpartition("@")[2] or "keiyaku-gateway"
         # The same delivery always has the same Message-ID, so a repeat after a crash between

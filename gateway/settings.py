@@ -39,9 +39,27 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ContactSettings(_Section):
+    """Whom contractors and signers ask about a contract: shown in every mail and on the
+    error pages signers see; mail replies go to ``email`` (the Reply-To header)."""
+
+    department: str = Field(default="契約課", min_length=1, max_length=100)
+    phone: str | None = Field(default=None, max_length=50)
+    address: str | None = Field(default=None, max_length=200)
+    email: str | None = Field(default=None, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+
+    @field_validator("department", "phone", "address")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and any(ch in value for ch in "\r\n"):
+            raise ValueError("must be one line")
+        return value
+
+
 class BuyerSettings(_Section):
     name: str = Field(min_length=1)
     department: str = "契約課"
+    contact: ContactSettings = ContactSettings()
 
 
 class DatabaseSettings(_Section):

@@ -33,6 +33,7 @@ from core.drafts import (
     UsageRequestDraft,
 )
 from core.errors import ConfigError
+from core.text_boxes import MAX_LENGTH, shape_problem
 from mapping._japanese import ValueProblem, nfkc, parse_date, parse_decimal, parse_yen
 from mapping._template import Template, TemplateProblem
 from mapping._yaml import LineDict, LineList, YamlProblem, load_yaml
@@ -1218,7 +1219,7 @@ def _fields(
         doc = whole("document", 1, documents)
         party = whole("party", 1, len(parties))
         page = whole("page", 1, None)
-        max_length = whole("max_length", 1, 10_000) if "max_length" in item else 200
+        max_length = whole("max_length", *MAX_LENGTH) if "max_length" in item else 200
         label = item.get("label")
         if not isinstance(label, str) or not label.strip():
             c.problems.add(item.line_of("label"), f"{where}: label is the box's name (text)")
@@ -1233,6 +1234,19 @@ def _fields(
         ):
             c.problems.add(item.line_of("rect"), f"{where}: rect is [x1, y1, x2, y2] in points")
             ok = False
+        if ok:
+            # The rule the API and the compose page obey; the page itself is known only when
+            # the envelope is made (a box off its page is refused then, by the same rule).
+            assert isinstance(rect, list) and isinstance(label, str)
+            problem = shape_problem(
+                label=label.strip(),
+                rect=(float(rect[0]), float(rect[1]), float(rect[2]), float(rect[3])),
+                max_length=max_length,
+            )
+            if problem is not None:
+                key = next((k for k in ("label", "max_length") if k in problem[0]), "rect")
+                c.problems.add(item.line_of(key), f"{where}: {problem[0]}")
+                ok = False
         required = item.get("required", True)
         if not isinstance(required, bool):
             c.problems.add(item.line_of("required"), f"{where}: required is true or false")

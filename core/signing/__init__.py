@@ -5,6 +5,7 @@ Public API (see ``notes/signing.md`` for the pyHanko facts behind it)::
     SigningEngine(key=..., timestamps=..., trust_roots=..., font_path=...)
         .inspect(data) -> PdfInfo                 refuse bad input (DocumentError)
         .prepare(data, certificate_id=, fields=)  ID stamp on page 1 + empty text fields
+        .text_fits(text, width=, height=)         a value fits a field whole and legible
         .sign_approval(data, signature_field=, reason=, values=)
                                                   fill fields + invisible PAdES B-T signature
         .seal(data)                               DSS + document timestamp: PAdES B-LTA
@@ -21,7 +22,7 @@ The engine is pure bytes-in/bytes-out: a failure leaves the caller's input untou
 """
 
 from ._bounded import BoundedVerifier, VerifyBudget
-from ._documents import FieldBox, PdfInfo
+from ._documents import MIN_FIELD_FONT_SIZE, FieldBox, PageArea, PdfInfo
 from ._engine import (
     RevocationData,
     SigningEngine,
@@ -35,8 +36,10 @@ from ._timestamps import TimestampService, probe_tsa
 from ._verify import SignatureReport, VerificationReport, verify_pdf
 
 __all__ = [
+    "MIN_FIELD_FONT_SIZE",
     "BoundedVerifier",
     "FieldBox",
+    "PageArea",
     "PdfInfo",
     "RevocationData",
     "SignatureReport",

@@ -74,11 +74,24 @@ class FieldBox:
 
 
 @dataclass(frozen=True)
+class PageArea:
+    """A page's displayed area (CropBox clipped to MediaBox) in PDF points, origin bottom-left,
+    and its /Rotate (0, 90, 180 or 270)."""
+
+    left: float
+    bottom: float
+    right: float
+    top: float
+    rotation: int = 0
+
+
+@dataclass(frozen=True)
 class PdfInfo:
     """What the engine learnt about an accepted input document."""
 
     page_count: int
     size: int
+    pages: tuple[PageArea, ...] = ()
 
 
 def _refuse(code: str, message_en: str, message_ja: str, **details: object) -> DocumentError:
@@ -247,7 +260,11 @@ def _iter_pages(
 def inspect_document(data: bytes) -> PdfInfo:
     """Accept or refuse an input PDF (see :meth:`SigningEngine.inspect`)."""
     loaded = load_document(data)
-    return PdfInfo(page_count=len(loaded.pages), size=len(data))
+    return PdfInfo(
+        page_count=len(loaded.pages),
+        size=len(data),
+        pages=tuple(PageArea(*_visible_box(page), _rotation(page)) for page, _ in loaded.pages),
+    )
 
 
 def _resolve(value: generic.PdfObject | None) -> generic.PdfObject | None:
@@ -721,6 +738,30 @@ def fill_text_fields(
         writer.mark_update(ref)
 
 
+_FIELD_PADDING = 2.0  # points between a box's edge and its text
+_FIELD_MAX_SIZE = 10.0  # points: a value is never drawn larger
+MIN_FIELD_FONT_SIZE = 5.0  # points: a value needing less does not fit (it would be clipped)
+
+
+def field_font_size(advance: int, *, width: float, height: float) -> float:
+    """The font size a value of ``advance`` (1/1000 em) is drawn at in a box of ``width`` by
+    ``height`` points: as large as the box's height allows (10 pt at most), shrunk so that the
+    whole value fits the width rather than being clipped."""
+    size = min(_FIELD_MAX_SIZE, max(height - 2 * _FIELD_PADDING, 4.0))
+    if advance:
+        size = min(size, (width - 2 * _FIELD_PADDING) * 1000 / advance)
+    return size
+
+
+def field_fits(advance: int, *, width: float, height: float) -> bool:
+    """Whether a value fits the box whole and legible: the width shrinks it no further than
+    :data:`MIN_FIELD_FONT_SIZE` (nor below what the box's height allows)."""
+    height_size = min(_FIELD_MAX_SIZE, max(height - 2 * _FIELD_PADDING, 4.0))
+    return field_font_size(advance, width=width, height=height) >= min(
+        height_size, MIN_FIELD_FONT_SIZE
+    )
+
+
 def _text_appearance(
     text: ShapedText,
     *,
@@ -729,12 +770,10 @@ def _text_appearance(
     font_ref: generic.IndirectObject,
     rotation: int = 0,
 ) -> generic.StreamObject:
-    padding = 2.0
-    size = min(10.0, max(height - 2 * padding, 4.0))
-    if text.advance:
-        # shrink long values to fit the box rather than clipping them
-        size = min(size, (width - 2 * padding) * 1000 / text.advance)
-    size = max(size, 4.0)
+    padding = _FIELD_PADDING
+    # Values are checked to fit when entered (core.text_boxes.check_values_fit); the floor
+    # only guards fields filled before that check existed.
+    size = max(field_font_size(text.advance, width=width, height=height), 4.0)
     baseline = max((height - size) / 2 + 0.12 * size, 0.5)
     ops = (
         f"/Tx BMC q {padding - 1:g} {0:g} {width - 2 * padding + 2:g} {height:g} re W n "

@@ -32,7 +32,14 @@ from pyhanko_certvalidator.errors import PathBuildingError, PathValidationError
 from core.errors import Disposition, SigningError
 
 from ._cjkfont import CjkFont
-from ._documents import FieldBox, PdfInfo, fill_text_fields, inspect_document, prepare_document
+from ._documents import (
+    FieldBox,
+    PdfInfo,
+    field_fits,
+    fill_text_fields,
+    inspect_document,
+    prepare_document,
+)
 from ._keys import SigningKey
 from ._loop import BackgroundLoop, shared_loop
 from ._timestamps import TimestampService
@@ -263,6 +270,13 @@ class SigningEngine:
         """Accept an input PDF or refuse it with a :class:`DocumentError` (not a PDF, damaged,
         encrypted, already signed, no pages)."""
         return inspect_document(data)
+
+    def text_fits(self, text: str, *, width: float, height: float) -> bool:
+        """Whether ``text`` fits a text field of ``width`` by ``height`` points whole and
+        legible once filled (True without a CJK font: filling then fails anyway)."""
+        if self._font is None:
+            return True
+        return field_fits(self._font.shape(text).advance, width=width, height=height)
 
     def prepare(self, data: bytes, *, certificate_id: str, fields: Sequence[FieldBox]) -> bytes:
         """Before any signature: stamp the certificate ID on page 1 and add empty text fields."""

@@ -55,8 +55,10 @@ from core.envelopes import (
 from core.errors import GatewayError, StaffError, StateError
 from core.intake import find_contractor
 from core.model import Staff, StaffRole
+from core.signing import PageArea
 from core.staff import check_email, check_name
 from core.states import PartyRole
+from core.text_boxes import MM, check_text_box
 from gateway.admin.address_book import contact_label
 from gateway.admin.compose_drafts import ComposeDraft, DraftDocument, DraftParty, DraftStore
 from gateway.admin.pages import (
@@ -101,12 +103,9 @@ _FACTS = (
 )
 _PARTY_COLUMNS = ("role", "pick", "company", "name", "email", "code", "auth")
 _BOX_COLUMNS = ("document", "party", "page", "x1", "y1", "x2", "y2", "label", "required", "max")
-MM = 72 / 25.4  # points per millimetre
-_MIN_BOX = 2 * MM  # a smaller text box cannot hold a character
 # Contacts written into the page's picker; beyond them the script asks
 # /admin/address-book/lookup as the sender types.
 _PICKER = 200
-_EDGE = 0.5  # points a box may stick out of the page (rounding of the pointer position)
 _NEW_POSITION = ("x", "y", "w", "h", "label")  # cleared once a typed box is added
 
 
@@ -541,31 +540,21 @@ def check_box(
     number: int, box: PlacedBox, draft: ComposeDraft, pages_of: Callable[[int], list[PageBox]]
 ) -> None:
     """Refuse a box that is not on a page of the draft's documents, belongs to no approver or
-    signer, or is too small or badly labelled (``envelope.bad_field``, Japanese message)."""
+    signer, or breaks :mod:`core.text_boxes`' rule (``envelope.bad_field``, Japanese message)."""
     if not 0 <= box.document < len(draft.documents):
         raise _field_problem(number, "文書を選んでください。")
     if not 0 <= box.party < len(draft.parties) or draft.parties[box.party].role == PartyRole.CC:
         raise _field_problem(number, "入力する承認者または署名者を選んでください。")
-    pages = pages_of(box.document)
-    if not 1 <= box.page <= len(pages):
-        raise _field_problem(number, f"ページは1～{len(pages)}で指定してください。")
-    page = pages[box.page - 1]
-    if page.rotation:
-        raise _field_problem(number, "回転して表示されるページには配置できません。")
-    x1, y1, x2, y2 = box.rect
-    if x2 - x1 < _MIN_BOX or y2 - y1 < _MIN_BOX:
-        raise _field_problem(number, "小さすぎます（幅・高さとも2mm以上にしてください）。")
-    if (
-        x1 < page.left - _EDGE
-        or y1 < page.bottom - _EDGE
-        or x2 > page.right + _EDGE
-        or y2 > page.top + _EDGE
-    ):
-        raise _field_problem(number, "ページの外にはみ出しています。")
-    if not box.label or len(box.label) > 100:
-        raise _field_problem(number, "項目名を100文字以内で入力してください。")
-    if not 1 <= box.max_length <= 1000:
-        raise _field_problem(number, "最大文字数は1～1000で指定してください。")
+    check_text_box(
+        number=number,
+        label=box.label,
+        rect=box.rect,
+        max_length=box.max_length,
+        page=box.page,
+        pages=[
+            PageArea(p.left, p.bottom, p.right, p.top, p.rotation) for p in pages_of(box.document)
+        ],
+    )
 
 
 def _page_boxes(

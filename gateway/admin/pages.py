@@ -41,7 +41,7 @@ from core.errors import StaffError
 from core.model import Staff, StaffRole
 from core.recovery import locked_party_ids
 from core.reports import JST, monthly_report
-from core.search import EnvelopeQuery, SearchPage, parse_query, search_envelopes
+from core.search import EnvelopeQuery, SearchPage, parse_query, search_envelopes, waiting_on
 from core.signing_worker import list_waiting
 from core.staff import (
     MAX_IMPORT_BYTES,
@@ -286,6 +286,7 @@ def envelope_list(request: Request, context: ContextDep, session: SessionDep) ->
         base_query=urlencode(kept),
         error=error,
         locked_envelopes=_locked_envelopes(session, [e.id for e in page.items]),
+        waiting_on=waiting_on(session=session, envelope_ids=[e.id for e in page.items]),
     )
 
 
@@ -300,6 +301,7 @@ def _locked_envelopes(session: Session, envelope_ids: list[str]) -> set[str]:
 
 
 _FORM_KEYS = (
+    "management_number",
     "keyword",
     "date_from",
     "date_to",

@@ -24,6 +24,7 @@ from core.errors import AuthError, StateError
 from core.model import Document, Party, Staff
 from core.staff_signing import approve_as_staff, get_staff_party, list_awaiting
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState
+from core.text_boxes import check_values_fit
 from gateway.admin.pages import _policy, admin_page, current_staff, to_login
 from gateway.context import AppContext
 from gateway.deps import ClientIpDep, ContextDep, SessionDep, get_client_ip
@@ -204,6 +205,7 @@ def _complete(
         if party.state not in ACTIONABLE_PARTY_STATES:
             return RedirectResponse(f"{_base(envelope_id)}/done", status_code=303)
         try:
+            check_values_fit(engine=context.gateway.runtime.signing, party=party, values=values)
             approve_as_staff(
                 session=session,
                 staff=staff,

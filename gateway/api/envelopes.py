@@ -494,6 +494,7 @@ async def create(
 
 
 _SEARCH_KEYS = (
+    "management_number",
     "keyword",
     "date_from",
     "date_to",
@@ -515,6 +516,9 @@ def list_envelopes(
     client: ApiClientDep,
     state: Annotated[list[_StateName] | None, Query()] = None,
     keyword: Annotated[str | None, Query(max_length=200)] = None,
+    management_number: Annotated[
+        str | None, Query(max_length=64, description="管理番号, whole or part, any letter case")
+    ] = None,
     date_from: Annotated[
         str | None, Query(max_length=20, description="取引年月日, YYYY-MM-DD")
     ] = None,
@@ -535,6 +539,7 @@ def list_envelopes(
     invalid condition is an error with no rows."""
     require_scope(client, READ)
     given = {
+        "management_number": management_number,
         "keyword": keyword,
         "date_from": date_from,
         "date_to": date_to,

@@ -11,6 +11,7 @@ from core.consent import CONTRACT_TYPE_JA, consent_json
 from core.model import Envelope, UsageRequest
 from core.states import envelope_state_ja, party_state_ja
 from core.text import multi_line
+from core.text_boxes import LABEL_MAX, MAX_LENGTH
 
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 
@@ -64,13 +65,15 @@ class FieldIn(_In):
 
     document: int = Field(ge=0, le=100, description="0-based document position")
     party: int = Field(ge=0, le=1000, description="0-based party position")
-    label: str = Field(min_length=1, max_length=200)
+    label: str = Field(min_length=1, max_length=LABEL_MAX)
     page: int = Field(ge=1, le=100000)
     rect: tuple[float, float, float, float] = Field(
-        description="x1, y1, x2, y2 in PDF points from the page's bottom left"
+        description="x1, y1, x2, y2 in PDF points from the page's bottom left; the box must lie "
+        "on the page's visible area, the page not shown rotated, at least 2 mm on each side "
+        "(else 422 envelope.bad_field)"
     )
     required: bool = True
-    max_length: int = Field(default=200, ge=1, le=2000)
+    max_length: int = Field(default=200, ge=MAX_LENGTH[0], le=MAX_LENGTH[1])
 
 
 class MetadataIn(_In):

@@ -29,10 +29,11 @@ from core.envelopes import (
     record_approval,
     record_view,
 )
-from core.errors import AuthError, GatewayError, StateError
+from core.errors import AuthError, GatewayError, NotFoundError, StateError
 from core.links import check_access_code, forward_party, open_link
 from core.model import Document, Envelope, LinkPurpose, Party, SigningLink
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, PartyState
+from core.text_boxes import check_values_fit
 from gateway.context import AppContext
 from gateway.deps import ClientIpDep, ContextDep, SessionDep, get_client_ip
 from gateway.downloads import file_response
@@ -78,6 +79,7 @@ def render_page(
     nonce, new = _csrf_nonce(request, context)
     html = context.templates.get_template(template).render(
         buyer=context.gateway.runtime.buyer_name,
+        contact=context.gateway.settings.buyer.contact,
         csrf_token=context.cookies.csrf_token(nonce),
         **values,
     )
@@ -476,6 +478,8 @@ def _complete(
         _link, party = _open_party(session, token)
         envelope_id = party.envelope_id
         try:
+            # A value must fit its box in the signed PDF; refused here, with how much fits.
+            check_values_fit(engine=context.gateway.runtime.signing, party=party, values=values)
             record_approval(
                 session=session,
                 envelope_id=envelope_id,
@@ -485,7 +489,11 @@ def _complete(
                 ip=ip,
             )
         except StateError as exc:
-            if exc.code in ("envelope.field_required", "envelope.field_too_long"):
+            if exc.code in (
+                "envelope.field_required",
+                "envelope.field_too_long",
+                "envelope.field_too_wide",
+            ):
                 return "", exc
             if exc.code in ("state.already_acted", "state.envelope_not_open"):
                 return "done", None  # a double submit, or the envelope closed meanwhile
@@ -650,6 +658,39 @@ def done_page(token: Token, request: Request, context: ContextDep, session: Sess
         party=party,
         message=_closed_message(party),
     )
+
+
+@router.get("/sign/{token}/certificate")
+def done_certificate(
+    token: Token, request: Request, context: ContextDep, session: SessionDep, ip: ClientIpDep
+) -> Response:
+    """The completion certificate (締結証明書), from the done page once the envelope is
+    concluded: the last signer need not wait for the completion mail."""
+    from core.envelopes import completion_certificate
+
+    checked = _require_session(request, context, session, token)
+    if isinstance(checked, RedirectResponse):
+        return checked
+    _link, party = checked
+    envelope = party.envelope
+    if envelope.state is not EnvelopeState.COMPLETED:
+        raise NotFoundError(
+            "not_found.certificate",
+            "the envelope is not concluded yet",
+            "締結証明書は、すべての手続きが完了すると表示されます。",
+        )
+    data = completion_certificate(runtime=context.gateway.runtime, envelope=envelope)
+    record_event(
+        session=session,
+        action="certificate.downloaded",
+        actor=party.email,
+        envelope_id=envelope.id,
+        party_id=party.id,
+        ip=ip,
+        detail={"via": "done page"},
+    )
+    session.commit()
+    return _pdf(f"締結証明書_{envelope.management_number}.pdf", data)
 
 
 # --- completion download (電子署名完了のお知らせ) ----------------------------------------------

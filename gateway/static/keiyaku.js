@@ -32,6 +32,21 @@
     });
   }
 
+  // The value is drawn in the signed PDF no larger than the box allows and shrunk to fit its
+  // width; the box on the screen does the same, so what fits here fits there (a value too long
+  // even then is refused with a message when completing).
+  function fitText(box) {
+    if (!box.clientHeight) {
+      return; // on a hidden tab: fitted when shown (the observer below)
+    }
+    var size = Math.max(8, Math.min(16, box.clientHeight * 0.6));
+    box.style.fontSize = size + "px";
+    while (box.scrollWidth > box.clientWidth && size > 6) {
+      size -= 0.5;
+      box.style.fontSize = size + "px";
+    }
+  }
+
   function countFilled() {
     var filled = 0;
     document.querySelectorAll(".field-box[required]").forEach(function (box) {
@@ -134,7 +149,16 @@
     });
     document.querySelectorAll(".field-box").forEach(function (box) {
       box.addEventListener("input", countFilled);
+      box.addEventListener("input", function () { fitText(box); });
+      fitText(box);
     });
+    if ("ResizeObserver" in window) {
+      // Zoom, a turned phone, a tab shown: the boxes change size, their text follows.
+      var resized = new ResizeObserver(function (entries) {
+        entries.forEach(function (entry) { fitText(entry.target); });
+      });
+      document.querySelectorAll(".field-box").forEach(function (box) { resized.observe(box); });
+    }
 
     var form = document.getElementById("complete-form");
     var completeButton = document.getElementById("complete-button");

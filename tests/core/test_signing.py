@@ -20,6 +20,7 @@ from pyhanko_certvalidator import ValidationContext
 from core.errors import DocumentError, SigningError
 from core.signing import (
     FieldBox,
+    PageArea,
     PdfInfo,
     SigningEngine,
     TimestampService,
@@ -27,7 +28,7 @@ from core.signing import (
     load_pkcs11_signer,
     verify_pdf,
 )
-from tests.fixtures.pdfs import IPAEX_GOTHIC, make_pdf
+from tests.fixtures.pdfs import IPAEX_GOTHIC, make_pdf, with_page_box
 from tests.fixtures.pki import LivePki, closed_port_url
 from tests.fixtures.pki_plugin import SoftHsmToken
 
@@ -108,7 +109,11 @@ def test_approval_reason_refuses_naive_time() -> None:
 
 def test_inspect_accepts_a_plain_pdf(live_engine: SigningEngine) -> None:
     data = make_pdf(pages=3)
-    assert live_engine.inspect(data) == PdfInfo(page_count=3, size=len(data))
+    a4 = PageArea(0.0, 0.0, pytest.approx(595.2756), pytest.approx(841.8898), 0)  # type: ignore[arg-type]
+    assert live_engine.inspect(data) == PdfInfo(page_count=3, size=len(data), pages=(a4,) * 3)
+    # Page 1 cropped and turned: its displayed area and rotation, what text boxes are held to.
+    turned = live_engine.inspect(with_page_box(data, crop=(50, 60, 400, 500), rotate=90))
+    assert turned.pages[0] == PageArea(50, 60, 400, 500, 90) and turned.pages[1] == a4
 
 
 def _encrypted(tmp_path: Path) -> bytes:

@@ -212,3 +212,17 @@ def test_sink_settings_are_checked_when_loading(tmp_path: Path) -> None:
     mail = text.replace("  finance:\n    # A folder", "  mail:\n    # A folder")
     with pytest.raises(ConfigError, match="'mail'"):
         load_settings(_write(tmp_path, mail), environ=ENV)
+
+
+def test_the_contact_block_settings_refuse_a_broken_line_and_a_bad_address(tmp_path: Path) -> None:
+    example = EXAMPLE.read_text(encoding="utf-8")
+    settings = load_settings(_write(tmp_path, example), environ=ENV)
+    assert settings.buyer.contact.department == "総務部 契約課"
+    assert settings.buyer.contact.email is None  # replies then go to mail.sender
+    broken = example.replace("    email: null\n", '    email: "not an address"\n', 1).replace(
+        'department: "総務部 契約課"', 'department: "総務部\\n契約課"'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, broken), environ=ENV)
+    assert "buyer.contact.email" in str(info.value)
+    assert "buyer.contact.department" in str(info.value) and "one line" in str(info.value)
