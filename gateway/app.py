@@ -30,8 +30,9 @@ from gateway.api.guarantees import router as guarantees_api_router
 from gateway.api.schemas import EnvelopeCreate
 from gateway.api.staff import router as staff_api_router
 from gateway.background import SigningWorker
+from gateway.body_limit import BodyLimit, route_limits
 from gateway.context import AppContext, page_templates
-from gateway.errors import install_error_handlers
+from gateway.errors import handle_gateway_error, install_error_handlers
 from gateway.mailer import MailDispatcher, MailHandler, MailRenderer, build_transport
 from gateway.ops_http import install_operations
 from gateway.pages.cookies import CookieSigner
@@ -298,6 +299,12 @@ def create_app(
 
     # /healthz (database, blob store, TSA, SMTP), /metrics, request ids: gateway/ops_http.py
     install_operations(app, gateway)
+    # Outermost: bodies are counted as they arrive, before any other layer reads them.
+    app.add_middleware(
+        BodyLimit,
+        limit_for=route_limits(gateway.runtime.limits),
+        answer=handle_gateway_error,
+    )
 
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
