@@ -125,7 +125,7 @@ def build_context(
         policy=access_code_policy(settings),
         cookies=CookieSigner(_session_key(gateway)),
         templates=page_templates(override),
-        pages=PageRenderer(dpi=settings.pages.page_dpi),
+        pages=PageRenderer(dpi=settings.pages.page_dpi, pool=gateway.runtime.renderer),
         dispatcher=dispatcher,
         signer=signer,
         trusted_proxies=[
