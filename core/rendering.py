@@ -55,7 +55,7 @@ class RenderBudget:
     """What one rendering job may use, and how large any bitmap may be."""
 
     seconds: float = 30.0
-    memory_bytes: int = 1024 * 1024 * 1024
+    memory_bytes: int = 512 * 1024 * 1024
     max_page_pixels: int = 4_000_000
     max_side: int = 20_000
     workers: int = 2
@@ -82,6 +82,12 @@ def bitmap_scale(width_pt: float, height_pt: float, scale: float, budget: Render
     longest = max(width_pt, height_pt) * scale
     if longest > budget.max_side:
         scale = budget.max_side / max(width_pt, height_pt)
+    # pdfium rounds each side up: keep the rounded bitmap within the caps too
+    while (
+        math.ceil(width_pt * scale) * math.ceil(height_pt * scale) > budget.max_page_pixels
+        or math.ceil(max(width_pt, height_pt) * scale) > budget.max_side
+    ):
+        scale *= 0.995
     return scale
 
 
@@ -104,6 +110,60 @@ def _no_such_page(page_index: int) -> DocumentError:
     return DocumentError(
         "document.no_such_page", f"no page {page_index + 1}", "指定されたページはありません。"
     )
+
+
+def _inherited(page: Any, key: str) -> Any:
+    """``key`` of ``page`` or of its nearest page-tree ancestor (MediaBox, CropBox and Rotate
+    are inheritable)."""
+    node = page
+    for _ in range(64):
+        if node is None:
+            return None
+        value = node.get(key)
+        if value is not None:
+            return value
+        node = node.get("/Parent")
+    return None
+
+
+def _rectangle(value: Any) -> tuple[float, float, float, float] | None:
+    try:
+        x1, y1, x2, y2 = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)
+
+
+def page_geometry(data: bytes) -> list[PageGeometry]:
+    """The visible area (CropBox clipped to MediaBox, US Letter when there is none) and the
+    /Rotate of every page, as the signing engine reads them; no content stream is decoded."""
+    import pikepdf
+
+    pages = []
+    try:
+        with pikepdf.open(io.BytesIO(data)) as pdf:
+            for page in pdf.pages:
+                node = page.obj
+                media = _rectangle(_inherited(node, "/MediaBox")) or (0.0, 0.0, 612.0, 792.0)
+                crop = _rectangle(_inherited(node, "/CropBox"))
+                if crop is not None:
+                    box = (
+                        max(media[0], crop[0]),
+                        max(media[1], crop[1]),
+                        min(media[2], crop[2]),
+                        min(media[3], crop[3]),
+                    )
+                    if box[2] > box[0] and box[3] > box[1]:
+                        media = box
+                rotate = _inherited(node, "/Rotate")
+                try:
+                    turn = int(rotate) % 360 if rotate is not None else 0
+                except (TypeError, ValueError):
+                    turn = 0
+                pages.append(PageGeometry(*media, turn if turn in (0, 90, 180, 270) else 0))
+    except pikepdf.PdfError as exc:
+        raise _unreadable(str(exc)) from exc
+    return pages
 
 
 # --- the child ------------------------------------------------------------------------------
@@ -143,14 +203,12 @@ class _Child:
             raise _no_such_page(page_index)
         return self.pdf[page_index]
 
-    def geometry(self) -> list[PageGeometry]:
-        pages = []
-        for index in range(len(self.pdf)):
-            page = self.pdf[index]
-            left, bottom, right, top = page.get_bbox()
-            pages.append(PageGeometry(left, bottom, right, top, page.get_rotation()))
-            page.close()
-        return pages
+    def geometry(self, data: bytes | None) -> list[PageGeometry]:
+        """Every page's visible area and rotation, read by qpdf from the page dictionaries:
+        pdfium would parse every content stream (a Flate bomb) just to load a page."""
+        if data is None:
+            raise LookupError("the document is not here")
+        return page_geometry(data)
 
     def bitmap(self, page_index: int, *, width: int | None, scale: float | None) -> Any:
         """Page ``page_index`` as a PIL image ``width`` pixels wide (or at ``scale`` pixels a
@@ -166,9 +224,9 @@ class _Child:
         finally:
             page.close()
 
-    def check(self) -> int:
+    def check(self, data: bytes) -> int:
         """Render every page small; refuse geometry the caps cannot show legibly."""
-        for index, page in enumerate(self.geometry()):
+        for index, page in enumerate(self.geometry(data)):
             width, height = page.right - page.left, page.top - page.bottom
             short, long = sorted((abs(width), abs(height)))
             if short < 1 or long / short > MAX_ASPECT_RATIO:
@@ -209,15 +267,16 @@ def _serve(conn: Connection, budget: RenderBudget) -> None:
             return
         op, key, data, args = request
         try:
-            child.open(key, data)
+            if op != "geometry":
+                child.open(key, data)
             if op == "geometry":
-                result: Any = child.geometry()
+                result: Any = child.geometry(data)
             elif op == "image":
                 result = _png(child.bitmap(args[0], width=args[1], scale=None), palette=True)
             elif op == "png":
                 result = _png(child.bitmap(args[0], width=None, scale=args[1]), palette=False)
             elif op == "check":
-                result = child.check()
+                result = child.check(data)
                 child.pdf.close()
                 child.pdf, child.key = None, None  # an upload is not viewed next
             else:
@@ -346,7 +405,8 @@ class RenderPool:
                 self._forget()
                 raise
         try:
-            answer = self._ask(worker, (op, key, data if worker.key != key else None, args))
+            keep = worker.key == key and op != "geometry"
+            answer = self._ask(worker, (op, key, None if keep else data, args))
             if answer[0] == "resend":
                 answer = self._ask(worker, (op, key, data, args))
         except _Overrun as overrun:
@@ -358,7 +418,8 @@ class RenderPool:
             worker.stop(kill=True)
             self._forget()
             raise
-        worker.key = None if op == "check" else key
+        if op != "geometry":
+            worker.key = None if op == "check" else key
         self._release(worker)
         if answer[0] == "ok":
             return answer[1]
