@@ -254,6 +254,27 @@ def _png(image: Any, *, palette: bool) -> bytes:
     return out.getvalue()
 
 
+def _check(child: _Child, key: Any, data: bytes) -> int:
+    """The upload check: refuse only what the caps and the budget cannot show. A file pdfium or
+    qpdf cannot open as it is is for the signing engine to judge (it may rebuild it): 0."""
+    try:
+        child.open(key, data)
+        return child.check(data)
+    except DocumentError as exc:
+        if exc.code != "document.unreadable":
+            raise
+        return 0
+    except MemoryError:
+        raise
+    except Exception:  # pdfium's failure on one page: not a budget matter
+        log.info("pdfium failed on an upload's page; left to the signing engine")
+        return 0
+    finally:
+        if child.pdf is not None:
+            child.pdf.close()
+        child.pdf, child.key = None, None  # an upload is not viewed next
+
+
 def _serve(conn: Connection, budget: RenderBudget) -> None:
     """The child: answer jobs until the pipe closes, within the address-space limit."""
     resource.setrlimit(resource.RLIMIT_AS, (budget.memory_bytes, budget.memory_bytes))
@@ -267,18 +288,18 @@ def _serve(conn: Connection, budget: RenderBudget) -> None:
             return
         op, key, data, args = request
         try:
-            if op != "geometry":
+            if op == "check":
+                result: Any = _check(child, key, data)
+            elif op == "geometry":
+                result = child.geometry(data)
+            else:
                 child.open(key, data)
-            if op == "geometry":
-                result: Any = child.geometry(data)
+            if op in ("check", "geometry"):
+                pass
             elif op == "image":
                 result = _png(child.bitmap(args[0], width=args[1], scale=None), palette=True)
             elif op == "png":
                 result = _png(child.bitmap(args[0], width=None, scale=args[1]), palette=False)
-            elif op == "check":
-                result = child.check(data)
-                child.pdf.close()
-                child.pdf, child.key = None, None  # an upload is not viewed next
             else:
                 raise ValueError(op)
             answer: tuple[Any, ...] = ("ok", result)

@@ -23,7 +23,7 @@ from core.envelopes import get_envelope
 from core.links import issue_link
 from core.model import LinkPurpose
 from tests.fixtures.gateway import envelope_request
-from tests.fixtures.pdfs import flate_bomb, make_pdf, page_box_bomb
+from tests.fixtures.pdfs import flate_bomb, make_pdf, object_stream_bomb, page_box_bomb
 from tests.gateway.conftest import LiveGateway
 from tests.gateway.test_admin_compose import NEW, THREE, _facts, _pdfs
 from tests.gateway.test_admin_pages import _csrf, _login, _staff
@@ -35,6 +35,29 @@ pytestmark = pytest.mark.parametrize("db_engine", ["sqlite"], indirect=True)
 MAX_PIXELS = 4_000_000  # pages.max_page_pixels, the default
 # A small memory budget, so the 2 GB bomb is stopped early on a machine shared with others.
 BUDGET = "pages:\n  render_memory_mb: 384\n  render_seconds: 120\n"
+
+
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+MB = 1024 * 1024
+
+
+def _peak_growth(run: Callable[[], Any]) -> tuple[Any, int | None]:
+    """``run()`` and how far this process's peak RSS (the served app's: it runs here, in a
+    thread) rose above its RSS before; None where the peak cannot be reset."""
+
+    def kb(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise LookupError(field)
+
+    try:
+        _CLEAR_REFS.write_text("5")  # reset VmHWM (Linux 4.0+)
+    except OSError:
+        return run(), None
+    before = kb("VmRSS")
+    result = run()
+    return result, (kb("VmHWM") - before) * 1024
 
 
 def _blobs(live: LiveGateway) -> int:
@@ -189,3 +212,26 @@ def test_a_render_over_budget_answers_an_error_and_the_next_page_renders(
             assert image.width == 960
     finally:
         browser.close()
+
+
+@pytest.mark.parametrize("where", ["content", "xmp", "objstm"])
+def test_a_flate_bomb_costs_the_server_no_memory(
+    live_gateway: Callable[..., LiveGateway], where: str
+) -> None:
+    """2 GB of Flate (512 MB for the object stream) in a few kilobytes: in the page content
+    (refused by the render check, in its bounded process), in the XMP packet (decoded within
+    4 MB by the signing engine, then refused by the render check) or in an object stream
+    (sized before any parser reads it: refused)."""
+    live = live_gateway(extra=BUDGET)
+    bomb = object_stream_bomb(512) if where == "objstm" else flate_bomb(2048, where=where)
+    assert len(bomb) < 8 * 1024
+    with live.client(live.token("e-bid")) as api:
+        answer, grown = _peak_growth(lambda: _create(api, bomb))
+        if grown is not None:
+            assert grown < 128 * MB, f"peak RSS rose {grown / MB:.0f} MB"
+        # the XMP packet is read within 4 MB by the signing engine; pdfium reads it whole
+        # and overruns its budget in its own process
+        error = _refused(answer, "document.too_complex")
+        assert (
+            "受け付けられません" in error["message_ja"] or "表示できません" in error["message_ja"]
+        )
