@@ -189,7 +189,8 @@ _ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/
 
 def _document_errors(operation: dict[str, Any], *, api: bool) -> None:
     """Every answer an operation can give, in the error shape: 400 (a body the server cannot
-    parse), 401 for the API (no, unknown or revoked token), 422 (invalid input)."""
+    parse), 401 for the API (no, unknown or revoked token), 413 (a body over its limit), 422
+    (invalid input)."""
     responses = operation.setdefault("responses", {})
     if api:
         operation["security"] = [{"bearer": []}]
@@ -197,6 +198,9 @@ def _document_errors(operation: dict[str, Any], *, api: bool) -> None:
     responses.setdefault("400", {"description": "Malformed request (e.g. an unreadable body)"})
     if operation.get("parameters") or operation.get("requestBody"):
         responses.setdefault("422", {"description": "Invalid request"})
+    if operation.get("requestBody"):
+        # gateway.body_limit: counted as it arrives, refused at the route's limit
+        responses.setdefault("413", {"description": "Request body over the limit"})
     for status, response in responses.items():
         if status.isdigit() and int(status) >= 400:
             response["content"] = _ERROR_CONTENT

@@ -61,3 +61,22 @@ def test_a_red_seal_keeps_its_colour() -> None:
     image = Image.open(io.BytesIO(data)).convert("RGB")
     r, g, b = image.getpixel((image.width // 2, image.height - int(400 / 842 * image.height)))
     assert r > 150 and g < 80 and b < 80
+
+
+def test_a_page_box_bomb_renders_within_the_pixel_cap_at_every_size() -> None:
+    from core.rendering import RenderBudget, RenderPool
+    from tests.fixtures.pdfs import page_box_bomb
+
+    cap = 2_000_000
+    with RenderPool(RenderBudget(max_page_pixels=cap, max_side=5000)) as pool:
+        renderer = PageRenderer(dpi=110, pool=pool)
+        square = page_box_bomb()  # 22000 px a side at 110 dpi: 1.9 GB as RGBA
+        staff = Image.open(io.BytesIO(renderer.png("square", lambda: square, 0)))
+        assert staff.width * staff.height <= cap and staff.width == staff.height
+        strip = page_box_bomb(100, 10000)  # 100:1, 12 MP at 1200 px wide; 5000 px a side at most
+        signer = Image.open(io.BytesIO(renderer.page_image("strip", lambda: strip, 0, 1200).data))
+        assert signer.width * signer.height <= cap and signer.height <= 5000
+        assert abs(signer.height / signer.width - 100) < 5
+        # a normal page is unaffected
+        normal = renderer.page_image("normal", lambda: make_pdf(pages=1), 0, 960)
+        assert Image.open(io.BytesIO(normal.data)).width == 960
