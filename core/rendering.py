@@ -19,6 +19,7 @@ anything is stored.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import math
@@ -91,8 +92,12 @@ def bitmap_scale(width_pt: float, height_pt: float, scale: float, budget: Render
     return scale
 
 
+def _label(name: str | None) -> str:
+    return f"「{name}」は" if name else "この文書は"
+
+
 def _too_complex(name: str | None, why: str) -> DocumentError:
-    label = f"「{name}」は" if name else "この文書は"
+    label = _label(name)
     return DocumentError(
         "document.too_complex",
         f"the document cannot be displayed within the rendering budget: {why}",
@@ -224,22 +229,6 @@ class _Child:
         finally:
             page.close()
 
-    def check(self, data: bytes) -> int:
-        """Render every page small; refuse geometry the caps cannot show legibly."""
-        for index, page in enumerate(self.geometry(data)):
-            width, height = page.right - page.left, page.top - page.bottom
-            short, long = sorted((abs(width), abs(height)))
-            if short < 1 or long / short > MAX_ASPECT_RATIO:
-                raise DocumentError(
-                    "document.page_size",
-                    f"page {index + 1} is {width:g} x {height:g} pt: too thin to display",
-                    f"{index + 1}ページ目の縦横比が極端なため、表示できません"
-                    f"({width:g}×{height:g}ポイント)。",
-                    details={"page": index + 1},
-                )
-            self.bitmap(index, width=_CHECK_WIDTH, scale=None)
-        return len(self.pdf)
-
 
 def _png(image: Any, *, palette: bool) -> bytes:
     from PIL import Image
@@ -252,27 +241,6 @@ def _png(image: Any, *, palette: bool) -> bytes:
     else:
         image.save(out, format="PNG", optimize=False)
     return out.getvalue()
-
-
-def _check(child: _Child, key: Any, data: bytes) -> int:
-    """The upload check: refuse only what the caps and the budget cannot show. A file pdfium or
-    qpdf cannot open as it is is for the signing engine to judge (it may rebuild it): 0."""
-    try:
-        child.open(key, data)
-        return child.check(data)
-    except DocumentError as exc:
-        if exc.code != "document.unreadable":
-            raise
-        return 0
-    except MemoryError:
-        raise
-    except Exception:  # pdfium's failure on one page: not a budget matter
-        log.info("pdfium failed on an upload's page; left to the signing engine")
-        return 0
-    finally:
-        if child.pdf is not None:
-            child.pdf.close()
-        child.pdf, child.key = None, None  # an upload is not viewed next
 
 
 def _serve(conn: Connection, budget: RenderBudget) -> None:
@@ -288,19 +256,18 @@ def _serve(conn: Connection, budget: RenderBudget) -> None:
             return
         op, key, data, args = request
         try:
-            if op == "check":
-                result: Any = _check(child, key, data)
-            elif op == "geometry":
-                result = child.geometry(data)
+            if op == "geometry":
+                result: Any = child.geometry(data)
             else:
                 child.open(key, data)
-            if op in ("check", "geometry"):
-                pass
-            elif op == "image":
+            if op == "image":
                 result = _png(child.bitmap(args[0], width=args[1], scale=None), palette=True)
             elif op == "png":
                 result = _png(child.bitmap(args[0], width=None, scale=args[1]), palette=False)
-            else:
+            elif op == "thumb":  # the upload check: every operator run, a tiny bitmap
+                child.bitmap(args[0], width=_CHECK_WIDTH, scale=None)
+                result = None
+            elif op != "geometry":
                 raise ValueError(op)
             answer: tuple[Any, ...] = ("ok", result)
         except DocumentError as exc:
@@ -440,7 +407,7 @@ class RenderPool:
             self._forget()
             raise
         if op != "geometry":
-            worker.key = None if op == "check" else key
+            worker.key = key
         self._release(worker)
         if answer[0] == "ok":
             return answer[1]
@@ -484,11 +451,38 @@ class RenderPool:
         return result
 
     def check(self, data: bytes, *, name: str | None = None) -> int:
-        """Refuse (``document.too_complex``, ``document.page_size``, ``document.unreadable``)
-        a document whose pages cannot all be rendered within the caps and the budget; returns
-        its page count."""
-        result: int = self._run("check", ("check", id(data)), data, (), name)
-        return result
+        """Refuse a document whose pages cannot all be shown within the caps and the budget:
+        a page more than :data:`MAX_ASPECT_RATIO` times as long as it is wide
+        (``document.page_size``), or one that does not render within the budget
+        (``document.too_complex``; each page a job of its own). A file pdfium or qpdf cannot
+        open as it is stays for the signing engine to judge (it may rebuild it). Returns the
+        pages checked."""
+        key = ("check", hashlib.sha256(data).hexdigest())
+        try:
+            pages = self.geometry(key, data)
+        except DocumentError as exc:
+            if exc.code == "document.unreadable":
+                return 0
+            raise
+        for index, page in enumerate(pages):
+            width, height = page.right - page.left, page.top - page.bottom
+            short, long = sorted((abs(width), abs(height)))
+            if short < 1 or long / short > MAX_ASPECT_RATIO:
+                raise DocumentError(
+                    "document.page_size",
+                    f"page {index + 1} is {width:g} x {height:g} pt: too thin to display",
+                    f"{_label(name)}{index + 1}ページ目の縦横比が極端なため、表示できません"
+                    f"({width:g}×{height:g}ポイント)。",
+                    details={"page": index + 1},
+                )
+        for index in range(len(pages)):
+            try:
+                self._run("thumb", key, data, (index,), name)
+            except DocumentError as exc:
+                if exc.code in ("document.unreadable", "document.no_such_page"):
+                    return index
+                raise
+        return len(pages)
 
 
 def _stop_all(workers: list[_Worker]) -> None:
