@@ -207,6 +207,9 @@ def test_a_render_over_budget_answers_an_error_and_the_next_page_renders(
         assert refused.status_code == 422
         assert "表示できません" in refused.text
         assert pool.killed == killed + 1  # the worker over budget was stopped
+        metrics = httpx.get(f"{live.url}/metrics", timeout=30)  # operators see it (loopback)
+        assert metrics.status_code == 200
+        assert f"keiyaku_render_overruns_total {float(killed + 1)}" in metrics.text
         for page in (1, 2):  # a fresh worker renders the next pages
             image = _image(browser.get(f"{base}/documents/1/pages/{page}.png", params={"w": 960}))
             assert image.width == 960
