@@ -113,7 +113,12 @@ def find_active_content(data: bytes) -> list[str]:
 
         rebuilt = io.BytesIO()
         with pikepdf.open(io.BytesIO(data)) as pdf:
-            pdf.save(rebuilt)
+            # streams copied as they are, the XMP packet untouched: never decoded whole here
+            pdf.save(
+                rebuilt,
+                stream_decode_level=pikepdf.StreamDecodeLevel.none,
+                fix_metadata_version=False,
+            )
         return _findings(PdfReader(io.BytesIO(rebuilt.getvalue())))
     except Exception:  # unreadable by both: judge by the raw bytes below
         log.info("neither pypdf nor qpdf reads this PDF; judging active content by its bytes")

@@ -55,6 +55,7 @@ from core.model import (
 )
 from core.outbox import release_leases
 from core.records import fill_record_facts, record_facts
+from core.rendering import RenderPool
 from core.signing import FieldBox, PageArea, PdfInfo, SigningEngine, approval_reason
 from core.signing_tasks import (
     claim_task,
@@ -118,6 +119,9 @@ class Runtime:
     buyer_name: str
     limits: Limits = field(default_factory=Limits)
     observers: tuple[EnvelopeObserver, ...] = ()
+    # Renders pages in bounded processes; an upload is refused when its pages cannot all be
+    # rendered within the caps (None: not checked, for callers that never show pages).
+    renderer: RenderPool | None = None
 
     def notify(
         self, session: Session, envelope: Envelope, event: str, party: Party | None = None
@@ -317,7 +321,18 @@ def check_documents(*, runtime: Runtime, documents: Sequence[DocumentInput]) -> 
     infos = [runtime.signing.inspect(doc.data) for doc in documents]
     for doc in documents:
         check_active_content(doc.data, name=doc.name, mode=runtime.limits.pdf_active_content)
+    _check_renderable(runtime, documents)
     return infos
+
+
+def _check_renderable(runtime: Runtime, documents: Sequence[DocumentInput]) -> None:
+    """Refuse a document whose pages cannot all be rendered within the page-image caps and
+    the renderer's budget: signers could never read it (``document.too_complex``,
+    ``document.page_size``)."""
+    if runtime.renderer is None:
+        return
+    for doc in documents:
+        runtime.renderer.check(doc.data, name=doc.name)
 
 
 def check_parties(*, runtime: Runtime, parties: Sequence[PartyInput]) -> None:
@@ -436,6 +451,7 @@ def create_envelope(
         )
         for d in documents
     ]
+    _check_renderable(runtime, documents)
     _check_fields(fields, parties, [i.pages for i in infos])
     accounts = _staff_accounts(session, parties)
 

@@ -46,10 +46,11 @@ from core.envelopes import (
     FieldInput,
     PartyInput,
     Runtime,
+    check_documents,
     create_envelope,
     send_envelope,
 )
-from core.errors import GatewayError, NotFoundError, RecordError, StateError
+from core.errors import DocumentError, GatewayError, NotFoundError, RecordError, StateError
 from core.links import AccessCodePolicy
 from core.model import (
     AccessCode,
@@ -757,13 +758,14 @@ def _stage_documents(
     award: Award,
     draft: EnvelopeDraft,
     fetch: Fetch,
+    refused: list[DocumentError] | None = None,
 ) -> str | None:
-    """Fetch and keep every document of the draft; the reason when a required one is missing."""
-    if award.documents:
-        award.documents.clear()
-        session.flush()  # the old rows go before new ones take their positions
+    """Fetch and keep every document of the draft; the reason when a required one is missing
+    or refused. A document the envelope would refuse (not a PDF, damaged, a Flate bomb, pages
+    that cannot be rendered) is checked before anything is stored, and never stored: it is
+    added to ``refused`` and the award waits for a better one."""
+    fetched: list[tuple[Any, bytes]] = []
     missing: str | None = None
-    position = 0
     for ref in draft.documents:
         try:
             data = ref.data if ref.data is not None else fetch(ref)
@@ -771,6 +773,20 @@ def _stage_documents(
             if ref.required:
                 missing = missing or f"{ref.name}: {exc.message_ja}"
             continue
+        try:
+            check_documents(runtime=runtime, documents=[DocumentInput(ref.name, data)])
+        except DocumentError as exc:
+            if exc.retriable:
+                raise
+            missing = missing or f"{ref.name}: {exc.message_ja}"
+            if refused is not None:
+                refused.append(exc)
+            continue
+        fetched.append((ref, data))
+    if award.documents:
+        award.documents.clear()
+        session.flush()  # the old rows go before new ones take their positions
+    for position, (ref, data) in enumerate(fetched):
         award.documents.append(
             AwardDocument(
                 position=position,
@@ -781,10 +797,23 @@ def _stage_documents(
                 size=len(data),
             )
         )
-        position += 1
     if not award.documents and missing is None:
         missing = "文書がありません。"
     return missing
+
+
+def _report_refused(
+    counts: IntakeCounts, source: str, item: AwardItem, refused: list[DocumentError]
+) -> None:
+    for exc in refused:
+        counts.errors.append(
+            _line_error(
+                source,
+                item,
+                RecordError(exc.code, exc.message_en, exc.message_ja, details=exc.details),
+                "documents",
+            )
+        )
 
 
 def intake_awards(
@@ -903,7 +932,9 @@ def _create_award(
     session.add(award)
     if contractor is None:
         award.note = found.note
-    missing = _stage_documents(session, runtime, award, draft, fetch)
+    refused: list[DocumentError] = []
+    missing = _stage_documents(session, runtime, award, draft, fetch, refused)
+    _report_refused(counts, source, item, refused)
     counts.created += 1
     if missing is not None:
         award.state = AwardState.WAITING_DOCUMENTS
@@ -982,7 +1013,9 @@ def _update_award(
         return
     award.state = AwardState.WAITING_USAGE_REQUEST
     if old.get("documents") != new.get("documents") or not award.documents:
-        missing = _stage_documents(session, runtime, award, draft, fetch)
+        refused: list[DocumentError] = []
+        missing = _stage_documents(session, runtime, award, draft, fetch, refused)
+        _report_refused(counts, award.source, item, refused)
         if missing is not None:
             award.state = AwardState.WAITING_DOCUMENTS
             award.note = missing

@@ -30,8 +30,9 @@ from gateway.api.guarantees import router as guarantees_api_router
 from gateway.api.schemas import EnvelopeCreate
 from gateway.api.staff import router as staff_api_router
 from gateway.background import SigningWorker
+from gateway.body_limit import BodyLimit, route_limits
 from gateway.context import AppContext, page_templates
-from gateway.errors import install_error_handlers
+from gateway.errors import handle_gateway_error, install_error_handlers
 from gateway.mailer import MailDispatcher, MailHandler, MailRenderer, build_transport
 from gateway.ops_http import install_operations
 from gateway.pages.cookies import CookieSigner
@@ -125,7 +126,7 @@ def build_context(
         policy=access_code_policy(settings),
         cookies=CookieSigner(_session_key(gateway)),
         templates=page_templates(override),
-        pages=PageRenderer(dpi=settings.pages.page_dpi),
+        pages=PageRenderer(dpi=settings.pages.page_dpi, pool=gateway.runtime.renderer),
         dispatcher=dispatcher,
         signer=signer,
         trusted_proxies=[
@@ -189,7 +190,8 @@ _ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/
 
 def _document_errors(operation: dict[str, Any], *, api: bool) -> None:
     """Every answer an operation can give, in the error shape: 400 (a body the server cannot
-    parse), 401 for the API (no, unknown or revoked token), 422 (invalid input)."""
+    parse), 401 for the API (no, unknown or revoked token), 413 (a body over its limit), 422
+    (invalid input)."""
     responses = operation.setdefault("responses", {})
     if api:
         operation["security"] = [{"bearer": []}]
@@ -197,6 +199,9 @@ def _document_errors(operation: dict[str, Any], *, api: bool) -> None:
     responses.setdefault("400", {"description": "Malformed request (e.g. an unreadable body)"})
     if operation.get("parameters") or operation.get("requestBody"):
         responses.setdefault("422", {"description": "Invalid request"})
+    if operation.get("requestBody"):
+        # gateway.body_limit: counted as it arrives, refused at the route's limit
+        responses.setdefault("413", {"description": "Request body over the limit"})
     for status, response in responses.items():
         if status.isdigit() and int(status) >= 400:
             response["content"] = _ERROR_CONTENT
@@ -299,6 +304,12 @@ def create_app(
 
     # /healthz (database, blob store, TSA, SMTP), /metrics, request ids: gateway/ops_http.py
     install_operations(app, gateway)
+    # Outermost: bodies are counted as they arrive, before any other layer reads them.
+    app.add_middleware(
+        BodyLimit,
+        limit_for=route_limits(gateway.runtime.limits),
+        answer=handle_gateway_error,
+    )
 
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

@@ -562,11 +562,30 @@ class _MirrorCollector(Collector):
         yield failures
 
 
+class _RenderCollector(Collector):
+    """Page-rendering jobs stopped for overrunning their budget (hostile or huge documents)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.pool = gateway.runtime.renderer
+
+    def collect(self) -> Iterator[Metric]:
+        if self.pool is None:
+            return
+        killed = CounterMetricFamily(
+            "keiyaku_render_overruns",
+            "Page-rendering jobs stopped for overrunning their time or memory budget, this "
+            "process (uploads refused as document.too_complex included).",
+        )
+        killed.add_metric([], self.pool.killed)
+        yield killed
+
+
 def _metrics_registry(gateway: Gateway) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     margin = dt.timedelta(days=gateway.settings.archive.renew_margin_days)
     registry.register(_DatabaseCollector(gateway, margin))
     registry.register(_MirrorCollector(gateway))
+    registry.register(_RenderCollector(gateway))
     latency = Histogram(
         "keiyaku_signing_seconds",
         "Signing engine latency per operation (approval, seal, archive_timestamp, certificate), "

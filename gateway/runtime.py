@@ -23,6 +23,7 @@ from core.envelopes import MB, Limits, Runtime
 from core.errors import ConfigError
 from core.links import AccessCodePolicy
 from core.notify import MailObserver
+from core.rendering import RenderBudget, RenderPool
 from core.signing import (
     RevocationData,
     SigningEngine,
@@ -48,6 +49,8 @@ class Gateway:
     def close(self) -> None:
         """Release the signing engine's resources and the database connections."""
         self.runtime.signing.close()
+        if self.runtime.renderer is not None:
+            self.runtime.renderer.close()
         self.engine.dispose()
 
 
@@ -162,6 +165,7 @@ def open_gateway(settings: Settings, *, migrate_schema: bool = True) -> Gateway:
             MailObserver(fallback_sender=settings.mail.notices_to),
             pushback_observer(settings),
         ),
+        renderer=render_pool(settings),
     )
     sessions = make_session_factory(engine)
     with sessions() as session:
@@ -170,6 +174,20 @@ def open_gateway(settings: Settings, *, migrate_schema: bool = True) -> Gateway:
         if record_settings(session=session, settings=settings_snapshot(settings), actor=_node()):
             session.commit()
     return Gateway(settings, engine, sessions, runtime)
+
+
+def render_pool(settings: Settings) -> RenderPool:
+    """The page renderer's worker processes, within the configured budget (started on first
+    use, so a command that never renders starts none)."""
+    pages = settings.pages
+    return RenderPool(
+        RenderBudget(
+            seconds=pages.render_seconds,
+            memory_bytes=pages.render_memory_mb * MB,
+            max_page_pixels=pages.max_page_pixels,
+            workers=pages.render_workers,
+        )
+    )
 
 
 def _node() -> str:

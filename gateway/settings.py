@@ -182,6 +182,10 @@ class PagesSettings(_Section):
     access_code_min_length: int = Field(default=4, ge=4, le=64)
     max_code_attempts: int = Field(default=5, ge=1, le=20)
     page_dpi: int = Field(default=110, ge=50, le=300)
+    render_workers: int = Field(default=2, ge=1, le=32)
+    render_seconds: float = Field(default=30, gt=0, le=600)
+    render_memory_mb: int = Field(default=512, ge=256, le=65536)
+    max_page_pixels: int = Field(default=4_000_000, ge=250_000, le=50_000_000)
     guarantee_entry: Literal["off", "before", "after", "both"] = "both"
 
 

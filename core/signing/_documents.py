@@ -26,6 +26,7 @@ from core.errors import DocumentError, SigningError
 
 from . import _repair
 from ._cjkfont import CjkFont, ShapedText
+from ._streams import check_parsed_streams
 
 __all__ = [
     "FieldBox",
@@ -60,6 +61,7 @@ _HELVETICA_WIDTHS = {
     " ": 278,
 }
 _FIELD_FONT = "/KgFieldFont"
+_MAX_XMP = 4 * 1024 * 1024  # decoded bytes of a document XMP packet kept as it is
 _READ_ONLY = 1  # /Ff bit 1
 _PRINT = 4  # annotation /F bit 3
 
@@ -128,6 +130,7 @@ def load_document(data: bytes) -> LoadedDocument:
             "The file is not a PDF document.",
             "PDFファイルではありません。PDF形式のファイルを指定してください。",
         )
+    check_parsed_streams(data)  # before any parser inflates an object stream whole
     try:
         return _checked(data, rebuilt=False)
     except DocumentError:
@@ -162,11 +165,14 @@ def _checked(data: bytes, *, rebuilt: bool) -> LoadedDocument:
         certified = isinstance(perms, generic.DictionaryObject) and "/DocMDP" in perms
         _fields_of(reader.root)
         metadata = _get(reader.root, "/Metadata")
-        if isinstance(metadata, generic.StreamObject) and not (
-            int(_get(metadata, "/Length", 0)) <= 4 * 1024 * 1024
-            and _repair.xmp_readable(metadata.data)
-        ):
-            raise _NeedsRebuild("the XMP packet is not UTF-8")
+        if isinstance(metadata, generic.StreamObject):
+            # decoded within a bound: pyHanko decodes the packet whole on every write
+            packet = None
+            if "/DecodeParms" not in metadata:
+                filters = _repair.filter_names(_get(metadata, "/Filter"))
+                packet = _repair.bounded_flate(metadata.encoded_data, filters or [], _MAX_XMP)
+            if packet is None or not _repair.xmp_readable(packet):
+                raise _NeedsRebuild("the XMP packet is not UTF-8, too large or undecodable")
         if not rebuilt:
             repairs = _repair.qpdf_repairs(data)
             if repairs:

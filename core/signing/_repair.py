@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import re
+import zlib
+from collections.abc import Sequence
 from io import BytesIO
 
 import pikepdf
@@ -80,6 +82,37 @@ def qpdf_repairs(data: bytes) -> list[str]:
 _MAX_XMP = 4 * 1024 * 1024
 
 
+def bounded_flate(raw: bytes, filters: Sequence[str], limit: int) -> bytes | None:
+    """``raw`` decoded through ``filters`` (Flate only, applied in order), never producing more
+    than ``limit + 1`` bytes at any stage; None when the result would be over ``limit``, a
+    filter is not Flate or the data is corrupt. The XMP packet is decoded whole by pyHanko on
+    every write: a few kilobytes of nested Flate can inflate to gigabytes."""
+    data = raw
+    for name in filters:
+        if name != "/FlateDecode":
+            return None
+        try:
+            data = zlib.decompressobj().decompress(data, limit + 1)
+        except zlib.error:
+            return None
+        if len(data) > limit:
+            return None
+    return data if len(data) <= limit else None
+
+
+def filter_names(value: object) -> list[str] | None:
+    """The names of a stream's /Filter entry (a name or an array of names), None when absent;
+    anything else gives a name no decoder has."""
+    if value is None:
+        return []
+    if isinstance(value, str | pikepdf.Name):
+        return [str(value)]
+    try:
+        return [str(item) for item in value]  # type: ignore[attr-defined]
+    except TypeError:
+        return ["?"]
+
+
 def xmp_readable(stream: bytes) -> bool:
     """Whether an XMP packet is what pyHanko can update on every later write (UTF-8 XML)."""
     try:
@@ -96,8 +129,11 @@ def _drop_unreadable_xmp(pdf: pikepdf.Pdf) -> None:
     if not isinstance(metadata, pikepdf.Stream):
         return
     try:
-        length = int(metadata.get("/Length", 0))
-        readable = length <= _MAX_XMP and xmp_readable(metadata.read_bytes())
+        filters = filter_names(metadata.get("/Filter"))
+        packet = None
+        if "/DecodeParms" not in metadata and filters is not None:
+            packet = bounded_flate(metadata.read_raw_bytes(), filters, _MAX_XMP)
+        readable = packet is not None and xmp_readable(packet)
     except Exception:  # an undecodable packet is as unreadable as a non-UTF-8 one
         readable = False
     if not readable:

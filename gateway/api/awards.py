@@ -24,6 +24,7 @@ from core.errors import NotFoundError, RecordError
 from core.intake import dismiss_award, list_awards, release_award
 from core.model import ApiClient, AwardState
 from gateway import intake
+from gateway.body_limit import AWARD_BODY_BYTES
 from gateway.deps import ApiClientDep, ContextDep, SessionDep
 from gateway.intake import award_json
 from gateway.runtime import access_code_policy
@@ -35,7 +36,7 @@ router = APIRouter(prefix="/api/v1", tags=["awards"])
 PUSH = "awards:write"
 READ = "awards:read"
 
-MAX_BODY = 1024 * 1024
+MAX_BODY = AWARD_BODY_BYTES
 
 
 class LineErrorOut(BaseModel):

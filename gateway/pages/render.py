@@ -1,6 +1,8 @@
 """Document pages as PNG images, rendered on the server with pdfium (pypdfium2), so the signer
-needs no PDF plugin or viewer. pdfium is not thread-safe: one lock serialises its use, and a
-small cache keeps recently shown pages.
+needs no PDF plugin or viewer. pdfium runs in bounded worker processes
+(:class:`core.rendering.RenderPool`: a time and memory budget per job, every bitmap capped in
+pixels), so a hostile document costs its own job and no one else's; a small cache keeps recently
+shown pages.
 
 The signing pages get :meth:`PageRenderer.page_image`: a 16-colour palette PNG (4 bits a pixel;
 greys for text, a seal's red kept) at one of :data:`PAGE_WIDTHS`, so a phone on a 3G line gets
@@ -12,19 +14,14 @@ revalidation is answered without touching the document.
 from __future__ import annotations
 
 import hashlib
-import io
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-import pypdfium2 as pdfium
-from PIL import Image
-
-from core.errors import DocumentError
+from core.rendering import RenderPool
 
 PageSize = tuple[float, float]
-_FAST_OCTREE = Image.Quantize.FASTOCTREE
 
 #: Widths in pixels a signer's browser may ask for (``srcset``); others snap to the next one up.
 PAGE_WIDTHS = (480, 720, 960, 1200)
@@ -32,7 +29,6 @@ PAGE_WIDTHS = (480, 720, 960, 1200)
 DEFAULT_PAGE_WIDTH = 960
 #: Changes every ETag when the encoding changes, so browsers never keep an old rendering.
 _IMAGE_ENCODING = "png-p16-v1"
-_PALETTE_COLOURS = 16
 
 
 def fit_width(requested: int | None) -> int:
@@ -100,12 +96,20 @@ def rect_at(
 
 
 class PageRenderer:
-    """Renders pages of stored documents; results are cached by (document, revision, page)."""
+    """Renders pages of stored documents in ``pool``'s worker processes; results are cached by
+    (document, revision, page)."""
 
     def __init__(
-        self, dpi: int = 110, cache_entries: int = 128, image_cache_bytes: int = 64 * 2**20
+        self,
+        dpi: int = 110,
+        cache_entries: int = 128,
+        image_cache_bytes: int = 64 * 2**20,
+        *,
+        pool: RenderPool | None = None,
     ) -> None:
         self.scale = dpi / 72
+        self.pool = pool if pool is not None else RenderPool()
+        # Guards the caches only: rendering happens outside it, in the pool.
         self._lock = threading.Lock()
         self._pngs: OrderedDict[Hashable, bytes] = OrderedDict()
         self._boxes: dict[Hashable, list[PageBox]] = {}
@@ -118,63 +122,53 @@ class PageRenderer:
         #: Page images rendered so far (not served from the cache): for tests and benches.
         self.renders = 0
 
+    def _document(self, key: Hashable, load: Callable[[], bytes]) -> bytes:
+        with self._lock:
+            if self._source is not None and self._source[0] == key:
+                return self._source[1]
+        data = load()
+        with self._lock:
+            self._source = (key, data)
+        return data
+
     def page_boxes(self, key: Hashable, load: Callable[[], bytes]) -> list[PageBox]:
         """The visible area and rotation of every page; ``load`` reads the document when needed."""
         with self._lock:
-            if key not in self._boxes:
-                pdf = self._open(load())
-                try:
-                    boxes = []
-                    for index in range(len(pdf)):
-                        page = pdf[index]
-                        left, bottom, right, top = page.get_bbox()
-                        boxes.append(PageBox(left, bottom, right, top, page.get_rotation()))
-                        page.close()
-                    self._boxes[key] = boxes
-                finally:
-                    pdf.close()
-            return self._boxes[key]
+            cached = self._boxes.get(key)
+        if cached is not None:
+            return cached
+        geometry = self.pool.geometry(key, self._document(key, load))
+        boxes = [PageBox(g.left, g.bottom, g.right, g.top, g.rotation) for g in geometry]
+        with self._lock:
+            self._boxes[key] = boxes
+        return boxes
 
     def page_sizes(self, key: Hashable, load: Callable[[], bytes]) -> list[PageSize]:
         """(width, height) in points of every page as displayed."""
         return [box.size for box in self.page_boxes(key, load)]
 
     def png(self, key: Hashable, load: Callable[[], bytes], page_index: int) -> bytes:
-        """Page ``page_index`` (0-based) as PNG, text boxes filled so far included."""
+        """Page ``page_index`` (0-based) as PNG, text boxes filled so far included, at the
+        renderer's resolution (lower for a page too large for the pixel caps)."""
         cache_key = (key, page_index)
         with self._lock:
             cached = self._pngs.get(cache_key)
             if cached is not None:
                 self._pngs.move_to_end(cache_key)
                 return cached
-            pdf = self._open(load())
-            try:
-                if not 0 <= page_index < len(pdf):
-                    raise DocumentError(
-                        "document.no_such_page",
-                        f"no page {page_index + 1}",
-                        "指定されたページはありません。",
-                    )
-                pdf.init_forms()
-                page = pdf[page_index]
-                bitmap = page.render(scale=self.scale, may_draw_forms=True)
-                image = bitmap.to_pil()
-                out = io.BytesIO()
-                image.save(out, format="PNG", optimize=False)
-                png = out.getvalue()
-                page.close()
-            finally:
-                pdf.close()
+        png = self.pool.png(key, self._document(key, load), page_index, self.scale)
+        with self._lock:
             self._pngs[cache_key] = png
             while len(self._pngs) > self._cache_entries:
                 self._pngs.popitem(last=False)
-            return png
+        return png
 
     def page_image(
         self, key: Hashable, load: Callable[[], bytes], page_index: int, width: int
     ) -> PageImage:
-        """Page ``page_index`` (0-based) ``width`` pixels wide (one of :data:`PAGE_WIDTHS`) as a
-        16-colour palette PNG; rendered once per ``key`` (document revision) and width."""
+        """Page ``page_index`` (0-based) ``width`` pixels wide (one of :data:`PAGE_WIDTHS`;
+        narrower for a page too long for the pixel caps) as a 16-colour palette PNG; rendered
+        once per ``key`` (document revision) and width."""
         if width not in PAGE_WIDTHS:
             raise ValueError(f"width {width} is not one of {PAGE_WIDTHS}")
         cache_key = (key, page_index, width)
@@ -183,44 +177,13 @@ class PageRenderer:
             if cached is not None:
                 self._images.move_to_end(cache_key)
                 return cached
-            if self._source is None or self._source[0] != key:
-                self._source = (key, load())
-            pdf = self._open(self._source[1])
-            try:
-                if not 0 <= page_index < len(pdf):
-                    raise DocumentError(
-                        "document.no_such_page",
-                        f"no page {page_index + 1}",
-                        "指定されたページはありません。",
-                    )
-                pdf.init_forms()
-                page = pdf[page_index]
-                scale = width / page.get_width()
-                image = page.render(scale=scale, may_draw_forms=True).to_pil()
-                if abs(image.width - width) > 2:  # a turned page: width and height swap
-                    scale *= width / image.width
-                    image = page.render(scale=scale, may_draw_forms=True).to_pil()
-                page.close()
-            finally:
-                pdf.close()
-            # Fast octree: ~4x quicker than median cut at the same size; 4 bits a pixel.
-            palette = image.quantize(colors=_PALETTE_COLOURS, method=_FAST_OCTREE)
-            out = io.BytesIO()
-            palette.save(out, format="PNG", optimize=False, bits=4)
-            rendered = PageImage(out.getvalue(), page_etag(key, page_index, width))
+        data = self.pool.page_image(key, self._document(key, load), page_index, width)
+        rendered = PageImage(data, page_etag(key, page_index, width))
+        with self._lock:
             self.renders += 1
             self._images[cache_key] = rendered
             self._image_bytes += len(rendered.data)
             while self._image_bytes > self._image_cache_bytes and len(self._images) > 1:
                 _, dropped = self._images.popitem(last=False)
                 self._image_bytes -= len(dropped.data)
-            return rendered
-
-    @staticmethod
-    def _open(data: bytes) -> pdfium.PdfDocument:
-        try:
-            return pdfium.PdfDocument(data)
-        except pdfium.PdfiumError as exc:
-            raise DocumentError(
-                "document.unreadable", f"cannot render: {exc}", "文書を表示できません。"
-            ) from exc
+        return rendered

@@ -62,7 +62,7 @@ AWARD = {
 }
 
 
-def _start(live_gateway: Callable[..., LiveGateway], tmp_path: Path) -> LiveGateway:
+def _start(live_gateway: Callable[..., LiveGateway], tmp_path: Path, more: str = "") -> LiveGateway:
     (tmp_path / "ebid.yaml").write_text(MAPPING, encoding="utf-8")
     (tmp_path / "award.xsd").write_text(XSD, encoding="utf-8")
     extra = f"""
@@ -77,7 +77,7 @@ intake:
       name: 開発 太郎
       email: shicho@city.example.jp
 """
-    return live_gateway(extra=extra)
+    return live_gateway(extra=extra + more)
 
 
 def test_a_pushed_award_is_taken_in_once(

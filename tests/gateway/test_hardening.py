@@ -130,6 +130,8 @@ def test_openapi_documents_error_answers_and_trace_gets_405_with_allow(
                 assert "400" in responses, (method, path)
                 if path.startswith("/api/"):
                     assert "401" in responses, (method, path)
+                if "requestBody" in operation:
+                    assert "413" in responses, (method, path)
                 for status, response in responses.items():
                     if int(status) >= 400:
                         schema = response["content"]["application/json"]["schema"]

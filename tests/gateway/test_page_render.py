@@ -61,3 +61,73 @@ def test_a_red_seal_keeps_its_colour() -> None:
     image = Image.open(io.BytesIO(data)).convert("RGB")
     r, g, b = image.getpixel((image.width // 2, image.height - int(400 / 842 * image.height)))
     assert r > 150 and g < 80 and b < 80
+
+
+def test_a_page_box_bomb_renders_within_the_pixel_cap_at_every_size() -> None:
+    from core.rendering import RenderBudget, RenderPool
+    from tests.fixtures.pdfs import page_box_bomb
+
+    cap = 2_000_000
+    with RenderPool(RenderBudget(max_page_pixels=cap, max_side=5000)) as pool:
+        renderer = PageRenderer(dpi=110, pool=pool)
+        square = page_box_bomb()  # 22000 px a side at 110 dpi: 1.9 GB as RGBA
+        staff = Image.open(io.BytesIO(renderer.png("square", lambda: square, 0)))
+        assert staff.width * staff.height <= cap and staff.width == staff.height
+        strip = page_box_bomb(100, 10000)  # 100:1, 12 MP at 1200 px wide; 5000 px a side at most
+        signer = Image.open(io.BytesIO(renderer.page_image("strip", lambda: strip, 0, 1200).data))
+        assert signer.width * signer.height <= cap and signer.height <= 5000
+        assert abs(signer.height / signer.width - 100) < 5
+        # a normal page is unaffected
+        normal = renderer.page_image("normal", lambda: make_pdf(pages=1), 0, 960)
+        assert Image.open(io.BytesIO(normal.data)).width == 960
+
+
+def test_a_hostile_render_stalls_no_one_else_and_its_worker_is_replaced() -> None:
+    """While one worker inflates a Flate bomb (until its memory budget stops it), another
+    renders a normal page: nobody waits on a shared lock. Then the pool serves on."""
+    import threading
+
+    from core.errors import DocumentError as Refused
+    from core.rendering import RenderBudget, RenderPool
+    from tests.fixtures.pdfs import flate_bomb
+
+    normal = make_pdf(pages=2)
+    hostile_pdf = flate_bomb()
+    with RenderPool(RenderBudget(memory_bytes=768 * 2**20, workers=2)) as pool:
+        renderer = PageRenderer(pool=pool)
+        # both workers started and warm
+        warm = [
+            threading.Thread(target=renderer.page_image, args=(f"w{i}", lambda: normal, 0, 480))
+            for i in range(2)
+        ]
+        for thread in warm:
+            thread.start()
+        for thread in warm:
+            thread.join()
+        finished: list[str] = []
+        failures: list[Exception] = []
+
+        def hostile() -> None:
+            try:
+                renderer.page_image("bomb", lambda: hostile_pdf, 0, 960)
+            except Refused as exc:
+                failures.append(exc)
+            finished.append("bomb")
+
+        bomb = threading.Thread(target=hostile)
+        bomb.start()
+        for _ in range(1000):  # until the bomb is in a worker (one of the two taken)
+            if len(pool._idle) == 1:
+                break
+            threading.Event().wait(0.005)
+        image = renderer.page_image("normal", lambda: normal, 1, 960)
+        finished.append("normal")
+        bomb.join()
+        assert finished == ["normal", "bomb"]
+        (failure,) = failures
+        assert isinstance(failure, Refused) and failure.code == "document.too_complex"
+        assert "表示できません" in failure.message_ja
+        assert pool.killed == 1
+        assert Image.open(io.BytesIO(image.data)).width == 960
+        again = renderer.page_image("normal", lambda: normal, 0, 1200)  # a fresh worker
+        assert Image.open(io.BytesIO(again.data)).width == 1200
