@@ -50,7 +50,7 @@ from core.envelopes import (
     send_envelope,
 )
 from core.errors import GatewayError, NotFoundError, RecordError, StateError
-from core.links import AccessCodePolicy
+from core.links import AccessCodePolicy, set_access_code
 from core.model import (
     AccessCode,
     Award,
@@ -84,6 +84,8 @@ AWARD_STATE_JA = {
     AwardState.CONTRACTOR_CONFLICT: "受注者の確認待ち(保留)",
     AwardState.DISMISSED: "対象外(職員が除外)",
     AwardState.WAITING_SIGNER: "署名者の連絡先待ち",
+    AwardState.WAITING_AMOUNT: "契約金額待ち",
+    AwardState.WAITING_ACCESS_CODE: "アクセスコード未設定",
 }
 # States a later run (or a usage request arriving) may move on by itself.
 WAITING_STATES = (
@@ -93,7 +95,13 @@ WAITING_STATES = (
     AwardState.WAITING_SIGNER,
 )
 # Everything that has no envelope yet and is not dismissed: what staff see as "waiting".
-PENDING_STATES = (*WAITING_STATES, AwardState.CONTRACTOR_CONFLICT, AwardState.CHANGED_AFTER_SEND)
+PENDING_STATES = (
+    *WAITING_STATES,
+    AwardState.WAITING_AMOUNT,
+    AwardState.WAITING_ACCESS_CODE,
+    AwardState.CONTRACTOR_CONFLICT,
+    AwardState.CHANGED_AFTER_SEND,
+)
 
 
 def award_state_ja(state: AwardState) -> str:
@@ -1031,6 +1039,13 @@ def _release(
         award.note = award.note or "受注者を特定できません(法人番号・業者番号がありません)。"
         counts.waiting += 1
         return
+    if award.amount is None:
+        # Nothing at completion can supply the amount (records-law search needs it): the
+        # mapping must give it; the award waits for a corrected record or a re-map.
+        award.state = AwardState.WAITING_AMOUNT
+        award.note = "取込レコードに契約金額がありません(envelope.amount_required)。"
+        counts.waiting += 1
+        return
     contract_type = award.draft.get("contract_type") or CONSTRUCTION
     signer_from = (
         "usage_request"
@@ -1093,12 +1108,19 @@ def _release(
         raise RecordError(exc.code, exc.message_en, exc.message_ja, details=exc.details) from exc
     award.envelope_id = envelope.id
     award.usage_request_id = request.id if request is not None else None
-    award.state = AwardState.SENT if envelope.state is EnvelopeState.SENT else AwardState.DRAFTED
-    award.note = (
-        None
-        if signer[2] is not None or envelope.state is EnvelopeState.SENT
-        else "受注者の署名者にアクセスコードがないため下書きのままです。設定してから送信してください。"
-    )
+    if envelope.state is EnvelopeState.SENT:
+        award.state, award.note = AwardState.SENT, None
+    elif signer[2] is not None:
+        award.state, award.note = AwardState.DRAFTED, None
+    else:
+        # A registry address or a mapping names no access code, and a party that cannot
+        # authenticate is never sent to: the award waits, visibly, for staff to set one.
+        award.state = AwardState.WAITING_ACCESS_CODE
+        award.note = (
+            f"アクセスコード未設定: 受注者の署名者 {signer[1]} にアクセスコードがありません。"
+        )
+        counts.waiting += 1
+        return
     counts.released += 1
 
 
@@ -1362,6 +1384,21 @@ def waiting_reason(award: Award) -> WaitingReason | None:
             note or "受注者の同一性に疑いがあるため保留しています。",
             "受注者を確認し、正しい受注者を指定して解除するか、対象外にしてください。",
         )
+    if award.state is AwardState.WAITING_AMOUNT:
+        return WaitingReason(
+            "no_amount",
+            "the record gives no amount (取引金額); an envelope without one is never sent",
+            note or "契約金額がありません。",
+            "取込元のレコードに契約金額を含めて再取込するか、マッピングを直して再マッピングしてください。",
+        )
+    if award.state is AwardState.WAITING_ACCESS_CODE:
+        return WaitingReason(
+            "no_access_code",
+            "the contractor's signer (registry address or mapping) has no access code",
+            note or "アクセスコード未設定",
+            "職員がアクセスコードを設定すると送信します(落札情報一覧の「アクセスコードを設定して送信」、"
+            "API の set-access-code、keiyaku awards set-code)。コードは受注者に別経路で伝えてください。",
+        )
     if award.state is AwardState.CHANGED_AFTER_SEND:
         return WaitingReason(
             "changed_after_send",
@@ -1391,6 +1428,12 @@ def release_award(
     staff have confirmed), then make its envelope when it is ready; otherwise it waits again for
     what it still lacks. Conflicts reported for this award are marked resolved."""
     award = _award_for_staff(session, source, award_id)
+    if award.state is AwardState.WAITING_ACCESS_CODE:
+        raise StateError(
+            "state.award_needs_access_code",
+            f"award {award_id} of {source} has its draft; set the signer's access code to send it",
+            "この落札情報は封筒作成済みです。アクセスコードを設定して送信してください。",
+        )
     if award.state in (AwardState.DRAFTED, AwardState.SENT, AwardState.CHANGED_AFTER_SEND):
         raise StateError(
             "state.award_not_waiting",
@@ -1435,14 +1478,90 @@ def release_award(
     return award
 
 
+def set_award_access_code(
+    *,
+    session: Session,
+    runtime: Runtime,
+    policy: IntakePolicy,
+    source: str,
+    award_id: str,
+    actor: str,
+    code: str,
+    ip: str | None = None,
+) -> Award:
+    """Staff set the access code of an award's contractor signer (one named by the registry
+    address or the mapping, which carry none) and send its draft envelope (audited). The code
+    reaches the contractor by another channel (phone, paper): it is never mailed."""
+    award = _award_for_staff(session, source, award_id)
+    if award.state is not AwardState.WAITING_ACCESS_CODE or award.envelope_id is None:
+        raise StateError(
+            "state.award_not_waiting_access_code",
+            f"award {award_id} of {source} does not wait for an access code ({award.state.value})",
+            "この落札情報はアクセスコードの設定を待っていません。",
+        )
+    if policy.access_codes is None:
+        raise StateError(
+            "config.no_access_code_policy",
+            "no access-code policy configured",
+            "アクセスコードを設定できません(設定がありません)。",
+        )
+    code_hash = policy.access_codes.hash(policy.access_codes.check_format(code))
+    envelope = session.get(Envelope, award.envelope_id)
+    if envelope is None or envelope.state is not EnvelopeState.DRAFT:
+        raise StateError(
+            "state.award_not_waiting_access_code",
+            f"award {award_id}: its envelope is no longer a draft",
+            "この落札情報の封筒は下書きではありません。",
+        )
+    parties = [
+        p
+        for p in envelope.parties
+        if p.role is not PartyRole.CC
+        and p.staff_id is None
+        and session.get(AccessCode, p.id) is None
+    ]
+    for party in parties:
+        set_access_code(session=session, party_id=party.id, code_hash=code_hash)
+    record_event(
+        session=session,
+        action="award.access_code_set",
+        actor=actor,
+        envelope_id=envelope.id,
+        ip=ip,
+        detail={"source": source, "award_id": award_id, "parties": [p.id for p in parties]},
+    )
+    session.flush()
+    send_envelope(session=session, runtime=runtime, envelope_id=envelope.id, actor=actor, ip=ip)
+    award.state, award.note = AwardState.SENT, None
+    award.updated_at = utcnow()
+    return award
+
+
 def dismiss_award(
-    *, session: Session, source: str, award_id: str, actor: str, reason: str
+    *,
+    session: Session,
+    runtime: Runtime,
+    source: str,
+    award_id: str,
+    actor: str,
+    reason: str,
 ) -> Award:
     """Staff decide a waiting award never becomes an envelope here (audited, with a reason);
     for a change that arrived after sending, the change is dropped and the envelope stays."""
     if not reason.strip():
         raise StateError("state.reason_required", "give a reason", "理由を入力してください。")
     award = _award_for_staff(session, source, award_id)
+    if award.state is AwardState.WAITING_ACCESS_CODE and award.envelope_id is not None:
+        # Its draft was never sent: it goes with the award.
+        from core.envelopes import cancel_envelope
+
+        cancel_envelope(
+            session=session,
+            runtime=runtime,
+            envelope_id=award.envelope_id,
+            actor=actor,
+            reason=f"落札情報を対象外にしました: {reason}",
+        )
     if award.state is AwardState.CHANGED_AFTER_SEND:
         award.rejected_change = None
         award.state = AwardState.SENT

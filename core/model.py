@@ -427,6 +427,10 @@ class AwardState(enum.StrEnum):
     CONTRACTOR_CONFLICT = "contractor_conflict"  # its contractor's identity is in doubt
     DISMISSED = "dismissed"  # staff decided it never becomes an envelope here
     WAITING_SIGNER = "waiting_signer"  # the signer's address (registry) is not there yet
+    WAITING_AMOUNT = "waiting_amount"  # the record gives no amount (取引金額): nothing is sent
+    # Its draft envelope exists, but the contractor's signer (registry address or mapping) has
+    # no access code: staff set one, and the envelope is sent.
+    WAITING_ACCESS_CODE = "waiting_access_code"
 
 
 def _wide_enum(cls: type[Any], name: str) -> Enum:

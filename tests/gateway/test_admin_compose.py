@@ -493,3 +493,32 @@ def test_drafts_belong_to_their_maker_and_expire(blobs: BlobStore) -> None:
     assert not (folder / draft_id[:2] / draft_id).exists()  # and the draft it replaces
     store.discard(newer, store.load(newer, maker))
     assert not (folder / newer[:2] / newer).exists()
+
+
+def test_compose_sends_nothing_without_an_amount_but_keeps_a_draft(
+    live_gateway: Callable[..., LiveGateway],
+) -> None:
+    live = live_gateway()
+    _staff(live, "tanaka@city.example.jp", "契約課")
+    with live.client() as client:
+        assert _login(client, "tanaka@city.example.jp").status_code == 303
+        _add_contact(client)
+        step1 = _step1(client, {**_facts(amount=""), **THREE})
+        assert step1.status_code == 303, step1.text  # a draft may lack the amount
+        fields_url = step1.headers["location"]
+        step2 = client.get(fields_url).text
+        refused = client.post(fields_url, data={"csrf_token": _csrf(step2), "action": "send"})
+        assert refused.status_code == 422
+        assert "契約金額(取引金額)を入力してください" in refused.text
+        assert "単価契約は予定総額" in refused.text
+        with live.gateway.sessions() as session:
+            assert session.scalars(select(Envelope)).all() == []  # nothing half-made
+        saved = client.post(fields_url, data={"csrf_token": _csrf(step2), "action": "save"})
+        assert saved.status_code == 303, saved.text
+        detail_url = saved.headers["location"]
+        detail = client.get(detail_url).text
+        send = client.post(f"{detail_url}/send", data={"csrf_token": _csrf(detail)})
+        assert "契約金額(取引金額)を入力してください" in send.text
+    with live.gateway.sessions() as session:
+        (envelope,) = session.scalars(select(Envelope)).all()
+        assert envelope.state is EnvelopeState.DRAFT and envelope.amount is None

@@ -230,3 +230,132 @@ def test_an_award_nested_100k_deep_is_refused_not_a_500(
         assert answer.status_code == 422, answer.text
         assert answer.json()["error"]["code"] == "request.too_deep"
         assert http.post("/api/v1/awards/ebid", json=AWARD).status_code == 200  # still serving
+
+
+# An entrustment (not construction) source whose mapping names the contractor's signer itself.
+MAPPED_SIGNER = """\
+version: 1
+kind: awards
+format: {type: records}
+award:
+  id: "{案件番号}"
+  title: "{案件名}"
+  amount: {column: 落札金額, transforms: [yen]}
+  award_date: {column: 開札日, transforms: [date]}
+  department: 契約課
+  contract_type: other
+contractor:
+  name: "{落札業者名}"
+  registry_code: {column: 業者番号, transforms: [nfkc]}
+documents:
+  - name: 契約書
+    attachment: {column: contractPdf}
+parties:
+  - role: signer
+    from: contractor
+    name: "{担当者氏名}"
+    email: {column: 担当者メール, transforms: [email]}
+  - role: signer
+    from: signing_authority
+signer:
+  other: mapping
+"""
+
+
+def test_a_mapped_signer_waits_for_an_access_code_until_staff_set_it_and_send(
+    live_gateway: Callable[..., LiveGateway], tmp_path: Path
+) -> None:
+    from core.envelopes import get_envelope
+    from core.model import AccessCode
+    from core.states import EnvelopeState
+    from gateway.runtime import access_code_policy
+    from tests.fixtures.envelopes import ensure_staff
+    from tests.gateway.test_admin_pages import _csrf, _login, _staff
+
+    (tmp_path / "itaku.yaml").write_text(MAPPED_SIGNER, encoding="utf-8")
+    live = live_gateway(
+        extra=f"""
+sources:
+  itaku:
+    kind: api
+    mapping: {tmp_path / "itaku.yaml"}
+intake:
+  signing_authorities:
+    - department: "*"
+      name: 開発 太郎
+      email: shicho@city.example.jp
+"""
+    )
+    with live.gateway.sessions() as session:
+        ensure_staff(session, "shicho@city.example.jp", "開発 太郎")  # the official signs as staff
+        session.commit()
+    award = {
+        **{k: v for k, v in AWARD.items() if k != "業者番号"},
+        "業者番号": "000777",
+        "案件名": "庁舎清掃業務委託",
+        "担当者氏名": "清掃 花子",
+        "担当者メール": "hanako@seisou.example.jp",
+    }
+    token = live.token("itaku")
+    with live.client(token) as http:
+        pushed = http.post("/api/v1/awards/itaku", json={**award, "案件番号": "I-1"})
+        assert pushed.status_code == 200, pushed.text
+        assert pushed.json()["waiting"] == 1 and pushed.json()["released"] == 0
+        no_amount = http.post(
+            "/api/v1/awards/itaku", json={**award, "案件番号": "I-2", "落札金額": ""}
+        )
+        assert no_amount.status_code == 200, no_amount.text
+        by_id = {a["award_id"]: a for a in http.get("/api/v1/awards").json()}
+        waiting = by_id["I-1"]
+        assert waiting["state"] == "waiting_access_code"
+        assert waiting["state_ja"] == "アクセスコード未設定"
+        assert waiting["waiting"]["code"] == "no_access_code"
+        assert "アクセスコードを設定" in waiting["waiting"]["release_ja"]
+        assert waiting["envelope_id"]  # its draft exists
+        assert by_id["I-2"]["state"] == "waiting_amount"
+        assert by_id["I-2"]["waiting"]["code"] == "no_amount"
+        assert "契約金額" in by_id["I-2"]["waiting"]["reason_ja"]
+        assert by_id["I-2"]["envelope_id"] is None  # nothing to send without an amount
+
+        bad = http.post("/api/v1/awards/itaku/I-1/set-access-code", json={"access_code": "1"})
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "party.bad_access_code"
+        not_waiting = http.post(
+            "/api/v1/awards/itaku/I-2/set-access-code", json={"access_code": "5678"}
+        )
+        assert not_waiting.status_code == 409
+        sent = http.post("/api/v1/awards/itaku/I-1/set-access-code", json={"access_code": "5678"})
+        assert sent.status_code == 200, sent.text
+        assert sent.json()["state"] == "sent" and sent.json()["waiting"] is None
+        assert [a["award_id"] for a in http.get("/api/v1/awards").json()] == ["I-2"]
+        again = http.post("/api/v1/awards/itaku/I-1/set-access-code", json={"access_code": "5678"})
+        assert again.status_code == 409
+    policy = access_code_policy(live.gateway.settings)
+    with live.gateway.sessions() as session:
+        envelope = get_envelope(session=session, envelope_id=waiting["envelope_id"])
+        assert envelope.state is EnvelopeState.SENT and envelope.amount is not None
+        contractor = envelope.parties[0]
+        assert contractor.email == "hanako@seisou.example.jp"
+        row = session.get(AccessCode, contractor.id)
+        assert row is not None and policy.matches("5678", row.code_hash)
+
+    # The same wait on the staff page: set the code there and the envelope is sent.
+    with live.client(token) as http:
+        assert (
+            http.post("/api/v1/awards/itaku", json={**award, "案件番号": "I-3"}).status_code == 200
+        )
+    _staff(live, "admin@city.example.jp", "総務課", roles="admin")
+    with live.client() as client:
+        assert _login(client, "admin@city.example.jp").status_code == 303
+        page = client.get("/admin/awards")
+        row_html = page.text.split('data-award="itaku:I-3"')[1].split("</tr>")[0]
+        assert "アクセスコード未設定" in row_html and "アクセスコードを設定して送信" in row_html
+        done = client.post(
+            "/admin/awards/itaku/I-3/set-code",
+            data={"access_code": "2468", "csrf_token": _csrf(page.text)},
+            follow_redirects=False,
+        )
+        assert done.status_code == 303, done.text
+        assert 'data-award="itaku:I-3"' not in client.get("/admin/awards").text
+    with live.client(token) as http:
+        listed = http.get("/api/v1/awards", params={"state": "sent"}).json()
+        assert sorted(a["award_id"] for a in listed) == ["I-1", "I-3"]
