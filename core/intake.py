@@ -16,6 +16,7 @@ are source cursors, stored in the transaction that commits the records they cove
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import logging
@@ -148,12 +149,52 @@ class IntakeCounts:
 
 @dataclass(frozen=True)
 class AwardItem:
-    """One mapped award and where it came from."""
+    """One mapped award, where it came from, and the source record it was mapped from (secrets
+    masked; kept on the award so staff can re-map it)."""
 
     draft: EnvelopeDraft
     file: str | None = None
     line: int | None = None
     path: str | None = None
+    record: Mapping[str, Any] | None = None
+
+
+# An attachment kept as an award document is stored in the record by its SHA-256 only.
+_DOCUMENT_REF = "$award_document_sha256"
+_LONG_TEXT = 4096
+
+
+def compact_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record as stored on the award: attachments (bytes, or long base64 text) replaced by
+    their SHA-256, since the award keeps their bytes as its documents."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        data: bytes | None = None
+        if isinstance(value, bytes):
+            data = value
+        elif isinstance(value, str) and len(value) > _LONG_TEXT:
+            try:
+                data = base64.b64decode(value, validate=True)
+            except ValueError:
+                data = None
+        out[key] = {_DOCUMENT_REF: hashlib.sha256(data).hexdigest()} if data else value
+    return out
+
+
+def restore_record(*, award: Award, blobs: Any) -> dict[str, Any] | None:
+    """The stored record with each attachment put back (as base64, which mappings read as an
+    attachment) from the award's documents; None when the award kept no record."""
+    if award.record is None:
+        return None
+    by_sha = {d.sha256: d.blob_id for d in award.documents}
+    out: dict[str, Any] = {}
+    for key, value in award.record.items():
+        if isinstance(value, dict) and _DOCUMENT_REF in value:
+            blob_id = by_sha.get(str(value[_DOCUMENT_REF]))
+            out[key] = base64.b64encode(blobs.get(blob_id)).decode("ascii") if blob_id else None
+        else:
+            out[key] = value
+    return out
 
 
 # --- contractors ------------------------------------------------------------------------------
@@ -741,6 +782,8 @@ def _apply_draft(award: Award, draft: EnvelopeDraft, item: AwardItem, policy: In
     award.fingerprint = draft.fingerprint()
     award.usage_request_due, award.signing_due = _deadlines(draft, policy)
     award.file, award.line = item.file, item.line
+    if item.record is not None:
+        award.record = compact_record(item.record)
     award.updated_at = utcnow()
 
 
@@ -1475,6 +1518,60 @@ def release_award(
                 "previous_contractor": previous},
     )  # fmt: skip
     _release(session, runtime, policy, award, None, IntakeCounts())
+    return award
+
+
+REMAPPABLE_STATES = (*WAITING_STATES, AwardState.WAITING_AMOUNT, AwardState.WAITING_ACCESS_CODE,
+                     AwardState.DRAFTED)  # fmt: skip
+
+
+def remap_award(
+    *,
+    session: Session,
+    runtime: Runtime,
+    policy: IntakePolicy,
+    award: Award,
+    item: AwardItem,
+    fetch: Fetch,
+    actor: str,
+) -> Award:
+    """Apply a fresh mapping result (``item``, made by the caller from the award's stored
+    record with the current mapping) to a waiting award or its unsent draft, audited as
+    ``award.remapped``; its envelope is made when it is ready, as on a sync run. An award held
+    for a contractor conflict, sent or dismissed is refused (``state.award_not_remappable``)."""
+    if award.state not in REMAPPABLE_STATES:
+        raise StateError(
+            "state.award_not_remappable",
+            f"award {award.award_id} of {award.source} cannot be re-mapped ({award.state.value})",
+            f"この落札情報は「{award_state_ja(award.state)}」のため、再マッピングできません。",
+        )
+    before = award.fingerprint
+    old_state = award.state
+    counts = IntakeCounts()
+    if item.draft.fingerprint() == before:
+        if award.state in WAITING_STATES:
+            _release(session, runtime, policy, award, fetch, counts)
+    else:
+        _update_award(
+            session, runtime, policy, award, item, fetch, award.last_run_id, ContractorDirectory(),
+            counts,
+        )  # fmt: skip
+    if item.record is not None:
+        award.record = compact_record(item.record)
+    award.updated_at = utcnow()
+    record_event(
+        session=session,
+        action="award.remapped",
+        actor=actor,
+        envelope_id=award.envelope_id,
+        detail={
+            "source": award.source,
+            "award_id": award.award_id,
+            "changed": award.fingerprint != before,
+            "before": {"fingerprint": before, "state": old_state.value},
+            "after": {"fingerprint": award.fingerprint, "state": award.state.value},
+        },
+    )
     return award
 
 

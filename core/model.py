@@ -556,6 +556,9 @@ class Award(Base):
     # The mapped draft (JSON) and its SHA-256: an unchanged record is recognised without work.
     draft: Mapped[dict[str, Any]] = mapped_column(JSON(), default=dict)
     fingerprint: Mapped[str] = mapped_column(String(64))
+    # The source record it was mapped from (secrets masked, attachments by SHA-256), so staff
+    # can re-map it after the mapping was fixed; None for awards taken in before 0017a.
+    record: Mapped[dict[str, Any] | None] = mapped_column(JSON())
     # A change that arrived after the envelope was sent: kept for staff, never applied.
     rejected_change: Mapped[dict[str, Any] | None] = mapped_column(JSON())
     usage_request_due: Mapped[dt.date | None] = mapped_column(Date())

@@ -154,6 +154,37 @@ def awards_dismiss(obj: Any, source: str, award_id: str, reason: str) -> None:
         click.echo(f"{source}:{award_id}: {award.state.value}")
 
 
+@awards.command("remap")
+@click.argument("source")
+@click.argument("award_id")
+@click.pass_obj
+def awards_remap(obj: Any, source: str, award_id: str) -> None:
+    """Re-map a waiting award: apply the source's current mapping to the record kept on it
+    (after the mapping was fixed), audited; its envelope is made when it is ready."""
+    from gateway import intake
+    from gateway.intake import award_json
+    from gateway.runtime import access_code_policy
+    from schedules.sync import remap_award
+
+    with _gateway(obj) as (gateway, settings), gateway.sessions() as session:
+        award = remap_award(
+            session=session,
+            runtime=gateway.runtime,
+            policy=intake.policy(settings, access_codes=access_code_policy(settings)),
+            spec=intake.source_spec(settings, source),
+            award_id=award_id,
+            actor=_actor(),
+            authorities=intake.authorities(settings),
+        )
+        session.commit()
+        out = award_json(award)
+    why = out["waiting"]
+    click.echo(
+        f"{source}:{award_id}: re-mapped, {out['state']}"
+        + (f" (still waiting: {why['code']}: {why['reason']})" if why else "")
+    )
+
+
 @awards.command("set-code")
 @click.argument("source")
 @click.argument("award_id")

@@ -177,12 +177,12 @@ async def award_action(
     request: Request,
     source: str,
     award_id: str,
-    action: Literal["release", "dismiss", "set-code"],
+    action: Literal["release", "dismiss", "set-code", "remap"],
     context: ContextDep,
     session: SessionDep,
 ) -> Response:
-    """Release (optionally naming the contractor), set the signer's access code and send, or
-    dismiss (with a reason) one award."""
+    """Release (optionally naming the contractor), re-map with the current mapping, set the
+    signer's access code and send, or dismiss (with a reason) one award."""
     form = await request.form()
     check_csrf(request, context, str(form.get("csrf_token") or ""))
 
@@ -205,6 +205,14 @@ async def award_action(
                 actor=staff.email,
                 contractor_id=str(form.get("contractor_id") or "").strip() or None,
             )
+        elif action == "remap":
+            from schedules.sync import remap_award
+
+            remap_award(
+                session=session, runtime=context.gateway.runtime, policy=policy,
+                spec=intake.source_spec(settings, source), award_id=award_id,
+                actor=staff.email, authorities=intake.authorities(settings),
+            )  # fmt: skip
         elif action == "set-code":
             set_award_access_code(
                 session=session, runtime=context.gateway.runtime, policy=policy, source=source,

@@ -28,7 +28,7 @@ from gateway.deps import ApiClientDep, ContextDep, SessionDep
 from gateway.intake import award_json
 from gateway.runtime import access_code_policy
 from gateway.settings import ApiSourceSettings
-from schedules.sync import SyncResult, accept_record
+from schedules.sync import SyncResult, accept_record, remap_award
 
 router = APIRouter(prefix="/api/v1", tags=["awards"])
 
@@ -326,6 +326,36 @@ def post_dismiss(
         session=session, runtime=context.gateway.runtime, source=source, award_id=award_id,
         actor=f"api:{client.name}", reason=body.reason,
     )  # fmt: skip
+    session.commit()
+    return award_json(award)
+
+
+@router.post(
+    "/awards/{source}/{award_id}/remap",
+    response_model=AwardOut,
+    summary="Re-map a waiting award with the source's current mapping (audited)",
+    responses={**_DECISION_RESPONSES, 422: {"description": "The current mapping refuses it"}},
+)
+def post_remap(
+    context: ContextDep,
+    session: SessionDep,
+    client: ApiClientDep,
+    source: Annotated[str, Path(min_length=1, max_length=64)],
+    award_id: Annotated[str, Path(min_length=1, max_length=100)],
+) -> dict[str, Any]:
+    """Apply the current mapping to the record kept on the award (after the mapping was
+    fixed); the award moves on as a sync run would move it."""
+    require_scope(client, PUSH)
+    settings = context.gateway.settings
+    award = remap_award(
+        session=session,
+        runtime=context.gateway.runtime,
+        policy=intake.policy(settings, access_codes=access_code_policy(settings)),
+        spec=intake.source_spec(settings, source),
+        award_id=award_id,
+        actor=f"api:{client.name}",
+        authorities=intake.authorities(settings),
+    )
     session.commit()
     return award_json(award)
 
