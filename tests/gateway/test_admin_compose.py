@@ -5,6 +5,7 @@ page, another staff member's draft)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import re
@@ -40,6 +41,7 @@ from gateway.admin.compose_drafts import (
 )
 from gateway.pages.render import PageBox, PageRenderer, placement, rect_at
 from gateway.runtime import access_code_policy
+from tests.fixtures.gateway import complete_by_services
 from tests.fixtures.pdfs import make_pdf, with_page_box
 from tests.gateway.conftest import LiveGateway
 from tests.gateway.test_admin_pages import _csrf, _envelope, _login, _staff
@@ -230,6 +232,15 @@ def test_sender_creates_and_sends(live_gateway: Callable[..., LiveGateway]) -> N
             )
         }
         assert actors["envelope.created"] == actors["envelope.sent"] == "tanaka@city.example.jp"
+    complete_by_services(live.gateway, envelope_id)
+    with live.gateway.sessions() as session:  # concluded with every records-law fact
+        envelope = session.get_one(Envelope, envelope_id)
+        assert envelope.state is EnvelopeState.COMPLETED
+        assert (envelope.transaction_date, envelope.amount, envelope.counterparty) == (
+            dt.date(2026, 4, 1),
+            31389000,
+            "株式会社髙橋建設",
+        )
 
 
 def test_what_compose_refuses(live_gateway: Callable[..., LiveGateway]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import subprocess
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.model import Envelope
-from tests.fixtures.gateway import SECRETS, b64
+from tests.fixtures.gateway import SECRETS, b64, complete_by_services
 from tests.fixtures.pdfs import make_pdf
 from tests.gateway.conftest import LiveGateway
 
@@ -344,6 +345,15 @@ intake:
         assert contractor.email == "hanako@seisou.example.jp"
         row = session.get(AccessCode, contractor.id)
         assert row is not None and policy.matches("5678", row.code_hash)
+    # Concluded, it has the three records-law facts, all from the record through the mapping
+    # (the transaction date is the award date, 開札日, when the mapping names no other).
+    complete_by_services(live.gateway, waiting["envelope_id"])
+    with live.gateway.sessions() as session:
+        envelope = get_envelope(session=session, envelope_id=waiting["envelope_id"])
+        assert envelope.state is EnvelopeState.COMPLETED and envelope.completed_at is not None
+        assert envelope.amount == 31_389_000
+        assert envelope.transaction_date == dt.date(2025, 10, 1)
+        assert envelope.counterparty == "株式会社髙橋建設"
 
     # The same wait on the staff page: set the code there and the envelope is sent.
     with live.client(token) as http:
