@@ -171,7 +171,7 @@ def awards_remap(obj: Any, source: str, award_id: str) -> None:
             session=session,
             runtime=gateway.runtime,
             policy=intake.policy(settings, access_codes=access_code_policy(settings)),
-            spec=intake.source_spec(settings, source),
+            spec=intake.configured_spec(settings, source),
             award_id=award_id,
             actor=_actor(),
             authorities=intake.authorities(settings),

@@ -210,7 +210,7 @@ async def award_action(
 
             remap_award(
                 session=session, runtime=context.gateway.runtime, policy=policy,
-                spec=intake.source_spec(settings, source), award_id=award_id,
+                spec=intake.configured_spec(settings, source), award_id=award_id,
                 actor=staff.email, authorities=intake.authorities(settings),
             )  # fmt: skip
         elif action == "set-code":

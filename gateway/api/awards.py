@@ -351,7 +351,7 @@ def post_remap(
         session=session,
         runtime=context.gateway.runtime,
         policy=intake.policy(settings, access_codes=access_code_policy(settings)),
-        spec=intake.source_spec(settings, source),
+        spec=intake.configured_spec(settings, source),
         award_id=award_id,
         actor=f"api:{client.name}",
         authorities=intake.authorities(settings),

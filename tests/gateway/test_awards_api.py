@@ -449,6 +449,8 @@ intake:
         assert body["envelope_id"]
         missing = http.post("/api/v1/awards/itaku/U-9/remap")
         assert missing.status_code == 404
+        unknown = http.post("/api/v1/awards/nope/U-1/remap")
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found.source"
 
     cli = _cli(live, "awards", "remap", "itaku", "U-2")
     assert cli.returncode == 0, cli.stderr
