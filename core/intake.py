@@ -1610,10 +1610,18 @@ def set_award_access_code(
             f"award {award_id}: its envelope is no longer a draft",
             "この落札情報の封筒は下書きではありません。",
         )
+    # Only the contractor's parties (by their place in the mapped draft): another party without
+    # a code is never given the contractor's, and the send then says who cannot authenticate.
+    contractor_orders = {
+        position
+        for position, p in enumerate(award.draft.get("parties", []), start=1)
+        if p.get("source") == "contractor"
+    }
     parties = [
         p
         for p in envelope.parties
-        if p.role is not PartyRole.CC
+        if p.routing_order in contractor_orders
+        and p.role is not PartyRole.CC
         and p.staff_id is None
         and session.get(AccessCode, p.id) is None
     ]
