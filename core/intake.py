@@ -165,8 +165,8 @@ _LONG_TEXT = 4096
 
 
 def compact_record(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The record as stored on the award: attachments (bytes, or long base64 text) replaced by
-    their SHA-256, since the award keeps their bytes as its documents."""
+    """The record as stored on the award: attachments (bytes, or long base64 text of a PDF)
+    replaced by their SHA-256, since the award keeps their bytes as its documents."""
     out: dict[str, Any] = {}
     for key, value in record.items():
         data: bytes | None = None
@@ -177,6 +177,8 @@ def compact_record(record: Mapping[str, Any]) -> dict[str, Any]:
                 data = base64.b64decode(value, validate=True)
             except ValueError:
                 data = None
+            if data is not None and not data.startswith(b"%PDF"):
+                data = None  # long text that merely decodes: kept as it is
         out[key] = {_DOCUMENT_REF: hashlib.sha256(data).hexdigest()} if data else value
     return out
 
