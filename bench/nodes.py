@@ -27,6 +27,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,7 @@ def _node(
                 session=s,
                 runtime=runtime,
                 title=f"ベンチ契約 {label}",
+                amount=Decimal("1000000"),
                 creator="ベンチ市 契約課",
                 documents=[DocumentInput("契約書.pdf", pdf)],
                 parties=[

@@ -36,6 +36,7 @@ import io
 import secrets
 import sys
 import tempfile
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,7 @@ class ApprovalStack:
                 session=session,
                 runtime=self.runtime,
                 title="ベンチ",
+                amount=Decimal("1000000"),
                 creator="bench",
                 documents=[DocumentInput("契約書.pdf", self.pdf)],
                 parties=self.parties,

@@ -54,7 +54,7 @@ from core.model import (
     utcnow,
 )
 from core.outbox import release_leases
-from core.records import fill_record_facts, record_facts
+from core.records import fill_record_facts, record_facts, require_amount
 from core.rendering import RenderPool
 from core.signing import FieldBox, PageArea, PdfInfo, SigningEngine, approval_reason
 from core.signing_tasks import (
@@ -708,13 +708,15 @@ def send_envelope(
     via: Mapping[str, str | None] | None = None,
 ) -> Party:
     """Send a draft: the first acting party is asked to act. Returns that party. A construction
-    contract whose consent was withdrawn meanwhile is not sent (``consent.withdrawn``). ``via``
-    as for :func:`create_envelope`."""
+    contract whose consent was withdrawn meanwhile is not sent (``consent.withdrawn``), nor an
+    envelope without its amount (``envelope.amount_required``, :func:`core.records.require_amount`).
+    ``via`` as for :func:`create_envelope`."""
     envelope = get_envelope(session=session, envelope_id=envelope_id)
     require_consent(
         session=session, contract_type=envelope.contract_type, consent_id=envelope.consent_id
     )
     check_envelope_transition(envelope.state, EnvelopeState.SENT)
+    require_amount(envelope)
     check_authentication_means(session=session, envelope=envelope)
     now = utcnow()
     _set_envelope_state(envelope, EnvelopeState.SENT, now)

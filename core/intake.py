@@ -16,6 +16,7 @@ are source cursors, stored in the transaction that commits the records they cove
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import logging
@@ -51,7 +52,7 @@ from core.envelopes import (
     send_envelope,
 )
 from core.errors import DocumentError, GatewayError, NotFoundError, RecordError, StateError
-from core.links import AccessCodePolicy
+from core.links import AccessCodePolicy, set_access_code
 from core.model import (
     AccessCode,
     Award,
@@ -85,6 +86,8 @@ AWARD_STATE_JA = {
     AwardState.CONTRACTOR_CONFLICT: "受注者の確認待ち(保留)",
     AwardState.DISMISSED: "対象外(職員が除外)",
     AwardState.WAITING_SIGNER: "署名者の連絡先待ち",
+    AwardState.WAITING_AMOUNT: "契約金額待ち",
+    AwardState.WAITING_ACCESS_CODE: "アクセスコード未設定",
 }
 # States a later run (or a usage request arriving) may move on by itself.
 WAITING_STATES = (
@@ -94,7 +97,13 @@ WAITING_STATES = (
     AwardState.WAITING_SIGNER,
 )
 # Everything that has no envelope yet and is not dismissed: what staff see as "waiting".
-PENDING_STATES = (*WAITING_STATES, AwardState.CONTRACTOR_CONFLICT, AwardState.CHANGED_AFTER_SEND)
+PENDING_STATES = (
+    *WAITING_STATES,
+    AwardState.WAITING_AMOUNT,
+    AwardState.WAITING_ACCESS_CODE,
+    AwardState.CONTRACTOR_CONFLICT,
+    AwardState.CHANGED_AFTER_SEND,
+)
 
 
 def award_state_ja(state: AwardState) -> str:
@@ -141,12 +150,54 @@ class IntakeCounts:
 
 @dataclass(frozen=True)
 class AwardItem:
-    """One mapped award and where it came from."""
+    """One mapped award, where it came from, and the source record it was mapped from (secrets
+    masked; kept on the award so staff can re-map it)."""
 
     draft: EnvelopeDraft
     file: str | None = None
     line: int | None = None
     path: str | None = None
+    record: Mapping[str, Any] | None = None
+
+
+# An attachment kept as an award document is stored in the record by its SHA-256 only.
+_DOCUMENT_REF = "$award_document_sha256"
+_LONG_TEXT = 4096
+
+
+def compact_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record as stored on the award: attachments (bytes, or long base64 text of a PDF)
+    replaced by their SHA-256, since the award keeps their bytes as its documents."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        data: bytes | None = None
+        if isinstance(value, bytes):
+            data = value
+        elif isinstance(value, str) and len(value) > _LONG_TEXT:
+            try:
+                data = base64.b64decode(value, validate=True)
+            except ValueError:
+                data = None
+            if data is not None and not data.startswith(b"%PDF"):
+                data = None  # long text that merely decodes: kept as it is
+        out[key] = {_DOCUMENT_REF: hashlib.sha256(data).hexdigest()} if data else value
+    return out
+
+
+def restore_record(*, award: Award, blobs: Any) -> dict[str, Any] | None:
+    """The stored record with each attachment put back (as base64, which mappings read as an
+    attachment) from the award's documents; None when the award kept no record."""
+    if award.record is None:
+        return None
+    by_sha = {d.sha256: d.blob_id for d in award.documents}
+    out: dict[str, Any] = {}
+    for key, value in award.record.items():
+        if isinstance(value, dict) and _DOCUMENT_REF in value:
+            blob_id = by_sha.get(str(value[_DOCUMENT_REF]))
+            out[key] = base64.b64encode(blobs.get(blob_id)).decode("ascii") if blob_id else None
+        else:
+            out[key] = value
+    return out
 
 
 # --- contractors ------------------------------------------------------------------------------
@@ -734,6 +785,8 @@ def _apply_draft(award: Award, draft: EnvelopeDraft, item: AwardItem, policy: In
     award.fingerprint = draft.fingerprint()
     award.usage_request_due, award.signing_due = _deadlines(draft, policy)
     award.file, award.line = item.file, item.line
+    if item.record is not None:
+        award.record = compact_record(item.record)
     award.updated_at = utcnow()
 
 
@@ -1064,6 +1117,13 @@ def _release(
         award.note = award.note or "受注者を特定できません(法人番号・業者番号がありません)。"
         counts.waiting += 1
         return
+    if award.amount is None:
+        # Nothing at completion can supply the amount (records-law search needs it): the
+        # mapping must give it; the award waits for a corrected record or a re-map.
+        award.state = AwardState.WAITING_AMOUNT
+        award.note = "取込レコードに契約金額がありません(envelope.amount_required)。"
+        counts.waiting += 1
+        return
     contract_type = award.draft.get("contract_type") or CONSTRUCTION
     signer_from = (
         "usage_request"
@@ -1126,12 +1186,19 @@ def _release(
         raise RecordError(exc.code, exc.message_en, exc.message_ja, details=exc.details) from exc
     award.envelope_id = envelope.id
     award.usage_request_id = request.id if request is not None else None
-    award.state = AwardState.SENT if envelope.state is EnvelopeState.SENT else AwardState.DRAFTED
-    award.note = (
-        None
-        if signer[2] is not None or envelope.state is EnvelopeState.SENT
-        else "受注者の署名者にアクセスコードがないため下書きのままです。設定してから送信してください。"
-    )
+    if envelope.state is EnvelopeState.SENT:
+        award.state, award.note = AwardState.SENT, None
+    elif signer[2] is not None:
+        award.state, award.note = AwardState.DRAFTED, None
+    else:
+        # A registry address or a mapping names no access code, and a party that cannot
+        # authenticate is never sent to: the award waits, visibly, for staff to set one.
+        award.state = AwardState.WAITING_ACCESS_CODE
+        award.note = (
+            f"アクセスコード未設定: 受注者の署名者 {signer[1]} にアクセスコードがありません。"
+        )
+        counts.waiting += 1
+        return
     counts.released += 1
 
 
@@ -1400,6 +1467,21 @@ def waiting_reason(award: Award) -> WaitingReason | None:
             note or "受注者の同一性に疑いがあるため保留しています。",
             "受注者を確認し、正しい受注者を指定して解除するか、対象外にしてください。",
         )
+    if award.state is AwardState.WAITING_AMOUNT:
+        return WaitingReason(
+            "no_amount",
+            "the record gives no amount (取引金額); an envelope without one is never sent",
+            note or "契約金額がありません。",
+            "取込元のレコードに契約金額を含めて再取込するか、マッピングを直して再マッピングしてください。",
+        )
+    if award.state is AwardState.WAITING_ACCESS_CODE:
+        return WaitingReason(
+            "no_access_code",
+            "the contractor's signer (registry address or mapping) has no access code",
+            note or "アクセスコード未設定",
+            "職員がアクセスコードを設定すると送信します(落札情報一覧の「アクセスコードを設定して送信」、"
+            "API の set-access-code、keiyaku awards set-code)。コードは受注者に別経路で伝えてください。",
+        )
     if award.state is AwardState.CHANGED_AFTER_SEND:
         return WaitingReason(
             "changed_after_send",
@@ -1429,6 +1511,12 @@ def release_award(
     staff have confirmed), then make its envelope when it is ready; otherwise it waits again for
     what it still lacks. Conflicts reported for this award are marked resolved."""
     award = _award_for_staff(session, source, award_id)
+    if award.state is AwardState.WAITING_ACCESS_CODE:
+        raise StateError(
+            "state.award_needs_access_code",
+            f"award {award_id} of {source} has its draft; set the signer's access code to send it",
+            "この落札情報は封筒作成済みです。アクセスコードを設定して送信してください。",
+        )
     if award.state in (AwardState.DRAFTED, AwardState.SENT, AwardState.CHANGED_AFTER_SEND):
         raise StateError(
             "state.award_not_waiting",
@@ -1473,14 +1561,152 @@ def release_award(
     return award
 
 
+REMAPPABLE_STATES = (*WAITING_STATES, AwardState.WAITING_AMOUNT, AwardState.WAITING_ACCESS_CODE,
+                     AwardState.DRAFTED)  # fmt: skip
+
+
+def remap_award(
+    *,
+    session: Session,
+    runtime: Runtime,
+    policy: IntakePolicy,
+    award: Award,
+    item: AwardItem,
+    fetch: Fetch,
+    actor: str,
+) -> Award:
+    """Apply a fresh mapping result (``item``, made by the caller from the award's stored
+    record with the current mapping) to a waiting award or its unsent draft, audited as
+    ``award.remapped``; its envelope is made when it is ready, as on a sync run. An award held
+    for a contractor conflict, sent or dismissed is refused (``state.award_not_remappable``)."""
+    if award.state not in REMAPPABLE_STATES:
+        raise StateError(
+            "state.award_not_remappable",
+            f"award {award.award_id} of {award.source} cannot be re-mapped ({award.state.value})",
+            f"この落札情報は「{award_state_ja(award.state)}」のため、再マッピングできません。",
+        )
+    before = award.fingerprint
+    old_state = award.state
+    counts = IntakeCounts()
+    if item.draft.fingerprint() == before:
+        if award.state in WAITING_STATES:
+            _release(session, runtime, policy, award, fetch, counts)
+    else:
+        _update_award(
+            session, runtime, policy, award, item, fetch, award.last_run_id, ContractorDirectory(),
+            counts,
+        )  # fmt: skip
+    if item.record is not None:
+        award.record = compact_record(item.record)
+    award.updated_at = utcnow()
+    record_event(
+        session=session,
+        action="award.remapped",
+        actor=actor,
+        envelope_id=award.envelope_id,
+        detail={
+            "source": award.source,
+            "award_id": award.award_id,
+            "changed": award.fingerprint != before,
+            "before": {"fingerprint": before, "state": old_state.value},
+            "after": {"fingerprint": award.fingerprint, "state": award.state.value},
+        },
+    )
+    return award
+
+
+def set_award_access_code(
+    *,
+    session: Session,
+    runtime: Runtime,
+    policy: IntakePolicy,
+    source: str,
+    award_id: str,
+    actor: str,
+    code: str,
+    ip: str | None = None,
+) -> Award:
+    """Staff set the access code of an award's contractor signer (one named by the registry
+    address or the mapping, which carry none) and send its draft envelope (audited). The code
+    reaches the contractor by another channel (phone, paper): it is never mailed."""
+    award = _award_for_staff(session, source, award_id)
+    if award.state is not AwardState.WAITING_ACCESS_CODE or award.envelope_id is None:
+        raise StateError(
+            "state.award_not_waiting_access_code",
+            f"award {award_id} of {source} does not wait for an access code ({award.state.value})",
+            "この落札情報はアクセスコードの設定を待っていません。",
+        )
+    if policy.access_codes is None:
+        raise StateError(
+            "config.no_access_code_policy",
+            "no access-code policy configured",
+            "アクセスコードを設定できません(設定がありません)。",
+        )
+    code_hash = policy.access_codes.hash(policy.access_codes.check_format(code))
+    envelope = session.get(Envelope, award.envelope_id)
+    if envelope is None or envelope.state is not EnvelopeState.DRAFT:
+        raise StateError(
+            "state.award_not_waiting_access_code",
+            f"award {award_id}: its envelope is no longer a draft",
+            "この落札情報の封筒は下書きではありません。",
+        )
+    # Only the contractor's parties (by their place in the mapped draft): another party without
+    # a code is never given the contractor's, and the send then says who cannot authenticate.
+    contractor_orders = {
+        position
+        for position, p in enumerate(award.draft.get("parties", []), start=1)
+        if p.get("source") == "contractor"
+    }
+    parties = [
+        p
+        for p in envelope.parties
+        if p.routing_order in contractor_orders
+        and p.role is not PartyRole.CC
+        and p.staff_id is None
+        and session.get(AccessCode, p.id) is None
+    ]
+    for party in parties:
+        set_access_code(session=session, party_id=party.id, code_hash=code_hash)
+    record_event(
+        session=session,
+        action="award.access_code_set",
+        actor=actor,
+        envelope_id=envelope.id,
+        ip=ip,
+        detail={"source": source, "award_id": award_id, "parties": [p.id for p in parties]},
+    )
+    session.flush()
+    send_envelope(session=session, runtime=runtime, envelope_id=envelope.id, actor=actor, ip=ip)
+    award.state, award.note = AwardState.SENT, None
+    award.updated_at = utcnow()
+    return award
+
+
 def dismiss_award(
-    *, session: Session, source: str, award_id: str, actor: str, reason: str
+    *,
+    session: Session,
+    runtime: Runtime,
+    source: str,
+    award_id: str,
+    actor: str,
+    reason: str,
 ) -> Award:
     """Staff decide a waiting award never becomes an envelope here (audited, with a reason);
     for a change that arrived after sending, the change is dropped and the envelope stays."""
     if not reason.strip():
         raise StateError("state.reason_required", "give a reason", "理由を入力してください。")
     award = _award_for_staff(session, source, award_id)
+    if award.state is AwardState.WAITING_ACCESS_CODE and award.envelope_id is not None:
+        # Its draft was never sent: it goes with the award.
+        from core.envelopes import cancel_envelope
+
+        cancel_envelope(
+            session=session,
+            runtime=runtime,
+            envelope_id=award.envelope_id,
+            actor=actor,
+            reason=f"落札情報を対象外にしました: {reason}",
+        )
     if award.state is AwardState.CHANGED_AFTER_SEND:
         award.rejected_change = None
         award.state = AwardState.SENT

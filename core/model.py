@@ -427,6 +427,10 @@ class AwardState(enum.StrEnum):
     CONTRACTOR_CONFLICT = "contractor_conflict"  # its contractor's identity is in doubt
     DISMISSED = "dismissed"  # staff decided it never becomes an envelope here
     WAITING_SIGNER = "waiting_signer"  # the signer's address (registry) is not there yet
+    WAITING_AMOUNT = "waiting_amount"  # the record gives no amount (取引金額): nothing is sent
+    # Its draft envelope exists, but the contractor's signer (registry address or mapping) has
+    # no access code: staff set one, and the envelope is sent.
+    WAITING_ACCESS_CODE = "waiting_access_code"
 
 
 def _wide_enum(cls: type[Any], name: str) -> Enum:
@@ -552,6 +556,9 @@ class Award(Base):
     # The mapped draft (JSON) and its SHA-256: an unchanged record is recognised without work.
     draft: Mapped[dict[str, Any]] = mapped_column(JSON(), default=dict)
     fingerprint: Mapped[str] = mapped_column(String(64))
+    # The source record it was mapped from (secrets masked, attachments by SHA-256), so staff
+    # can re-map it after the mapping was fixed; None for awards taken in before 0017a.
+    record: Mapped[dict[str, Any] | None] = mapped_column(JSON())
     # A change that arrived after the envelope was sent: kept for staff, never applied.
     rejected_change: Mapped[dict[str, Any] | None] = mapped_column(JSON())
     usage_request_due: Mapped[dt.date | None] = mapped_column(Date())

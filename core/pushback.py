@@ -8,7 +8,8 @@ timestamp (:mod:`core.archive`) adds one delivery of the renewed copy to each si
 renewals and took the document at completion, keyed per document and renewal version.
 
 :func:`assemble_content` is what a dispatcher calls at push time: the envelope's facts (contract
-number, contractor, amount, conclusion date in JST, department, ...), its guarantee references
+number, contractor, amount, conclusion date in JST, department, contract type and the
+contractor's prior consent (date and 電磁的措置) ...), its guarantee references
 with their decrypted keys, the signed PDFs and the completion certificate. Which of these a sink
 receives, in which format and under which names, is the sink's configuration (``connectors``).
 """
@@ -26,10 +27,11 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
+from core.consent import CONTRACT_TYPE_JA, consented_on, measures_of
 from core.envelopes import Runtime, completion_certificate, read_document
 from core.errors import NotFoundError
 from core.guarantees import KIND_JA, authentication_key, list_guarantees
-from core.model import Award, Delivery, Document, Envelope, Party
+from core.model import Award, Delivery, Document, Envelope, Party, UsageRequest
 from core.outbox import enqueue
 from core.states import DeliveryState, EnvelopeState
 
@@ -231,6 +233,10 @@ FACT_NAMES = (
     "creator",
     "certificate_id",
     "document_names",
+    "contract_type",
+    "contract_type_ja",
+    "consent_on",
+    "consent_measures",
 )
 
 
@@ -247,6 +253,7 @@ def _facts(
     session: Session, runtime: Runtime, envelope: Envelope, event: str, department: str | None
 ) -> dict[str, Any]:
     contractor = envelope.contractor
+    consent = session.get(UsageRequest, envelope.consent_id) if envelope.consent_id else None
     concluded = envelope.completed_at.astimezone(JST) if envelope.completed_at else None
     amount: Decimal | None = envelope.amount
     transaction_date: dt.date | None = envelope.transaction_date
@@ -267,6 +274,12 @@ def _facts(
         "creator": envelope.creator,
         "certificate_id": envelope.certificate_id,
         "document_names": " / ".join(d.name for d in envelope.documents),
+        "contract_type": envelope.contract_type,
+        "contract_type_ja": CONTRACT_TYPE_JA.get(envelope.contract_type or "", None),
+        # The contractor's prior consent the contract was made on (建設業法19条3項 for a
+        # construction contract): its date and the 電磁的措置 agreed to; None without one.
+        "consent_on": consented_on(consent) if consent is not None else None,
+        "consent_measures": measures_of(consent) if consent is not None else None,
     }
     assert tuple(facts) == FACT_NAMES
     return facts

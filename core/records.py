@@ -35,6 +35,7 @@ __all__ = [
     "correct_record_facts",
     "fill_record_facts",
     "record_facts",
+    "require_amount",
     "verify_record_facts",
 ]
 
@@ -54,6 +55,22 @@ def record_facts(envelope: Envelope) -> dict[str, str | None]:
         "counterparty": envelope.counterparty,
         "department": envelope.department,
     }
+
+
+def require_amount(envelope: Envelope) -> None:
+    """Refuse to send an envelope without its amount (取引金額): unlike the date and the
+    counterparty, nothing at completion can supply it, and a concluded envelope must be found
+    by amount. A unit-price contract (単価契約) gives its estimated total (予定総額); a contract
+    with no consideration (無償の協定など) gives 0."""
+    if envelope.amount is None:
+        raise StateError(
+            "envelope.amount_required",
+            "an envelope needs its amount before it is sent (a unit-price contract gives its "
+            "estimated total, a contract without consideration 0)",
+            "契約金額(取引金額)を入力してください。電子帳簿保存法の検索要件のため、金額のない"
+            "契約は送信できません。単価契約は予定総額を、無償の契約は 0 円を入力します。",
+            details={"field": "amount"},
+        )
 
 
 def fill_record_facts(

@@ -54,7 +54,7 @@ def _gateway(obj: Any) -> Iterator[tuple[Any, Any]]:
 
 @click.group()
 def awards() -> None:
-    """Awards taken in: list what waits and why; release or dismiss one."""
+    """Awards taken in: list what waits and why; release, re-map, set a code or dismiss one."""
 
 
 @awards.command("list")
@@ -147,10 +147,74 @@ def awards_dismiss(obj: Any, source: str, award_id: str, reason: str) -> None:
 
     with _gateway(obj) as (gateway, _settings), gateway.sessions() as session:
         award = dismiss_award(
-            session=session, source=source, award_id=award_id, actor=_actor(), reason=reason
-        )
+            session=session, runtime=gateway.runtime, source=source, award_id=award_id,
+            actor=_actor(), reason=reason,
+        )  # fmt: skip
         session.commit()
         click.echo(f"{source}:{award_id}: {award.state.value}")
+
+
+@awards.command("remap")
+@click.argument("source")
+@click.argument("award_id")
+@click.pass_obj
+def awards_remap(obj: Any, source: str, award_id: str) -> None:
+    """Re-map a waiting award: apply the source's current mapping to the record kept on it
+    (after the mapping was fixed), audited; its envelope is made when it is ready."""
+    from gateway import intake
+    from gateway.intake import award_json
+    from gateway.runtime import access_code_policy
+    from schedules.sync import remap_award
+
+    with _gateway(obj) as (gateway, settings), gateway.sessions() as session:
+        award = remap_award(
+            session=session,
+            runtime=gateway.runtime,
+            policy=intake.policy(settings, access_codes=access_code_policy(settings)),
+            spec=intake.configured_spec(settings, source),
+            award_id=award_id,
+            actor=_actor(),
+            authorities=intake.authorities(settings),
+        )
+        session.commit()
+        out = award_json(award)
+    why = out["waiting"]
+    click.echo(
+        f"{source}:{award_id}: re-mapped, {out['state']}"
+        + (f" (still waiting: {why['code']}: {why['reason']})" if why else "")
+    )
+
+
+@awards.command("set-code")
+@click.argument("source")
+@click.argument("award_id")
+@click.option(
+    "--code",
+    prompt="Access code",
+    hide_input=True,
+    help="The contractor signer's access code (asked for when not given; tell the contractor "
+    "by another channel, it is never mailed).",
+)
+@click.pass_obj
+def awards_set_code(obj: Any, source: str, award_id: str, code: str) -> None:
+    """Set the access code of an award waiting with アクセスコード未設定 and send its
+    envelope (audited)."""
+    from core.intake import set_award_access_code
+    from gateway import intake
+    from gateway.runtime import access_code_policy
+
+    with _gateway(obj) as (gateway, settings), gateway.sessions() as session:
+        award = set_award_access_code(
+            session=session,
+            runtime=gateway.runtime,
+            policy=intake.policy(settings, access_codes=access_code_policy(settings)),
+            source=source,
+            award_id=award_id,
+            actor=_actor(),
+            code=code,
+        )
+        session.commit()
+        click.echo(f"{source}:{award_id}: {award.state.value} (envelope {award.envelope_id})")
 
 
 @click.group()

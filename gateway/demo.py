@@ -10,8 +10,9 @@ It syncs the sample through the real intake path as three folder sources that ex
 demo (the admin's config is not touched). Then it serves the gateway's HTTP app on loopback
 (with its mail and signing workers) and acts through it: the clerk logs in to the staff pages and
 sends the draft; the contractor's signer finds the request in the demo's maildir
-(``demo-input/mail``), opens the link, types the access code from the usage request, fills the
-signing-date box and completes; the official finds the staff request mail, logs in, and signs
+(``demo-input/mail``), opens the link, types the access code from the usage request, registers
+its 前払金保証 (保証契約番号 + 認証キー) on 電子保証の登録 (when ``pages.guarantee_entry`` allows
+it), fills the signing-date box and completes; the official finds the staff request mail, logs in, and signs
 with the password typed again. No service is called with arguments a person could not give.
 Each run takes in a new award number, so running it again makes a new envelope.
 """
@@ -23,6 +24,7 @@ import dataclasses
 import datetime as dt
 import email
 import email.policy
+import hashlib
 import html as html_lib
 import io
 import mailbox
@@ -280,6 +282,16 @@ CLERK = ("demo-clerk@keiyaku-demo.invalid", "デモ 契約担当")
 # What the contractor wrote on its usage request (write_sample): its access code.
 CONTRACTOR_CODE = "4821"
 MAIL_WAIT_SECONDS = 120.0
+# The 前払金保証 the contractor registers on the signing pages (seed 003: the contractor enters
+# 保証契約番号 + 認証キー in the e-contract system). The number is made per envelope, since a
+# number registered on another contract is refused; the key is random per run.
+GUARANTEE_ISSUER = "西日本建設業保証株式会社(デモ)"
+
+
+def guarantee_number(management_number: str) -> str:
+    """A sample 保証契約番号 of this demo envelope (10 digits, as the issuers print them)."""
+    digest = hashlib.sha256(management_number.encode("utf-8")).hexdigest()
+    return "20" + str(int(digest[:12], 16))[-8:].zfill(8)
 
 
 @dataclass
@@ -443,8 +455,10 @@ def _act(
     staff: DemoStaff,
     day: dt.date,
     wake: Any,
+    guarantee_entry: str = "off",
 ) -> str:
-    """One party acts on the mail it received; returns how it signed in."""
+    """One party acts on the mail it received; returns how it signed in. The contractor
+    registers a guarantee on the signing pages when the buyer lets it (``guarantee_entry``)."""
     body = mails.wait_for(party.email, envelope.management_number, wake)
     found = _LINK.search(body)
     if found is None:
@@ -467,8 +481,27 @@ def _act(
     form = {"csrf_token": _csrf(code_page.text), "access_code": CONTRACTOR_CODE}
     _expect(client.post(path, data=form), 303)
     documents = _expect(client.get(f"{path}/documents"), 200)
+    entry = guarantee_entry
+    if entry in ("before", "both"):
+        _register_guarantee(client, path, envelope.management_number)
     _fill_and_complete(client, path, documents.text, day, party.name, {})
+    if entry == "after":
+        _register_guarantee(client, path, envelope.management_number)
     return "link + access code"
+
+
+def _register_guarantee(client: httpx.Client, path: str, management_number: str) -> None:
+    """The contractor's signer opens 電子保証の登録 and registers its 前払金保証."""
+    page = _expect(client.get(f"{path}/guarantees"), 200)
+    form = {
+        "csrf_token": _csrf(page.text),
+        "kind": "advance",
+        "contract_number": guarantee_number(management_number),
+        "authentication_key": secrets.token_hex(5).upper(),
+        "issuer": GUARANTEE_ISSUER,
+    }
+    saved = _expect(client.post(f"{path}/guarantees", data=form), 303)
+    _expect(client.get(saved.headers["location"]), 200)
 
 
 def _wait_completed(gateway: Gateway, envelope_id: str, wake: Any) -> None:
@@ -542,7 +575,8 @@ def run_demo(gateway: Gateway, *, output: Path) -> DemoResult:
         for party in list(envelope.parties):
             if party.role is PartyRole.CC:
                 continue
-            _act(client, mails, party, envelope, staff, day, wake)
+            _act(client, mails, party, envelope, staff, day, wake,
+                 settings.pages.guarantee_entry)  # fmt: skip
             client.cookies.clear()  # the next person uses their own browser
         _wait_completed(gateway, envelope_id, wake)
     with gateway.sessions() as session:

@@ -16,7 +16,7 @@ from connectors.sftp import SftpEndpoint, SftpSource
 from connectors.soap import SoapQuery, SoapSource
 from core.business_days import BusinessCalendar
 from core.drafts import SigningAuthority
-from core.errors import ConfigError
+from core.errors import ConfigError, NotFoundError
 from core.intake import IntakePolicy, award_state_ja, waiting_reason
 from gateway.settings import (
     ApiSourceSettings,
@@ -225,6 +225,18 @@ def source_spec(settings: Settings, name: str) -> SourceSpec:
         return open_source(settings, name, mapping)
 
     return SourceSpec(name=name, kind=_kind(mapping), mapping=mapping, open=opener)
+
+
+def configured_spec(settings: Settings, name: str) -> SourceSpec:
+    """The source's spec for a staff decision on one of its awards (re-map): a source no longer
+    in the config is ``not_found.source`` (the caller's mistake, not the server's)."""
+    if name not in settings.sources:
+        raise NotFoundError(
+            "not_found.source",
+            f"no source {name!r} in the config",
+            f"取込元「{name}」は設定されていません。",
+        )
+    return source_spec(settings, name)
 
 
 def pulled_sources(settings: Settings) -> list[str]:

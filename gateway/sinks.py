@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -149,28 +148,12 @@ def close_targets(targets: Mapping[str, Target]) -> None:
 
 
 def push_demo(gateway: Gateway, envelope_id: str) -> list[tuple[str, Path]]:
-    """For `keiyaku demo`: add a sample guarantee reference to the demo envelope, then push it to
-    every folder sink. Returns (sink name, folder) of each."""
-    from core.guarantees import GuaranteeInput, add_guarantee
+    """For `keiyaku demo`: push the demo envelope (with the guarantee its contractor registered
+    on the signing pages) to every folder sink. Returns (sink name, folder) of each."""
     from schedules.dispatch import run_until_idle
 
+    del envelope_id  # every due delivery is pushed; the demo's are among them
     settings = gateway.settings
-    with gateway.sessions() as session:
-        add_guarantee(
-            session=session,
-            runtime=gateway.runtime,
-            envelope_id=envelope_id,
-            reference=GuaranteeInput(
-                kind="前払金保証",
-                contract_number="2070004426",
-                authentication_key=secrets.token_hex(5).upper(),
-                issuer="西日本建設業保証株式会社(デモ)",
-            ),
-            actor="demo",
-            source="cli",
-            allow_reuse=True,  # every demo run uses the same sample number
-        )
-        session.commit()
     folders = [
         name for name, sink in settings.sinks.items() if isinstance(sink, FolderSinkSettings)
     ]

@@ -28,7 +28,7 @@ from core.drafts import (
     UsageRequestDraft,
 )
 from core.envelopes import Runtime
-from core.errors import GatewayError, RecordError
+from core.errors import GatewayError, RecordError, StateError
 from core.intake import (
     AwardItem,
     ContractorDirectory,
@@ -36,18 +36,21 @@ from core.intake import (
     IntakePolicy,
     count_run,
     finish_run,
+    get_award,
     get_cursor,
     intake_awards,
     list_replayable,
     mark_replayed,
     record_line_errors,
     release_waiting,
+    restore_record,
     start_run,
     store_cursor,
     upsert_contractor,
     upsert_usage_request,
 )
-from core.model import SyncRun
+from core.intake import remap_award as remap_intake_award
+from core.model import Award, SyncRun
 from core.text import multi_line
 from mapping import SourceMapping, redact
 
@@ -241,8 +244,15 @@ def _intake(
     directory: ContractorDirectory,
 ) -> IntakeCounts:
     counts = IntakeCounts()
+    sensitive = spec.mapping.sensitive_columns
     awards = [
-        AwardItem(d, r.provenance.file, r.provenance.line, r.provenance.path)
+        AwardItem(
+            d,
+            r.provenance.file,
+            r.provenance.line,
+            r.provenance.path,
+            record=redact(r.fields, sensitive),
+        )
         for d, r in batch.drafts
         if isinstance(d, EnvelopeDraft)
     ]
@@ -427,6 +437,76 @@ def sync_source(
         time.monotonic() - started,
     )
     return result
+
+
+def remap_award(
+    *,
+    session: Session,
+    runtime: Runtime,
+    policy: IntakePolicy,
+    spec: SourceSpec,
+    award_id: str,
+    actor: str,
+    authorities: Sequence[SigningAuthority] = (),
+) -> Award:
+    """Staff re-map one waiting award: the source's current mapping is applied to the record
+    kept on the award (e.g. after the admin fixed the YAML), and the award moves on as a sync
+    run would move it (audited as ``award.remapped``). The caller commits. A record the
+    mapping now refuses or skips changes nothing and says why."""
+    award = get_award(session=session, source=spec.name, award_id=award_id)
+    record = restore_record(award=award, blobs=runtime.blobs)
+    if record is None:
+        raise StateError(
+            "award.no_record",
+            f"award {award_id} of {spec.name} keeps no source record (taken in before 0017a); "
+            "re-import it from the source instead",
+            "この落札情報には元のレコードが保存されていないため、再マッピングできません。"
+            "取込元から再取込してください。",
+        )
+    outcome = spec.mapping.apply(
+        record, source=spec.name, file=award.file, line=award.line, path=None,
+        authorities=authorities,
+    )  # fmt: skip
+    if outcome.skipped is not None:
+        raise StateError(
+            "award.remap_skipped",
+            f"the current mapping skips this record: {outcome.skipped}",
+            "現在のマッピングでは、このレコードは取込対象外(skip)になります。"
+            "対象外にする場合は「対象外にする」を使ってください。",
+        )
+    if outcome.errors:
+        first = outcome.errors[0]
+        raise RecordError(
+            "award.remap_failed",
+            "the current mapping refuses this record: "
+            + "; ".join(f"{e.field}: {e.code}: {e.reason}" for e in outcome.errors),
+            f"現在のマッピングでは取り込めません({first.field}: {first.reason_ja})。",
+            details={"errors": [{"field": e.field, "code": e.code, "reason": e.reason,
+                                 "reason_ja": e.reason_ja} for e in outcome.errors]},
+        )  # fmt: skip
+    if not isinstance(outcome.draft, EnvelopeDraft):
+        raise StateError(
+            "award.remap_failed",
+            f"the mapping of {spec.name} does not make awards",
+            "この取込元のマッピングは落札情報を作りません。",
+        )
+    item = AwardItem(outcome.draft, award.file, award.line, None, record=record)
+    source: Source | None = None
+
+    def fetch(ref: DocumentRef) -> bytes:
+        nonlocal source
+        if source is None:
+            source = spec.open()
+        return document_fetcher(source)(ref)
+
+    try:
+        return remap_intake_award(
+            session=session, runtime=runtime, policy=policy, award=award, item=item,
+            fetch=fetch, actor=actor,
+        )  # fmt: skip
+    finally:
+        if source is not None:
+            source.close()
 
 
 def accept_record(

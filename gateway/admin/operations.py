@@ -29,6 +29,7 @@ from core.intake import (
     list_dead_letters,
     list_runs,
     release_award,
+    set_award_access_code,
     waiting_reason,
 )
 from core.jobs import list_job_runs
@@ -176,11 +177,12 @@ async def award_action(
     request: Request,
     source: str,
     award_id: str,
-    action: Literal["release", "dismiss"],
+    action: Literal["release", "dismiss", "set-code", "remap"],
     context: ContextDep,
     session: SessionDep,
 ) -> Response:
-    """Release (optionally naming the contractor) or dismiss (with a reason) one award."""
+    """Release (optionally naming the contractor), re-map with the current mapping, set the
+    signer's access code and send, or dismiss (with a reason) one award."""
     form = await request.form()
     check_csrf(request, context, str(form.get("csrf_token") or ""))
 
@@ -188,24 +190,38 @@ async def award_action(
         staff = admin_staff(request, context, session)
         if staff is None:
             return to_login(request)
-        if action == "release":
-            settings = context.gateway.settings
-            from gateway import intake
-            from gateway.runtime import access_code_policy
+        settings = context.gateway.settings
+        from gateway import intake
+        from gateway.runtime import access_code_policy
 
+        policy = intake.policy(settings, access_codes=access_code_policy(settings))
+        if action == "release":
             release_award(
                 session=session,
                 runtime=context.gateway.runtime,
-                policy=intake.policy(settings, access_codes=access_code_policy(settings)),
+                policy=policy,
                 source=source,
                 award_id=award_id,
                 actor=staff.email,
                 contractor_id=str(form.get("contractor_id") or "").strip() or None,
             )
+        elif action == "remap":
+            from schedules.sync import remap_award
+
+            remap_award(
+                session=session, runtime=context.gateway.runtime, policy=policy,
+                spec=intake.configured_spec(settings, source), award_id=award_id,
+                actor=staff.email, authorities=intake.authorities(settings),
+            )  # fmt: skip
+        elif action == "set-code":
+            set_award_access_code(
+                session=session, runtime=context.gateway.runtime, policy=policy, source=source,
+                award_id=award_id, actor=staff.email, code=str(form.get("access_code") or ""),
+            )  # fmt: skip
         else:
             dismiss_award(
-                session=session, source=source, award_id=award_id, actor=staff.email,
-                reason=str(form.get("reason") or ""),
+                session=session, runtime=context.gateway.runtime, source=source,
+                award_id=award_id, actor=staff.email, reason=str(form.get("reason") or ""),
             )  # fmt: skip
         session.commit()
         return RedirectResponse("/admin/awards", status_code=303)

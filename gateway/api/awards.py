@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from core.api_clients import require_scope
 from core.errors import NotFoundError, RecordError
-from core.intake import dismiss_award, list_awards, release_award
+from core.intake import dismiss_award, list_awards, release_award, set_award_access_code
 from core.model import ApiClient, AwardState
 from gateway import intake
 from gateway.body_limit import AWARD_BODY_BYTES
@@ -29,7 +29,7 @@ from gateway.deps import ApiClientDep, ContextDep, SessionDep
 from gateway.intake import award_json
 from gateway.runtime import access_code_policy
 from gateway.settings import ApiSourceSettings
-from schedules.sync import SyncResult, accept_record
+from schedules.sync import SyncResult, accept_record, remap_award
 
 router = APIRouter(prefix="/api/v1", tags=["awards"])
 
@@ -314,6 +314,7 @@ def post_release(
     responses=_DECISION_RESPONSES,
 )
 def post_dismiss(
+    context: ContextDep,
     session: SessionDep,
     client: ApiClientDep,
     source: Annotated[str, Path(min_length=1, max_length=64)],
@@ -323,8 +324,75 @@ def post_dismiss(
     """The award never becomes an envelope here; the reason is audited."""
     require_scope(client, PUSH)
     award = dismiss_award(
-        session=session, source=source, award_id=award_id, actor=f"api:{client.name}",
-        reason=body.reason,
+        session=session, runtime=context.gateway.runtime, source=source, award_id=award_id,
+        actor=f"api:{client.name}", reason=body.reason,
     )  # fmt: skip
+    session.commit()
+    return award_json(award)
+
+
+@router.post(
+    "/awards/{source}/{award_id}/remap",
+    response_model=AwardOut,
+    summary="Re-map a waiting award with the source's current mapping (audited)",
+    responses={**_DECISION_RESPONSES, 422: {"description": "The current mapping refuses it"}},
+)
+def post_remap(
+    context: ContextDep,
+    session: SessionDep,
+    client: ApiClientDep,
+    source: Annotated[str, Path(min_length=1, max_length=64)],
+    award_id: Annotated[str, Path(min_length=1, max_length=100)],
+) -> dict[str, Any]:
+    """Apply the current mapping to the record kept on the award (after the mapping was
+    fixed); the award moves on as a sync run would move it."""
+    require_scope(client, PUSH)
+    settings = context.gateway.settings
+    award = remap_award(
+        session=session,
+        runtime=context.gateway.runtime,
+        policy=intake.policy(settings, access_codes=access_code_policy(settings)),
+        spec=intake.configured_spec(settings, source),
+        award_id=award_id,
+        actor=f"api:{client.name}",
+        authorities=intake.authorities(settings),
+    )
+    session.commit()
+    return award_json(award)
+
+
+class AccessCodeIn(BaseModel):
+    """The contractor signer's access code (write-only; the gateway keeps only its hash)."""
+
+    access_code: str
+
+
+@router.post(
+    "/awards/{source}/{award_id}/set-access-code",
+    response_model=AwardOut,
+    summary="Set the contractor signer's access code of an award waiting for one, and send",
+    responses=_DECISION_RESPONSES,
+)
+def post_set_access_code(
+    context: ContextDep,
+    session: SessionDep,
+    client: ApiClientDep,
+    source: Annotated[str, Path(min_length=1, max_length=64)],
+    award_id: Annotated[str, Path(min_length=1, max_length=100)],
+    body: AccessCodeIn,
+) -> dict[str, Any]:
+    """For an award waiting with ``no_access_code`` (a registry or mapping signer): the code is
+    hashed and set on the contractor's parties, and the draft envelope is sent (audited)."""
+    require_scope(client, PUSH)
+    settings = context.gateway.settings
+    award = set_award_access_code(
+        session=session,
+        runtime=context.gateway.runtime,
+        policy=intake.policy(settings, access_codes=access_code_policy(settings)),
+        source=source,
+        award_id=award_id,
+        actor=f"api:{client.name}",
+        code=body.access_code,
+    )
     session.commit()
     return award_json(award)

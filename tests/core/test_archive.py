@@ -11,6 +11,7 @@ import datetime as dt
 import secrets
 import subprocess
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,7 @@ def _complete_envelope(session: Session, runtime: Runtime) -> Envelope:
         session=session,
         runtime=runtime,
         title="庁舎空調設備保守業務委託",
+        amount=Decimal("1000000"),
         creator="開発市 契約課",
         documents=[DocumentInput("委託契約書.pdf", make_pdf(pages=1))],
         parties=[

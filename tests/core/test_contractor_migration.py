@@ -1,16 +1,21 @@
 """Migration 0014 finds the contractors that name matching merged before it, reports them and
-holds their waiting awards; it never splits anything."""
+holds their waiting awards; it never splits anything. On SQLite and on PostgreSQL (a scratch
+database of its own, since the run's shared one is already at head)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import select, text
+import pytest
+from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.orm import Session
 
 from core.model import Award, AwardState, Contractor, ContractorConflict, ContractorIdentity
 from core.storage import create_database_engine, migrate
+from tests.conftest import PG_ADMIN_URL
 
 NOW = dt.datetime(2025, 10, 1, tzinfo=dt.UTC)
 
@@ -28,8 +33,31 @@ def _award(conn, award_id: str, contractor: str, corp: str | None, draft: str) -
     )  # fmt: skip
 
 
-def test_merged_contractors_are_reported_and_their_awards_held(tmp_path: Path) -> None:
-    engine = create_database_engine(f"sqlite:///{tmp_path / 'old.db'}")
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An engine on an empty database, to migrate step by step."""
+    if request.param == "sqlite":
+        engine = create_database_engine(f"sqlite:///{tmp_path / 'old.db'}")
+        yield engine
+        engine.dispose()
+        return
+    request.getfixturevalue("postgres_url")  # skips (fails in CI) when PostgreSQL is not there
+    name = f"keiyaku_migration_{secrets.token_hex(4)}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine = create_database_engine(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_merged_contractors_are_reported_and_their_awards_held(empty_engine: Engine) -> None:
+    engine = empty_engine
     migrate(engine, "0011")
     with engine.begin() as conn:
         for cid, name, corp in (
@@ -73,4 +101,3 @@ def test_merged_contractors_are_reported_and_their_awards_held(tmp_path: Path) -
         assert session.get(Contractor, "c2").name_key == "株式会社鈴木"  # type: ignore[union-attr]
         # Nothing was split: still two contractors, c1 keeps both numbers for staff to see.
         assert len(session.scalars(select(Contractor)).all()) == 2
-    engine.dispose()

@@ -7,6 +7,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,7 @@ def make_envelope(session: Session, dev_runtime: Runtime) -> Callable[..., Envel
         args: dict[str, object] = {
             "title": "市道１号線舗装補修工事",
             "creator": "開発市 契約課",
+            "amount": Decimal("31389000"),
             "documents": [
                 DocumentInput("工事請負契約書.pdf", make_pdf(pages=2)),
                 DocumentInput("請書.pdf", make_pdf(pages=1)),
@@ -228,6 +230,7 @@ def test_concurrent_submits_apply_once(
             session=session,
             runtime=dev_runtime,
             title="同時送信",
+            amount=Decimal("1000000"),
             creator="staff",
             documents=[DocumentInput("a.pdf", make_pdf(pages=1))],
             parties=_parties(1),
@@ -532,6 +535,7 @@ def test_tsa_outage_leaves_the_envelope_waiting_then_the_worker_finishes(
                 session=session,
                 runtime=runtime,
                 title="TSA障害",
+                amount=Decimal("1000000"),
                 creator="staff",
                 documents=[DocumentInput("a.pdf", make_pdf(pages=1))],
                 parties=_parties(1),

@@ -8,6 +8,7 @@ import multiprocessing
 import secrets
 from collections.abc import Callable
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,7 @@ def sent_envelope(session: Session, mail_runtime: Runtime) -> Callable[[], Envel
             session=session,
             runtime=mail_runtime,
             title="請書",
+            amount=Decimal("1000000"),
             creator="開発市 契約課",
             creator_email="sender@city.example.jp",
             documents=[DocumentInput("請書.pdf", make_pdf(pages=1))],

@@ -4,6 +4,7 @@ envelope a party cannot authenticate in, re-authentication at signing, and the r
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 
 import pyotp
 import pytest
@@ -36,6 +37,7 @@ def _envelope(session: Session, runtime: Runtime, *, staff: bool = True) -> Enve
         session=session,
         runtime=runtime,
         title="庁舎清掃業務委託",
+        amount=Decimal("1000000"),
         creator="開発市 契約課",
         documents=[DocumentInput("契約書.pdf", make_pdf(pages=1))],
         parties=[

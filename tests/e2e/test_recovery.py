@@ -60,7 +60,8 @@ def test_recovery_actions_end_in_a_completed_envelope(
     body = envelope_request(
         emails=(f"kacho-{tag}@city.example.jp", f"ichiro-{tag}@example.co.jp",
                 f"shicho-{tag}@city.example.jp"),
-        send=True, sender_email=clerk, metadata={"deadline": str(_today() + dt.timedelta(days=3))},
+        send=True, sender_email=clerk,
+        metadata={"amount": 4_950_000, "deadline": str(_today() + dt.timedelta(days=3))},
     )  # fmt: skip
     envelope = site.api.post("/api/v1/envelopes", json=body).json()
     detail = f"/admin/envelopes/{envelope['id']}"

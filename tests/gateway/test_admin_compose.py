@@ -5,6 +5,7 @@ page, another staff member's draft)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 import re
@@ -40,6 +41,7 @@ from gateway.admin.compose_drafts import (
 )
 from gateway.pages.render import PageBox, PageRenderer, placement, rect_at
 from gateway.runtime import access_code_policy
+from tests.fixtures.gateway import complete_by_services
 from tests.fixtures.pdfs import make_pdf, with_page_box
 from tests.gateway.conftest import LiveGateway
 from tests.gateway.test_admin_pages import _csrf, _envelope, _login, _staff
@@ -230,6 +232,15 @@ def test_sender_creates_and_sends(live_gateway: Callable[..., LiveGateway]) -> N
             )
         }
         assert actors["envelope.created"] == actors["envelope.sent"] == "tanaka@city.example.jp"
+    complete_by_services(live.gateway, envelope_id)
+    with live.gateway.sessions() as session:  # concluded with every records-law fact
+        envelope = session.get_one(Envelope, envelope_id)
+        assert envelope.state is EnvelopeState.COMPLETED
+        assert (envelope.transaction_date, envelope.amount, envelope.counterparty) == (
+            dt.date(2026, 4, 1),
+            31389000,
+            "株式会社髙橋建設",
+        )
 
 
 def test_what_compose_refuses(live_gateway: Callable[..., LiveGateway]) -> None:
@@ -493,3 +504,32 @@ def test_drafts_belong_to_their_maker_and_expire(blobs: BlobStore) -> None:
     assert not (folder / draft_id[:2] / draft_id).exists()  # and the draft it replaces
     store.discard(newer, store.load(newer, maker))
     assert not (folder / newer[:2] / newer).exists()
+
+
+def test_compose_sends_nothing_without_an_amount_but_keeps_a_draft(
+    live_gateway: Callable[..., LiveGateway],
+) -> None:
+    live = live_gateway()
+    _staff(live, "tanaka@city.example.jp", "契約課")
+    with live.client() as client:
+        assert _login(client, "tanaka@city.example.jp").status_code == 303
+        _add_contact(client)
+        step1 = _step1(client, {**_facts(amount=""), **THREE})
+        assert step1.status_code == 303, step1.text  # a draft may lack the amount
+        fields_url = step1.headers["location"]
+        step2 = client.get(fields_url).text
+        refused = client.post(fields_url, data={"csrf_token": _csrf(step2), "action": "send"})
+        assert refused.status_code == 422
+        assert "契約金額(取引金額)を入力してください" in refused.text
+        assert "単価契約は予定総額" in refused.text
+        with live.gateway.sessions() as session:
+            assert session.scalars(select(Envelope)).all() == []  # nothing half-made
+        saved = client.post(fields_url, data={"csrf_token": _csrf(step2), "action": "save"})
+        assert saved.status_code == 303, saved.text
+        detail_url = saved.headers["location"]
+        detail = client.get(detail_url).text
+        send = client.post(f"{detail_url}/send", data={"csrf_token": _csrf(detail)})
+        assert "契約金額(取引金額)を入力してください" in send.text
+    with live.gateway.sessions() as session:
+        (envelope,) = session.scalars(select(Envelope)).all()
+        assert envelope.state is EnvelopeState.DRAFT and envelope.amount is None

@@ -21,8 +21,10 @@ import pytest
 from sqlalchemy import select
 
 from core.audit import list_events
+from core.guarantees import list_guarantees
 from core.intake import contractor_emails
 from core.model import Award, ContractorEmail, ContractorIdentity, Envelope, SyncRun
+from gateway.demo import guarantee_number
 from gateway.runtime import open_gateway
 from gateway.settings import load_settings
 
@@ -255,15 +257,29 @@ def test_the_demo_acts_through_the_pages_and_the_mails(
             assert ("party.authenticated", official.email) in by_action  # re-authentication
             viewed = [e for e in events if e.action == "documents.viewed"]
             assert len(viewed) == 2 and {e.ip for e in viewed} == {"127.0.0.1"}
+            # The contractor registered its 前払金保証 on the signing pages, before signing.
+            (added,) = [e for e in events if e.action == "guarantee.added"]
+            assert added.actor == f"{contractor.name} <{contractor.email}>"
+            assert added.detail["source"] == "signing_page" and added.detail["kind"] == "advance"
+            assert added.at < contractor.completed_at  # type: ignore[operator]
+            (reference,) = list_guarantees(session=session, envelope_id=envelope.id)
+            assert reference.contract_number == guarantee_number(number)
     finally:
         gateway.close()
+    # The finance sink (a folder in the init config) got the record with that guarantee.
+    finance = (config.parent / "pushback" / "finance" / f"{number}.csv").read_bytes()
+    (row,) = csv.DictReader(io.StringIO(finance.decode("cp932")))
+    assert row["前払金保証_保証契約番号"] == guarantee_number(number)
+    assert re.fullmatch(r"[0-9A-F]{10}", row["前払金保証_認証キー"])
+    assert row["保証機関"] == "西日本建設業保証株式会社(デモ)"
     box = mailbox.Maildir(str(config.parent / "demo-input" / "mail"), create=False)
     mails = [email.message_from_bytes(bytes(m), policy=email.policy.default) for m in box]
     subjects = {(m["To"].addresses[0].addr_spec, str(m["Subject"])) for m in mails}
     assert any(to == contractor.email and "署名依頼" in subject for to, subject in subjects)
     assert any(to == official.email and "署名依頼" in subject for to, subject in subjects)
     source = (ROOT / "gateway" / "demo.py").read_text(encoding="utf-8")
-    for service in ("approve(", "record_approval(", "send_envelope(", "record_view("):
+    for service in ("approve(", "record_approval(", "send_envelope(", "record_view(",
+                    "add_guarantee("):  # fmt: skip
         assert service not in source, service
 
 

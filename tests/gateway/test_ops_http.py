@@ -6,6 +6,7 @@ import json
 import logging
 import socket
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -135,6 +136,7 @@ def test_metrics_and_request_ids(
             session=session,
             runtime=gateway.runtime,
             title="計測用",
+            amount=Decimal("1000000"),
             creator="開発市 契約課",
             documents=[DocumentInput("契約書.pdf", make_pdf(pages=1))],
             parties=[

@@ -225,3 +225,52 @@ def test_cli_search_csv_and_audit_verify_names_an_edited_amount(
     assert edited.returncode == 1
     assert f"EDITED FACTS: envelope {envelope_id}" in edited.stdout
     assert "amount recorded '31389000', now '1'" in edited.stdout
+
+
+def test_an_api_envelope_without_an_amount_is_never_sent_and_a_concluded_one_has_all_facts(
+    live_gateway: Callable[..., LiveGateway],
+) -> None:
+    live = live_gateway()
+    token = live.token("e-bid")
+    with live.client(token) as api:
+        before = api.get("/api/v1/envelopes").json()
+        no_amount = envelope_request(send=True)
+        del no_amount["metadata"]["amount"]
+        refused = api.post("/api/v1/envelopes", json=no_amount)
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "envelope.amount_required"
+        assert "契約金額(取引金額)を入力してください" in error["message_ja"]
+        assert api.get("/api/v1/envelopes").json() == before  # nothing was created
+
+        # A draft may lack it, but cannot be sent.
+        draft = api.post("/api/v1/envelopes", json={**no_amount, "send": False})
+        assert draft.status_code == 201, draft.text
+        not_sent = api.post(f"/api/v1/envelopes/{draft.json()['id']}/send")
+        assert not_sent.status_code == 422
+        assert not_sent.json()["error"]["code"] == "envelope.amount_required"
+        assert api.get(f"/api/v1/envelopes/{draft.json()['id']}").json()["state"] == "draft"
+
+        # Only the amount given: the date and the counterparty are filled at completion.
+        bare = envelope_request(send=True, metadata={"amount": 0})  # 無償の協定: 0 yen
+        envelope_id = api.post("/api/v1/envelopes", json=bare).json()["id"]
+    complete_by_services(live.gateway, envelope_id)
+    with live.gateway.sessions() as session:
+        envelope = session.get_one(Envelope, envelope_id)
+        assert envelope.state is EnvelopeState.COMPLETED and envelope.completed_at is not None
+        concluded_on = envelope.completed_at.astimezone(dt.timezone(dt.timedelta(hours=9))).date()
+        assert envelope.transaction_date == concluded_on
+        assert envelope.counterparty == "株式会社髙橋建設"  # the contractor-side signer's company
+        assert envelope.amount == 0
+        number = envelope.management_number
+    day = concluded_on.isoformat()
+    with live.client(token) as api:
+        found = api.get(
+            "/api/v1/envelopes",
+            params={"date_from": day, "date_to": day, "amount_min": "0", "amount_max": "0",
+                    "counterparty": "髙橋建設"},
+        )  # fmt: skip
+        assert found.status_code == 200, found.text
+        assert [e["management_number"] for e in found.json()["items"]] == [number]
+        outside = api.get("/api/v1/envelopes", params={"amount_min": "1", "date_from": day})
+        assert number not in [e["management_number"] for e in outside.json()["items"]]

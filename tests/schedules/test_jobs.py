@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -101,6 +102,7 @@ def test_deadline_notices_once_per_due_date(
                               usage_request_due=due))  # fmt: skip
         envelope = create_envelope(
             session=session, runtime=runtime, title="庁舎清掃業務", creator="契約課",
+            amount=Decimal("1000000"),
             creator_email="keiyaku@city.example.lg.jp",
             documents=[DocumentInput("契約書.pdf", make_pdf(pages=1))],
             parties=[PartyInput(PartyRole.SIGNER, "髙橋 太郎", "t@example.co.jp")],

@@ -91,16 +91,18 @@ def test_signer_by_contract_type_and_consent_on_construction(
     (ebid / "a.csv").write_bytes(cp932([HEADER, *rows]))
     awards = _spec("ebid", ebid, _mapping())
     first = _sync(sessions, runtime, awards)
-    assert (first.created, first.released) == (2, 1)
+    assert (first.created, first.released) == (2, 0)
     with sessions() as session:
         construction = get_award(session=session, source="ebid", award_id="R7-001")
         assert construction.state is AwardState.WAITING_USAGE_REQUEST  # the registry is not consent
         other = get_award(session=session, source="ebid", award_id="R7-002")
-        assert other.state is AwardState.DRAFTED and other.envelope_id
+        # A registry signer has no access code: the draft waits visibly for staff to set one.
+        assert other.state is AwardState.WAITING_ACCESS_CODE and other.envelope_id
         envelope = get_envelope(session=session, envelope_id=other.envelope_id)
         assert envelope.contract_type == "other" and envelope.consent_id is None
         assert envelope.parties[0].email == "keiyaku@sample.example.jp"  # the registry address
-        assert "アクセスコード" in (other.note or "")
+        assert "アクセスコード未設定" in (other.note or "")
+        assert envelope.state.value == "draft"
 
     usage = _spec("uketsuke", tmp_path / "usage", usage_mapping())
     (tmp_path / "usage" / "u.csv").write_bytes(

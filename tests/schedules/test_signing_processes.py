@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,7 @@ def test_sigkilled_signing_workers_leave_no_approval_unsigned(
                     session=session,
                     runtime=gateway.runtime,
                     title=f"強制終了試験{i}",
+                    amount=Decimal("1000000"),
                     creator="staff",
                     documents=[DocumentInput("契約書.pdf", make_pdf(pages=1))],
                     parties=[

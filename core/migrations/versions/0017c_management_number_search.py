@@ -14,7 +14,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0017c"
-down_revision = "0016b"
+down_revision = "0017a_award_records"
 branch_labels = None
 depends_on = None
 
