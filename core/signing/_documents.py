@@ -144,6 +144,7 @@ def _checked(data: bytes, *, rebuilt: bool) -> LoadedDocument:
         pages = _iter_pages(reader)
         for page, _ref in pages:
             _check_page(page)
+        _read_everything(reader)
         signed = any(True for _ in enumerate_sig_fields(reader, filled_status=True))
         perms = _get(reader.root, "/Perms")
         certified = isinstance(perms, generic.DictionaryObject) and "/DocMDP" in perms
@@ -175,6 +176,39 @@ def _checked(data: bytes, *, rebuilt: bool) -> LoadedDocument:
             "ため受け付けられません。署名前の原本を登録してください。",
         )
     return LoadedDocument(data=data, reader=reader, pages=pages, rebuilt=rebuilt)
+
+
+# objects reachable from the trailer that the strict reader parses before accepting an upload; a
+# file with more is still accepted, the rest is left to the verifier's own budget
+_MAX_OBJECTS = 500_000
+
+
+def _read_everything(reader: PdfFileReader) -> None:
+    """Parse every object reachable from the trailer with pyHanko's reader (streams are not
+    decoded). Every signature's check later walks the whole object graph (pyHanko's difference
+    analysis), so an object only the tolerant parsers read, e.g. a name with unescaped
+    non-ASCII bytes as Chinese and Japanese producers write font names (``/\xba\xda\xcc\xe5``),
+    would make ``keiyaku verify`` reject the product's own output. qpdf writes such objects in
+    canonical form (``/#ba#da#cc#e5``), so the upload is rebuilt instead."""
+    trailer = reader.trailer
+    stack: list[generic.PdfObject] = [
+        trailer.raw_get(key) for key in trailer.keys() if key not in ("/Prev", "/XRefStm")
+    ]
+    seen: set[tuple[int, int]] = set()
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, generic.IndirectObject):
+            key = (obj.idnum, obj.generation)
+            if key in seen:
+                continue
+            seen.add(key)
+            if len(seen) > _MAX_OBJECTS:
+                return
+            obj = obj.get_object()
+        if isinstance(obj, generic.DictionaryObject):
+            stack.extend(obj.raw_get(key) for key in obj.keys())
+        elif isinstance(obj, generic.ArrayObject):
+            stack.extend(obj.raw_get(i) for i in range(len(obj)))
 
 
 def _check_page(page: generic.DictionaryObject) -> None:

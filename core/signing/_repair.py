@@ -41,16 +41,56 @@ def encrypted() -> DocumentError:
     return DocumentError("document.encrypted", ENCRYPTED_EN, ENCRYPTED_JA)
 
 
-def restricted() -> DocumentError:
-    """``document.restricted``: opens without a password but carries owner restrictions."""
+def restricted(denied: list[str] | None = None) -> DocumentError:
+    """``document.restricted``: opens without a password but its owner password restricts it
+    (``denied`` names what is forbidden: modify, print, copy, ...)."""
     return DocumentError(
         "document.restricted",
-        "The PDF is protected with permission restrictions (an owner password). Signing "
-        "would have to change a document its author restricted; upload a copy saved without "
-        "the protection.",
-        "PDFに権限パスワード（編集・変更の制限）が設定されています。制限された文書に署名を"
-        "追加することはできません。保護を解除して保存したPDFを登録してください。",
+        "The PDF opens without a password but its owner password restricts it "
+        f"({', '.join(denied or ['restrictions'])} not allowed). A signed copy can keep neither "
+        "the restriction nor the document unchanged, and the gateway does not lift an author's "
+        "restriction on its own: upload a copy saved without the permission password.",
+        "PDFに権限パスワード（印刷・変更・コピー等の制限）が設定されています。署名には証明書IDの"
+        "付記と署名の追加（文書への書き込み）が必要ですが、作成者が設定した制限を本システムが"
+        "無断で解除することはできないため受け付けられません。"
+        "パスワード保護（権限制限）を解除したPDFをアップロードしてください。",
+        details={"denied": denied} if denied else None,
     )
+
+
+# Owner-password-only files (no password to open, "permissions" set by an owner password).
+#
+# pyHanko can sign them as they are, but only by writing every later revision (the ID stamp, the
+# filled fields, each signature, DSS, every document timestamp and archive renewal) encrypted with
+# the file's own, often RC4, security handler; every stage of the product (page images, filling,
+# signing, DSS, timestamps, verify, renewals years later) would then need the file key, and an
+# encrypted file is no archival (PDF/A) format. Removing the encryption instead is what qpdf's
+# rebuild does. Whether that weakens anything depends on the permissions:
+#
+# * all operations allowed (P grants print, modify, copy, annotate, fill, assemble, accessibility,
+#   high-quality print): the encryption protects nothing. The empty user password lets anyone
+#   derive the key, so there is no confidentiality, and no restriction is lost. Such files are
+#   accepted: decrypted once in the rebuild before the first signature (the upload itself is kept
+#   unchanged as the envelope's original revision), and signed unencrypted.
+# * anything denied: the signed copy would either be written against the author's ban on
+#   modification, or lose the print/copy restrictions the author set. That is the author's call,
+#   not the gateway's, so the upload is refused with document.restricted saying what to do.
+_PERMISSIONS = {
+    "modify_other": "modify",
+    "modify_annotation": "annotate",
+    "modify_form": "fill-in",
+    "modify_assembly": "assemble",
+    "print_lowres": "print",
+    "print_highres": "high-quality print",
+    "extract": "copy",
+    "accessibility": "accessibility",
+}
+
+
+def _denied(pdf: pikepdf.Pdf) -> list[str]:
+    """What the owner password of an encrypted ``pdf`` forbids (empty: nothing)."""
+    allow = pdf.allow
+    return [label for name, label in _PERMISSIONS.items() if not getattr(allow, name)]
 
 
 # a classic xref entry and what follows it: the specification wants exactly two end-of-line bytes
@@ -124,7 +164,11 @@ def rebuild(data: bytes) -> bytes:
     try:
         with pikepdf.open(BytesIO(data)) as pdf:
             if pdf.is_encrypted:
-                raise restricted()
+                # it opened with the empty user password: owner restrictions only (see above)
+                denied = _denied(pdf)
+                if denied:
+                    raise restricted(denied)
+                log.info("removing owner-password encryption that restricts nothing")
             # walking the page tree makes qpdf repair it (direct page objects become indirect,
             # loops and wrong /Type entries are reported)
             if len(pdf.pages) == 0:

@@ -165,6 +165,42 @@ def test_refusals_say_what_is_wrong(name: str, code: str, live_engine: SigningEn
     assert info.value.code == code
 
 
+def test_a_restricted_file_is_refused_saying_what_to_do(live_engine: SigningEngine) -> None:
+    with pytest.raises(DocumentError) as info:
+        live_engine.inspect((CORPUS / "qpdf-enc-XI-R6_V5_O-master.pdf").read_bytes())
+    assert info.value.code == "document.restricted"
+    assert (
+        "パスワード保護（権限制限）を解除したPDFをアップロードしてください" in info.value.message_ja
+    )
+    assert info.value.details == {
+        "denied": ["modify", "annotate", "fill-in", "print", "high-quality print", "copy"]
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # bytes before %PDF- and an owner password that restricts nothing (P = -4)
+        "qpdf-leading-junk.pdf",
+        # FPDF font names with unescaped GBK bytes: pyHanko's reader refuses them, so every
+        # signature's check of the later revisions failed on the product's own output
+        "pdfjs-issue3521.pdf",
+    ],
+)
+def test_what_viewers_read_is_normalised_and_its_signatures_verify(
+    name: str, live_engine: SigningEngine, test_pki: LivePki
+) -> None:
+    data = (CORPUS / name).read_bytes()
+    prepared = live_engine.prepare(data, certificate_id=CERT_ID, fields=[])
+    assert b"/Encrypt" not in prepared
+    signed = live_engine.sign_approval(prepared, signature_field="kg_sig_1", reason="r", values={})
+    signed = live_engine.seal(
+        live_engine.sign_approval(signed, signature_field="kg_sig_2", reason="r", values={})
+    )
+    report = verify_pdf(signed, trust_roots=[test_pki.root])
+    assert report.ok, report.as_dict()
+
+
 def test_usage_rights_are_stripped_before_the_first_signature(
     live_engine: SigningEngine,
 ) -> None:
