@@ -123,7 +123,7 @@ def load_document(data: bytes) -> LoadedDocument:
         log.info("strict reading refused an upload (%s); rebuilding it with qpdf", exc)
     except RecursionError as exc:  # a hostile nesting depth is damage, not a crash
         raise _repair.damaged("nesting too deep") from exc
-    data = _repair.rebuild(data)
+    data = _repair.rebuild_tolerantly(data)
     try:
         return _checked(data, rebuilt=True)
     except DocumentError:
@@ -144,6 +144,12 @@ def _checked(data: bytes, *, rebuilt: bool) -> LoadedDocument:
         pages = _iter_pages(reader)
         for page, _ref in pages:
             _check_page(page)
+        if not rebuilt:
+            # before reading every object: what qpdf repairs, and object streams too large for
+            # pyHanko's reader, are rebuilt first
+            repairs = _repair.qpdf_repairs(data)
+            if repairs:
+                raise _NeedsRebuild("; ".join(repairs)[:300])
         _read_everything(reader)
         signed = any(True for _ in enumerate_sig_fields(reader, filled_status=True))
         perms = _get(reader.root, "/Perms")
@@ -155,10 +161,6 @@ def _checked(data: bytes, *, rebuilt: bool) -> LoadedDocument:
             and _repair.xmp_readable(metadata.data)
         ):
             raise _NeedsRebuild("the XMP packet is not UTF-8")
-        if not rebuilt:
-            repairs = _repair.qpdf_repairs(data)
-            if repairs:
-                raise _NeedsRebuild("; ".join(repairs)[:300])
     except (DocumentError, _NeedsRebuild):
         raise
     except Exception as exc:  # the library's failure on this file, whatever its class
@@ -180,7 +182,7 @@ def _checked(data: bytes, *, rebuilt: bool) -> LoadedDocument:
 
 # objects reachable from the trailer that the strict reader parses before accepting an upload; a
 # file with more is still accepted, the rest is left to the verifier's own budget
-_MAX_OBJECTS = 500_000
+_MAX_OBJECTS = 20_000
 
 
 def _read_everything(reader: PdfFileReader) -> None:
@@ -578,7 +580,7 @@ def prepare_document(data: bytes, *, certificate_id: str, fields: Sequence[Field
             raise _repair.damaged(f"{type(exc).__name__}: {exc}") from exc
         log.info("writing the prepared revision failed (%s); rebuilding with qpdf", exc)
     try:
-        loaded = _checked(_repair.rebuild(data), rebuilt=True)
+        loaded = _checked(_repair.rebuild_tolerantly(data), rebuilt=True)
         return _prepared(loaded, certificate_id, fields)
     except (DocumentError, SigningError):
         raise

@@ -17,7 +17,7 @@ import pikepdf
 
 from core.errors import DocumentError
 
-__all__ = ["qpdf_repairs", "rebuild"]
+__all__ = ["qpdf_repairs", "rebuild", "rebuild_tolerantly"]
 
 log = logging.getLogger(__name__)
 
@@ -109,15 +109,40 @@ def qpdf_repairs(data: bytes) -> list[str]:
     ][:1]
     try:
         with pikepdf.open(BytesIO(data)) as pdf:
-            for _obj in pdf.objects:
-                pass
+            largest = 0
+            for obj in pdf.objects:
+                if isinstance(obj, pikepdf.Stream) and obj.get("/Type") == "/ObjStm":
+                    largest = max(largest, _object_count(obj))
             problems.extend(str(w) for w in pdf.get_warnings()[:5])
+            if largest > MAX_OBJECT_STREAM:
+                problems.append(f"an object stream of {largest} objects")
     except Exception as exc:  # the strict reader read it; let the rebuild report the damage
         problems.append(f"{type(exc).__name__}: {exc}")
     return problems
 
 
 _MAX_XMP = 4 * 1024 * 1024
+# pyHanko's reader scans an object stream's header from the start for every object it takes
+# from it: reading all N objects costs N^2/2 header entries (65,542 objects in one stream, as in
+# pdf.js's bug1978317.pdf, took longer than any time-out; verify reads every object for each
+# signature). Larger object streams are written out as plain objects in the rebuild.
+MAX_OBJECT_STREAM = 1000
+
+
+def _object_count(stream: pikepdf.Stream) -> int:
+    try:
+        return int(stream.get("/N", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _large_object_streams(pdf: pikepdf.Pdf) -> bool:
+    return any(
+        isinstance(obj, pikepdf.Stream)
+        and obj.get("/Type") == "/ObjStm"
+        and _object_count(obj) > MAX_OBJECT_STREAM
+        for obj in pdf.objects
+    )
 
 
 def xmp_readable(stream: bytes) -> bool:
@@ -181,7 +206,11 @@ def rebuild(data: bytes) -> bytes:
             pdf.save(
                 out,
                 stream_decode_level=pikepdf.StreamDecodeLevel.none,
-                object_stream_mode=pikepdf.ObjectStreamMode.preserve,
+                object_stream_mode=(
+                    pikepdf.ObjectStreamMode.disable
+                    if _large_object_streams(pdf)
+                    else pikepdf.ObjectStreamMode.preserve
+                ),
                 fix_metadata_version=False,
             )
     except DocumentError:
@@ -192,3 +221,33 @@ def rebuild(data: bytes) -> bytes:
         raise damaged(f"{type(exc).__name__}: {exc}") from exc
     log.info("rebuilt an upload with qpdf (%d -> %d bytes)", len(data), len(out.getvalue()))
     return out.getvalue()
+
+
+def rebuild_tolerantly(data: bytes) -> bytes:
+    """:func:`rebuild`, and when qpdf cannot read ``data`` either, the objects pyHanko's
+    tolerant (non-strict) reader reaches from the trailer, copied into a new file and rebuilt by
+    qpdf. Some files that poppler, MuPDF and pdfium open defeat the qpdf that pikepdf bundles
+    (e.g. pdf.js's issue16091.pdf: xref streams whose /Prev chain is broken, "unable to find
+    trailer dictionary while recovering damaged file"), while pyHanko's reader follows the newest
+    cross-reference section and reads them."""
+    try:
+        return rebuild(data)
+    except DocumentError as exc:
+        if exc.code != "document.damaged":
+            raise
+        failure = exc
+    try:
+        from pyhanko.pdf_utils.reader import PdfFileReader
+        from pyhanko.pdf_utils.writer import copy_into_new_writer
+
+        reader = PdfFileReader(BytesIO(data), strict=False)
+        if reader.encrypted:
+            raise failure
+        out = BytesIO()
+        copy_into_new_writer(reader).write(out)  # type: ignore[no-untyped-call]
+    except DocumentError:
+        raise
+    except Exception:  # pyHanko cannot read it either: qpdf's reason is the one to report
+        raise failure from None
+    log.info("qpdf could not read an upload; rebuilt it from pyHanko's tolerant reading")
+    return rebuild(out.getvalue())

@@ -15,6 +15,7 @@ from PIL import Image, ImageChops
 
 from core.errors import DocumentError
 from core.signing import BoundedVerifier, FieldBox, SigningEngine, VerifyBudget, verify_pdf
+from core.signing._documents import load_document
 from tests.fixtures.pdfs import make_pdf
 from tests.fixtures.pki import LivePki
 
@@ -185,6 +186,8 @@ def test_a_restricted_file_is_refused_saying_what_to_do(live_engine: SigningEngi
         # FPDF font names with unescaped GBK bytes: pyHanko's reader refuses them, so every
         # signature's check of the later revisions failed on the product's own output
         "pdfjs-issue3521.pdf",
+        # qpdf 12 cannot recover it; pyHanko's tolerant reader (like poppler, MuPDF, pdfium) can
+        "pdfjs-issue16091.pdf",
     ],
 )
 def test_what_viewers_read_is_normalised_and_its_signatures_verify(
@@ -199,6 +202,26 @@ def test_what_viewers_read_is_normalised_and_its_signatures_verify(
     )
     report = verify_pdf(signed, trust_roots=[test_pki.root])
     assert report.ok, report.as_dict()
+
+
+def test_large_object_streams_are_written_out_before_signing(
+    live_engine: SigningEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pyHanko reads an object stream of N objects in N^2 steps: large ones are rebuilt as plain
+    # objects (the limit lowered here so that a small file shows it)
+    monkeypatch.setattr("core.signing._repair.MAX_OBJECT_STREAM", 20)
+    with pikepdf.open(io.BytesIO(make_pdf(pages=1))) as pdf:
+        for i in range(60):
+            pdf.Root[f"/KgExtra{i}"] = pdf.make_indirect(pikepdf.Dictionary(N=i))
+        out = io.BytesIO()
+        pdf.save(out, object_stream_mode=pikepdf.ObjectStreamMode.generate)
+    loaded = load_document(out.getvalue())
+    assert loaded.rebuilt
+    with pikepdf.open(io.BytesIO(loaded.data)) as pdf:
+        assert not any(
+            isinstance(o, pikepdf.Stream) and o.get("/Type") == "/ObjStm" for o in pdf.objects
+        )
+    assert live_engine.prepare(out.getvalue(), certificate_id=CERT_ID, fields=[])
 
 
 def test_usage_rights_are_stripped_before_the_first_signature(
