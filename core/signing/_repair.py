@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import zlib
 from io import BytesIO
 
 import pikepdf
@@ -114,6 +115,8 @@ def qpdf_repairs(data: bytes) -> list[str]:
                 if isinstance(obj, pikepdf.Stream) and obj.get("/Type") == "/ObjStm":
                     largest = max(largest, _object_count(obj))
             problems.extend(str(w) for w in pdf.get_warnings()[:5])
+            if _undecodable_contents(pdf):
+                problems.append("a page content stream cannot be decoded")
             if largest > MAX_OBJECT_STREAM:
                 problems.append(f"an object stream of {largest} objects")
     except Exception as exc:  # the strict reader read it; let the rebuild report the damage
@@ -183,6 +186,64 @@ def _indirect_annotations(pdf: pikepdf.Pdf) -> None:
                 annots[index] = pdf.make_indirect(annot)
 
 
+# an /Encrypt entry in a trailer or cross-reference stream dictionary: a reference or a dictionary
+_ENCRYPT_ENTRY = re.compile(rb"/Encrypt\s*(?:<<|[0-9]+\s+[0-9]+\s+R)")
+
+
+def _has_encryption(data: bytes, exc: Exception) -> bool:
+    """Whether qpdf's failure on ``data`` is about its encryption rather than damage."""
+    return "encrypt" in str(exc).lower() or bool(_ENCRYPT_ENTRY.search(data))
+
+
+def _undecodable_contents(pdf: pikepdf.Pdf) -> str | None:
+    """The first page content stream whose Flate data does not even start to inflate (None:
+    all do). Viewers show such a page blank or partly, each differently, and every signed copy
+    would fail ``qpdf --check`` with the damage it inherited; only the first 64 KiB of output
+    are produced, so a compression bomb costs nothing here."""
+    for number, page in enumerate(pdf.pages, start=1):
+        contents = page.obj.get("/Contents")
+        streams = contents if isinstance(contents, pikepdf.Array) else [contents]
+        for stream in streams:
+            if not isinstance(stream, pikepdf.Stream) or stream.get("/Filter") != "/FlateDecode":
+                continue
+            raw = stream.read_raw_bytes()
+            if not raw:
+                continue
+            try:
+                zlib.decompressobj().decompress(raw, 64 * 1024)
+            except zlib.error as exc:
+                return f"page {number}: content stream cannot be decoded ({exc})"
+    return None
+
+
+def _break_form_cycles(pdf: pikepdf.Pdf) -> None:
+    """Drop second references to a form field from the field tree (/Fields and /Kids): a field
+    reached twice, through a cycle or two parents, stops pyHanko's reading of the form ("Circular
+    reference in form tree") and viewers use only the first anyway. The widgets stay on their
+    pages; nothing displayed changes."""
+    form = pdf.Root.get("/AcroForm")
+    if not isinstance(form, pikepdf.Dictionary):
+        return
+    seen: set[tuple[int, int]] = set()
+    stack = [form.get("/Fields")]
+    while stack:
+        items = stack.pop()
+        if not isinstance(items, pikepdf.Array):
+            continue
+        repeated = []
+        for index, item in enumerate(items):
+            if not isinstance(item, pikepdf.Dictionary) or not item.is_indirect:
+                continue
+            if item.objgen in seen:
+                repeated.append(index)
+                continue
+            seen.add(item.objgen)
+            stack.append(item.get("/Kids"))
+        for index in reversed(repeated):
+            log.info("removing a repeated reference from the form field tree")
+            del items[index]
+
+
 def rebuild(data: bytes) -> bytes:
     """``data`` read by qpdf (which repairs what it can) and written out again, unencrypted
     files only; raises ``document.encrypted``, ``document.restricted`` or ``document.damaged``."""
@@ -200,7 +261,11 @@ def rebuild(data: bytes) -> bytes:
                 raise DocumentError(
                     "document.empty", "The PDF has no pages.", "PDFにページがありません。"
                 )
+            undecodable = _undecodable_contents(pdf)
+            if undecodable:
+                raise damaged(undecodable)
             _drop_unreadable_xmp(pdf)
+            _break_form_cycles(pdf)
             _indirect_annotations(pdf)
             out = BytesIO()
             pdf.save(
@@ -218,6 +283,10 @@ def rebuild(data: bytes) -> bytes:
     except pikepdf.PasswordError as exc:
         raise encrypted() from exc
     except Exception as exc:  # qpdf's own failures and anything it raises on a hostile file
+        if _has_encryption(data, exc):
+            # a certificate-encrypted file (/Adobe.PubSec), an unknown security handler or a
+            # malformed /Encrypt: the file is protected, not damaged, and the fix is the same
+            raise encrypted() from exc
         raise damaged(f"{type(exc).__name__}: {exc}") from exc
     log.info("rebuilt an upload with qpdf (%d -> %d bytes)", len(data), len(out.getvalue()))
     return out.getvalue()

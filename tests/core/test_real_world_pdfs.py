@@ -157,6 +157,9 @@ def test_a_file_the_strict_reader_refuses_is_rebuilt_and_signed(
         ("pyhanko-malformed-encrypt-dict1.pdf", "document.encrypted"),
         ("qpdf-enc-R3_V2_O-master.pdf", "document.restricted"),
         ("qpdf-pages-loop.pdf", "document.damaged"),
+        # certificate encryption and a malformed AES-256 dictionary: protected, not damaged
+        ("pyhanko-minimal-pubkey-rc4.pdf", "document.encrypted"),
+        ("pyhanko-minimal-aes256-malformed-oe.pdf", "document.encrypted"),
         ("pyhanko-minimal-signed-twice-no-sig-type.pdf", "document.already_signed"),
     ],
 )
@@ -188,6 +191,8 @@ def test_a_restricted_file_is_refused_saying_what_to_do(live_engine: SigningEngi
         "pdfjs-issue3521.pdf",
         # qpdf 12 cannot recover it; pyHanko's tolerant reader (like poppler, MuPDF, pdfium) can
         "pdfjs-issue16091.pdf",
+        # a field reached twice in the form tree: pyHanko refuses it, the rebuild drops the repeat
+        "pyhanko-form-tree-circular-ref-input.pdf",
     ],
 )
 def test_what_viewers_read_is_normalised_and_its_signatures_verify(
@@ -222,6 +227,20 @@ def test_large_object_streams_are_written_out_before_signing(
             isinstance(o, pikepdf.Stream) and o.get("/Type") == "/ObjStm" for o in pdf.objects
         )
     assert live_engine.prepare(out.getvalue(), certificate_id=CERT_ID, fields=[])
+
+
+def test_a_page_whose_content_cannot_be_decoded_is_refused_as_damaged(
+    live_engine: SigningEngine,
+) -> None:
+    # viewers each show such a page differently, and every signed copy would fail qpdf --check
+    with pikepdf.open(io.BytesIO(make_pdf(pages=2))) as pdf:
+        pdf.pages[1].obj.Contents.write(b"not flate data", filter=pikepdf.Name.FlateDecode)
+        out = io.BytesIO()
+        pdf.save(out)
+    with pytest.raises(DocumentError) as info:
+        live_engine.inspect(out.getvalue())
+    assert info.value.code == "document.damaged"
+    assert "page 2" in info.value.details["reason"]
 
 
 def test_usage_rights_are_stripped_before_the_first_signature(
