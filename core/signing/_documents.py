@@ -20,6 +20,7 @@ from pyhanko.pdf_utils.generic import pdf_name
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.pdf_utils.writer import BasePdfFileWriter
+from pyhanko.sign.diff_analysis.form_rules_api import _list_fields
 from pyhanko.sign.fields import enumerate_sig_fields
 
 from core.errors import DocumentError, SigningError
@@ -151,6 +152,17 @@ def _checked(data: bytes, *, rebuilt: bool) -> LoadedDocument:
             if repairs:
                 raise _NeedsRebuild("; ".join(repairs)[:300])
         _read_everything(reader)
+        trees = _check_trees(reader.root)
+        if trees is not None:
+            if rebuilt:
+                raise _refuse(
+                    "document.form_invalid",
+                    f"The PDF's form or structure tree cannot be checked after signing: {trees}.",
+                    "PDFのフォーム（入力欄）または文書構造の定義が不正なため、署名後の検証が"
+                    "できません。フォームを含まない形で保存し直したPDFを登録してください。",
+                    reason=trees[:200],
+                )
+            raise _NeedsRebuild(trees)
         signed = any(True for _ in enumerate_sig_fields(reader, filled_status=True))
         perms = _get(reader.root, "/Perms")
         certified = isinstance(perms, generic.DictionaryObject) and "/DocMDP" in perms
@@ -193,10 +205,27 @@ def _read_everything(reader: PdfFileReader) -> None:
     would make ``keiyaku verify`` reject the product's own output. qpdf writes such objects in
     canonical form (``/#ba#da#cc#e5``), so the upload is rebuilt instead."""
     trailer = reader.trailer
-    stack: list[generic.PdfObject] = [
-        trailer.raw_get(key) for key in trailer.keys() if key not in ("/Prev", "/XRefStm")
-    ]
     seen: set[tuple[int, int]] = set()
+    # the catalog's graph first: an /Info that is part of it is a shared object (see below)
+    if not _walk([trailer.raw_get("/Root")], seen):
+        return
+    info = trailer.raw_get("/Info") if "/Info" in trailer else None
+    if isinstance(info, generic.IndirectObject) and (info.idnum, info.generation) in seen:
+        # every signature writes /ModDate into /Info, changing that document object
+        raise _NeedsRebuild("the document information dictionary is also a document object")
+    _walk(
+        [
+            trailer.raw_get(key)
+            for key in trailer.keys()
+            if key not in ("/Prev", "/XRefStm", "/Root")
+        ],
+        seen,
+    )
+
+
+def _walk(stack: list[generic.PdfObject], seen: set[tuple[int, int]]) -> bool:
+    """Parse what ``stack`` reaches (adding references to ``seen``); False when it stopped at
+    :data:`_MAX_OBJECTS`."""
     while stack:
         obj = stack.pop()
         if isinstance(obj, generic.IndirectObject):
@@ -205,12 +234,52 @@ def _read_everything(reader: PdfFileReader) -> None:
                 continue
             seen.add(key)
             if len(seen) > _MAX_OBJECTS:
-                return
+                return False
             obj = obj.get_object()
         if isinstance(obj, generic.DictionaryObject):
             stack.extend(obj.raw_get(key) for key in obj.keys())
         elif isinstance(obj, generic.ArrayObject):
             stack.extend(obj.raw_get(i) for i in range(len(obj)))
+    return True
+
+
+def _check_trees(root: generic.DictionaryObject) -> str | None:
+    """What pyHanko's difference analysis would refuse in the structure tree or the form's
+    field list (None: nothing). It reads both for every signature; a structure element reached
+    twice, or sibling fields of the same name, would make the product fail its own check."""
+    tree = _get(root, "/StructTreeRoot")
+    if isinstance(tree, generic.DictionaryObject):
+        seen: set[tuple[int, int]] = set()
+        stack: list[generic.DictionaryObject] = [tree]
+        while stack:
+            node = stack.pop()
+            kids = _get(node, "/K")
+            items = list(kids) if isinstance(kids, generic.ArrayObject) else [kids]
+            raw = (
+                [kids.raw_get(i) for i in range(len(kids))]
+                if isinstance(kids, generic.ArrayObject)
+                else [node.raw_get("/K") if "/K" in node else None]
+            )
+            for item, ref in zip(items, raw, strict=True):
+                item = _resolve(item)
+                if not isinstance(item, generic.DictionaryObject):
+                    continue
+                if _get(item, "/Type", "/StructElem") != "/StructElem":
+                    continue
+                if isinstance(ref, generic.IndirectObject):
+                    key = (ref.idnum, ref.generation)
+                    if key in seen:
+                        return "a structure element reached twice in the structure tree"
+                    seen.add(key)
+                stack.append(item)
+    form = _get(root, "/AcroForm")
+    fields = _get(form, "/Fields") if isinstance(form, generic.DictionaryObject) else None
+    if isinstance(fields, generic.ArrayObject):
+        try:
+            list(_list_fields(fields, fields, None))
+        except Exception as exc:  # pyHanko's own reason for refusing the field list
+            return f"form fields: {exc}"
+    return None
 
 
 def _check_page(page: generic.DictionaryObject) -> None:

@@ -114,6 +114,10 @@ def qpdf_repairs(data: bytes) -> list[str]:
             for obj in pdf.objects:
                 if isinstance(obj, pikepdf.Stream) and obj.get("/Type") == "/ObjStm":
                     largest = max(largest, _object_count(obj))
+                if isinstance(obj, pikepdf.Stream) and isinstance(
+                    obj.get("/Filter"), pikepdf.String
+                ):
+                    problems.append("a stream /Filter written as a string")
             problems.extend(str(w) for w in pdf.get_warnings()[:5])
             if _undecodable_contents(pdf):
                 problems.append("a page content stream cannot be decoded")
@@ -195,6 +199,14 @@ def _has_encryption(data: bytes, exc: Exception) -> bool:
     return "encrypt" in str(exc).lower() or bool(_ENCRYPT_ENTRY.search(data))
 
 
+def _name_string_filters(pdf: pikepdf.Pdf) -> None:
+    """``/Filter (FlateDecode)``, a string where the specification wants a name: viewers decode
+    it anyway, qpdf warns on every signed copy. Written as the name it means."""
+    for obj in pdf.objects:
+        if isinstance(obj, pikepdf.Stream) and isinstance(obj.get("/Filter"), pikepdf.String):
+            obj["/Filter"] = pikepdf.Name("/" + str(obj["/Filter"]).lstrip("/"))
+
+
 def _undecodable_contents(pdf: pikepdf.Pdf) -> str | None:
     """The first page content stream whose Flate data does not even start to inflate (None:
     all do). Viewers show such a page blank or partly, each differently, and every signed copy
@@ -212,6 +224,8 @@ def _undecodable_contents(pdf: pikepdf.Pdf) -> str | None:
             try:
                 zlib.decompressobj().decompress(raw, 64 * 1024)
             except zlib.error as exc:
+                if "incorrect data check" in str(exc):
+                    continue  # only the Adler-32 checksum is wrong: qpdf and viewers read it
                 return f"page {number}: content stream cannot be decoded ({exc})"
     return None
 
@@ -244,6 +258,140 @@ def _break_form_cycles(pdf: pikepdf.Pdf) -> None:
             del items[index]
 
 
+def _break_struct_cycles(pdf: pikepdf.Pdf) -> None:
+    """Drop second references to a structure element from the structure tree's /K entries: an
+    element reached twice (a cycle, or two parents) stops pyHanko's difference analysis
+    ("Circular reference in structure tree"), so every signature of the product would fail its
+    own check. Only tagging is affected; nothing displayed changes."""
+    root = pdf.Root.get("/StructTreeRoot")
+    if not isinstance(root, pikepdf.Dictionary):
+        return
+    seen: set[tuple[int, int]] = set()
+    stack: list[pikepdf.Dictionary] = [root]
+    while stack:
+        node = stack.pop()
+        kids = node.get("/K")
+        items = list(kids) if isinstance(kids, pikepdf.Array) else [kids]
+        repeated = []
+        for index, item in enumerate(items):
+            if not isinstance(item, pikepdf.Dictionary):
+                continue
+            if item.get("/Type", pikepdf.Name.StructElem) != pikepdf.Name.StructElem:
+                continue
+            if item.is_indirect:
+                if item.objgen in seen:
+                    repeated.append(index)
+                    continue
+                seen.add(item.objgen)
+            stack.append(item)
+        if repeated:
+            log.info("removing %d repeated references from the structure tree", len(repeated))
+            if isinstance(kids, pikepdf.Array):
+                for index in reversed(repeated):
+                    del kids[index]
+            else:
+                del node["/K"]
+
+
+# the entries of a form field (as opposed to its widget annotation); PDF 32000-1 12.7.3
+_FIELD_KEYS = (
+    "/FT", "/T", "/TU", "/TM", "/Ff", "/V", "/DV", "/AA", "/DA", "/Q", "/DS", "/RV", "/MaxLen",
+    "/Opt", "/TI", "/I", "/Lock", "/SV",
+)  # fmt: skip
+
+
+def _merge_same_named_fields(pdf: pikepdf.Pdf) -> None:
+    """Sibling fields with the same name are, by the specification, one field: Acrobat shows them
+    with one value. pyHanko's difference analysis refuses such a field list ("Duplicate field
+    name"), so they are merged as the specification means them, one field whose widgets are
+    its kids. Only terminal fields of one type are merged; appearances are untouched."""
+    form = pdf.Root.get("/AcroForm")
+    if not isinstance(form, pikepdf.Dictionary):
+        return
+    stack = [(form, "/Fields")]
+    while stack:
+        owner, key = stack.pop()
+        items = owner.get(key)
+        if not isinstance(items, pikepdf.Array):
+            continue
+        by_name: dict[bytes, list[pikepdf.Dictionary]] = {}
+        for item in items:
+            if not isinstance(item, pikepdf.Dictionary):
+                continue
+            if "/Kids" in item:
+                stack.append((item, "/Kids"))
+            name = item.get("/T")
+            if isinstance(name, pikepdf.String):
+                by_name.setdefault(bytes(name), []).append(item)
+        for group in by_name.values():
+            if len(group) < 2 or any("/Kids" in f for f in group):
+                continue
+            if len({str(f.get("/FT", "")) for f in group}) != 1:
+                continue
+            parent = pdf.make_indirect(pikepdf.Dictionary())
+            for field_key in _FIELD_KEYS:
+                if field_key in group[0]:
+                    parent[field_key] = group[0][field_key]
+            if "/Parent" in group[0]:
+                parent["/Parent"] = group[0]["/Parent"]
+            for widget in group:
+                for field_key in _FIELD_KEYS:
+                    if field_key in widget:
+                        del widget[field_key]
+                widget["/Parent"] = parent
+            parent["/Kids"] = pikepdf.Array(group)
+            keep = [
+                item
+                for item in items
+                if not (isinstance(item, pikepdf.Dictionary) and item.is_indirect)
+                or all(item.objgen != w.objgen for w in group)
+            ]
+            keep.append(parent)
+            owner[key] = pikepdf.Array(keep)
+            items = owner[key]
+            log.info("merged %d same-named form fields into one", len(group))
+
+
+def _separate_info(pdf: pikepdf.Pdf) -> None:
+    """Give the trailer a document information dictionary of its own when /Info is another
+    document object (pypdf's samples point it at /AcroForm or the page tree): every signature
+    writes /ModDate into /Info, which would otherwise change that object and fail the check of
+    every earlier signature."""
+    info = pdf.trailer.get("/Info")
+    if not isinstance(info, pikepdf.Dictionary) or not info.is_indirect:
+        return
+    if not _reachable_from_root(pdf, info.objgen):
+        return
+    log.info("the document information dictionary is shared with a document object; copying")
+    own = pikepdf.Dictionary()
+    for key in ("/Title", "/Author", "/Subject", "/Keywords", "/Creator", "/Producer"):
+        if isinstance(info.get(key), pikepdf.String):
+            own[key] = info[key]
+    for key in ("/CreationDate", "/ModDate"):
+        if isinstance(info.get(key), pikepdf.String):
+            own[key] = info[key]
+    pdf.trailer["/Info"] = pdf.make_indirect(own)
+
+
+def _reachable_from_root(pdf: pikepdf.Pdf, target: tuple[int, int]) -> bool:
+    seen: set[tuple[int, int]] = set()
+    stack: list[object] = [pdf.Root]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, pikepdf.Dictionary | pikepdf.Array | pikepdf.Stream):
+            if obj.is_indirect:
+                if obj.objgen == target:
+                    return True
+                if obj.objgen in seen:
+                    continue
+                seen.add(obj.objgen)
+            if isinstance(obj, pikepdf.Array):
+                stack.extend(list(obj))
+            else:
+                stack.extend(obj[key] for key in obj.keys())
+    return False
+
+
 def rebuild(data: bytes) -> bytes:
     """``data`` read by qpdf (which repairs what it can) and written out again, unencrypted
     files only; raises ``document.encrypted``, ``document.restricted`` or ``document.damaged``."""
@@ -261,11 +409,15 @@ def rebuild(data: bytes) -> bytes:
                 raise DocumentError(
                     "document.empty", "The PDF has no pages.", "PDFにページがありません。"
                 )
+            _name_string_filters(pdf)
             undecodable = _undecodable_contents(pdf)
             if undecodable:
                 raise damaged(undecodable)
             _drop_unreadable_xmp(pdf)
             _break_form_cycles(pdf)
+            _merge_same_named_fields(pdf)
+            _break_struct_cycles(pdf)
+            _separate_info(pdf)
             _indirect_annotations(pdf)
             out = BytesIO()
             pdf.save(
