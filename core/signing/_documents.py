@@ -204,7 +204,7 @@ def _read_everything(reader: PdfFileReader) -> None:
     non-ASCII bytes as Chinese and Japanese producers write font names (``/\xba\xda\xcc\xe5``),
     would make ``keiyaku verify`` reject the product's own output. qpdf writes such objects in
     canonical form (``/#ba#da#cc#e5``), so the upload is rebuilt instead."""
-    trailer = reader.trailer
+    trailer = reader.trailer_view  # the newest value of every trailer key
     seen: set[tuple[int, int]] = set()
     # the catalog's graph first: an /Info that is part of it is a shared object (see below)
     if not _walk([trailer.raw_get("/Root")], seen):
@@ -726,6 +726,10 @@ def _prepared(loaded: LoadedDocument, certificate_id: str, fields: Sequence[Fiel
             _add_annotation(writer, page, page_ref, widget_ref)
     out = BytesIO()
     writer.write(out)
+    # every later step reads this revision with the strict reader (signing, sealing, verify):
+    # one it cannot read (pyHanko writes some names it then refuses, e.g. qpdf's
+    # weird-tokens.pdf) is a failure of this write, not of those steps
+    _read_everything(PdfFileReader(BytesIO(out.getvalue()), strict=True))
     return out.getvalue()
 
 

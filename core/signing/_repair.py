@@ -227,6 +227,29 @@ def _undecodable_contents(pdf: pikepdf.Pdf) -> str | None:
                 if "incorrect data check" in str(exc):
                     continue  # only the Adler-32 checksum is wrong: qpdf and viewers read it
                 return f"page {number}: content stream cannot be decoded ({exc})"
+    return _undecodable_lzw(pdf)
+
+
+# LZW output is at most a few hundred times its input: streams up to this size are decoded whole
+_MAX_LZW_CHECK = 64 * 1024
+
+
+def _undecodable_lzw(pdf: pikepdf.Pdf) -> str | None:
+    """The first small LZW-encoded stream qpdf cannot decode (None: none). qpdf --check reports
+    each such stream on every signed copy ("LZWDecoder: bad code received")."""
+    for obj in pdf.objects:
+        if not isinstance(obj, pikepdf.Stream):
+            continue
+        filters = obj.get("/Filter")
+        names = list(filters) if isinstance(filters, pikepdf.Array) else [filters]
+        if pikepdf.Name.LZWDecode not in names:
+            continue
+        if int(obj.get("/Length", 0)) > _MAX_LZW_CHECK:
+            continue
+        try:
+            obj.read_bytes()
+        except pikepdf.DataDecodingError as exc:
+            return f"object {obj.objgen[0]}: LZW stream cannot be decoded ({exc})"[:200]
     return None
 
 
