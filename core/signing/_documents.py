@@ -209,6 +209,19 @@ def _read_everything(reader: PdfFileReader) -> None:
     # the catalog's graph first: an /Info that is part of it is a shared object (see below)
     if not _walk([trailer.raw_get("/Root")], seen):
         return
+    extra = sorted(
+        key
+        for key in trailer.keys()
+        if key not in _TRAILER_KEYS
+        and isinstance(
+            trailer.raw_get(key),
+            generic.IndirectObject | generic.ArrayObject | generic.DictionaryObject,
+        )
+    )
+    if extra:
+        # a second path to document objects (qpdf's tests put /QTest there): pyHanko's check
+        # of later revisions refuses an update to an object reachable from outside the catalog
+        raise _NeedsRebuild(f"trailer entries {extra[:3]} refer to document objects")
     info = trailer.raw_get("/Info") if "/Info" in trailer else None
     if isinstance(info, generic.IndirectObject) and (info.idnum, info.generation) in seen:
         # every signature writes /ModDate into /Info, changing that document object
@@ -221,6 +234,14 @@ def _read_everything(reader: PdfFileReader) -> None:
         ],
         seen,
     )
+
+
+# trailer and cross-reference stream entries of the specification (others are dropped in the
+# rebuild when they refer to objects)
+_TRAILER_KEYS = frozenset(
+    {"/Root", "/Info", "/ID", "/Encrypt", "/Size", "/Prev", "/XRefStm", "/Type", "/W", "/Index",
+     "/Filter", "/DecodeParms", "/Length"}
+)  # fmt: skip
 
 
 def _walk(stack: list[generic.PdfObject], seen: set[tuple[int, int]]) -> bool:

@@ -375,6 +375,21 @@ def _merge_same_named_fields(pdf: pikepdf.Pdf) -> None:
             log.info("merged %d same-named form fields into one", len(group))
 
 
+_TRAILER_KEYS = {"/Root", "/Info", "/ID", "/Encrypt", "/Size", "/Prev"}
+
+
+def _drop_extra_trailer_entries(pdf: pikepdf.Pdf) -> None:
+    """Remove trailer entries the specification does not define that refer to objects: they
+    give document objects a second path from the trailer, and pyHanko's check of later
+    revisions refuses every update to such an object (the AcroForm, a page)."""
+    for key in list(pdf.trailer.keys()):
+        if key not in _TRAILER_KEYS and isinstance(
+            pdf.trailer[key], pikepdf.Array | pikepdf.Dictionary | pikepdf.Stream
+        ):
+            log.info("removing trailer entry %s", key)
+            del pdf.trailer[key]
+
+
 def _separate_info(pdf: pikepdf.Pdf) -> None:
     """Give the trailer a document information dictionary of its own when /Info is another
     document object (pypdf's samples point it at /AcroForm or the page tree): every signature
@@ -440,6 +455,7 @@ def rebuild(data: bytes) -> bytes:
             _break_form_cycles(pdf)
             _merge_same_named_fields(pdf)
             _break_struct_cycles(pdf)
+            _drop_extra_trailer_entries(pdf)
             _separate_info(pdf)
             _indirect_annotations(pdf)
             out = BytesIO()
