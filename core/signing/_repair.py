@@ -379,14 +379,14 @@ _TRAILER_KEYS = {"/Root", "/Info", "/ID", "/Encrypt", "/Size", "/Prev"}
 
 
 def _drop_extra_trailer_entries(pdf: pikepdf.Pdf) -> None:
-    """Remove trailer entries the specification does not define that refer to objects: they
-    give document objects a second path from the trailer, and pyHanko's check of later
-    revisions refuses every update to such an object (the AcroForm, a page)."""
+    """Remove trailer entries the specification does not define (they mean nothing to any
+    reader): one that refers to objects gives them a second path from the trailer, and pyHanko's
+    check of later revisions refuses every update to such an object (the AcroForm, a page); one
+    whose name the strict reader cannot parse (qpdf's bad21.pdf: ``/Som#ething``) would stay in
+    every revision's trailer."""
     for key in list(pdf.trailer.keys()):
-        if key not in _TRAILER_KEYS and isinstance(
-            pdf.trailer[key], pikepdf.Array | pikepdf.Dictionary | pikepdf.Stream
-        ):
-            log.info("removing trailer entry %s", key)
+        if key not in _TRAILER_KEYS:
+            log.info("removing trailer entry %r", key)
             del pdf.trailer[key]
 
 

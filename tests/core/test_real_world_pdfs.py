@@ -201,6 +201,7 @@ def test_a_restricted_file_is_refused_saying_what_to_do(live_engine: SigningEngi
         "qpdf-annotations.pdf",
         "qpdf-bad30.pdf",
         "qpdf-shallow_array.pdf",
+        "qpdf-bad21.pdf",
         # only the Adler-32 checksum of its content stream is wrong: read as it is
         "pdfminer-zen_of_python_corrupted.pdf",
     ],
