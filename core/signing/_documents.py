@@ -139,7 +139,7 @@ def load_document(data: bytes) -> LoadedDocument:
         log.info("strict reading refused an upload (%s); rebuilding it with qpdf", exc)
     except RecursionError as exc:  # a hostile nesting depth is damage, not a crash
         raise _repair.damaged("nesting too deep") from exc
-    data = _repair.rebuild(data)
+    data = _repair.rebuild_tolerantly(data)
     try:
         return _checked(data, rebuilt=True)
     except DocumentError:
@@ -160,6 +160,24 @@ def _checked(data: bytes, *, rebuilt: bool) -> LoadedDocument:
         pages = _iter_pages(reader)
         for page, _ref in pages:
             _check_page(page)
+        if not rebuilt:
+            # before reading every object: what qpdf repairs, and object streams too large for
+            # pyHanko's reader, are rebuilt first
+            repairs = _repair.qpdf_repairs(data)
+            if repairs:
+                raise _NeedsRebuild("; ".join(repairs)[:300])
+        _read_everything(reader)
+        trees = _check_trees(reader.root)
+        if trees is not None:
+            if rebuilt:
+                raise _refuse(
+                    "document.form_invalid",
+                    f"The PDF's form or structure tree cannot be checked after signing: {trees}.",
+                    "PDFのフォーム（入力欄）または文書構造の定義が不正なため、署名後の検証が"
+                    "できません。フォームを含まない形で保存し直したPDFを登録してください。",
+                    reason=trees[:200],
+                )
+            raise _NeedsRebuild(trees)
         signed = any(True for _ in enumerate_sig_fields(reader, filled_status=True))
         perms = _get(reader.root, "/Perms")
         certified = isinstance(perms, generic.DictionaryObject) and "/DocMDP" in perms
@@ -173,10 +191,6 @@ def _checked(data: bytes, *, rebuilt: bool) -> LoadedDocument:
                 packet = _repair.bounded_flate(metadata.encoded_data, filters or [], _MAX_XMP)
             if packet is None or not _repair.xmp_readable(packet):
                 raise _NeedsRebuild("the XMP packet is not UTF-8, too large or undecodable")
-        if not rebuilt:
-            repairs = _repair.qpdf_repairs(data)
-            if repairs:
-                raise _NeedsRebuild("; ".join(repairs)[:300])
     except (DocumentError, _NeedsRebuild):
         raise
     except Exception as exc:  # the library's failure on this file, whatever its class
@@ -194,6 +208,122 @@ def _checked(data: bytes, *, rebuilt: bool) -> LoadedDocument:
             "ため受け付けられません。署名前の原本を登録してください。",
         )
     return LoadedDocument(data=data, reader=reader, pages=pages, rebuilt=rebuilt)
+
+
+# objects reachable from the trailer that the strict reader parses before accepting an upload; a
+# file with more is still accepted, the rest is left to the verifier's own budget
+_MAX_OBJECTS = 20_000
+
+
+def _read_everything(reader: PdfFileReader) -> None:
+    """Parse every object reachable from the trailer with pyHanko's reader (streams are not
+    decoded). Every signature's check later walks the whole object graph (pyHanko's difference
+    analysis), so an object only the tolerant parsers read, e.g. a name with unescaped
+    non-ASCII bytes as Chinese and Japanese producers write font names (``/\xba\xda\xcc\xe5``),
+    would make ``keiyaku verify`` reject the product's own output. qpdf writes such objects in
+    canonical form (``/#ba#da#cc#e5``), so the upload is rebuilt instead."""
+    trailer = reader.trailer_view  # the newest value of every trailer key
+    seen: set[tuple[int, int]] = set()
+    # the catalog's graph first: an /Info that is part of it is a shared object (see below)
+    if not _walk([trailer.raw_get("/Root")], seen):
+        return
+    extra = sorted(
+        key
+        for key in trailer.keys()
+        if key not in _TRAILER_KEYS
+        and isinstance(
+            trailer.raw_get(key),
+            generic.IndirectObject | generic.ArrayObject | generic.DictionaryObject,
+        )
+    )
+    if extra:
+        # a second path to document objects (qpdf's tests put /QTest there): pyHanko's check
+        # of later revisions refuses an update to an object reachable from outside the catalog
+        raise _NeedsRebuild(f"trailer entries {extra[:3]} refer to document objects")
+    info = trailer.raw_get("/Info") if "/Info" in trailer else None
+    if isinstance(info, generic.IndirectObject) and (info.idnum, info.generation) in seen:
+        # every signature writes /ModDate into /Info, changing that document object
+        raise _NeedsRebuild("the document information dictionary is also a document object")
+    _walk(
+        [
+            trailer.raw_get(key)
+            for key in trailer.keys()
+            if key not in ("/Prev", "/XRefStm", "/Root")
+        ],
+        seen,
+    )
+
+
+# trailer and cross-reference stream entries of the specification (others are dropped in the
+# rebuild when they refer to objects)
+_TRAILER_KEYS = frozenset(
+    {"/Root", "/Info", "/ID", "/Encrypt", "/Size", "/Prev", "/XRefStm", "/Type", "/W", "/Index",
+     "/Filter", "/DecodeParms", "/Length"}
+)  # fmt: skip
+
+
+def _walk(stack: list[generic.PdfObject], seen: set[tuple[int, int]]) -> bool:
+    """Parse what ``stack`` reaches (adding references to ``seen``); False when it stopped at
+    :data:`_MAX_OBJECTS`."""
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, generic.IndirectObject):
+            key = (obj.idnum, obj.generation)
+            if key in seen:
+                continue
+            seen.add(key)
+            if len(seen) > _MAX_OBJECTS:
+                return False
+            obj = obj.get_object()
+        if isinstance(obj, generic.DictionaryObject):
+            stack.extend(obj.raw_get(key) for key in obj.keys())
+        elif isinstance(obj, generic.ArrayObject):
+            stack.extend(obj.raw_get(i) for i in range(len(obj)))
+    return True
+
+
+def _check_trees(root: generic.DictionaryObject) -> str | None:
+    """What pyHanko's difference analysis would refuse in the structure tree or the form's
+    field list (None: nothing). It reads both for every signature; a structure element reached
+    twice, or sibling fields of the same name, would make the product fail its own check."""
+    tree = _get(root, "/StructTreeRoot")
+    if isinstance(tree, generic.DictionaryObject):
+        seen: set[tuple[int, int]] = set()
+        stack: list[generic.DictionaryObject] = [tree]
+        while stack:
+            node = stack.pop()
+            kids = _get(node, "/K")
+            items = list(kids) if isinstance(kids, generic.ArrayObject) else [kids]
+            raw = (
+                [kids.raw_get(i) for i in range(len(kids))]
+                if isinstance(kids, generic.ArrayObject)
+                else [node.raw_get("/K") if "/K" in node else None]
+            )
+            for item, ref in zip(items, raw, strict=True):
+                item = _resolve(item)
+                if not isinstance(item, generic.DictionaryObject):
+                    continue
+                if _get(item, "/Type", "/StructElem") != "/StructElem":
+                    continue
+                if isinstance(ref, generic.IndirectObject):
+                    key = (ref.idnum, ref.generation)
+                    if key in seen:
+                        return "a structure element reached twice in the structure tree"
+                    seen.add(key)
+                stack.append(item)
+    form = _get(root, "/AcroForm")
+    fields = _get(form, "/Fields") if isinstance(form, generic.DictionaryObject) else None
+    if isinstance(fields, generic.ArrayObject):
+        try:
+            # pyHanko's own reader of field lists, so that the upload is held to exactly what its
+            # difference analysis will hold the signed document to (private: pinned by the lock,
+            # and tests/core/test_real_world_pdfs.py fails if it moves)
+            from pyhanko.sign.diff_analysis.form_rules_api import _list_fields
+
+            list(_list_fields(fields, fields, None))
+        except Exception as exc:  # pyHanko's own reason for refusing the field list
+            return f"form fields: {exc}"
+    return None
 
 
 def _check_page(page: generic.DictionaryObject) -> None:
@@ -567,7 +697,7 @@ def prepare_document(data: bytes, *, certificate_id: str, fields: Sequence[Field
             raise _repair.damaged(f"{type(exc).__name__}: {exc}") from exc
         log.info("writing the prepared revision failed (%s); rebuilding with qpdf", exc)
     try:
-        loaded = _checked(_repair.rebuild(data), rebuilt=True)
+        loaded = _checked(_repair.rebuild_tolerantly(data), rebuilt=True)
         return _prepared(loaded, certificate_id, fields)
     except (DocumentError, SigningError):
         raise
@@ -644,6 +774,10 @@ def _prepared(loaded: LoadedDocument, certificate_id: str, fields: Sequence[Fiel
             _add_annotation(writer, page, page_ref, widget_ref)
     out = BytesIO()
     writer.write(out)
+    # every later step reads this revision with the strict reader (signing, sealing, verify):
+    # one it cannot read (pyHanko writes some names it then refuses, e.g. qpdf's
+    # weird-tokens.pdf) is a failure of this write, not of those steps
+    _read_everything(PdfFileReader(BytesIO(out.getvalue()), strict=True))
     return out.getvalue()
 
 

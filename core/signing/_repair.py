@@ -19,7 +19,7 @@ import pikepdf
 
 from core.errors import DocumentError
 
-__all__ = ["qpdf_repairs", "rebuild"]
+__all__ = ["qpdf_repairs", "rebuild", "rebuild_tolerantly"]
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,56 @@ def encrypted() -> DocumentError:
     return DocumentError("document.encrypted", ENCRYPTED_EN, ENCRYPTED_JA)
 
 
-def restricted() -> DocumentError:
-    """``document.restricted``: opens without a password but carries owner restrictions."""
+def restricted(denied: list[str] | None = None) -> DocumentError:
+    """``document.restricted``: opens without a password but its owner password restricts it
+    (``denied`` names what is forbidden: modify, print, copy, ...)."""
     return DocumentError(
         "document.restricted",
-        "The PDF is protected with permission restrictions (an owner password). Signing "
-        "would have to change a document its author restricted; upload a copy saved without "
-        "the protection.",
-        "PDFに権限パスワード（編集・変更の制限）が設定されています。制限された文書に署名を"
-        "追加することはできません。保護を解除して保存したPDFを登録してください。",
+        "The PDF opens without a password but its owner password restricts it "
+        f"({', '.join(denied or ['restrictions'])} not allowed). A signed copy can keep neither "
+        "the restriction nor the document unchanged, and the gateway does not lift an author's "
+        "restriction on its own: upload a copy saved without the permission password.",
+        "PDFに権限パスワード（印刷・変更・コピー等の制限）が設定されています。署名には証明書IDの"
+        "付記と署名の追加（文書への書き込み）が必要ですが、作成者が設定した制限を本システムが"
+        "無断で解除することはできないため受け付けられません。"
+        "パスワード保護（権限制限）を解除したPDFをアップロードしてください。",
+        details={"denied": denied} if denied else None,
     )
+
+
+# Owner-password-only files (no password to open, "permissions" set by an owner password).
+#
+# pyHanko can sign them as they are, but only by writing every later revision (the ID stamp, the
+# filled fields, each signature, DSS, every document timestamp and archive renewal) encrypted with
+# the file's own, often RC4, security handler; every stage of the product (page images, filling,
+# signing, DSS, timestamps, verify, renewals years later) would then need the file key, and an
+# encrypted file is no archival (PDF/A) format. Removing the encryption instead is what qpdf's
+# rebuild does. Whether that weakens anything depends on the permissions:
+#
+# * all operations allowed (P grants print, modify, copy, annotate, fill, assemble, accessibility,
+#   high-quality print): the encryption protects nothing. The empty user password lets anyone
+#   derive the key, so there is no confidentiality, and no restriction is lost. Such files are
+#   accepted: decrypted once in the rebuild before the first signature (the upload itself is kept
+#   unchanged as the envelope's original revision), and signed unencrypted.
+# * anything denied: the signed copy would either be written against the author's ban on
+#   modification, or lose the print/copy restrictions the author set. That is the author's call,
+#   not the gateway's, so the upload is refused with document.restricted saying what to do.
+_PERMISSIONS = {
+    "modify_other": "modify",
+    "modify_annotation": "annotate",
+    "modify_form": "fill-in",
+    "modify_assembly": "assemble",
+    "print_lowres": "print",
+    "print_highres": "high-quality print",
+    "extract": "copy",
+    "accessibility": "accessibility",
+}
+
+
+def _denied(pdf: pikepdf.Pdf) -> list[str]:
+    """What the owner password of an encrypted ``pdf`` forbids (empty: nothing)."""
+    allow = pdf.allow
+    return [label for name, label in _PERMISSIONS.items() if not getattr(allow, name)]
 
 
 # a classic xref entry and what follows it: the specification wants exactly two end-of-line bytes
@@ -71,15 +111,46 @@ def qpdf_repairs(data: bytes) -> list[str]:
     ][:1]
     try:
         with pikepdf.open(BytesIO(data)) as pdf:
-            for _obj in pdf.objects:
-                pass
+            largest = 0
+            for obj in pdf.objects:
+                if isinstance(obj, pikepdf.Stream) and obj.get("/Type") == "/ObjStm":
+                    largest = max(largest, _object_count(obj))
+                if isinstance(obj, pikepdf.Stream) and isinstance(
+                    obj.get("/Filter"), pikepdf.String
+                ):
+                    problems.append("a stream /Filter written as a string")
             problems.extend(str(w) for w in pdf.get_warnings()[:5])
+            if _undecodable_contents(pdf):
+                problems.append("a page content stream cannot be decoded")
+            if largest > MAX_OBJECT_STREAM:
+                problems.append(f"an object stream of {largest} objects")
     except Exception as exc:  # the strict reader read it; let the rebuild report the damage
         problems.append(f"{type(exc).__name__}: {exc}")
     return problems
 
 
 _MAX_XMP = 4 * 1024 * 1024
+# pyHanko's reader scans an object stream's header from the start for every object it takes
+# from it: reading all N objects costs N^2/2 header entries (65,542 objects in one stream, as in
+# pdf.js's bug1978317.pdf, took longer than any time-out; verify reads every object for each
+# signature). Larger object streams are written out as plain objects in the rebuild.
+MAX_OBJECT_STREAM = 1000
+
+
+def _object_count(stream: pikepdf.Stream) -> int:
+    try:
+        return int(stream.get("/N", 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _large_object_streams(pdf: pikepdf.Pdf) -> bool:
+    return any(
+        isinstance(obj, pikepdf.Stream)
+        and obj.get("/Type") == "/ObjStm"
+        and _object_count(obj) > MAX_OBJECT_STREAM
+        for obj in pdf.objects
+    )
 
 
 def bounded_flate(raw: bytes, filters: Sequence[str], limit: int) -> bytes | None:
@@ -154,26 +225,283 @@ def _indirect_annotations(pdf: pikepdf.Pdf) -> None:
                 annots[index] = pdf.make_indirect(annot)
 
 
+# an /Encrypt entry in a trailer or cross-reference stream dictionary: a reference or a dictionary
+_ENCRYPT_ENTRY = re.compile(rb"/Encrypt\s*(?:<<|[0-9]+\s+[0-9]+\s+R)")
+
+
+def _has_encryption(data: bytes, exc: Exception) -> bool:
+    """Whether qpdf's failure on ``data`` is about its encryption rather than damage."""
+    return "encrypt" in str(exc).lower() or bool(_ENCRYPT_ENTRY.search(data))
+
+
+def _name_string_filters(pdf: pikepdf.Pdf) -> None:
+    """``/Filter (FlateDecode)``, a string where the specification wants a name: viewers decode
+    it anyway, qpdf warns on every signed copy. Written as the name it means."""
+    for obj in pdf.objects:
+        if isinstance(obj, pikepdf.Stream) and isinstance(obj.get("/Filter"), pikepdf.String):
+            obj["/Filter"] = pikepdf.Name("/" + str(obj["/Filter"]).lstrip("/"))
+
+
+def _undecodable_contents(pdf: pikepdf.Pdf) -> str | None:
+    """The first page content stream whose Flate data does not even start to inflate (None:
+    all do). Viewers show such a page blank or partly, each differently, and every signed copy
+    would fail ``qpdf --check`` with the damage it inherited; only the first 64 KiB of output
+    are produced, so a compression bomb costs nothing here."""
+    for number, page in enumerate(pdf.pages, start=1):
+        contents = page.obj.get("/Contents")
+        streams = contents if isinstance(contents, pikepdf.Array) else [contents]
+        for stream in streams:
+            if not isinstance(stream, pikepdf.Stream) or stream.get("/Filter") != "/FlateDecode":
+                continue
+            raw = stream.read_raw_bytes()
+            if not raw:
+                continue
+            try:
+                zlib.decompressobj().decompress(raw, 64 * 1024)
+            except zlib.error as exc:
+                if "incorrect data check" in str(exc):
+                    continue  # only the Adler-32 checksum is wrong: qpdf and viewers read it
+                return f"page {number}: content stream cannot be decoded ({exc})"
+    return _undecodable_lzw(pdf)
+
+
+# LZW output is at most a few hundred times its input: streams up to this size are decoded whole
+_MAX_LZW_CHECK = 64 * 1024
+
+
+def _undecodable_lzw(pdf: pikepdf.Pdf) -> str | None:
+    """The first small LZW-encoded stream qpdf cannot decode (None: none). qpdf --check reports
+    each such stream on every signed copy ("LZWDecoder: bad code received")."""
+    for obj in pdf.objects:
+        if not isinstance(obj, pikepdf.Stream):
+            continue
+        filters = obj.get("/Filter")
+        names = list(filters) if isinstance(filters, pikepdf.Array) else [filters]
+        if pikepdf.Name.LZWDecode not in names:
+            continue
+        if int(obj.get("/Length", 0)) > _MAX_LZW_CHECK:
+            continue
+        try:
+            obj.read_bytes()
+        except pikepdf.DataDecodingError as exc:
+            return f"object {obj.objgen[0]}: LZW stream cannot be decoded ({exc})"[:200]
+    return None
+
+
+def _break_form_cycles(pdf: pikepdf.Pdf) -> None:
+    """Drop second references to a form field from the field tree (/Fields and /Kids): a field
+    reached twice, through a cycle or two parents, stops pyHanko's reading of the form ("Circular
+    reference in form tree") and viewers use only the first anyway. The widgets stay on their
+    pages; nothing displayed changes."""
+    form = pdf.Root.get("/AcroForm")
+    if not isinstance(form, pikepdf.Dictionary):
+        return
+    seen: set[tuple[int, int]] = set()
+    stack = [form.get("/Fields")]
+    while stack:
+        items = stack.pop()
+        if not isinstance(items, pikepdf.Array):
+            continue
+        repeated = []
+        for index, item in enumerate(items):
+            if not isinstance(item, pikepdf.Dictionary) or not item.is_indirect:
+                continue
+            if item.objgen in seen:
+                repeated.append(index)
+                continue
+            seen.add(item.objgen)
+            stack.append(item.get("/Kids"))
+        for index in reversed(repeated):
+            log.info("removing a repeated reference from the form field tree")
+            del items[index]
+
+
+def _break_struct_cycles(pdf: pikepdf.Pdf) -> None:
+    """Drop second references to a structure element from the structure tree's /K entries: an
+    element reached twice (a cycle, or two parents) stops pyHanko's difference analysis
+    ("Circular reference in structure tree"), so every signature of the product would fail its
+    own check. Only tagging is affected; nothing displayed changes."""
+    root = pdf.Root.get("/StructTreeRoot")
+    if not isinstance(root, pikepdf.Dictionary):
+        return
+    seen: set[tuple[int, int]] = set()
+    stack: list[pikepdf.Dictionary] = [root]
+    while stack:
+        node = stack.pop()
+        kids = node.get("/K")
+        items = list(kids) if isinstance(kids, pikepdf.Array) else [kids]
+        repeated = []
+        for index, item in enumerate(items):
+            if not isinstance(item, pikepdf.Dictionary):
+                continue
+            if item.get("/Type", pikepdf.Name.StructElem) != pikepdf.Name.StructElem:
+                continue
+            if item.is_indirect:
+                if item.objgen in seen:
+                    repeated.append(index)
+                    continue
+                seen.add(item.objgen)
+            stack.append(item)
+        if repeated:
+            log.info("removing %d repeated references from the structure tree", len(repeated))
+            if isinstance(kids, pikepdf.Array):
+                for index in reversed(repeated):
+                    del kids[index]
+            else:
+                del node["/K"]
+
+
+# the entries of a form field (as opposed to its widget annotation); PDF 32000-1 12.7.3
+_FIELD_KEYS = (
+    "/FT", "/T", "/TU", "/TM", "/Ff", "/V", "/DV", "/AA", "/DA", "/Q", "/DS", "/RV", "/MaxLen",
+    "/Opt", "/TI", "/I", "/Lock", "/SV",
+)  # fmt: skip
+
+
+def _merge_same_named_fields(pdf: pikepdf.Pdf) -> None:
+    """Sibling fields with the same name are, by the specification, one field: Acrobat shows them
+    with one value. pyHanko's difference analysis refuses such a field list ("Duplicate field
+    name"), so they are merged as the specification means them, one field whose widgets are
+    its kids. Only terminal fields of one type are merged; appearances are untouched."""
+    form = pdf.Root.get("/AcroForm")
+    if not isinstance(form, pikepdf.Dictionary):
+        return
+    stack = [(form, "/Fields")]
+    while stack:
+        owner, key = stack.pop()
+        items = owner.get(key)
+        if not isinstance(items, pikepdf.Array):
+            continue
+        by_name: dict[bytes, list[pikepdf.Dictionary]] = {}
+        for item in items:
+            if not isinstance(item, pikepdf.Dictionary):
+                continue
+            if "/Kids" in item:
+                stack.append((item, "/Kids"))
+            name = item.get("/T")
+            if isinstance(name, pikepdf.String):
+                by_name.setdefault(bytes(name), []).append(item)
+        for group in by_name.values():
+            if len(group) < 2 or any("/Kids" in f for f in group):
+                continue
+            if len({str(f.get("/FT", "")) for f in group}) != 1:
+                continue
+            parent = pdf.make_indirect(pikepdf.Dictionary())
+            for field_key in _FIELD_KEYS:
+                if field_key in group[0]:
+                    parent[field_key] = group[0][field_key]
+            if "/Parent" in group[0]:
+                parent["/Parent"] = group[0]["/Parent"]
+            for widget in group:
+                for field_key in _FIELD_KEYS:
+                    if field_key in widget:
+                        del widget[field_key]
+                widget["/Parent"] = parent
+            parent["/Kids"] = pikepdf.Array(group)
+            keep = [
+                item
+                for item in items
+                if not (isinstance(item, pikepdf.Dictionary) and item.is_indirect)
+                or all(item.objgen != w.objgen for w in group)
+            ]
+            keep.append(parent)
+            owner[key] = pikepdf.Array(keep)
+            items = owner[key]
+            log.info("merged %d same-named form fields into one", len(group))
+
+
+_TRAILER_KEYS = {"/Root", "/Info", "/ID", "/Encrypt", "/Size", "/Prev"}
+
+
+def _drop_extra_trailer_entries(pdf: pikepdf.Pdf) -> None:
+    """Remove trailer entries the specification does not define (they mean nothing to any
+    reader): one that refers to objects gives them a second path from the trailer, and pyHanko's
+    check of later revisions refuses every update to such an object (the AcroForm, a page); one
+    whose name the strict reader cannot parse (qpdf's bad21.pdf: ``/Som#ething``) would stay in
+    every revision's trailer."""
+    for key in list(pdf.trailer.keys()):
+        if key not in _TRAILER_KEYS:
+            log.info("removing trailer entry %r", key)
+            del pdf.trailer[key]
+
+
+def _separate_info(pdf: pikepdf.Pdf) -> None:
+    """Give the trailer a document information dictionary of its own when /Info is another
+    document object (pypdf's samples point it at /AcroForm or the page tree): every signature
+    writes /ModDate into /Info, which would otherwise change that object and fail the check of
+    every earlier signature."""
+    info = pdf.trailer.get("/Info")
+    if not isinstance(info, pikepdf.Dictionary) or not info.is_indirect:
+        return
+    if not _reachable_from_root(pdf, info.objgen):
+        return
+    log.info("the document information dictionary is shared with a document object; copying")
+    own = pikepdf.Dictionary()
+    for key in ("/Title", "/Author", "/Subject", "/Keywords", "/Creator", "/Producer"):
+        if isinstance(info.get(key), pikepdf.String):
+            own[key] = info[key]
+    for key in ("/CreationDate", "/ModDate"):
+        if isinstance(info.get(key), pikepdf.String):
+            own[key] = info[key]
+    pdf.trailer["/Info"] = pdf.make_indirect(own)
+
+
+def _reachable_from_root(pdf: pikepdf.Pdf, target: tuple[int, int]) -> bool:
+    seen: set[tuple[int, int]] = set()
+    stack: list[object] = [pdf.Root]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, pikepdf.Dictionary | pikepdf.Array | pikepdf.Stream):
+            if obj.is_indirect:
+                if obj.objgen == target:
+                    return True
+                if obj.objgen in seen:
+                    continue
+                seen.add(obj.objgen)
+            if isinstance(obj, pikepdf.Array):
+                stack.extend(list(obj))
+            else:
+                stack.extend(obj[key] for key in obj.keys())
+    return False
+
+
 def rebuild(data: bytes) -> bytes:
     """``data`` read by qpdf (which repairs what it can) and written out again, unencrypted
     files only; raises ``document.encrypted``, ``document.restricted`` or ``document.damaged``."""
     try:
         with pikepdf.open(BytesIO(data)) as pdf:
             if pdf.is_encrypted:
-                raise restricted()
+                # it opened with the empty user password: owner restrictions only (see above)
+                denied = _denied(pdf)
+                if denied:
+                    raise restricted(denied)
+                log.info("removing owner-password encryption that restricts nothing")
             # walking the page tree makes qpdf repair it (direct page objects become indirect,
             # loops and wrong /Type entries are reported)
             if len(pdf.pages) == 0:
                 raise DocumentError(
                     "document.empty", "The PDF has no pages.", "PDFにページがありません。"
                 )
+            _name_string_filters(pdf)
+            undecodable = _undecodable_contents(pdf)
+            if undecodable:
+                raise damaged(undecodable)
             _drop_unreadable_xmp(pdf)
+            _break_form_cycles(pdf)
+            _merge_same_named_fields(pdf)
+            _break_struct_cycles(pdf)
+            _drop_extra_trailer_entries(pdf)
+            _separate_info(pdf)
             _indirect_annotations(pdf)
             out = BytesIO()
             pdf.save(
                 out,
                 stream_decode_level=pikepdf.StreamDecodeLevel.none,
-                object_stream_mode=pikepdf.ObjectStreamMode.preserve,
+                object_stream_mode=(
+                    pikepdf.ObjectStreamMode.disable
+                    if _large_object_streams(pdf)
+                    else pikepdf.ObjectStreamMode.preserve
+                ),
                 fix_metadata_version=False,
             )
     except DocumentError:
@@ -181,6 +509,40 @@ def rebuild(data: bytes) -> bytes:
     except pikepdf.PasswordError as exc:
         raise encrypted() from exc
     except Exception as exc:  # qpdf's own failures and anything it raises on a hostile file
+        if _has_encryption(data, exc):
+            # a certificate-encrypted file (/Adobe.PubSec), an unknown security handler or a
+            # malformed /Encrypt: the file is protected, not damaged, and the fix is the same
+            raise encrypted() from exc
         raise damaged(f"{type(exc).__name__}: {exc}") from exc
     log.info("rebuilt an upload with qpdf (%d -> %d bytes)", len(data), len(out.getvalue()))
     return out.getvalue()
+
+
+def rebuild_tolerantly(data: bytes) -> bytes:
+    """:func:`rebuild`, and when qpdf cannot read ``data`` either, the objects pyHanko's
+    tolerant (non-strict) reader reaches from the trailer, copied into a new file and rebuilt by
+    qpdf. Some files that poppler, MuPDF and pdfium open defeat the qpdf that pikepdf bundles
+    (e.g. pdf.js's issue16091.pdf: xref streams whose /Prev chain is broken, "unable to find
+    trailer dictionary while recovering damaged file"), while pyHanko's reader follows the newest
+    cross-reference section and reads them."""
+    try:
+        return rebuild(data)
+    except DocumentError as exc:
+        if exc.code != "document.damaged":
+            raise
+        failure = exc
+    try:
+        from pyhanko.pdf_utils.reader import PdfFileReader
+        from pyhanko.pdf_utils.writer import copy_into_new_writer
+
+        reader = PdfFileReader(BytesIO(data), strict=False)
+        if reader.encrypted:
+            raise failure
+        out = BytesIO()
+        copy_into_new_writer(reader).write(out)  # type: ignore[no-untyped-call]
+    except DocumentError:
+        raise
+    except Exception:  # pyHanko cannot read it either: qpdf's reason is the one to report
+        raise failure from None
+    log.info("qpdf could not read an upload; rebuilt it from pyHanko's tolerant reading")
+    return rebuild(out.getvalue())

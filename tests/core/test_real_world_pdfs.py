@@ -15,6 +15,7 @@ from PIL import Image, ImageChops
 
 from core.errors import DocumentError
 from core.signing import BoundedVerifier, FieldBox, SigningEngine, VerifyBudget, verify_pdf
+from core.signing._documents import load_document
 from tests.fixtures.pdfs import make_pdf
 from tests.fixtures.pki import LivePki
 
@@ -156,6 +157,9 @@ def test_a_file_the_strict_reader_refuses_is_rebuilt_and_signed(
         ("pyhanko-malformed-encrypt-dict1.pdf", "document.encrypted"),
         ("qpdf-enc-R3_V2_O-master.pdf", "document.restricted"),
         ("qpdf-pages-loop.pdf", "document.damaged"),
+        # certificate encryption and a malformed AES-256 dictionary: protected, not damaged
+        ("pyhanko-minimal-pubkey-rc4.pdf", "document.encrypted"),
+        ("pyhanko-minimal-aes256-malformed-oe.pdf", "document.encrypted"),
         ("pyhanko-minimal-signed-twice-no-sig-type.pdf", "document.already_signed"),
     ],
 )
@@ -163,6 +167,91 @@ def test_refusals_say_what_is_wrong(name: str, code: str, live_engine: SigningEn
     with pytest.raises(DocumentError) as info:
         live_engine.inspect((CORPUS / name).read_bytes())
     assert info.value.code == code
+
+
+def test_a_restricted_file_is_refused_saying_what_to_do(live_engine: SigningEngine) -> None:
+    with pytest.raises(DocumentError) as info:
+        live_engine.inspect((CORPUS / "qpdf-enc-XI-R6_V5_O-master.pdf").read_bytes())
+    assert info.value.code == "document.restricted"
+    assert (
+        "パスワード保護（権限制限）を解除したPDFをアップロードしてください" in info.value.message_ja
+    )
+    assert info.value.details == {
+        "denied": ["modify", "annotate", "fill-in", "print", "high-quality print", "copy"]
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # bytes before %PDF- and an owner password that restricts nothing (P = -4)
+        "qpdf-leading-junk.pdf",
+        # FPDF font names with unescaped GBK bytes: pyHanko's reader refuses them, so every
+        # signature's check of the later revisions failed on the product's own output
+        "pdfjs-issue3521.pdf",
+        # qpdf 12 cannot recover it; pyHanko's tolerant reader (like poppler, MuPDF, pdfium) can
+        "pdfjs-issue16091.pdf",
+        # a field reached twice in the form tree: pyHanko refuses it, the rebuild drops the repeat
+        "pyhanko-form-tree-circular-ref-input.pdf",
+        # each of these made keiyaku verify refuse every signature the product added: a structure
+        # element reached twice, /Info shared with /AcroForm (each signature's /ModDate changed
+        # it), two sibling fields of one name ("Duplicate field name"); and a /Filter string
+        "pyhanko-struct-tree-circular-ref.pdf",
+        "pypdf-reportlab-overlay.pdf",
+        "qpdf-annotations.pdf",
+        "qpdf-bad30.pdf",
+        "qpdf-shallow_array.pdf",
+        "qpdf-bad21.pdf",
+        # only the Adler-32 checksum of its content stream is wrong: read as it is
+        "pdfminer-zen_of_python_corrupted.pdf",
+    ],
+)
+def test_what_viewers_read_is_normalised_and_its_signatures_verify(
+    name: str, live_engine: SigningEngine, test_pki: LivePki
+) -> None:
+    data = (CORPUS / name).read_bytes()
+    prepared = live_engine.prepare(data, certificate_id=CERT_ID, fields=[])
+    assert b"/Encrypt" not in prepared
+    signed = live_engine.sign_approval(prepared, signature_field="kg_sig_1", reason="r", values={})
+    signed = live_engine.seal(
+        live_engine.sign_approval(signed, signature_field="kg_sig_2", reason="r", values={})
+    )
+    report = verify_pdf(signed, trust_roots=[test_pki.root])
+    assert report.ok, report.as_dict()
+
+
+def test_large_object_streams_are_written_out_before_signing(
+    live_engine: SigningEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pyHanko reads an object stream of N objects in N^2 steps: large ones are rebuilt as plain
+    # objects (the limit lowered here so that a small file shows it)
+    monkeypatch.setattr("core.signing._repair.MAX_OBJECT_STREAM", 20)
+    with pikepdf.open(io.BytesIO(make_pdf(pages=1))) as pdf:
+        for i in range(60):
+            pdf.Root[f"/KgExtra{i}"] = pdf.make_indirect(pikepdf.Dictionary(N=i))
+        out = io.BytesIO()
+        pdf.save(out, object_stream_mode=pikepdf.ObjectStreamMode.generate)
+    loaded = load_document(out.getvalue())
+    assert loaded.rebuilt
+    with pikepdf.open(io.BytesIO(loaded.data)) as pdf:
+        assert not any(
+            isinstance(o, pikepdf.Stream) and o.get("/Type") == "/ObjStm" for o in pdf.objects
+        )
+    assert live_engine.prepare(out.getvalue(), certificate_id=CERT_ID, fields=[])
+
+
+def test_a_page_whose_content_cannot_be_decoded_is_refused_as_damaged(
+    live_engine: SigningEngine,
+) -> None:
+    # viewers each show such a page differently, and every signed copy would fail qpdf --check
+    with pikepdf.open(io.BytesIO(make_pdf(pages=2))) as pdf:
+        pdf.pages[1].obj.Contents.write(b"not flate data", filter=pikepdf.Name.FlateDecode)
+        out = io.BytesIO()
+        pdf.save(out)
+    with pytest.raises(DocumentError) as info:
+        live_engine.inspect(out.getvalue())
+    assert info.value.code == "document.damaged"
+    assert "page 2" in info.value.details["reason"]
 
 
 def test_usage_rights_are_stripped_before_the_first_signature(

@@ -5,7 +5,7 @@ constraint's B-tree serves neither. SQLite has no such index and scans, as for t
 substring searches.
 
 Revision ID: 0017c
-Revises: 0016b
+Revises: 0017a_award_records
 Create Date: 2026-12-07
 """
 
