@@ -22,9 +22,11 @@ import re
 import secrets
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
@@ -35,6 +37,7 @@ MAGIC = b"KGB1"
 _FINGERPRINT_LEN = 8
 _WRAPPED_LEN = 40
 _NONCE_LEN = 12
+_TAG_LEN = 16
 _HEADER_LEN = len(MAGIC) + _FINGERPRINT_LEN + _WRAPPED_LEN + _NONCE_LEN
 _BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -166,6 +169,62 @@ class BlobStore:
             return AESGCM(data_key).decrypt(nonce, ciphertext, header + blob_id.encode())
         except (InvalidTag, InvalidUnwrap) as exc:
             raise self._tampered(blob_id) from exc
+
+    def read_into(self, blob_id: str, out: BinaryIO, *, chunk_size: int = 1 << 20) -> int:
+        """Decrypt one blob onto the end of ``out`` a chunk at a time (no whole-file copy of the
+        ciphertext, no second copy of the plaintext); returns how many bytes were written.
+
+        ``blob.tampered`` if any byte changed: the tag is checked after the last chunk, so on
+        that error ``out`` holds unauthenticated bytes and the caller must drop it.
+        """
+        path = self._path(blob_id)
+        try:
+            fh = open(path, "rb")  # closed by the with below, after the last chunk
+        except FileNotFoundError as exc:
+            raise BlobError(
+                "blob.missing",
+                f"blob {blob_id} is missing from {self.root}",
+                "保存された文書が見つかりません。",
+            ) from exc
+        with fh:
+            header = fh.read(_HEADER_LEN)
+            size = os.fstat(fh.fileno()).st_size - _HEADER_LEN - _TAG_LEN
+            if len(header) < _HEADER_LEN or not header.startswith(MAGIC) or size < 0:
+                raise self._tampered(blob_id)
+            data_key, nonce = self._unwrap(blob_id, header)
+            fh.seek(_HEADER_LEN + size)
+            tag = fh.read(_TAG_LEN)
+            fh.seek(_HEADER_LEN)
+            decryptor = Cipher(algorithms.AES(data_key), modes.GCM(nonce, tag)).decryptor()
+            decryptor.authenticate_additional_data(header + blob_id.encode())
+            buffer = bytearray(min(chunk_size, size))
+            left = size
+            while left:
+                view = memoryview(buffer)[: min(len(buffer), left)]
+                got = fh.readinto(view)
+                if not got:
+                    raise self._tampered(blob_id)
+                out.write(decryptor.update(view[:got]))
+                left -= got
+        try:
+            out.write(decryptor.finalize())
+        except InvalidTag as exc:
+            raise self._tampered(blob_id) from exc
+        return size
+
+    def _unwrap(self, blob_id: str, header: bytes) -> tuple[bytes, bytes]:
+        fp_end = len(MAGIC) + _FINGERPRINT_LEN
+        if header[len(MAGIC) : fp_end] != self._fingerprint:
+            raise BlobError(
+                "blob.wrong_master_key",
+                f"blob {blob_id} was encrypted under a different master key",
+                "文書が別のマスター鍵で暗号化されています。",
+            )
+        try:
+            data_key = aes_key_unwrap(self._master_key, header[fp_end : fp_end + _WRAPPED_LEN])
+        except InvalidUnwrap as exc:
+            raise self._tampered(blob_id) from exc
+        return data_key, header[fp_end + _WRAPPED_LEN :]
 
     def derive_key(self, purpose: str) -> bytes:
         """A 32-byte key for one other purpose (e.g. secrets kept in database rows), derived

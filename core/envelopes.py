@@ -29,6 +29,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from io import SEEK_END, BytesIO
 from typing import Any, Protocol
 
 from sqlalchemy import select, update
@@ -919,23 +920,17 @@ def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
     try:
         for doc in envelope.documents:
             values = {f.name: f.value or "" for f in party.fields if f.document_id == doc.id}
-            current = read_document(runtime=runtime, document=doc)
-            signed = runtime.signing.sign_approval(
+            # Decrypted a chunk at a time into one buffer, signed in place there, and only the
+            # new revision stored: no copy of the whole document is made or compared.
+            current = _read_document_stream(runtime, doc)
+            increment = runtime.signing.sign_approval_increment(
                 current, signature_field=field_name, reason=reason, values=values
             )
+            size = current.seek(0, SEEK_END)
+            del current  # keep one document's bytes alive at a time
             new_revisions.append(
-                (
-                    doc,
-                    store_revision(
-                        runtime=runtime,
-                        document=doc,
-                        previous=current,
-                        new=signed,
-                        reason="signature",
-                    ),
-                )
+                (doc, _store_increment(runtime, doc, increment, size=size, reason="signature"))
             )
-            del current, signed  # keep one document's bytes alive at a time
     except GatewayError as exc:
         if exc.retriable:
             _record_retriable(session, envelope, exc, party_id=party.id)
@@ -1374,6 +1369,27 @@ def read_document(*, runtime: Runtime, document: Document) -> bytes:
     start = max(i for i, rev in enumerate(revisions) if rev.kind == "full")
     parts = [runtime.blobs.get(rev.blob_id) for rev in revisions[start:]]
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _read_document_stream(runtime: Runtime, document: Document) -> BytesIO:
+    """:func:`read_document` into one writable buffer, decrypted a chunk at a time."""
+    check_documents_kept(document.envelope)
+    revisions = document.revisions
+    start = max(i for i, rev in enumerate(revisions) if rev.kind == "full")
+    out = BytesIO()
+    for rev in revisions[start:]:
+        runtime.blobs.read_into(rev.blob_id, out)
+    return out
+
+
+def _store_increment(
+    runtime: Runtime, document: Document, increment: bytes, *, size: int, reason: str
+) -> DocumentRevision:
+    """Store an incremental update (the bytes a signer appended) as an ``append`` revision;
+    returned unattached, for the caller's transaction."""
+    seq = document.revisions[-1].seq + 1
+    blob_id = runtime.blobs.put(increment)
+    return DocumentRevision(seq=seq, kind="append", blob_id=blob_id, size=size, reason=reason)
 
 
 def store_revision(

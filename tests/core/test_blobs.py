@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import secrets
 from pathlib import Path
 
@@ -98,3 +99,44 @@ def test_the_mirror_cannot_be_the_store_itself(tmp_path: Path) -> None:
         BlobStore(
             tmp_path / "blobs", secrets.token_bytes(32), mirror=tmp_path / "x" / ".." / "blobs"
         )
+
+
+def _streamed(store: BlobStore, blob_id: str, chunk_size: int = 1 << 20) -> bytes:
+    out = io.BytesIO(b"prefix:")
+    out.seek(0, io.SEEK_END)
+    written = store.read_into(blob_id, out, chunk_size=chunk_size)
+    data = out.getvalue()
+    assert data.startswith(b"prefix:") and written == len(data) - len(b"prefix:")
+    return data[len(b"prefix:") :]
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 4095, 4096, 4097, 3 * 4096 + 5])
+def test_streamed_read_appends_the_same_bytes(blobs: BlobStore, size: int) -> None:
+    data = secrets.token_bytes(size)
+    blob_id = blobs.put(data)
+    assert _streamed(blobs, blob_id, chunk_size=4096) == data == blobs.get(blob_id)
+
+
+@pytest.mark.parametrize("offset", [0, 5, 20, 60, 70, 5000, -17, -1])
+def test_streamed_read_detects_any_flipped_byte(blobs: BlobStore, offset: int) -> None:
+    blob_id = blobs.put(b"x" * 8192)
+    path = _file(blobs, blob_id)
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BlobError) as info:
+        _streamed(blobs, blob_id, chunk_size=1000)
+    assert info.value.code in {"blob.tampered", "blob.wrong_master_key"}
+
+
+def test_streamed_read_detects_truncation_swapping_and_absence(blobs: BlobStore) -> None:
+    a, b = blobs.put(b"contract A" * 100), blobs.put(b"contract B" * 100)
+    _file(blobs, a).write_bytes(_file(blobs, b).read_bytes())
+    with pytest.raises(BlobError, match="blob.tampered"):
+        _streamed(blobs, a)
+    for keep in (30, 80, 90):
+        _file(blobs, b).write_bytes(_file(blobs, a).read_bytes()[:keep])
+        with pytest.raises(BlobError, match="blob.tampered"):
+            _streamed(blobs, b)
+    with pytest.raises(BlobError, match="blob.missing"):
+        _streamed(blobs, "0" * 32)
