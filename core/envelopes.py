@@ -810,11 +810,13 @@ def record_approval(
     values: Mapping[str, str],
     auth_method: str,
     ip: str | None = None,
+    lease_to: str | None = None,
 ) -> Party:
     """Record the current party's instruction to sign; exactly once even under concurrent submits.
 
     Moves the party to ``signing`` and commits. The signature itself is applied by
-    :func:`apply_pending_signature`.
+    :func:`apply_pending_signature`; ``lease_to`` commits its task already leased to that
+    worker (an inline caller about to sign it).
     """
     party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
     _require_current(party)
@@ -862,7 +864,7 @@ def record_approval(
     set_committed_value(party, "auth_method", auth_method)
     # The signature is applied by the signing worker; its task commits with the approval, so
     # an approval the signer was told is complete can never be left unsigned.
-    enqueue_signature(session=session, party=party)
+    enqueue_signature(session=session, party=party, lease_to=lease_to)
     session.commit()
     return party
 
@@ -1003,6 +1005,9 @@ def approve(
     one-shot commands, tests). The task is leased first, so a worker running at the same time
     never signs the same approval too; a retriable failure gives the task back to the worker.
     """
+    inline = f"inline:{secrets.token_hex(4)}"
+    # The signing task commits with the approval, already leased to this call: no worker can
+    # take it in between, and no separate claim transaction is needed.
     party = record_approval(
         session=session,
         envelope_id=envelope_id,
@@ -1010,17 +1015,12 @@ def approve(
         values=values,
         auth_method=auth_method,
         ip=ip,
+        lease_to=inline,
     )
-    inline = f"inline:{secrets.token_hex(4)}"
-    task = claim_task(session=session, key=signature_key(party.id), worker=inline)
-    if task is None:
-        # A signing worker took it first: wait for its result, as the caller asked for the
-        # approval applied (bounded by the worker's lease; after that the task is due again).
-        return _wait_until_signed(session, party, dt.timedelta(minutes=2))
     try:
         party = _sign_for_party(session, runtime, party)
     except GatewayError:
-        release_leases(session=session, worker=inline, delivery_ids=[task])
+        release_leases(session=session, worker=inline)
         raise
     if party.envelope.state is EnvelopeState.SEALING:
         task = claim_task(session=session, key=seal_key(envelope_id), worker=inline)
