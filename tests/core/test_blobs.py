@@ -94,6 +94,30 @@ def test_a_failed_mirror_write_never_fails_the_store(tmp_path: Path) -> None:
     assert store.mirror_failures == 2
 
 
+def test_a_failed_store_write_leaves_no_mirror_copy(tmp_path: Path) -> None:
+    """The mirror copy is written beside the store's (in parallel): when the store's write
+    fails, the copy of a blob that was never stored is removed again."""
+    (tmp_path / "blobs").write_text("not a folder: every store write fails")
+    store = BlobStore(tmp_path / "blobs", secrets.token_bytes(32), mirror=tmp_path / "mirror")
+    for _ in range(5):
+        with pytest.raises(OSError):
+            store.put(b"x" * 100_000)
+    assert [p for p in (tmp_path / "mirror").rglob("*") if p.is_file()] == []
+
+
+def test_parallel_puts_are_each_stored_and_mirrored(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = secrets.token_bytes(32)
+    store = BlobStore(tmp_path / "blobs", key, mirror=tmp_path / "mirror")
+    payloads = [secrets.token_bytes(1000 + i) for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(store.put, payloads))
+    copy = BlobStore(tmp_path / "mirror", key)
+    for blob_id, data in zip(ids, payloads, strict=True):
+        assert store.get(blob_id) == copy.get(blob_id) == data
+
+
 def test_the_mirror_cannot_be_the_store_itself(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mirror"):
         BlobStore(
