@@ -85,6 +85,14 @@ class Samples:
     def idle_mb(self) -> float:
         return min(self.idles) / 2**20 if self.idles else 0.0
 
+    @property
+    def above_idle_mb(self) -> float:
+        """The largest rise of one operation over the resident size just before it: what the
+        operation itself needed. (The largest peak less the smallest idle also counts the heap
+        the process kept from earlier operations, which says more about the allocator.)"""
+        rises = [p - i for p, i in zip(self.peaks, self.idles, strict=True)]
+        return max(rises) / 2**20 if rises else 0.0
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "n": len(self.seconds),
@@ -92,6 +100,7 @@ class Samples:
             "p90_ms": round(self.p90_ms, 2),
             "peak_rss_mb": round(self.peak_mb, 1),
             "idle_rss_mb": round(self.idle_mb, 1),
+            "above_idle_mb": round(self.above_idle_mb, 2),
             "verified": self.verified,
         }
 

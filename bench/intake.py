@@ -1,24 +1,31 @@
 """Intake: 10,000 awards (CP932 CSV) over SFTP through the mapping into award drafts, against a
-floor measured in the same run.
+floor doing the same work without the product, interleaved in the same run.
 
-    .venv/bin/python -m bench.intake [--rows 10000] [--no-postgres] [--repeat 1]
+    .venv/bin/python -m bench.intake [--rows 10000] [--rounds 3] [--stores sqlite,postgresql]
+                                     [--json]
 
-A private OpenSSH ``sshd`` on 127.0.0.1 serves the export and 1,000 contract PDFs of 100 KB
-(the other awards name no PDF and wait for one). Each measured step runs in a fresh process,
-so its peak memory (``ru_maxrss``) is its own:
+A private OpenSSH ``sshd`` on 127.0.0.1 serves the export and one contract PDF of 100 KB for
+every tenth award (the others name none and wait for theirs). Each stack lives in its own
+process (``bench.harness``); every round has each stack do one whole import, in an order
+rotated round by round, each into a database of its own prepared beforehand (untimed):
 
-- ``pipeline``: ``schedules.sync.sync_source`` — one SFTP connection, the file streamed through
-  the CSV reader and the municipal worked example of docs/mapping.md (CP932, era dates,
-  full-width digits, lookups, vars), awards upserted in batches of 500 with their contractors,
-  the 1,000 PDFs fetched and stored encrypted in the blob store, dead letters and the run row,
-  on SQLite (file) and PostgreSQL (a scratch database on 127.0.0.1:5432);
-- ``floor``: the same file downloaded with one paramiko session and parsed with the ``csv``
-  module, the same PDFs fetched with that session, and the same number of rows bulk-inserted
-  with SQLAlchemy Core (one ``executemany`` into a table as wide as ``awards``).
+- ``pipeline-sqlite`` / ``pipeline-postgresql``: ``schedules.sync.sync_source`` — one SFTP
+  connection, the file streamed through the CSV reader and the municipal worked example of
+  docs/mapping.md (CP932, era dates, full-width digits, lookups, vars), awards upserted in
+  batches of 500 with their contractors, the PDFs fetched and stored encrypted in the blob
+  store with the backup mirror on, dead letters and the run row;
+- ``floor-sqlite`` / ``floor-postgresql``: the same file downloaded with one paramiko session
+  and parsed with the ``csv`` module, the same PDFs fetched over that session and stored in
+  the same encrypted blob store (mirror on), and one row per award and per PDF bulk-inserted
+  with SQLAlchemy Core (``executemany`` into tables as wide as ``awards``);
+- ``pipeline-sqlite-x2``: the pipeline on a file twice as large, to show its peak memory does
+  not grow with the file (streamed).
 
-It also runs the pipeline on a file twice as large, to show its memory does not grow with the
-file (streamed). The machine has 2 cores and others may be running tests: figures vary by
-±20 % between runs; ``--repeat`` reports the best and the spread.
+Verified after each timed import (untimed, not in its peak): every row became an award (no
+line error), every PDF named is stored once and decrypts to the very bytes served (SHA-256),
+its copy is in the backup mirror, and the floor's rows and PDFs likewise. Printed: p50/p90 and
+peak RSS per stack, pipeline over floor per store, the x2 peak against the pipeline's, the
+load; one JSON object with ``--json``.
 """
 
 from __future__ import annotations
@@ -26,33 +33,17 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import hashlib
 import io
-import multiprocessing
-import resource
 import secrets
-import sys
 import tempfile
-import time
-from collections.abc import Callable
-from decimal import Decimal
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Column,
-    Date,
-    Integer,
-    MetaData,
-    Numeric,
-    String,
-    Table,
-    create_engine,
-    insert,
-    text,
-)
+from bench.harness import emit, interleave, machine, ratio, scratch_postgres, stacks
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 HEADER = "案件番号,案件名,開札日,落札金額,課所名,落札業者名,業者番号,電子契約,契約書ファイル"
 PDF_EVERY = 10  # 1 award in 10 names its contract PDF (1,000 of 10,000)
 DEPARTMENTS = ["土木課", "建築課", "総務課", "農林課"]
@@ -93,13 +84,6 @@ def _award_date(n: int) -> str:
     return f"2025{(n % 12) + 1:02d}{(n % 28) + 1:02d}"
 
 
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# --- measured steps (each in its own process) -----------------------------------------------
-
-
 def _endpoint(server: dict[str, Any]) -> Any:
     from connectors.sftp import SftpEndpoint
 
@@ -112,20 +96,8 @@ def _endpoint(server: dict[str, Any]) -> Any:
     )
 
 
-def step_pipeline(
-    server: dict[str, Any], root: str, file: str, db_url: str, work: str
-) -> dict[str, Any]:
-    """Sync the export through the real pipeline; returns seconds, peak MB and the run's counts."""
-    from connectors.csv import CsvFormat
-    from connectors.inbox import ReadLock
-    from connectors.sftp import SftpSource
-    from core.blobs import BlobStore
-    from core.drafts import SigningAuthority
-    from core.envelopes import Runtime
-    from core.intake import IntakePolicy
-    from core.storage import create_database_engine, make_session_factory, migrate
+def _mapping() -> Any:
     from mapping import load_mapping
-    from schedules.sync import SourceSpec, sync_source
 
     mapping_text = (
         Path(__file__).resolve().parents[1] / "gateway/mappings/municipal.yaml"
@@ -140,169 +112,279 @@ def step_pipeline(
         + "    required: false\n"
         + mapping_text[end:]
     )
-    mapping = load_mapping(mapping_text, name="municipal.yaml")
-    engine = create_database_engine(db_url)
-    migrate(engine)
-    sessions = make_session_factory(engine)
-    runtime = Runtime(
-        blobs=BlobStore(Path(work) / "blobs", secrets.token_bytes(32)),
-        signing=None,  # type: ignore[arg-type] - no envelope is signed here (no usage requests)
-        buyer_name="開発市",
-    )
+    return load_mapping(mapping_text, name="municipal.yaml")
 
-    def opener() -> Any:
-        return SftpSource(
-            endpoint=_endpoint(server),
-            name="bench",
-            directory=f"{root}/awards",
-            pattern=file,
-            csv_format=CsvFormat.from_options(mapping.format),
-            read_lock=ReadLock(mode="none"),
-            processed_dir=None,
-            documents_dir=root,
+
+def _blobs(work: Path) -> Any:
+    from core.blobs import BlobStore
+
+    # Production defaults: encrypted, durable, and mirrored to the backup folder at once.
+    return BlobStore(work / "blobs", secrets.token_bytes(32), mirror=work / "mirror")
+
+
+def _check_blobs(blobs: Any, stored: list[tuple[str, str]], want_sha256: str) -> None:
+    """Every (blob id, recorded SHA-256) decrypts to the served PDF and is mirrored."""
+    from core.blobs import blob_path
+
+    for blob_id, recorded in stored:
+        got = hashlib.sha256(blobs.get(blob_id)).hexdigest()
+        if got != want_sha256 or recorded != want_sha256:
+            raise AssertionError(f"blob {blob_id}: {got} / recorded {recorded} != {want_sha256}")
+        if not blob_path(blobs.mirror, blob_id).exists():
+            raise AssertionError(f"blob {blob_id} not in the backup mirror")
+
+
+# --- stacks (each built in its own process) ---------------------------------------------------
+
+
+class PipelineStack:
+    """``schedules.sync.sync_source`` on the export; operation i imports into database i."""
+
+    def __init__(
+        self,
+        *,
+        server: dict[str, Any],
+        root: str,
+        file: str,
+        rows: int,
+        databases: list[str],
+        work: str,
+        pdf_sha256: str,
+    ) -> None:
+        from core.envelopes import Runtime
+        from core.storage import create_database_engine, make_session_factory, migrate
+
+        self.server, self.root, self.file, self.rows = server, root, file, rows
+        self.pdf_sha256 = pdf_sha256
+        self.mapping = _mapping()
+        self.runtime = Runtime(
+            blobs=_blobs(Path(work)),
+            signing=None,  # type: ignore[arg-type] - no envelope is signed here
+            buyer_name="開発市",
+        )
+        # databases[0] is the warm-up's (operation -1); each migrated before anything is timed
+        self.engines = {i - 1: create_database_engine(url) for i, url in enumerate(databases)}
+        for engine in self.engines.values():
+            migrate(engine)
+        self.sessions = {i: make_session_factory(e) for i, e in self.engines.items()}
+        self.results: dict[int, Any] = {}
+
+    def run(self, i: int) -> None:
+        from decimal import Decimal
+
+        from connectors.csv import CsvFormat
+        from connectors.inbox import ReadLock
+        from connectors.sftp import SftpSource
+        from core.drafts import SigningAuthority
+        from core.intake import IntakePolicy
+        from schedules.sync import SourceSpec, sync_source
+
+        def opener() -> Any:
+            return SftpSource(
+                endpoint=_endpoint(self.server),
+                name="bench",
+                directory=f"{self.root}/awards",
+                pattern=self.file,
+                csv_format=CsvFormat.from_options(self.mapping.format),
+                read_lock=ReadLock(mode="none"),
+                processed_dir=None,
+                documents_dir=self.root,
+            )
+
+        register = [
+            SigningAuthority("*", Decimal(5_000_000), "契約課長", "kacho@city.example.lg.jp"),
+            SigningAuthority("*", None, "市長", "shicho@city.example.lg.jp"),
+        ]
+        self.results[i] = sync_source(
+            sessions=self.sessions[i],
+            runtime=self.runtime,
+            policy=IntakePolicy(),
+            spec=SourceSpec("bench", self.mapping.kind, self.mapping, opener),
+            authorities=register,
+            batch_size=500,
         )
 
-    spec = SourceSpec("bench", mapping.kind, mapping, opener)
-    started = time.perf_counter()
-    register = [
-        SigningAuthority("*", Decimal(5_000_000), "契約課長", "kacho@city.example.lg.jp"),
-        SigningAuthority("*", None, "市長", "shicho@city.example.lg.jp"),
-    ]
-    result = sync_source(
-        sessions=sessions,
-        runtime=runtime,
-        policy=IntakePolicy(),
-        spec=spec,
-        authorities=register,
-        batch_size=500,
-    )
-    seconds = time.perf_counter() - started
-    with engine.connect() as conn:
-        documents = conn.execute(text("select count(*) from award_documents")).scalar_one()
-    engine.dispose()
-    return {
-        "seconds": seconds,
-        "peak_mb": _peak_mb(),
-        "records": result.records,
-        "created": result.created,
-        "errors": result.errors,
-        "documents": documents,
-    }
+    def verify(self, i: int) -> None:
+        from sqlalchemy import func, select
+
+        from core.model import Award, AwardDocument
+
+        result = self.results.pop(i)
+        if (result.records, result.created, result.errors) != (self.rows, self.rows, 0):
+            raise AssertionError(
+                f"records {result.records}, created {result.created}, errors {result.errors}"
+            )
+        with self.sessions[i]() as session:
+            awards = session.scalar(select(func.count()).select_from(Award))
+            stored = [
+                (row.blob_id, row.sha256)
+                for row in session.execute(select(AwardDocument)).scalars()
+            ]
+        if awards != self.rows:
+            raise AssertionError(f"{awards} awards stored of {self.rows}")
+        if len(stored) != self.rows // PDF_EVERY:
+            raise AssertionError(f"{len(stored)} PDFs stored of {self.rows // PDF_EVERY}")
+        _check_blobs(self.runtime.blobs, stored, self.pdf_sha256)
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.dispose()
 
 
-def step_floor(
-    server: dict[str, Any], root: str, file: str, db_url: str, pdfs: list[str]
-) -> dict[str, Any]:
-    """The floor: download + csv parse, PDFs over the same session, Core bulk insert."""
-    from connectors.sftp import open_sftp
+class FloorStack:
+    """Download + ``csv`` parse, the PDFs over the same session into the same encrypted blob
+    store, one Core bulk insert per table; operation i into its own tables."""
 
-    rows: list[list[str]] = []
-    started = time.perf_counter()
-    with open_sftp(_endpoint(server)) as sftp:
-        t0 = time.perf_counter()
-        with sftp.open(f"{root}/awards/{file}", "rb") as fh:
-            fh.prefetch()
-            data = fh.read()
-        reader = csv.reader(io.StringIO(data.decode("cp932"), newline=""))
-        next(reader)
-        rows = list(reader)
-        t_csv = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        fetched = 0
-        for path in pdfs:
-            with sftp.open(path, "rb") as fh:
+    def __init__(
+        self,
+        *,
+        server: dict[str, Any],
+        root: str,
+        file: str,
+        rows: int,
+        database: str,
+        work: str,
+        pdf_sha256: str,
+        count: int,
+    ) -> None:
+        from sqlalchemy import (
+            JSON,
+            Column,
+            Date,
+            Integer,
+            MetaData,
+            Numeric,
+            String,
+            Table,
+            create_engine,
+        )
+
+        self.server, self.root, self.file, self.rows = server, root, file, rows
+        self.pdf_sha256 = pdf_sha256
+        self.blobs = _blobs(Path(work))
+        self.engine = create_engine(database)
+        self.meta = MetaData()
+        self.tables: dict[int, tuple[Table, Table]] = {}
+        for i in range(-1, count):
+            suffix = f"{i + 1}"
+            awards = Table(
+                f"floor_awards_{suffix}",
+                self.meta,
+                Column("id", Integer, primary_key=True),
+                Column("source", String(64)),
+                Column("award_id", String(100)),
+                Column("title", String(300)),
+                Column("amount", Numeric(15, 0)),
+                Column("award_date", Date),
+                Column("department", String(200)),
+                Column("counterparty", String(200)),
+                Column("draft", JSON),
+            )
+            documents = Table(
+                f"floor_documents_{suffix}",
+                self.meta,
+                Column("id", Integer, primary_key=True),
+                Column("award_id", String(100)),
+                Column("blob_id", String(64)),
+                Column("sha256", String(64)),
+            )
+            self.tables[i] = (awards, documents)
+        self.meta.create_all(self.engine)
+
+    def run(self, i: int) -> None:
+        from sqlalchemy import insert
+
+        from connectors.sftp import open_sftp
+
+        awards, documents = self.tables[i]
+        stored: list[dict[str, Any]] = []
+        with open_sftp(_endpoint(self.server)) as sftp:
+            with sftp.open(f"{self.root}/awards/{self.file}", "rb") as fh:
                 fh.prefetch()
-                fetched += len(fh.read())
-        t_pdf = time.perf_counter() - t0
-    engine = create_engine(db_url)
-    meta = MetaData()
-    table = Table(
-        "floor_awards",
-        meta,
-        Column("id", Integer, primary_key=True),
-        Column("source", String(64)),
-        Column("award_id", String(100)),
-        Column("title", String(300)),
-        Column("amount", Numeric(15, 0)),
-        Column("award_date", Date),
-        Column("department", String(200)),
-        Column("counterparty", String(200)),
-        Column("draft", JSON),
-    )
-    meta.drop_all(engine)
-    meta.create_all(engine)
-    t0 = time.perf_counter()
-    with engine.begin() as conn:
-        conn.execute(
-            insert(table),
-            [
-                {
-                    "source": "floor",
-                    "award_id": r[0],
-                    "title": r[1],
-                    "amount": 1000,
-                    "award_date": dt.date(2025, 10, 1),
-                    "department": r[4],
-                    "counterparty": r[5],
-                    "draft": {"title": r[1]},
-                }
-                for r in rows
-            ],
-        )
-    t_db = time.perf_counter() - t0
-    meta.drop_all(engine)
-    engine.dispose()
-    return {
-        "seconds": time.perf_counter() - started,
-        "csv": t_csv,
-        "pdfs": t_pdf,
-        "insert": t_db,
-        "rows": len(rows),
-        "bytes": fetched,
-        "peak_mb": _peak_mb(),
-    }
+                data = fh.read()
+            reader = csv.reader(io.StringIO(data.decode("cp932"), newline=""))
+            next(reader)
+            rows = list(reader)
+            for r in rows:
+                if r[8]:
+                    with sftp.open(f"{self.root}/{r[8]}", "rb") as fh:
+                        fh.prefetch()
+                        pdf = fh.read()
+                    stored.append(
+                        {
+                            "award_id": r[0],
+                            "blob_id": self.blobs.put(pdf),
+                            "sha256": hashlib.sha256(pdf).hexdigest(),
+                        }
+                    )
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(awards),
+                [
+                    {
+                        "source": "floor",
+                        "award_id": r[0],
+                        "title": r[1],
+                        "amount": 1000,
+                        "award_date": dt.date(2025, 10, 1),
+                        "department": r[4],
+                        "counterparty": r[5],
+                        "draft": {"title": r[1]},
+                    }
+                    for r in rows
+                ],
+            )
+            if stored:
+                conn.execute(insert(documents), stored)
+
+    def verify(self, i: int) -> None:
+        from sqlalchemy import func, select
+
+        awards, documents = self.tables[i]
+        with self.engine.connect() as conn:
+            count = conn.execute(select(func.count()).select_from(awards)).scalar_one()
+            stored = [(r.blob_id, r.sha256) for r in conn.execute(select(documents))]
+        if count != self.rows or len(stored) != self.rows // PDF_EVERY:
+            raise AssertionError(f"floor stored {count} rows and {len(stored)} PDFs")
+        _check_blobs(self.blobs, stored, self.pdf_sha256)
+
+    def close(self) -> None:
+        self.engine.dispose()
 
 
-def _in_process(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(fn, args)
+# --- the run ----------------------------------------------------------------------------------
 
 
-# --- set-up -----------------------------------------------------------------------------------
-
-
-def _scratch_postgres() -> tuple[str, Callable[[], None]] | None:
-    try:
-        admin = create_engine(
-            PG_ADMIN, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
-        )
-        name = f"keiyaku_bench_{secrets.token_hex(4)}"
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # unreachable: the PostgreSQL half is skipped
-        print(f"postgresql: skipped ({type(exc).__name__}: {str(exc).splitlines()[0]})")
-        return None
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", drop
+@contextmanager
+def _databases(store: str, work: Path, count: int, tag: str) -> Iterator[list[str] | None]:
+    """``count`` fresh databases of one store (None when PostgreSQL is unreachable)."""
+    if store == "sqlite":
+        yield [f"sqlite:///{work / f'{tag}-{k}.db'}" for k in range(count)]
+        return
+    with ExitStack() as stack:
+        urls = [stack.enter_context(scratch_postgres()) for _ in range(count)]
+        yield None if any(u is None for u in urls) else [u for u in urls if u is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Run the benchmark; print the table or one JSON object."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="imports per stack")
+    parser.add_argument("--stores", default="sqlite,postgresql")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.fixtures.pdfs import make_pdf
     from tests.fixtures.sshd import running_sshd
 
+    report: dict[str, Any] = {
+        "bench": "intake",
+        "rows": args.rows,
+        "rounds": args.rounds,
+        "machine_start": machine(),
+    }
+    wanted = [s.strip() for s in args.stores.split(",")]
     with tempfile.TemporaryDirectory(prefix="keiyaku-bench-") as tmp:
         work = Path(tmp)
         with running_sshd(work / "sshd") as sshd:
@@ -311,12 +393,10 @@ def main(argv: list[str] | None = None) -> int:
             write_export(root / "awards" / "awards.csv", args.rows)
             write_export(root / "awards" / "awards_x2.csv", args.rows * 2)
             pdf = make_pdf(pages=1, size_target=100_000)
-            pdfs = []
-            for n in range(PDF_EVERY, args.rows + 1, PDF_EVERY):
+            for n in range(PDF_EVERY, args.rows * 2 + 1, PDF_EVERY):
                 folder = root / "契約書" / _award_date(n)
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / f"R7-{n:06d}.pdf").write_bytes(pdf)
-                pdfs.append(str(folder / f"R7-{n:06d}.pdf"))
             server = {
                 "host": sshd.host,
                 "port": sshd.port,
@@ -324,85 +404,91 @@ def main(argv: list[str] | None = None) -> int:
                 "client_key": str(sshd.client_key),
                 "known_hosts": str(sshd.known_hosts),
             }
-            size_mb = (root / "awards" / "awards.csv").stat().st_size / 1e6
-            print(
-                f"export: {args.rows} awards, {size_mb:.1f} MB CP932; {len(pdfs)} PDFs of "
-                f"{len(pdf) // 1000} KB on the same sshd; 2 cores, shared machine"
-            )
-            backends: list[tuple[str, str, Callable[[], None] | None]] = [
-                ("sqlite", f"sqlite:///{work / 'bench.db'}", None)
-            ]
-            if not args.no_postgres:
-                pg = _scratch_postgres()
-                if pg is not None:
-                    backends.append(("postgresql", pg[0], pg[1]))
-            ok = True
-            sqlite_peak: float | None = None
-            try:
-                for label, url, _ in backends:
-                    pipes, floors = [], []
-                    for attempt in range(args.repeat):
-                        db = (
-                            url if label != "sqlite" else f"sqlite:///{work / f'bench{attempt}.db'}"
-                        )
-                        pipes.append(
-                            _in_process(
-                                step_pipeline,
-                                server,
-                                str(root),
-                                "awards.csv",
-                                db,
-                                str(work / f"w{label}{attempt}"),
-                            )
-                        )
-                        # The floor inserts into its own table of the same database.
-                        floors.append(
-                            _in_process(step_floor, server, str(root), "awards.csv", db, pdfs)
-                        )
-                    pipe = min(pipes, key=lambda r: r["seconds"])
-                    if label == "sqlite":
-                        sqlite_peak = pipe["peak_mb"]
-                    floor = min(floors, key=lambda r: r["seconds"])
-                    ratio = pipe["seconds"] / floor["seconds"]
-                    spread = (
-                        f" (spread {min(p['seconds'] for p in pipes):.1f}–{max(p['seconds'] for p in pipes):.1f} s)"
-                        if args.repeat > 1
-                        else ""
+            common = {
+                "server": server,
+                "root": str(root),
+                "pdf_sha256": hashlib.sha256(pdf).hexdigest(),
+            }
+            report["export_bytes"] = (root / "awards" / "awards.csv").stat().st_size
+            report["pdfs"] = args.rows // PDF_EVERY
+            specs: dict[str, tuple[str, dict[str, Any]]] = {}
+            with ExitStack() as dbs:
+                for store in wanted:
+                    pipeline_dbs = dbs.enter_context(
+                        _databases(store, work, args.rounds + 1, "pipeline")
                     )
-                    print(f"\n{label}:")
-                    print(
-                        f"  pipeline: {pipe['seconds']:.2f} s{spread}, {args.rows / pipe['seconds']:,.0f} rows/s, "
-                        f"peak {pipe['peak_mb']:.0f} MB; {pipe['created']} awards, "
-                        f"{pipe['documents']} PDFs stored, {pipe['errors']} line errors"
+                    floor_dbs = dbs.enter_context(_databases(store, work, 1, "floor"))
+                    if pipeline_dbs is None or floor_dbs is None:
+                        report[store] = "skipped: unreachable"
+                        continue
+                    specs[f"pipeline-{store}"] = (
+                        "bench.intake:PipelineStack",
+                        {
+                            **common,
+                            "file": "awards.csv",
+                            "rows": args.rows,
+                            "databases": pipeline_dbs,
+                            "work": str(work / f"pipeline-{store}"),
+                        },
                     )
-                    print(
-                        f"  floor:    {floor['seconds']:.2f} s, {args.rows / floor['seconds']:,.0f} rows/s, "
-                        f"peak {floor['peak_mb']:.0f} MB (csv {floor['csv']:.2f} s, "
-                        f"{len(pdfs)} PDFs {floor['pdfs']:.2f} s, Core insert {floor['insert']:.2f} s)"
+                    specs[f"floor-{store}"] = (
+                        "bench.intake:FloorStack",
+                        {
+                            **common,
+                            "file": "awards.csv",
+                            "rows": args.rows,
+                            "database": floor_dbs[0],
+                            "work": str(work / f"floor-{store}"),
+                            "count": args.rounds,
+                        },
                     )
-                    print(f"  ratio pipeline / floor: {ratio:.2f}x (target <= 3x, pipeline < 30 s)")
-                    ok = ok and ratio <= 3 and pipe["seconds"] < 30 and pipe["created"] == args.rows
-                double = _in_process(
-                    step_pipeline,
-                    server,
-                    str(root),
-                    "awards_x2.csv",
-                    f"sqlite:///{work / 'x2.db'}",
-                    str(work / "wx2"),
-                )
-                base = sqlite_peak
-                print(
-                    f"\nmemory with a file twice as large (sqlite): peak {double['peak_mb']:.0f} MB"
-                    + (f" vs {base:.0f} MB" if base else "")
-                    + f"; {args.rows * 2 / double['seconds']:,.0f} rows/s"
-                )
-            finally:
-                for _, _, drop in backends:
-                    if drop is not None:
-                        drop()
-    print("\nresult:", "within target" if ok else "OUTSIDE TARGET")
-    return 0 if ok else 1
+                if "sqlite" in wanted:
+                    specs["pipeline-sqlite-x2"] = (
+                        "bench.intake:PipelineStack",
+                        {
+                            **common,
+                            "file": "awards_x2.csv",
+                            "rows": args.rows * 2,
+                            "databases": [
+                                f"sqlite:///{work / f'x2-{k}.db'}" for k in range(args.rounds + 1)
+                            ],
+                            "work": str(work / "pipeline-x2"),
+                        },
+                    )
+                with stacks(specs) as procs:
+                    interleave(list(procs.values()), args.rounds)
+                    figures = {name: proc.samples for name, proc in procs.items()}
+    report["stacks"] = {name: s.as_dict() for name, s in figures.items()}
+    lines = [
+        f"export: {args.rows} awards, {report['export_bytes'] / 1e6:.1f} MB CP932, "
+        f"{report['pdfs']} PDFs of {len(pdf) // 1000} KB over SFTP; {args.rounds} interleaved "
+        f"rounds; load {report['machine_start']['load']} on {report['machine_start']['cores']} "
+        "cores",
+        f"{'stack':<22} {'p50 s':>8} {'p90 s':>8} {'rows/s':>9} {'peak MB':>8} {'verified':>9}",
+    ]
+    for name, s in figures.items():
+        rows = args.rows * (2 if name.endswith("x2") else 1)
+        lines.append(
+            f"{name:<22} {s.p50_ms / 1000:8.2f} {s.p90_ms / 1000:8.2f} "
+            f"{rows / (s.p50_ms / 1000):9.0f} {s.peak_mb:8.0f} {s.verified:9d}"
+        )
+    for store in wanted:
+        if f"pipeline-{store}" in figures:
+            value = ratio(figures[f"pipeline-{store}"].p50_ms, figures[f"floor-{store}"].p50_ms)
+            report[f"pipeline_{store}_vs_floor"] = value
+            lines.append(f"pipeline/floor ({store}): {value:.2f}x (target <= 3x)")
+    if "pipeline-sqlite-x2" in figures:
+        value = ratio(figures["pipeline-sqlite-x2"].peak_mb, figures["pipeline-sqlite"].peak_mb)
+        report["x2_peak_vs_pipeline"] = value
+        lines.append(f"peak RSS with a file twice as large: {value:.2f}x the pipeline's")
+    report["machine_end"] = machine()
+    lines.append(
+        f"every import verified (awards, PDFs by SHA-256, mirror); load at end "
+        f"{report['machine_end']['load']}"
+    )
+    emit(report, lines, as_json=args.json)
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -522,10 +522,9 @@ def main(argv: list[str] | None = None) -> int:
                     "approval_vs_doc": ratio(approval.p50_ms, doc.p50_ms),
                     "approval_vs_floor": ratio(approval.p50_ms, floor.p50_ms),
                     "engine_vs_tuned": ratio(figures["engine"].p50_ms, tuned.p50_ms),
-                    "approval_peak_above_idle_x_pdf": ratio(
-                        approval.peak_mb - approval.idle_mb, pdf_mb
-                    ),
-                    "tuned_peak_above_idle_x_pdf": ratio(tuned.peak_mb - tuned.idle_mb, pdf_mb),
+                    # per operation: its peak over the resident size just before it
+                    "approval_peak_above_idle_x_pdf": ratio(approval.above_idle_mb, pdf_mb),
+                    "tuned_peak_above_idle_x_pdf": ratio(tuned.above_idle_mb, pdf_mb),
                 }
                 for store in stores:
                     s = figures[f"approval-{store}"]

@@ -29,6 +29,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from io import SEEK_END, BytesIO
 from typing import Any, Protocol
 
 from sqlalchemy import select, update
@@ -849,11 +850,13 @@ def record_approval(
     values: Mapping[str, str],
     auth_method: str,
     ip: str | None = None,
+    lease_to: str | None = None,
 ) -> Party:
     """Record the current party's instruction to sign; exactly once even under concurrent submits.
 
     Moves the party to ``signing`` and commits. The signature itself is applied by
-    :func:`apply_pending_signature`.
+    :func:`apply_pending_signature`; ``lease_to`` commits its task already leased to that
+    worker (an inline caller about to sign it).
     """
     party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
     _require_current(party)
@@ -901,7 +904,7 @@ def record_approval(
     set_committed_value(party, "auth_method", auth_method)
     # The signature is applied by the signing worker; its task commits with the approval, so
     # an approval the signer was told is complete can never be left unsigned.
-    enqueue_signature(session=session, party=party)
+    enqueue_signature(session=session, party=party, lease_to=lease_to)
     session.commit()
     return party
 
@@ -959,23 +962,17 @@ def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
     try:
         for doc in envelope.documents:
             values = {f.name: f.value or "" for f in party.fields if f.document_id == doc.id}
-            current = read_document(runtime=runtime, document=doc)
-            signed = runtime.signing.sign_approval(
+            # Decrypted a chunk at a time into one buffer, signed in place there, and only the
+            # new revision stored: no copy of the whole document is made or compared.
+            current = _read_document_stream(runtime, doc)
+            increment = runtime.signing.sign_approval_increment(
                 current, signature_field=field_name, reason=reason, values=values
             )
+            size = current.seek(0, SEEK_END)
+            del current  # keep one document's bytes alive at a time
             new_revisions.append(
-                (
-                    doc,
-                    store_revision(
-                        runtime=runtime,
-                        document=doc,
-                        previous=current,
-                        new=signed,
-                        reason="signature",
-                    ),
-                )
+                (doc, _store_increment(runtime, doc, increment, size=size, reason="signature"))
             )
-            del current, signed  # keep one document's bytes alive at a time
     except GatewayError as exc:
         if exc.retriable:
             _record_retriable(session, envelope, exc, party_id=party.id)
@@ -1048,6 +1045,9 @@ def approve(
     one-shot commands, tests). The task is leased first, so a worker running at the same time
     never signs the same approval too; a retriable failure gives the task back to the worker.
     """
+    inline = f"inline:{secrets.token_hex(4)}"
+    # The signing task commits with the approval, already leased to this call: no worker can
+    # take it in between, and no separate claim transaction is needed.
     party = record_approval(
         session=session,
         envelope_id=envelope_id,
@@ -1055,17 +1055,12 @@ def approve(
         values=values,
         auth_method=auth_method,
         ip=ip,
+        lease_to=inline,
     )
-    inline = f"inline:{secrets.token_hex(4)}"
-    task = claim_task(session=session, key=signature_key(party.id), worker=inline)
-    if task is None:
-        # A signing worker took it first: wait for its result, as the caller asked for the
-        # approval applied (bounded by the worker's lease; after that the task is due again).
-        return _wait_until_signed(session, party, dt.timedelta(minutes=2))
     try:
         party = _sign_for_party(session, runtime, party)
     except GatewayError:
-        release_leases(session=session, worker=inline, delivery_ids=[task])
+        release_leases(session=session, worker=inline)
         raise
     if party.envelope.state is EnvelopeState.SEALING:
         task = claim_task(session=session, key=seal_key(envelope_id), worker=inline)
@@ -1433,6 +1428,27 @@ def read_document(*, runtime: Runtime, document: Document) -> bytes:
     start = max(i for i, rev in enumerate(revisions) if rev.kind == "full")
     parts = [runtime.blobs.get(rev.blob_id) for rev in revisions[start:]]
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _read_document_stream(runtime: Runtime, document: Document) -> BytesIO:
+    """:func:`read_document` into one writable buffer, decrypted a chunk at a time."""
+    check_documents_kept(document.envelope)
+    revisions = document.revisions
+    start = max(i for i, rev in enumerate(revisions) if rev.kind == "full")
+    out = BytesIO()
+    for rev in revisions[start:]:
+        runtime.blobs.read_into(rev.blob_id, out)
+    return out
+
+
+def _store_increment(
+    runtime: Runtime, document: Document, increment: bytes, *, size: int, reason: str
+) -> DocumentRevision:
+    """Store an incremental update (the bytes a signer appended) as an ``append`` revision;
+    returned unattached, for the caller's transaction."""
+    seq = document.revisions[-1].seq + 1
+    blob_id = runtime.blobs.put(increment)
+    return DocumentRevision(seq=seq, kind="append", blob_id=blob_id, size=size, reason=reason)
 
 
 def store_revision(

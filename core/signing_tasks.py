@@ -41,15 +41,31 @@ def seal_key(envelope_id: str) -> str:
     return f"seal:{envelope_id}"
 
 
-def enqueue_signature(*, session: Session, party: Party) -> None:
-    """Queue the signature of ``party`` (in the caller's transaction, with its approval)."""
-    enqueue(
+def enqueue_signature(
+    *,
+    session: Session,
+    party: Party,
+    lease_to: str | None = None,
+    lease: dt.timedelta = dt.timedelta(minutes=2),
+) -> None:
+    """Queue the signature of ``party`` (in the caller's transaction, with its approval).
+
+    With ``lease_to`` the new task is created already leased to that worker, as if it had
+    claimed it: an inline caller that signs right after the commit saves the claim's own
+    transaction (and its fsync), and no worker can take the task until the lease expires.
+    """
+    task = enqueue(
         session=session,
         target=SIGNING_TARGET,
         idempotency_key=signature_key(party.id),
         payload={"kind": "signature", "envelope_id": party.envelope_id, "party_id": party.id},
         envelope_id=party.envelope_id,
     )
+    if lease_to is not None and task in session.new:  # never take over an existing task
+        task.state = DeliveryState.LEASED
+        task.lease_owner = lease_to
+        task.lease_expires_at = utcnow() + lease
+        task.attempts = 1
 
 
 def enqueue_seal(*, session: Session, envelope: Envelope) -> None:

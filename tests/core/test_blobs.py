@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import secrets
 from pathlib import Path
 
@@ -93,8 +94,73 @@ def test_a_failed_mirror_write_never_fails_the_store(tmp_path: Path) -> None:
     assert store.mirror_failures == 2
 
 
+def test_a_failed_store_write_leaves_no_mirror_copy(tmp_path: Path) -> None:
+    """The mirror copy is written beside the store's (in parallel): when the store's write
+    fails, the copy of a blob that was never stored is removed again."""
+    (tmp_path / "blobs").write_text("not a folder: every store write fails")
+    store = BlobStore(tmp_path / "blobs", secrets.token_bytes(32), mirror=tmp_path / "mirror")
+    for _ in range(5):
+        with pytest.raises(OSError):
+            store.put(b"x" * 100_000)
+    assert [p for p in (tmp_path / "mirror").rglob("*") if p.is_file()] == []
+
+
+def test_parallel_puts_are_each_stored_and_mirrored(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = secrets.token_bytes(32)
+    store = BlobStore(tmp_path / "blobs", key, mirror=tmp_path / "mirror")
+    payloads = [secrets.token_bytes(1000 + i) for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(store.put, payloads))
+    copy = BlobStore(tmp_path / "mirror", key)
+    for blob_id, data in zip(ids, payloads, strict=True):
+        assert store.get(blob_id) == copy.get(blob_id) == data
+
+
 def test_the_mirror_cannot_be_the_store_itself(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mirror"):
         BlobStore(
             tmp_path / "blobs", secrets.token_bytes(32), mirror=tmp_path / "x" / ".." / "blobs"
         )
+
+
+def _streamed(store: BlobStore, blob_id: str, chunk_size: int = 1 << 20) -> bytes:
+    out = io.BytesIO(b"prefix:")
+    out.seek(0, io.SEEK_END)
+    written = store.read_into(blob_id, out, chunk_size=chunk_size)
+    data = out.getvalue()
+    assert data.startswith(b"prefix:") and written == len(data) - len(b"prefix:")
+    return data[len(b"prefix:") :]
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 4095, 4096, 4097, 3 * 4096 + 5])
+def test_streamed_read_appends_the_same_bytes(blobs: BlobStore, size: int) -> None:
+    data = secrets.token_bytes(size)
+    blob_id = blobs.put(data)
+    assert _streamed(blobs, blob_id, chunk_size=4096) == data == blobs.get(blob_id)
+
+
+@pytest.mark.parametrize("offset", [0, 5, 20, 60, 70, 5000, -17, -1])
+def test_streamed_read_detects_any_flipped_byte(blobs: BlobStore, offset: int) -> None:
+    blob_id = blobs.put(b"x" * 8192)
+    path = _file(blobs, blob_id)
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BlobError) as info:
+        _streamed(blobs, blob_id, chunk_size=1000)
+    assert info.value.code in {"blob.tampered", "blob.wrong_master_key"}
+
+
+def test_streamed_read_detects_truncation_swapping_and_absence(blobs: BlobStore) -> None:
+    a, b = blobs.put(b"contract A" * 100), blobs.put(b"contract B" * 100)
+    _file(blobs, a).write_bytes(_file(blobs, b).read_bytes())
+    with pytest.raises(BlobError, match="blob.tampered"):
+        _streamed(blobs, a)
+    for keep in (30, 80, 90):
+        _file(blobs, b).write_bytes(_file(blobs, a).read_bytes()[:keep])
+        with pytest.raises(BlobError, match="blob.tampered"):
+            _streamed(blobs, b)
+    with pytest.raises(BlobError, match="blob.missing"):
+        _streamed(blobs, "0" * 32)

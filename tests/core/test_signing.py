@@ -529,6 +529,55 @@ def test_tsa_down_then_up_succeeds_on_retry(
     assert status.bottom_line  # type: ignore[attr-defined]
 
 
+# -- signing in place (the approval path: only the new revision comes back) --------------------
+
+
+def test_an_increment_signed_in_place_is_the_same_revision_appended(
+    live_engine: SigningEngine, flow: dict[str, bytes], test_pki: LivePki
+) -> None:
+    prepared = flow["prepared"]
+    document = BytesIO(prepared)
+    increment = live_engine.sign_approval_increment(
+        document, signature_field="kg_sig_i", reason=_reason(1), values=VALUES[0]
+    )
+    signed = document.getvalue()
+    assert signed == prepared + increment
+    (status,) = _pyhanko_statuses(signed, test_pki)
+    assert status.bottom_line  # type: ignore[attr-defined]
+    fields = PdfFileReader(BytesIO(signed)).root["/AcroForm"]["/Fields"]
+    assert any(str(f.get_object().get("/V")) == "令和7年10月1日" for f in fields)
+
+
+def test_an_overflowed_increment_is_retried_and_still_only_appended(
+    live_engine: SigningEngine, flow: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live_engine, "bytes_reserved", lambda: 2048)
+    before = live_engine.reservation_overflows
+    document = BytesIO(flow["prepared"])
+    increment = live_engine.sign_approval_increment(
+        document, signature_field="kg_sig_o2", reason="r", values=VALUES[0]
+    )
+    assert live_engine.reservation_overflows == before + 1
+    assert document.getvalue() == flow["prepared"] + increment
+    (sig,) = PdfFileReader(BytesIO(document.getvalue())).embedded_regular_signatures
+    assert str(sig.sig_field["/T"]) == "kg_sig_o2"
+
+
+def test_a_failed_increment_leaves_the_document_as_it_was(
+    engine_factory: object, live_engine: SigningEngine, flow: dict[str, bytes]
+) -> None:
+    engine = engine_factory([closed_port_url()], attempts=1)  # type: ignore[operator]
+    document = BytesIO(flow["prepared"])
+    with pytest.raises(SigningError) as info:
+        engine.sign_approval_increment(document, signature_field="kg_sig_d2", reason="r", values={})
+    assert info.value.code == "signing.tsa_unreachable"
+    assert document.getvalue() == flow["prepared"]
+    with pytest.raises(SigningError, match="signing.field_exists"):
+        live_engine.sign_approval_increment(
+            BytesIO(flow["approval1"]), signature_field="kg_sig_1", reason="r", values={}
+        )
+
+
 # -- PKCS#11 -----------------------------------------------------------------------------------
 
 
