@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -71,10 +72,10 @@ def link_in(message: EmailMessage) -> str:
     return str(links[0])
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, devpki: DevPki) -> Iterator[Site]:
-    """SMTP server, gateway (SQLite, SMTP transport, mail worker) and uvicorn, for a module."""
-    home = tmp_path_factory.mktemp("e2e")
+@contextmanager
+def served_site(home: Path, devpki: DevPki, *, extra: str = "") -> Iterator[Site]:
+    """SMTP server, gateway (SQLite, SMTP transport, mail worker) and uvicorn in ``home``;
+    ``extra`` is added to the config (e.g. ``intake:`` and ``sources:``)."""
     shots = home / "screenshots"
     shots.mkdir()
     sock = listening_socket()  # the port goes into the config; the socket to the server
@@ -95,6 +96,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, devpki: DevPki) -> Iterator[S
                 "    attempts: 2\n"
                 "  dispatch_interval_seconds: 0.2\n"
             ),
+            extra=extra,
         )
         gateway = open_test_gateway(config)
         try:
@@ -107,6 +109,13 @@ def site(tmp_path_factory: pytest.TempPathFactory, devpki: DevPki) -> Iterator[S
                     yield Site(url, gateway, inbox, api, config, shots, smtp_port)
         finally:
             gateway.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, devpki: DevPki) -> Iterator[Site]:
+    """SMTP server, gateway (SQLite, SMTP transport, mail worker) and uvicorn, for a module."""
+    with served_site(tmp_path_factory.mktemp("e2e"), devpki) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
