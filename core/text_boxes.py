@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from core.errors import StateError
-from core.model import Party
-from core.signing import MIN_FIELD_FONT_SIZE, PageArea, SigningEngine
+
+if TYPE_CHECKING:
+    # Types only: mapping/ checks its boxes with shape_problem and must not load pyHanko.
+    from core.model import Party
+    from core.signing import PageArea, SigningEngine
 
 __all__ = [
     "EDGE",
@@ -115,6 +119,8 @@ def check_text_box(
 def check_values_fit(*, engine: SigningEngine, party: Party, values: Mapping[str, str]) -> None:
     """Refuse (``envelope.field_too_wide``, with about how many characters fit) a value of one
     of ``party``'s boxes that would not fit the box whole and legible in the signed PDF."""
+    from core.signing import MIN_FIELD_FONT_SIZE
+
     for f in party.fields:
         value = (values.get(f.id) or "").strip()
         width, height = abs(f.x2 - f.x1), abs(f.y2 - f.y1)

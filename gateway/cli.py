@@ -8,37 +8,17 @@ import secrets
 import sys
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from core.errors import GatewayError
+from gateway._cli import CliContext, CommandError, actor, fail, with_gateway, with_session
+from gateway.scheduling import JOB_IDS
 
 DEFAULT_CONFIG = "config.yaml"
 # `keiyaku sync`: the runs succeeded but some records became line errors (1: a run failed).
 SOME_LINES_FAILED = 3
-
-
-def _fail(exc: GatewayError) -> NoReturn:
-    click.echo(f"error: {exc.code}: {exc.message_en}", err=True)
-    problems = exc.details.get("problems")
-    if problems:
-        for problem in problems:
-            click.echo(f"  - {problem}", err=True)
-    sys.exit(2)
-
-
-class _Context:
-    def __init__(self, config: Path) -> None:
-        self.config = config
-
-    def settings(self) -> Any:
-        from gateway.settings import load_settings
-
-        try:
-            return load_settings(self.config)
-        except GatewayError as exc:
-            _fail(exc)
 
 
 @click.group()
@@ -53,7 +33,7 @@ class _Context:
 @click.pass_context
 def main(ctx: click.Context, config: Path) -> None:
     """keiyaku-gateway: electronic contracts for Japanese public buyers."""
-    ctx.obj = _Context(config)
+    ctx.obj = CliContext(config)
 
 
 @main.command()
@@ -93,7 +73,7 @@ def init(directory: Path, buyer: str, force: bool) -> None:
 
 @main.command()
 @click.pass_obj
-def migrate(obj: _Context) -> None:
+def migrate(obj: CliContext) -> None:
     """Create or upgrade the database schema."""
     from core.storage import migrate as run_migrations
     from gateway.runtime import database_engine
@@ -115,24 +95,16 @@ def migrate(obj: _Context) -> None:
     help="Folder for the results (default: demo.output in the config).",
 )
 @click.pass_obj
-def demo(obj: _Context, output: Path | None) -> None:
+def demo(obj: CliContext, output: Path | None) -> None:
     """Take a sample award export in, sign its envelope end to end and print where the signed
     PDFs, certificate and pushed records are."""
     from gateway.demo import run_demo
-    from gateway.runtime import open_gateway
+    from gateway.sinks import push_demo
 
     settings = obj.settings()
-    try:
-        gateway = open_gateway(settings)
-        try:
-            result = run_demo(gateway, output=output or settings.path(settings.demo.output))
-            from gateway.sinks import push_demo
-
-            pushed = push_demo(gateway, result.envelope_id)
-        finally:
-            gateway.close()
-    except GatewayError as exc:
-        _fail(exc)
+    with with_gateway(obj) as gateway:
+        result = run_demo(gateway, output=output or settings.path(settings.demo.output))
+        pushed = push_demo(gateway, result.envelope_id)
     click.echo(f"input: {result.input}")
     for run in result.syncs:
         click.echo(
@@ -211,7 +183,7 @@ class _ValidationTime(click.ParamType["datetime", Any]):
 )
 @click.pass_obj
 def verify(
-    obj: _Context, file: Path, as_json: bool, moment: Any, time_limit: float, memory_limit: int
+    obj: CliContext, file: Path, as_json: bool, moment: Any, time_limit: float, memory_limit: int
 ) -> None:
     """Check every signature of FILE from its embedded data; exit 0 only if all hold, 3 when
     the check could not finish within its time or memory budget."""
@@ -224,7 +196,7 @@ def verify(
         with BoundedVerifier(trust_roots=load_trust_roots(settings), budget=budget) as verifier:
             report = verifier.verify(file.read_bytes(), moment=moment)
     except GatewayError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         click.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
     else:
@@ -265,7 +237,9 @@ def _report_text(file: Path, report: Any) -> str:
 )
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.pass_obj
-def serve(obj: _Context, host: str | None, port: int | None, fd: int | None, workers: int) -> None:
+def serve(
+    obj: CliContext, host: str | None, port: int | None, fd: int | None, workers: int
+) -> None:
     """Run the envelope API (/api/v1), the signing pages (/sign) and the mail sender."""
     from gateway.server import run_server
 
@@ -273,7 +247,7 @@ def serve(obj: _Context, host: str | None, port: int | None, fd: int | None, wor
     try:
         run_server(settings, host=host, port=port, fd=fd, workers=workers, config_path=obj.config)
     except GatewayError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @main.group("api-client")
@@ -301,7 +275,7 @@ def api_client() -> None:
 )
 @click.pass_obj
 def api_client_create(
-    obj: _Context,
+    obj: CliContext,
     name: str,
     scopes: tuple[str, ...],
     department: str | None,
@@ -309,21 +283,15 @@ def api_client_create(
 ) -> None:
     """Register system NAME and print its token (shown this once only)."""
     from core.api_clients import DEFAULT_SCOPES, create_api_client, update_api_client
-    from gateway.server import open_database
 
-    settings = obj.settings()
-    try:
-        with open_database(settings) as sessions, sessions() as session:
-            client, token = create_api_client(
-                session=session, name=name, scopes=list(scopes) or list(DEFAULT_SCOPES)
-            )
-            session.flush()
-            update_api_client(
-                session=session, name=client.name, department=department, staff_email=staff_email
-            )
-            session.commit()
-    except GatewayError as exc:
-        _fail(exc)
+    with with_session(obj, commit=True) as session:
+        client, token = create_api_client(
+            session=session, name=name, scopes=list(scopes) or list(DEFAULT_SCOPES)
+        )
+        session.flush()
+        update_api_client(
+            session=session, name=client.name, department=department, staff_email=staff_email
+        )
     click.echo(f"api client: {client.name} ({' '.join(client.scopes)})")
     click.echo(f"token: {token}")
     click.echo("store the token now: only its hash is kept")
@@ -335,36 +303,29 @@ def api_client_create(
 @click.option("--as-staff", "staff_email", help='Staff e-mail it acts for ("" for none).')
 @click.pass_obj
 def api_client_set(
-    obj: _Context, name: str, department: str | None, staff_email: str | None
+    obj: CliContext, name: str, department: str | None, staff_email: str | None
 ) -> None:
     """Set system NAME's default department and the staff member it acts for."""
     from core.api_clients import update_api_client
-    from gateway.server import open_database
 
-    settings = obj.settings()
-    try:
-        with open_database(settings) as sessions, sessions() as session:
-            client = update_api_client(
-                session=session, name=name, department=department, staff_email=staff_email
-            )
-            session.commit()
-            click.echo(
-                f"api client: {client.name} department={client.department or '-'} "
-                f"acts for staff={'yes' if client.staff_id else 'no'}"
-            )
-    except GatewayError as exc:
-        _fail(exc)
+    with with_session(obj) as session:
+        client = update_api_client(
+            session=session, name=name, department=department, staff_email=staff_email
+        )
+        session.commit()
+        click.echo(
+            f"api client: {client.name} department={client.department or '-'} "
+            f"acts for staff={'yes' if client.staff_id else 'no'}"
+        )
 
 
 @api_client.command("list")
 @click.pass_obj
-def api_client_list(obj: _Context) -> None:
+def api_client_list(obj: CliContext) -> None:
     """List the registered systems (never their tokens)."""
     from core.api_clients import list_api_clients
-    from gateway.server import open_database
 
-    settings = obj.settings()
-    with open_database(settings) as sessions, sessions() as session:
+    with with_session(obj) as session:
         for client in list_api_clients(session=session):
             state = "revoked" if client.revoked_at else "active"
             click.echo(f"{client.name}\t{state}\t{client.token_hint}...\t{' '.join(client.scopes)}")
@@ -373,39 +334,25 @@ def api_client_list(obj: _Context) -> None:
 @api_client.command("revoke")
 @click.argument("name")
 @click.pass_obj
-def api_client_revoke(obj: _Context, name: str) -> None:
+def api_client_revoke(obj: CliContext, name: str) -> None:
     """Stop the token of system NAME from working."""
     from core.api_clients import revoke_api_client
-    from gateway.server import open_database
 
-    settings = obj.settings()
-    try:
-        with open_database(settings) as sessions, sessions() as session:
-            revoke_api_client(session=session, name=name)
-            session.commit()
-    except GatewayError as exc:
-        _fail(exc)
+    with with_session(obj, commit=True) as session:
+        revoke_api_client(session=session, name=name)
     click.echo(f"api client {name}: revoked")
 
 
 @main.command("send-mail")
 @click.pass_obj
-def send_mail(obj: _Context) -> None:
+def send_mail(obj: CliContext) -> None:
     """Send the mail waiting in the outbox once (what `serve` does in the background)."""
     from gateway.app import build_mail_handler
     from gateway.mailer import MailDispatcher
-    from gateway.runtime import open_gateway
 
-    settings = obj.settings()
-    try:
-        gateway = open_gateway(settings)
-        try:
-            dispatcher = MailDispatcher(gateway.sessions, build_mail_handler(gateway), 1.0)
-            result = dispatcher.run_once()
-        finally:
-            gateway.close()
-    except GatewayError as exc:
-        _fail(exc)
+    with with_gateway(obj) as gateway:
+        dispatcher = MailDispatcher(gateway.sessions, build_mail_handler(gateway), 1.0)
+        result = dispatcher.run_once()
     click.echo(
         f"mail: {len(result.delivered)} sent, {len(result.retrying)} to retry, "
         f"{len(result.dead)} failed"
@@ -513,7 +460,7 @@ def mapping() -> None:
 @click.option("--limit", type=int, default=None, help="Print at most this many drafts.")
 @click.pass_obj
 def mapping_check(
-    obj: _Context,
+    obj: CliContext,
     source: str | None,
     sample: Path,
     mapping_file: Path | None,
@@ -541,7 +488,7 @@ def mapping_check(
             click.echo(json.dumps({"ok": False, "mapping_errors": exc.details.get("lines", []),
                                    "error": exc.as_dict()}, ensure_ascii=False, indent=2))  # fmt: skip
             sys.exit(2)
-        _fail(exc)
+        fail(exc)
     name = source or mapping_file.stem if mapping_file is not None else str(source)
     register = intake.authorities(settings)
     drafts: list[dict[str, Any]] = []
@@ -611,8 +558,8 @@ def mapping_check(
 
 
 class _SyncGroup(click.Group):
-    """``keiyaku sync [SOURCE] [options]`` runs a sync; ``keiyaku sync replay|reset-cursor``
-    are its subcommands (a source of those names cannot be synced by name)."""
+    """``keiyaku sync [SOURCE] [options]`` runs a sync; ``keiyaku sync runs|errors|replay|
+    reset-cursor`` are its subcommands (a source of those names cannot be synced by name)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
@@ -622,18 +569,34 @@ class _SyncGroup(click.Group):
 
 @main.group(cls=_SyncGroup)
 def sync() -> None:
-    """Pull sources into envelopes (`sync [SOURCE]`), replay dead letters, reset a cursor."""
+    """Pull sources into envelopes (`sync [SOURCE]`), list runs and their line errors, replay
+    dead letters, reset a cursor."""
 
 
 @sync.command("run")
 @click.argument("source", required=False)
-@click.option("--runs", "show_runs", is_flag=True, help="List recent sync runs instead.")
-@click.option("--errors", "errors_of", type=int, default=None, help="List the line errors of RUN.")
+@click.option(
+    "--runs",
+    "show_runs",
+    is_flag=True,
+    hidden=True,
+    deprecated="use `keiyaku sync runs`",
+    help="List recent sync runs instead.",
+)
+@click.option(
+    "--errors",
+    "errors_of",
+    type=int,
+    default=None,
+    hidden=True,
+    deprecated="use `keiyaku sync errors RUN`",
+    help="List the line errors of RUN.",
+)
 @click.option("--limit", type=int, default=20, show_default=True, help="Rows listed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.pass_obj
+@click.pass_context
 def sync_run(
-    obj: _Context,
+    ctx: click.Context,
     source: str | None,
     show_runs: bool,
     errors_of: int | None,
@@ -642,52 +605,23 @@ def sync_run(
 ) -> None:
     """Pull SOURCE (default: every pulled source) through its mapping into envelopes.
 
-    Shows a progress bar on a terminal. ``--runs`` lists recent runs; ``--errors RUN`` the
-    line errors of one run. Exit 0 when every record got through (or was skipped), 3 when
-    some records became line errors, 1 when a run failed (e.g. a file whose every record failed,
-    which is left in place) or a source could not be read.
+    Shows a progress bar on a terminal. Exit 0 when every record got through (or was skipped),
+    3 when some records became line errors, 1 when a run failed (e.g. a file whose every record
+    failed, which is left in place) or a source could not be read.
     """
-    from core.intake import list_dead_letters, list_runs
     from gateway import intake
-    from gateway.runtime import access_code_policy, open_gateway
+    from gateway.runtime import access_code_policy
     from schedules.sync import sync_source
 
+    if errors_of is not None:
+        ctx.invoke(sync_errors, run_id=errors_of, limit=limit, as_json=as_json)
+        return
+    if show_runs:
+        ctx.invoke(sync_runs, source=source, limit=limit, as_json=as_json)
+        return
+    obj: CliContext = ctx.obj
     settings = obj.settings()
-    try:
-        gateway = open_gateway(settings)
-    except GatewayError as exc:
-        _fail(exc)
-    try:
-        if show_runs or errors_of is not None:
-            with gateway.sessions() as session:
-                if errors_of is not None:
-                    rows = list_dead_letters(session=session, run_id=errors_of, limit=limit)
-                    items = [
-                        {"run": r.run_id, "source": r.source, "file": r.file, "line": r.line,
-                         "field": r.field, "code": r.code, "reason": r.reason,
-                         "reason_ja": r.reason_ja, "mapping_line": r.mapping_line}
-                        for r in reversed(rows)
-                    ]  # fmt: skip
-                else:
-                    runs = list_runs(session=session, source=source, limit=limit)
-                    items = [_run_json(r) for r in runs]
-            if as_json:
-                click.echo(json.dumps(items, ensure_ascii=False, indent=2, default=str))
-            elif errors_of is not None:
-                for e in items:
-                    click.echo(f"{e['source']}:{e['file']}:{e['line']}: {e['field'] or '-'}: "
-                               f"{e['reason']} [{e['code']}]")  # fmt: skip
-            else:
-                for r in items:
-                    click.echo(
-                        f"#{r['id']} {r['started_at']} {r['source']} {r['trigger']} {r['status']}: "
-                        f"{r['records']} records, {r['created']} created, {r['updated']} updated, "
-                        f"{r['unchanged']} unchanged, {r['skipped']} skipped, "
-                        f"{r['waiting']} waiting, {r['released']} envelopes, "
-                        f"{r['conflicts']} conflicts, {r['errors']} errors, {r['duration_ms']} ms"
-                        + (f" ({r['message']})" if r["message"] else "")
-                    )
-            return
+    with with_gateway(obj) as gateway:
         names = [source] if source else intake.pulled_sources(settings)
         if not names:
             click.echo("no sources configured")
@@ -718,6 +652,7 @@ def sync_run(
                         batch_size=settings.intake.batch_size,
                     )  # fmt: skip
             except GatewayError as exc:
+                # One source failing must not stop the others: reported, and the exit code is 1.
                 failed = True
                 click.echo(f"error: {name}: {exc.code}: {exc.message_en}", err=True)
                 for problem in exc.details.get("problems", []):
@@ -739,38 +674,82 @@ def sync_run(
                     )
                 for error in result.line_errors[:20]:
                     click.echo(f"  {error.describe()}")
-        if as_json:
-            click.echo(json.dumps(
-                [{k: v for k, v in vars(r).items() if k != "line_errors"}
-                 | {"line_errors": [e.as_json() for e in r.line_errors]} for r in results],
-                ensure_ascii=False, indent=2, default=str,
-            ))  # fmt: skip
-        if failed or any(r.status == "failed" for r in results):
-            sys.exit(1)
-        if any(r.errors for r in results):
-            sys.exit(SOME_LINES_FAILED)
-    finally:
-        gateway.close()
+    if as_json:
+        click.echo(json.dumps(
+            [{k: v for k, v in vars(r).items() if k != "line_errors"}
+             | {"line_errors": [e.as_json() for e in r.line_errors]} for r in results],
+            ensure_ascii=False, indent=2, default=str,
+        ))  # fmt: skip
+    if failed or any(r.status == "failed" for r in results):
+        sys.exit(1)
+    if any(r.errors for r in results):
+        sys.exit(SOME_LINES_FAILED)
+
+
+@sync.command("runs")
+@click.argument("source", required=False)
+@click.option("--limit", type=int, default=20, show_default=True, help="Rows listed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+@click.pass_obj
+def sync_runs(obj: CliContext, source: str | None, limit: int, as_json: bool) -> None:
+    """List recent sync runs (of SOURCE, default: all), newest first."""
+    from core.intake import list_runs
+
+    with with_session(obj) as session:
+        items = [_run_json(r) for r in list_runs(session=session, source=source, limit=limit)]
+    if as_json:
+        click.echo(json.dumps(items, ensure_ascii=False, indent=2, default=str))
+        return
+    for r in items:
+        click.echo(
+            f"#{r['id']} {r['started_at']} {r['source']} {r['trigger']} {r['status']}: "
+            f"{r['records']} records, {r['created']} created, {r['updated']} updated, "
+            f"{r['unchanged']} unchanged, {r['skipped']} skipped, "
+            f"{r['waiting']} waiting, {r['released']} envelopes, "
+            f"{r['conflicts']} conflicts, {r['errors']} errors, {r['duration_ms']} ms"
+            + (f" ({r['message']})" if r["message"] else "")
+        )
+
+
+@sync.command("errors")
+@click.argument("run_id", metavar="RUN", type=int)
+@click.option("--limit", type=int, default=20, show_default=True, help="Rows listed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the line errors as JSON.")
+@click.pass_obj
+def sync_errors(obj: CliContext, run_id: int, limit: int, as_json: bool) -> None:
+    """List the line errors (dead letters) of sync run RUN."""
+    from core.intake import list_dead_letters
+
+    with with_session(obj) as session:
+        rows = list_dead_letters(session=session, run_id=run_id, limit=limit)
+        items = [
+            {"run": r.run_id, "source": r.source, "file": r.file, "line": r.line,
+             "field": r.field, "code": r.code, "reason": r.reason,
+             "reason_ja": r.reason_ja, "mapping_line": r.mapping_line}
+            for r in reversed(rows)
+        ]  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(items, ensure_ascii=False, indent=2, default=str))
+        return
+    for e in items:
+        click.echo(f"{e['source']}:{e['file']}:{e['line']}: {e['field'] or '-'}: "
+                   f"{e['reason']} [{e['code']}]")  # fmt: skip
 
 
 @sync.command("replay")
 @click.argument("source")
 @click.option("--run", "run_id", type=int, default=None, help="Only the dead letters of RUN.")
 @click.pass_obj
-def sync_replay(obj: _Context, source: str, run_id: int | None) -> None:
+def sync_replay(obj: CliContext, source: str, run_id: int | None) -> None:
     """Take SOURCE's dead letters (records that failed) in again through its current mapping.
 
     Exit codes as for `keiyaku sync`."""
     from gateway import intake
-    from gateway.runtime import access_code_policy, open_gateway
+    from gateway.runtime import access_code_policy
     from schedules.sync import replay_dead_letters
 
     settings = obj.settings()
-    try:
-        gateway = open_gateway(settings)
-    except GatewayError as exc:
-        _fail(exc)
-    try:
+    with with_gateway(obj) as gateway:
         result, replayed = replay_dead_letters(
             sessions=gateway.sessions,
             runtime=gateway.runtime,
@@ -780,10 +759,6 @@ def sync_replay(obj: _Context, source: str, run_id: int | None) -> None:
             run_id=run_id,
             batch_size=settings.intake.batch_size,
         )
-    except GatewayError as exc:
-        _fail(exc)
-    finally:
-        gateway.close()
     click.echo(
         f"{source}: replayed {replayed} dead letters as run #{result.run_id} {result.status}: "
         f"{result.created} created, {result.updated} updated, {result.unchanged} unchanged, "
@@ -807,25 +782,18 @@ def sync_replay(obj: _Context, source: str, run_id: int | None) -> None:
     "the bookmark, so everything the source still holds is read again (idempotently).",
 )
 @click.pass_obj
-def sync_reset_cursor(obj: _Context, source: str, value: str) -> None:
+def sync_reset_cursor(obj: CliContext, source: str, value: str) -> None:
     """Set SOURCE's bookmark by hand (audited)."""
-    import getpass
-
     from core.intake import reset_cursor
     from gateway import intake
-    from gateway.server import open_database
 
-    settings = obj.settings()
     try:
-        intake.source_settings(settings, source)
-        with open_database(settings) as factory, factory() as session:
-            cursor: dict[str, Any] = {} if value == "start" else {"value": value}
-            previous = reset_cursor(
-                session=session, source=source, cursor=cursor, actor=f"cli:{getpass.getuser()}"
-            )
-            session.commit()
+        intake.source_settings(obj.settings(), source)
     except GatewayError as exc:
-        _fail(exc)
+        fail(exc)
+    cursor: dict[str, Any] = {} if value == "start" else {"value": value}
+    with with_session(obj, commit=True) as session:
+        previous = reset_cursor(session=session, source=source, cursor=cursor, actor=actor())
     click.echo(
         f"{source}: cursor {json.dumps(previous, ensure_ascii=False)} -> "
         f"{json.dumps(cursor, ensure_ascii=False)}"
@@ -855,63 +823,38 @@ def jobs() -> None:
 
 
 @jobs.command("run")
-@click.argument(
-    "job_id",
-    type=click.Choice(["nightly_pull", "deadlines", "retimestamp", "backup", "retention"]),
-)
+@click.argument("job_id", type=click.Choice(JOB_IDS))
 @click.pass_obj
-def jobs_run(obj: _Context, job_id: str) -> None:
+def jobs_run(obj: CliContext, job_id: str) -> None:
     """Run JOB_ID now, as its scheduled tick would (once per minute across nodes)."""
     import datetime as dt
 
-    from gateway import intake
-    from gateway.runtime import access_code_policy, open_gateway
+    from gateway.scheduling import scheduled_jobs
     from schedules.runner import default_node_name, run_once
 
     settings = obj.settings()
-    try:
-        gateway = open_gateway(settings)
-    except GatewayError as exc:
-        _fail(exc)
-    try:
-        from gateway import ops
-
-        specs = {
-            s.id: s
-            for s in [
-                *intake.jobs(settings, gateway, access_codes=access_code_policy(settings)),
-                *ops.jobs(settings, gateway),
-            ]
-        }
+    with with_gateway(obj) as gateway:
+        specs = {s.id: s for s in scheduled_jobs(settings, gateway)}
         if job_id not in specs:
-            click.echo(f"{job_id} is not scheduled in the config", err=True)
-            sys.exit(2)
+            raise CommandError(f"{job_id} is not scheduled in the config")
         now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
         outcome = run_once(
             sessions=gateway.sessions, job_id=job_id, fire_time=now, node=default_node_name(),
             job=specs[job_id].run,
         )  # fmt: skip
-        click.echo(f"{job_id} at {now.isoformat()}: {outcome.status}")
-        sys.exit(0 if outcome.status in ("succeeded", "claimed_elsewhere") else 1)
-    finally:
-        gateway.close()
+    click.echo(f"{job_id} at {now.isoformat()}: {outcome.status}")
+    sys.exit(0 if outcome.status in ("succeeded", "claimed_elsewhere") else 1)
 
 
 @jobs.command("start")
 @click.pass_obj
-def jobs_start(obj: _Context) -> None:
+def jobs_start(obj: CliContext) -> None:
     """Run the scheduler in the foreground until interrupted."""
     from apscheduler.schedulers.blocking import BlockingScheduler
 
-    from gateway.runtime import open_gateway
     from gateway.scheduling import node_scheduler, timezone
 
-    settings = obj.settings()
-    try:
-        gateway = open_gateway(settings)
-    except GatewayError as exc:
-        _fail(exc)
-    try:
+    with with_gateway(obj) as gateway:
         scheduler = node_scheduler(gateway, BlockingScheduler(timezone=timezone(gateway)))
         for job in scheduler.get_jobs():
             click.echo(f"scheduled: {job.id} ({job.trigger})")
@@ -919,8 +862,6 @@ def jobs_start(obj: _Context) -> None:
             scheduler.start()
         except (KeyboardInterrupt, SystemExit):
             pass
-    finally:
-        gateway.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,50 +6,19 @@ also given in Japanese); times are JST. Every decision is audited with the CLI u
 
 from __future__ import annotations
 
-import getpass
 import json
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
 
-from core.errors import GatewayError
+from gateway._cli import actor, with_gateway
 
 JST = ZoneInfo("Asia/Tokyo")
 
 
-def _fail(exc: GatewayError) -> NoReturn:
-    click.echo(f"error: {exc.code}: {exc.message_en}", err=True)
-    sys.exit(2)
-
-
-def _actor() -> str:
-    return f"cli:{getpass.getuser()}"
-
-
 def _jst(value: Any) -> str | None:
     return value.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S JST") if value else None
-
-
-@contextmanager
-def _gateway(obj: Any) -> Iterator[tuple[Any, Any]]:
-    """The gateway (database, blobs, signing) of the config; errors end with code 2."""
-    from gateway.runtime import open_gateway
-
-    settings = obj.settings()
-    try:
-        gateway = open_gateway(settings)
-    except GatewayError as exc:
-        _fail(exc)
-    try:
-        yield gateway, settings
-    except GatewayError as exc:
-        _fail(exc)
-    finally:
-        gateway.close()
 
 
 @click.group()
@@ -78,7 +47,7 @@ def awards_list(obj: Any, state: str, source: str | None, limit: int, as_json: b
     from core.model import AwardState
     from gateway.intake import award_json
 
-    with _gateway(obj) as (gateway, _settings), gateway.sessions() as session:
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
         rows = list_awards(
             session=session,
             source=source,
@@ -117,14 +86,15 @@ def awards_release(obj: Any, source: str, award_id: str, contractor_id: str | No
     from gateway.intake import award_json
     from gateway.runtime import access_code_policy
 
-    with _gateway(obj) as (gateway, settings), gateway.sessions() as session:
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
+        settings = gateway.settings
         award = release_award(
             session=session,
             runtime=gateway.runtime,
             policy=intake.policy(settings, access_codes=access_code_policy(settings)),
             source=source,
             award_id=award_id,
-            actor=_actor(),
+            actor=actor(),
             contractor_id=contractor_id,
         )
         session.commit()
@@ -145,10 +115,10 @@ def awards_dismiss(obj: Any, source: str, award_id: str, reason: str) -> None:
     """Dismiss a waiting award (or drop a change that arrived after sending), audited."""
     from core.intake import dismiss_award
 
-    with _gateway(obj) as (gateway, _settings), gateway.sessions() as session:
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
         award = dismiss_award(
             session=session, runtime=gateway.runtime, source=source, award_id=award_id,
-            actor=_actor(), reason=reason,
+            actor=actor(), reason=reason,
         )  # fmt: skip
         session.commit()
         click.echo(f"{source}:{award_id}: {award.state.value}")
@@ -166,14 +136,15 @@ def awards_remap(obj: Any, source: str, award_id: str) -> None:
     from gateway.runtime import access_code_policy
     from schedules.sync import remap_award
 
-    with _gateway(obj) as (gateway, settings), gateway.sessions() as session:
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
+        settings = gateway.settings
         award = remap_award(
             session=session,
             runtime=gateway.runtime,
             policy=intake.policy(settings, access_codes=access_code_policy(settings)),
             spec=intake.configured_spec(settings, source),
             award_id=award_id,
-            actor=_actor(),
+            actor=actor(),
             authorities=intake.authorities(settings),
         )
         session.commit()
@@ -203,14 +174,15 @@ def awards_set_code(obj: Any, source: str, award_id: str, code: str) -> None:
     from gateway import intake
     from gateway.runtime import access_code_policy
 
-    with _gateway(obj) as (gateway, settings), gateway.sessions() as session:
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
+        settings = gateway.settings
         award = set_award_access_code(
             session=session,
             runtime=gateway.runtime,
             policy=intake.policy(settings, access_codes=access_code_policy(settings)),
             source=source,
             award_id=award_id,
-            actor=_actor(),
+            actor=actor(),
             code=code,
         )
         session.commit()
@@ -231,7 +203,7 @@ def contractors_conflicts(obj: Any, show_all: bool, as_json: bool) -> None:
     and contractors merged before migration 0014."""
     from core.intake import CONFLICT_KIND_JA, list_conflicts
 
-    with _gateway(obj) as (gateway, _settings), gateway.sessions() as session:
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
         items = [
             {
                 "id": c.id,
@@ -267,8 +239,8 @@ def contractors_resolve(obj: Any, conflict_id: int, note: str) -> None:
     """Mark a conflict as checked (audited)."""
     from core.intake import resolve_conflict
 
-    with _gateway(obj) as (gateway, _settings), gateway.sessions() as session:
-        resolve_conflict(session=session, conflict_id=conflict_id, actor=_actor(), resolution=note)
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
+        resolve_conflict(session=session, conflict_id=conflict_id, actor=actor(), resolution=note)
         session.commit()
     click.echo(f"conflict #{conflict_id} resolved")
 
@@ -287,7 +259,7 @@ def consent_list(obj: Any, as_json: bool, limit: int) -> None:
     from core.consent import consent_json, list_consents
     from core.model import Contractor
 
-    with _gateway(obj) as (gateway, _settings), gateway.sessions() as session:
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
         items = []
         for c in list_consents(session=session, limit=limit):
             data = consent_json(c) or {}
@@ -315,7 +287,7 @@ def consent_withdraw(obj: Any, consent_id: str, reason: str) -> None:
     """Record the contractor's withdrawal: no new envelope to it (audited)."""
     from core.consent import withdraw_consent
 
-    with _gateway(obj) as (gateway, _settings), gateway.sessions() as session:
-        withdraw_consent(session=session, consent_id=consent_id, actor=_actor(), reason=reason)
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
+        withdraw_consent(session=session, consent_id=consent_id, actor=actor(), reason=reason)
         session.commit()
     click.echo(f"consent {consent_id} withdrawn")

@@ -15,13 +15,9 @@ from zoneinfo import ZoneInfo
 import click
 
 from core.errors import GatewayError
+from gateway._cli import fail, with_gateway
 
 JST = ZoneInfo("Asia/Tokyo")
-
-
-def _fail(exc: GatewayError) -> NoReturn:
-    click.echo(f"error: {exc.code}: {exc.message_en}", err=True)
-    sys.exit(2)
 
 
 @click.command("backup")
@@ -37,7 +33,7 @@ def backup_command(obj: Any) -> None:
     try:
         result = run_backup(settings, engine)
     except GatewayError as exc:
-        _fail(exc)
+        fail(exc)
     finally:
         engine.dispose()
     click.echo(f"database: {result.database_file}")
@@ -69,7 +65,7 @@ def restore_command(obj: Any, backup: Path, force: bool, dry_run: bool, as_json:
     from core.backup import latest_backup, plan_restore, restore
     from core.storage import known_revisions
     from gateway.ops import check_restored
-    from gateway.runtime import database_engine, master_key, open_gateway
+    from gateway.runtime import database_engine, master_key
 
     settings = obj.settings()
     try:
@@ -98,17 +94,14 @@ def restore_command(obj: Any, backup: Path, force: bool, dry_run: bool, as_json:
             force=force,
             pg_restore=str(Path(settings.backup.pg_dump).with_name("pg_restore")),
         )
-        gateway = open_gateway(settings)
     except GatewayError as exc:
-        _fail(exc)
+        fail(exc)
 
     def progress(index: int, total: int, name: str, result: str) -> None:
         click.echo(f"  checked {index}/{total}: {name}: {result}", err=True)
 
-    try:
+    with with_gateway(obj) as gateway:
         check = check_restored(gateway, progress=progress)
-    finally:
-        gateway.close()
     if as_json:
         click.echo(json.dumps(check.as_dict(), ensure_ascii=False, indent=2))
     else:
@@ -171,22 +164,13 @@ def retimestamp_command(obj: Any, dry_run: bool, as_json: bool) -> None:
     """Add archive timestamps to documents whose newest timestamp expires within the margin,
     when the new timestamp extends their validity (or theirs is flagged)."""
     from gateway.ops import plan_retimestamp, run_retimestamp
-    from gateway.runtime import open_gateway
 
     settings = obj.settings()
-    try:
-        gateway = open_gateway(settings)
-    except GatewayError as exc:
-        _fail(exc)
-    try:
+    with with_gateway(obj) as gateway:
         if dry_run:
             plan = plan_retimestamp(settings, gateway)
         else:
             report = run_retimestamp(settings, gateway)
-    except GatewayError as exc:
-        _fail(exc)
-    finally:
-        gateway.close()
     if dry_run:
         if as_json:
             click.echo(json.dumps(plan.as_dict(), ensure_ascii=False, indent=2))
@@ -265,22 +249,13 @@ def retention_command(obj: Any, dry_run: bool, as_json: bool) -> None:
     """Delete the documents of finished envelopes whose retention (retention.documents_years)
     ended; their facts and audit trail stay. Try --dry-run first."""
     from gateway.ops import run_retention
-    from gateway.runtime import open_gateway
 
     settings = obj.settings()
     if settings.retention.documents_years is None:
         click.echo("retention.documents_years is not set: documents are kept for ever")
         return
-    try:
-        gateway = open_gateway(settings)
-    except GatewayError as exc:
-        _fail(exc)
-    try:
+    with with_gateway(obj) as gateway:
         report = run_retention(settings, gateway, dry_run=dry_run, actor="cli")
-    except GatewayError as exc:
-        _fail(exc)
-    finally:
-        gateway.close()
     assert report is not None
     if as_json:
         click.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
@@ -325,24 +300,15 @@ def sweep_blobs_command(obj: Any, dry_run: bool, grace_hours: float, as_json: bo
     import datetime as dt
 
     from core.blob_sweep import sweep_orphans
-    from gateway.runtime import open_gateway
 
-    settings = obj.settings()
-    try:
-        gateway = open_gateway(settings)
-    except GatewayError as exc:
-        _fail(exc)
-    try:
-        with gateway.sessions() as session:
-            report = sweep_orphans(
-                session=session,
-                blobs=gateway.runtime.blobs,
-                grace=dt.timedelta(hours=grace_hours),
-                dry_run=dry_run,
-                actor="cli",
-            )
-    finally:
-        gateway.close()
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
+        report = sweep_orphans(
+            session=session,
+            blobs=gateway.runtime.blobs,
+            grace=dt.timedelta(hours=grace_hours),
+            dry_run=dry_run,
+            actor="cli",
+        )
     if as_json:
         click.echo(
             json.dumps(

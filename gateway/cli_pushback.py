@@ -5,59 +5,25 @@ Registered on the main group by :mod:`gateway.cli`. Output is English; times are
 
 from __future__ import annotations
 
-import getpass
 import json
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
 
 from core.errors import GatewayError
 from core.states import DeliveryState
+from gateway._cli import actor, fail, with_gateway
 
 JST = ZoneInfo("Asia/Tokyo")
 
 
-def _fail(exc: GatewayError) -> NoReturn:
-    click.echo(f"error: {exc.code}: {exc.message_en}", err=True)
-    for problem in exc.details.get("problems") or []:
-        click.echo(f"  - {problem}", err=True)
-    sys.exit(2)
-
-
 def _jst(value: Any) -> str:
     return value.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S JST") if value else "-"
-
-
-def _actor() -> str:
-    return f"cli:{getpass.getuser()}"
-
-
-class _Open:
-    """The gateway for one command, closed on exit; GatewayErrors end the command with code 2."""
-
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
-        self.gateway: Any = None
-
-    def __enter__(self) -> Any:
-        from gateway.runtime import open_gateway
-
-        try:
-            self.gateway = open_gateway(self.obj.settings())
-        except GatewayError as exc:
-            _fail(exc)
-        return self.gateway
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if self.gateway is not None:
-            self.gateway.close()
-        if isinstance(exc, GatewayError):
-            _fail(exc)
 
 
 def _envelope_id(session: Any, ref: str) -> str:
@@ -70,7 +36,7 @@ def _envelope_id(session: Any, ref: str) -> str:
         select(Envelope.id).where((Envelope.id == ref) | (Envelope.management_number == ref))
     )
     if found is None:
-        _fail(GatewayError("not_found.envelope", f"no envelope {ref}", "封筒が見つかりません。"))
+        fail(GatewayError("not_found.envelope", f"no envelope {ref}", "封筒が見つかりません。"))
     return str(found)
 
 
@@ -112,7 +78,7 @@ def outbox_list(obj: Any, state: str | None, target: str | None, limit: int, as_
     """Deliveries, newest first."""
     from core.outbox import list_deliveries
 
-    with _Open(obj) as gateway, gateway.sessions() as session:
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
         rows = [
             _delivery_row(d)
             for d in list_deliveries(
@@ -144,7 +110,7 @@ def outbox_show(obj: Any, delivery_id: int) -> None:
     """One delivery in full, with its last error."""
     from core.outbox import get_delivery
 
-    with _Open(obj) as gateway, gateway.sessions() as session:
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
         row = _delivery_row(get_delivery(session=session, delivery_id=delivery_id))
     for key, value in row.items():
         click.echo(f"{key}: {value if value is not None else '-'}")
@@ -157,8 +123,8 @@ def outbox_retry(obj: Any, delivery_id: int) -> None:
     """Send a dead delivery round again (its attempts start over)."""
     from core.outbox import retry_dead
 
-    with _Open(obj) as gateway, gateway.sessions() as session:
-        delivery = retry_dead(session=session, delivery_id=delivery_id, actor=_actor())
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
+        delivery = retry_dead(session=session, delivery_id=delivery_id, actor=actor())
         click.echo(f"delivery {delivery.id}: {delivery.state.value}, due now")
 
 
@@ -176,11 +142,11 @@ def outbox_dispatch(obj: Any, loop: bool, sinks: tuple[str, ...], worker: str | 
     if loop:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    with _Open(obj) as gateway:
+    with with_gateway(obj) as gateway:
         settings = gateway.settings
         unknown = set(sinks) - set(settings.sinks)
         if unknown:
-            _fail(
+            fail(
                 GatewayError(
                     "config.unknown_sink",
                     f"no sink named {', '.join(sorted(unknown))}",
@@ -257,7 +223,7 @@ def guarantee_add(
         if key_stdin
         else click.prompt("authentication key (認証キー)", hide_input=True)
     )
-    with _Open(obj) as gateway, gateway.sessions() as session:
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
         ref = add_guarantee(
             session=session,
             runtime=gateway.runtime,
@@ -269,7 +235,7 @@ def guarantee_add(
                 issuer=issuer,
                 project_name=project_name,
             ),
-            actor=_actor(),
+            actor=actor(),
             source="cli",
             allow_reuse=allow_reuse,
         )
@@ -287,13 +253,13 @@ def guarantee_import_notice(obj: Any, envelope: str, file: Path, allow_reuse: bo
     from core.guarantees import import_notice
 
     data = file.read_bytes()
-    with _Open(obj) as gateway, gateway.sessions() as session:
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
         ref = import_notice(
             session=session,
             runtime=gateway.runtime,
             envelope_id=_envelope_id(session, envelope),
             data=data,
-            actor=_actor(),
+            actor=actor(),
             allow_reuse=allow_reuse,
         )
         session.commit()
@@ -308,7 +274,7 @@ def guarantee_list(obj: Any, envelope: str, as_json: bool) -> None:
     """An envelope's references (authentication keys masked)."""
     from core.guarantees import KIND_JA, list_guarantees, masked_key
 
-    with _Open(obj) as gateway, gateway.sessions() as session:
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
         refs = list_guarantees(session=session, envelope_id=_envelope_id(session, envelope))
         if as_json:
             rows = [
@@ -341,12 +307,12 @@ def guarantee_remove(obj: Any, envelope: str, guarantee_id: str, reason: str) ->
     """Remove a mistaken reference (recorded in the audit trail)."""
     from core.guarantees import remove_guarantee
 
-    with _Open(obj) as gateway, gateway.sessions() as session:
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
         remove_guarantee(
             session=session,
             envelope_id=_envelope_id(session, envelope),
             guarantee_id=guarantee_id,
-            actor=_actor(),
+            actor=actor(),
             reason=reason,
             runtime=gateway.runtime,
         )

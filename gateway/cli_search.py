@@ -11,11 +11,7 @@ from typing import Any
 import click
 
 from core.errors import GatewayError
-
-
-def _fail(exc: GatewayError) -> None:
-    click.echo(f"error: {exc.code}: {exc.message_en}", err=True)
-    sys.exit(2)
+from gateway._cli import CommandError, fail, with_session
 
 
 @click.command("search")
@@ -68,7 +64,6 @@ def search_command(
 
     from core.model import Staff
     from core.search import encode_csv, export_envelopes, parse_query, records_csv
-    from gateway.server import open_database
 
     given = {
         "management_number": management_number,
@@ -80,40 +75,36 @@ def search_command(
         "amount_max": amount_max,
         "department": department,
     }
-    settings = obj.settings()
     try:
         query = parse_query({k: v for k, v in given.items() if v}, list(states))
-        with open_database(settings) as sessions, sessions() as session:
-            staff = None
-            if staff_email:
-                staff = session.scalar(
-                    select(Staff).where(Staff.email == staff_email.strip().lower())
-                )
-                if staff is None or staff.disabled:
-                    click.echo(f"error: no active staff member {staff_email}", err=True)
-                    sys.exit(2)
-            rows = export_envelopes(
-                session=session,
-                query=query,
-                staff=staff,
-                scope=None if staff is not None else true(),
-            )
-            if csv_path is not None:
-                data = encode_csv(records_csv(rows), encoding)
-                if str(csv_path) == "-":
-                    sys.stdout.buffer.write(data)
-                    sys.stdout.flush()
-                else:
-                    csv_path.write_bytes(data)
-                    click.echo(f"{len(rows)} envelope(s) written to {csv_path}", err=True)
-                return
-            for envelope in rows:
-                amount = format(envelope.amount, ",f") if envelope.amount is not None else "-"
-                click.echo(
-                    f"{envelope.transaction_date or '-'}\t{amount}\t"
-                    f"{envelope.counterparty or '-'}\t{envelope.management_number}\t"
-                    f"{envelope.title}\t{envelope.department or '-'}\t{envelope.state.value}"
-                )
-            click.echo(f"{len(rows)} envelope(s)")
     except GatewayError as exc:
-        _fail(exc)
+        fail(exc)
+    with with_session(obj) as session:
+        staff = None
+        if staff_email:
+            staff = session.scalar(select(Staff).where(Staff.email == staff_email.strip().lower()))
+            if staff is None or staff.disabled:
+                raise CommandError(f"error: no active staff member {staff_email}")
+        rows = export_envelopes(
+            session=session,
+            query=query,
+            staff=staff,
+            scope=None if staff is not None else true(),
+        )
+        if csv_path is not None:
+            data = encode_csv(records_csv(rows), encoding)
+            if str(csv_path) == "-":
+                sys.stdout.buffer.write(data)
+                sys.stdout.flush()
+            else:
+                csv_path.write_bytes(data)
+                click.echo(f"{len(rows)} envelope(s) written to {csv_path}", err=True)
+            return
+        for envelope in rows:
+            amount = format(envelope.amount, ",f") if envelope.amount is not None else "-"
+            click.echo(
+                f"{envelope.transaction_date or '-'}\t{amount}\t"
+                f"{envelope.counterparty or '-'}\t{envelope.management_number}\t"
+                f"{envelope.title}\t{envelope.department or '-'}\t{envelope.state.value}"
+            )
+        click.echo(f"{len(rows)} envelope(s)")

@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from gateway.cli_pushback import _jst, _Open
+from gateway._cli import with_gateway
+from gateway.cli_pushback import _jst
 
 
 @click.group("signing")
@@ -37,7 +38,7 @@ def signing_run(obj: Any, loop: bool, worker: str | None) -> None:
             signal.signal(sig, lambda *_: stop.set())
     worker = worker or f"{socket.gethostname()}:{os.getpid()}:signing"
     applied = retrying = dead = 0
-    with _Open(obj) as gateway:
+    with with_gateway(obj) as gateway:
         settings = gateway.settings.signing.worker
         lease = dt.timedelta(seconds=settings.lease_seconds)
         while True:
@@ -63,7 +64,7 @@ def signing_list(obj: Any, as_json: bool) -> None:
     """Signatures and seals not applied yet, oldest first, with attempts and the last error."""
     from core.signing_worker import list_waiting
 
-    with _Open(obj) as gateway, gateway.sessions() as session:
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
         waiting = list_waiting(session=session)
     rows = [
         {

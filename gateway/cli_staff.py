@@ -6,50 +6,21 @@ Registered on the main group by :mod:`gateway.cli`. Output is English; times are
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import click
 
 from core.csv_export import SafeCsvWriter
-from core.errors import GatewayError
+from gateway._cli import actor, with_session
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+    pass
 
 JST = ZoneInfo("Asia/Tokyo")
-
-
-def _fail(exc: GatewayError) -> NoReturn:
-    click.echo(f"error: {exc.code}: {exc.message_en}", err=True)
-    for problem in exc.details.get("problems") or []:
-        click.echo(f"  - {problem}", err=True)
-    sys.exit(2)
-
-
-def _actor() -> str:
-    return f"cli:{getpass.getuser()}"
-
-
-@contextmanager
-def _session(obj: Any, *, commit: bool) -> Iterator[tuple[Session, Any]]:
-    """One session on the configured database; GatewayErrors end the command with code 2."""
-    from gateway.server import open_database
-
-    settings = obj.settings()
-    try:
-        with open_database(settings) as factory, factory() as session:
-            yield session, settings
-            if commit:
-                session.commit()
-    except GatewayError as exc:
-        _fail(exc)
 
 
 def password_policy(settings: Any) -> Any:
@@ -100,7 +71,7 @@ def staff_import(
     """
     from core.staff import apply_import, plan_import
 
-    with _session(obj, commit=not dry_run) as (session, _settings):
+    with with_session(obj, commit=not dry_run) as session:
         plan, lines = plan_import(
             session=session, data=file.read_bytes(), disable_missing=disable_missing
         )
@@ -110,7 +81,7 @@ def staff_import(
                 session=session,
                 plan=plan,
                 lines=lines,
-                actor=_actor(),
+                actor=actor(),
                 skip_bad_lines=skip_bad_lines,
             )
         if as_json:
@@ -159,7 +130,8 @@ def staff_add(
     """Add one staff member."""
     from core.staff import add_staff, set_password
 
-    with _session(obj, commit=True) as (session, settings):
+    settings = obj.settings()
+    with with_session(obj, commit=True) as session:
         member = add_staff(
             session=session,
             name=name,
@@ -167,7 +139,7 @@ def staff_add(
             roles=roles,
             scope=scope,
             department=department,
-            actor=_actor(),
+            actor=actor(),
         )
         if password_stdin:
             set_password(
@@ -175,7 +147,7 @@ def staff_add(
                 staff=member,
                 password=sys.stdin.readline().rstrip("\n"),
                 policy=password_policy(settings),
-                actor=_actor(),
+                actor=actor(),
             )
         click.echo(f"added {member.email}")
 
@@ -200,12 +172,12 @@ def staff_edit(
     """Change one staff member."""
     from core.staff import get_staff, update_staff
 
-    with _session(obj, commit=True) as (session, _settings):
+    with with_session(obj, commit=True) as session:
         member = get_staff(session=session, email=email)
         changed = update_staff(
             session=session,
             staff=member,
-            actor=_actor(),
+            actor=actor(),
             name=name,
             department=department,
             roles=roles,
@@ -228,14 +200,15 @@ def staff_set_password(obj: Any, email: str, password_stdin: bool) -> None:
         if password_stdin
         else click.prompt("password", hide_input=True, confirmation_prompt=True)
     )
-    with _session(obj, commit=True) as (session, settings):
+    settings = obj.settings()
+    with with_session(obj, commit=True) as session:
         member = get_staff(session=session, email=email)
         set_password(
             session=session,
             staff=member,
             password=password,
             policy=password_policy(settings),
-            actor=_actor(),
+            actor=actor(),
         )
         click.echo(f"password set for {member.email}")
 
@@ -248,13 +221,14 @@ def staff_totp(obj: Any, email: str, disable: bool) -> None:
     """Enrol a staff member in TOTP (prints the otpauth:// URI for their app), or remove it."""
     from core.staff import disable_totp, enable_totp, get_staff
 
-    with _session(obj, commit=True) as (session, settings):
+    settings = obj.settings()
+    with with_session(obj, commit=True) as session:
         member = get_staff(session=session, email=email)
         if disable:
-            disable_totp(session=session, staff=member, actor=_actor())
+            disable_totp(session=session, staff=member, actor=actor())
             click.echo(f"TOTP removed for {member.email}")
             return
-        uri = enable_totp(session=session, staff=member, issuer=settings.buyer.name, actor=_actor())
+        uri = enable_totp(session=session, staff=member, issuer=settings.buyer.name, actor=actor())
         click.echo(uri)
 
 
@@ -265,7 +239,7 @@ def staff_list(obj: Any, as_json: bool) -> None:
     """Every staff member."""
     from core.staff import list_staff
 
-    with _session(obj, commit=False) as (session, _settings):
+    with with_session(obj, commit=False) as session:
         rows = [_staff_json(s) for s in list_staff(session=session)]
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
@@ -290,7 +264,7 @@ def api_client_allow(obj: Any, name: str, networks: tuple[str, ...]) -> None:
     from core.errors import StaffError
     from core.model import ApiClient
 
-    with _session(obj, commit=True) as (session, _settings):
+    with with_session(obj, commit=True) as session:
         client = session.scalars(select(ApiClient).where(ApiClient.name == name)).first()
         if client is None:
             raise StaffError(
@@ -316,7 +290,7 @@ def audit_verify(obj: Any, as_json: bool, every: bool) -> None:
     from core.audit import verify_chain
     from core.records import verify_record_facts
 
-    with _session(obj, commit=False) as (session, _settings):
+    with with_session(obj, commit=False) as session:
         report = verify_chain(session=session, stop_at_first=not every)
         facts = verify_record_facts(session=session)
     if as_json:
@@ -401,7 +375,7 @@ def audit_export(obj: Any, start: str, end: str, output: Path | None) -> None:
                 "chain_hash",
             ]
         )
-        with _session(obj, commit=False) as (session, _settings):
+        with with_session(obj, commit=False) as session:
             for e in iter_events(session=session, start=first, end=last):
                 writer.writerow(
                     [
@@ -438,7 +412,7 @@ def report_monthly(obj: Any, month: str, months: int, as_json: bool) -> None:
     """Contracts concluded in MONTH (YYYY-MM, JST) in total and per department."""
     from core.reports import monthly_report, parse_month
 
-    with _session(obj, commit=False) as (session, _settings):
+    with with_session(obj, commit=False) as session:
         year, number = parse_month(month)
         rows = monthly_report(session=session, year=year, month=number, months=max(1, months))
     if as_json:

@@ -28,7 +28,6 @@ from gateway.settings import (
     SoapSourceSettings,
 )
 from mapping import MappingSpecError, SourceMapping, load_mapping
-from schedules.runner import JobSpec
 from schedules.sync import SourceSpec
 
 SAMPLE_MAPPINGS = Path(__file__).parent / "mappings"
@@ -260,41 +259,6 @@ def sample_records(mapping: SourceMapping, sample: Path, *, source: str) -> Iter
         yield from read_csv(
             stream, CsvFormat.from_options(mapping.format), source=source, file=sample.name
         )
-
-
-def jobs(settings: Settings, gateway: Any, *, access_codes: Any = None) -> list[JobSpec]:
-    """The nightly pull and the deadline check as scheduler jobs."""
-    from schedules import deadlines, nightly_pull
-
-    specs: list[JobSpec] = []
-    schedules = settings.schedules
-    if schedules.nightly_pull:
-        names = pulled_sources(settings)
-
-        def pull() -> Any:
-            return nightly_pull.run(
-                sessions=gateway.sessions,
-                runtime=gateway.runtime,
-                policy=policy(settings, access_codes=access_codes),
-                sources=[source_spec(settings, n) for n in names],
-                authorities=authorities(settings),
-                batch_size=settings.intake.batch_size,
-            )
-
-        specs.append(JobSpec(nightly_pull.JOB_ID, schedules.nightly_pull, pull))
-    if schedules.deadlines:
-
-        def check() -> Any:
-            return deadlines.run(
-                sessions=gateway.sessions,
-                calendar=calendar(settings),
-                buyer_name=settings.buyer.name,
-                office_email=settings.intake.creator_email,
-                target=schedules.notice_target,
-            )
-
-        specs.append(JobSpec(deadlines.JOB_ID, schedules.deadlines, check))
-    return specs
 
 
 def award_json(award: Any) -> dict[str, Any]:

@@ -21,11 +21,13 @@ from core.signing import BoundedVerifier, VerifyBudget
 from core.states import EnvelopeState
 from core.storage import make_session_factory, schema_is_current, schema_revisions
 from gateway.runtime import Gateway, load_trust_roots
+from gateway.scheduling import scheduled_jobs
 from gateway.settings import Settings
 from schedules import retention, retimestamp
 from schedules.runner import JobSpec
 
-BACKUP_JOB_ID = "backup"
+# The jobs of the registry this module wires (the others are intake's).
+OPERATIONS_JOBS = frozenset({"retimestamp", "backup", "retention"})
 
 
 def run_backup(
@@ -113,34 +115,9 @@ def run_retention(
 
 
 def jobs(settings: Settings, gateway: Gateway) -> list[JobSpec]:
-    """The re-timestamping, backup and retention jobs, where scheduled (retention only once a
-    retention period is configured)."""
-    specs: list[JobSpec] = []
-    if settings.schedules.retimestamp:
-        specs.append(
-            JobSpec(
-                retimestamp.JOB_ID,
-                settings.schedules.retimestamp,
-                lambda: run_retimestamp(settings, gateway),
-            )
-        )
-    if settings.schedules.backup:
-        specs.append(
-            JobSpec(
-                BACKUP_JOB_ID,
-                settings.schedules.backup,
-                lambda: run_backup(settings, gateway.engine),
-            )
-        )
-    if settings.schedules.retention and retention_policy(settings) is not None:
-        specs.append(
-            JobSpec(
-                retention.JOB_ID,
-                settings.schedules.retention,
-                lambda: run_retention(settings, gateway),
-            )
-        )
-    return specs
+    """The re-timestamping, backup and retention jobs of :data:`gateway.scheduling.JOBS`, where
+    scheduled (retention only once a retention period is configured)."""
+    return scheduled_jobs(settings, gateway, only=OPERATIONS_JOBS)
 
 
 @dataclass

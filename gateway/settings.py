@@ -537,6 +537,7 @@ class LoggingSettings(_Section):
 
 class SchedulesSettings(_Section):
     timezone: str = "Asia/Tokyo"
+    # One cron expression per job of gateway.scheduling.JOBS, named by its id (a test checks).
     nightly_pull: str | None = "0 2 * * *"
     deadlines: str | None = "0 8 * * *"
     retimestamp: str | None = "0 3 * * *"
@@ -549,13 +550,14 @@ class SchedulesSettings(_Section):
     def _check(self) -> SchedulesSettings:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+        from gateway.scheduling import JOB_IDS
         from schedules.runner import cron_trigger
 
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise ValueError(f"unknown timezone {self.timezone!r}") from exc
-        for name in ("nightly_pull", "deadlines", "retimestamp", "backup", "retention"):
+        for name in JOB_IDS:
             expression = getattr(self, name)
             if expression is not None:
                 try:

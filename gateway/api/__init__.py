@@ -1,1 +1,3 @@
 """The envelope API (``/api/v1``)."""
+
+__all__: list[str] = []
