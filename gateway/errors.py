@@ -8,7 +8,8 @@ first. The API answers with one JSON shape::
                "disposition": "fatal", "details": {...}}}
 
 The signing and download pages answer with a Japanese HTML page instead. The status code
-depends on the error's class and code only (:func:`status_for`).
+depends on the error's code and class only (:func:`status_for`), as catalogued in
+:mod:`core.error_codes`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.error_codes import lookup
 from core.errors import (
     AuthError,
     BlobError,
@@ -41,33 +43,24 @@ from core.storage import database_error
 
 log = logging.getLogger(__name__)
 
-# Codes whose status is not the one of their class.
-_BY_CODE = {
-    "auth.forbidden": 403,
-    "link.not_found": 404,
-    "link.expired": 410,
-    "link.forwarded": 410,
-    "link.revoked": 410,
-    "document.purged": 410,  # deleted at the end of its retention period, for good
-    "link.locked": 423,
-    "request.csrf": 403,
-    "request.ip_refused": 403,
-    "auth.ip_refused": 403,
-    "staff.role_required": 403,
-    "request.too_large": 413,
-    "request.unsupported_media_type": 415,
-    "request.method_not_allowed": 405,
-    "idempotency.key_reused": 409,
-}
-
 _PAGE_PREFIXES = ("/sign", "/download", "/admin")
 
 
 def status_for(exc: GatewayError) -> int:
-    """The HTTP status of an error: by code where listed, else by class (``state.*`` conflicts
-    409, other refused input 422)."""
-    if exc.code in _BY_CODE:
-        return _BY_CODE[exc.code]
+    """The HTTP status of an error: the catalogue's (:mod:`core.error_codes`) for its code, 503
+    rather than 500 when this one is retriable; by class for a code raised as a class it is not
+    catalogued under (a refusal re-coded as a line error) or not catalogued at all."""
+    entry = lookup(exc.code)
+    if entry is None or not isinstance(exc, entry.raised_as):
+        return _status_by_class(exc)
+    if entry.status >= 500:
+        return 503 if exc.retriable else 500
+    return entry.status
+
+
+def _status_by_class(exc: GatewayError) -> int:
+    """The status an error's class gives its codes (``state.*`` conflicts 409, other refused
+    input 422)."""
     if isinstance(exc, NotFoundError):
         return 404
     if isinstance(exc, AuthError):
@@ -153,7 +146,6 @@ async def handle_http_error(request: Request, exc: Exception) -> Response:
         error = GatewayError(
             f"request.http_{exc.status_code}", str(exc.detail), "リクエストを処理できません。"
         )
-        _BY_CODE.setdefault(error.code, exc.status_code)
     response = await handle_gateway_error(request, error)
     for name, value in headers.items():
         if value:
