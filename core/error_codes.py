@@ -34,6 +34,7 @@ from core.errors import (
     GatewayError,
     GuaranteeError,
     InfrastructureError,
+    InputError,
     NotFoundError,
     RecordError,
     SigningError,
@@ -104,9 +105,9 @@ ADDRESS_BOOK_TOO_LONG: Final = _code("address_book.too_long", 422, FATAL, StaffE
 # --- api_client.* ---
 
 _family("api_client", "API clients and their tokens")
-API_CLIENT_BAD_NAME: Final = _code("api_client.bad_name", 422, FATAL, StateError, "a client needs a name of 1-100 characters")
-API_CLIENT_BAD_SCOPE: Final = _code("api_client.bad_scope", 422, FATAL, StateError, "unknown scopes …; known: …")
-API_CLIENT_EXISTS: Final = _code("api_client.exists", 422, FATAL, StateError, "an API client named … exists")
+API_CLIENT_BAD_NAME: Final = _code("api_client.bad_name", 422, FATAL, InputError, "a client needs a name of 1-100 characters")
+API_CLIENT_BAD_SCOPE: Final = _code("api_client.bad_scope", 422, FATAL, InputError, "unknown scopes …; known: …")
+API_CLIENT_EXISTS: Final = _code("api_client.exists", 422, FATAL, InputError, "an API client named … exists")
 
 # --- auth.* ---
 
@@ -123,9 +124,9 @@ AUTH_TOTP_REUSED: Final = _code("auth.totp_reused", 401, FATAL, AuthError, "this
 
 _family("award", "awards (落札) waiting, released or re-mapped")
 AWARD_JSON_INVALID: Final = _code("award.json_invalid", 422, SKIPPABLE, RecordError, "the body is not JSON")
-AWARD_NO_RECORD: Final = _code("award.no_record", 422, FATAL, StateError, "award … of … keeps no source record (taken in before 0017a); re-import it from the source instead")
+AWARD_NO_RECORD: Final = _code("award.no_record", 422, FATAL, InputError, "award … of … keeps no source record (taken in before 0017a); re-import it from the source instead")
 AWARD_REMAP_FAILED: Final = _code("award.remap_failed", 422, PER_CASE, GatewayError, "the award cannot be mapped again with the current mapping")
-AWARD_REMAP_SKIPPED: Final = _code("award.remap_skipped", 422, FATAL, StateError, "the current mapping skips this record: …")
+AWARD_REMAP_SKIPPED: Final = _code("award.remap_skipped", 422, FATAL, InputError, "the current mapping skips this record: …")
 AWARD_XML_INVALID: Final = _code("award.xml_invalid", 422, SKIPPABLE, RecordError, "the XML holds no record")
 
 # --- backup.* ---
@@ -158,7 +159,7 @@ CONFIG_CERTIFICATE_FONT: Final = _code("config.certificate_font", 500, FATAL, Co
 CONFIG_INVALID: Final = _code("config.invalid", 500, FATAL, ConfigError, "the settings file is invalid (every problem listed at once)")
 CONFIG_MASTER_KEY: Final = _code("config.master_key", 500, FATAL, ConfigError, "blobs.master_key must be 64 hex characters")
 CONFIG_MASTER_KEY_LENGTH: Final = _code("config.master_key_length", 500, FATAL, ConfigError, "the blob master key must be 32 bytes (64 hex characters)")
-CONFIG_NO_ACCESS_CODE_POLICY: Final = _code("config.no_access_code_policy", 422, FATAL, StateError, "no access-code policy configured")
+CONFIG_NO_ACCESS_CODE_POLICY: Final = _code("config.no_access_code_policy", 422, FATAL, InputError, "no access-code policy configured")
 CONFIG_NOT_FOUND: Final = _code("config.not_found", 500, FATAL, ConfigError, "no config file at …")
 CONFIG_PUBLIC_URL: Final = _code("config.public_url", 500, FATAL, ConfigError, "server.public_url must be https in production (links carry secrets)")
 CONFIG_RETENTION_YEARS: Final = _code("config.retention_years", 500, FATAL, ConfigError, "a document retention of … years would delete documents at once")
@@ -174,9 +175,9 @@ CONFIG_YAML: Final = _code("config.yaml", 500, FATAL, ConfigError, "is not valid
 # --- consent.* ---
 
 _family("consent", "the contractor's consent to electronic contracting")
-CONSENT_OTHER_CONTRACTOR: Final = _code("consent.other_contractor", 422, FATAL, StateError, "the consent belongs to another contractor")
-CONSENT_REQUIRED: Final = _code("consent.required", 422, FATAL, StateError, "a construction contract needs the contractor's recorded prior consent (建設業法19条3項) before it is created or sent")
-CONSENT_WITHDRAWN: Final = _code("consent.withdrawn", 422, FATAL, StateError, "the contractor withdrew its consent …")
+CONSENT_OTHER_CONTRACTOR: Final = _code("consent.other_contractor", 422, FATAL, InputError, "the consent belongs to another contractor")
+CONSENT_REQUIRED: Final = _code("consent.required", 422, FATAL, InputError, "a construction contract needs the contractor's recorded prior consent (建設業法19条3項) before it is created or sent")
+CONSENT_WITHDRAWN: Final = _code("consent.withdrawn", 422, FATAL, InputError, "the contractor withdrew its consent …")
 
 # --- database.* ---
 
@@ -219,21 +220,21 @@ DOCUMENT_UNREADABLE: Final = _code("document.unreadable", 422, SKIPPABLE, Docume
 # --- envelope.* ---
 
 _family("envelope", "refused envelope input (fields, parties, dates, amounts)")
-ENVELOPE_AMENDS_ITSELF: Final = _code("envelope.amends_itself", 422, FATAL, StateError, "an envelope cannot amend itself")
-ENVELOPE_AMOUNT_REQUIRED: Final = _code("envelope.amount_required", 422, FATAL, StateError, "an envelope needs its amount before it is sent (a unit-price contract gives its estimated total, a contract without consideration 0)")
-ENVELOPE_BAD_AMOUNT: Final = _code("envelope.bad_amount", 422, FATAL, StateError, "not an amount: …")
+ENVELOPE_AMENDS_ITSELF: Final = _code("envelope.amends_itself", 422, FATAL, InputError, "an envelope cannot amend itself")
+ENVELOPE_AMOUNT_REQUIRED: Final = _code("envelope.amount_required", 422, FATAL, InputError, "an envelope needs its amount before it is sent (a unit-price contract gives its estimated total, a contract without consideration 0)")
+ENVELOPE_BAD_AMOUNT: Final = _code("envelope.bad_amount", 422, FATAL, InputError, "not an amount: …")
 ENVELOPE_BAD_AUTH_METHOD: Final = _code("envelope.bad_auth_method", 422, FATAL, StateError, "party … cannot have authenticated by … (expected one of …)")
-ENVELOPE_BAD_DATE: Final = _code("envelope.bad_date", 422, FATAL, StateError, "not a date: …")
-ENVELOPE_BAD_DEADLINE: Final = _code("envelope.bad_deadline", 422, FATAL, StateError, "a date YYYY-MM-DD is needed")
+ENVELOPE_BAD_DATE: Final = _code("envelope.bad_date", 422, FATAL, InputError, "not a date: …")
+ENVELOPE_BAD_DEADLINE: Final = _code("envelope.bad_deadline", 422, FATAL, InputError, "a date YYYY-MM-DD is needed")
 ENVELOPE_BAD_FIELD: Final = _code("envelope.bad_field", 422, FATAL, StateError, "field …: …")
 ENVELOPE_BAD_PARTY: Final = _code("envelope.bad_party", 422, FATAL, StateError, "party … needs a name and an e-mail address")
 ENVELOPE_CANCEL_REASON_REQUIRED: Final = _code("envelope.cancel_reason_required", 422, FATAL, StateError, "a cancel needs a reason")
-ENVELOPE_CONTRACT_TYPE: Final = _code("envelope.contract_type", 422, FATAL, StateError, "contract_type must be one of …")
-ENVELOPE_DEADLINE_NOT_LATER: Final = _code("envelope.deadline_not_later", 422, FATAL, StateError, "the new deadline … must be after …")
+ENVELOPE_CONTRACT_TYPE: Final = _code("envelope.contract_type", 422, FATAL, InputError, "contract_type must be one of …")
+ENVELOPE_DEADLINE_NOT_LATER: Final = _code("envelope.deadline_not_later", 422, FATAL, InputError, "the new deadline … must be after …")
 ENVELOPE_DECLINE_REASON_REQUIRED: Final = _code("envelope.decline_reason_required", 422, FATAL, StateError, "a decline needs a reason")
 ENVELOPE_FIELD_REQUIRED: Final = _code("envelope.field_required", 422, FATAL, StateError, "field … is required")
 ENVELOPE_FIELD_TOO_LONG: Final = _code("envelope.field_too_long", 422, FATAL, StateError, "field … takes at most … characters")
-ENVELOPE_FIELD_TOO_WIDE: Final = _code("envelope.field_too_wide", 422, FATAL, StateError, "the value of field … does not fit its box")
+ENVELOPE_FIELD_TOO_WIDE: Final = _code("envelope.field_too_wide", 422, FATAL, InputError, "the value of field … does not fit its box")
 ENVELOPE_FOREIGN_FIELD: Final = _code("envelope.foreign_field", 422, FATAL, StateError, "fields … do not belong to this party")
 ENVELOPE_NO_SIGNER: Final = _code("envelope.no_signer", 422, FATAL, StateError, "an envelope needs at least one approver or signer")
 ENVELOPE_NO_TITLE: Final = _code("envelope.no_title", 422, FATAL, StateError, "an envelope needs a title")
@@ -263,7 +264,7 @@ GUARANTEE_BAD_KIND: Final = _code("guarantee.bad_kind", 422, FATAL, GuaranteeErr
 GUARANTEE_BAD_NUMBER: Final = _code("guarantee.bad_number", 422, FATAL, GuaranteeError, "a guarantee contract number is 4-32 letters or digits")
 GUARANTEE_BUYER_MISMATCH: Final = _code("guarantee.buyer_mismatch", 422, FATAL, GuaranteeError, "the guarantee names the buyer …, not …")
 GUARANTEE_DUPLICATE: Final = _code("guarantee.duplicate", 422, FATAL, GuaranteeError, "guarantee … is already registered on this envelope")
-GUARANTEE_ENTRY_CLOSED: Final = _code("guarantee.entry_closed", 422, FATAL, StateError, "guarantees cannot be entered on the signing pages at this point")
+GUARANTEE_ENTRY_CLOSED: Final = _code("guarantee.entry_closed", 422, FATAL, InputError, "guarantees cannot be entered on the signing pages at this point")
 GUARANTEE_KEY_UNREADABLE: Final = _code("guarantee.key_unreadable", 422, FATAL, GuaranteeError, "the authentication key of guarantee … cannot be decrypted (changed, moved to another row, or another master key)")
 GUARANTEE_NOT_A_NOTICE: Final = _code("guarantee.not_a_notice", 422, FATAL, GuaranteeError, "not an issuer's notice (…): …")
 GUARANTEE_NOTICE_INCOMPLETE: Final = _code("guarantee.notice_incomplete", 422, FATAL, GuaranteeError, "the notice lacks …")
@@ -366,30 +367,30 @@ OUTBOUND_UNENCODABLE: Final = _code("outbound.unencodable", 500, FATAL, SinkErro
 # --- outbox.* ---
 
 _family("outbox", "the push-back outbox")
-OUTBOX_NOT_DEAD: Final = _code("outbox.not_dead", 422, FATAL, StateError, "delivery … is …, only dead ones are retried")
+OUTBOX_NOT_DEAD: Final = _code("outbox.not_dead", 422, FATAL, InputError, "delivery … is …, only dead ones are retried")
 
 # --- party.* ---
 
 _family("party", "refused party input (names, addresses, access codes, forwarding)")
-PARTY_ACCESS_CODE_FOR_STAFF: Final = _code("party.access_code_for_staff", 422, FATAL, StateError, "party … signs as staff (staff login) and takes no access code")
-PARTY_ACCESS_CODE_REQUIRED: Final = _code("party.access_code_required", 422, FATAL, StateError, "party … (…) needs an access code")
-PARTY_BAD_ACCESS_CODE: Final = _code("party.bad_access_code", 422, FATAL, StateError, "an access code is … to … letters or digits")
-PARTY_BAD_EMAIL: Final = _code("party.bad_email", 422, FATAL, StateError, "a valid e-mail address is needed")
-PARTY_BAD_NAME: Final = _code("party.bad_name", 422, FATAL, StateError, "a name of 1 to 200 characters is needed")
-PARTY_FORWARD_CODE: Final = _code("party.forward_code", 422, FATAL, StateError, "a forward needs the new person's access code")
-PARTY_FORWARD_EMAIL: Final = _code("party.forward_email", 422, FATAL, StateError, "the new person needs a valid e-mail address")
-PARTY_FORWARD_NAME: Final = _code("party.forward_name", 422, FATAL, StateError, "the new person needs a name")
-PARTY_FORWARD_REASON: Final = _code("party.forward_reason", 422, FATAL, StateError, "a forward needs a reason (at most 500 characters)")
-PARTY_FORWARD_SAME: Final = _code("party.forward_same", 422, FATAL, StateError, "the request is already addressed to this e-mail")
-PARTY_NOT_LOCKED: Final = _code("party.not_locked", 422, FATAL, StateError, "party … has no locked link")
-PARTY_REPLACE_REASON_REQUIRED: Final = _code("party.replace_reason_required", 422, FATAL, StateError, "replacing a signer needs a reason")
-PARTY_STAFF_HAS_NO_CODE: Final = _code("party.staff_has_no_code", 422, FATAL, StateError, "this party signs as staff and has no access code")
-PARTY_UNCHANGED: Final = _code("party.unchanged", 422, FATAL, StateError, "nothing to change")
+PARTY_ACCESS_CODE_FOR_STAFF: Final = _code("party.access_code_for_staff", 422, FATAL, InputError, "party … signs as staff (staff login) and takes no access code")
+PARTY_ACCESS_CODE_REQUIRED: Final = _code("party.access_code_required", 422, FATAL, InputError, "party … (…) needs an access code")
+PARTY_BAD_ACCESS_CODE: Final = _code("party.bad_access_code", 422, FATAL, InputError, "an access code is … to … letters or digits")
+PARTY_BAD_EMAIL: Final = _code("party.bad_email", 422, FATAL, InputError, "a valid e-mail address is needed")
+PARTY_BAD_NAME: Final = _code("party.bad_name", 422, FATAL, InputError, "a name of 1 to 200 characters is needed")
+PARTY_FORWARD_CODE: Final = _code("party.forward_code", 422, FATAL, InputError, "a forward needs the new person's access code")
+PARTY_FORWARD_EMAIL: Final = _code("party.forward_email", 422, FATAL, InputError, "the new person needs a valid e-mail address")
+PARTY_FORWARD_NAME: Final = _code("party.forward_name", 422, FATAL, InputError, "the new person needs a name")
+PARTY_FORWARD_REASON: Final = _code("party.forward_reason", 422, FATAL, InputError, "a forward needs a reason (at most 500 characters)")
+PARTY_FORWARD_SAME: Final = _code("party.forward_same", 422, FATAL, InputError, "the request is already addressed to this e-mail")
+PARTY_NOT_LOCKED: Final = _code("party.not_locked", 422, FATAL, InputError, "party … has no locked link")
+PARTY_REPLACE_REASON_REQUIRED: Final = _code("party.replace_reason_required", 422, FATAL, InputError, "replacing a signer needs a reason")
+PARTY_STAFF_HAS_NO_CODE: Final = _code("party.staff_has_no_code", 422, FATAL, InputError, "this party signs as staff and has no access code")
+PARTY_UNCHANGED: Final = _code("party.unchanged", 422, FATAL, InputError, "nothing to change")
 
 # --- records.* ---
 
 _family("records", "the records (帳簿) search and exports")
-RECORDS_REASON_REQUIRED: Final = _code("records.reason_required", 422, FATAL, StateError, "a correction needs a reason")
+RECORDS_REASON_REQUIRED: Final = _code("records.reason_required", 422, FATAL, InputError, "a correction needs a reason")
 
 # --- request.* ---
 

@@ -91,6 +91,15 @@ class StateError(GatewayError):
     """An operation is not allowed in the envelope's or party's current state."""
 
 
+class InputError(StateError):
+    """Input refused as invalid (a bad date, a missing field, a name too long): answered 422.
+
+    A :class:`StateError` only so that ``except StateError`` written before it existed still
+    catches it (the signing pages re-render on ``envelope.field_*``, ``party.forward*``,
+    ``text.control_character``); derive it from :class:`GatewayError` once those catches name
+    it."""
+
+
 class DocumentError(GatewayError):
     """An input document is refused (not a PDF, damaged, encrypted, too large, already signed)."""
 

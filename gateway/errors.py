@@ -32,6 +32,7 @@ from core.errors import (
     GatewayError,
     GuaranteeError,
     InfrastructureError,
+    InputError,
     NotFoundError,
     RecordError,
     SigningError,
@@ -59,12 +60,14 @@ def status_for(exc: GatewayError) -> int:
 
 
 def _status_by_class(exc: GatewayError) -> int:
-    """The status an error's class gives its codes (``state.*`` conflicts 409, other refused
-    input 422)."""
+    """The status an error's class gives its codes (refused input 422, ``state.*`` conflicts
+    409; a :class:`StateError` not yet turned into an :class:`InputError` is refused input)."""
     if isinstance(exc, NotFoundError):
         return 404
     if isinstance(exc, AuthError):
         return 401
+    if isinstance(exc, InputError):
+        return 422
     if isinstance(exc, StateError):
         return 409 if exc.code.startswith("state.") else 422
     if isinstance(exc, DocumentError | RecordError | StaffError | GuaranteeError):

@@ -120,6 +120,8 @@ def test_the_status_is_the_catalogued_one() -> None:
     [
         (GatewayError("request.http_418", "teapot", "ティーポット"), 418),
         (CLASSES["StateError"]("state.illegal_transition", "", ""), 409),
+        (CLASSES["InputError"]("envelope.bad_date", "", ""), 422),
+        (CLASSES["StateError"]("envelope.bad_date", "", ""), 422),
         (CLASSES["AuthError"]("link.locked", "", ""), 423),
         (CLASSES["SigningError"]("signing.tsa_unreachable", "", ""), 500),
         (
@@ -135,6 +137,26 @@ def test_the_status_is_the_catalogued_one() -> None:
 )
 def test_status_for(error: GatewayError, status: int) -> None:
     assert status_for(error) == status
+
+
+# Modules that still raise StateError for refused input (their turn to raise InputError comes
+# with issue 18's reshape of core/envelopes.py); the list may only shrink.
+STATE_ERROR_FOR_INPUT = {"core/envelopes.py"}
+
+
+def test_state_error_is_for_state_codes() -> None:
+    """Refused input is an InputError (422); a StateError is a ``state.*`` conflict (409)."""
+    wrong = {
+        f"{s.code} at {s.file}:{s.line}"
+        for s in _literal_sites()
+        if s.error_class == "StateError"
+        and not str(s.code).startswith("state.")
+        and s.file not in STATE_ERROR_FOR_INPUT
+    }
+    assert sorted(wrong) == []
+    for site in _literal_sites():
+        if site.error_class == "InputError":
+            assert not str(site.code).startswith("state."), site
 
 
 def test_the_catalogue_is_read_only() -> None:
