@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+import core.errors
 import gateway.body_limit
 import mapping.spec
-from core.error_codes import CATALOGUE, lookup, markdown
+from core.error_codes import CATALOGUE, FAMILIES, lookup, markdown
 from core.errors import Disposition, GatewayError
 from gateway.errors import status_for
 from tests.raised_codes import ROOT, RaiseSite, raise_sites
@@ -157,6 +158,11 @@ def test_state_error_is_for_state_codes() -> None:
     for site in _literal_sites():
         if site.error_class == "InputError":
             assert not str(site.code).startswith("state."), site
+
+
+def test_the_error_tree_names_every_family() -> None:
+    doc = core.errors.__doc__ or ""
+    assert sorted(f for f in FAMILIES if f"{f}.*" not in doc) == []
 
 
 def test_the_catalogue_is_read_only() -> None:
