@@ -23,7 +23,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.error_codes import lookup
+from core.error_codes import (
+    AUTH_INVALID_TOKEN,
+    INTERNAL_UNEXPECTED,
+    NOT_FOUND_ROUTE,
+    REQUEST_HTTP_PREFIX,
+    REQUEST_INVALID,
+    REQUEST_METHOD_NOT_ALLOWED,
+    REQUEST_TOO_DEEP,
+    lookup,
+)
 from core.errors import (
     AuthError,
     BlobError,
@@ -92,7 +101,7 @@ async def handle_gateway_error(request: Request, exc: Exception) -> Response:
     status = status_for(exc)
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.code == "auth.invalid_token" else {}
+    headers = {"WWW-Authenticate": "Bearer"} if exc.code == AUTH_INVALID_TOKEN else {}
     if status == 503:
         # Retrying helps (an outage, a full disk being cleared): tell clients when.
         retry_after = exc.retry_after if isinstance(exc, InfrastructureError) else 30
@@ -117,7 +126,7 @@ def _validation_error(errors: list[Any]) -> GatewayError:
         problems.append({"field": where, "problem": str(err.get("msg", ""))})
     summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:5])
     return GatewayError(
-        "request.invalid",
+        REQUEST_INVALID,
         f"the request is invalid: {summary}",
         "リクエストの内容に誤りがあります。",
         details={"problems": problems},
@@ -137,17 +146,19 @@ async def handle_http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
         error = GatewayError(
-            "request.method_not_allowed",
+            REQUEST_METHOD_NOT_ALLOWED,
             f"{request.method} is not allowed here",
             "この操作は許可されていません。",
         )
     elif exc.status_code == 404:
         error = NotFoundError(
-            "not_found.route", f"no route {request.url.path}", "ページが見つかりません。"
+            NOT_FOUND_ROUTE, f"no route {request.url.path}", "ページが見つかりません。"
         )
     else:
         error = GatewayError(
-            f"request.http_{exc.status_code}", str(exc.detail), "リクエストを処理できません。"
+            f"{REQUEST_HTTP_PREFIX}{exc.status_code}",
+            str(exc.detail),
+            "リクエストを処理できません。",
         )
     response = await handle_gateway_error(request, error)
     for name, value in headers.items():
@@ -186,7 +197,7 @@ async def handle_infrastructure_fault(request: Request, exc: Exception) -> Respo
         return await handle_gateway_error(request, infra)
     log.error("%s %s raised", request.method, request.url.path, exc_info=exc)
     unexpected = GatewayError(
-        "internal.unexpected",
+        INTERNAL_UNEXPECTED,
         f"unexpected {type(exc).__name__}",
         "システムで問題が発生しました。時間をおいて再度お試しください。",
     )
@@ -199,7 +210,7 @@ async def handle_too_deep(request: Request, exc: Exception) -> Response:
     return await handle_gateway_error(
         request,
         GatewayError(
-            "request.too_deep",
+            REQUEST_TOO_DEEP,
             "the request body is nested too deeply",
             "リクエストの内容の入れ子が深すぎます。",
         ),

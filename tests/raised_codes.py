@@ -73,9 +73,33 @@ def _own_code_classes(trees: dict[str, ast.Module], classes: dict[str, str]) -> 
     return found
 
 
+def catalogue_constants() -> dict[str, str]:
+    """``core/error_codes.py``'s constants (``STAFF_BAD_EMAIL: Final = _code("staff.bad_email",
+    ...)``), by name."""
+    tree = ast.parse((ROOT / "core" / "error_codes.py").read_text(encoding="utf-8"))
+    found = {}
+    for node in tree.body:
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(node.value, ast.Call)
+            and _name(node.value.func) == "_code"
+            and isinstance(node.value.args[0], ast.Constant)
+        ):
+            found[node.target.id] = str(node.value.args[0].value)
+    return found
+
+
+_CONSTANTS = catalogue_constants()
+
+
 def _literals(node: ast.expr | None) -> list[str] | None:
+    """The code(s) an argument names: a string, a catalogue constant (``codes.AUTH_FORBIDDEN``
+    or imported by name) or a choice between them."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
+    if isinstance(node, ast.Name | ast.Attribute) and _name(node) in _CONSTANTS:
+        return [_CONSTANTS[str(_name(node))]]
     if isinstance(node, ast.IfExp):
         body, orelse = _literals(node.body), _literals(node.orelse)
         if body is not None and orelse is not None:

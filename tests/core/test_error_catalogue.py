@@ -22,7 +22,7 @@ DYNAMIC: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("core/errors.py", "code"): ("storage.full", "storage.read_only", "storage.io_error"),
     ("core/intake.py", "exc.code"): None,  # a refusal re-coded as the award's line error
     ("core/rendering.py", "code"): None,  # a DocumentError of the render worker, passed on
-    ("gateway/errors.py", "f'request.http_{exc.status_code}'"): ("request.http_405",),
+    ("gateway/errors.py", "f'{REQUEST_HTTP_PREFIX}{exc.status_code}'"): ("request.http_405",),
     ("gateway/ops_http.py", "f'health.{local_down[0]}'"): ("health.database", "health.blobs"),
 }
 
