@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.audit import record_event
-from core.errors import NotFoundError, StateError
+from core.errors import InputError, NotFoundError, StateError
 from core.model import Amendment, Envelope, utcnow
 from core.states import EnvelopeState
 
@@ -33,7 +33,7 @@ def record_amendment(
             "変更元の契約(原契約)が見つかりません。",
         )
     if original.id == envelope.id:
-        raise StateError(
+        raise InputError(
             "envelope.amends_itself",
             "an envelope cannot amend itself",
             "自身を原契約にはできません。",

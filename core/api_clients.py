@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from core.attempts import lock_counter, reserve_attempt, settle_success, throttle_counter
 from core.audit import record_event
 from core.envelopes import get_envelope
-from core.errors import AuthError, NotFoundError, StateError
+from core.errors import AuthError, InputError, NotFoundError
 from core.links import hash_token
 from core.model import ApiClient, ApiEnvelope, AuthThrottle, Envelope, Staff, utcnow
 from core.states import EnvelopeState
@@ -55,18 +55,18 @@ def create_api_client(
     """Register a system; returns the row and its token (shown once, never stored)."""
     name = name.strip()
     if not name or len(name) > 100:
-        raise StateError(
+        raise InputError(
             "api_client.bad_name", "a client needs a name of 1-100 characters", "名前が不正です。"
         )
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
-        raise StateError(
+        raise InputError(
             "api_client.bad_scope",
             f"unknown scopes {unknown}; known: {list(SCOPES)}",
             "権限(スコープ)の指定が正しくありません。",
         )
     if session.scalar(select(ApiClient.id).where(ApiClient.name == name)) is not None:
-        raise StateError(
+        raise InputError(
             "api_client.exists", f"an API client named {name!r} exists", "同名の連携先があります。"
         )
     token = _TOKEN_PREFIX + secrets.token_urlsafe(32)

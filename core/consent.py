@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.audit import record_event
-from core.errors import NotFoundError, StateError
+from core.errors import InputError, NotFoundError, StateError
 from core.model import Contractor, UsageRequest, utcnow
 
 CONSTRUCTION = "construction"
@@ -34,7 +34,7 @@ JST = ZoneInfo("Asia/Tokyo")
 def check_contract_type(contract_type: str | None) -> str:
     """The contract type, or ``envelope.contract_type`` when it is missing or unknown."""
     if contract_type not in CONTRACT_TYPES:
-        raise StateError(
+        raise InputError(
             "envelope.contract_type",
             f"contract_type must be one of {', '.join(CONTRACT_TYPES)}",
             "契約種別(建設工事/建設工事以外)を指定してください。",
@@ -71,8 +71,8 @@ def consent_json(consent: UsageRequest | None) -> dict[str, Any] | None:
     }
 
 
-def _refuse_without_consent() -> StateError:
-    return StateError(
+def _refuse_without_consent() -> InputError:
+    return InputError(
         "consent.required",
         "a construction contract needs the contractor's recorded prior consent "
         "(建設業法19条3項) before it is created or sent",
@@ -92,7 +92,7 @@ def require_consent(
     if consent is None:
         raise _refuse_without_consent()
     if consent.withdrawn_at is not None:
-        raise StateError(
+        raise InputError(
             "consent.withdrawn",
             f"the contractor withdrew its consent {consent.id}",
             "受注者が電子契約の承諾を撤回しているため、この建設工事の契約は作成・送信できません。",

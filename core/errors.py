@@ -6,27 +6,45 @@ Every failure the gateway reports on purpose is a :class:`GatewayError` with a s
 what to do with it::
 
     GatewayError                      code prefix          disposition
-    ├── ConfigError                   config.*             fatal
-    ├── StateError                    state.*              fatal (illegal transition, wrong party)
+    │   (itself)                      request.*, mail.*,   fatal, or retriable for outages
+    │                                 server.*, health.*,  (mail server, health check)
+    │                                 internal.*,
+    │                                 idempotency.*
+    ├── ConfigError                   config.*, mapping.*  fatal (also mapping.spec's
+    │                                                      MappingSpecError: a wrong mapping file)
+    ├── StateError                    state.*              fatal: 409 (illegal transition, wrong
+    │   │                                                  party, already acted)
+    │   └── InputError                envelope.*, party.*, fatal: 422 (refused input: a bad date,
+    │                                 api_client.*,        a missing field, a name too long)
+    │                                 consent.*, award.*,
+    │                                 records.*, outbox.*,
+    │                                 text.*, guarantee.*  (core/envelopes.py still raises
+    │                                                      StateError for its envelope.*, party.*)
     ├── DocumentError                 document.*           skippable record (bad input PDF, limits)
     ├── BlobError                     blob.*               fatal (missing or tampered blob)
     ├── SigningError                  signing.*            fatal, or retriable for TSA outages
     ├── RecordError                   mapping.*, format.*, skippable record (one bad input record:
-    │                                 intake.*             a line error, the rest goes on)
+    │                                 intake.*, demo.*,    a line error, the rest goes on)
+    │                                 award.*, request.*
     ├── SourceError                   source.*, sftp.*,    retriable (outage), or fatal
-    │                                 soap.*               (refused credentials, host key, XML)
+    │                                 soap.*, folder.*     (refused credentials, host key, XML)
     ├── SinkError                     sink.*, folder.*,    retriable (outage), or fatal: the
     │                                 http.*, outbound.*,  sink refused this one delivery,
     │                                 sftp.*, soap.*       which goes dead with the error
     ├── GuaranteeError                guarantee.*          fatal (refused reference or notice)
     ├── BackupError                   backup.*             fatal (backup or restore refused/failed)
-    ├── StaffError                    staff.*              fatal (refused staff record, password
-    │                                                      policy, missing role)
+    ├── StaffError                    staff.*,             fatal (refused staff record, password
+    │                                 address_book.*,      policy, missing role, a search)
+    │                                 search.*
     ├── NotFoundError                 not_found.*          fatal
     ├── AuthError                     auth.*, link.*       fatal (missing or wrong token, code, lock)
     └── InfrastructureError           storage.*,           retriable (disk full or read-only,
                                       database.*           database unavailable, lock or statement
                                                            timeout): answered 503 + Retry-After
+
+Every code, with its HTTP status and disposition, is catalogued in :mod:`core.error_codes`
+(and listed in ``docs/errors.md``); a family may span classes (``sftp.*`` is a source's or a
+sink's error), the catalogue says which class raises each code.
 
 Library exceptions are chained with ``raise ... from exc`` so the cause survives in logs.
 """
@@ -89,6 +107,15 @@ class ConfigError(GatewayError):
 
 class StateError(GatewayError):
     """An operation is not allowed in the envelope's or party's current state."""
+
+
+class InputError(StateError):
+    """Input refused as invalid (a bad date, a missing field, a name too long): answered 422.
+
+    A :class:`StateError` only so that ``except StateError`` written before it existed still
+    catches it (the signing pages re-render on ``envelope.field_*``, ``party.forward*``,
+    ``text.control_character``); derive it from :class:`GatewayError` once those catches name
+    it."""
 
 
 class DocumentError(GatewayError):

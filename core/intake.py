@@ -51,7 +51,14 @@ from core.envelopes import (
     create_envelope,
     send_envelope,
 )
-from core.errors import DocumentError, GatewayError, NotFoundError, RecordError, StateError
+from core.errors import (
+    DocumentError,
+    GatewayError,
+    InputError,
+    NotFoundError,
+    RecordError,
+    StateError,
+)
 from core.links import AccessCodePolicy, set_access_code
 from core.model import (
     AccessCode,
@@ -1637,7 +1644,7 @@ def set_award_access_code(
             "この落札情報はアクセスコードの設定を待っていません。",
         )
     if policy.access_codes is None:
-        raise StateError(
+        raise InputError(
             "config.no_access_code_policy",
             "no access-code policy configured",
             "アクセスコードを設定できません(設定がありません)。",

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from core.attempts import AttemptCounter, lock_counter, reserve_attempt, settle_success
 from core.audit import record_event
 from core.envelopes import Runtime, check_party_can_act, get_party
-from core.errors import AuthError, StateError
+from core.errors import AuthError, InputError, StateError
 from core.model import AccessCode, LinkPurpose, Party, SigningLink, utcnow
 from core.states import PartyRole
 from core.text import one_line
@@ -115,7 +115,7 @@ class AccessCodePolicy:
         """The code, stripped, or ``party.bad_access_code``."""
         code = code.strip()
         if not (self.min_length <= len(code) <= self.max_length) or not _CODE.match(code):
-            raise StateError(
+            raise InputError(
                 "party.bad_access_code",
                 f"an access code is {self.min_length} to {self.max_length} letters or digits",
                 f"アクセスコードは{self.min_length}～{self.max_length}桁の半角英数字で指定してください。",
@@ -374,29 +374,29 @@ def forward_party(
     email = email.strip()
     reason = one_line(reason, field="reason", label_ja="転送の理由").strip()
     if not name or len(name) > 200:
-        raise StateError(
+        raise InputError(
             "party.forward_name", "the new person needs a name", "転送先の氏名を入力してください。"
         )
     if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email) or len(email) > 320:
-        raise StateError(
+        raise InputError(
             "party.forward_email",
             "the new person needs a valid e-mail address",
             "転送先のメールアドレスを正しく入力してください。",
         )
     if email.lower() == party.email.lower():
-        raise StateError(
+        raise InputError(
             "party.forward_same",
             "the request is already addressed to this e-mail",
             "現在の宛先と同じメールアドレスには転送できません。",
         )
     if not reason or len(reason) > 500:
-        raise StateError(
+        raise InputError(
             "party.forward_reason",
             "a forward needs a reason (at most 500 characters)",
             "転送の理由を入力してください(500文字以内)。",
         )
     if not code_hash:
-        raise StateError(
+        raise InputError(
             "party.forward_code",
             "a forward needs the new person's access code",
             "転送先の方のアクセスコードを入力してください。",

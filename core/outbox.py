@@ -27,7 +27,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.audit import record_event
-from core.errors import GatewayError, NotFoundError, StateError
+from core.errors import GatewayError, InputError, NotFoundError
 from core.model import Delivery, utcnow
 from core.states import DeliveryState
 
@@ -199,7 +199,7 @@ def retry_dead(
     """Send a dead delivery round again (attempts start over); an audit event, and commits."""
     delivery = get_delivery(session=session, delivery_id=delivery_id)
     if delivery.state is not DeliveryState.DEAD:
-        raise StateError(
+        raise InputError(
             "outbox.not_dead",
             f"delivery {delivery_id} is {delivery.state.value}, only dead ones are retried",
             "再送できるのは配信失敗(dead)の配信のみです。",

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.audit import record_event
-from core.errors import NotFoundError, StateError
+from core.errors import InputError, NotFoundError
 from core.model import AuditEvent, Envelope
 from core.states import EnvelopeState, PartyRole
 
@@ -63,7 +63,7 @@ def require_amount(envelope: Envelope) -> None:
     by amount. A unit-price contract (単価契約) gives its estimated total (予定総額); a contract
     with no consideration (無償の協定など) gives 0."""
     if envelope.amount is None:
-        raise StateError(
+        raise InputError(
             "envelope.amount_required",
             "an envelope needs its amount before it is sent (a unit-price contract gives its "
             "estimated total, a contract without consideration 0)",
@@ -119,7 +119,7 @@ def correct_record_facts(
             "not_found.envelope", f"no envelope {envelope_id}", "指定された封筒が見つかりません。"
         )
     if not reason.strip():
-        raise StateError(
+        raise InputError(
             "records.reason_required",
             "a correction needs a reason",
             "訂正には理由の入力が必要です。",

@@ -39,7 +39,7 @@ from core.envelopes import (
     get_envelope,
     get_party,
 )
-from core.errors import StateError
+from core.errors import InputError, StateError
 from core.links import revoke_party_links, set_access_code
 from core.model import Envelope, LinkPurpose, Party, SigningLink, utcnow
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, PartyRole, PartyState
@@ -124,7 +124,7 @@ def unlock_party(
         .execution_options(synchronize_session=False)
     )
     if not result.rowcount:  # type: ignore[attr-defined]
-        raise StateError(
+        raise InputError(
             "party.not_locked",
             f"party {party.routing_order} has no locked link",
             "この署名者のURLはロックされていません。",
@@ -157,7 +157,7 @@ def change_access_code(
     the party, once asked, is told that a new code will reach it by another channel."""
     party = _not_acted(session, envelope_id, party_id)
     if party.staff_id is not None:
-        raise StateError(
+        raise InputError(
             "party.staff_has_no_code",
             "this party signs as staff and has no access code",
             "この署名者は職員としてログインして署名するため、アクセスコードはありません。",
@@ -180,11 +180,11 @@ def change_access_code(
 def _check_person(name: str, email: str) -> tuple[str, str]:
     name, email = name.strip(), email.strip()
     if not name or len(name) > 200:
-        raise StateError(
+        raise InputError(
             "party.bad_name", "a name of 1 to 200 characters is needed", "氏名を入力してください。"
         )
     if not _EMAIL.match(email) or len(email) > 320:
-        raise StateError(
+        raise InputError(
             "party.bad_email",
             "a valid e-mail address is needed",
             "メールアドレスを正しく入力してください。",
@@ -216,7 +216,7 @@ def readdress_party(
     name, email = _check_person(name, email)
     reason = reason.strip()
     if replace and not reason:
-        raise StateError(
+        raise InputError(
             "party.replace_reason_required",
             "replacing a signer needs a reason",
             "署名者を変更する理由を入力してください。",
@@ -231,7 +231,7 @@ def readdress_party(
         and ((account.id if account else None) == party.staff_id)
         and code_hash is None
     ):
-        raise StateError(
+        raise InputError(
             "party.unchanged", "nothing to change", "氏名・メールアドレスが変更されていません。"
         )
     party.name, party.email = name, email
@@ -315,7 +315,7 @@ def extend_deadline(
         )
     today = today or utcnow().astimezone(JST).date()
     if deadline < today or (envelope.deadline is not None and deadline <= envelope.deadline):
-        raise StateError(
+        raise InputError(
             "envelope.deadline_not_later",
             f"the new deadline {deadline} must be after {envelope.deadline or today}",
             "新しい締切日は、現在の締切日より後の日付を指定してください。",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from core.errors import GatewayError, StateError
+from core.errors import GatewayError, InputError
 
 __all__ = ["has_no_controls", "multi_line", "one_line", "printable", "without_controls"]
 
@@ -48,7 +48,7 @@ def _refuse(
 
 
 def one_line(
-    text: str, *, field: str, label_ja: str, error: type[GatewayError] = StateError
+    text: str, *, field: str, label_ja: str, error: type[GatewayError] = InputError
 ) -> str:
     """``text`` on one line (line breaks and tabs → one space), stripped; ``error`` with code
     ``text.control_character`` for any other control character (NUL, ESC, DEL, ...)."""
@@ -60,7 +60,7 @@ def one_line(
 
 
 def multi_line(
-    text: str, *, field: str, label_ja: str, error: type[GatewayError] = StateError
+    text: str, *, field: str, label_ja: str, error: type[GatewayError] = InputError
 ) -> str:
     """``text`` with LF line ends, stripped; ``error`` (``text.control_character``) for a control
     character other than a line break or tab."""

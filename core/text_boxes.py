@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from core.errors import StateError
+from core.errors import InputError
 
 if TYPE_CHECKING:
     # Types only: mapping/ checks its boxes with shape_problem and must not load pyHanko.
@@ -108,7 +108,7 @@ def check_text_box(
         problem = problem or placement_problem(rect=rect, page=pages[page - 1])
     if problem is not None:
         message_en, message_ja = problem
-        raise StateError(
+        raise InputError(
             "envelope.bad_field",
             f"field {number}: {message_en}",
             f"{number}番目のテキストボックス: {message_ja}",
@@ -129,7 +129,7 @@ def check_values_fit(*, engine: SigningEngine, party: Party, values: Mapping[str
         # Full-width characters are one em wide: about this many fit at the smallest size.
         size = min(MIN_FIELD_FONT_SIZE, max(height - 4, 4.0))
         fit = max(1, int((width - 4) // size))
-        raise StateError(
+        raise InputError(
             "envelope.field_too_wide",
             f"the value of field {f.label!r} does not fit its box",
             f"「{f.label}」が枠に収まりません。全角でおよそ{fit}文字以内に短くしてください。",

@@ -8,7 +8,8 @@ first. The API answers with one JSON shape::
                "disposition": "fatal", "details": {...}}}
 
 The signing and download pages answer with a Japanese HTML page instead. The status code
-depends on the error's class and code only (:func:`status_for`).
+depends on the error's code and class only (:func:`status_for`), as catalogued in
+:mod:`core.error_codes`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.error_codes import (
+    AUTH_INVALID_TOKEN,
+    INTERNAL_UNEXPECTED,
+    NOT_FOUND_ROUTE,
+    REQUEST_HTTP_PREFIX,
+    REQUEST_INVALID,
+    REQUEST_METHOD_NOT_ALLOWED,
+    REQUEST_TOO_DEEP,
+    lookup,
+)
 from core.errors import (
     AuthError,
     BlobError,
@@ -30,6 +41,7 @@ from core.errors import (
     GatewayError,
     GuaranteeError,
     InfrastructureError,
+    InputError,
     NotFoundError,
     RecordError,
     SigningError,
@@ -41,37 +53,30 @@ from core.storage import database_error
 
 log = logging.getLogger(__name__)
 
-# Codes whose status is not the one of their class.
-_BY_CODE = {
-    "auth.forbidden": 403,
-    "link.not_found": 404,
-    "link.expired": 410,
-    "link.forwarded": 410,
-    "link.revoked": 410,
-    "document.purged": 410,  # deleted at the end of its retention period, for good
-    "link.locked": 423,
-    "request.csrf": 403,
-    "request.ip_refused": 403,
-    "auth.ip_refused": 403,
-    "staff.role_required": 403,
-    "request.too_large": 413,
-    "request.unsupported_media_type": 415,
-    "request.method_not_allowed": 405,
-    "idempotency.key_reused": 409,
-}
-
 _PAGE_PREFIXES = ("/sign", "/download", "/admin")
 
 
 def status_for(exc: GatewayError) -> int:
-    """The HTTP status of an error: by code where listed, else by class (``state.*`` conflicts
-    409, other refused input 422)."""
-    if exc.code in _BY_CODE:
-        return _BY_CODE[exc.code]
+    """The HTTP status of an error: the catalogue's (:mod:`core.error_codes`) for its code, 503
+    rather than 500 when this one is retriable; by class for a code raised as a class it is not
+    catalogued under (a refusal re-coded as a line error) or not catalogued at all."""
+    entry = lookup(exc.code)
+    if entry is None or not isinstance(exc, entry.raised_as):
+        return _status_by_class(exc)
+    if entry.status >= 500:
+        return 503 if exc.retriable else 500
+    return entry.status
+
+
+def _status_by_class(exc: GatewayError) -> int:
+    """The status an error's class gives its codes (refused input 422, ``state.*`` conflicts
+    409; a :class:`StateError` not yet turned into an :class:`InputError` is refused input)."""
     if isinstance(exc, NotFoundError):
         return 404
     if isinstance(exc, AuthError):
         return 401
+    if isinstance(exc, InputError):
+        return 422
     if isinstance(exc, StateError):
         return 409 if exc.code.startswith("state.") else 422
     if isinstance(exc, DocumentError | RecordError | StaffError | GuaranteeError):
@@ -96,7 +101,7 @@ async def handle_gateway_error(request: Request, exc: Exception) -> Response:
     status = status_for(exc)
     if status >= 500:
         log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.code == "auth.invalid_token" else {}
+    headers = {"WWW-Authenticate": "Bearer"} if exc.code == AUTH_INVALID_TOKEN else {}
     if status == 503:
         # Retrying helps (an outage, a full disk being cleared): tell clients when.
         retry_after = exc.retry_after if isinstance(exc, InfrastructureError) else 30
@@ -121,7 +126,7 @@ def _validation_error(errors: list[Any]) -> GatewayError:
         problems.append({"field": where, "problem": str(err.get("msg", ""))})
     summary = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:5])
     return GatewayError(
-        "request.invalid",
+        REQUEST_INVALID,
         f"the request is invalid: {summary}",
         "リクエストの内容に誤りがあります。",
         details={"problems": problems},
@@ -141,19 +146,20 @@ async def handle_http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
         error = GatewayError(
-            "request.method_not_allowed",
+            REQUEST_METHOD_NOT_ALLOWED,
             f"{request.method} is not allowed here",
             "この操作は許可されていません。",
         )
     elif exc.status_code == 404:
         error = NotFoundError(
-            "not_found.route", f"no route {request.url.path}", "ページが見つかりません。"
+            NOT_FOUND_ROUTE, f"no route {request.url.path}", "ページが見つかりません。"
         )
     else:
         error = GatewayError(
-            f"request.http_{exc.status_code}", str(exc.detail), "リクエストを処理できません。"
+            f"{REQUEST_HTTP_PREFIX}{exc.status_code}",
+            str(exc.detail),
+            "リクエストを処理できません。",
         )
-        _BY_CODE.setdefault(error.code, exc.status_code)
     response = await handle_gateway_error(request, error)
     for name, value in headers.items():
         if value:
@@ -191,7 +197,7 @@ async def handle_infrastructure_fault(request: Request, exc: Exception) -> Respo
         return await handle_gateway_error(request, infra)
     log.error("%s %s raised", request.method, request.url.path, exc_info=exc)
     unexpected = GatewayError(
-        "internal.unexpected",
+        INTERNAL_UNEXPECTED,
         f"unexpected {type(exc).__name__}",
         "システムで問題が発生しました。時間をおいて再度お試しください。",
     )
@@ -204,7 +210,7 @@ async def handle_too_deep(request: Request, exc: Exception) -> Response:
     return await handle_gateway_error(
         request,
         GatewayError(
-            "request.too_deep",
+            REQUEST_TOO_DEEP,
             "the request body is nested too deeply",
             "リクエストの内容の入れ子が深すぎます。",
         ),

@@ -28,7 +28,7 @@ from core.drafts import (
     UsageRequestDraft,
 )
 from core.envelopes import Runtime
-from core.errors import GatewayError, RecordError, StateError
+from core.errors import GatewayError, InputError, RecordError
 from core.intake import (
     AwardItem,
     ContractorDirectory,
@@ -456,7 +456,7 @@ def remap_award(
     award = get_award(session=session, source=spec.name, award_id=award_id)
     record = restore_record(award=award, blobs=runtime.blobs)
     if record is None:
-        raise StateError(
+        raise InputError(
             "award.no_record",
             f"award {award_id} of {spec.name} keeps no source record (taken in before 0017a); "
             "re-import it from the source instead",
@@ -468,7 +468,7 @@ def remap_award(
         authorities=authorities,
     )  # fmt: skip
     if outcome.skipped is not None:
-        raise StateError(
+        raise InputError(
             "award.remap_skipped",
             f"the current mapping skips this record: {outcome.skipped}",
             "現在のマッピングでは、このレコードは取込対象外(skip)になります。"
@@ -485,7 +485,7 @@ def remap_award(
                                  "reason_ja": e.reason_ja} for e in outcome.errors]},
         )  # fmt: skip
     if not isinstance(outcome.draft, EnvelopeDraft):
-        raise StateError(
+        raise InputError(
             "award.remap_failed",
             f"the mapping of {spec.name} does not make awards",
             "この取込元のマッピングは落札情報を作りません。",

@@ -52,7 +52,7 @@ from core.envelopes import (
     discard_envelope_blobs,
     send_envelope,
 )
-from core.errors import GatewayError, StaffError, StateError
+from core.errors import GatewayError, InputError, StaffError
 from core.intake import find_contractor
 from core.model import Staff, StaffRole
 from core.signing import PageArea
@@ -184,7 +184,7 @@ def _parse_amount(text: str) -> Decimal | None:
     except InvalidOperation:
         amount = Decimal(-1)
     if amount is not None and not (0 <= amount < 10**15 and amount == amount.to_integral()):
-        raise StateError(
+        raise InputError(
             "envelope.bad_amount",
             f"not an amount: {text!r}",
             "金額は円単位の数字で入力してください。",
@@ -196,7 +196,7 @@ def _parse_date(text: str, label: str) -> dt.date | None:
     try:
         return parse_date(text)
     except ValueError as exc:
-        raise StateError(
+        raise InputError(
             "envelope.bad_date",
             f"{label}: not a date: {text!r}",
             f"{label}は YYYY-MM-DD の形式で入力してください。",
@@ -215,7 +215,7 @@ def _consent_of(session: Session, draft: ComposeDraft) -> tuple[str | None, str 
             registry_code=None if re.fullmatch(r"[0-9]{13}", number) else number,
         )
     if contractor is not None and has_withdrawn(session=session, contractor_id=contractor.id):
-        raise StateError(
+        raise InputError(
             "consent.withdrawn",
             "the contractor withdrew its consent",
             "受注者が電子契約の承諾を撤回しているため、封筒を作成できません。",
@@ -494,7 +494,7 @@ def _number(text: str, label: str) -> float:
     try:
         return float(text)
     except ValueError as exc:
-        raise StateError(
+        raise InputError(
             "envelope.bad_field", f"{label}: not a number", f"{label}を数字で入力してください。"
         ) from exc
 
@@ -527,8 +527,8 @@ def _box_from_millimetres(form: FormData, pages_of: Callable[[int], list[PageBox
     )
 
 
-def _field_problem(number: int, message_ja: str) -> StateError:
-    return StateError(
+def _field_problem(number: int, message_ja: str) -> InputError:
+    return InputError(
         "envelope.bad_field",
         f"field {number} refused",
         f"{number}番目のテキストボックス: {message_ja}",

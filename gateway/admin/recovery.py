@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from core.errors import NotFoundError, StateError
+from core.errors import InputError, NotFoundError
 from core.links import resend_request
 from core.model import Party, Staff
 from core.recovery import (
@@ -108,7 +108,7 @@ async def deadline(
     except ValueError:
         day = None
     if day is None:
-        raise StateError(
+        raise InputError(
             "envelope.bad_deadline", "a date YYYY-MM-DD is needed", "締切日を入力してください。"
         )
 

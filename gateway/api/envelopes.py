@@ -50,7 +50,7 @@ from core.envelopes import (
     read_document,
     send_envelope,
 )
-from core.errors import DocumentError, GatewayError, NotFoundError, StateError
+from core.errors import DocumentError, GatewayError, InputError, NotFoundError, StateError
 from core.intake import find_contractor
 from core.links import AccessCodePolicy, resend_request, set_access_code
 from core.model import ApiClient, Envelope, Party
@@ -254,7 +254,7 @@ def hash_access_codes(
     bound = list(staff) + [False] * (len(parties) - len(staff))
     for index, ((role, code), is_staff) in enumerate(zip(parties, bound, strict=True)):
         if is_staff and code is not None:
-            raise StateError(
+            raise InputError(
                 "party.access_code_for_staff",
                 f"party {index + 1} signs as staff (staff login) and takes no access code",
                 f"{index + 1}番目の署名者は職員としてログインして署名するため、"
@@ -265,7 +265,7 @@ def hash_access_codes(
             codes.append(None)
             continue
         if code is None:
-            raise StateError(
+            raise InputError(
                 "party.access_code_required",
                 f"party {index + 1} ({role}) needs an access code",
                 f"{index + 1}番目の署名者のアクセスコードを指定してください。",
@@ -311,7 +311,7 @@ def _consent_for(session: Session, body: EnvelopeCreate) -> tuple[str | None, st
         if contractor is not None:
             contractor_id = contractor.id
             if has_withdrawn(session=session, contractor_id=contractor.id):
-                raise StateError(
+                raise InputError(
                     "consent.withdrawn",
                     "the contractor withdrew its consent to electronic contracts",
                     "受注者が電子契約の承諾を撤回しているため、封筒を作成できません。",
@@ -323,7 +323,7 @@ def _consent_for(session: Session, body: EnvelopeCreate) -> tuple[str | None, st
     if consent_id is not None:
         consent = get_consent(session=session, consent_id=consent_id)
         if contractor_id is not None and consent.contractor_id != contractor_id:
-            raise StateError(
+            raise InputError(
                 "consent.other_contractor",
                 "the consent belongs to another contractor",
                 "指定された承諾は別の受注者のものです。",

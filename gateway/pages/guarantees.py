@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from core.errors import GatewayError, StateError
+from core.errors import GatewayError, InputError
 from core.guarantees import (
     KIND_JA,
     MAX_NOTICE_BYTES,
@@ -92,8 +92,8 @@ def _page(
     )
 
 
-def _closed() -> StateError:
-    return StateError(
+def _closed() -> InputError:
+    return InputError(
         "guarantee.entry_closed",
         "guarantees cannot be entered on the signing pages at this point",
         "現在、この画面から電子保証を登録することはできません。契約担当課へお問い合わせください。",
