@@ -938,14 +938,26 @@ def _signature_field_name(party: Party) -> str:
 
 
 def apply_pending_signature(
-    *, session: Session, runtime: Runtime, envelope_id: str, party_id: str
+    *,
+    session: Session,
+    runtime: Runtime,
+    envelope_id: str,
+    party_id: str | None = None,
+    party: Party | None = None,
 ) -> Party:
     """Sign every document for a party in ``signing``; commit the new revisions at once.
 
+    ``party`` is one the caller just read with :func:`get_party` in this session (the worker
+    checks its state first), so the envelope graph is not read again; else ``party_id`` is read.
     On a retriable failure (TSA down) the error is recorded on the envelope, committed, and
     re-raised; the party stays in ``signing`` with no document changed.
     """
-    party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
+    if party is None:
+        if party_id is None:
+            raise TypeError("apply_pending_signature needs party_id or party")
+        party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
+    elif party.envelope_id != envelope_id:
+        raise ValueError(f"party {party.id} is not of envelope {envelope_id}")
     return _sign_for_party(session, runtime, party)
 
 
