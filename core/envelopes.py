@@ -842,6 +842,19 @@ def check_auth_method(party: Party, auth_method: str) -> None:
         )
 
 
+def _check_approval(party: Party, values: Mapping[str, str], auth_method: str) -> dict[str, str]:
+    """Everything an approval must pass before anything is written; returns the cleaned values."""
+    _require_current(party)
+    if party.role not in _SIGNING_ROLES:
+        raise StateError(
+            "state.cc_cannot_act", "a cc party cannot approve", "CC(写し送付先)は承認できません。"
+        )
+    check_auth_method(party, auth_method)
+    cleaned = _check_values(party, values)
+    check_party_transition(party.state, PartyState.SIGNING)
+    return cleaned
+
+
 def record_approval(
     *,
     session: Session,
@@ -859,14 +872,7 @@ def record_approval(
     worker (an inline caller about to sign it).
     """
     party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
-    _require_current(party)
-    if party.role not in _SIGNING_ROLES:
-        raise StateError(
-            "state.cc_cannot_act", "a cc party cannot approve", "CC(写し送付先)は承認できません。"
-        )
-    check_auth_method(party, auth_method)
-    cleaned = _check_values(party, values)
-    check_party_transition(party.state, PartyState.SIGNING)
+    cleaned = _check_approval(party, values, auth_method)
     now = utcnow()
     _compare_and_set(
         session,
@@ -938,14 +944,26 @@ def _signature_field_name(party: Party) -> str:
 
 
 def apply_pending_signature(
-    *, session: Session, runtime: Runtime, envelope_id: str, party_id: str
+    *,
+    session: Session,
+    runtime: Runtime,
+    envelope_id: str,
+    party_id: str | None = None,
+    party: Party | None = None,
 ) -> Party:
     """Sign every document for a party in ``signing``; commit the new revisions at once.
 
+    ``party`` is one the caller just read with :func:`get_party` in this session (the worker
+    checks its state first), so the envelope graph is not read again; else ``party_id`` is read.
     On a retriable failure (TSA down) the error is recorded on the envelope, committed, and
     re-raised; the party stays in ``signing`` with no document changed.
     """
-    party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
+    if party is None:
+        if party_id is None:
+            raise TypeError("apply_pending_signature needs party_id or party")
+        party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
+    elif party.envelope_id != envelope_id:
+        raise ValueError(f"party {party.id} is not of envelope {envelope_id}")
     return _sign_for_party(session, runtime, party)
 
 
@@ -956,23 +974,10 @@ def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
     envelope = party.envelope
     check_party_transition(party.state, PartyState.COMPLETED)
     assert party.approved_at is not None
-    reason = approval_reason(name=party.name, email=party.email, at=party.approved_at)
-    field_name = _signature_field_name(party)
-    new_revisions: list[tuple[Document, DocumentRevision]] = []
     try:
-        for doc in envelope.documents:
-            values = {f.name: f.value or "" for f in party.fields if f.document_id == doc.id}
-            # Decrypted a chunk at a time into one buffer, signed in place there, and only the
-            # new revision stored: no copy of the whole document is made or compared.
-            current = _read_document_stream(runtime, doc)
-            increment = runtime.signing.sign_approval_increment(
-                current, signature_field=field_name, reason=reason, values=values
-            )
-            size = current.seek(0, SEEK_END)
-            del current  # keep one document's bytes alive at a time
-            new_revisions.append(
-                (doc, _store_increment(runtime, doc, increment, size=size, reason="signature"))
-            )
+        new_revisions = _sign_documents(
+            runtime, party, party.approved_at, {f.id: f.value or "" for f in party.fields}
+        )
     except GatewayError as exc:
         if exc.retriable:
             _record_retriable(session, envelope, exc, party_id=party.id)
@@ -991,12 +996,52 @@ def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
             "この署名は既に適用されています。",
         ),
     )
+    close_task(session=session, key=signature_key(party.id), now=now)
+    _record_signature(session, runtime, party, new_revisions, now)
+    session.commit()
+    return party
+
+
+def _sign_documents(
+    runtime: Runtime, party: Party, approved_at: dt.datetime, values: Mapping[str, str]
+) -> list[tuple[Document, DocumentRevision]]:
+    """Sign every document for ``party`` with its fields' ``values`` (by field id) and store each
+    increment in the blob store (durable, and in the mirror, before any commit references it);
+    returns the revisions unattached. Writes nothing to the database."""
+    reason = approval_reason(name=party.name, email=party.email, at=approved_at)
+    field_name = _signature_field_name(party)
+    new_revisions: list[tuple[Document, DocumentRevision]] = []
+    for doc in party.envelope.documents:
+        by_name = {f.name: values.get(f.id, "") for f in party.fields if f.document_id == doc.id}
+        # Decrypted a chunk at a time into one buffer, signed in place there, and only the
+        # new revision stored: no copy of the whole document is made or compared.
+        current = _read_document_stream(runtime, doc)
+        increment = runtime.signing.sign_approval_increment(
+            current, signature_field=field_name, reason=reason, values=by_name
+        )
+        size = current.seek(0, SEEK_END)
+        del current  # keep one document's bytes alive at a time
+        new_revisions.append(
+            (doc, _store_increment(runtime, doc, increment, size=size, reason="signature"))
+        )
+    return new_revisions
+
+
+def _record_signature(
+    session: Session,
+    runtime: Runtime,
+    party: Party,
+    new_revisions: list[tuple[Document, DocumentRevision]],
+    now: dt.datetime,
+) -> None:
+    """After the party's row was moved to ``completed``: attach the new revisions, record the
+    signature and hand the envelope on (in the caller's transaction)."""
+    envelope = party.envelope
     for doc, revision in new_revisions:
         doc.revisions.append(revision)
         doc.size = revision.size
         doc.signature_count += 1
     envelope.last_error = None
-    close_task(session=session, key=signature_key(party.id), now=now)
     set_committed_value(party, "state", PartyState.COMPLETED)
     set_committed_value(party, "completed_at", now)
     record_event(
@@ -1006,11 +1051,12 @@ def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
         envelope_id=envelope.id,
         party_id=party.id,
         at=now,
-        detail={"signature_field": field_name, "documents": len(envelope.documents)},
+        detail={
+            "signature_field": _signature_field_name(party),
+            "documents": len(envelope.documents),
+        },
     )
     _advance(session, runtime, envelope, now)
-    session.commit()
-    return party
 
 
 def _record_retriable(
@@ -1040,28 +1086,77 @@ def approve(
     auth_method: str,
     ip: str | None = None,
 ) -> Party:
-    """Record the party's approval, then apply it at once (and seal when it was the last one)
+    """Record the party's approval and apply it at once (and seal when it was the last one)
     instead of leaving it to the signing worker: for callers without a worker (the CLI's
-    one-shot commands, tests). The task is leased first, so a worker running at the same time
-    never signs the same approval too; a retriable failure gives the task back to the worker.
+    one-shot commands, tests).
+
+    The documents are signed first and the increments stored (durably, mirrored); then the
+    approval, the signature and the hand-on to the next party commit in one transaction, so
+    there is one database commit on the path and no signing task. If signing fails the
+    approval is committed on its own with a task for the signing worker (and a retriable error
+    recorded on the envelope), then the error is raised, as :func:`record_approval` would.
     """
     inline = f"inline:{secrets.token_hex(4)}"
-    # The signing task commits with the approval, already leased to this call: no worker can
-    # take it in between, and no separate claim transaction is needed.
-    party = record_approval(
-        session=session,
-        envelope_id=envelope_id,
-        party_id=party_id,
-        values=values,
-        auth_method=auth_method,
-        ip=ip,
-        lease_to=inline,
-    )
+    party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
+    cleaned = _check_approval(party, values, auth_method)
+    check_party_transition(PartyState.SIGNING, PartyState.COMPLETED)
+    now = utcnow()
+    # Signed before anything is written (no lock is held meanwhile); the increments are on disk
+    # and in the mirror before the one commit below references them.
     try:
-        party = _sign_for_party(session, runtime, party)
-    except GatewayError:
-        release_leases(session=session, worker=inline)
+        new_revisions = _sign_documents(runtime, party, now, cleaned)
+    except GatewayError as exc:
+        # The approval is kept all the same, with its signing task for the worker (which
+        # retries a transient fault): the signer's instruction is never lost.
+        session.rollback()
+        party = record_approval(
+            session=session,
+            envelope_id=envelope_id,
+            party_id=party_id,
+            values=values,
+            auth_method=auth_method,
+            ip=ip,
+        )
+        if exc.retriable:
+            _record_retriable(session, party.envelope, exc, party_id=party.id)
         raise
+    # One transaction for the approval and its signature, so no signing task is needed; of
+    # two concurrent submits one changes the row, the other's blobs are never referenced.
+    _compare_and_set(
+        session,
+        Party,
+        party.id,
+        frozenset(s.value for s in ACTIONABLE_PARTY_STATES),
+        {
+            "state": PartyState.COMPLETED.value,
+            "approved_at": now,
+            "approved_ip": ip,
+            "auth_method": auth_method,
+            "completed_at": now,
+        },
+        StateError(
+            "state.already_acted",
+            "this approval was already submitted",
+            "この署名依頼は既に処理されています。",
+        ),
+    )
+    for f in party.fields:
+        f.value = cleaned[f.id]
+    record_event(
+        session=session,
+        action="party.approved",
+        actor=party.email,
+        envelope_id=envelope_id,
+        party_id=party.id,
+        ip=ip,
+        at=now,
+        detail={"method": auth_method, "fields": len(cleaned)},
+    )
+    set_committed_value(party, "approved_at", now)
+    set_committed_value(party, "approved_ip", ip)
+    set_committed_value(party, "auth_method", auth_method)
+    _record_signature(session, runtime, party, new_revisions, now)
+    session.commit()
     if party.envelope.state is EnvelopeState.SEALING:
         task = claim_task(session=session, key=seal_key(envelope_id), worker=inline)
         if task is None:

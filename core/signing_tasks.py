@@ -54,13 +54,16 @@ def enqueue_signature(
     claimed it: an inline caller that signs right after the commit saves the claim's own
     transaction (and its fsync), and no worker can take the task until the lease expires.
     """
-    task = enqueue(
-        session=session,
-        target=SIGNING_TARGET,
-        idempotency_key=signature_key(party.id),
-        payload={"kind": "signature", "envelope_id": party.envelope_id, "party_id": party.id},
-        envelope_id=party.envelope_id,
-    )
+    # No autoflush for enqueue's look-up by key: it would insert the approval's audit event
+    # before the commit chains it, and the chain would then update that row again.
+    with session.no_autoflush:
+        task = enqueue(
+            session=session,
+            target=SIGNING_TARGET,
+            idempotency_key=signature_key(party.id),
+            payload={"kind": "signature", "envelope_id": party.envelope_id, "party_id": party.id},
+            envelope_id=party.envelope_id,
+        )
     if lease_to is not None and task in session.new:  # never take over an existing task
         task.state = DeliveryState.LEASED
         task.lease_owner = lease_to

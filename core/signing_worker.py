@@ -50,11 +50,14 @@ def _run_task(*, session: Session, runtime: Runtime, payload: Mapping[str, Any])
         party = get_party(session=session, envelope_id=envelope_id, party_id=str(party_id))
         if party.state is not PartyState.SIGNING or party.envelope.state is not EnvelopeState.SENT:
             return
-        party = _apply(session=session, runtime=runtime, envelope_id=envelope_id, party_id=party.id)
-        if party.envelope.state is not EnvelopeState.SEALING:
-            return
-        # The last signature: seal at once rather than wait for the next claim (the seal task
-        # queued with this state change is closed by the seal, or tried again if it fails).
+        # The graph just loaded is the one signed: it is not read a second time.
+        party = _apply(session=session, runtime=runtime, envelope_id=envelope_id, party=party)
+        if party.envelope.state is EnvelopeState.SEALING:
+            # The last signature: seal at once rather than wait for the next claim (the seal
+            # task queued with this state change is closed by the seal, or tried again if it
+            # fails). seal_envelope reads the envelope itself.
+            seal_envelope(session=session, runtime=runtime, envelope_id=envelope_id)
+        return
     envelope = get_envelope(session=session, envelope_id=envelope_id)
     if envelope.state is EnvelopeState.SEALING:
         seal_envelope(session=session, runtime=runtime, envelope_id=envelope_id)

@@ -610,6 +610,94 @@ def test_tsa_outage_leaves_the_envelope_waiting_then_the_worker_finishes(
         engine.close()
 
 
+def test_inline_approve_commits_once_or_keeps_the_approval_for_the_worker(
+    sessions: sessionmaker[Session],
+    test_pki: LivePki,
+    pkcs12_key: SigningKey,
+    tmp_path: Path,
+) -> None:
+    """approve() signs before writing and commits approval and signature together (no signing
+    task); with the TSA down it commits the approval alone, with its task, and the worker
+    signs it later."""
+    from core.errors import GatewayError
+    from core.model import Delivery
+
+    engine = SigningEngine(
+        key=pkcs12_key,
+        timestamps=TimestampService.from_urls(
+            [test_pki.flaky_tsa_url], timeout=5, attempts=2, backoff=0.01
+        ),
+        trust_roots=[test_pki.root],
+        font_path=find_cjk_font(),
+    )
+    runtime = Runtime(
+        blobs=BlobStore(tmp_path / "b", b"m" * 32), signing=engine, buyer_name="開発市"
+    )
+    at_once = RetryPolicy(max_attempts=1000, base_delay=0.0, max_delay=0.0)
+    try:
+        with sessions() as session:
+            ensure_staff(session, "kacho@city.example.jp")
+            envelope = create_envelope(
+                session=session,
+                runtime=runtime,
+                title="一度の書き込み",
+                amount=Decimal("1000000"),
+                creator="staff",
+                documents=[DocumentInput("a.pdf", make_pdf(pages=1))],
+                parties=_parties(1),
+            )
+            give_access_codes(session, envelope)
+            send_envelope(session=session, runtime=runtime, envelope_id=envelope.id, actor="staff")
+            session.commit()
+            envelope_id = envelope.id
+            first_id, second_id = (p.id for p in envelope.parties)
+            approve(
+                session=session,
+                runtime=runtime,
+                envelope_id=envelope_id,
+                party_id=first_id,
+                values={},
+                auth_method=STAFF,
+                ip="192.0.2.1",
+            )
+        with sessions() as session:
+            envelope = get_envelope(session=session, envelope_id=envelope_id)
+            assert [p.state for p in envelope.parties] == [PartyState.COMPLETED, PartyState.SENT]
+            assert envelope.documents[0].signature_count == 1
+            assert session.scalars(select(Delivery).where(Delivery.target == "signing")).all() == []
+            actions = [e.action for e in list_events(session=session, envelope_id=envelope_id)]
+            assert actions[-3:] == ["party.approved", "party.signed", "party.requested"]
+
+            test_pki.flaky.fail_next(1000)
+            with pytest.raises(GatewayError) as caught:
+                approve(
+                    session=session,
+                    runtime=runtime,
+                    envelope_id=envelope_id,
+                    party_id=second_id,
+                    values={},
+                    auth_method=CONTRACTOR,
+                )
+            assert caught.value.retriable
+        with sessions() as session:
+            envelope = get_envelope(session=session, envelope_id=envelope_id)
+            assert envelope.parties[1].state is PartyState.SIGNING  # the instruction is kept
+            assert envelope.documents[0].signature_count == 1
+            assert envelope.last_error and "tsa_unreachable" in envelope.last_error
+            (waiting,) = list_waiting(session=session)
+            assert waiting.kind == "signature" and waiting.state.value == "pending"
+        test_pki.flaky.fail_next(0)
+        process_until_idle(sessions=sessions, runtime=runtime, worker="w", policy=at_once)
+        with sessions() as session:
+            envelope = get_envelope(session=session, envelope_id=envelope_id)
+            assert envelope.state is EnvelopeState.COMPLETED
+            assert envelope.documents[0].signature_count == 2
+            ((_, data),) = current_documents(runtime=runtime, envelope=envelope)
+            assert verify_pdf(data, trust_roots=[test_pki.root]).ok
+    finally:
+        engine.close()
+
+
 def test_signatures_are_stored_as_appends_and_a_tampered_append_is_caught(
     session: Session,
     dev_runtime: Runtime,
