@@ -14,7 +14,8 @@ them are complete, and only then are they renamed into place, one by one. A retr
 the staged marker renames only the files whose temporary name still exists (a rename is
 atomic: a file either still waits under its temporary name or is in place, perhaps already
 taken away by the consumer) and never writes a file into place a second time; without the
-marker no file was renamed yet, and everything is written again.
+marker no file was renamed yet, and everything is written again. The marker holds the
+receipt's bytes, so the SFTP sink renames it into place as the receipt (one request).
 
 The temporary name is derived from the key, so a retry after a crash overwrites its own
 leftovers instead of adding new ones. On a delivery's first attempt (``Outbound.first_attempt``:

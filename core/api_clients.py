@@ -127,10 +127,17 @@ def authenticate(
 ) -> ApiClient:
     """The live client holding ``token``, or ``auth.invalid_token``.
 
-    Each attempt reserves one of ``policy.max_failures`` per caller address first (commits it:
-    :mod:`core.attempts`); the wrong token that uses the last one locks the address out for
+    Each attempt reserves one of ``policy.max_failures`` per caller address first
+    (:mod:`core.attempts`); the wrong token that uses the last one locks the address out for
     ``policy.lockout``, and a locked-out address is answered ``auth.invalid_token`` whatever
     token it holds (the audit log records ``api.locked``). A right token gives its attempt back.
+
+    Unlike a password or an access code, the comparison here is one indexed lookup (no slow
+    hash), so the reservation is not committed on its own before it: the reserving ``UPDATE``
+    holds the counter row's lock (PostgreSQL; SQLite's write lock) until the one commit after
+    the comparison, and a parallel attempt from the same address waits for it and then sees the
+    count it left. Parallel guesses still cannot exceed the limit, and a right token costs one
+    commit instead of two.
     """
     policy = policy or TokenPolicy()
     now = now or utcnow()
@@ -138,8 +145,8 @@ def authenticate(
         session=session, key=f"api_token:{ip or '-'}", limit=policy.max_failures, now=now
     )
     reserved = reserve_attempt(session=session, counter=counter)
-    session.commit()
     if reserved is None:
+        session.commit()
         record_event(session=session, action="api.locked", actor=ip or "-", ip=ip)
         session.commit()
         raise _unauthorized()

@@ -444,7 +444,8 @@ def create_envelope(
     limits = runtime.limits
     _check_limits(documents, limits)
     _check_parties(parties, limits)
-    infos = [runtime.signing.inspect(doc.data) for doc in documents]
+    inspected = [runtime.signing.inspect_upload(doc.data) for doc in documents]
+    infos = [i.info for i in inspected]
     # Before the documents are stored or stamped: the first signature covers no script.
     documents = [
         DocumentInput(
@@ -517,6 +518,7 @@ def create_envelope(
                 for f in field_rows
                 if f.document_id == doc_ids[position]
             ],
+            inspected=inspected[position],
         )
         for position, doc in enumerate(documents)
     ]

@@ -182,10 +182,16 @@ class _Child:
         self.key: Any = None
         self.pdf: Any = None
         self.forms = False
+        # the bytes the last geometry job read (not opened in pdfium): the upload check's
+        # first page job opens them without the parent sending the document a second time
+        self.held: tuple[Any, bytes] | None = None
 
     def open(self, key: Any, data: bytes | None) -> Any:
         import pypdfium2 as pdfium
 
+        held, self.held = self.held, None
+        if data is None and held is not None and held[0] == key and key != self.key:
+            data = held[1]
         if data is not None or self.pdf is None or key != self.key:
             if data is None:
                 raise LookupError("the document is not open here")
@@ -208,12 +214,15 @@ class _Child:
             raise _no_such_page(page_index)
         return self.pdf[page_index]
 
-    def geometry(self, data: bytes | None) -> list[PageGeometry]:
+    def geometry(self, key: Any, data: bytes | None) -> list[PageGeometry]:
         """Every page's visible area and rotation, read by qpdf from the page dictionaries:
         pdfium would parse every content stream (a Flate bomb) just to load a page."""
         if data is None:
             raise LookupError("the document is not here")
-        return page_geometry(data)
+        self.held = None
+        pages = page_geometry(data)
+        self.held = (key, data)
+        return pages
 
     def bitmap(self, page_index: int, *, width: int | None, scale: float | None) -> Any:
         """Page ``page_index`` as a PIL image ``width`` pixels wide (or at ``scale`` pixels a
@@ -257,7 +266,7 @@ def _serve(conn: Connection, budget: RenderBudget) -> None:
         op, key, data, args = request
         try:
             if op == "geometry":
-                result: Any = child.geometry(data)
+                result: Any = child.geometry(key, data)
             else:
                 child.open(key, data)
             if op == "image":
@@ -406,8 +415,9 @@ class RenderPool:
             worker.stop(kill=True)
             self._forget()
             raise
-        if op != "geometry":
-            worker.key = key
+        # after geometry the child holds the bytes (see _Child.held); a job that finds them
+        # gone is answered "resend" and sent them again
+        worker.key = key
         self._release(worker)
         if answer[0] == "ok":
             return answer[1]

@@ -235,6 +235,9 @@ def create_app(
         from gateway.sinks import PushbackWorker
 
         pushback = PushbackWorker(gateway)
+        context.pushback = pushback
+        if context.signer is not None:
+            context.signer.on_applied = context.wake_pushback
     scheduler: Any = None
     if run_jobs:
         from apscheduler.schedulers.background import BackgroundScheduler

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -115,12 +116,17 @@ class SigningWorker(PollingThread):
         super().__init__(sessions, f"{socket.gethostname()}:{os.getpid()}:signing", interval)
         self.runtime = runtime
         self.lease = lease
+        # Called after a pass applied something (committed): a seal queues the sinks'
+        # deliveries, and the push-back dispatcher should not wait for its next poll.
+        self.on_applied: Callable[[], None] | None = None
 
     def _pass(self) -> None:
-        process_until_idle(
+        result = process_until_idle(
             sessions=self.sessions,
             runtime=self.runtime,
             worker=self.worker,
             lease=self.lease,
             stop=self._stop.is_set,
         )
+        if result.delivered and self.on_applied is not None:
+            self.on_applied()

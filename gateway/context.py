@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 
@@ -19,6 +19,9 @@ from gateway.mailer import MailDispatcher, jst
 from gateway.pages.cookies import CookieSigner
 from gateway.pages.render import PageRenderer
 from gateway.runtime import Gateway
+
+if TYPE_CHECKING:  # the sinks (and their transports) are imported only when configured
+    from gateway.sinks import PushbackWorker
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -58,11 +61,17 @@ class AppContext:
     secure_cookies: bool
     session_seconds: int
     extra: dict[str, Any] = field(default_factory=dict)
+    pushback: PushbackWorker | None = None
 
     def wake_mailer(self) -> None:
         """Have the mail worker look for new mail now (after a request queued some)."""
         if self.dispatcher is not None:
             self.dispatcher.wake()
+
+    def wake_pushback(self) -> None:
+        """Have the push-back dispatcher look for due deliveries now (an envelope was sealed)."""
+        if self.pushback is not None:
+            self.pushback.wake()
 
     def wake_signer(self) -> None:
         """Have the signing worker apply new approvals now (after a request committed one)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -189,6 +190,15 @@ class PushbackWorker(LeasingThread):
 
         super().__init__(gateway.sessions, f"{default_worker()}:pushback")
         self.gateway = gateway
+        self._wake = threading.Event()
+
+    def wake(self) -> None:
+        """Look for due deliveries now (an envelope event was just committed on this node),
+        not at the next ``outbox.poll_seconds``."""
+        self._wake.set()
+
+    def _interrupt(self) -> None:
+        self._wake.set()
 
     def _loop(self) -> None:
         from schedules.dispatch import run_until_idle
@@ -210,6 +220,7 @@ class PushbackWorker(LeasingThread):
                         poll_seconds=settings.outbox.poll_seconds,
                         stop=self._stop,
                         forever=True,
+                        wake=self._wake,
                     )
                 except Exception:  # the worker must outlive a database or sink hiccup
                     log.exception("push-back dispatch failed; trying again later")

@@ -174,9 +174,12 @@ def run_until_idle(
     poll_seconds: float = 10.0,
     stop: threading.Event | None = None,
     forever: bool = False,
+    wake: threading.Event | None = None,
 ) -> DispatchResult:
     """Pass after pass: until nothing is due (or, with ``forever``, until ``stop`` is set,
-    sleeping ``poll_seconds`` whenever a pass found nothing). Returns the totals."""
+    sleeping ``poll_seconds`` whenever a pass found nothing, or until ``wake`` is set: work was
+    just queued on this node, e.g. an envelope sealed; whoever sets ``stop`` sets ``wake`` too).
+    Returns the totals."""
     stop = stop or threading.Event()
     totals = DispatchResult()
     worker = worker or default_worker()
@@ -198,5 +201,9 @@ def run_until_idle(
         if not busy:
             if not forever:
                 break
-            stop.wait(poll_seconds)
+            if wake is None:
+                stop.wait(poll_seconds)
+            else:
+                wake.wait(poll_seconds)
+                wake.clear()
     return totals

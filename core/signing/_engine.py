@@ -34,10 +34,12 @@ from core.errors import Disposition, SigningError
 from ._cjkfont import CjkFont
 from ._documents import (
     FieldBox,
+    InspectedDocument,
     PdfInfo,
     field_fits,
     fill_text_fields,
     inspect_document,
+    inspect_upload,
     prepare_document,
 )
 from ._keys import SigningKey
@@ -278,9 +280,24 @@ class SigningEngine:
             return True
         return field_fits(self._font.shape(text).advance, width=width, height=height)
 
-    def prepare(self, data: bytes, *, certificate_id: str, fields: Sequence[FieldBox]) -> bytes:
-        """Before any signature: stamp the certificate ID on page 1 and add empty text fields."""
-        return prepare_document(data, certificate_id=certificate_id, fields=fields)
+    def inspect_upload(self, data: bytes) -> InspectedDocument:
+        """:meth:`inspect`, keeping the parsed upload (``.info``: its :class:`PdfInfo`) for one
+        :meth:`prepare` of the same bytes."""
+        return inspect_upload(data)
+
+    def prepare(
+        self,
+        data: bytes,
+        *,
+        certificate_id: str,
+        fields: Sequence[FieldBox],
+        inspected: InspectedDocument | None = None,
+    ) -> bytes:
+        """Before any signature: stamp the certificate ID on page 1 and add empty text fields
+        (``inspected``: :meth:`inspect_upload` of ``data``, so it is not parsed again)."""
+        return prepare_document(
+            data, certificate_id=certificate_id, fields=fields, inspected=inspected
+        )
 
     # -- approvals -------------------------------------------------------------------------
 

@@ -127,6 +127,10 @@ def test_trigger_file_comes_last_and_marks_the_delivery_done(
             assert hashlib.sha256(data).hexdigest() == item["sha256"]
         # written last: no file of the delivery is newer than the trigger
         assert max(p.stat().st_mtime_ns for p in folder.iterdir()) == trigger.stat().st_mtime_ns
+        # the staged marker became the receipt (renamed into place): nothing else is left
+        receipts = root / ".keiyaku-receipts"
+        assert [p.name for p in receipts.iterdir()] == [key_hash("dms:3")]
+        assert json.loads((receipts / key_hash("dms:3")).read_text())["idempotency_key"] == "dms:3"
         # A crash after the trigger but before the receipt: the trigger alone means "done".
         (root / ".keiyaku-receipts" / key_hash("dms:3")).unlink()
         before = {p.name: p.stat().st_ino for p in folder.iterdir()}

@@ -152,3 +152,47 @@ def test_a_delivery_pushed_before_a_crash_is_not_written_again(
         assert again.attempts == 2
         push_delivery(sessions=sessions, runtime=runtime, target=target, delivery=again)
     assert {p.name: p.stat().st_ino for p in (tmp_path / "dms").glob("*.pdf")} == inodes
+
+
+def test_a_waiting_dispatcher_woken_pushes_at_once_not_at_its_next_poll(
+    sessions: sessionmaker[Session], runtime: Runtime, tmp_path: Path
+) -> None:
+    import threading
+
+    targets = {
+        "documents": Target(FolderSink(name="documents", root=tmp_path / "dms"), ContentSpec())
+    }
+    stop, wake = threading.Event(), threading.Event()
+    thread = threading.Thread(
+        target=run_until_idle,
+        kwargs={
+            "sessions": sessions,
+            "runtime": runtime,
+            "targets": targets,
+            "policy": FAST,
+            "poll_seconds": 60.0,  # a poll would come long after the test gave up
+            "stop": stop,
+            "forever": True,
+            "wake": wake,
+        },
+    )
+    thread.start()
+    try:
+        time.sleep(0.3)  # the first pass found nothing: the dispatcher waits
+        with sessions() as s:
+            ids = make_completed_envelopes(s, runtime.blobs, 1)
+            enqueue_completed(s, ["documents"], ids)
+        wake.set()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with sessions() as s:
+                if set(_states(s).values()) == {DeliveryState.DELIVERED}:
+                    break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the woken dispatcher did not push within 20 s")
+    finally:
+        stop.set()
+        wake.set()  # as PushbackWorker.stop does: the wait ends now
+        thread.join(timeout=30)
+    assert not thread.is_alive()
