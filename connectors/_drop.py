@@ -29,7 +29,8 @@ import json
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from connectors.outbound import Outbound, OutboundFile, manifest
+from connectors.outbound import manifest
+from core.outbound_types import Outbound, OutboundFile
 
 JST = ZoneInfo("Asia/Tokyo")
 
