@@ -27,12 +27,10 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo
 
 from connectors.outbound import manifest
 from core.outbound_types import Outbound, OutboundFile
-
-JST = ZoneInfo("Asia/Tokyo")
+from core.timezone import JST
 
 
 def key_hash(idempotency_key: str) -> str:

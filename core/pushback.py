@@ -22,7 +22,6 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
@@ -35,10 +34,10 @@ from core.model import Award, Delivery, Document, Envelope, Party, UsageRequest
 from core.outbound_types import FACT_NAMES, GuaranteeRecord, PushContent, PushDocument
 from core.outbox import enqueue
 from core.states import DeliveryState, EnvelopeState
+from core.timezone import JST
 
 log = logging.getLogger(__name__)
 
-JST = ZoneInfo("Asia/Tokyo")
 # Envelope events a sink can subscribe to, by their short names.
 EVENTS: dict[str, str] = {
     "envelope.completed": "completed",

@@ -12,13 +12,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
-from zoneinfo import ZoneInfo
 
 import click
 
 from core.errors import GatewayError
-
-JST = ZoneInfo("Asia/Tokyo")
+from core.timezone import JST
 
 
 def _fail(exc: GatewayError) -> NoReturn:

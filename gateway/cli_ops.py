@@ -10,13 +10,11 @@ import json
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
-from zoneinfo import ZoneInfo
 
 import click
 
 from core.errors import GatewayError
-
-JST = ZoneInfo("Asia/Tokyo")
+from core.timezone import JST
 
 
 def _fail(exc: GatewayError) -> NoReturn:

@@ -12,14 +12,12 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any, NoReturn
-from zoneinfo import ZoneInfo
 
 import click
 
 from core.errors import GatewayError
 from core.states import DeliveryState
-
-JST = ZoneInfo("Asia/Tokyo")
+from core.timezone import JST
 
 
 def _fail(exc: GatewayError) -> NoReturn:

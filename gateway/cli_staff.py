@@ -13,17 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
-from zoneinfo import ZoneInfo
 
 import click
 
 from core.csv_export import SafeCsvWriter
 from core.errors import GatewayError
+from core.timezone import JST
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
-
-JST = ZoneInfo("Asia/Tokyo")
 
 
 def _fail(exc: GatewayError) -> NoReturn:

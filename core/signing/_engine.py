@@ -14,7 +14,6 @@ from datetime import datetime
 from io import SEEK_END, BytesIO
 from pathlib import Path
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
 
 from asn1crypto import cms, crl, ocsp, pem, x509
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
@@ -30,6 +29,7 @@ from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.errors import PathBuildingError, PathValidationError
 
 from core.errors import Disposition, SigningError
+from core.timezone import JST
 
 from ._cjkfont import CjkFont
 from ._documents import (
@@ -56,7 +56,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-JST = ZoneInfo("Asia/Tokyo")
 MD_ALGORITHM = "sha256"
 T = TypeVar("T")
 
