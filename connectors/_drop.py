@@ -28,11 +28,10 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo
 
-from connectors.outbound import Outbound, OutboundFile, manifest
-
-JST = ZoneInfo("Asia/Tokyo")
+from connectors.outbound import manifest
+from core.outbound_types import Outbound, OutboundFile
+from core.timezone import JST
 
 
 def key_hash(idempotency_key: str) -> str:

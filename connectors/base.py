@@ -1,7 +1,7 @@
 """The two connector shapes: a :class:`Source` reads raw records, a :class:`Sink` pushes one delivery.
 
-Everything else a connector needs (names, closing, a health probe) is a default here, so a
-transport module implements one method. A shared contract test suite runs against every
+Everything else a connector needs (names, closing, use as a context manager) is a default
+here, so a transport module implements one method. A shared contract test suite runs against every
 connector (``tests/contract``).
 """
 
@@ -10,9 +10,11 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from core.errors import GatewayError
+from core.outbound_types import Outbound
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,25 @@ class Batch:
     cursor: Mapping[str, Any] = field(default_factory=dict)
 
 
-class Source(abc.ABC):
+class _Connector(abc.ABC):  # noqa: B024 - the subclasses add the abstract method
+    """Closing, and ``with connector:`` closing it on the way out."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Source(_Connector):
     """Reads raw records since an opaque cursor (a bookmark the source alone understands).
 
     The caller stores the new cursor only after the records it covers are durably written, so a
@@ -70,7 +90,7 @@ class Source(abc.ABC):
     def pull(self, cursor: Mapping[str, Any]) -> Batch:
         """Records not yet seen under ``cursor``, and the cursor that covers them."""
 
-    def acknowledge(self, cursor: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+    def acknowledge(self, cursor: Mapping[str, Any]) -> None:
         """Called after the records of ``cursor`` are committed (e.g. move processed files)."""
 
     def leave(self, cursor: Mapping[str, Any], files: set[str]) -> Mapping[str, Any]:
@@ -88,19 +108,14 @@ class Source(abc.ABC):
         encoding than the mapping declares), or None."""
         return None
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections."""
 
-
-class Sink(abc.ABC):
+class Sink(_Connector):
     """Pushes one delivery idempotently: the same ``idempotency_key`` twice has one effect."""
 
     name: str = "sink"
 
     @abc.abstractmethod
-    def push(self, *, idempotency_key: str, payload: Mapping[str, Any]) -> None:
-        """Deliver one item; raise a retriable :class:`~core.errors.GatewayError` on outages
-        and a non-retriable one when the target refuses the item itself."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections."""
+    def push(self, outbound: Outbound) -> None:
+        """Deliver one rendered delivery (keyed by ``outbound.idempotency_key``); raise a
+        retriable :class:`~core.errors.GatewayError` on outages and a non-retriable one when the
+        target refuses the item itself."""

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from connectors._drop import DropPlan, temp_name, trigger_carries
 from connectors.base import Sink
 from connectors.inbox import FileEntry, InboxSource
-from connectors.outbound import Outbound
 from core.errors import Disposition, SinkError, SourceError
+from core.outbound_types import Outbound
 
 RECEIPTS = ".keiyaku-receipts"
 # A name the file system refuses will not be accepted on a retry either.
@@ -45,10 +44,10 @@ class FolderSink(Sink):
         self.receipts = self.root / receipts
         self.fsync = fsync
 
-    def push(self, *, idempotency_key: str, payload: Mapping[str, Any]) -> None:
+    def push(self, outbound: Outbound) -> None:
         """Write the delivery's files, then its trigger file and receipt; a delivery already
         received (receipt or trigger file with this key) is left alone."""
-        outbound = Outbound.from_payload(idempotency_key, payload)
+        idempotency_key = outbound.idempotency_key
         plan = DropPlan.build(outbound, self.trigger)
         folder = self.root / outbound.directory
         try:

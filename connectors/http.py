@@ -22,14 +22,13 @@ import hmac
 import json
 import time
 from collections.abc import Mapping
-from typing import Any
 
 import httpx
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from connectors.base import Sink
-from connectors.outbound import Outbound
 from core.errors import Disposition, SinkError
+from core.outbound_types import Outbound
 
 RETRIABLE_STATUS = frozenset({408, 409, 425, 429})
 
@@ -108,9 +107,8 @@ class RestSink(Sink):
         request.headers["X-Keiyaku-Signature"] = signature(self._secret, timestamp, body)
         return request
 
-    def push(self, *, idempotency_key: str, payload: Mapping[str, Any]) -> None:
+    def push(self, outbound: Outbound) -> None:
         """POST the delivery, retrying outages a bounded number of times (tenacity)."""
-        outbound = Outbound.from_payload(idempotency_key, payload)
         for attempt in Retrying(
             stop=stop_after_attempt(max(1, self.attempts)),
             wait=wait_random_exponential(multiplier=0.5, max=5),

@@ -22,14 +22,13 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import IO, Any, Literal
-from zoneinfo import ZoneInfo
 
 from connectors.base import Batch, RawRecord, Source
 from connectors.csv import CsvFormat, PrefixedStream, encoding_hint, read_csv
 from core.errors import RecordError
+from core.timezone import JST
 
 log = logging.getLogger(__name__)
-JST = ZoneInfo("Asia/Tokyo")
 _TEMPORARY_SUFFIXES = (".part", ".tmp", ".filepart", ".crdownload")
 _SNIFF_BYTES = 64 * 1024  # enough text to tell CP932 from UTF-8
 

@@ -4,8 +4,8 @@ A :class:`ContentSpec` (one per sink, from the YAML config) says which files go 
 PDFs, the completion certificate), how they are named, and which metadata record goes with them:
 output name → source field, rendered as JSON, as XML validated against a configured XSD, or as
 CSV in UTF-8 or CP932. :func:`render_outbound` turns the core's
-:class:`~core.pushback.PushContent` into an :class:`Outbound`, which every sink receives as the
-``payload`` of :meth:`Sink.push <connectors.base.Sink.push>` (``Outbound.as_payload()``).
+:class:`~core.outbound_types.PushContent` into an :class:`~core.outbound_types.Outbound`, which
+is what :meth:`Sink.push <connectors.base.Sink.push>` takes.
 
 Record fields name a fact (``management_number``, ``contractor_name``, ``amount``,
 ``concluded_on`` ...), ``idempotency_key``, ``guarantees`` (the whole list; JSON and XML), or one
@@ -24,10 +24,9 @@ import hashlib
 import io
 import json
 import re
-import unicodedata
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +36,7 @@ import xmlschema
 from core.csv_export import SafeCsvWriter, neutralise
 from core.errors import ConfigError, Disposition, SinkError
 from core.model import GuaranteeKind
-from core.pushback import FACT_NAMES, PushContent
+from core.outbound_types import FACT_NAMES, Outbound, OutboundFile, PushContent, safe_name
 
 RecordFormat = Literal["json", "xml", "csv"]
 ENCODINGS = ("utf-8", "utf-8-sig", "cp932")
@@ -67,7 +66,6 @@ CP932_SUBSTITUTES = str.maketrans(
         "\u00ac": "\uffe2",  # ¬ → ￢
     }
 )
-_UNSAFE_NAME = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
 _GUARANTEE_INDEX = re.compile(r"^guarantees\.([1-9][0-9]?)\.([a-z_]+)$")
 _GUARANTEE_KIND = re.compile(r"^guarantee\.([a-z_]+)\.([a-z_]+)$")
 # An XML element name without a namespace prefix (letters of any script, digits, . - _).
@@ -113,59 +111,6 @@ class ContentSpec:
             source.endswith(".authentication_key") or source == "guarantees_with_keys"
             for source in self.record.fields.values()
         )
-
-
-@dataclass(frozen=True)
-class OutboundFile:
-    """One file as it is sent."""
-
-    name: str
-    data: bytes = field(repr=False)
-    media_type: str
-    role: str  # document | certificate | record
-
-
-@dataclass(frozen=True)
-class Outbound:
-    """One delivery, rendered: a sub-folder, files in write order, and the record's fields."""
-
-    idempotency_key: str
-    directory: str
-    files: tuple[OutboundFile, ...]
-    record: Mapping[str, Any]
-    # The values file-name templates are filled with (for a sink's own trigger-file name).
-    names: Mapping[str, str] = field(default_factory=dict)
-    # True when no earlier attempt of this delivery can have reached the sink (its first
-    # claim, never failed): a drop-folder sink may then skip looking for an earlier result.
-    first_attempt: bool = False
-
-    def fill(self, template: str) -> str:
-        """``template`` filled like the file names of this delivery, made safe as a name."""
-        try:
-            return safe_name(template.format_map({**self.names, "ext": ""}))
-        except (KeyError, IndexError, ValueError) as exc:
-            raise _refused(
-                "outbound.bad_template",
-                f"template {template!r} cannot be filled: {exc}",
-                "ファイル名の設定に誤りがあります。",
-            ) from exc
-
-    def as_payload(self) -> dict[str, Any]:
-        """The ``payload`` handed to :meth:`Sink.push`."""
-        return {"outbound": self}
-
-    @classmethod
-    def from_payload(cls, idempotency_key: str, payload: Mapping[str, Any]) -> Outbound:
-        """The :class:`Outbound` inside a payload; ``sink.bad_payload`` when there is none."""
-        outbound = payload.get("outbound")
-        if not isinstance(outbound, Outbound) or outbound.idempotency_key != idempotency_key:
-            raise SinkError(
-                "sink.bad_payload",
-                "the payload holds no rendered delivery for this idempotency key",
-                "送信内容が正しくありません。",
-                disposition=Disposition.FATAL,
-            )
-        return outbound
 
 
 def _refused(code: str, en: str, ja: str, **details: object) -> SinkError:
@@ -263,13 +208,6 @@ def _template_values(content: PushContent) -> dict[str, str]:
         "index": "",
         "version": str(content.version) if content.version is not None else "",
     }
-
-
-def safe_name(name: str) -> str:
-    """A file name that stays in its folder: no separators, control characters or leading
-    dots, NFC-normalised, at most 200 characters."""
-    cleaned = _UNSAFE_NAME.sub("_", unicodedata.normalize("NFC", name)).strip().lstrip(".")
-    return (cleaned or "_")[:200]
 
 
 def _format(template: str, values: Mapping[str, str]) -> str:

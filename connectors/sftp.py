@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import posixpath
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +23,8 @@ import paramiko
 from connectors._drop import DropPlan, temp_name, trigger_carries
 from connectors.base import Sink
 from connectors.inbox import FileEntry, InboxSource
-from connectors.outbound import Outbound
 from core.errors import Disposition, GatewayError, SinkError, SourceError
+from core.outbound_types import Outbound
 
 
 @dataclass(frozen=True)
@@ -166,10 +166,10 @@ class SftpSink(Sink):
             except (OSError, EOFError, paramiko.SSHException):
                 pass  # the connection is already gone; nothing left to release
 
-    def push(self, *, idempotency_key: str, payload: Mapping[str, Any]) -> None:
+    def push(self, outbound: Outbound) -> None:
         """Upload the delivery's files, then its trigger file and receipt; a delivery already
         received is left alone."""
-        outbound = Outbound.from_payload(idempotency_key, payload)
+        idempotency_key = outbound.idempotency_key
         plan = DropPlan.build(outbound, self.trigger)
         folder = posixpath.join(self.root, outbound.directory) if outbound.directory else self.root
         try:

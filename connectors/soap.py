@@ -38,8 +38,8 @@ from zeep.transports import Transport
 from zeep.wsse.username import UsernameToken
 
 from connectors.base import Batch, Provenance, RawRecord, Sink, Source
-from connectors.outbound import Outbound
 from core.errors import Disposition, GatewayError, RecordError, SinkError, SourceError
+from core.outbound_types import Outbound
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +196,8 @@ class SoapSink(Sink):
             }
         return body
 
-    def push(self, *, idempotency_key: str, payload: Mapping[str, Any]) -> None:
+    def push(self, outbound: Outbound) -> None:
         """Call the operation, retrying outages a bounded number of times (tenacity)."""
-        outbound = Outbound.from_payload(idempotency_key, payload)
         body = self.request(outbound)
         for attempt in Retrying(
             stop=stop_after_attempt(max(1, self.call.attempts)),

@@ -31,7 +31,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -43,6 +42,7 @@ from core.errors import GatewayError, NotFoundError, StateError
 from core.model import ArchiveCheck, Document, Envelope, utcnow
 from core.signing import TimestampFacts
 from core.states import EnvelopeState
+from core.timezone import JST
 
 __all__ = [
     "RenewalObserver",
@@ -59,7 +59,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-JST = ZoneInfo("Asia/Tokyo")
 
 
 @dataclass(frozen=True)

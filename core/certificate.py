@@ -19,7 +19,7 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -37,6 +37,7 @@ from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, Tabl
 from reportlab.platypus.doctemplate import LayoutError
 
 from core.errors import ConfigError
+from core.timezone import JST
 
 __all__ = [
     "CertificateConsent",
@@ -51,7 +52,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 # Japan has no daylight saving time, so a fixed offset is exact and needs no tz database.
-JST = timezone(timedelta(hours=9), "JST")
 
 _CERTIFICATE_ID = re.compile(r"^[0-9a-f]{32}$")
 _CID_FALLBACK = "HeiseiKakuGo-W5"

@@ -29,7 +29,6 @@ from sqlalchemy.orm import Session
 from core.amendments import amended_by, describe, original_of
 from core.audit import list_events
 from core.certificate import (
-    JST,
     CertificateConsent,
     CertificateData,
     CertificateDocument,
@@ -40,6 +39,7 @@ from core.certificate import (
 from core.consent import CONSTRUCTION, CONTRACT_TYPE_JA, consented_on, measures_of
 from core.model import AuditEvent, Envelope, Staff
 from core.signing import SigningEngine, VerificationReport
+from core.timezone import JST
 
 if TYPE_CHECKING:
     from core.envelopes import Runtime

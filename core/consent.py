@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,13 +21,13 @@ from sqlalchemy.orm import Session
 from core.audit import record_event
 from core.errors import InputError, NotFoundError, StateError
 from core.model import Contractor, UsageRequest, utcnow
+from core.timezone import JST
 
 CONSTRUCTION = "construction"
 CONTRACT_TYPES = (CONSTRUCTION, "other")
 CONTRACT_TYPE_JA = {CONSTRUCTION: "建設工事", "other": "建設工事以外"}
 # What the gateway itself does, when the consent does not name the measures.
 DEFAULT_MEASURES = "電子契約サービス(立会人型電子署名・タイムスタンプ)による契約書面の交付"
-JST = ZoneInfo("Asia/Tokyo")
 
 
 def check_contract_type(contract_type: str | None) -> str:

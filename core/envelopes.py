@@ -40,7 +40,6 @@ from core.active_content import ActiveContentMode, check_active_content
 from core.amendments import original_of
 from core.audit import record_event
 from core.blobs import BlobStore
-from core.certificate import JST
 from core.certificate_facts import DocumentCheck, check_document, issue_certificate, operation_via
 from core.consent import check_contract_type, require_consent
 from core.errors import Disposition, DocumentError, GatewayError, NotFoundError, StateError
@@ -77,6 +76,7 @@ from core.states import (
 )
 from core.text import multi_line, one_line
 from core.text_boxes import check_text_box
+from core.timezone import JST
 
 log = logging.getLogger(__name__)
 

@@ -451,7 +451,6 @@ SIGNING_VALIDATION_DATA_UNAVAILABLE: Final = _code("signing.validation_data_unav
 
 _family("sink", "any sink")
 SINK_BAD_DELIVERY: Final = _code("sink.bad_delivery", 500, FATAL, SinkError, "delivery … names no envelope")
-SINK_BAD_PAYLOAD: Final = _code("sink.bad_payload", 500, FATAL, SinkError, "the payload holds no rendered delivery for this idempotency key")
 
 # --- soap.* ---
 

@@ -17,7 +17,6 @@ push-back reads it with :func:`authentication_key` for the finance record.
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import re
 import secrets
@@ -28,16 +27,15 @@ from typing import Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pypdf import PdfReader
-from pypdf.errors import PdfReadError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.audit import record_event
 from core.blobs import BlobStore
 from core.envelopes import Runtime, get_envelope
-from core.errors import GuaranteeError, NotFoundError
+from core.errors import DocumentError, GuaranteeError, NotFoundError
 from core.model import Amendment, Envelope, GuaranteeKind, GuaranteeReference, utcnow
+from core.rendering import RenderBudget, RenderPool
 from core.states import EnvelopeState
 
 log = logging.getLogger(__name__)
@@ -352,7 +350,7 @@ def import_notice(
 ) -> GuaranteeReference:
     """Read an issuer's notice PDF, check it against the envelope, store the PDF (encrypted,
     it holds the key) and the reference; not committed."""
-    notice = read_notice(data)
+    notice = read_notice(data, renderer=runtime.renderer)
     envelope = get_envelope(session=session, envelope_id=envelope_id)
     # Checked before the PDF is stored, so a refused notice leaves no blob behind.
     _check_against_envelope(envelope.title, runtime.buyer_name, notice.as_input(), envelope.id)
@@ -483,27 +481,31 @@ def _not_a_notice(en: str, ja: str) -> GuaranteeError:
     )
 
 
-def _notice_text(data: bytes) -> list[str]:
+def _notice_text(data: bytes, renderer: RenderPool | None) -> list[str]:
     if len(data) > MAX_NOTICE_BYTES:
         raise _not_a_notice("larger than 5 MB", "5MBを超えています")
     if not data.lstrip()[:5] == b"%PDF-":
         raise _not_a_notice("not a PDF file", "PDFファイルではありません")
+    # pdfium reads the notice in a bounded worker process (core.rendering): the file comes
+    # from outside, and a hostile one must cost a killed child, not the request worker.
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            raise _not_a_notice("the PDF is encrypted", "PDFが暗号化されています")
-        if len(reader.pages) > MAX_NOTICE_PAGES:
-            raise _not_a_notice(
-                f"{len(reader.pages)} pages; a notice has at most {MAX_NOTICE_PAGES}",
-                "ページ数が多すぎます",
-            )
-        text = "\n".join(page.extract_text() or "" for page in reader.pages)
-    except (PdfReadError, ValueError, KeyError, TypeError) as exc:
+        if renderer is not None:
+            encrypted, pages, text = renderer.text(data, max_pages=MAX_NOTICE_PAGES)
+        else:
+            with RenderPool(RenderBudget(workers=1)) as pool:
+                encrypted, pages, text = pool.text(data, max_pages=MAX_NOTICE_PAGES)
+    except DocumentError as exc:
         raise _refuse(
             "guarantee.notice_unreadable",
-            f"the PDF cannot be read: {exc}",
+            f"the PDF cannot be read: {exc.message_en}",
             "PDFを読み込めません(破損している可能性があります)。",
         ) from exc
+    if encrypted:
+        raise _not_a_notice("the PDF is encrypted", "PDFが暗号化されています")
+    if pages > MAX_NOTICE_PAGES:
+        raise _not_a_notice(
+            f"{pages} pages; a notice has at most {MAX_NOTICE_PAGES}", "ページ数が多すぎます"
+        )
     lines = [unicodedata.normalize("NFKC", line).strip() for line in text.splitlines()]
     return [line for line in lines if line]
 
@@ -523,10 +525,11 @@ def _field_value(lines: Sequence[str], labels: Sequence[str]) -> str | None:
     return None
 
 
-def read_notice(data: bytes) -> NoticeFields:
+def read_notice(data: bytes, *, renderer: RenderPool | None = None) -> NoticeFields:
     """The kind, number, key, project name, buyer and issuer printed on an issuer's notice
-    (電子証書閲覧用「認証キー」等のお知らせ); ``guarantee.not_a_notice`` for any other PDF."""
-    lines = _notice_text(data)
+    (電子証書閲覧用「認証キー」等のお知らせ); ``guarantee.not_a_notice`` for any other PDF.
+    The text is read by ``renderer`` (a pool of its own, started for this call, when None)."""
+    lines = _notice_text(data, renderer)
     flat = normalize_text("".join(lines))
     if normalize_text(NOTICE_TITLE) not in flat:
         raise _not_a_notice("its title is missing", f"「{NOTICE_TITLE}」の表題がありません")

@@ -19,10 +19,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
@@ -32,12 +31,13 @@ from core.envelopes import Runtime, completion_certificate, read_document
 from core.errors import NotFoundError
 from core.guarantees import KIND_JA, authentication_key, list_guarantees
 from core.model import Award, Delivery, Document, Envelope, Party, UsageRequest
+from core.outbound_types import FACT_NAMES, GuaranteeRecord, PushContent, PushDocument
 from core.outbox import enqueue
 from core.states import DeliveryState, EnvelopeState
+from core.timezone import JST
 
 log = logging.getLogger(__name__)
 
-JST = ZoneInfo("Asia/Tokyo")
 # Envelope events a sink can subscribe to, by their short names.
 EVENTS: dict[str, str] = {
     "envelope.completed": "completed",
@@ -168,76 +168,6 @@ class PushbackObserver:
                 },
                 envelope_id=envelope.id,
             )
-
-
-@dataclass(frozen=True)
-class GuaranteeRecord:
-    """One guarantee reference as it is pushed; the key is clear text here, so never logged."""
-
-    kind: str
-    kind_ja: str
-    contract_number: str
-    issuer: str
-    authentication_key: str = field(repr=False)
-
-    def as_dict(self, *, with_key: bool) -> dict[str, str]:
-        """The reference as a mapping; the key only when ``with_key``."""
-        data = {
-            "kind": self.kind,
-            "kind_ja": self.kind_ja,
-            "contract_number": self.contract_number,
-            "issuer": self.issuer,
-        }
-        if with_key:
-            data["authentication_key"] = self.authentication_key
-        return data
-
-
-@dataclass(frozen=True)
-class PushDocument:
-    """One signed PDF."""
-
-    name: str
-    data: bytes = field(repr=False)
-
-
-@dataclass(frozen=True)
-class PushContent:
-    """Everything a sink may be sent for one delivery."""
-
-    envelope_id: str
-    event: str
-    # Flat facts: str, Decimal, date, datetime (JST) or None.
-    facts: dict[str, Any]
-    guarantees: tuple[GuaranteeRecord, ...] = ()
-    documents: tuple[PushDocument, ...] = ()
-    certificate: bytes | None = field(default=None, repr=False)
-    # The archive-timestamp version of a renewed copy (event "renewed"); None otherwise.
-    version: int | None = None
-
-
-FACT_NAMES = (
-    "envelope_id",
-    "event",
-    "state",
-    "management_number",
-    "title",
-    "contractor_name",
-    "corporate_number",
-    "amount",
-    "transaction_date",
-    "concluded_at",
-    "concluded_on",
-    "department",
-    "buyer",
-    "creator",
-    "certificate_id",
-    "document_names",
-    "contract_type",
-    "contract_type_ja",
-    "consent_on",
-    "consent_measures",
-)
 
 
 def _department(session: Session, envelope: Envelope, default: str | None) -> str | None:

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -28,6 +27,7 @@ from core.audit import record_event
 from core.errors import InputError, NotFoundError
 from core.model import AuditEvent, Envelope
 from core.states import EnvelopeState, PartyRole
+from core.timezone import JST
 
 __all__ = [
     "FACTS_EVENTS",
@@ -39,7 +39,6 @@ __all__ = [
     "verify_record_facts",
 ]
 
-JST = ZoneInfo("Asia/Tokyo")
 # Audit events whose detail["facts"] is the envelope's record as of that event.
 FACTS_EVENTS = ("envelope.completed", "envelope.facts_corrected")
 FACT_KEYS = ("transaction_date", "amount", "counterparty", "department")

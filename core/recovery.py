@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -43,6 +42,7 @@ from core.errors import InputError, StateError
 from core.links import revoke_party_links, set_access_code
 from core.model import Envelope, LinkPurpose, Party, SigningLink, utcnow
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, PartyRole, PartyState
+from core.timezone import JST
 
 __all__ = [
     "change_access_code",
@@ -53,7 +53,6 @@ __all__ = [
     "unlock_party",
 ]
 
-JST = ZoneInfo("Asia/Tokyo")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 

@@ -224,6 +224,36 @@ class _Child:
         self.held = (key, data)
         return pages
 
+    def text(self, data: bytes | None, max_pages: int) -> tuple[bool, int, str]:
+        """(encrypted, page count, the text of every page) of a small document read once
+        (an issuer's notice); no text when it is encrypted or longer than ``max_pages``."""
+        import pypdfium2 as pdfium
+        import pypdfium2.raw as pdfium_c
+
+        if data is None:
+            raise LookupError("the document is not here")
+        try:
+            pdf = pdfium.PdfDocument(data)
+        except pdfium.PdfiumError as exc:
+            if getattr(exc, "err_code", None) == pdfium_c.FPDF_ERR_PASSWORD:
+                return True, 0, ""
+            raise _unreadable(str(exc)) from exc
+        try:
+            # -1: no security handler; an owner-password-only file opens but is encrypted.
+            if pdfium_c.FPDF_GetSecurityHandlerRevision(pdf.raw) != -1:
+                return True, len(pdf), ""
+            if len(pdf) > max_pages:
+                return False, len(pdf), ""
+            texts = []
+            for page in pdf:
+                textpage = page.get_textpage()
+                texts.append(textpage.get_text_range())
+                textpage.close()
+                page.close()
+            return False, len(pdf), "\n".join(texts)
+        finally:
+            pdf.close()
+
     def bitmap(self, page_index: int, *, width: int | None, scale: float | None) -> Any:
         """Page ``page_index`` as a PIL image ``width`` pixels wide (or at ``scale`` pixels a
         point), within the pixel caps."""
@@ -267,6 +297,8 @@ def _serve(conn: Connection, budget: RenderBudget) -> None:
         try:
             if op == "geometry":
                 result: Any = child.geometry(key, data)
+            elif op == "text":
+                result = child.text(data, args[0])
             else:
                 child.open(key, data)
             if op == "image":
@@ -276,7 +308,7 @@ def _serve(conn: Connection, budget: RenderBudget) -> None:
             elif op == "thumb":  # the upload check: every operator run, a tiny bitmap
                 child.bitmap(args[0], width=_CHECK_WIDTH, scale=None)
                 result = None
-            elif op != "geometry":
+            elif op not in ("geometry", "text"):
                 raise ValueError(op)
             answer: tuple[Any, ...] = ("ok", result)
         except DocumentError as exc:
@@ -402,7 +434,7 @@ class RenderPool:
                 self._forget()
                 raise
         try:
-            keep = worker.key == key and op != "geometry"
+            keep = worker.key == key and op not in ("geometry", "text")
             answer = self._ask(worker, (op, key, None if keep else data, args))
             if answer[0] == "resend":
                 answer = self._ask(worker, (op, key, data, args))
@@ -416,8 +448,9 @@ class RenderPool:
             self._forget()
             raise
         # after geometry the child holds the bytes (see _Child.held); a job that finds them
-        # gone is answered "resend" and sent them again
-        worker.key = key
+        # gone is answered "resend" and sent them again; a text job leaves what it held
+        if op != "text":
+            worker.key = key
         self._release(worker)
         if answer[0] == "ok":
             return answer[1]
@@ -453,6 +486,12 @@ class RenderPool:
         """Page ``page_index`` about ``width`` pixels wide (narrower where the pixel cap says),
         as a 16-colour palette PNG."""
         result: bytes = self._run("image", key, data, (page_index, width), None)
+        return result
+
+    def text(self, data: bytes, *, max_pages: int) -> tuple[bool, int, str]:
+        """(encrypted, page count, text) of a small document such as an issuer's notice: the
+        text of every page unless it is encrypted or has more than ``max_pages`` pages."""
+        result: tuple[bool, int, str] = self._run("text", ("text",), data, (max_pages,), None)
         return result
 
     def png(self, key: Hashable, data: bytes, page_index: int, scale: float) -> bytes:

@@ -6,7 +6,6 @@ import datetime as dt
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -15,8 +14,8 @@ from core.access import scope_for
 from core.errors import StaffError
 from core.model import Envelope, Staff
 from core.states import EnvelopeState
+from core.timezone import JST
 
-JST = ZoneInfo("Asia/Tokyo")
 NO_DEPARTMENT = "(未設定)"
 
 

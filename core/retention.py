@@ -37,7 +37,6 @@ from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from core.audit import record_event
-from core.certificate import JST
 from core.deadlines import NOTICE_TARGET
 from core.envelopes import Runtime, read_document
 from core.errors import ConfigError, GatewayError
@@ -53,6 +52,7 @@ from core.model import (
 )
 from core.notify import MAIL_TARGET
 from core.states import DeliveryState, EnvelopeState
+from core.timezone import JST
 
 __all__ = [
     "FINAL_STATES",

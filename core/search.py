@@ -18,7 +18,6 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, Select, Text, cast, func, select, union
 from sqlalchemy.dialects.postgresql import ARRAY, array
@@ -30,11 +29,11 @@ from core.errors import StaffError
 from core.model import BIGRAMS, Document, Envelope, Party, Staff
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, PartyRole, PartyState
 from core.text import without_controls
+from core.timezone import JST
 
 MAX_PER_PAGE = 200
 # An export (CSV) holds every match, up to this many rows.
 MAX_EXPORT = 100_000
-JST = ZoneInfo("Asia/Tokyo")
 
 
 @dataclass(frozen=True)

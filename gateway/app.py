@@ -149,9 +149,6 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(create.pop("$defs", {}))
         components["EnvelopeCreate"] = create
-        schema.setdefault("components", {})["securitySchemes"] = {
-            "bearer": {"type": "http", "scheme": "bearer"}
-        }
         components["Error"] = _ERROR_SCHEMA
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
@@ -194,7 +191,6 @@ def _document_errors(operation: dict[str, Any], *, api: bool) -> None:
     (invalid input)."""
     responses = operation.setdefault("responses", {})
     if api:
-        operation["security"] = [{"bearer": []}]
         responses.setdefault("401", {"description": "Missing, unknown or revoked API token"})
     responses.setdefault("400", {"description": "Malformed request (e.g. an unreadable body)"})
     if operation.get("parameters") or operation.get("requestBody"):

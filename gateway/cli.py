@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from core.errors import GatewayError
+from core.timezone import JST
 from gateway._cli import CliContext, CommandError, actor, fail, with_gateway, with_session
 from gateway.scheduling import JOB_IDS
 
@@ -132,8 +133,6 @@ class _ValidationTime(click.ParamType["datetime", Any]):
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> datetime:
-        from zoneinfo import ZoneInfo
-
         if isinstance(value, datetime):
             return value
         text = str(value).strip()
@@ -142,7 +141,7 @@ class _ValidationTime(click.ParamType["datetime", Any]):
         except ValueError:
             pass
         else:
-            return datetime(day.year, day.month, day.day, tzinfo=ZoneInfo("Asia/Tokyo"))
+            return datetime(day.year, day.month, day.day, tzinfo=JST)
         try:
             moment = datetime.fromisoformat(text)
         except ValueError:
@@ -801,15 +800,12 @@ def sync_reset_cursor(obj: CliContext, source: str, value: str) -> None:
 
 
 def _run_json(run: Any) -> dict[str, Any]:
-    from zoneinfo import ZoneInfo
-
-    jst = ZoneInfo("Asia/Tokyo")
     return {
         "id": run.id,
         "source": run.source,
         "trigger": run.trigger,
         "status": run.status,
-        "started_at": run.started_at.astimezone(jst).strftime("%Y-%m-%d %H:%M:%S JST"),
+        "started_at": run.started_at.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S JST"),
         "duration_ms": run.duration_ms,
         **{k: getattr(run, k) for k in ("records", "created", "updated", "unchanged", "skipped",
                                          "waiting", "released", "conflicts", "errors")},

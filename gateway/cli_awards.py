@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import click
 
+from core.timezone import JST
 from gateway._cli import actor, with_gateway
-
-JST = ZoneInfo("Asia/Tokyo")
 
 
 def _jst(value: Any) -> str | None:

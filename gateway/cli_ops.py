@@ -10,14 +10,12 @@ import json
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
-from zoneinfo import ZoneInfo
 
 import click
 
 from core.errors import GatewayError
+from core.timezone import JST
 from gateway._cli import fail, with_gateway
-
-JST = ZoneInfo("Asia/Tokyo")
 
 
 @click.command("backup")

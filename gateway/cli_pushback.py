@@ -11,15 +11,13 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import click
 
 from core.errors import GatewayError
 from core.states import DeliveryState
+from core.timezone import JST
 from gateway._cli import actor, fail, with_gateway
-
-JST = ZoneInfo("Asia/Tokyo")
 
 
 def _jst(value: Any) -> str:

@@ -10,17 +10,15 @@ import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
 
 import click
 
 from core.csv_export import SafeCsvWriter
+from core.timezone import JST
 from gateway._cli import actor, with_session
 
 if TYPE_CHECKING:
     pass
-
-JST = ZoneInfo("Asia/Tokyo")
 
 
 def password_policy(settings: Any) -> Any:

@@ -35,7 +35,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import httpx
 from reportlab.lib.pagesizes import A4
@@ -58,6 +57,7 @@ from core.intake import get_award
 from core.model import AuditEvent, Award, Envelope, Party, Staff
 from core.staff import add_staff, set_password
 from core.states import EnvelopeState, PartyRole
+from core.timezone import JST
 from gateway import intake
 from gateway.app import create_app
 from gateway.cli_staff import password_policy
@@ -66,7 +66,6 @@ from gateway.server import serve_in_thread
 from gateway.settings import FolderSourceSettings, ReadLockSettings, Settings
 from schedules.sync import SyncResult, sync_source
 
-JST = ZoneInfo("Asia/Tokyo")
 INPUT = Path("demo-input")
 # The demo's sources: (name, mapping, folder), synced in this order so that the award finds its
 # contractor and usage request already there and becomes an envelope at once.

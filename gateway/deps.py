@@ -8,7 +8,8 @@ import ipaddress
 from collections.abc import Iterator, Sequence
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from core.access import check_client_network
@@ -79,20 +80,21 @@ def get_client_ip(request: Request, context: ContextDep) -> str | None:
 ClientIpDep = Annotated[str | None, Depends(get_client_ip)]
 
 
+# No auto_error: a missing or malformed header is one more failed attempt of the caller's
+# address, answered auth.invalid_token in the one error shape, like a wrong token.
+bearer_token = HTTPBearer(
+    scheme_name="bearer", description="`Bearer <token>` of the calling system", auto_error=False
+)
+
+
 def get_api_client(
     session: SessionDep,
     context: ContextDep,
     ip: ClientIpDep,
-    authorization: Annotated[
-        str | None, Header(description="`Bearer <token>` of the calling system")
-    ] = None,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_token)],
 ) -> ApiClient:
     """The system calling the API, from its bearer token (``auth.invalid_token`` otherwise)."""
-    token = None
-    if authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer":
-            token = value.strip()
+    token = credentials.credentials if credentials else None
     server = context.gateway.settings.server
     policy = TokenPolicy(
         max_failures=server.max_failed_tokens,

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from connectors.base import RawRecord, Source
 from connectors.csv import CsvFormat, read_csv
@@ -18,6 +17,7 @@ from core.business_days import BusinessCalendar
 from core.drafts import SigningAuthority
 from core.errors import ConfigError, NotFoundError
 from core.intake import IntakePolicy, award_state_ja, waiting_reason
+from core.timezone import JST
 from gateway.settings import (
     ApiSourceSettings,
     FolderSourceSettings,
@@ -31,7 +31,6 @@ from mapping import MappingSpecError, SourceMapping, load_mapping
 from schedules.sync import SourceSpec
 
 SAMPLE_MAPPINGS = Path(__file__).parent / "mappings"
-JST = ZoneInfo("Asia/Tokyo")
 
 
 def calendar(settings: Settings) -> BusinessCalendar:

@@ -40,7 +40,6 @@ from tenacity import (
 )
 
 from core.audit import list_events
-from core.certificate import JST
 from core.deadlines import NOTICE_TARGET
 from core.envelopes import Runtime, current_documents, get_envelope
 from core.errors import ConfigError, Disposition, GatewayError
@@ -50,6 +49,7 @@ from core.notify import MAIL_TARGET, AttachmentLimits, MailKind, attachments_fit
 from core.outbox import DispatchResult, dispatch
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, party_state_ja
 from core.text import without_controls
+from core.timezone import JST
 from gateway.background import PollingThread
 from gateway.settings import ContactSettings
 

@@ -35,7 +35,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -51,6 +50,7 @@ from core.errors import AuthError, Disposition, GatewayError
 from core.model import Delivery, Document, Envelope, JobRun, SyncRun, utcnow
 from core.signing_worker import waiting_ages
 from core.states import DeliveryState
+from core.timezone import JST
 from gateway.runtime import Gateway
 
 __all__ = [
@@ -65,7 +65,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-JST = ZoneInfo("Asia/Tokyo")
 _PROBE_TTL = 15.0
 # the age labels of keiyaku_signing_waiting: [low, high) in seconds
 _AGE_BUCKETS = (

@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.errors import ConfigError
+from core.timezone import JST_NAME
 
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -536,7 +537,7 @@ class LoggingSettings(_Section):
 
 
 class SchedulesSettings(_Section):
-    timezone: str = "Asia/Tokyo"
+    timezone: str = JST_NAME
     # One cron expression per job of gateway.scheduling.JOBS, named by its id (a test checks).
     nightly_pull: str | None = "0 2 * * *"
     deadlines: str | None = "0 8 * * *"

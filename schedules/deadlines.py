@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.business_days import BusinessCalendar
 from core.deadlines import NOTICE_TARGET, DeadlineReport, check_deadlines
+from core.timezone import JST
 
 JOB_ID = "deadlines"
-JST = ZoneInfo("Asia/Tokyo")
 
 
 def run(

@@ -19,10 +19,11 @@ from dataclasses import dataclass, replace
 from sqlalchemy.orm import Session, sessionmaker
 
 from connectors.base import Sink
-from connectors.outbound import ContentSpec, Outbound, render_outbound
+from connectors.outbound import ContentSpec, render_outbound
 from core.envelopes import Runtime
 from core.errors import Disposition, SinkError
 from core.model import Delivery
+from core.outbound_types import Outbound
 from core.outbox import DispatchResult, Handler, RetryPolicy, dispatch
 from core.pushback import assemble_content
 
@@ -118,7 +119,7 @@ def push_delivery(
     outbound = render_delivery(
         sessions=sessions, runtime=runtime, target=target, delivery=delivery, department=department
     )
-    target.sink.push(idempotency_key=delivery.idempotency_key, payload=outbound.as_payload())
+    target.sink.push(outbound)
 
 
 def run(

@@ -27,6 +27,7 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.jobs import claim_job_run, finish_job_run
+from core.timezone import JST_NAME
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def build_scheduler(
     *,
     sessions: sessionmaker[Session],
     jobs: Sequence[JobSpec],
-    timezone: str = "Asia/Tokyo",
+    timezone: str = JST_NAME,
     node: str | None = None,
     misfire_grace_seconds: int = 600,
     scheduler: BaseScheduler | None = None,

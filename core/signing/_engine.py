@@ -14,7 +14,6 @@ from datetime import datetime
 from io import SEEK_END, BytesIO
 from pathlib import Path
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
 
 from asn1crypto import cms, crl, ocsp, pem, x509
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
@@ -28,8 +27,10 @@ from pyhanko.sign.validation import DocumentSecurityStore, collect_validation_in
 from pyhanko.sign.validation.errors import ValidationInfoReadingError
 from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.errors import PathBuildingError, PathValidationError
+from pyhanko_certvalidator.registry import CertificateRegistry, SimpleTrustManager
 
 from core.errors import Disposition, SigningError
+from core.timezone import JST
 
 from ._cjkfont import CjkFont
 from ._documents import (
@@ -58,7 +59,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-JST = ZoneInfo("Asia/Tokyo")
 MD_ALGORITHM = "sha256"
 T = TypeVar("T")
 
@@ -106,12 +106,50 @@ def _newest_token_by_offsets(data: bytes) -> cms.SignedData | None:
 
 def _chain_expiry(cert: x509.Certificate, pool: Sequence[x509.Certificate]) -> datetime:
     """The earliest ``notAfter`` on the path from ``cert`` up through ``pool``."""
-    expiry: datetime = cert.not_valid_after
+    loop = shared_loop()
+    if loop.in_loop_thread():  # pragma: no cover - async callers await the coroutine
+        raise RuntimeError("_chain_expiry() called on the signing loop; await it instead")
+    return loop.run(_async_chain_expiry(cert, pool))
+
+
+async def _async_chain_expiry(cert: x509.Certificate, pool: Sequence[x509.Certificate]) -> datetime:
+    """The earliest ``notAfter`` on the path from ``cert`` up through ``pool``.
+
+    certvalidator builds the paths, matching each issuer by name and authority key identifier
+    (so a renewed CA under the same name is not taken for the old one), up to a self-issued
+    certificate of ``pool``; of several paths (cross-signing) the longest-lived one counts,
+    since a verifier needs any one of them. Without such a path, the chain is followed as far
+    as it goes, issuer by issuer, with the same matching.
+    """
+    anchors = [c for c in pool if c.self_issued and c.sha256 != cert.sha256]
+    others = [c for c in pool if c.sha256 != cert.sha256]
+    own: datetime = cert.not_valid_after
+    if cert.self_issued:
+        return own
+    if anchors:
+        context = ValidationContext(trust_roots=anchors, other_certs=others)
+        try:
+            paths = await context.path_builder.async_build_paths(cert)
+        except PathBuildingError:
+            paths = []
+        if paths:
+            ends: list[datetime] = [
+                min(c.not_valid_after for c in path.iter_certs(include_root=True)) for path in paths
+            ]
+            return max(ends)
+    registry = CertificateRegistry.build(others)
+    nobody = SimpleTrustManager.build(trust_roots=[])
+    expiry = own
     seen = {cert.sha256}
-    current: x509.Certificate | None = cert
-    while current is not None and current.issuer != current.subject:
+    current = cert
+    while not current.self_issued:
         issuer = next(
-            (c for c in pool if c.subject == current.issuer and c.sha256 not in seen), None
+            (
+                c
+                for c in registry.find_potential_issuers(current, nobody)
+                if isinstance(c, x509.Certificate) and c.sha256 not in seen
+            ),
+            None,
         )
         if issuer is None:
             break

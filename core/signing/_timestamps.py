@@ -258,7 +258,7 @@ class TimestampService:
     async def async_certificate_expiry(self, trust_roots: Sequence[x509.Certificate]) -> datetime:
         """The earliest ``notAfter`` on the chain of the certificate this TSA signs with now,
         read from a token over a fixed probe digest; cached for ``_EXPIRY_TTL`` seconds."""
-        from ._engine import _chain_expiry, _signer_of
+        from ._engine import _async_chain_expiry, _signer_of
 
         cached = self._expiry
         if cached is not None and time.monotonic() - cached[1] < _EXPIRY_TTL:
@@ -282,7 +282,7 @@ class TimestampService:
                 "The TSA's token does not carry its signing certificate.",
                 "タイムスタンプトークンにタイムスタンプ局の証明書が含まれていません。",
             )
-        expiry = _chain_expiry(cert, [*embedded, *trust_roots])
+        expiry = await _async_chain_expiry(cert, [*embedded, *trust_roots])
         self._expiry = (expiry, time.monotonic())
         return expiry
 

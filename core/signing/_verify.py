@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from io import BytesIO
 from typing import Any, Literal
-from zoneinfo import ZoneInfo
 
 from asn1crypto import x509
 from pyhanko.pdf_utils.reader import PdfFileReader
@@ -47,12 +46,13 @@ from pyhanko_certvalidator.ltv.types import ValidationTimingInfo
 from pyhanko_certvalidator.policy_decl import REQUIRE_REVINFO, CertRevTrustPolicy
 from pyhanko_certvalidator.registry import SimpleTrustManager
 
+from core.timezone import JST
+
 from ._loop import shared_loop
 
 __all__ = ["SignatureReport", "VerificationReport", "verify_pdf"]
 
 log = logging.getLogger(__name__)
-JST = ZoneInfo("Asia/Tokyo")
 _ALLOWED_LEVELS = {
     ModificationLevel.NONE,
     ModificationLevel.LTA_UPDATES,

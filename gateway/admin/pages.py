@@ -40,7 +40,7 @@ from core.envelopes import (
 from core.errors import StaffError
 from core.model import Staff, StaffRole
 from core.recovery import locked_party_ids
-from core.reports import JST, monthly_report
+from core.reports import monthly_report
 from core.search import EnvelopeQuery, SearchPage, parse_query, search_envelopes, waiting_on
 from core.signing_worker import list_waiting
 from core.staff import (
@@ -64,6 +64,7 @@ from core.staff_sessions import (
     start_session,
 )
 from core.states import EnvelopeState, envelope_state_ja, party_state_ja
+from core.timezone import JST
 from gateway.context import AppContext
 from gateway.deps import ClientIpDep, ContextDep, SessionDep
 from gateway.downloads import file_response

@@ -30,7 +30,7 @@ def test_the_signature_covers_the_exact_body(rest_sink_server: RestSinkServer) -
     assert request.headers["Idempotency-Key"] == "dms:1"
     assert request.headers["Content-Type"].startswith("multipart/form-data; boundary=")
     # What goes on the wire is what was signed: the server checks it and accepts.
-    sink.push(idempotency_key="dms:1", payload=out.as_payload())
+    sink.push(out)
     got = rest_sink_server.applied["dms:1"]
     assert got.record == {"no": "KG-20261122-0001"}
     assert set(got.files) == {f.name for f in out.files}
@@ -56,16 +56,12 @@ def test_refusals_are_final_outages_are_retried(rest_sink_server: RestSinkServer
         name="dms", url=rest_sink_server.url, hmac_secret=rest_sink_server.secret, attempts=1
     )
     with pytest.raises(GatewayError) as info:
-        sink.push(
-            idempotency_key="dms:2", payload=render_outbound(content(2), SPEC, "dms:2").as_payload()
-        )
+        sink.push(render_outbound(content(2), SPEC, "dms:2"))
     assert info.value.code == "http.rejected" and not info.value.retriable
     assert "422" in info.value.message_en and "unknown contract" in info.value.message_en
     rest_sink_server.down = True
     with pytest.raises(GatewayError) as info:
-        sink.push(
-            idempotency_key="dms:3", payload=render_outbound(content(3), SPEC, "dms:3").as_payload()
-        )
+        sink.push(render_outbound(content(3), SPEC, "dms:3"))
     assert info.value.code == "http.unavailable" and info.value.retriable
     sink.close()
 

@@ -12,7 +12,7 @@ import pytest
 
 from connectors.outbound import ContentSpec, RecordSpec, check_spec, render_outbound
 from core.errors import ConfigError, GatewayError
-from core.pushback import GuaranteeRecord
+from core.outbound_types import GuaranteeRecord
 from tests.contract.test_sinks import content
 
 FIELDS = {

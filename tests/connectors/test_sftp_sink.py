@@ -16,7 +16,7 @@ from connectors._drop import key_hash
 from connectors.outbound import ContentSpec, RecordSpec, render_outbound
 from connectors.sftp import SftpEndpoint, SftpSink, open_sftp
 from core.errors import GatewayError
-from core.pushback import PushDocument
+from core.outbound_types import PushDocument
 from tests.contract.test_sinks import content
 from tests.fixtures.sshd import SshServer
 
@@ -93,7 +93,7 @@ def test_a_polling_reader_never_sees_a_partial_file(sshd_server: SshServer, tmp_
     sink = SftpSink(name="dms", endpoint=_endpoint(sshd_server), root=str(drop))
     try:
         for out in outs:
-            sink.push(idempotency_key=out.idempotency_key, payload=out.as_payload())
+            sink.push(out)
     finally:
         sink.close()
         time.sleep(0.05)
@@ -117,7 +117,7 @@ def test_trigger_file_comes_last_and_marks_the_delivery_done(
         trigger="{management_number}.end",
     )
     try:
-        sink.push(idempotency_key="dms:3", payload=out.as_payload())
+        sink.push(out)
         folder = root / "KG-20261122-0003"
         trigger = folder / "KG-20261122-0003.end"
         manifest = json.loads(trigger.read_text())
@@ -134,12 +134,12 @@ def test_trigger_file_comes_last_and_marks_the_delivery_done(
         # A crash after the trigger but before the receipt: the trigger alone means "done".
         (root / ".keiyaku-receipts" / key_hash("dms:3")).unlink()
         before = {p.name: p.stat().st_ino for p in folder.iterdir()}
-        sink.push(idempotency_key="dms:3", payload=out.as_payload())
+        sink.push(out)
         assert {p.name: p.stat().st_ino for p in folder.iterdir()} == before
         # The reader took the files away: the receipt keeps them from coming back.
         for path in folder.iterdir():
             path.unlink()
-        sink.push(idempotency_key="dms:3", payload=out.as_payload())
+        sink.push(out)
         assert list(folder.iterdir()) == []
     finally:
         sink.close()
@@ -155,7 +155,7 @@ def test_host_key_and_auth_problems_are_not_retried(sshd_server: SshServer, tmp_
     )
     out = render_outbound(content(9), ContentSpec(), "dms:9")
     with pytest.raises(GatewayError) as info:
-        sink.push(idempotency_key="dms:9", payload=out.as_payload())
+        sink.push(out)
     assert info.value.code == "sftp.host_key_unknown" and not info.value.retriable
 
 
@@ -164,14 +164,14 @@ def test_a_dropped_connection_is_reopened(sshd_server: SshServer) -> None:
     sink = SftpSink(name="dms", endpoint=_endpoint(sshd_server), root=str(root))
     try:
         first = render_outbound(content(1), ContentSpec(), "dms:r1")
-        sink.push(idempotency_key="dms:r1", payload=first.as_payload())
+        sink.push(first)
         assert sink._sftp is not None
         sink._sftp.get_channel().close()  # the server or a firewall dropped it
         second = render_outbound(content(2), ContentSpec(), "dms:r2")
         with pytest.raises(GatewayError) as info:
-            sink.push(idempotency_key="dms:r2", payload=second.as_payload())
+            sink.push(second)
         assert info.value.retriable
-        sink.push(idempotency_key="dms:r2", payload=second.as_payload())  # the next try
+        sink.push(second)  # the next try
         assert (root / "KG-20261122-0002_工事請負契約書.pdf").exists()
     finally:
         sink.close()

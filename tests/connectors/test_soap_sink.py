@@ -25,7 +25,7 @@ def test_files_travel_as_base64_with_the_record(soap_sink_server: SoapSinkServer
     sink = _sink(soap_sink_server)
     out = render_outbound(content(1), SPEC, "finance:1")
     try:
-        sink.push(idempotency_key="finance:1", payload=out.as_payload())
+        sink.push(out)
     finally:
         sink.close()
     got = soap_sink_server.applied["finance:1"]
@@ -51,19 +51,13 @@ def test_a_client_fault_refuses_the_delivery_a_server_outage_is_retried(
     sink = _sink(soap_sink_server, attempts=3)
     try:
         with pytest.raises(GatewayError) as info:
-            sink.push(
-                idempotency_key="f:2",
-                payload=render_outbound(content(2), SPEC, "f:2").as_payload(),
-            )
+            sink.push(render_outbound(content(2), SPEC, "f:2"))
         assert info.value.code == "soap.rejected" and not info.value.retriable
         assert "契約番号が未登録です" in info.value.message_en
         calls = soap_sink_server.calls
         soap_sink_server.down = True
         with pytest.raises(GatewayError) as info:
-            sink.push(
-                idempotency_key="f:3",
-                payload=render_outbound(content(3), SPEC, "f:3").as_payload(),
-            )
+            sink.push(render_outbound(content(3), SPEC, "f:3"))
         assert info.value.code == "soap.http_error" and info.value.retriable
         assert soap_sink_server.calls - calls == 3  # tenacity: bounded attempts within one push
     finally:
@@ -86,14 +80,12 @@ def test_nothing_listening_and_a_record_that_does_not_fit(
     )
     out = render_outbound(content(4), SPEC, "f:4")
     with pytest.raises(GatewayError) as info:
-        sink.push(idempotency_key="f:4", payload=out.as_payload())
+        sink.push(out)
     assert info.value.code == "soap.unreachable" and info.value.retriable
     odd = ContentSpec(record=RecordSpec(format="json", fields={"nickname": "title"}))
     sink = _sink(soap_sink_server)
     with pytest.raises(GatewayError) as info:
-        sink.push(
-            idempotency_key="f:5", payload=render_outbound(content(5), odd, "f:5").as_payload()
-        )
+        sink.push(render_outbound(content(5), odd, "f:5"))
     assert info.value.code == "soap.bad_request" and not info.value.retriable
     sink.close()
 
@@ -106,8 +98,5 @@ def test_a_wsdl_with_a_dtd_is_refused(tmp_path: Path) -> None:
     )
     sink = SoapSink(name="f", call=SoapCall(wsdl=str(evil), operation="DeliverContract"))
     with pytest.raises(GatewayError) as info:
-        sink.push(
-            idempotency_key="f:6",
-            payload=render_outbound(content(6), SPEC, "f:6").as_payload(),
-        )
+        sink.push(render_outbound(content(6), SPEC, "f:6"))
     assert not info.value.retriable

@@ -22,11 +22,11 @@ import pytest
 from connectors.base import Sink
 from connectors.folder import FolderSink
 from connectors.http import RestSink
-from connectors.outbound import ContentSpec, Outbound, RecordSpec, render_outbound
+from connectors.outbound import ContentSpec, RecordSpec, render_outbound
 from connectors.sftp import SftpEndpoint, SftpSink
 from connectors.soap import SoapCall, SoapSink
 from core.errors import GatewayError
-from core.pushback import GuaranteeRecord, PushContent, PushDocument
+from core.outbound_types import GuaranteeRecord, Outbound, PushContent, PushDocument
 from tests.fixtures.http_sink import RestSinkServer
 from tests.fixtures.soap_sink import RECORD_FIELDS, SoapSinkServer
 from tests.fixtures.sshd import SshServer
@@ -181,7 +181,7 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
 
 def test_push_delivers_every_file_and_the_record(harness: Any) -> None:
     out = outbound(1)
-    harness.sink.push(idempotency_key=out.idempotency_key, payload=out.as_payload())
+    harness.sink.push(out)
     got = harness.files(out.idempotency_key)
     assert got is not None
     for file in out.files:
@@ -198,14 +198,14 @@ def test_push_delivers_every_file_and_the_record(harness: Any) -> None:
 def test_the_same_key_twice_has_one_effect(harness: Any) -> None:
     out = outbound(2)
     for _ in range(3):
-        harness.sink.push(idempotency_key=out.idempotency_key, payload=out.as_payload())
+        harness.sink.push(out)
         assert harness.effects(out.idempotency_key) == 1
 
 
 def test_two_keys_are_two_deliveries(harness: Any) -> None:
     first, second = outbound(3), outbound(4)
     for out in (first, second):
-        harness.sink.push(idempotency_key=out.idempotency_key, payload=out.as_payload())
+        harness.sink.push(out)
     assert harness.files(first.idempotency_key) and harness.files(second.idempotency_key)
 
 
@@ -213,22 +213,13 @@ def test_an_outage_is_retriable_and_the_sink_comes_back(harness: Any) -> None:
     out = outbound(5)
     down = harness.outage()
     with pytest.raises(GatewayError) as info:
-        down.push(idempotency_key=out.idempotency_key, payload=out.as_payload())
+        down.push(out)
     assert info.value.retriable, info.value.code
     down.close()
     if isinstance(harness, ServerHarness):
         harness.server.down = False
-    harness.sink.push(idempotency_key=out.idempotency_key, payload=out.as_payload())
+    harness.sink.push(out)
     assert harness.files(out.idempotency_key)
-
-
-def test_a_payload_without_a_rendered_delivery_is_refused(harness: Any) -> None:
-    with pytest.raises(GatewayError) as info:
-        harness.sink.push(idempotency_key="k", payload={"envelope_id": "x"})
-    assert info.value.code == "sink.bad_payload" and not info.value.retriable
-    other = outbound(6)
-    with pytest.raises(GatewayError):  # a payload rendered for another key
-        harness.sink.push(idempotency_key="k", payload=other.as_payload())
 
 
 @pytest.mark.parametrize("kind", ["folder", "sftp"])
@@ -239,7 +230,6 @@ def test_a_retry_after_a_crash_never_puts_a_file_in_place_twice(
     takes that file away at once (as drop-folder readers do), and the retry puts only the
     files that never arrived in place; a third push is a no-op."""
     item = outbound(7)
-    key = item.idempotency_key
     if kind == "folder":
         root = tmp_path / "drop"
         sink: Sink = FolderSink(name="folder", root=root)
@@ -282,7 +272,7 @@ def test_a_retry_after_a_crash_never_puts_a_file_in_place_twice(
     names = sorted(f.name for f in item.files)
     try:
         with pytest.raises(GatewayError) as info:
-            sink.push(idempotency_key=key, payload=replace(item, first_attempt=True).as_payload())
+            sink.push(replace(item, first_attempt=True))
         assert info.value.retriable
         arrived = [p for p in folder.iterdir() if not p.name.startswith(".")]
         assert len(arrived) == 1  # one file in place, the rest still under temporary names
@@ -292,7 +282,7 @@ def test_a_retry_after_a_crash_never_puts_a_file_in_place_twice(
         monkeypatch.undo()
         if kind == "sftp":
             monkeypatch.setattr(sftp_module._Renames, "send", real_send)
-        sink.push(idempotency_key=key, payload=item.as_payload())  # the retry
+        sink.push(item)  # the retry
         now_there = {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
         assert set(now_there) | set(taken) == set(names)
         assert not set(now_there) & set(taken)  # the taken file did not come back
@@ -302,7 +292,7 @@ def test_a_retry_after_a_crash_never_puts_a_file_in_place_twice(
 
         for p in list(folder.iterdir()):
             p.unlink()
-        sink.push(idempotency_key=key, payload=item.as_payload())  # done: nothing written
+        sink.push(item)  # done: nothing written
         assert list(folder.iterdir()) == []
         receipts = root / ".keiyaku-receipts"
         assert [p.name for p in receipts.iterdir() if p.name.endswith(".staged")] == []

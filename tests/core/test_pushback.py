@@ -23,9 +23,10 @@ from core.envelopes import (
 from core.guarantees import GuaranteeInput, add_guarantee
 from core.model import Delivery
 from core.outbox import list_deliveries
-from core.pushback import JST, PushbackObserver, Subscription, assemble_content, delivery_key
+from core.pushback import PushbackObserver, Subscription, assemble_content, delivery_key
 from core.signing_tasks import SIGNING_TARGET
 from core.states import DeliveryState, EnvelopeState, PartyRole
+from core.timezone import JST
 from tests.fixtures.envelopes import give_access_codes
 from tests.fixtures.pdfs import make_pdf
 

@@ -18,8 +18,9 @@ from core.envelopes import (
     send_envelope,
 )
 from core.model import Envelope
-from core.records import JST, correct_record_facts, verify_record_facts
+from core.records import correct_record_facts, verify_record_facts
 from core.states import PartyRole
+from core.timezone import JST
 from tests.fixtures.envelopes import complete_parties, give_access_codes
 from tests.fixtures.pdfs import make_pdf
 

@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.amendments import record_amendment
 from core.archive import RenewalPolicy, list_documents_due
 from core.audit import list_events, verify_chain
-from core.certificate import JST
 from core.envelopes import (
     Runtime,
     cancel_envelope,
@@ -47,6 +46,7 @@ from core.retention import (
     purged_blob_ids,
 )
 from core.states import DeliveryState
+from core.timezone import JST
 from schedules import retimestamp
 from tests.fixtures.envelopes import complete_parties, one_signer_envelope
 

@@ -7,7 +7,6 @@ confirmation and a reason."""
 from __future__ import annotations
 
 import datetime as dt
-from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
@@ -15,11 +14,11 @@ from playwright.sync_api import BrowserContext, Page, expect
 from core.audit import list_events
 from core.model import VisibilityScope
 from core.staff import PasswordPolicy, add_staff, set_password
+from core.timezone import JST
 from tests.e2e.conftest import Site, body_of, link_in
 from tests.fixtures.gateway import envelope_request
 
 PASSWORD = "Kei-yaku-2026!"
-JST = ZoneInfo("Asia/Tokyo")
 SIZES = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from decimal import Decimal
-from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import select
@@ -18,12 +17,11 @@ from core.intake import upsert_contractor
 from core.jobs import list_job_runs
 from core.model import Award, AwardState, Contractor, Delivery, JobRun
 from core.states import PartyRole
+from core.timezone import JST
 from schedules import deadlines
 from schedules.runner import JobSpec, build_scheduler, cron_trigger, fire_time_of, run_once
 from tests.fixtures.envelopes import give_access_codes
 from tests.fixtures.pdfs import make_pdf
-
-JST = ZoneInfo("Asia/Tokyo")
 
 
 def test_each_tick_runs_on_one_node_only(sessions: sessionmaker[Session]) -> None:
