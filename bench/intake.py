@@ -137,6 +137,25 @@ def _check_blobs(blobs: Any, stored: list[tuple[str, str]], want_sha256: str) ->
 # --- stacks (each built in its own process) ---------------------------------------------------
 
 
+def _inspecting_engine(work: Path) -> Any:
+    """A signing engine on a development PKI: intake inspects each award's PDFs with it (no
+    envelope is signed here, so its TSA is never asked)."""
+    from pyhanko.keys import load_cert_from_pemder
+
+    from core.devpki import create_dev_pki
+    from core.signing import RevocationData, SigningEngine, TimestampService, load_pkcs12_signer
+
+    passphrase = b"bench-passphrase"
+    pki = create_dev_pki(work / "pki", passphrase=passphrase)
+    return SigningEngine(
+        key=load_pkcs12_signer(pki.signer_p12, passphrase),
+        timestamps=TimestampService.from_urls(["http://127.0.0.1:9/tsa"]),
+        trust_roots=[load_cert_from_pemder(str(pki.root_cert))],
+        font_path=None,
+        revinfo=RevocationData.from_files(crl_paths=[pki.root_crl], allow_fetching=False),
+    )
+
+
 class PipelineStack:
     """``schedules.sync.sync_source`` on the export; operation i imports into database i."""
 
@@ -159,7 +178,7 @@ class PipelineStack:
         self.mapping = _mapping()
         self.runtime = Runtime(
             blobs=_blobs(Path(work)),
-            signing=None,  # type: ignore[arg-type] - no envelope is signed here
+            signing=_inspecting_engine(Path(work)),  # intake inspects every stored PDF
             buyer_name="開発市",
         )
         # databases[0] is the warm-up's (operation -1); each migrated before anything is timed

@@ -1328,6 +1328,8 @@ _AUDIT_JA = {
     "guarantee.verified": "電子保証の確認",
     "award.released": "落札案件の作成再開",
     "award.dismissed": "落札案件の取り下げ",
+    "award.remapped": "落札案件の再マッピング",
+    "award.access_code_set": "落札案件のアクセスコード設定",
     "award.change_rejected": "落札情報の変更を拒否",
     "consent.withdrawn": "承諾の撤回",
     "contractor.conflict_resolved": "業者の重複の解消",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
+from decimal import Decimal
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -93,6 +94,7 @@ def test_the_certificate_names_the_staff_member_and_the_api_client(
         documents=[DocumentInput("契約書.pdf", make_pdf(pages=1))],
         parties=[PartyInput(PartyRole.SIGNER, "署名者 一郎", "s1@example.jp", "株式会社一")],
         actor="kakari@city.example.jp",
+        amount=Decimal(1200000),
     )
     give_access_codes(session, envelope)
     send_envelope(session=session, runtime=dev_runtime, envelope_id=envelope.id, actor="api:e-bid")

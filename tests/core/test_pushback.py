@@ -81,12 +81,10 @@ def test_completion_enqueues_one_delivery_per_subscribed_sink(
         values={},
         auth_method="email+access_code",
     )
-    # the signature and the seal were applied inline: their signing tasks are done
+    # the signature was applied inline in the approval's transaction (no task); the seal's
+    # task is done
     signing = [d for d in list_deliveries(session=session) if d.target == SIGNING_TARGET]
-    assert sorted(d.idempotency_key for d in signing) == [
-        f"seal:{envelope_id}",
-        f"signing:{party.id}",
-    ]
+    assert sorted(d.idempotency_key for d in signing) == [f"seal:{envelope_id}"]
     assert all(d.state is DeliveryState.DELIVERED for d in signing)
     rows = sorted(
         (d for d in list_deliveries(session=session) if d.target != SIGNING_TARGET),

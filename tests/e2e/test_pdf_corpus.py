@@ -48,12 +48,21 @@ JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 
 def _field_rect(data: bytes) -> list[float] | None:
     """A small text box near the visible top-left of page 1 (None when the file is unreadable
-    to qpdf too: such a file must be refused anyway)."""
+    to qpdf too: such a file must be refused anyway; None also where core's text-box rule
+    allows no box: a page shown rotated, or too small for a 2 mm box)."""
     try:
         with pikepdf.open(io.BytesIO(data)) as pdf:
             page = pdf.pages[0]
             box = [float(v) for v in page.cropbox]
+            node, rotate = page.obj, 0
+            while node is not None:
+                if "/Rotate" in node:
+                    rotate = int(node.Rotate)
+                    break
+                node = node.get("/Parent")
     except Exception:
+        return None
+    if rotate % 360:
         return None
     x1, y1, x2, y2 = (
         min(box[0], box[2]),
@@ -62,6 +71,8 @@ def _field_rect(data: bytes) -> list[float] | None:
         max(box[1], box[3]),
     )
     width, height = min(120.0, (x2 - x1) / 2), min(18.0, (y2 - y1) / 4)
+    if min(width, height) < 6:
+        return None
     return [x1 + 10, y2 - 10 - height, x1 + 10 + width, y2 - 10]
 
 
@@ -195,7 +206,8 @@ def _put_through(name: str, site: Site, request: pytest.FixtureRequest) -> None:
         # the browser starts only for these (the other files go through the API and services)
         context: BrowserContext = request.getfixturevalue("context")
         page = context.new_page()
-        _sign_through_pages(page, site, f"contractor-{tag}@example.co.jp", "2468", "令和7年10月1日")
+        value = "令和7年10月1日" if envelope.get("fields") or _field_rect(data) else None
+        _sign_through_pages(page, site, f"contractor-{tag}@example.co.jp", "2468", value)
         _sign_through_pages(page, site, f"buyer-{tag}@city.example.jp", "3333", None)
     else:
         complete_by_services(site.gateway, envelope["id"], value="令和7年10月1日")

@@ -32,7 +32,7 @@ def _one_signer(site: Site, email: str) -> dict:
              "company": "株式会社髙橋建設", "access_code": "24681357"},
         ],
         "fields": [{"document": 0, "party": 0, "label": "記入日", "page": 1, "rect": BOX}],
-        "metadata": {"deadline": "2026-04-10"},
+        "metadata": {"deadline": "2026-04-10", "amount": 980000},
         "send": True,
     }  # fmt: skip
     answer = site.api.post("/api/v1/envelopes", json=body)
