@@ -319,11 +319,24 @@ def check_documents(*, runtime: Runtime, documents: Sequence[DocumentInput]) -> 
     """Refuse documents over the size limits or that the signing engine cannot take (what
     :func:`create_envelope` checks first), before anything is stored; returns their page counts."""
     _check_limits(documents, runtime.limits)
-    infos = [runtime.signing.inspect(doc.data) for doc in documents]
+    inspected = [runtime.signing.inspect_upload(doc.data) for doc in documents]
     for doc in documents:
         check_active_content(doc.data, name=doc.name, mode=runtime.limits.pdf_active_content)
-    _check_renderable(runtime, documents)
-    return infos
+    # What signers would be shown: the prepared file (rebuilt when the upload needed it), as
+    # create_envelope checks it; the ID here is a placeholder and the result is discarded.
+    _check_renderable(
+        runtime,
+        [
+            DocumentInput(
+                doc.name,
+                runtime.signing.prepare(
+                    doc.data, certificate_id="0" * 32, fields=[], inspected=inspection
+                ),
+            )
+            for doc, inspection in zip(documents, inspected, strict=True)
+        ],
+    )
+    return [inspection.info for inspection in inspected]
 
 
 def _check_renderable(runtime: Runtime, documents: Sequence[DocumentInput]) -> None:
@@ -453,7 +466,6 @@ def create_envelope(
         )
         for d in documents
     ]
-    _check_renderable(runtime, documents)
     _check_fields(fields, parties, [i.pages for i in infos])
     accounts = _staff_accounts(session, parties)
 
@@ -522,6 +534,11 @@ def create_envelope(
         )
         for position, doc in enumerate(documents)
     ]
+    # Rendered as signers will be shown it: the prepared file, which is the rebuilt one when
+    # the upload needed repair (pdfium can loop on a form tree the rebuild mends).
+    _check_renderable(
+        runtime, [DocumentInput(d.name, p) for d, p in zip(documents, prepared, strict=True)]
+    )
     try:
         _store_documents(runtime, envelope, documents, infos, prepared, doc_ids, now)
         envelope.parties.extend(party_rows)

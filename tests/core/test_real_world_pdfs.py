@@ -7,13 +7,16 @@ from __future__ import annotations
 import io
 import re
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pikepdf
 import pytest
 from PIL import Image, ImageChops
 
+from core.envelopes import DocumentInput, Runtime, check_documents
 from core.errors import DocumentError
+from core.rendering import RenderBudget, RenderPool
 from core.signing import BoundedVerifier, FieldBox, SigningEngine, VerifyBudget, verify_pdf
 from core.signing._documents import load_document
 from tests.fixtures.pdfs import make_pdf
@@ -291,3 +294,19 @@ def test_verification_over_budget_could_not_finish(sealed: bytes, test_pki: Live
     ) as verifier:
         starved = verifier.verify(sealed)
     assert not starved.ok and starved.unfinished, starved.as_dict()
+
+
+def test_intake_judges_the_file_signers_will_see_not_the_upload(
+    dev_runtime: Runtime,
+) -> None:
+    """pdfium loops on this form's upload (one unnamed field with two parents) until the
+    render budget runs out; the rebuild before the first signature mends the form tree. The
+    intake check, like create, renders what signers will be shown: the prepared file."""
+    data = (CORPUS / "qpdf-shared-unnamed-field.pdf").read_bytes()
+    with RenderPool(RenderBudget(seconds=20)) as pool:
+        runtime = replace(dev_runtime, renderer=pool)
+        with pytest.raises(DocumentError) as refused:
+            pool.check(data, name="upload.pdf")
+        assert refused.value.code == "document.too_complex"
+        infos = check_documents(runtime=runtime, documents=[DocumentInput("form.pdf", data)])
+    assert [info.page_count for info in infos] == [1]
