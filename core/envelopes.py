@@ -56,7 +56,14 @@ from core.model import (
 from core.outbox import release_leases
 from core.records import fill_record_facts, record_facts, require_amount
 from core.rendering import RenderPool
-from core.signing import FieldBox, PageArea, PdfInfo, SigningEngine, approval_reason
+from core.signing import (
+    FieldBox,
+    InspectedDocument,
+    PageArea,
+    PdfInfo,
+    SigningEngine,
+    approval_reason,
+)
 from core.signing_tasks import (
     claim_task,
     close_task,
@@ -322,31 +329,21 @@ def check_documents(*, runtime: Runtime, documents: Sequence[DocumentInput]) -> 
     inspected = [runtime.signing.inspect_upload(doc.data) for doc in documents]
     for doc in documents:
         check_active_content(doc.data, name=doc.name, mode=runtime.limits.pdf_active_content)
-    # What signers would be shown: the prepared file (rebuilt when the upload needed it), as
-    # create_envelope checks it; the ID here is a placeholder and the result is discarded.
-    _check_renderable(
-        runtime,
-        [
-            DocumentInput(
-                doc.name,
-                runtime.signing.prepare(
-                    doc.data, certificate_id="0" * 32, fields=[], inspected=inspection
-                ),
-            )
-            for doc, inspection in zip(documents, inspected, strict=True)
-        ],
-    )
+    _check_renderable(runtime, documents, inspected)
     return [inspection.info for inspection in inspected]
 
 
-def _check_renderable(runtime: Runtime, documents: Sequence[DocumentInput]) -> None:
+def _check_renderable(
+    runtime: Runtime, documents: Sequence[DocumentInput], inspected: Sequence[InspectedDocument]
+) -> None:
     """Refuse a document whose pages cannot all be rendered within the page-image caps and
     the renderer's budget: signers could never read it (``document.too_complex``,
-    ``document.page_size``)."""
+    ``document.page_size``). What is rendered is what signers will be shown: the file the
+    engine rebuilt when it had to (pdfium can loop on a form tree the rebuild mends)."""
     if runtime.renderer is None:
         return
-    for doc in documents:
-        runtime.renderer.check(doc.data, name=doc.name)
+    for doc, inspection in zip(documents, inspected, strict=True):
+        runtime.renderer.check(inspection.rebuilt or doc.data, name=doc.name)
 
 
 def check_parties(*, runtime: Runtime, parties: Sequence[PartyInput]) -> None:
@@ -466,6 +463,7 @@ def create_envelope(
         )
         for d in documents
     ]
+    _check_renderable(runtime, documents, inspected)
     _check_fields(fields, parties, [i.pages for i in infos])
     accounts = _staff_accounts(session, parties)
 
@@ -534,11 +532,6 @@ def create_envelope(
         )
         for position, doc in enumerate(documents)
     ]
-    # Rendered as signers will be shown it: the prepared file, which is the rebuilt one when
-    # the upload needed repair (pdfium can loop on a form tree the rebuild mends).
-    _check_renderable(
-        runtime, [DocumentInput(d.name, p) for d, p in zip(documents, prepared, strict=True)]
-    )
     try:
         _store_documents(runtime, envelope, documents, infos, prepared, doc_ids, now)
         envelope.parties.extend(party_rows)

@@ -22,7 +22,7 @@ The engine is pure bytes-in/bytes-out: a failure leaves the caller's input untou
 """
 
 from ._bounded import BoundedVerifier, VerifyBudget
-from ._documents import MIN_FIELD_FONT_SIZE, FieldBox, PageArea, PdfInfo
+from ._documents import MIN_FIELD_FONT_SIZE, FieldBox, InspectedDocument, PageArea, PdfInfo
 from ._engine import (
     RevocationData,
     SigningEngine,
@@ -39,6 +39,7 @@ __all__ = [
     "MIN_FIELD_FONT_SIZE",
     "BoundedVerifier",
     "FieldBox",
+    "InspectedDocument",
     "PageArea",
     "PdfInfo",
     "RevocationData",

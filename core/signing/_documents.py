@@ -406,6 +406,10 @@ class InspectedDocument:
     def __init__(self, source: bytes, info: PdfInfo, loaded: LoadedDocument) -> None:
         self.source = source
         self.info = info
+        # What signers will be shown before the stamp: the file qpdf rebuilt when the strict
+        # reader refused the upload (pdfium can loop on a form tree the rebuild mends), else
+        # None (the upload itself).
+        self.rebuilt: bytes | None = loaded.data if loaded.rebuilt else None
         self._loaded: LoadedDocument | None = loaded
 
     def take(self, data: bytes) -> LoadedDocument | None:
