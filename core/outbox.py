@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,21 +111,35 @@ def claim(
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
+    values = {
+        "state": DeliveryState.LEASED.value,
+        "lease_owner": worker,
+        "lease_expires_at": now + lease,
+        "attempts": Delivery.attempts + 1,
+    }
     claimed: list[int] = []
-    for delivery_id in candidates:
-        result = session.execute(
-            update(Delivery)
-            .where(Delivery.id == delivery_id, _due(now, targets))
-            .values(
-                state=DeliveryState.LEASED.value,
-                lease_owner=worker,
-                lease_expires_at=now + lease,
-                attempts=Delivery.attempts + 1,
+    if candidates and session.get_bind().dialect.update_returning:
+        # One compare-and-set UPDATE for the batch (the due condition again, so a row another
+        # worker took meanwhile is not taken twice); RETURNING says which rows were won.
+        claimed = list(
+            session.scalars(
+                update(Delivery)
+                .where(Delivery.id.in_(list(candidates)), _due(now, targets))
+                .values(**values)
+                .returning(Delivery.id)
+                .execution_options(synchronize_session=False)
             )
-            .execution_options(synchronize_session=False)
         )
-        if result.rowcount == 1:  # type: ignore[attr-defined]
-            claimed.append(delivery_id)
+    else:
+        for delivery_id in candidates:
+            result = session.execute(
+                update(Delivery)
+                .where(Delivery.id == delivery_id, _due(now, targets))
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                claimed.append(delivery_id)
     session.commit()
     if not claimed:
         return []
@@ -137,7 +152,9 @@ def claim(
     return list(rows)
 
 
-def _finish(session: Session, delivery: Delivery, worker: str, **values: Any) -> bool:
+def _finish(
+    session: Session, delivery: Delivery, worker: str, *, commit: bool = True, **values: Any
+) -> bool:
     result = session.execute(
         update(Delivery)
         .where(
@@ -148,7 +165,8 @@ def _finish(session: Session, delivery: Delivery, worker: str, **values: Any) ->
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    session.commit()
+    if commit:
+        session.commit()
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
@@ -164,6 +182,42 @@ def mark_delivered(*, session: Session, delivery: Delivery, worker: str) -> bool
         lease_expires_at=None,
         last_error=None,
     )
+
+
+def mark_delivered_many(
+    *, session: Session, deliveries: Sequence[Delivery], worker: str
+) -> set[int]:
+    """Record several successful pushes in one transaction; the ids recorded (a delivery whose
+    lease was lost is left to the worker that took it over)."""
+    if not deliveries:
+        return set()
+    values = {
+        "state": DeliveryState.DELIVERED.value,
+        "delivered_at": utcnow(),
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "last_error": None,
+    }
+    held = and_(
+        Delivery.id.in_([d.id for d in deliveries]),
+        Delivery.state == DeliveryState.LEASED.value,
+        Delivery.lease_owner == worker,
+    )
+    if session.get_bind().dialect.update_returning:
+        recorded = set(
+            session.scalars(
+                update(Delivery)
+                .where(held)
+                .values(**values)
+                .returning(Delivery.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        session.commit()
+        return recorded
+    recorded = {d.id for d in deliveries if _finish(session, d, worker, commit=False, **values)}
+    session.commit()
+    return recorded
 
 
 def mark_failed(
@@ -315,6 +369,7 @@ def dispatch(
     limit: int = 20,
     lease: dt.timedelta = dt.timedelta(minutes=5),
     stop: Callable[[], bool] | None = None,
+    mark_within: float = 0.0,
 ) -> DispatchResult:
     """Claim due deliveries for the known targets, push each with its handler, record the outcome.
 
@@ -322,51 +377,77 @@ def dispatch(
     treated as retriable, since a bug or an outage should not silently drop a delivery. When
     ``stop`` turns true (a shutdown), the delivery in flight finishes and the rest of the batch
     is given back at once (:func:`release_leases`) instead of waiting for its leases to expire.
+
+    ``mark_within`` (seconds): successes are recorded together, at the latest that long after
+    the first of them and at the end of the batch, instead of one transaction each. Only for
+    targets that drop a repeat by its idempotency key: a crash before the record pushes those
+    deliveries again (at-least-once either way; the window is only wider).
     """
     policy = policy or RetryPolicy()
     result = DispatchResult()
+    pushed: list[Delivery] = []  # pushed, success not recorded yet
+    first_pushed = 0.0
     with sessions() as session:
+
+        def record_pushed() -> None:
+            recorded = mark_delivered_many(session=session, deliveries=pushed, worker=worker)
+            for done in pushed:
+                (result.delivered if done.id in recorded else result.lost).append(done.id)
+            pushed.clear()
+
         batch = claim(
             session=session, worker=worker, limit=limit, lease=lease, targets=list(handlers)
         )
-        for index, delivery in enumerate(batch):
-            if stop is not None and stop():
-                rest = [d.id for d in batch[index:]]
-                result.released.extend(rest)
-                release_leases(session=session, worker=worker, delivery_ids=rest)
-                break
-            try:
-                handlers[delivery.target](delivery)
-            except GatewayError as exc:
-                state = mark_failed(
-                    session=session,
-                    delivery=delivery,
-                    worker=worker,
-                    error=f"{exc.code}: {exc.message_en}",
-                    retriable=exc.retriable,
-                    policy=policy,
-                )
-                (result.dead if state is DeliveryState.DEAD else result.retrying).append(
-                    delivery.id
-                )
-                log.warning("delivery %s to %s failed: %s", delivery.id, delivery.target, exc)
-                continue
-            except Exception as exc:  # recorded and retried, never dropped
-                state = mark_failed(
-                    session=session,
-                    delivery=delivery,
-                    worker=worker,
-                    error=f"{type(exc).__name__}: {exc}",
-                    retriable=True,
-                    policy=policy,
-                )
-                (result.dead if state is DeliveryState.DEAD else result.retrying).append(
-                    delivery.id
-                )
-                log.exception("delivery %s to %s raised", delivery.id, delivery.target)
-                continue
-            if mark_delivered(session=session, delivery=delivery, worker=worker):
-                result.delivered.append(delivery.id)
-            else:
-                result.lost.append(delivery.id)
+        try:
+            for index, delivery in enumerate(batch):
+                if stop is not None and stop():
+                    record_pushed()
+                    rest = [d.id for d in batch[index:]]
+                    result.released.extend(rest)
+                    release_leases(session=session, worker=worker, delivery_ids=rest)
+                    break
+                try:
+                    handlers[delivery.target](delivery)
+                except GatewayError as exc:
+                    state = mark_failed(
+                        session=session,
+                        delivery=delivery,
+                        worker=worker,
+                        error=f"{exc.code}: {exc.message_en}",
+                        retriable=exc.retriable,
+                        policy=policy,
+                    )
+                    (result.dead if state is DeliveryState.DEAD else result.retrying).append(
+                        delivery.id
+                    )
+                    log.warning("delivery %s to %s failed: %s", delivery.id, delivery.target, exc)
+                    continue
+                except Exception as exc:  # recorded and retried, never dropped
+                    state = mark_failed(
+                        session=session,
+                        delivery=delivery,
+                        worker=worker,
+                        error=f"{type(exc).__name__}: {exc}",
+                        retriable=True,
+                        policy=policy,
+                    )
+                    (result.dead if state is DeliveryState.DEAD else result.retrying).append(
+                        delivery.id
+                    )
+                    log.exception("delivery %s to %s raised", delivery.id, delivery.target)
+                    continue
+                if mark_within <= 0:
+                    if mark_delivered(session=session, delivery=delivery, worker=worker):
+                        result.delivered.append(delivery.id)
+                    else:
+                        result.lost.append(delivery.id)
+                    continue
+                if not pushed:
+                    first_pushed = time.monotonic()
+                pushed.append(delivery)
+                if time.monotonic() - first_pushed >= mark_within:
+                    record_pushed()
+        finally:
+            if pushed:
+                record_pushed()
     return result

@@ -28,6 +28,9 @@ from core.outbox import DispatchResult, Handler, RetryPolicy, dispatch
 from core.pushback import assemble_content
 
 JOB_ID = "outbox.dispatch"
+# Every sink drops a repeated delivery by its idempotency key (receipts), so successes are
+# recorded together, at most this many seconds after the first (see core.outbox.dispatch).
+MARK_WITHIN_SECONDS = 1.0
 log = logging.getLogger(__name__)
 
 
@@ -159,6 +162,7 @@ def run(
         limit=limit,
         lease=lease,
         stop=stop,
+        mark_within=MARK_WITHIN_SECONDS,
     )
 
 
