@@ -370,6 +370,7 @@ def dispatch(
     lease: dt.timedelta = dt.timedelta(minutes=5),
     stop: Callable[[], bool] | None = None,
     mark_within: float = 0.0,
+    prepare: Callable[[Sequence[Delivery]], None] | None = None,
 ) -> DispatchResult:
     """Claim due deliveries for the known targets, push each with its handler, record the outcome.
 
@@ -381,7 +382,8 @@ def dispatch(
     ``mark_within`` (seconds): successes are recorded together, at the latest that long after
     the first of them and at the end of the batch, instead of one transaction each. Only for
     targets that drop a repeat by its idempotency key: a crash before the record pushes those
-    deliveries again (at-least-once either way; the window is only wider).
+    deliveries again (at-least-once either way; the window is only wider). ``prepare`` is
+    called with the claimed batch before the first push (e.g. to read the batch's rows at once).
     """
     policy = policy or RetryPolicy()
     result = DispatchResult()
@@ -398,6 +400,8 @@ def dispatch(
         batch = claim(
             session=session, worker=worker, limit=limit, lease=lease, targets=list(handlers)
         )
+        if prepare is not None and batch:
+            prepare(batch)
         try:
             for index, delivery in enumerate(batch):
                 if stop is not None and stop():
