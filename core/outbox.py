@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,9 +151,7 @@ def claim(
     return list(rows)
 
 
-def _finish(
-    session: Session, delivery: Delivery, worker: str, *, commit: bool = True, **values: Any
-) -> bool:
+def _finish(session: Session, delivery: Delivery, worker: str, **values: Any) -> bool:
     result = session.execute(
         update(Delivery)
         .where(
@@ -165,8 +162,7 @@ def _finish(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    if commit:
-        session.commit()
+    session.commit()
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
@@ -182,42 +178,6 @@ def mark_delivered(*, session: Session, delivery: Delivery, worker: str) -> bool
         lease_expires_at=None,
         last_error=None,
     )
-
-
-def mark_delivered_many(
-    *, session: Session, deliveries: Sequence[Delivery], worker: str
-) -> set[int]:
-    """Record several successful pushes in one transaction; the ids recorded (a delivery whose
-    lease was lost is left to the worker that took it over)."""
-    if not deliveries:
-        return set()
-    values = {
-        "state": DeliveryState.DELIVERED.value,
-        "delivered_at": utcnow(),
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "last_error": None,
-    }
-    held = and_(
-        Delivery.id.in_([d.id for d in deliveries]),
-        Delivery.state == DeliveryState.LEASED.value,
-        Delivery.lease_owner == worker,
-    )
-    if session.get_bind().dialect.update_returning:
-        recorded = set(
-            session.scalars(
-                update(Delivery)
-                .where(held)
-                .values(**values)
-                .returning(Delivery.id)
-                .execution_options(synchronize_session=False)
-            )
-        )
-        session.commit()
-        return recorded
-    recorded = {d.id for d in deliveries if _finish(session, d, worker, commit=False, **values)}
-    session.commit()
-    return recorded
 
 
 def mark_failed(
@@ -369,7 +329,6 @@ def dispatch(
     limit: int = 20,
     lease: dt.timedelta = dt.timedelta(minutes=5),
     stop: Callable[[], bool] | None = None,
-    mark_within: float = 0.0,
     prepare: Callable[[Sequence[Delivery]], None] | None = None,
 ) -> DispatchResult:
     """Claim due deliveries for the known targets, push each with its handler, record the outcome.
@@ -378,80 +337,55 @@ def dispatch(
     treated as retriable, since a bug or an outage should not silently drop a delivery. When
     ``stop`` turns true (a shutdown), the delivery in flight finishes and the rest of the batch
     is given back at once (:func:`release_leases`) instead of waiting for its leases to expire.
-
-    ``mark_within`` (seconds): successes are recorded together, at the latest that long after
-    the first of them and at the end of the batch, instead of one transaction each. Only for
-    targets that drop a repeat by its idempotency key: a crash before the record pushes those
-    deliveries again (at-least-once either way; the window is only wider). ``prepare`` is
-    called with the claimed batch before the first push (e.g. to read the batch's rows at once).
+    ``prepare`` is called with the claimed batch before the first push (e.g. to read the
+    batch's rows at once).
     """
     policy = policy or RetryPolicy()
     result = DispatchResult()
-    pushed: list[Delivery] = []  # pushed, success not recorded yet
-    first_pushed = 0.0
     with sessions() as session:
-
-        def record_pushed() -> None:
-            recorded = mark_delivered_many(session=session, deliveries=pushed, worker=worker)
-            for done in pushed:
-                (result.delivered if done.id in recorded else result.lost).append(done.id)
-            pushed.clear()
-
         batch = claim(
             session=session, worker=worker, limit=limit, lease=lease, targets=list(handlers)
         )
         if prepare is not None and batch:
             prepare(batch)
-        try:
-            for index, delivery in enumerate(batch):
-                if stop is not None and stop():
-                    record_pushed()
-                    rest = [d.id for d in batch[index:]]
-                    result.released.extend(rest)
-                    release_leases(session=session, worker=worker, delivery_ids=rest)
-                    break
-                try:
-                    handlers[delivery.target](delivery)
-                except GatewayError as exc:
-                    state = mark_failed(
-                        session=session,
-                        delivery=delivery,
-                        worker=worker,
-                        error=f"{exc.code}: {exc.message_en}",
-                        retriable=exc.retriable,
-                        policy=policy,
-                    )
-                    (result.dead if state is DeliveryState.DEAD else result.retrying).append(
-                        delivery.id
-                    )
-                    log.warning("delivery %s to %s failed: %s", delivery.id, delivery.target, exc)
-                    continue
-                except Exception as exc:  # recorded and retried, never dropped
-                    state = mark_failed(
-                        session=session,
-                        delivery=delivery,
-                        worker=worker,
-                        error=f"{type(exc).__name__}: {exc}",
-                        retriable=True,
-                        policy=policy,
-                    )
-                    (result.dead if state is DeliveryState.DEAD else result.retrying).append(
-                        delivery.id
-                    )
-                    log.exception("delivery %s to %s raised", delivery.id, delivery.target)
-                    continue
-                if mark_within <= 0:
-                    if mark_delivered(session=session, delivery=delivery, worker=worker):
-                        result.delivered.append(delivery.id)
-                    else:
-                        result.lost.append(delivery.id)
-                    continue
-                if not pushed:
-                    first_pushed = time.monotonic()
-                pushed.append(delivery)
-                if time.monotonic() - first_pushed >= mark_within:
-                    record_pushed()
-        finally:
-            if pushed:
-                record_pushed()
+        for index, delivery in enumerate(batch):
+            if stop is not None and stop():
+                rest = [d.id for d in batch[index:]]
+                result.released.extend(rest)
+                release_leases(session=session, worker=worker, delivery_ids=rest)
+                break
+            try:
+                handlers[delivery.target](delivery)
+            except GatewayError as exc:
+                state = mark_failed(
+                    session=session,
+                    delivery=delivery,
+                    worker=worker,
+                    error=f"{exc.code}: {exc.message_en}",
+                    retriable=exc.retriable,
+                    policy=policy,
+                )
+                (result.dead if state is DeliveryState.DEAD else result.retrying).append(
+                    delivery.id
+                )
+                log.warning("delivery %s to %s failed: %s", delivery.id, delivery.target, exc)
+                continue
+            except Exception as exc:  # recorded and retried, never dropped
+                state = mark_failed(
+                    session=session,
+                    delivery=delivery,
+                    worker=worker,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retriable=True,
+                    policy=policy,
+                )
+                (result.dead if state is DeliveryState.DEAD else result.retrying).append(
+                    delivery.id
+                )
+                log.exception("delivery %s to %s raised", delivery.id, delivery.target)
+                continue
+            if mark_delivered(session=session, delivery=delivery, worker=worker):
+                result.delivered.append(delivery.id)
+            else:
+                result.lost.append(delivery.id)
     return result

@@ -29,9 +29,6 @@ from core.outbox import DispatchResult, Handler, RetryPolicy, dispatch
 from core.pushback import ContentRows, assemble_content, preload_content
 
 JOB_ID = "outbox.dispatch"
-# Every sink drops a repeated delivery by its idempotency key (receipts), so successes are
-# recorded together, at most this many seconds after the first (see core.outbox.dispatch).
-MARK_WITHIN_SECONDS = 1.0
 log = logging.getLogger(__name__)
 
 
@@ -162,9 +159,14 @@ def run(
 
         def prepare(batch: Sequence[Delivery]) -> None:
             ids = [i for i in map(_envelope_id, batch) if i]
-            if ids:
-                session = stack.enter_context(sessions())
+            if not ids:
+                return
+            session = stack.enter_context(sessions())
+            try:
                 preloaded.append(preload_content(session=session, envelope_ids=ids))
+            except Exception:  # each delivery then reads its own rows, and fails on its own
+                log.exception("could not read the batch's rows at once")
+                session.rollback()
 
         handlers: dict[str, Handler] = {}
         for name, target in targets.items():
@@ -188,7 +190,6 @@ def run(
             limit=limit,
             lease=lease,
             stop=stop,
-            mark_within=MARK_WITHIN_SECONDS,
             prepare=prepare,
         )
 

@@ -163,35 +163,6 @@ def test_dispatch_delivers_retries_and_kills(sessions: sessionmaker[Session]) ->
     assert again.delivered == again.retrying == again.dead == []  # nothing due
 
 
-def test_successes_recorded_together_keep_lost_leases_apart(
-    sessions: sessionmaker[Session],
-) -> None:
-    """With ``mark_within`` the successes of a batch are recorded in one transaction at its
-    end; a delivery whose lease another worker took over meanwhile is reported lost, not
-    marked over the other worker's lease."""
-    with sessions() as s:
-        _fill(s, 3, "sink")
-    states_seen: list[DeliveryState] = []
-
-    def handler(d: Delivery) -> None:
-        with sessions() as s:
-            first = s.get(Delivery, 1)
-            assert first is not None
-            states_seen.append(first.state)
-            if d.id == 2:  # delivery 1's lease expired and another worker took it over
-                first.lease_owner = "other"
-                s.commit()
-
-    result = dispatch(sessions=sessions, handlers={"sink": handler}, worker="w", mark_within=3600)
-    assert result.delivered == [2, 3] and result.lost == [1]
-    assert states_seen == [DeliveryState.LEASED] * 3  # nothing recorded mid-batch
-    with sessions() as s:
-        rows = {d.id: d for d in s.scalars(select(Delivery))}
-    assert rows[1].state is DeliveryState.LEASED and rows[1].lease_owner == "other"
-    assert [rows[i].state for i in (2, 3)] == [DeliveryState.DELIVERED] * 2
-    assert all(rows[i].lease_owner is None and rows[i].delivered_at for i in (2, 3))
-
-
 @pytest.mark.postgres
 def test_concurrent_claimers_never_share_a_row(
     sessions: sessionmaker[Session], db_engine: object
