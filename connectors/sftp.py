@@ -184,15 +184,23 @@ class SftpSink(Sink):
             self._makedirs(sftp, self.receipts)
             staged = posixpath.join(self.receipts, plan.staged_name)
             if done is None:
-                self._makedirs(sftp, folder)
                 # No file is renamed into place before the staged marker says all are written;
                 # a retry after it renames only what still waits (see connectors._drop).
                 retry = not outbound.first_attempt and self._exists(sftp, staged)
                 if not retry:
-                    for file in plan.files:
-                        self._upload(sftp, folder, file.name, file.data, idempotency_key)
-                    with sftp.open(staged, "wb") as fh:
-                        fh.write(plan.receipt)
+                    # Every file and the marker (under a temporary name of its own) written in
+                    # two pipelined round trips; the marker appears only once all are complete.
+                    staged_tmp = posixpath.join(
+                        self.receipts, temp_name(plan.staged_name, idempotency_key)
+                    )
+                    writes = [
+                        (posixpath.join(folder, temp_name(f.name, idempotency_key)), f.data)
+                        for f in plan.files
+                    ]
+                    self._write_files(sftp, folder, [*writes, (staged_tmp, plan.receipt)])
+                    sftp.posix_rename(staged_tmp, staged)
+                else:
+                    self._makedirs(sftp, folder)
                 renames = _Renames(sftp)
                 for file in plan.files:
                     tmp = posixpath.join(folder, temp_name(file.name, idempotency_key))
@@ -267,20 +275,116 @@ class SftpSink(Sink):
                         raise
         self._folders.add(folder)
 
-    def _upload(
-        self,
-        sftp: paramiko.SFTPClient,
-        folder: str,
-        name: str,
-        data: bytes,
-        key: str,
+    def _write_files(
+        self, sftp: paramiko.SFTPClient, folder: str, writes: list[tuple[str, bytes]]
     ) -> None:
-        tmp = posixpath.join(folder, temp_name(name, key))
-        with sftp.open(tmp, "wb") as fh:
-            # Pipelined: writes are not acknowledged one by one; close() checks every answer,
-            # so the staged marker is written only once all of every file is written.
-            fh.set_pipelined(True)
-            fh.write(data)
+        """Write each (path, bytes) whole, ``folder`` made first where needed: every open in
+        one round trip, then every write and close in a second; every answer is checked."""
+        pipeline = _Pipeline(sftp)
+        make = folder not in self._folders
+        if make:
+            pipeline.send(paramiko.sftp.CMD_MKDIR, folder, paramiko.SFTPAttributes())
+        try:
+            handles = pipeline.open_for_writing([path for path, _ in writes])
+        except FileNotFoundError:
+            if not make:
+                raise
+            # The folder's parent is missing too: the slow way, one level at a time.
+            self._makedirs(sftp, folder)
+            handles = pipeline.open_for_writing([path for path, _ in writes])
+        self._folders.add(folder)  # the opens in it succeeded, whether mkdir did or not
+        for handle, (_, data) in zip(handles, writes, strict=True):
+            pipeline.write_and_close(handle, data)
+        pipeline.wait()
+
+
+class _Pipeline:
+    """SFTP requests sent without waiting for each answer, the answers checked together.
+
+    The server handles one channel's requests in order, so a file's writes and close follow its
+    open; only the round trip per request is saved. Uses paramiko's request pipelining
+    (``_async_request``, as its own prefetch does). paramiko's own pipelined ``SFTPFile.write``
+    drops the answers to its writes (and to the close), so a failed write would go unnoticed;
+    here every answer is checked.
+    """
+
+    CHUNK = 32768  # paramiko's (and most servers') largest write request
+
+    def __init__(self, sftp: paramiko.SFTPClient) -> None:
+        self.sftp: Any = sftp  # its private request API is not in paramiko's stubs
+        self.answers: dict[int, tuple[int, paramiko.Message]] = {}
+        self.sent: list[int] = []
+
+    def send(self, kind: int, *args: Any) -> int:
+        """Send one request; its answer is kept for :meth:`wait`."""
+        num = int(self.sftp._async_request(self, kind, *args))
+        self.sent.append(num)
+        return num
+
+    def _async_response(self, kind: int, msg: paramiko.Message, num: int) -> None:
+        # Called by paramiko with each answer.
+        self.answers[num] = (kind, msg)
+
+    def _check_exception(self) -> None:
+        pass  # answers are judged in wait(), once all are in
+
+    def collect(self) -> list[tuple[int, paramiko.Message]]:
+        """Every answer to what was sent so far, in the order sent."""
+        self.sftp._finish_responses(self)
+        sent, self.sent = self.sent, []
+        return [self.answers.pop(num) for num in sent]
+
+    def _status(self, kind: int, msg: paramiko.Message) -> None:
+        if kind != paramiko.sftp.CMD_STATUS:
+            raise OSError(f"unexpected SFTP answer {kind}")
+        self.sftp._convert_status(msg)  # raises the failure as paramiko would
+
+    def wait(self) -> None:
+        """Every request sent so far has been answered; raise the first failure."""
+        for kind, msg in self.collect():
+            self._status(kind, msg)
+
+    def open_for_writing(self, paths: list[str]) -> list[bytes]:
+        """Open (create, truncate) every path in one round trip; their handles. The answers
+        to what was sent before (a mkdir) are not judged. On a failure the files opened are
+        closed and the first failure is raised."""
+        flags = (
+            paramiko.sftp.SFTP_FLAG_WRITE
+            | paramiko.sftp.SFTP_FLAG_CREATE
+            | paramiko.sftp.SFTP_FLAG_TRUNC
+        )
+        before = len(self.sent)
+        for path in paths:
+            self.send(paramiko.sftp.CMD_OPEN, path, flags, paramiko.SFTPAttributes())
+        answers = self.collect()[before:]
+        handles: list[bytes] = []
+        failure: BaseException | None = None
+        for kind, msg in answers:
+            if kind == paramiko.sftp.CMD_HANDLE:
+                handles.append(msg.get_binary())
+                continue
+            try:
+                self._status(kind, msg)
+                failure = failure or OSError(f"unexpected SFTP answer {kind} to an open")
+            except (OSError, EOFError) as exc:
+                failure = failure or exc
+        if failure is not None:
+            for handle in handles:
+                self.send(paramiko.sftp.CMD_CLOSE, handle)
+            self.collect()
+            raise failure
+        return handles
+
+    def write_and_close(self, handle: bytes, data: bytes) -> None:
+        """Send the whole of ``data`` to the open file, then its close."""
+        for offset in range(0, len(data), self.CHUNK):
+            self.send(
+                paramiko.sftp.CMD_WRITE,
+                handle,
+                paramiko.sftp.int64(offset),
+                data[offset : offset + self.CHUNK],
+            )
+        self.send(paramiko.sftp.CMD_CLOSE, handle)
 
 
 class _Renames:

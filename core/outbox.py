@@ -110,21 +110,35 @@ def claim(
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
+    values = {
+        "state": DeliveryState.LEASED.value,
+        "lease_owner": worker,
+        "lease_expires_at": now + lease,
+        "attempts": Delivery.attempts + 1,
+    }
     claimed: list[int] = []
-    for delivery_id in candidates:
-        result = session.execute(
-            update(Delivery)
-            .where(Delivery.id == delivery_id, _due(now, targets))
-            .values(
-                state=DeliveryState.LEASED.value,
-                lease_owner=worker,
-                lease_expires_at=now + lease,
-                attempts=Delivery.attempts + 1,
+    if candidates and session.get_bind().dialect.update_returning:
+        # One compare-and-set UPDATE for the batch (the due condition again, so a row another
+        # worker took meanwhile is not taken twice); RETURNING says which rows were won.
+        claimed = list(
+            session.scalars(
+                update(Delivery)
+                .where(Delivery.id.in_(list(candidates)), _due(now, targets))
+                .values(**values)
+                .returning(Delivery.id)
+                .execution_options(synchronize_session=False)
             )
-            .execution_options(synchronize_session=False)
         )
-        if result.rowcount == 1:  # type: ignore[attr-defined]
-            claimed.append(delivery_id)
+    else:
+        for delivery_id in candidates:
+            result = session.execute(
+                update(Delivery)
+                .where(Delivery.id == delivery_id, _due(now, targets))
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                claimed.append(delivery_id)
     session.commit()
     if not claimed:
         return []
@@ -315,6 +329,7 @@ def dispatch(
     limit: int = 20,
     lease: dt.timedelta = dt.timedelta(minutes=5),
     stop: Callable[[], bool] | None = None,
+    prepare: Callable[[Sequence[Delivery]], None] | None = None,
 ) -> DispatchResult:
     """Claim due deliveries for the known targets, push each with its handler, record the outcome.
 
@@ -322,6 +337,8 @@ def dispatch(
     treated as retriable, since a bug or an outage should not silently drop a delivery. When
     ``stop`` turns true (a shutdown), the delivery in flight finishes and the rest of the batch
     is given back at once (:func:`release_leases`) instead of waiting for its leases to expire.
+    ``prepare`` is called with the claimed batch before the first push (e.g. to read the
+    batch's rows at once).
     """
     policy = policy or RetryPolicy()
     result = DispatchResult()
@@ -329,6 +346,8 @@ def dispatch(
         batch = claim(
             session=session, worker=worker, limit=limit, lease=lease, targets=list(handlers)
         )
+        if prepare is not None and batch:
+            prepare(batch)
         for index, delivery in enumerate(batch):
             if stop is not None and stop():
                 rest = [d.id for d in batch[index:]]

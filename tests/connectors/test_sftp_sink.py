@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors._drop import key_hash
+from connectors._drop import key_hash, temp_name
 from connectors.outbound import ContentSpec, RecordSpec, render_outbound
 from connectors.sftp import SftpEndpoint, SftpSink, open_sftp
 from core.errors import GatewayError
@@ -173,5 +173,35 @@ def test_a_dropped_connection_is_reopened(sshd_server: SshServer) -> None:
         assert info.value.retriable
         sink.push(second)  # the next try
         assert (root / "KG-20261122-0002_工事請負契約書.pdf").exists()
+    finally:
+        sink.close()
+
+
+def test_a_write_the_server_refuses_fails_the_push_and_nothing_is_placed(
+    sshd_server: SshServer,
+) -> None:
+    """Writes are pipelined, yet every answer is checked: a file the server cannot write (here
+    its temporary name leads to /dev/full, so every write is refused with "no space") fails the
+    push before the staged marker, so nothing is put in place; the retry delivers it whole."""
+    root = sshd_server.root / "refused-write"
+    out = render_outbound(content(4), ContentSpec(directory="{management_number}"), "dms:4")
+    folder = root / "KG-20261122-0004"
+    folder.mkdir(parents=True)
+    pdf = out.files[0]
+    trap = folder / temp_name(pdf.name, "dms:4")
+    trap.symlink_to("/dev/full")
+    sink = SftpSink(name="dms", endpoint=_endpoint(sshd_server), root=str(root))
+    try:
+        with pytest.raises(GatewayError) as info:
+            sink.push(replace(out, first_attempt=True))
+        assert info.value.retriable
+        assert [p.name for p in folder.iterdir() if not p.name.startswith(".")] == []
+        receipts = root / ".keiyaku-receipts"
+        assert not [p for p in receipts.iterdir() if not p.name.endswith(".part")]
+        trap.unlink()
+        sink.push(out)  # the retry
+        placed = {p.name: p.read_bytes() for p in folder.iterdir()}
+        assert placed == {f.name: f.data for f in out.files}
+        assert [p.name for p in receipts.iterdir()] == [key_hash("dms:4")]
     finally:
         sink.close()

@@ -23,7 +23,13 @@ from core.envelopes import (
 from core.guarantees import GuaranteeInput, add_guarantee
 from core.model import Delivery
 from core.outbox import list_deliveries
-from core.pushback import PushbackObserver, Subscription, assemble_content, delivery_key
+from core.pushback import (
+    PushbackObserver,
+    Subscription,
+    assemble_content,
+    delivery_key,
+    preload_content,
+)
 from core.signing_tasks import SIGNING_TARGET
 from core.states import DeliveryState, EnvelopeState, PartyRole
 from core.timezone import JST
@@ -138,6 +144,18 @@ def test_completion_enqueues_one_delivery_per_subscribed_sink(
         data for _, data in current_documents(runtime=runtime, envelope=envelope)
     ]
     assert content.certificate is not None and content.certificate[:5] == b"%PDF-"
+    # A dispatcher reads a batch's rows at once: the very same content.
+    rows = preload_content(session=session, envelope_ids=[envelope_id, "no-such-envelope"])
+    assert set(rows.envelopes) == {envelope_id}
+    preloaded = assemble_content(
+        session=session,
+        runtime=runtime,
+        envelope_id=envelope_id,
+        event="completed",
+        department="契約課",
+        rows=rows,
+    )
+    assert preloaded == content
     without = assemble_content(
         session=session,
         runtime=runtime,
