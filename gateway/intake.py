@@ -9,10 +9,6 @@ from typing import Any
 
 from connectors.base import RawRecord, Source
 from connectors.csv import CsvFormat, read_csv
-from connectors.folder import FolderSource
-from connectors.inbox import ReadLock
-from connectors.sftp import SftpEndpoint, SftpSource
-from connectors.soap import SoapQuery, SoapSource
 from core.business_days import BusinessCalendar
 from core.drafts import SigningAuthority
 from core.errors import ConfigError, NotFoundError
@@ -23,8 +19,6 @@ from gateway.settings import (
     FolderSourceSettings,
     Settings,
     SftpSourceSettings,
-    SoapFolderDocumentsSettings,
-    SoapSftpDocumentsSettings,
     SoapSourceSettings,
 )
 from mapping import MappingSpecError, SourceMapping, load_mapping
@@ -108,111 +102,28 @@ def _kind(mapping: SourceMapping) -> str:
 def open_source(settings: Settings, name: str, mapping: SourceMapping) -> Source:
     """A connector for one configured source."""
     config = source_settings(settings, name)
-    csv_format = CsvFormat.from_options(mapping.format)
-    if isinstance(config, FolderSourceSettings):
-        folder = settings.path(config.path)
-        return FolderSource(
+    limit = settings.limits.max_file_mb * 1024 * 1024
+    if isinstance(config, FolderSourceSettings | SftpSourceSettings):
+        return config.open(
             name=name,
-            directory=str(folder),
-            csv_format=csv_format,
-            pattern=config.pattern,
-            read_lock=_read_lock(config),
-            processed_dir=config.processed_dir,
-            documents_dir=str(settings.path(config.documents_dir))
-            if config.documents_dir
-            else None,
-            max_document_bytes=settings.limits.max_file_mb * 1024 * 1024,
-        )
-    if isinstance(config, SftpSourceSettings):
-        endpoint = SftpEndpoint(
-            host=config.host,
-            port=config.port,
-            username=config.username,
-            key_path=settings.path(config.key_path),
-            known_hosts=settings.path(config.known_hosts),
-            key_passphrase=config.key_passphrase.get_secret_value()
-            if config.key_passphrase
-            else None,
-            timeout=config.timeout_seconds,
-        )
-        return SftpSource(
-            endpoint=endpoint,
-            name=name,
-            directory=config.path,
-            csv_format=csv_format,
-            pattern=config.pattern,
-            read_lock=_read_lock(config),
-            processed_dir=config.processed_dir,
-            documents_dir=config.documents_dir,
-            max_document_bytes=settings.limits.max_file_mb * 1024 * 1024,
+            resolve=settings.path,
+            csv_format=CsvFormat.from_options(mapping.format),
+            max_document_bytes=limit,
         )
     if isinstance(config, SoapSourceSettings):
-        wsdl = config.wsdl
-        if not wsdl.startswith(("http://", "https://")):
-            wsdl = str(settings.path(Path(wsdl)))
-        return SoapSource(
+        documents = config.documents
+        return config.open(
             name=name,
-            query=SoapQuery(
-                wsdl=wsdl,
-                operation=config.operation,
-                record_path=config.record_path,
-                arguments=dict(config.arguments),
-                service=config.service,
-                port=config.port,
-                username=config.username,
-                password=config.password.get_secret_value() if config.password else None,
-                password_digest=config.password_digest,
-                timeout=config.timeout_seconds,
-                operation_timeout=config.operation_timeout_seconds,
-                attempts=config.attempts,
-                response_schema=settings.path(config.response_schema)
-                if config.response_schema
-                else None,
-                cursor_argument=config.cursor_argument,
-                cursor_field=config.cursor_field,
-                verify_tls=str(settings.path(config.ca_file)) if config.ca_file else True,
-            ),
-            documents=_soap_documents(settings, name, config),
+            resolve=settings.path,
+            documents=None
+            if documents is None
+            else documents.open(name=name, resolve=settings.path, max_document_bytes=limit),
         )
     raise ConfigError(
         "config.source_not_pulled",
         f"source {name!r} is pushed (kind api); it cannot be pulled",
         f"取込元「{name}」はAPIで受け付ける取込元のため、取得処理はありません。",
     )
-
-
-def _soap_documents(settings: Settings, name: str, config: SoapSourceSettings) -> Any:
-    """The transport a SOAP source reads documents named by path through (None: none)."""
-    documents = config.documents
-    limit = settings.limits.max_file_mb * 1024 * 1024
-    if isinstance(documents, SoapFolderDocumentsSettings):
-        folder = str(settings.path(documents.path))
-        return FolderSource(
-            name=name, directory=folder, csv_format=CsvFormat(), documents_dir=folder,
-            max_document_bytes=limit,
-        )  # fmt: skip
-    if isinstance(documents, SoapSftpDocumentsSettings):
-        endpoint = SftpEndpoint(
-            host=documents.host,
-            port=documents.port,
-            username=documents.username,
-            key_path=settings.path(documents.key_path),
-            known_hosts=settings.path(documents.known_hosts),
-            key_passphrase=documents.key_passphrase.get_secret_value()
-            if documents.key_passphrase
-            else None,
-            timeout=documents.timeout_seconds,
-        )
-        return SftpSource(
-            endpoint=endpoint, name=name, directory=documents.path, csv_format=CsvFormat(),
-            documents_dir=documents.path, max_document_bytes=limit,
-        )  # fmt: skip
-    return None
-
-
-def _read_lock(config: FolderSourceSettings | SftpSourceSettings) -> ReadLock:
-    lock = config.read_lock
-    return ReadLock(mode=lock.mode, interval=lock.interval_seconds, done_suffix=lock.done_suffix)
 
 
 def source_spec(settings: Settings, name: str) -> SourceSpec:
