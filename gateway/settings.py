@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from dotenv import dotenv_values
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -544,14 +545,12 @@ class Settings(BaseSettings):
 
 
 def _read_secrets_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        values[key.strip()] = value.strip()
-    return values
+    """NAME=value lines read as dotenv reads them (quotes removed, ``export`` and comments
+    allowed). Values are taken literally: no ``${OTHER}`` is expanded inside the file, so a
+    passphrase holding ``$`` is kept whole and nothing is read from the environment here. A
+    NAME without ``=`` is not set."""
+    values = dotenv_values(path, encoding="utf-8", interpolate=False)
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def _substitute(node: Any, lookup: Mapping[str, str], missing: set[str]) -> Any:
