@@ -21,6 +21,17 @@ from pydantic import BaseModel, ConfigDict
 from core.errors import GatewayError
 from core.outbound_types import Outbound
 
+__all__ = [
+    "Batch",
+    "ConnectorConfig",
+    "Provenance",
+    "RawRecord",
+    "Resolve",
+    "Sink",
+    "Source",
+    "verify_tls",
+]
+
 
 @dataclass(frozen=True)
 class Provenance:

@@ -22,6 +22,14 @@ from connectors.inbox import FileEntry, InboxConfig, InboxSource
 from core.errors import Disposition, SinkError, SourceError
 from core.outbound_types import Outbound
 
+__all__ = [
+    "FolderDocumentsConfig",
+    "FolderSink",
+    "FolderSinkConfig",
+    "FolderSource",
+    "FolderSourceConfig",
+]
+
 RECEIPTS = ".keiyaku-receipts"
 # A name the file system refuses will not be accepted on a retry either.
 _PERMANENT = {errno.ENAMETOOLONG, errno.EINVAL, errno.EILSEQ}

@@ -33,6 +33,8 @@ from connectors.base import ConnectorConfig, Resolve, Sink, verify_tls
 from core.errors import Disposition, SinkError
 from core.outbound_types import Outbound
 
+__all__ = ["RestSink", "RestSinkConfig", "signature"]
+
 RETRIABLE_STATUS = frozenset({408, 409, 425, 429})
 
 

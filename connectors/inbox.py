@@ -30,6 +30,8 @@ from connectors.csv import CsvFormat, PrefixedStream, encoding_hint, read_csv
 from core.errors import RecordError
 from core.timezone import JST
 
+__all__ = ["FileEntry", "InboxConfig", "InboxSource", "ReadLock", "ReadLockConfig"]
+
 log = logging.getLogger(__name__)
 _TEMPORARY_SUFFIXES = (".part", ".tmp", ".filepart", ".crdownload")
 _SNIFF_BYTES = 64 * 1024  # enough text to tell CP932 from UTF-8

@@ -40,6 +40,21 @@ from core.errors import ConfigError, Disposition, SinkError
 from core.model import GuaranteeKind
 from core.outbound_types import FACT_NAMES, Outbound, OutboundFile, PushContent, safe_name
 
+__all__ = [
+    "ContentConfig",
+    "ContentSpec",
+    "RecordConfig",
+    "RecordSpec",
+    "check_source",
+    "check_spec",
+    "check_template",
+    "encode_cp932",
+    "manifest",
+    "record_values",
+    "render_outbound",
+    "render_record",
+]
+
 RecordFormat = Literal["json", "xml", "csv"]
 ENCODINGS = ("utf-8", "utf-8-sig", "cp932")
 GUARANTEE_ATTRS = ("kind", "kind_ja", "contract_number", "issuer", "authentication_key")

@@ -28,6 +28,17 @@ from connectors.inbox import FileEntry, InboxConfig, InboxSource
 from core.errors import Disposition, GatewayError, SinkError, SourceError
 from core.outbound_types import Outbound
 
+__all__ = [
+    "SftpDocumentsConfig",
+    "SftpEndpoint",
+    "SftpEndpointConfig",
+    "SftpSink",
+    "SftpSinkConfig",
+    "SftpSource",
+    "SftpSourceConfig",
+    "open_sftp",
+]
+
 
 @dataclass(frozen=True)
 class SftpEndpoint:

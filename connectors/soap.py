@@ -51,6 +51,17 @@ from connectors.base import (
 from core.errors import Disposition, GatewayError, RecordError, SinkError, SourceError
 from core.outbound_types import Outbound
 
+__all__ = [
+    "MAX_RECORD_RETRIES",
+    "DocumentStore",
+    "SoapCall",
+    "SoapQuery",
+    "SoapSink",
+    "SoapSinkConfig",
+    "SoapSource",
+    "SoapSourceConfig",
+]
+
 log = logging.getLogger(__name__)
 
 

@@ -85,6 +85,48 @@ from core.text import multi_line, one_line
 from core.text_boxes import check_text_box
 from core.timezone import JST
 
+__all__ = [
+    "AUTH_ACCESS_CODE",
+    "AUTH_STAFF",
+    "AUTH_STAFF_TOTP",
+    "MB",
+    "DocumentInput",
+    "EnvelopeObserver",
+    "FieldInput",
+    "Limits",
+    "PartyInput",
+    "Runtime",
+    "action_ja",
+    "apply_pending_signature",
+    "approve",
+    "auth_method_ja",
+    "cancel_envelope",
+    "check_auth_method",
+    "check_authentication_means",
+    "check_documents",
+    "check_documents_kept",
+    "check_parties",
+    "check_party_can_act",
+    "check_party_values",
+    "check_staff_party",
+    "completion_certificate",
+    "create_envelope",
+    "current_documents",
+    "decline",
+    "discard_envelope_blobs",
+    "document_at",
+    "expire_envelope",
+    "get_envelope",
+    "get_party",
+    "party_auth_ja",
+    "read_document",
+    "record_approval",
+    "record_view",
+    "seal_envelope",
+    "send_envelope",
+    "store_revision",
+]
+
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
