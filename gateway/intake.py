@@ -3,16 +3,24 @@ built from the settings for the CLI, the API push and the scheduled jobs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from connectors.base import RawRecord, Source
 from connectors.csv import CsvFormat, read_csv
 from core.business_days import BusinessCalendar
 from core.drafts import SigningAuthority
 from core.errors import ConfigError, NotFoundError
-from core.intake import IntakePolicy, award_state_ja, waiting_reason
+from core.intake import (
+    IntakePolicy,
+    award_state_ja,
+    dismiss_award,
+    release_award,
+    set_award_access_code,
+    waiting_reason,
+)
 from core.timezone import JST
 from gateway.settings import (
     ApiSourceSettings,
@@ -22,7 +30,13 @@ from gateway.settings import (
     SoapSourceSettings,
 )
 from mapping import MappingSpecError, SourceMapping, load_mapping
-from schedules.sync import SourceSpec
+from schedules.sync import SourceSpec, remap_award
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from core.envelopes import Runtime
+    from core.model import Award
 
 SAMPLE_MAPPINGS = Path(__file__).parent / "mappings"
 
@@ -202,3 +216,79 @@ def award_json(award: Any) -> dict[str, Any]:
         "line": award.line,
         "updated_at": award.updated_at.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S JST"),
     }
+
+
+AwardAction = Literal["release", "remap", "set-code", "dismiss"]
+
+
+@dataclass(frozen=True)
+class AwardDecision:
+    """Staff's decision on one award, as the API, the CLI and the staff page take it: which
+    award, who decided, and what the action needs (the contractor staff confirmed for
+    ``release``, the signer's code for ``set-code``, the reason for ``dismiss``)."""
+
+    source: str
+    award_id: str
+    actor: str
+    contractor_id: str | None = None
+    code: str = ""
+    reason: str = ""
+
+
+def _policy(settings: Settings) -> IntakePolicy:
+    from gateway.runtime import access_code_policy
+
+    return policy(settings, access_codes=access_code_policy(settings))
+
+
+def _release(settings: Settings, runtime: Runtime, session: Session, d: AwardDecision) -> Award:
+    return release_award(
+        session=session, runtime=runtime, policy=_policy(settings), source=d.source,
+        award_id=d.award_id, actor=d.actor, contractor_id=d.contractor_id,
+    )  # fmt: skip
+
+
+def _remap(settings: Settings, runtime: Runtime, session: Session, d: AwardDecision) -> Award:
+    return remap_award(
+        session=session, runtime=runtime, policy=_policy(settings),
+        spec=configured_spec(settings, d.source), award_id=d.award_id, actor=d.actor,
+        authorities=authorities(settings),
+    )  # fmt: skip
+
+
+def _set_code(settings: Settings, runtime: Runtime, session: Session, d: AwardDecision) -> Award:
+    return set_award_access_code(
+        session=session, runtime=runtime, policy=_policy(settings), source=d.source,
+        award_id=d.award_id, actor=d.actor, code=d.code,
+    )  # fmt: skip
+
+
+def _dismiss(settings: Settings, runtime: Runtime, session: Session, d: AwardDecision) -> Award:
+    return dismiss_award(
+        session=session, runtime=runtime, source=d.source, award_id=d.award_id,
+        actor=d.actor, reason=d.reason,
+    )  # fmt: skip
+
+
+AWARD_ACTIONS: dict[AwardAction, Callable[[Settings, Runtime, Session, AwardDecision], Award]] = {
+    "release": _release,
+    "remap": _remap,
+    "set-code": _set_code,
+    "dismiss": _dismiss,
+}
+
+
+def decide_award(
+    *,
+    settings: Settings,
+    runtime: Runtime,
+    session: Session,
+    action: AwardAction,
+    decision: AwardDecision,
+) -> Award:
+    """Apply staff's decision on one award (audited by the service it calls) and commit:
+    release, re-map with the source's current mapping, set the signer's code and send, or
+    dismiss."""
+    award = AWARD_ACTIONS[action](settings, runtime, session, decision)
+    session.commit()
+    return award
