@@ -2,19 +2,35 @@
 
 Everything else a connector needs (names, closing, use as a context manager) is a default
 here, so a transport module implements one method. A shared contract test suite runs against every
-connector (``tests/contract``).
+connector (``tests/contract``). Each transport module also owns its settings: a
+:class:`ConnectorConfig` model with the keys its section of ``config.yaml`` takes, which
+``gateway/settings.py`` composes into the one settings object.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from pydantic import BaseModel, ConfigDict
+
 from core.errors import GatewayError
 from core.outbound_types import Outbound
+
+__all__ = [
+    "Batch",
+    "ConnectorConfig",
+    "Provenance",
+    "RawRecord",
+    "Resolve",
+    "Sink",
+    "Source",
+    "verify_tls",
+]
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,24 @@ class Batch:
 
     records: Iterator[RawRecord]
     cursor: Mapping[str, Any] = field(default_factory=dict)
+
+
+# Resolves a path from the config file (relative to the config's folder) to the one to open.
+Resolve = Callable[[Path], Path]
+
+
+class ConnectorConfig(BaseModel):
+    """A connector's settings as ``config.yaml`` gives them: unknown keys are refused and the
+    values are frozen. Paths stay as written until the connector is opened with a
+    :data:`Resolve`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def verify_tls(ca_file: Path | None, resolve: Resolve) -> bool | str:
+    """What an HTTP client verifies the server against: the configured CA bundle, or the
+    system's trust store."""
+    return str(resolve(ca_file)) if ca_file is not None else True
 
 
 class _Connector(abc.ABC):  # noqa: B024 - the subclasses add the abstract method

@@ -20,6 +20,8 @@ from typing import IO, Any
 from connectors.base import Provenance, RawRecord
 from core.errors import RecordError
 
+__all__ = ["CsvFormat", "PrefixedStream", "encoding_hint", "read_csv"]
+
 _ALIASES = {"shift_jis": "cp932", "shift-jis": "cp932", "sjis": "cp932", "s_jis": "cp932",
             "windows-31j": "cp932", "ms932": "cp932"}  # fmt: skip
 

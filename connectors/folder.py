@@ -13,13 +13,22 @@ import errno
 import os
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 from connectors._drop import DropPlan, temp_name, trigger_carries
-from connectors.base import Sink
-from connectors.inbox import FileEntry, InboxSource
+from connectors.base import ConnectorConfig, Resolve, Sink
+from connectors.csv import CsvFormat
+from connectors.inbox import FileEntry, InboxConfig, InboxSource
 from core.errors import Disposition, SinkError, SourceError
 from core.outbound_types import Outbound
+
+__all__ = [
+    "FolderDocumentsConfig",
+    "FolderSink",
+    "FolderSinkConfig",
+    "FolderSource",
+    "FolderSourceConfig",
+]
 
 RECEIPTS = ".keiyaku-receipts"
 # A name the file system refuses will not be accepted on a retry either.
@@ -167,3 +176,55 @@ class FolderSource(InboxSource):
     def _move(self, name: str, target_dir: str, target_name: str) -> None:
         Path(target_dir).mkdir(parents=True, exist_ok=True)
         os.replace(self._path(name), Path(target_dir) / target_name)
+
+
+class FolderSinkConfig(ConnectorConfig):
+    """A folder sink's settings (``sinks.NAME`` with ``kind: folder``)."""
+
+    kind: Literal["folder"]
+    path: Path
+    trigger: str | None = None
+    fsync: bool = True
+
+    def open(self, *, name: str, resolve: Resolve) -> FolderSink:
+        """The sink these settings describe."""
+        return FolderSink(
+            name=name, root=resolve(self.path), trigger=self.trigger, fsync=self.fsync
+        )
+
+
+class FolderSourceConfig(InboxConfig):
+    """A folder source's settings (``sources.NAME`` with ``kind: folder``)."""
+
+    kind: Literal["folder"]
+    path: Path
+    documents_dir: Path | None = None
+
+    def open(
+        self, *, name: str, resolve: Resolve, csv_format: CsvFormat, max_document_bytes: int
+    ) -> FolderSource:
+        """The source these settings describe, reading CSV files of ``csv_format``."""
+        return FolderSource(
+            name=name,
+            directory=str(resolve(self.path)),
+            csv_format=csv_format,
+            documents_dir=str(resolve(self.documents_dir)) if self.documents_dir else None,
+            max_document_bytes=max_document_bytes,
+            **self.inbox_options(),
+        )
+
+
+class FolderDocumentsConfig(ConnectorConfig):
+    """A local or mounted folder that documents named by path are read from (a SOAP source's
+    ``documents`` with ``kind: folder``)."""
+
+    kind: Literal["folder"]
+    path: Path
+
+    def open(self, *, name: str, resolve: Resolve, max_document_bytes: int) -> FolderSource:
+        """A source used only for :meth:`~connectors.inbox.InboxSource.fetch_document`."""
+        folder = str(resolve(self.path))
+        return FolderSource(
+            name=name, directory=folder, csv_format=CsvFormat(), documents_dir=folder,
+            max_document_bytes=max_document_bytes,
+        )  # fmt: skip

@@ -22,13 +22,18 @@ import hmac
 import json
 import time
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
 
 import httpx
+from pydantic import Field, SecretStr, model_validator
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from connectors.base import Sink
+from connectors.base import ConnectorConfig, Resolve, Sink, verify_tls
 from core.errors import Disposition, SinkError
 from core.outbound_types import Outbound
+
+__all__ = ["RestSink", "RestSinkConfig", "signature"]
 
 RETRIABLE_STATUS = frozenset({408, 409, 425, 429})
 
@@ -138,4 +143,34 @@ class RestSink(Sink):
             f"REST連携先がエラーを返しました(HTTP {status})。",
             disposition=Disposition.RETRIABLE if retriable else Disposition.FATAL,
             details={"status": status},
+        )
+
+
+class RestSinkConfig(ConnectorConfig):
+    """A REST sink's settings (``sinks.NAME`` with ``kind: rest``)."""
+
+    kind: Literal["rest"]
+    url: str
+    hmac_secret: SecretStr
+    timeout_seconds: float = Field(default=30, gt=0)
+    attempts: int = Field(default=3, ge=1, le=10)
+    ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_rest(self) -> RestSinkConfig:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        if len(self.hmac_secret.get_secret_value()) < 16:
+            raise ValueError("hmac_secret must be at least 16 characters")
+        return self
+
+    def open(self, *, name: str, resolve: Resolve) -> RestSink:
+        """The sink these settings describe."""
+        return RestSink(
+            name=name,
+            url=self.url,
+            hmac_secret=self.hmac_secret.get_secret_value().encode(),
+            timeout=self.timeout_seconds,
+            attempts=self.attempts,
+            verify_tls=verify_tls(self.ca_file, resolve),
         )

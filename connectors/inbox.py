@@ -23,10 +23,14 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
-from connectors.base import Batch, RawRecord, Source
+from pydantic import Field
+
+from connectors.base import Batch, ConnectorConfig, RawRecord, Source
 from connectors.csv import CsvFormat, PrefixedStream, encoding_hint, read_csv
 from core.errors import RecordError
 from core.timezone import JST
+
+__all__ = ["FileEntry", "InboxConfig", "InboxSource", "ReadLock", "ReadLockConfig"]
 
 log = logging.getLogger(__name__)
 _TEMPORARY_SUFFIXES = (".part", ".tmp", ".filepart", ".crdownload")
@@ -58,6 +62,37 @@ class ReadLock:
     mode: Literal["stable", "done_file", "none"] = "stable"
     interval: float = 5.0
     done_suffix: str = ".done"
+
+
+class ReadLockConfig(ConnectorConfig):
+    """The ``read_lock`` settings of an inbox source (see :class:`ReadLock`)."""
+
+    mode: Literal["stable", "done_file", "none"] = "stable"
+    interval_seconds: float = Field(default=5, ge=0, le=3600)
+    done_suffix: str = Field(default=".done", min_length=1)
+
+    def read_lock(self) -> ReadLock:
+        """The read lock these settings describe."""
+        return ReadLock(
+            mode=self.mode, interval=self.interval_seconds, done_suffix=self.done_suffix
+        )
+
+
+class InboxConfig(ConnectorConfig):
+    """What every inbox source's settings hold besides its transport: which files are read,
+    when one is complete, and where it goes once its records are committed."""
+
+    pattern: str = "*.csv"
+    read_lock: ReadLockConfig = ReadLockConfig()
+    processed_dir: str | None = "processed"
+
+    def inbox_options(self) -> dict[str, Any]:
+        """The :class:`InboxSource` keyword arguments these settings give."""
+        return {
+            "pattern": self.pattern,
+            "read_lock": self.read_lock.read_lock(),
+            "processed_dir": self.processed_dir,
+        }
 
 
 class InboxSource(Source, abc.ABC):

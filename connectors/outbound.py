@@ -32,11 +32,28 @@ from pathlib import Path
 from typing import Any, Literal
 
 import xmlschema
+from pydantic import Field
 
+from connectors.base import ConnectorConfig, Resolve
 from core.csv_export import SafeCsvWriter, neutralise
 from core.errors import ConfigError, Disposition, SinkError
 from core.model import GuaranteeKind
 from core.outbound_types import FACT_NAMES, Outbound, OutboundFile, PushContent, safe_name
+
+__all__ = [
+    "ContentConfig",
+    "ContentSpec",
+    "RecordConfig",
+    "RecordSpec",
+    "check_source",
+    "check_spec",
+    "check_template",
+    "encode_cp932",
+    "manifest",
+    "record_values",
+    "render_outbound",
+    "render_record",
+]
 
 RecordFormat = Literal["json", "xml", "csv"]
 ENCODINGS = ("utf-8", "utf-8-sig", "cp932")
@@ -110,6 +127,64 @@ class ContentSpec:
         return any(
             source.endswith(".authentication_key") or source == "guarantees_with_keys"
             for source in self.record.fields.values()
+        )
+
+
+class RecordConfig(ConnectorConfig):
+    """The ``content.record`` settings of a sink (see :class:`RecordSpec`)."""
+
+    format: RecordFormat = "json"
+    name: str = "{management_number}.{ext}"
+    encoding: Literal["utf-8", "utf-8-sig", "cp932"] = "utf-8"
+    attach: bool = True
+    header: bool = True
+    xml_root: str = "contract"
+    xsd: Path | None = None
+    date_format: str = "%Y-%m-%d"
+    fields: dict[str, str] = Field(min_length=1)
+
+
+class ContentConfig(ConnectorConfig):
+    """The ``content`` settings of a sink: what it is sent (see :class:`ContentSpec`)."""
+
+    documents: bool = True
+    document_name: str = "{management_number}_{document}.pdf"
+    certificate: bool = True
+    certificate_name: str = "{management_number}_締結証明書.pdf"
+    directory: str = ""
+    record: RecordConfig | None = None
+    renewed_document_name: str = "{management_number}_{document}_r{version}.pdf"
+    update_record_name: str = "{management_number}_update{version}.{ext}"
+
+    def spec(self, resolve: Resolve | None) -> ContentSpec:
+        """The content these settings describe, the record's XSD resolved with ``resolve``
+        (None: left out, for checking the templates and fields before the config folder is
+        known)."""
+        record = self.record
+        xsd = None
+        if record is not None and record.xsd is not None and resolve is not None:
+            xsd = resolve(record.xsd)
+        return ContentSpec(
+            documents=self.documents,
+            document_name=self.document_name,
+            certificate=self.certificate,
+            certificate_name=self.certificate_name,
+            directory=self.directory,
+            renewed_document_name=self.renewed_document_name,
+            update_record_name=self.update_record_name,
+            record=None
+            if record is None
+            else RecordSpec(
+                format=record.format,
+                fields=dict(record.fields),
+                name=record.name,
+                encoding=record.encoding,
+                attach=record.attach,
+                header=record.header,
+                xml_root=record.xml_root,
+                xsd=xsd,
+                date_format=record.date_format,
+            ),
         )
 
 

@@ -16,15 +16,28 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import paramiko
+from pydantic import Field, SecretStr
 
 from connectors._drop import DropPlan, temp_name, trigger_carries
-from connectors.base import Sink
-from connectors.inbox import FileEntry, InboxSource
+from connectors.base import ConnectorConfig, Resolve, Sink
+from connectors.csv import CsvFormat
+from connectors.inbox import FileEntry, InboxConfig, InboxSource
 from core.errors import Disposition, GatewayError, SinkError, SourceError
 from core.outbound_types import Outbound
+
+__all__ = [
+    "SftpDocumentsConfig",
+    "SftpEndpoint",
+    "SftpEndpointConfig",
+    "SftpSink",
+    "SftpSinkConfig",
+    "SftpSource",
+    "SftpSourceConfig",
+    "open_sftp",
+]
 
 
 @dataclass(frozen=True)
@@ -550,3 +563,79 @@ class SftpSource(InboxSource):
             )
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise self._failed(f"moving {name}", exc) from exc
+
+
+class SftpEndpointConfig(ConnectorConfig):
+    """The connection settings every SFTP sink and source has: the server, the key-only login
+    and the known_hosts file its host key must be in."""
+
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str
+    key_path: Path
+    key_passphrase: SecretStr | None = None
+    known_hosts: Path
+    timeout_seconds: float = Field(default=15, gt=0)
+
+    def endpoint(self, resolve: Resolve) -> SftpEndpoint:
+        """The endpoint these settings describe, with their files resolved."""
+        return SftpEndpoint(
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            key_path=resolve(self.key_path),
+            known_hosts=resolve(self.known_hosts),
+            key_passphrase=self.key_passphrase.get_secret_value() if self.key_passphrase else None,
+            timeout=self.timeout_seconds,
+        )
+
+
+class SftpSinkConfig(SftpEndpointConfig):
+    """An SFTP sink's settings (``sinks.NAME`` with ``kind: sftp``)."""
+
+    kind: Literal["sftp"]
+    path: str
+    trigger: str | None = None
+
+    def open(self, *, name: str, resolve: Resolve) -> SftpSink:
+        """The sink these settings describe."""
+        return SftpSink(
+            name=name, endpoint=self.endpoint(resolve), root=self.path, trigger=self.trigger
+        )
+
+
+class SftpSourceConfig(InboxConfig, SftpEndpointConfig):
+    """An SFTP source's settings (``sources.NAME`` with ``kind: sftp``)."""
+
+    kind: Literal["sftp"]
+    path: str
+    documents_dir: str | None = None
+
+    def open(
+        self, *, name: str, resolve: Resolve, csv_format: CsvFormat, max_document_bytes: int
+    ) -> SftpSource:
+        """The source these settings describe, reading CSV files of ``csv_format``."""
+        return SftpSource(
+            endpoint=self.endpoint(resolve),
+            name=name,
+            directory=self.path,
+            csv_format=csv_format,
+            documents_dir=self.documents_dir,
+            max_document_bytes=max_document_bytes,
+            **self.inbox_options(),
+        )
+
+
+class SftpDocumentsConfig(SftpEndpointConfig):
+    """An SFTP folder that documents named by path are read from (a SOAP source's
+    ``documents`` with ``kind: sftp``)."""
+
+    kind: Literal["sftp"]
+    path: str
+
+    def open(self, *, name: str, resolve: Resolve, max_document_bytes: int) -> SftpSource:
+        """A source used only for :meth:`~connectors.inbox.InboxSource.fetch_document`."""
+        return SftpSource(
+            endpoint=self.endpoint(resolve), name=name, directory=self.path,
+            csv_format=CsvFormat(), documents_dir=self.path, max_document_bytes=max_document_bytes,
+        )  # fmt: skip

@@ -23,6 +23,20 @@ from core.audit import record_event
 from core.errors import AuthError, NotFoundError, StaffError
 from core.model import ApiClient, Envelope, Party, Staff, StaffRole, VisibilityScope
 
+__all__ = [
+    "check_client_network",
+    "chooses_department",
+    "department_for_new_envelope",
+    "get_visible_envelope",
+    "has_role",
+    "require_role",
+    "roles_of",
+    "scope_clause",
+    "scope_for",
+    "set_client_networks",
+    "visible_envelopes",
+]
+
 
 def roles_of(staff: Staff) -> frozenset[StaffRole]:
     """The roles a staff member holds (unknown names in the stored list are ignored)."""

@@ -25,6 +25,21 @@ from core.model import AddressBookEntry, Staff, StaffRole
 from core.staff import check_email, check_name, import_columns, read_import_rows
 from core.text import multi_line, one_line
 
+__all__ = [
+    "Contact",
+    "ContactImportPlan",
+    "add_contact",
+    "apply_import",
+    "check_contact",
+    "count_contacts",
+    "delete_contact",
+    "export_csv",
+    "get_contact",
+    "list_contacts",
+    "plan_import",
+    "update_contact",
+]
+
 # Import headers, Japanese or English, and the order of the export.
 _HEADERS = {
     "会社名": "company",

@@ -45,6 +45,7 @@ from core.states import EnvelopeState
 from core.timezone import JST
 
 __all__ = [
+    "PlannedRenewal",
     "RenewalObserver",
     "RenewalPlan",
     "RenewalPolicy",

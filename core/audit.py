@@ -29,6 +29,18 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from core.model import AuditChainHead, AuditEvent, utcnow
 
+__all__ = [
+    "SETTINGS_ACTION",
+    "ChainReport",
+    "canonical_event",
+    "chain_link",
+    "iter_events",
+    "list_events",
+    "record_event",
+    "record_settings",
+    "verify_chain",
+]
+
 GENESIS_HASH = "0" * 64
 _HEAD_ID = 1
 _PENDING = "keiyaku.audit_pending"

@@ -21,6 +21,8 @@ from core.audit import record_event
 from core.blobs import BlobStore, blob_path
 from core.model import AwardDocument, Document, DocumentRevision, Envelope, GuaranteeReference
 
+__all__ = ["OrphanBlob", "SweepReport", "referenced_blob_ids", "sweep_orphans"]
+
 log = logging.getLogger(__name__)
 
 

@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 from core.errors import BlobError, ConfigError, storage_error
 
+__all__ = ["BlobStore", "blob_path", "fsync_folder"]
+
 MAGIC = b"KGB1"
 _FINGERPRINT_LEN = 8
 _WRAPPED_LEN = 40

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import jpholiday
 
+__all__ = ["BusinessCalendar"]
+
 
 def _year_end(day: dt.date) -> bool:
     return (day.month == 12 and day.day >= 29) or (day.month == 1 and day.day <= 3)

@@ -23,6 +23,22 @@ from core.errors import InputError, NotFoundError, StateError
 from core.model import Contractor, UsageRequest, utcnow
 from core.timezone import JST
 
+__all__ = [
+    "CONSTRUCTION",
+    "CONTRACT_TYPES",
+    "CONTRACT_TYPE_JA",
+    "check_contract_type",
+    "consent_json",
+    "consented_on",
+    "current_consent",
+    "get_consent",
+    "has_withdrawn",
+    "list_consents",
+    "measures_of",
+    "require_consent",
+    "withdraw_consent",
+]
+
 CONSTRUCTION = "construction"
 CONTRACT_TYPES = (CONSTRUCTION, "other")
 CONTRACT_TYPE_JA = {CONSTRUCTION: "建設工事", "other": "建設工事以外"}

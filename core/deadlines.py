@@ -22,6 +22,8 @@ from core.model import Award, AwardState, Envelope
 from core.outbox import enqueue
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState
 
+__all__ = ["NOTICE_TARGET", "DeadlineReport", "check_deadlines"]
+
 NOTICE_TARGET = "notice"
 
 

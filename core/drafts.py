@@ -15,6 +15,19 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
+__all__ = [
+    "ContractorDraft",
+    "ContractorRef",
+    "DocumentRef",
+    "Draft",
+    "EnvelopeDraft",
+    "FieldDraft",
+    "LineError",
+    "PartyDraft",
+    "SigningAuthority",
+    "UsageRequestDraft",
+]
+
 PartySource = Literal["fixed", "contractor", "signing_authority"]
 
 

@@ -42,7 +42,14 @@ from core.audit import record_event
 from core.blobs import BlobStore
 from core.certificate_facts import DocumentCheck, check_document, issue_certificate, operation_via
 from core.consent import check_contract_type, require_consent
-from core.errors import Disposition, DocumentError, GatewayError, NotFoundError, StateError
+from core.errors import (
+    Disposition,
+    DocumentError,
+    GatewayError,
+    InputError,
+    NotFoundError,
+    StateError,
+)
 from core.model import (
     AccessCode,
     Document,
@@ -84,6 +91,48 @@ from core.states import (
 from core.text import multi_line, one_line
 from core.text_boxes import check_text_box
 from core.timezone import JST
+
+__all__ = [
+    "AUTH_ACCESS_CODE",
+    "AUTH_STAFF",
+    "AUTH_STAFF_TOTP",
+    "MB",
+    "DocumentInput",
+    "EnvelopeObserver",
+    "FieldInput",
+    "Limits",
+    "PartyInput",
+    "Runtime",
+    "action_ja",
+    "apply_pending_signature",
+    "approve",
+    "auth_method_ja",
+    "cancel_envelope",
+    "check_auth_method",
+    "check_authentication_means",
+    "check_documents",
+    "check_documents_kept",
+    "check_parties",
+    "check_party_can_act",
+    "check_party_values",
+    "check_staff_party",
+    "completion_certificate",
+    "create_envelope",
+    "current_documents",
+    "decline",
+    "discard_envelope_blobs",
+    "document_at",
+    "expire_envelope",
+    "get_envelope",
+    "get_party",
+    "party_auth_ja",
+    "read_document",
+    "record_approval",
+    "record_view",
+    "seal_envelope",
+    "send_envelope",
+    "store_revision",
+]
 
 log = logging.getLogger(__name__)
 
@@ -228,20 +277,20 @@ def _check_limits(documents: Sequence[DocumentInput], limits: Limits) -> None:
 
 def _check_parties(parties: Sequence[PartyInput], limits: Limits) -> None:
     if not any(p.role in _SIGNING_ROLES for p in parties):
-        raise StateError(
+        raise InputError(
             "envelope.no_signer",
             "an envelope needs at least one approver or signer",
             "承認者または署名者を1人以上指定してください。",
         )
     if len(parties) > limits.max_parties:
-        raise StateError(
+        raise InputError(
             "envelope.too_many_parties",
             f"{len(parties)} parties given; at most {limits.max_parties}",
             f"署名者は{limits.max_parties}人までです。",
         )
     for index, party in enumerate(parties):
         if not party.name.strip() or not _EMAIL.fullmatch(party.email.strip()):
-            raise StateError(
+            raise InputError(
                 "envelope.bad_party",
                 f"party {index + 1} needs a name and an e-mail address",
                 f"{index + 1}番目の署名者の氏名とメールアドレスを入力してください。",
@@ -257,7 +306,7 @@ def _staff_accounts(session: Session, parties: Sequence[PartyInput]) -> list[Sta
             accounts.append(None)
             continue
         if party.role not in _SIGNING_ROLES:
-            raise StateError(
+            raise InputError(
                 "envelope.bad_party",
                 f"party {index + 1} is a cc and cannot be bound to a staff account",
                 f"{index + 1}番目の署名者はCC(写し送付先)のため、職員の署名には指定できません。",
@@ -278,7 +327,7 @@ def check_staff_party(*, session: Session, email: str) -> Staff:
     email = email.strip().lower()
     staff = session.scalars(select(Staff).where(Staff.email == email)).first()
     if staff is None or staff.disabled:
-        raise StateError(
+        raise InputError(
             "envelope.party_not_staff",
             f"no enabled staff account has the e-mail {email}",
             f"{email} は職員として登録されていないか、無効になっています。"
@@ -313,7 +362,7 @@ def check_authentication_means(*, session: Session, envelope: Envelope) -> None:
                 continue
             problem_en = "it has no access code and is not bound to a staff account"
             problem_ja = "アクセスコードが設定されておらず、職員にも指定されていません"
-        raise StateError(
+        raise InputError(
             "envelope.party_cannot_authenticate",
             f"party {party.routing_order} ({party.email}) cannot authenticate: {problem_en}",
             f"{party.routing_order}番目の署名者({party.name})は本人確認の手段がないため、"
@@ -352,8 +401,8 @@ def check_parties(*, runtime: Runtime, parties: Sequence[PartyInput]) -> None:
     _check_parties(parties, runtime.limits)
 
 
-def _field_error(index: int, message_en: str, message_ja: str) -> StateError:
-    return StateError(
+def _field_error(index: int, message_en: str, message_ja: str) -> InputError:
+    return InputError(
         "envelope.bad_field",
         f"field {index + 1}: {message_en}",
         f"{index + 1}番目のテキストボックス: {message_ja}",
@@ -448,7 +497,7 @@ def create_envelope(
     check_contract_type(contract_type)
     require_consent(session=session, contract_type=contract_type, consent_id=consent_id)
     if not title:
-        raise StateError(
+        raise InputError(
             "envelope.no_title", "an envelope needs a title", "件名を入力してください。"
         )
     limits = runtime.limits
@@ -813,7 +862,7 @@ def _check_values(party: Party, values: Mapping[str, str]) -> dict[str, str]:
     own = {f.id: f for f in party.fields}
     unknown = sorted(set(values) - set(own))
     if unknown:
-        raise StateError(
+        raise InputError(
             "envelope.foreign_field",
             f"fields {unknown} do not belong to this party",
             "入力できないテキストボックスが指定されました。",
@@ -823,14 +872,14 @@ def _check_values(party: Party, values: Mapping[str, str]) -> dict[str, str]:
     for field_id, f in own.items():
         value = (values.get(field_id) or "").strip()
         if f.required and not value:
-            raise StateError(
+            raise InputError(
                 "envelope.field_required",
                 f"field {f.label!r} is required",
                 f"「{f.label}」を入力してください。",
                 details={"field": field_id},
             )
         if len(value) > f.max_length:
-            raise StateError(
+            raise InputError(
                 "envelope.field_too_long",
                 f"field {f.label!r} takes at most {f.max_length} characters",
                 f"「{f.label}」は{f.max_length}文字以内で入力してください。",
@@ -845,7 +894,7 @@ def check_auth_method(party: Party, auth_method: str) -> None:
     used: a staff-bound party signs only from the staff pages, any other only by link + code."""
     allowed = STAFF_AUTH_METHODS if party.staff_id is not None else LINK_AUTH_METHODS
     if auth_method not in allowed:
-        raise StateError(
+        raise InputError(
             "envelope.bad_auth_method",
             f"party {party.routing_order} cannot have authenticated by {auth_method!r} "
             f"(expected one of {sorted(allowed)})",
@@ -1212,7 +1261,7 @@ def decline(
     _require_current(party)
     reason = multi_line(reason, field="reason", label_ja="却下理由")
     if not reason:
-        raise StateError(
+        raise InputError(
             "envelope.decline_reason_required",
             "a decline needs a reason",
             "却下する理由を入力してください。",
@@ -1251,7 +1300,7 @@ def cancel_envelope(
     envelope = get_envelope(session=session, envelope_id=envelope_id)
     check_envelope_transition(envelope.state, EnvelopeState.CANCELLED)
     if not reason.strip():
-        raise StateError(
+        raise InputError(
             "envelope.cancel_reason_required",
             "a cancel needs a reason",
             "取り消す理由を入力してください。",

@@ -55,6 +55,27 @@ import enum
 import errno
 from typing import Any
 
+__all__ = [
+    "AuthError",
+    "BackupError",
+    "BlobError",
+    "ConfigError",
+    "Disposition",
+    "DocumentError",
+    "GatewayError",
+    "GuaranteeError",
+    "InfrastructureError",
+    "InputError",
+    "NotFoundError",
+    "RecordError",
+    "SigningError",
+    "SinkError",
+    "SourceError",
+    "StaffError",
+    "StateError",
+    "storage_error",
+]
+
 
 class Disposition(enum.Enum):
     """What a caller should do with an error."""

@@ -38,6 +38,24 @@ from core.model import Amendment, Envelope, GuaranteeKind, GuaranteeReference, u
 from core.rendering import RenderBudget, RenderPool
 from core.states import EnvelopeState
 
+__all__ = [
+    "KIND_JA",
+    "MAX_NOTICE_BYTES",
+    "GuaranteeInput",
+    "GuaranteeObserver",
+    "NoticeFields",
+    "add_guarantee",
+    "authentication_key",
+    "import_notice",
+    "list_guarantees",
+    "masked_key",
+    "normalize_text",
+    "parse_kind",
+    "read_notice",
+    "remove_guarantee",
+    "verify_guarantee",
+]
+
 log = logging.getLogger(__name__)
 
 KIND_JA: dict[GuaranteeKind, str] = {

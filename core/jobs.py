@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 
 from core.model import JobRun, utcnow
 
+__all__ = ["claim_job_run", "finish_job_run", "list_job_runs"]
+
 
 def claim_job_run(
     *, session: Session, job_id: str, fire_time: dt.datetime, node: str

@@ -31,6 +31,7 @@ __all__ = [
     "MailObserver",
     "attachments_fit",
     "is_carrier_address",
+    "planned_mails",
 ]
 
 MAIL_TARGET = "mail"

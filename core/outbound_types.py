@@ -16,6 +16,16 @@ from typing import Any
 
 from core.errors import Disposition, SinkError
 
+__all__ = [
+    "FACT_NAMES",
+    "GuaranteeRecord",
+    "Outbound",
+    "OutboundFile",
+    "PushContent",
+    "PushDocument",
+    "safe_name",
+]
+
 _UNSAFE_NAME = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
 
 

@@ -31,6 +31,23 @@ from core.errors import GatewayError, InputError, NotFoundError
 from core.model import Delivery, utcnow
 from core.states import DeliveryState
 
+__all__ = [
+    "DispatchResult",
+    "Handler",
+    "RetryPolicy",
+    "claim",
+    "count_deliveries",
+    "dispatch",
+    "enqueue",
+    "get_delivery",
+    "list_deliveries",
+    "list_targets",
+    "mark_delivered",
+    "mark_failed",
+    "release_leases",
+    "retry_dead",
+]
+
 log = logging.getLogger(__name__)
 
 

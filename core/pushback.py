@@ -44,6 +44,15 @@ from core.outbox import enqueue
 from core.states import DeliveryState, EnvelopeState
 from core.timezone import JST
 
+__all__ = [
+    "PushbackObserver",
+    "Subscription",
+    "assemble_content",
+    "delivery_key",
+    "guarantee_update_key",
+    "renewal_key",
+]
+
 log = logging.getLogger(__name__)
 
 # Envelope events a sink can subscribe to, by their short names.

@@ -34,12 +34,7 @@ from typing import Any
 
 from core.errors import DocumentError
 
-__all__ = [
-    "PageGeometry",
-    "RenderBudget",
-    "RenderPool",
-    "bitmap_scale",
-]
+__all__ = ["PageGeometry", "RenderBudget", "RenderPool", "bitmap_scale", "page_geometry"]
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,8 @@ from core.model import Envelope, Staff
 from core.states import EnvelopeState
 from core.timezone import JST
 
+__all__ = ["MonthRow", "month_bounds", "monthly_report", "parse_month", "previous_months"]
+
 NO_DEPARTMENT = "(未設定)"
 
 

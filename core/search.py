@@ -31,6 +31,19 @@ from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, PartyRole, Party
 from core.text import without_controls
 from core.timezone import JST
 
+__all__ = [
+    "EnvelopeQuery",
+    "SearchPage",
+    "conditions",
+    "encode_csv",
+    "export_envelopes",
+    "parse_query",
+    "records_csv",
+    "search_envelopes",
+    "search_statement",
+    "waiting_on",
+]
+
 MAX_PER_PAGE = 200
 # An export (CSV) holds every match, up to this many rows.
 MAX_EXPORT = 100_000

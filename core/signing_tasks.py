@@ -24,6 +24,18 @@ from core.model import Delivery, Envelope, Party, utcnow
 from core.outbox import RetryPolicy, enqueue
 from core.states import DeliveryState, EnvelopeState, PartyState
 
+__all__ = [
+    "SIGNING_RETRY",
+    "SIGNING_TARGET",
+    "claim_task",
+    "close_task",
+    "enqueue_missing",
+    "enqueue_seal",
+    "enqueue_signature",
+    "seal_key",
+    "signature_key",
+]
+
 SIGNING_TARGET = "signing"
 
 #: A committed approval must end signed: no task goes dead for a transient fault, however long

@@ -26,6 +26,15 @@ from core.outbox import DispatchResult, RetryPolicy, dispatch
 from core.signing_tasks import SIGNING_RETRY, SIGNING_TARGET, enqueue_missing
 from core.states import DeliveryState, EnvelopeState, PartyState
 
+__all__ = [
+    "WaitingSignature",
+    "list_waiting",
+    "process",
+    "process_until_idle",
+    "run_task",
+    "waiting_ages",
+]
+
 log = logging.getLogger(__name__)
 
 

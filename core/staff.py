@@ -36,6 +36,37 @@ from core.model import Staff, StaffRole, VisibilityScope, utcnow
 from core.staff_sessions import end_staff_sessions
 from core.text import has_no_controls, one_line, printable
 
+__all__ = [
+    "MAX_IMPORT_BYTES",
+    "ImportPlan",
+    "LoginOutcome",
+    "PasswordPolicy",
+    "StaffLine",
+    "add_staff",
+    "apply_import",
+    "authenticate",
+    "check_department",
+    "check_email",
+    "check_name",
+    "check_password",
+    "decode_import",
+    "disable_totp",
+    "enable_totp",
+    "get_staff",
+    "hash_password",
+    "import_columns",
+    "list_staff",
+    "parse_roles",
+    "parse_scope",
+    "plan_import",
+    "read_import_rows",
+    "refuse_bad_lines",
+    "roles_ja",
+    "scope_ja",
+    "set_password",
+    "update_staff",
+]
+
 # argon2-cffi's defaults are argon2id with the RFC 9106 "low memory" parameters.
 _HASHER = PasswordHasher()
 # Verified against when the e-mail is unknown, so both answers take the same time.

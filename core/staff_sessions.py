@@ -24,6 +24,17 @@ from sqlalchemy.orm import Session
 from core.audit import record_event
 from core.model import Staff, StaffSession, utcnow
 
+__all__ = [
+    "KEEP_ENDED",
+    "SessionPolicy",
+    "count_live_sessions",
+    "end_session",
+    "end_staff_sessions",
+    "purge_sessions",
+    "resume_session",
+    "start_session",
+]
+
 # How long a session row is kept after it ended or lapsed (for looking into an incident).
 KEEP_ENDED = dt.timedelta(days=7)
 

@@ -30,6 +30,21 @@ from collections.abc import Mapping
 
 from core.errors import StateError
 
+__all__ = [
+    "ACTIONABLE_PARTY_STATES",
+    "ENVELOPE_TRANSITIONS",
+    "PARTY_TRANSITIONS",
+    "DeliveryState",
+    "EnvelopeState",
+    "PartyRole",
+    "PartyState",
+    "check_envelope_transition",
+    "check_party_transition",
+    "envelope_state_ja",
+    "party_role_ja",
+    "party_state_ja",
+]
+
 
 class EnvelopeState(enum.StrEnum):
     """Where one signing case stands."""

@@ -17,6 +17,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import InfrastructureError
 
+__all__ = [
+    "alembic_config",
+    "create_database_engine",
+    "database_error",
+    "known_revisions",
+    "make_session_factory",
+    "migrate",
+    "schema_is_current",
+    "schema_revisions",
+    "transaction",
+]
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 

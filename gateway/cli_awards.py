@@ -7,12 +7,15 @@ also given in Japanese); times are JST. Every decision is audited with the CLI u
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from core.timezone import JST
 from gateway._cli import actor, with_gateway
+
+if TYPE_CHECKING:
+    from gateway.intake import AwardAction
 
 
 def _jst(value: Any) -> str | None:
@@ -70,6 +73,27 @@ def awards_list(obj: Any, state: str, source: str | None, limit: int, as_json: b
     click.echo(f"{len(items)} awards")
 
 
+def _decide(
+    obj: Any, action: AwardAction, source: str, award_id: str, **needs: Any
+) -> dict[str, Any]:
+    """One staff decision from the command line, audited with the CLI user as actor; the award
+    as ``awards list --json`` shows it."""
+    from gateway.intake import AwardDecision, award_json, decide_award
+
+    decision = AwardDecision(source=source, award_id=award_id, actor=actor(), **needs)
+    with with_gateway(obj) as gateway, gateway.sessions() as session:
+        award = decide_award(
+            settings=gateway.settings, runtime=gateway.runtime, session=session,
+            action=action, decision=decision,
+        )  # fmt: skip
+        return award_json(award)
+
+
+def _still_waiting(out: dict[str, Any]) -> str:
+    why = out["waiting"]
+    return f" (still waiting: {why['code']}: {why['reason']})" if why else ""
+
+
 @awards.command("release")
 @click.argument("source")
 @click.argument("award_id")
@@ -79,29 +103,8 @@ def awards_list(obj: Any, state: str, source: str | None, limit: int, as_json: b
 @click.pass_obj
 def awards_release(obj: Any, source: str, award_id: str, contractor_id: str | None) -> None:
     """Release a waiting or held award (audited): its envelope is made when it is ready."""
-    from core.intake import release_award
-    from gateway import intake
-    from gateway.intake import award_json
-    from gateway.runtime import access_code_policy
-
-    with with_gateway(obj) as gateway, gateway.sessions() as session:
-        settings = gateway.settings
-        award = release_award(
-            session=session,
-            runtime=gateway.runtime,
-            policy=intake.policy(settings, access_codes=access_code_policy(settings)),
-            source=source,
-            award_id=award_id,
-            actor=actor(),
-            contractor_id=contractor_id,
-        )
-        session.commit()
-        out = award_json(award)
-    why = out["waiting"]
-    click.echo(
-        f"{source}:{award_id}: {out['state']}"
-        + (f" (still waiting: {why['code']}: {why['reason']})" if why else "")
-    )
+    out = _decide(obj, "release", source, award_id, contractor_id=contractor_id)
+    click.echo(f"{source}:{award_id}: {out['state']}" + _still_waiting(out))
 
 
 @awards.command("dismiss")
@@ -111,15 +114,8 @@ def awards_release(obj: Any, source: str, award_id: str, contractor_id: str | No
 @click.pass_obj
 def awards_dismiss(obj: Any, source: str, award_id: str, reason: str) -> None:
     """Dismiss a waiting award (or drop a change that arrived after sending), audited."""
-    from core.intake import dismiss_award
-
-    with with_gateway(obj) as gateway, gateway.sessions() as session:
-        award = dismiss_award(
-            session=session, runtime=gateway.runtime, source=source, award_id=award_id,
-            actor=actor(), reason=reason,
-        )  # fmt: skip
-        session.commit()
-        click.echo(f"{source}:{award_id}: {award.state.value}")
+    out = _decide(obj, "dismiss", source, award_id, reason=reason)
+    click.echo(f"{source}:{award_id}: {out['state']}")
 
 
 @awards.command("remap")
@@ -129,29 +125,8 @@ def awards_dismiss(obj: Any, source: str, award_id: str, reason: str) -> None:
 def awards_remap(obj: Any, source: str, award_id: str) -> None:
     """Re-map a waiting award: apply the source's current mapping to the record kept on it
     (after the mapping was fixed), audited; its envelope is made when it is ready."""
-    from gateway import intake
-    from gateway.intake import award_json
-    from gateway.runtime import access_code_policy
-    from schedules.sync import remap_award
-
-    with with_gateway(obj) as gateway, gateway.sessions() as session:
-        settings = gateway.settings
-        award = remap_award(
-            session=session,
-            runtime=gateway.runtime,
-            policy=intake.policy(settings, access_codes=access_code_policy(settings)),
-            spec=intake.configured_spec(settings, source),
-            award_id=award_id,
-            actor=actor(),
-            authorities=intake.authorities(settings),
-        )
-        session.commit()
-        out = award_json(award)
-    why = out["waiting"]
-    click.echo(
-        f"{source}:{award_id}: re-mapped, {out['state']}"
-        + (f" (still waiting: {why['code']}: {why['reason']})" if why else "")
-    )
+    out = _decide(obj, "remap", source, award_id)
+    click.echo(f"{source}:{award_id}: re-mapped, {out['state']}" + _still_waiting(out))
 
 
 @awards.command("set-code")
@@ -168,23 +143,8 @@ def awards_remap(obj: Any, source: str, award_id: str) -> None:
 def awards_set_code(obj: Any, source: str, award_id: str, code: str) -> None:
     """Set the access code of an award waiting with アクセスコード未設定 and send its
     envelope (audited)."""
-    from core.intake import set_award_access_code
-    from gateway import intake
-    from gateway.runtime import access_code_policy
-
-    with with_gateway(obj) as gateway, gateway.sessions() as session:
-        settings = gateway.settings
-        award = set_award_access_code(
-            session=session,
-            runtime=gateway.runtime,
-            policy=intake.policy(settings, access_codes=access_code_policy(settings)),
-            source=source,
-            award_id=award_id,
-            actor=actor(),
-            code=code,
-        )
-        session.commit()
-        click.echo(f"{source}:{award_id}: {award.state.value} (envelope {award.envelope_id})")
+    out = _decide(obj, "set-code", source, award_id, code=code)
+    click.echo(f"{source}:{award_id}: {out['state']} (envelope {out['envelope_id']})")
 
 
 @click.group()

@@ -45,6 +45,7 @@ from reportlab.pdfgen import canvas
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from connectors.inbox import ReadLockConfig
 from core.certificate import find_cjk_font
 from core.envelopes import (
     DocumentInput,
@@ -63,7 +64,7 @@ from gateway.app import create_app
 from gateway.cli_staff import password_policy
 from gateway.runtime import Gateway, access_code_policy
 from gateway.server import serve_in_thread
-from gateway.settings import FolderSourceSettings, ReadLockSettings, Settings
+from gateway.settings import FolderSourceSettings, Settings
 from schedules.sync import SyncResult, sync_source
 
 INPUT = Path("demo-input")
@@ -237,7 +238,7 @@ def _settings_with_sources(settings: Settings, folder: Path) -> Settings:
             kind="folder",
             mapping=folder / "mappings" / mapping,
             path=folder / inbox,
-            read_lock=ReadLockSettings(mode="none"),  # written whole before the sync starts
+            read_lock=ReadLockConfig(mode="none"),  # written whole before the sync starts
             documents_dir=folder,
         )
         for name, mapping, inbox in SOURCES

@@ -3,32 +3,40 @@ built from the settings for the CLI, the API push and the scheduled jobs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from connectors.base import RawRecord, Source
 from connectors.csv import CsvFormat, read_csv
-from connectors.folder import FolderSource
-from connectors.inbox import ReadLock
-from connectors.sftp import SftpEndpoint, SftpSource
-from connectors.soap import SoapQuery, SoapSource
 from core.business_days import BusinessCalendar
 from core.drafts import SigningAuthority
 from core.errors import ConfigError, NotFoundError
-from core.intake import IntakePolicy, award_state_ja, waiting_reason
+from core.intake import (
+    IntakePolicy,
+    award_state_ja,
+    dismiss_award,
+    release_award,
+    set_award_access_code,
+    waiting_reason,
+)
 from core.timezone import JST
 from gateway.settings import (
     ApiSourceSettings,
     FolderSourceSettings,
     Settings,
     SftpSourceSettings,
-    SoapFolderDocumentsSettings,
-    SoapSftpDocumentsSettings,
     SoapSourceSettings,
 )
 from mapping import MappingSpecError, SourceMapping, load_mapping
-from schedules.sync import SourceSpec
+from schedules.sync import SourceSpec, remap_award
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from core.envelopes import Runtime
+    from core.model import Award
 
 SAMPLE_MAPPINGS = Path(__file__).parent / "mappings"
 
@@ -108,111 +116,28 @@ def _kind(mapping: SourceMapping) -> str:
 def open_source(settings: Settings, name: str, mapping: SourceMapping) -> Source:
     """A connector for one configured source."""
     config = source_settings(settings, name)
-    csv_format = CsvFormat.from_options(mapping.format)
-    if isinstance(config, FolderSourceSettings):
-        folder = settings.path(config.path)
-        return FolderSource(
+    limit = settings.limits.max_file_mb * 1024 * 1024
+    if isinstance(config, FolderSourceSettings | SftpSourceSettings):
+        return config.open(
             name=name,
-            directory=str(folder),
-            csv_format=csv_format,
-            pattern=config.pattern,
-            read_lock=_read_lock(config),
-            processed_dir=config.processed_dir,
-            documents_dir=str(settings.path(config.documents_dir))
-            if config.documents_dir
-            else None,
-            max_document_bytes=settings.limits.max_file_mb * 1024 * 1024,
-        )
-    if isinstance(config, SftpSourceSettings):
-        endpoint = SftpEndpoint(
-            host=config.host,
-            port=config.port,
-            username=config.username,
-            key_path=settings.path(config.key_path),
-            known_hosts=settings.path(config.known_hosts),
-            key_passphrase=config.key_passphrase.get_secret_value()
-            if config.key_passphrase
-            else None,
-            timeout=config.timeout_seconds,
-        )
-        return SftpSource(
-            endpoint=endpoint,
-            name=name,
-            directory=config.path,
-            csv_format=csv_format,
-            pattern=config.pattern,
-            read_lock=_read_lock(config),
-            processed_dir=config.processed_dir,
-            documents_dir=config.documents_dir,
-            max_document_bytes=settings.limits.max_file_mb * 1024 * 1024,
+            resolve=settings.path,
+            csv_format=CsvFormat.from_options(mapping.format),
+            max_document_bytes=limit,
         )
     if isinstance(config, SoapSourceSettings):
-        wsdl = config.wsdl
-        if not wsdl.startswith(("http://", "https://")):
-            wsdl = str(settings.path(Path(wsdl)))
-        return SoapSource(
+        documents = config.documents
+        return config.open(
             name=name,
-            query=SoapQuery(
-                wsdl=wsdl,
-                operation=config.operation,
-                record_path=config.record_path,
-                arguments=dict(config.arguments),
-                service=config.service,
-                port=config.port,
-                username=config.username,
-                password=config.password.get_secret_value() if config.password else None,
-                password_digest=config.password_digest,
-                timeout=config.timeout_seconds,
-                operation_timeout=config.operation_timeout_seconds,
-                attempts=config.attempts,
-                response_schema=settings.path(config.response_schema)
-                if config.response_schema
-                else None,
-                cursor_argument=config.cursor_argument,
-                cursor_field=config.cursor_field,
-                verify_tls=str(settings.path(config.ca_file)) if config.ca_file else True,
-            ),
-            documents=_soap_documents(settings, name, config),
+            resolve=settings.path,
+            documents=None
+            if documents is None
+            else documents.open(name=name, resolve=settings.path, max_document_bytes=limit),
         )
     raise ConfigError(
         "config.source_not_pulled",
         f"source {name!r} is pushed (kind api); it cannot be pulled",
         f"取込元「{name}」はAPIで受け付ける取込元のため、取得処理はありません。",
     )
-
-
-def _soap_documents(settings: Settings, name: str, config: SoapSourceSettings) -> Any:
-    """The transport a SOAP source reads documents named by path through (None: none)."""
-    documents = config.documents
-    limit = settings.limits.max_file_mb * 1024 * 1024
-    if isinstance(documents, SoapFolderDocumentsSettings):
-        folder = str(settings.path(documents.path))
-        return FolderSource(
-            name=name, directory=folder, csv_format=CsvFormat(), documents_dir=folder,
-            max_document_bytes=limit,
-        )  # fmt: skip
-    if isinstance(documents, SoapSftpDocumentsSettings):
-        endpoint = SftpEndpoint(
-            host=documents.host,
-            port=documents.port,
-            username=documents.username,
-            key_path=settings.path(documents.key_path),
-            known_hosts=settings.path(documents.known_hosts),
-            key_passphrase=documents.key_passphrase.get_secret_value()
-            if documents.key_passphrase
-            else None,
-            timeout=documents.timeout_seconds,
-        )
-        return SftpSource(
-            endpoint=endpoint, name=name, directory=documents.path, csv_format=CsvFormat(),
-            documents_dir=documents.path, max_document_bytes=limit,
-        )  # fmt: skip
-    return None
-
-
-def _read_lock(config: FolderSourceSettings | SftpSourceSettings) -> ReadLock:
-    lock = config.read_lock
-    return ReadLock(mode=lock.mode, interval=lock.interval_seconds, done_suffix=lock.done_suffix)
 
 
 def source_spec(settings: Settings, name: str) -> SourceSpec:
@@ -291,3 +216,79 @@ def award_json(award: Any) -> dict[str, Any]:
         "line": award.line,
         "updated_at": award.updated_at.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S JST"),
     }
+
+
+AwardAction = Literal["release", "remap", "set-code", "dismiss"]
+
+
+@dataclass(frozen=True)
+class AwardDecision:
+    """Staff's decision on one award, as the API, the CLI and the staff page take it: which
+    award, who decided, and what the action needs (the contractor staff confirmed for
+    ``release``, the signer's code for ``set-code``, the reason for ``dismiss``)."""
+
+    source: str
+    award_id: str
+    actor: str
+    contractor_id: str | None = None
+    code: str = ""
+    reason: str = ""
+
+
+def _policy(settings: Settings) -> IntakePolicy:
+    from gateway.runtime import access_code_policy
+
+    return policy(settings, access_codes=access_code_policy(settings))
+
+
+def _release(settings: Settings, runtime: Runtime, session: Session, d: AwardDecision) -> Award:
+    return release_award(
+        session=session, runtime=runtime, policy=_policy(settings), source=d.source,
+        award_id=d.award_id, actor=d.actor, contractor_id=d.contractor_id,
+    )  # fmt: skip
+
+
+def _remap(settings: Settings, runtime: Runtime, session: Session, d: AwardDecision) -> Award:
+    return remap_award(
+        session=session, runtime=runtime, policy=_policy(settings),
+        spec=configured_spec(settings, d.source), award_id=d.award_id, actor=d.actor,
+        authorities=authorities(settings),
+    )  # fmt: skip
+
+
+def _set_code(settings: Settings, runtime: Runtime, session: Session, d: AwardDecision) -> Award:
+    return set_award_access_code(
+        session=session, runtime=runtime, policy=_policy(settings), source=d.source,
+        award_id=d.award_id, actor=d.actor, code=d.code,
+    )  # fmt: skip
+
+
+def _dismiss(settings: Settings, runtime: Runtime, session: Session, d: AwardDecision) -> Award:
+    return dismiss_award(
+        session=session, runtime=runtime, source=d.source, award_id=d.award_id,
+        actor=d.actor, reason=d.reason,
+    )  # fmt: skip
+
+
+AWARD_ACTIONS: dict[AwardAction, Callable[[Settings, Runtime, Session, AwardDecision], Award]] = {
+    "release": _release,
+    "remap": _remap,
+    "set-code": _set_code,
+    "dismiss": _dismiss,
+}
+
+
+def decide_award(
+    *,
+    settings: Settings,
+    runtime: Runtime,
+    session: Session,
+    action: AwardAction,
+    decision: AwardDecision,
+) -> Award:
+    """Apply staff's decision on one award (audited by the service it calls) and commit:
+    release, re-map with the source's current mapping, set the signer's code and send, or
+    dismiss."""
+    award = AWARD_ACTIONS[action](settings, runtime, session, decision)
+    session.commit()
+    return award

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from dotenv import dotenv_values
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,6 +31,11 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from connectors.folder import FolderDocumentsConfig, FolderSinkConfig, FolderSourceConfig
+from connectors.http import RestSinkConfig
+from connectors.outbound import ContentConfig, check_spec
+from connectors.sftp import SftpDocumentsConfig, SftpSinkConfig, SftpSourceConfig
+from connectors.soap import SoapSinkConfig, SoapSourceConfig
 from core.errors import ConfigError
 from core.timezone import JST_NAME
 
@@ -208,29 +214,6 @@ class OutboxSettings(_Section):
     poll_seconds: float = Field(default=10, gt=0, le=3600)
 
 
-class RecordSettings(_Section):
-    format: Literal["json", "xml", "csv"] = "json"
-    name: str = "{management_number}.{ext}"
-    encoding: Literal["utf-8", "utf-8-sig", "cp932"] = "utf-8"
-    attach: bool = True
-    header: bool = True
-    xml_root: str = "contract"
-    xsd: Path | None = None
-    date_format: str = "%Y-%m-%d"
-    fields: dict[str, str] = Field(min_length=1)
-
-
-class SinkContentSettings(_Section):
-    documents: bool = True
-    document_name: str = "{management_number}_{document}.pdf"
-    certificate: bool = True
-    certificate_name: str = "{management_number}_締結証明書.pdf"
-    directory: str = ""
-    record: RecordSettings | None = None
-    renewed_document_name: str = "{management_number}_{document}_r{version}.pdf"
-    update_record_name: str = "{management_number}_update{version}.{ext}"
-
-
 SinkEvent = Literal["completed", "declined", "cancelled"]
 
 
@@ -239,8 +222,11 @@ def _completed_only() -> list[SinkEvent]:
 
 
 class _SinkSettings(_Section):
+    """What every sink has besides its transport (its connector's settings): which envelope
+    events it is sent and what it is sent."""
+
     events: list[SinkEvent] = Field(default_factory=_completed_only, min_length=1)
-    content: SinkContentSettings = SinkContentSettings()
+    content: ContentConfig = ContentConfig()
     # Deliver each renewed copy (new archive timestamp) of a document this sink took; None:
     # when the sink receives documents.
     renewals: bool | None = None
@@ -266,66 +252,29 @@ class _SinkSettings(_Section):
 
     @model_validator(mode="after")
     def _content_is_sendable(self) -> _SinkSettings:
-        from connectors.outbound import check_spec
-
         try:
-            check_spec(content_spec(self.content, xsd=None))
+            check_spec(self.content.spec(None))
         except ConfigError as exc:
             raise ValueError(exc.message_en) from exc
         return self
 
 
-class FolderSinkSettings(_SinkSettings):
-    kind: Literal["folder"]
-    path: Path
-    trigger: str | None = None
-    fsync: bool = True
+# Each sink kind: its connector's settings plus the sink's events and content. The connector is
+# the first base, which puts the shared keys first and the connector's after them.
+class FolderSinkSettings(FolderSinkConfig, _SinkSettings):
+    """A folder sink."""
 
 
-class SftpSinkSettings(_SinkSettings):
-    kind: Literal["sftp"]
-    host: str
-    port: int = Field(default=22, ge=1, le=65535)
-    username: str
-    key_path: Path
-    key_passphrase: SecretStr | None = None
-    known_hosts: Path
-    path: str
-    trigger: str | None = None
-    timeout_seconds: float = Field(default=15, gt=0)
+class SftpSinkSettings(SftpSinkConfig, _SinkSettings):
+    """An SFTP sink."""
 
 
-class SoapSinkSettings(_SinkSettings):
-    kind: Literal["soap"]
-    wsdl: str
-    operation: str
-    service: str | None = None
-    port: str | None = None
-    key_element: str = "idempotencyKey"
-    record_element: str = "record"
-    files_element: str | None = "files"
-    item_element: str = "guarantee"
-    timeout_seconds: float = Field(default=30, gt=0)
-    operation_timeout_seconds: float = Field(default=60, gt=0)
-    attempts: int = Field(default=3, ge=1, le=10)
-    ca_file: Path | None = None
+class SoapSinkSettings(SoapSinkConfig, _SinkSettings):
+    """A SOAP sink."""
 
 
-class RestSinkSettings(_SinkSettings):
-    kind: Literal["rest"]
-    url: str
-    hmac_secret: SecretStr
-    timeout_seconds: float = Field(default=30, gt=0)
-    attempts: int = Field(default=3, ge=1, le=10)
-    ca_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _check_rest(self) -> RestSinkSettings:
-        if not self.url.startswith(("http://", "https://")):
-            raise ValueError("url must start with http:// or https://")
-        if len(self.hmac_secret.get_secret_value()) < 16:
-            raise ValueError("hmac_secret must be at least 16 characters")
-        return self
+class RestSinkSettings(RestSinkConfig, _SinkSettings):
+    """A REST sink."""
 
 
 SinkSettings = Annotated[
@@ -335,120 +284,39 @@ SinkSettings = Annotated[
 _SINK_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
-def content_spec(content: SinkContentSettings, *, xsd: Path | None) -> Any:
-    """The connectors' :class:`~connectors.outbound.ContentSpec` for these settings (``xsd``
-    already resolved against the config folder)."""
-    from connectors.outbound import ContentSpec, RecordSpec
-
-    record = content.record
-    return ContentSpec(
-        documents=content.documents,
-        document_name=content.document_name,
-        certificate=content.certificate,
-        certificate_name=content.certificate_name,
-        directory=content.directory,
-        renewed_document_name=content.renewed_document_name,
-        update_record_name=content.update_record_name,
-        record=None
-        if record is None
-        else RecordSpec(
-            format=record.format,
-            fields=dict(record.fields),
-            name=record.name,
-            encoding=record.encoding,
-            attach=record.attach,
-            header=record.header,
-            xml_root=record.xml_root,
-            xsd=xsd,
-            date_format=record.date_format,
-        ),
-    )
-
-
 class DemoSettings(_Section):
     output: Path = Path("demo-output")
 
 
-class ReadLockSettings(_Section):
-    mode: Literal["stable", "done_file", "none"] = "stable"
-    interval_seconds: float = Field(default=5, ge=0, le=3600)
-    done_suffix: str = Field(default=".done", min_length=1)
-
-
 class _SourceSettings(_Section):
+    """What every source has besides its transport: the mapping its records go through."""
+
     mapping: Path
 
 
-class _InboxSourceSettings(_SourceSettings):
-    pattern: str = "*.csv"
-    read_lock: ReadLockSettings = ReadLockSettings()
-    processed_dir: str | None = "processed"
+class FolderSourceSettings(FolderSourceConfig, _SourceSettings):
+    """A folder of CSV exports."""
 
 
-class FolderSourceSettings(_InboxSourceSettings):
-    kind: Literal["folder"]
-    path: Path
-    documents_dir: Path | None = None
-
-
-class SftpSourceSettings(_InboxSourceSettings):
-    kind: Literal["sftp"]
-    host: str
-    port: int = Field(default=22, ge=1, le=65535)
-    username: str
-    key_path: Path
-    key_passphrase: SecretStr | None = None
-    known_hosts: Path
-    path: str
-    documents_dir: str | None = None
-    timeout_seconds: float = Field(default=15, gt=0)
-
-
-class SoapFolderDocumentsSettings(_Section):
-    kind: Literal["folder"]
-    path: Path
-
-
-class SoapSftpDocumentsSettings(_Section):
-    kind: Literal["sftp"]
-    host: str
-    port: int = Field(default=22, ge=1, le=65535)
-    username: str
-    key_path: Path
-    key_passphrase: SecretStr | None = None
-    known_hosts: Path
-    path: str
-    timeout_seconds: float = Field(default=15, gt=0)
+class SftpSourceSettings(SftpSourceConfig, _SourceSettings):
+    """CSV exports on an SFTP server."""
 
 
 SoapDocumentsSettings = Annotated[
-    SoapFolderDocumentsSettings | SoapSftpDocumentsSettings, Field(discriminator="kind")
+    FolderDocumentsConfig | SftpDocumentsConfig, Field(discriminator="kind")
 ]
 
 
-class SoapSourceSettings(_SourceSettings):
-    kind: Literal["soap"]
-    wsdl: str
-    operation: str
-    record_path: str
-    arguments: dict[str, Any] = Field(default_factory=dict)
-    service: str | None = None
-    port: str | None = None
-    username: str | None = None
-    password: SecretStr | None = None
-    password_digest: bool = False
-    timeout_seconds: float = Field(default=30, gt=0)
-    operation_timeout_seconds: float = Field(default=60, gt=0)
-    attempts: int = Field(default=3, ge=1, le=10)
-    response_schema: Path | None = None
-    cursor_argument: str | None = None
-    cursor_field: str | None = None
-    ca_file: Path | None = None
+class SoapSourceSettings(SoapSourceConfig, _SourceSettings):
+    """Awards from a SOAP service."""
+
     # Where documents the records name by path (not inline) are read: a folder or SFTP server.
     documents: SoapDocumentsSettings | None = None
 
 
 class ApiSourceSettings(_SourceSettings):
+    """Awards pushed to the API (no connector: ``POST /api/v1/awards/NAME``)."""
+
     kind: Literal["api"]
     xsd: Path | None = None
 
@@ -677,14 +545,12 @@ class Settings(BaseSettings):
 
 
 def _read_secrets_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        values[key.strip()] = value.strip()
-    return values
+    """NAME=value lines read as dotenv reads them (quotes removed, ``export`` and comments
+    allowed). Values are taken literally: no ``${OTHER}`` is expanded inside the file, so a
+    passphrase holding ``$`` is kept whole and nothing is read from the environment here. A
+    NAME without ``=`` is not set."""
+    values = dotenv_values(path, encoding="utf-8", interpolate=False)
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def _substitute(node: Any, lookup: Mapping[str, str], missing: set[str]) -> Any:

@@ -9,23 +9,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from connectors.folder import FolderSink
-from connectors.http import RestSink
-from connectors.outbound import ContentSpec, check_spec
-from connectors.sftp import SftpEndpoint, SftpSink
-from connectors.soap import SoapCall, SoapSink
+from connectors.outbound import check_spec
 from core.outbox import RetryPolicy
 from core.pushback import PushbackObserver, Subscription
 from gateway.background import LeasingThread
-from gateway.settings import (
-    FolderSinkSettings,
-    RestSinkSettings,
-    Settings,
-    SftpSinkSettings,
-    SinkContentSettings,
-    SoapSinkSettings,
-    content_spec,
-)
+from gateway.settings import FolderSinkSettings, Settings
 from schedules.dispatch import Target
 
 if TYPE_CHECKING:
@@ -62,18 +50,6 @@ def lease(settings: Settings) -> dt.timedelta:
     return dt.timedelta(seconds=settings.outbox.lease_seconds)
 
 
-def _content(settings: Settings, content: SinkContentSettings) -> ContentSpec:
-    record = content.record
-    xsd = settings.path(record.xsd) if record is not None and record.xsd is not None else None
-    spec: ContentSpec = content_spec(content, xsd=xsd)
-    check_spec(spec)  # loads the XSD now, so a broken one stops the start, not a delivery
-    return spec
-
-
-def _verify(settings: Settings, ca_file: Path | None) -> bool | str:
-    return str(settings.path(ca_file)) if ca_file is not None else True
-
-
 def build_targets(settings: Settings, names: list[str] | None = None) -> dict[str, Target]:
     """Every configured sink (or those in ``names``), ready to push. Close with
     :func:`close_targets`."""
@@ -81,64 +57,9 @@ def build_targets(settings: Settings, names: list[str] | None = None) -> dict[st
     for name, sink in settings.sinks.items():
         if names is not None and name not in names:
             continue
-        content = _content(settings, sink.content)
-        if isinstance(sink, FolderSinkSettings):
-            targets[name] = Target(
-                FolderSink(
-                    name=name,
-                    root=settings.path(sink.path),
-                    trigger=sink.trigger,
-                    fsync=sink.fsync,
-                ),
-                content,
-            )
-        elif isinstance(sink, SftpSinkSettings):
-            endpoint = SftpEndpoint(
-                host=sink.host,
-                port=sink.port,
-                username=sink.username,
-                key_path=settings.path(sink.key_path),
-                known_hosts=settings.path(sink.known_hosts),
-                key_passphrase=(
-                    sink.key_passphrase.get_secret_value() if sink.key_passphrase else None
-                ),
-                timeout=sink.timeout_seconds,
-            )
-            targets[name] = Target(
-                SftpSink(name=name, endpoint=endpoint, root=sink.path, trigger=sink.trigger),
-                content,
-            )
-        elif isinstance(sink, SoapSinkSettings):
-            wsdl = sink.wsdl
-            if "://" not in wsdl:
-                wsdl = str(settings.path(Path(wsdl)))
-            call = SoapCall(
-                wsdl=wsdl,
-                operation=sink.operation,
-                service=sink.service,
-                port=sink.port,
-                key_element=sink.key_element,
-                record_element=sink.record_element,
-                files_element=sink.files_element,
-                item_element=sink.item_element,
-                timeout=sink.timeout_seconds,
-                operation_timeout=sink.operation_timeout_seconds,
-                attempts=sink.attempts,
-                verify_tls=_verify(settings, sink.ca_file),
-            )
-            targets[name] = Target(SoapSink(name=name, call=call), content)
-        elif isinstance(sink, RestSinkSettings):
-            targets[name] = Target(
-                RestSink(
-                    name=name,
-                    url=sink.url,
-                    hmac_secret=sink.hmac_secret.get_secret_value().encode(),
-                    timeout=sink.timeout_seconds,
-                    attempts=sink.attempts,
-                    verify_tls=_verify(settings, sink.ca_file),
-                ),
-                content,
-            )
+        content = sink.content.spec(settings.path)
+        check_spec(content)  # loads the XSD now, so a broken one stops the start, not a delivery
+        targets[name] = Target(sink.open(name=name, resolve=settings.path), content)
     return targets
 
 

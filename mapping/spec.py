@@ -39,6 +39,27 @@ from mapping._template import Template, TemplateProblem
 from mapping._yaml import LineDict, LineList, YamlProblem, load_yaml
 from mapping.transforms import RUNS_ON_EMPTY, TRANSFORMS, Env, SpecProblem
 
+__all__ = [
+    "AWARD_KEYS",
+    "CONDITION_OPS",
+    "FORMAT_KEYS",
+    "USAGE_KEYS",
+    "VALUE_KEYS",
+    "Condition",
+    "DocumentSpec",
+    "MappingSpecError",
+    "Outcome",
+    "PartySpec",
+    "Problem",
+    "SourceMapping",
+    "Target",
+    "Value",
+    "choose_signing_authority",
+    "contract_type_of",
+    "load_mapping",
+    "redact",
+]
+
 Kind = Literal["awards", "contractors", "usage_requests"]
 KINDS: tuple[str, ...] = ("awards", "contractors", "usage_requests")
 

@@ -21,6 +21,8 @@ from stdnum.jp import cn as corporate_number_check
 
 from mapping._japanese import ValueProblem, nfkc, parse_date, parse_decimal, parse_yen
 
+__all__ = ["RUNS_ON_EMPTY", "TRANSFORMS", "Env", "SpecProblem", "TransformDef", "transform_names"]
+
 
 class SpecProblem(Exception):
     """A transform's argument is wrong (reported with the mapping's line)."""

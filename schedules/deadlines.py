@@ -10,6 +10,8 @@ from core.business_days import BusinessCalendar
 from core.deadlines import NOTICE_TARGET, DeadlineReport, check_deadlines
 from core.timezone import JST
 
+__all__ = ["JOB_ID", "run"]
+
 JOB_ID = "deadlines"
 
 

@@ -28,6 +28,16 @@ from core.outbound_types import Outbound
 from core.outbox import DispatchResult, Handler, RetryPolicy, dispatch
 from core.pushback import ContentRows, assemble_content, preload_content
 
+__all__ = [
+    "JOB_ID",
+    "Target",
+    "default_worker",
+    "push_delivery",
+    "render_delivery",
+    "run",
+    "run_until_idle",
+]
+
 JOB_ID = "outbox.dispatch"
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,8 @@ from core.errors import GatewayError, SourceError
 from core.intake import IntakePolicy
 from schedules.sync import SourceSpec, SyncResult, sync_source
 
+__all__ = ["JOB_ID", "run"]
+
 JOB_ID = "nightly_pull"
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.envelopes import Runtime
 from core.retention import PurgeReport, RetentionPolicy, purge_documents
 
+__all__ = ["JOB_ID", "run"]
+
 JOB_ID = "retention"
 
 

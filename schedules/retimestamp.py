@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.archive import RenewalPolicy, RenewalReport, renew_due_timestamps
 from core.envelopes import Runtime
 
+__all__ = ["JOB_ID", "run"]
+
 JOB_ID = "retimestamp"
 
 

@@ -29,6 +29,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.jobs import claim_job_run, finish_job_run
 from core.timezone import JST_NAME
 
+__all__ = [
+    "GuardedOutcome",
+    "JobSpec",
+    "build_scheduler",
+    "cron_trigger",
+    "default_node_name",
+    "fire_time_of",
+    "run_once",
+]
+
 log = logging.getLogger(__name__)
 
 

@@ -54,6 +54,17 @@ from core.model import Award, SyncRun
 from core.text import multi_line
 from mapping import SourceMapping, redact
 
+__all__ = [
+    "SourceSpec",
+    "SyncResult",
+    "accept_record",
+    "document_fetcher",
+    "map_records",
+    "remap_award",
+    "replay_dead_letters",
+    "sync_source",
+]
+
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]

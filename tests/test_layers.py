@@ -201,3 +201,49 @@ def test_all_is_complete_sorted_and_importable(package: str) -> None:
     for name in names:
         assert hasattr(module, name)
     assert sorted(_public_names(module), key=_isort_style) == names
+
+
+# Every public module (no leading underscore in its path) of these packages declares its
+# surface, as each package does (CONVENTIONS.md 5). The app shell is left out: its modules are
+# entry points (routes, commands), not a library.
+MODULE_PACKAGES = ["core", "connectors", "mapping", "schedules"]
+PUBLIC_MODULES = sorted(
+    ".".join(p.relative_to(ROOT).with_suffix("").parts)
+    for package in MODULE_PACKAGES
+    for p in (ROOT / package).rglob("*.py")
+    if p.name != "__init__.py"
+    and "migrations" not in p.parts
+    and not any(part.startswith("_") for part in p.relative_to(ROOT).parts)
+)
+
+
+def _public_definitions(path: Path) -> set[str]:
+    """The public functions and classes a module defines at its top level."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        and not node.name.startswith("_")
+    }
+
+
+def test_public_modules_are_found() -> None:
+    assert {"core.envelopes", "connectors.sftp", "mapping.spec", "schedules.sync"} <= set(
+        PUBLIC_MODULES
+    )
+    assert not [m for m in PUBLIC_MODULES if "._" in m or "migrations" in m]
+
+
+@pytest.mark.parametrize("module", PUBLIC_MODULES)
+def test_every_public_module_lists_what_it_defines_in_all(module: str) -> None:
+    # Like httpx's tests/test_exported_members.py, per module: __all__ exists, is sorted, names
+    # only what the module has, and names every public function and class it defines.
+    imported = importlib.import_module(module)
+    assert hasattr(imported, "__all__"), f"{module} has no __all__"
+    names = list(imported.__all__)
+    assert names == sorted(names, key=_isort_style), f"{module}.__all__ is not sorted"
+    assert len(set(names)) == len(names), f"{module}.__all__ repeats a name"
+    assert [n for n in names if not hasattr(imported, n)] == [], f"{module}.__all__"
+    unlisted = _public_definitions(_module_file(module)) - set(names)
+    assert sorted(unlisted) == [], f"{module} defines these without listing them in __all__"

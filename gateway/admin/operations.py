@@ -22,14 +22,11 @@ from core.intake import (
     award_state_ja,
     count_awards,
     count_runs,
-    dismiss_award,
     get_run,
     list_awards,
     list_conflicts,
     list_dead_letters,
     list_runs,
-    release_award,
-    set_award_access_code,
     waiting_reason,
 )
 from core.jobs import list_job_runs
@@ -190,40 +187,20 @@ async def award_action(
         staff = admin_staff(request, context, session)
         if staff is None:
             return to_login(request)
-        settings = context.gateway.settings
-        from gateway import intake
-        from gateway.runtime import access_code_policy
+        from gateway.intake import AwardDecision, decide_award
 
-        policy = intake.policy(settings, access_codes=access_code_policy(settings))
-        if action == "release":
-            release_award(
-                session=session,
-                runtime=context.gateway.runtime,
-                policy=policy,
-                source=source,
-                award_id=award_id,
-                actor=staff.email,
-                contractor_id=str(form.get("contractor_id") or "").strip() or None,
-            )
-        elif action == "remap":
-            from schedules.sync import remap_award
-
-            remap_award(
-                session=session, runtime=context.gateway.runtime, policy=policy,
-                spec=intake.configured_spec(settings, source), award_id=award_id,
-                actor=staff.email, authorities=intake.authorities(settings),
-            )  # fmt: skip
-        elif action == "set-code":
-            set_award_access_code(
-                session=session, runtime=context.gateway.runtime, policy=policy, source=source,
-                award_id=award_id, actor=staff.email, code=str(form.get("access_code") or ""),
-            )  # fmt: skip
-        else:
-            dismiss_award(
-                session=session, runtime=context.gateway.runtime, source=source,
-                award_id=award_id, actor=staff.email, reason=str(form.get("reason") or ""),
-            )  # fmt: skip
-        session.commit()
+        decision = AwardDecision(
+            source=source,
+            award_id=award_id,
+            actor=staff.email,
+            contractor_id=str(form.get("contractor_id") or "").strip() or None,
+            code=str(form.get("access_code") or ""),
+            reason=str(form.get("reason") or ""),
+        )
+        decide_award(
+            settings=context.gateway.settings, runtime=context.gateway.runtime,
+            session=session, action=action, decision=decision,
+        )  # fmt: skip
         return RedirectResponse("/admin/awards", status_code=303)
 
     return await run_in_threadpool(run)

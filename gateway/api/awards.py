@@ -18,18 +18,20 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.orm import Session
 
 from core.api_clients import require_scope
 from core.errors import NotFoundError, RecordError
-from core.intake import dismiss_award, list_awards, release_award, set_award_access_code
+from core.intake import list_awards
 from core.model import ApiClient, AwardState
 from gateway import intake
 from gateway.body_limit import AWARD_BODY_BYTES
+from gateway.context import AppContext
 from gateway.deps import ApiClientDep, ContextDep, SessionDep
-from gateway.intake import award_json
+from gateway.intake import AwardAction, AwardDecision, award_json, decide_award
 from gateway.runtime import access_code_policy
 from gateway.settings import ApiSourceSettings
-from schedules.sync import SyncResult, accept_record, remap_award
+from schedules.sync import SyncResult, accept_record
 
 router = APIRouter(prefix="/api/v1", tags=["awards"])
 
@@ -277,6 +279,25 @@ _DECISION_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _decide(
+    context: AppContext,
+    session: Session,
+    client: ApiClient,
+    action: AwardAction,
+    source: str,
+    award_id: str,
+    **needs: Any,
+) -> dict[str, Any]:
+    """One staff decision over the API: the push scope, audited as ``api:<client>``."""
+    require_scope(client, PUSH)
+    decision = AwardDecision(source=source, award_id=award_id, actor=f"api:{client.name}", **needs)
+    award = decide_award(
+        settings=context.gateway.settings, runtime=context.gateway.runtime, session=session,
+        action=action, decision=decision,
+    )  # fmt: skip
+    return award_json(award)
+
+
 @router.post(
     "/awards/{source}/{award_id}/release",
     response_model=AwardOut,
@@ -292,19 +313,10 @@ def post_release(
     body: ReleaseIn | None = None,
 ) -> dict[str, Any]:
     """Name the contractor staff confirmed (optional) and make the envelope when ready."""
-    require_scope(client, PUSH)
-    settings = context.gateway.settings
-    award = release_award(
-        session=session,
-        runtime=context.gateway.runtime,
-        policy=intake.policy(settings, access_codes=access_code_policy(settings)),
-        source=source,
-        award_id=award_id,
-        actor=f"api:{client.name}",
-        contractor_id=body.contractor_id if body else None,
+    contractor_id = body.contractor_id if body else None
+    return _decide(
+        context, session, client, "release", source, award_id, contractor_id=contractor_id
     )
-    session.commit()
-    return award_json(award)
 
 
 @router.post(
@@ -322,13 +334,7 @@ def post_dismiss(
     body: DismissIn,
 ) -> dict[str, Any]:
     """The award never becomes an envelope here; the reason is audited."""
-    require_scope(client, PUSH)
-    award = dismiss_award(
-        session=session, runtime=context.gateway.runtime, source=source, award_id=award_id,
-        actor=f"api:{client.name}", reason=body.reason,
-    )  # fmt: skip
-    session.commit()
-    return award_json(award)
+    return _decide(context, session, client, "dismiss", source, award_id, reason=body.reason)
 
 
 @router.post(
@@ -346,19 +352,7 @@ def post_remap(
 ) -> dict[str, Any]:
     """Apply the current mapping to the record kept on the award (after the mapping was
     fixed); the award moves on as a sync run would move it."""
-    require_scope(client, PUSH)
-    settings = context.gateway.settings
-    award = remap_award(
-        session=session,
-        runtime=context.gateway.runtime,
-        policy=intake.policy(settings, access_codes=access_code_policy(settings)),
-        spec=intake.configured_spec(settings, source),
-        award_id=award_id,
-        actor=f"api:{client.name}",
-        authorities=intake.authorities(settings),
-    )
-    session.commit()
-    return award_json(award)
+    return _decide(context, session, client, "remap", source, award_id)
 
 
 class AccessCodeIn(BaseModel):
@@ -383,16 +377,4 @@ def post_set_access_code(
 ) -> dict[str, Any]:
     """For an award waiting with ``no_access_code`` (a registry or mapping signer): the code is
     hashed and set on the contractor's parties, and the draft envelope is sent (audited)."""
-    require_scope(client, PUSH)
-    settings = context.gateway.settings
-    award = set_award_access_code(
-        session=session,
-        runtime=context.gateway.runtime,
-        policy=intake.policy(settings, access_codes=access_code_policy(settings)),
-        source=source,
-        award_id=award_id,
-        actor=f"api:{client.name}",
-        code=body.access_code,
-    )
-    session.commit()
-    return award_json(award)
+    return _decide(context, session, client, "set-code", source, award_id, code=body.access_code)

@@ -504,17 +504,15 @@ def _complete(
 @router.post("/sign/{token}/complete", response_class=HTMLResponse)
 async def complete(token: Token, request: Request, context: ContextDep) -> Response:
     """「署名手続きを完了する」: the party's instruction to sign, applied exactly once."""
-    form = await read_form(request, 600)
-    check_csrf(request, context, _text(form.get("csrf_token")))
+    form = await _party_form(request, context, token, 600)
+    if isinstance(form, RedirectResponse):
+        return form
     values = {
         key.removeprefix("field_"): _text(value)
         for key, value in form.multi_items()
         if key.startswith("field_")
     }
     ip = get_client_ip(request, context)
-    checked = await run_in_threadpool(_session_party, context, request, token)
-    if isinstance(checked, RedirectResponse):
-        return checked
     try:
         _where, error = await run_in_threadpool(_complete, context, token, values, ip)
     finally:
@@ -523,6 +521,17 @@ async def complete(token: Token, request: Request, context: ContextDep) -> Respo
     if error is not None:
         return await run_in_threadpool(_rerender, request, context, token, error.message_ja, values)
     return _redirect(f"{_base(token)}/done")
+
+
+async def _party_form(
+    request: Request, context: AppContext, token: str, max_fields: int
+) -> FormData | RedirectResponse:
+    """The form a signed-in party posted (complete, decline, forward), its CSRF token checked;
+    or the redirect to the access-code page when this link has no session."""
+    form = await read_form(request, max_fields)
+    check_csrf(request, context, _text(form.get("csrf_token")))
+    checked = await run_in_threadpool(_session_party, context, request, token)
+    return checked if isinstance(checked, RedirectResponse) else form
 
 
 def _session_party(context: AppContext, request: Request, token: str) -> Party | RedirectResponse:
@@ -564,11 +573,9 @@ def _decline(context: AppContext, token: str, reason: str, ip: str | None) -> st
 @router.post("/sign/{token}/decline", response_class=HTMLResponse)
 async def decline_page(token: Token, request: Request, context: ContextDep) -> Response:
     """「同意せずに却下する」 with a reason, which reaches the sender."""
-    form = await read_form(request, 10)
-    check_csrf(request, context, _text(form.get("csrf_token")))
-    checked = await run_in_threadpool(_session_party, context, request, token)
-    if isinstance(checked, RedirectResponse):
-        return checked
+    form = await _party_form(request, context, token, 10)
+    if isinstance(form, RedirectResponse):
+        return form
     ip = get_client_ip(request, context)
     error = await run_in_threadpool(_decline, context, token, _text(form.get("reason"))[:2000], ip)
     if error is not None:
@@ -607,11 +614,9 @@ def _forward(
 async def forward(token: Token, request: Request, context: ContextDep) -> Response:
     """Hand this request to another person, with a reason and the new person's own access
     code; this link stops working at once."""
-    form = await read_form(request, 10)
-    check_csrf(request, context, _text(form.get("csrf_token")))
-    checked = await run_in_threadpool(_session_party, context, request, token)
-    if isinstance(checked, RedirectResponse):
-        return checked
+    form = await _party_form(request, context, token, 10)
+    if isinstance(form, RedirectResponse):
+        return form
     ip = get_client_ip(request, context)
     try:
         code = context.policy.check_format(_text(form.get("access_code"))[:64])

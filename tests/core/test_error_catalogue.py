@@ -140,21 +140,21 @@ def test_status_for(error: GatewayError, status: int) -> None:
     assert status_for(error) == status
 
 
-# Modules that still raise StateError for refused input (their turn to raise InputError comes
-# with issue 18's reshape of core/envelopes.py); the list may only shrink.
-STATE_ERROR_FOR_INPUT = {"core/envelopes.py"}
-
-
 def test_state_error_is_for_state_codes() -> None:
-    """Refused input is an InputError (422); a StateError is a ``state.*`` conflict (409)."""
+    """Refused input is an InputError (422); a StateError is a ``state.*`` conflict (409). No
+    module is excepted: the last, core/envelopes.py, raised 14 refusals as StateError."""
     wrong = {
         f"{s.code} at {s.file}:{s.line}"
         for s in _literal_sites()
-        if s.error_class == "StateError"
-        and not str(s.code).startswith("state.")
-        and s.file not in STATE_ERROR_FOR_INPUT
+        if s.error_class == "StateError" and not str(s.code).startswith("state.")
     }
     assert sorted(wrong) == []
+    catalogued = sorted(
+        code
+        for code, entry in CATALOGUE.items()
+        if entry.raised_as is CLASSES["StateError"] and not code.startswith("state.")
+    )
+    assert catalogued == []
     for site in _literal_sites():
         if site.error_class == "InputError":
             assert not str(site.code).startswith("state."), site

@@ -73,9 +73,18 @@ def link_in(message: EmailMessage) -> str:
 
 
 @contextmanager
-def served_site(home: Path, devpki: DevPki, *, extra: str = "") -> Iterator[Site]:
+def served_site(
+    home: Path,
+    devpki: DevPki,
+    *,
+    extra: str = "",
+    client: str = "e-bid",
+    run_pushback: bool = False,
+) -> Iterator[Site]:
     """SMTP server, gateway (SQLite, SMTP transport, mail worker) and uvicorn in ``home``;
-    ``extra`` is added to the config (e.g. ``intake:`` and ``sources:``)."""
+    ``extra`` is added to the config (e.g. ``intake:`` and ``sources:``), ``client`` names the
+    API client whose token ``Site.api`` sends, and ``run_pushback`` runs the push-back worker
+    in the server."""
     shots = home / "screenshots"
     shots.mkdir()
     sock = listening_socket()  # the port goes into the config; the socket to the server
@@ -100,9 +109,9 @@ def served_site(home: Path, devpki: DevPki, *, extra: str = "") -> Iterator[Site
         )
         gateway = open_test_gateway(config)
         try:
-            app = create_app(gateway)
+            app = create_app(gateway, run_pushback=run_pushback)
             with serve_in_thread(app, sock=sock) as url:
-                token = new_token(gateway, "e-bid")
+                token = new_token(gateway, client)
                 with httpx.Client(
                     base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120
                 ) as api:

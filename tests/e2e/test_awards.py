@@ -9,20 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import BrowserContext, expect
 
 from core.devpki import DevPki
 from core.model import VisibilityScope
-from gateway.app import create_app
-from gateway.server import listening_socket, serve_in_thread
-from tests.e2e.conftest import Site, link_in
+from tests.e2e.conftest import Site, link_in, served_site
 from tests.e2e.test_admin_pages import PASSWORD, _login, _staff
 from tests.e2e.test_signing_pages import _open_documents
 from tests.fixtures.envelopes import ensure_staff
-from tests.fixtures.gateway import new_token, open_test_gateway, write_config
-from tests.fixtures.smtp import smtp_server
 from tests.gateway.test_awards_api import AWARD, MAPPED_SIGNER
 
 FIXED = MAPPED_SIGNER.replace(
@@ -34,28 +29,8 @@ FIXED = MAPPED_SIGNER.replace(
 def site(tmp_path_factory: pytest.TempPathFactory, devpki: DevPki) -> Iterator[Site]:
     """The e2e site with an API award source whose mapping names the contractor's signer."""
     home = tmp_path_factory.mktemp("e2e-awards")
-    shots = home / "screenshots"
-    shots.mkdir()
     (home / "itaku.yaml").write_text(MAPPED_SIGNER, encoding="utf-8")
-    sock = listening_socket()
-    port = sock.getsockname()[1]
-    with smtp_server() as (smtp_port, inbox):
-        config = write_config(
-            home,
-            devpki,
-            database_url=f"sqlite:///{home / 'keiyaku.db'}",
-            public_url=f"http://127.0.0.1:{port}",
-            mail=(
-                "  sender: keiyaku@city.example.jp\n"
-                "  transport: smtp\n"
-                "  smtp:\n"
-                "    host: 127.0.0.1\n"
-                f"    port: {smtp_port}\n"
-                "    starttls: false\n"
-                "    attempts: 2\n"
-                "  dispatch_interval_seconds: 0.2\n"
-            ),
-            extra=f"""
+    extra = f"""
 sources:
   itaku:
     kind: api
@@ -65,22 +40,12 @@ intake:
     - department: "*"
       name: 開発 太郎
       email: shicho@city.example.jp
-""",
-        )
-        gateway = open_test_gateway(config)
-        try:
-            with gateway.sessions() as session:
-                ensure_staff(session, "shicho@city.example.jp", "開発 太郎")
-                session.commit()
-            app = create_app(gateway)
-            with serve_in_thread(app, sock=sock) as url:
-                token = new_token(gateway, "itaku")
-                with httpx.Client(
-                    base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120
-                ) as api:
-                    yield Site(url, gateway, inbox, api, config, shots, smtp_port)
-        finally:
-            gateway.close()
+"""
+    with served_site(home, devpki, extra=extra, client="itaku") as served:
+        with served.gateway.sessions() as session:
+            ensure_staff(session, "shicho@city.example.jp", "開発 太郎")
+            session.commit()
+        yield served
 
 
 def _push(site: Site, number: str, **fields: str) -> None:

@@ -11,20 +11,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import BrowserContext, expect
 from sqlalchemy import select
 
 from core.devpki import DevPki
 from core.model import Delivery, DeliveryState, Envelope, VisibilityScope
-from gateway.app import create_app
-from gateway.server import listening_socket, serve_in_thread
-from tests.e2e.conftest import Site, link_in
+from tests.e2e.conftest import Site, link_in, served_site
 from tests.e2e.test_admin_pages import PASSWORD, _login, _staff
 from tests.e2e.test_signing_pages import _complete, _emails, _open_documents
-from tests.fixtures.gateway import envelope_request, new_token, open_test_gateway, write_config
-from tests.fixtures.smtp import smtp_server
+from tests.fixtures.gateway import envelope_request
 
 FINANCE = """
 outbox:
@@ -55,39 +51,8 @@ sinks:
 def site(tmp_path_factory: pytest.TempPathFactory, devpki: DevPki) -> Iterator[Site]:
     """The e2e site with a finance folder sink and the push-back worker running."""
     home = tmp_path_factory.mktemp("e2e-guarantees")
-    shots = home / "screenshots"
-    shots.mkdir()
-    sock = listening_socket()
-    port = sock.getsockname()[1]
-    with smtp_server() as (smtp_port, inbox):
-        config = write_config(
-            home,
-            devpki,
-            database_url=f"sqlite:///{home / 'keiyaku.db'}",
-            public_url=f"http://127.0.0.1:{port}",
-            mail=(
-                "  sender: keiyaku@city.example.jp\n"
-                "  transport: smtp\n"
-                "  smtp:\n"
-                "    host: 127.0.0.1\n"
-                f"    port: {smtp_port}\n"
-                "    starttls: false\n"
-                "    attempts: 2\n"
-                "  dispatch_interval_seconds: 0.2\n"
-            ),
-            extra=FINANCE,
-        )
-        gateway = open_test_gateway(config)
-        try:
-            app = create_app(gateway, run_pushback=True)
-            with serve_in_thread(app, sock=sock) as url:
-                token = new_token(gateway, "e-bid")
-                with httpx.Client(
-                    base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120
-                ) as api:
-                    yield Site(url, gateway, inbox, api, config, shots, smtp_port)
-        finally:
-            gateway.close()
+    with served_site(home, devpki, extra=FINANCE, run_pushback=True) as served:
+        yield served
 
 
 def _wait_for(path: Path, timeout: float = 30) -> Path:

@@ -67,6 +67,14 @@ def test_init_writes_secrets_privately_and_marks_the_pki(
     assert stat.S_IMODE((home / "secrets.env").stat().st_mode) == 0o600
     assert stat.S_IMODE((home / "pki" / "signer.p12").stat().st_mode) == 0o600
     assert "${KEIYAKU_MASTER_KEY}" in config.read_text()  # the config holds references only
+    # The secrets file init writes is read back by the settings' dotenv reader, value for value.
+    written = dict(line.split("=", 1) for line in secrets_env.splitlines() if "=" in line)
+    settings = load_settings(config, environ={})
+    assert settings.blobs.master_key.get_secret_value() == written["KEIYAKU_MASTER_KEY"]
+    assert settings.server.session_key is not None
+    assert settings.server.session_key.get_secret_value() == written["KEIYAKU_SESSION_KEY"]
+    passphrase = written["KEIYAKU_SIGNING_PASSPHRASE"]
+    assert settings.signing.key.passphrase.get_secret_value() == passphrase  # type: ignore[union-attr]
     subject = subprocess.run(
         ["openssl", "x509", "-in", str(home / "pki" / "root.crt"), "-noout", "-subject"],
         capture_output=True,

@@ -97,6 +97,33 @@ def test_secrets_come_from_the_secrets_file_and_env_wins(tmp_path: Path) -> None
     assert load_settings(path, environ=env).blobs.master_key.get_secret_value() == "ef" * 32
 
 
+def test_the_secrets_file_is_read_as_dotenv_reads_it(tmp_path: Path) -> None:
+    # Quotes are removed, `export` is allowed, an unquoted value ends at " #", and nothing is
+    # expanded: the hand-written reader before python-dotenv kept quotes and comments in the
+    # value and read `export NAME` as the name (CHANGELOG, issue 18).
+    (tmp_path / "secrets.env").write_text(
+        "# comment\n"
+        'KEIYAKU_MASTER_KEY="' + "cd" * 32 + '"\n'
+        "export KEIYAKU_SIGNING_PASSPHRASE=pa$$word # the PKI's\n"
+        "KEIYAKU_SESSION_KEY='" + "ef" * 32 + "'\n"
+        "KEIYAKU_NOT_SET\n"
+        "KEIYAKU_EXTRA=a#b\n",
+        encoding="utf-8",
+    )
+    path = _write(tmp_path, EXAMPLE.read_text(encoding="utf-8"))
+    settings = load_settings(path, environ={})
+    assert settings.blobs.master_key.get_secret_value() == "cd" * 32
+    passphrase = settings.signing.key.passphrase.get_secret_value()  # type: ignore[union-attr]
+    assert passphrase == "pa$$word"
+    assert settings.server.session_key is not None
+    assert settings.server.session_key.get_secret_value() == "ef" * 32
+    from gateway.settings import _read_secrets_file
+
+    read = _read_secrets_file(tmp_path / "secrets.env")
+    assert "KEIYAKU_NOT_SET" not in read  # a name without "=" sets nothing
+    assert read["KEIYAKU_EXTRA"] == "a#b"  # "#" starts a comment only after a space
+
+
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
     text = EXAMPLE.read_text(encoding="utf-8").replace("max_files: 20", "max_files: 2")
     text = text.replace("environment: development", "environment: development\nunknown_key: 1")
