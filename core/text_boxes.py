@@ -1,28 +1,34 @@
 """Where a text box may go and what it may say: the one rule that the API, the compose page and
 the mappings obey (each through :func:`check_text_box` or :func:`shape_problem`).
 
-A value typed into a box must fit it in the signed PDF: it is drawn smaller to fit the width,
-but one that would need less than ``MIN_FIELD_FONT_SIZE`` is refused when entered
-(:func:`check_values_fit`, ``envelope.field_too_wide``) rather than clipped.
+A box's rectangle is in PDF user space (points, origin bottom-left of the *unrotated* page),
+on every surface (API, mappings, the stored field), whatever the page's /Rotate: a page shown
+turned by 90, 180 or 270 degrees takes boxes like any other, and the signed PDF turns each box
+with its page (``/MK /R``) so that its value reads upright. Only the pages drawn for people (the
+signing and compose pages) convert between user space and the turned image they show.
+
+A value typed into a box must fit it in the signed PDF: it is drawn smaller to fit the width as
+displayed (the user-space height on a page turned 90 or 270 degrees), but one that would need
+less than ``MIN_FIELD_FONT_SIZE`` is refused when entered (:func:`check_values_fit`,
+``envelope.field_too_wide``) rather than clipped.
 
 A box is refused (``envelope.bad_field``, Japanese message for the sender) when its rectangle is
 not a finite, upright rectangle of at least :data:`MIN_SIZE` on each side, when it does not lie
-on the page's displayed area (a pointer may round it :data:`EDGE` points out), when the page is
-shown rotated (the box would be drawn sideways), when its label is empty or longer than
-:data:`LABEL_MAX`, or when its ``max_length`` is outside :data:`MAX_LENGTH`.
+on the page's displayed area (a pointer may round it :data:`EDGE` points out), when its label is
+empty or longer than :data:`LABEL_MAX`, or when its ``max_length`` is outside :data:`MAX_LENGTH`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from core.errors import InputError
 
 if TYPE_CHECKING:
     # Types only: mapping/ checks its boxes with shape_problem and must not load pyHanko.
-    from core.model import Party
+    from core.model import Field, Party
     from core.signing import PageArea, SigningEngine
 
 __all__ = [
@@ -34,6 +40,7 @@ __all__ = [
     "Problem",
     "check_text_box",
     "check_values_fit",
+    "displayed_size",
     "placement_problem",
     "shape_problem",
 ]
@@ -80,10 +87,8 @@ def shape_problem(*, label: str, rect: Rect, max_length: int) -> Problem | None:
 
 
 def placement_problem(*, rect: Rect, page: PageArea) -> Problem | None:
-    """What is wrong with the box's place on ``page`` (rotated page, outside the displayed
-    area), or None."""
-    if page.rotation:
-        return ("the page is displayed rotated", "回転して表示されるページには配置できません。")
+    """What is wrong with the box's place on ``page`` (outside the displayed area), or None.
+    Both are in user space, so the page's rotation does not matter."""
     x1, y1, x2, y2 = rect
     if (
         x1 < page.left - EDGE
@@ -116,14 +121,30 @@ def check_text_box(
         )
 
 
-def check_values_fit(*, engine: SigningEngine, party: Party, values: Mapping[str, str]) -> None:
+def displayed_size(rect: Rect, rotation: int) -> tuple[float, float]:
+    """(width, height) of ``rect`` as shown on a page turned by ``rotation`` degrees: the value
+    runs along the displayed width, which is the user-space height on a page turned 90 or 270."""
+    x1, y1, x2, y2 = rect
+    width, height = abs(x2 - x1), abs(y2 - y1)
+    return (height, width) if rotation % 180 == 90 else (width, height)
+
+
+def check_values_fit(
+    *,
+    engine: SigningEngine,
+    party: Party,
+    values: Mapping[str, str],
+    rotation_of: Callable[[Field], int] | None = None,
+) -> None:
     """Refuse (``envelope.field_too_wide``, with about how many characters fit) a value of one
-    of ``party``'s boxes that would not fit the box whole and legible in the signed PDF."""
+    of ``party``'s boxes that would not fit the box whole and legible in the signed PDF.
+    ``rotation_of`` gives the /Rotate of a box's page (all upright when None)."""
     from core.signing import MIN_FIELD_FONT_SIZE
 
     for f in party.fields:
         value = (values.get(f.id) or "").strip()
-        width, height = abs(f.x2 - f.x1), abs(f.y2 - f.y1)
+        rotation = rotation_of(f) if rotation_of is not None else 0
+        width, height = displayed_size((f.x1, f.y1, f.x2, f.y2), rotation)
         if not value or engine.text_fits(value, width=width, height=height):
             continue
         # Full-width characters are one em wide: about this many fit at the smallest size.

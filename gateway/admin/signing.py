@@ -38,6 +38,7 @@ from gateway.pages.signing import (
     read_form,
     render_documents,
     render_page,
+    rotation_of_page,
 )
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
@@ -205,7 +206,12 @@ def _complete(
         if party.state not in ACTIONABLE_PARTY_STATES:
             return RedirectResponse(f"{_base(envelope_id)}/done", status_code=303)
         try:
-            check_values_fit(engine=context.gateway.runtime.signing, party=party, values=values)
+            check_values_fit(
+                engine=context.gateway.runtime.signing,
+                party=party,
+                values=values,
+                rotation_of=rotation_of_page(context),
+            )
             approve_as_staff(
                 session=session,
                 staff=staff,

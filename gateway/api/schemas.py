@@ -68,8 +68,9 @@ class FieldIn(_In):
     label: str = Field(min_length=1, max_length=LABEL_MAX)
     page: int = Field(ge=1, le=100000)
     rect: tuple[float, float, float, float] = Field(
-        description="x1, y1, x2, y2 in PDF points from the page's bottom left; the box must lie "
-        "on the page's visible area, the page not shown rotated, at least 2 mm on each side "
+        description="x1, y1, x2, y2 in PDF points from the page's bottom left in user space "
+        "(the page unrotated, whatever its /Rotate: the signed PDF turns the box with the page); "
+        "the box must lie on the page's visible area, at least 2 mm on each side "
         "(else 422 envelope.bad_field)"
     )
     required: bool = True

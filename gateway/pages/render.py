@@ -73,26 +73,55 @@ class PageBox:
         return (height, width) if self.rotation in (90, 270) else (width, height)
 
 
-def placement(page: PageBox, rect: tuple[float, float, float, float]) -> dict[str, float]:
-    """Where ``rect`` (x1, y1, x2, y2 in PDF points) sits on the image of an unrotated page: left,
-    top, width and height in percent of the image, for a box laid over it."""
-    width, height = page.size
+def displayed_rect(
+    page: PageBox, rect: tuple[float, float, float, float]
+) -> tuple[float, float, float, float]:
+    """Where ``rect`` (x1, y1, x2, y2 in PDF user space) is on ``page`` as displayed: left, top,
+    width and height in points from the top-left corner of the page image, which shows the
+    visible area turned clockwise by the page's rotation."""
     x1, y1, x2, y2 = rect
+    if page.rotation == 90:  # user-space origin at the top left, x growing downwards
+        return (y1 - page.bottom, x1 - page.left, y2 - y1, x2 - x1)
+    if page.rotation == 180:
+        return (page.right - x2, y1 - page.bottom, x2 - x1, y2 - y1)
+    if page.rotation == 270:  # user-space origin at the bottom right, x growing upwards
+        return (page.top - y2, page.right - x2, y2 - y1, x2 - x1)
+    return (x1 - page.left, page.top - y2, x2 - x1, y2 - y1)
+
+
+def placement(page: PageBox, rect: tuple[float, float, float, float]) -> dict[str, float]:
+    """Where ``rect`` (x1, y1, x2, y2 in PDF user space) sits on the page image, as displayed
+    (turned): left, top, width and height in percent of the image, for a box laid over it."""
+    width, height = page.size
+    left, top, box_width, box_height = displayed_rect(page, rect)
     return {
-        "left": round(100 * (x1 - page.left) / width, 3),
-        "top": round(100 * (page.top - y2) / height, 3),
-        "width": round(100 * (x2 - x1) / width, 3),
-        "height": round(100 * (y2 - y1) / height, 3),
+        "left": round(100 * left / width, 3),
+        "top": round(100 * top / height, 3),
+        "width": round(100 * box_width / width, 3),
+        "height": round(100 * box_height / height, 3),
     }
 
 
 def rect_at(
     page: PageBox, left: float, top: float, width: float, height: float
 ) -> tuple[float, float, float, float]:
-    """The rectangle (x1, y1, x2, y2 in PDF points) that sits ``left`` and ``top`` points from the
-    top-left corner of an unrotated page as displayed: the inverse of :func:`placement`."""
-    x1, y2 = page.left + left, page.top - top
-    return (round(x1, 2), round(y2 - height, 2), round(x1 + width, 2), round(y2, 2))
+    """The rectangle (x1, y1, x2, y2 in PDF user space) that sits ``left`` and ``top`` points
+    from the top-left corner of the page as displayed (turned), ``width`` by ``height`` points
+    as displayed: the inverse of :func:`displayed_rect`."""
+    if page.rotation == 90:
+        x1, y1 = page.left + top, page.bottom + left
+        rect = (x1, y1, x1 + height, y1 + width)
+    elif page.rotation == 180:
+        x2, y1 = page.right - left, page.bottom + top
+        rect = (x2 - width, y1, x2, y1 + height)
+    elif page.rotation == 270:
+        x2, y2 = page.right - top, page.top - left
+        rect = (x2 - height, y2 - width, x2, y2)
+    else:
+        x1, y2 = page.left + left, page.top - top
+        rect = (x1, y2 - height, x1 + width, y2)
+    x1, y1, x2, y2 = rect
+    return (round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2))
 
 
 class PageRenderer:

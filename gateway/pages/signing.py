@@ -31,7 +31,7 @@ from core.envelopes import (
 )
 from core.errors import AuthError, GatewayError, NotFoundError, StateError
 from core.links import check_access_code, forward_party, open_link
-from core.model import Document, Envelope, LinkPurpose, Party, SigningLink
+from core.model import Document, Envelope, Field, LinkPurpose, Party, SigningLink
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, PartyState
 from core.text_boxes import check_values_fit
 from gateway.context import AppContext
@@ -169,6 +169,18 @@ def _document_loader(context: AppContext, document: Document) -> Callable[[], by
 def _render_key(document: Document) -> tuple[str, int]:
     # A new revision (another party's signature) gives new page images.
     return (document.id, len(document.revisions))
+
+
+def rotation_of_page(context: AppContext) -> Callable[[Field], int]:
+    """The /Rotate of the page a box is on (read once per document revision and cached by the
+    page renderer), for :func:`core.text_boxes.check_values_fit`."""
+
+    def rotation(field: Field) -> int:
+        doc = field.document
+        boxes = context.pages.page_boxes(_render_key(doc), _document_loader(context, doc))
+        return boxes[field.page - 1].rotation if 1 <= field.page <= len(boxes) else 0
+
+    return rotation
 
 
 def _documents_view(context: AppContext, envelope: Envelope, party: Party) -> list[dict[str, Any]]:
@@ -479,7 +491,12 @@ def _complete(
         envelope_id = party.envelope_id
         try:
             # A value must fit its box in the signed PDF; refused here, with how much fits.
-            check_values_fit(engine=context.gateway.runtime.signing, party=party, values=values)
+            check_values_fit(
+                engine=context.gateway.runtime.signing,
+                party=party,
+                values=values,
+                rotation_of=rotation_of_page(context),
+            )
             record_approval(
                 session=session,
                 envelope_id=envelope_id,

@@ -114,29 +114,57 @@
     return parseFloat(element.getAttribute("data-" + name));
   }
 
+  // The image shows the page's visible box (CropBox within MediaBox) turned clockwise by its
+  // /Rotate, as a viewer shows it; boxes are kept in PDF user space (x to the right from the
+  // unrotated page's left edge, y upwards from its bottom edge), which is what the signed PDF,
+  // the API and the mappings use. These two convert between the two, like gateway/pages/render.py.
   function pdfPoint(page, clientX, clientY) {
-    // The image shows the page's visible box (CropBox within MediaBox) unrotated: x grows to
-    // the right from its left edge, PDF y grows upwards from its bottom edge.
     var r = page.getBoundingClientRect();
     var fx = Math.min(Math.max((clientX - r.left) / r.width, 0), 1);
     var fy = Math.min(Math.max((clientY - r.top) / r.height, 0), 1);
     var left = number(page, "left");
+    var bottom = number(page, "bottom");
+    var right = number(page, "right");
     var top = number(page, "top");
-    return {
-      x: left + fx * (number(page, "right") - left),
-      y: top - fy * (top - number(page, "bottom"))
-    };
+    var width = right - left;
+    var height = top - bottom;
+    switch (number(page, "rotation")) {
+      case 90:
+        return { x: left + fy * width, y: bottom + fx * height };
+      case 180:
+        return { x: right - fx * width, y: bottom + fy * height };
+      case 270:
+        return { x: right - fy * width, y: top - fx * height };
+      default:
+        return { x: left + fx * width, y: top - fy * height };
+    }
   }
 
   function place(element, page, x1, y1, x2, y2) {
     var left = number(page, "left");
+    var bottom = number(page, "bottom");
+    var right = number(page, "right");
     var top = number(page, "top");
-    var width = number(page, "right") - left;
-    var height = top - number(page, "bottom");
-    element.style.left = (100 * (x1 - left) / width) + "%";
-    element.style.top = (100 * (top - y2) / height) + "%";
-    element.style.width = (100 * (x2 - x1) / width) + "%";
-    element.style.height = (100 * (y2 - y1) / height) + "%";
+    var width = right - left;
+    var height = top - bottom;
+    var at; // left, top, width, height as fractions of the image
+    switch (number(page, "rotation")) {
+      case 90:
+        at = [(y1 - bottom) / height, (x1 - left) / width, (y2 - y1) / height, (x2 - x1) / width];
+        break;
+      case 180:
+        at = [(right - x2) / width, (y1 - bottom) / height, (x2 - x1) / width, (y2 - y1) / height];
+        break;
+      case 270:
+        at = [(top - y2) / height, (right - x2) / width, (y2 - y1) / height, (x2 - x1) / width];
+        break;
+      default:
+        at = [(x1 - left) / width, (top - y2) / height, (x2 - x1) / width, (y2 - y1) / height];
+    }
+    element.style.left = (100 * at[0]) + "%";
+    element.style.top = (100 * at[1]) + "%";
+    element.style.width = (100 * at[2]) + "%";
+    element.style.height = (100 * at[3]) + "%";
   }
 
   function valueOf(row, name) {
@@ -247,10 +275,6 @@
         return;
       }
       event.preventDefault();
-      if (number(page, "rotation") !== 0) {
-        showError("回転して表示されるページには配置できません。");
-        return;
-      }
       start = pdfPoint(page, event.clientX, event.clientY);
       startClient = [event.clientX, event.clientY];
       drawing = document.createElement("div");

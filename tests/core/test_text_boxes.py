@@ -69,7 +69,13 @@ def test_a_good_box_passes_and_the_edges_are_exact() -> None:
     check_text_box(number=1, label="日", rect=(-0.5, 0, 50, 20), max_length=1, page=1, pages=[A4])
     assert "はみ出し" in _problem((-0.6, 0, 50, 20), "日", 1)
     assert "ページは1～1" in _problem(GOOD, "日付", 20, page=2)
-    assert "回転" in _problem(GOOD, "日付", 20, pages=[PageArea(0, 0, 595, 842, 90)])
+    # A page shown turned takes boxes (the signed PDF turns them with it); the check stays in
+    # user space, the unrotated page, whatever the page looks like on screen.
+    for rotation in (90, 180, 270):
+        turned = [PageArea(0, 0, 595, 842, rotation)]
+        check_text_box(number=1, label="日付", rect=GOOD, max_length=20, page=1, pages=turned)
+        # inside the 842-point displayed width, but off the 595-point user-space width
+        assert "はみ出し" in _problem((700, 100, 800, 120), "日付", 20, pages=turned)
     # A cropped page: only its visible area counts.
     cropped = [PageArea(100, 100, 400, 500)]
     assert "はみ出し" in _problem((50, 200, 150, 220), "日付", 20, pages=cropped)
@@ -112,13 +118,49 @@ def test_create_envelope_holds_boxes_to_the_pages_own_area(
     good = FieldInput(document=0, party=0, label="記入日", page=1, rect=GOOD, max_length=20)
     envelope = _create(session, dev_runtime, make_pdf(pages=1), good)
     assert [(f.label, f.x1, f.y2) for f in envelope.fields] == [("記入日", 300, 720)]
-    # The same box on a page cropped below it, or shown turned, is refused.
+    # The same box on a page cropped below it is refused.
     cropped = with_page_box(make_pdf(pages=1), crop=(0, 0, 595, 600))
     with pytest.raises(StateError, match="not on the page"):
         _create(session, dev_runtime, cropped, good)
+    # On a page shown turned it is taken as it is, in user space (this was refused before the
+    # signing and compose pages could show boxes on turned pages).
+    for rotation in (90, 180, 270):
+        turned = with_page_box(make_pdf(pages=1), rotate=rotation)
+        envelope = _create(session, dev_runtime, turned, good)
+        assert [(f.x1, f.y1, f.x2, f.y2) for f in envelope.fields] == [GOOD]
+
+
+def test_a_value_fits_the_box_as_displayed_on_a_turned_page(
+    session: Session, dev_runtime: Runtime
+) -> None:
+    # 16 points wide and 72 high in user space: on a page turned 90 or 270 degrees it is shown
+    # 72 wide and 16 high, and the value runs along those 72 points in the signed PDF.
+    upright = FieldInput(
+        document=0, party=0, label="記入日", page=1, rect=(300, 600, 316, 672), max_length=100
+    )
     turned = with_page_box(make_pdf(pages=1), rotate=90)
-    with pytest.raises(StateError, match="rotated"):
-        _create(session, dev_runtime, turned, good)
+    envelope = _create(session, dev_runtime, turned, upright)
+    party = envelope.parties[0]
+    (field,) = party.fields
+    engine = dev_runtime.signing
+    for rotation in (90, 270):
+        check_values_fit(
+            engine=engine,
+            party=party,
+            values={field.id: "令" * 13},
+            rotation_of=lambda f, r=rotation: r,
+        )
+        with pytest.raises(StateError) as refused:
+            check_values_fit(
+                engine=engine,
+                party=party,
+                values={field.id: "令" * 14},
+                rotation_of=lambda f, r=rotation: r,
+            )
+        assert "およそ13文字以内" in refused.value.message_ja
+    # read as an upright page, the same box holds hardly anything
+    with pytest.raises(StateError):
+        check_values_fit(engine=engine, party=party, values={field.id: "令和8年4月1日"})
 
 
 def test_a_value_fits_its_box_in_the_signed_pdf_or_is_refused_with_how_much_fits(

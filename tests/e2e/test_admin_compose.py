@@ -8,11 +8,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 from sqlalchemy import select
 
 from core.model import AddressBookEntry, Envelope, Field
 from core.states import EnvelopeState
+from gateway.pages.render import PageBox, rect_at
 from tests.e2e.conftest import Site, link_in
 from tests.e2e.test_admin_pages import PASSWORD, _login, _staff
 from tests.e2e.test_signing_pages import _open_documents
@@ -23,6 +25,9 @@ CONTRACTOR = "ichiro-compose@takahashi.example.co.jp"
 OFFICIAL = "shicho-compose@city.example.jp"
 A4 = (0.0, 0.0, 595.2756, 841.8898)  # the contract's visible page: x1, y1, x2, y2 in points
 CROP = (30.0, 40.0, 560.0, 800.0)  # the acceptance's, away from the origin (a cropped export)
+# ... and the acceptance is shown turned (/Rotate 90, a landscape scan): its image is 760 x 530
+# points and the boxes drawn on it are stored in user space.
+TURNED = PageBox(*CROP, 90)
 MM = 72 / 25.4
 
 
@@ -55,7 +60,9 @@ def _step1(page: Page, site: Site, tmp_path: Path) -> None:
     page.select_option("#contract_type", "other")
     contract, acceptance = tmp_path / "工事請負契約書.pdf", tmp_path / "請書.pdf"
     contract.write_bytes(make_pdf(pages=2, title="工事請負契約書"))
-    acceptance.write_bytes(with_page_box(make_pdf(pages=1, title="請書"), crop=CROP))
+    acceptance.write_bytes(
+        with_page_box(make_pdf(pages=1, title="請書"), crop=CROP, rotate=TURNED.rotation)
+    )
     page.set_input_files("#documents", [str(contract), str(acceptance)])
 
     rows = page.locator("#party-rows tr")
@@ -138,17 +145,16 @@ def _drag(page: Page, document: int, start: tuple[float, float], end: tuple[floa
 
 
 def _dragged_rect(
-    visible: tuple[float, float, float, float],
-    start: tuple[float, float],
-    end: tuple[float, float],
+    visible: PageBox, start: tuple[float, float], end: tuple[float, float]
 ) -> tuple[float, float, float, float]:
-    """Where a drag between image fractions lands in PDF space (origin bottom-left)."""
-    x1, y1, x2, y2 = visible
-    return (
-        x1 + start[0] * (x2 - x1),
-        y2 - end[1] * (y2 - y1),
-        x1 + end[0] * (x2 - x1),
-        y2 - start[1] * (y2 - y1),
+    """Where a drag between fractions of the (turned) image lands in PDF user space."""
+    width, height = visible.size
+    return rect_at(
+        visible,
+        start[0] * width,
+        start[1] * height,
+        (end[0] - start[0]) * width,
+        (end[1] - start[1]) * height,
     )
 
 
@@ -186,6 +192,14 @@ def test_compose_with_a_dragged_text_box(
     seal = ((0.70, 0.80), (0.90, 0.90))
     _drag(page, 1, *seal)
     expect(page.locator("#doc-1 .placed-box")).to_have_count(2)
+    # Shown where it was drawn on the turned image (compose.js turns user space back).
+    shown = page.locator("#doc-1 .placed-box", has_text="押印欄").bounding_box()
+    sheet = page.locator("#doc-1 .compose-page").bounding_box()
+    assert shown is not None and sheet is not None
+    assert (shown["x"] - sheet["x"]) / sheet["width"] == pytest.approx(seal[0][0], abs=0.01)
+    assert (shown["y"] - sheet["y"]) / sheet["height"] == pytest.approx(seal[0][1], abs=0.01)
+    assert shown["width"] / sheet["width"] == pytest.approx(0.20, abs=0.01)
+    assert shown["height"] / sheet["height"] == pytest.approx(0.10, abs=0.01)
     site.shot(page, "compose-dragged-cropped")
     page.select_option("#new_party", "0")
     page.fill("#new_label", "現場代理人氏名")
@@ -211,11 +225,12 @@ def test_compose_with_a_dragged_text_box(
             for f in session.scalars(select(Field).where(Field.envelope_id == envelope_id))
         }
     assert sorted(placed) == ["押印欄", "現場代理人氏名", "記入日"]
-    left, top = CROP[0], CROP[3]  # typed: 20 mm from the left, 30 mm from the top, 50 x 10 mm
-    typed = (left + 20 * MM, top - 40 * MM, left + 70 * MM, top - 30 * MM)
+    # typed: 20 mm from the displayed left, 30 mm from the displayed top, 50 x 10 mm as shown;
+    # on the page turned 90 degrees that is x from 30 + 30 mm, y from 40 + 20 mm, 10 x 50 mm
+    typed = (CROP[0] + 30 * MM, CROP[1] + 20 * MM, CROP[0] + 40 * MM, CROP[1] + 70 * MM)
     for label, where, expected in (
-        ("現場代理人氏名", (0, 1, CONTRACTOR), _dragged_rect(A4, start, end)),
-        ("押印欄", (1, 1, OFFICIAL), _dragged_rect(CROP, *seal)),
+        ("現場代理人氏名", (0, 1, CONTRACTOR), _dragged_rect(PageBox(*A4), start, end)),
+        ("押印欄", (1, 1, OFFICIAL), _dragged_rect(TURNED, *seal)),
         ("記入日", (1, 1, OFFICIAL), typed),
     ):
         assert placed[label][:3] == where, label

@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from playwright.sync_api import BrowserContext, Page, expect
 
 from gateway.cli import main
+from gateway.pages.render import PageBox, rect_at
 from tests.e2e.conftest import Site, link_in, wait_for_visible_images
 from tests.fixtures.gateway import SECRETS, b64, complete_by_services
 
@@ -47,9 +48,9 @@ JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 
 
 def _field_rect(data: bytes) -> list[float] | None:
-    """A small text box near the visible top-left of page 1 (None when the file is unreadable
-    to qpdf too: such a file must be refused anyway; None also where core's text-box rule
-    allows no box: a page shown rotated, or too small for a 2 mm box)."""
+    """A small text box near the top-left of page 1 as displayed, in user space (turned back
+    through the page's /Rotate, as the compose page does); None when the file is unreadable to
+    qpdf too (such a file must be refused anyway) or page 1 is too small for a 2 mm box."""
     try:
         with pikepdf.open(io.BytesIO(data)) as pdf:
             page = pdf.pages[0]
@@ -57,12 +58,10 @@ def _field_rect(data: bytes) -> list[float] | None:
             node, rotate = page.obj, 0
             while node is not None:
                 if "/Rotate" in node:
-                    rotate = int(node.Rotate)
+                    rotate = int(node.Rotate) % 360
                     break
                 node = node.get("/Parent")
     except Exception:
-        return None
-    if rotate % 360:
         return None
     x1, y1, x2, y2 = (
         min(box[0], box[2]),
@@ -70,10 +69,12 @@ def _field_rect(data: bytes) -> list[float] | None:
         max(box[0], box[2]),
         max(box[1], box[3]),
     )
-    width, height = min(120.0, (x2 - x1) / 2), min(18.0, (y2 - y1) / 4)
+    visible = PageBox(x1, y1, x2, y2, rotate if rotate in (90, 180, 270) else 0)
+    shown_width, shown_height = visible.size
+    width, height = min(120.0, shown_width / 2), min(18.0, shown_height / 4)
     if min(width, height) < 6:
         return None
-    return [x1 + 10, y2 - 10 - height, x1 + 10 + width, y2 - 10]
+    return list(rect_at(visible, 10, 10, width, height))
 
 
 def _request(name: str, data: bytes, tag: str) -> dict:

@@ -6,6 +6,7 @@ the envelope by its management number and sees whom it waits for."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
@@ -146,3 +147,67 @@ def test_a_clerk_finds_by_number_whom_it_waits_for_and_its_deadline(
     rows.first.locator(".waiting-on").scroll_into_view_if_needed()
     expect(rows.first.locator(".waiting-on")).to_be_in_viewport()
     site.shot(page, f"list-{size}")
+
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "pdfs"
+# 612 x 792 points in user space with /Rotate 90 on the page (a landscape scan's kind of page):
+# shown 792 wide, 612 high, the user-space origin at the top left and x growing downwards.
+TURNED_BOX = [100, 100, 130, 300]  # user space, as the API takes it: 30 wide, 200 high
+TURNED_SHOWN = (100 / 792, 100 / 612, 200 / 792, 30 / 612)  # left, top, width, height of the image
+
+
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_a_box_on_a_turned_page_sits_over_its_spot_and_is_filled_upright(
+    site: Site, context: BrowserContext, size: str
+) -> None:
+    email = f"ichiro-turned-{size}@example.co.jp"
+    data = (CORPUS / "qpdf-inherited-rotate.pdf").read_bytes()
+    body = {
+        "title": "庁舎清掃業務委託",
+        "contract_type": "other",
+        "documents": [{"name": "請書.pdf", "content_base64": b64(data)}],
+        "parties": [
+            {"role": "signer", "name": "髙橋 一郎", "email": email,
+             "company": "株式会社髙橋建設", "access_code": "24681357"},
+        ],
+        "fields": [{"document": 0, "party": 0, "label": "記入日", "page": 1, "rect": TURNED_BOX}],
+        "metadata": {"deadline": "2026-04-10", "amount": 980000},
+        "send": True,
+    }  # fmt: skip
+    created = site.api.post("/api/v1/envelopes", json=body)
+    assert created.status_code == 201, created.text  # was 422 (回転して表示されるページ)
+    (mail,) = site.inbox.wait_for(email)
+    page: Page = context.new_page()
+    page.set_viewport_size(SIZES[size])  # type: ignore[arg-type]
+    page.goto(link_in(mail))
+    page.fill("#access_code", "24681357")
+    page.click("#next")
+    page.wait_for_url("**/documents")
+    wait_for_visible_images(page)
+
+    box = page.get_by_label("記入日", exact=True)
+    box.scroll_into_view_if_needed()
+    image = page.locator(".page img").first
+    # The image is the page as displayed: landscape.
+    natural = image.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    assert natural[0] / natural[1] == pytest.approx(792 / 612, abs=0.01)
+    shown, sheet = box.bounding_box(), image.bounding_box()
+    assert shown is not None and sheet is not None
+    left, top, width, height = TURNED_SHOWN
+    assert (shown["x"] - sheet["x"]) / sheet["width"] == pytest.approx(left, abs=0.005)
+    assert (shown["y"] - sheet["y"]) / sheet["height"] == pytest.approx(top, abs=0.005)
+    assert shown["width"] / sheet["width"] == pytest.approx(width, abs=0.005)
+    assert shown["height"] / sheet["height"] == pytest.approx(height, abs=0.005)
+    site.shot(page, f"turned-{size}-empty")
+
+    # 200 points wide as displayed (30 in user space): a date fits.
+    box.fill("令和8年4月1日")
+    page.click("#complete-button")
+    page.click("#confirm-complete")
+    page.wait_for_url("**/done")
+    expect(page.locator("h1")).to_have_text("署名手続きが完了しました", timeout=30_000)
+    with site.gateway.sessions() as session:
+        stored = get_envelope(session=session, envelope_id=created.json()["id"])
+        (field,) = stored.fields
+        assert field.value == "令和8年4月1日"
+        assert (field.x1, field.y1, field.x2, field.y2) == tuple(TURNED_BOX)

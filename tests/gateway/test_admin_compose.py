@@ -39,7 +39,7 @@ from gateway.admin.compose_drafts import (
     DraftParty,
     DraftStore,
 )
-from gateway.pages.render import PageBox, PageRenderer, placement, rect_at
+from gateway.pages.render import PageBox, PageRenderer, displayed_rect, placement, rect_at
 from gateway.runtime import access_code_policy
 from tests.fixtures.gateway import complete_by_services
 from tests.fixtures.pdfs import make_pdf, with_page_box
@@ -377,7 +377,7 @@ def test_what_compose_refuses(live_gateway: Callable[..., LiveGateway]) -> None:
             assert envelope is not None and envelope.department == "土木課"
 
 
-def test_page_geometry_follows_the_crop_box_and_refuses_turned_pages() -> None:
+def test_page_geometry_follows_the_crop_box_and_takes_turned_pages() -> None:
     renderer = PageRenderer(dpi=72)  # one pixel per point
     cropped = with_page_box(make_pdf(pages=1), crop=(30, 40, 560, 800))
     (page,) = renderer.page_boxes("cropped", lambda: cropped)
@@ -427,10 +427,46 @@ def test_page_geometry_follows_the_crop_box_and_refuses_turned_pages() -> None:
 
     assert problem(PlacedBox(0, 0, 1, rect, "日付")) is None
     assert "はみ出し" in str(problem(PlacedBox(0, 0, 1, (20, 100, 120, 120), "日付")))  # left of it
-    assert "回転" in str(problem(PlacedBox(1, 0, 1, (100, 100, 200, 120), "日付")))
+    # A page shown turned takes boxes, in user space (refused before the compose and signing
+    # pages could show them there): inside its 595-point width, not past it.
+    assert problem(PlacedBox(1, 0, 1, (100, 100, 200, 120), "日付")) is None
+    assert "はみ出し" in str(problem(PlacedBox(1, 0, 1, (100, 700, 600, 720), "日付")))
     assert "承認者または署名者" in str(problem(PlacedBox(0, 1, 1, rect, "日付")))  # a cc
     assert "小さすぎ" in str(problem(PlacedBox(0, 0, 1, (100, 100, 102, 120), "日付")))
     assert "項目名" in str(problem(PlacedBox(0, 0, 1, rect, "")))
+
+
+def _ink(image: Image.Image) -> tuple[int, int, int, int]:
+    """The bounding box (left, top, right, bottom, pixels) of the dark pixels of ``image``."""
+    box = image.convert("L").point(lambda v: 255 if v < 128 else 0).getbbox()
+    assert box is not None
+    return box
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_boxes_go_where_the_turned_page_image_shows_them(rotation: int) -> None:
+    # The text of the page, found on the upright image and taken into user space, must be found
+    # again on the turned image (as pdfium renders it) where displayed_rect puts it; and rect_at,
+    # what the compose page's typed form uses, is its inverse.
+    renderer = PageRenderer(dpi=72)  # one pixel per point
+    upright = with_page_box(make_pdf(pages=1), crop=(30, 40, 560, 800))
+    (page,) = renderer.page_boxes("upright", lambda: upright)
+    left, top, right, bottom = _ink(
+        Image.open(io.BytesIO(renderer.png("upright", lambda: upright, 0)))
+    )
+    text = (page.left + left, page.top - bottom, page.left + right, page.top - top)
+
+    turned = with_page_box(make_pdf(pages=1), crop=(30, 40, 560, 800), rotate=rotation)
+    (sideways,) = renderer.page_boxes("turned", lambda: turned)
+    assert sideways.rotation == rotation
+    image = Image.open(io.BytesIO(renderer.png("turned", lambda: turned, 0)))
+    assert image.size == pytest.approx(sideways.size, abs=1)
+    x, y, width, height = displayed_rect(sideways, text)
+    assert _ink(image) == pytest.approx((x, y, x + width, y + height), abs=2)
+    shown = placement(sideways, text)
+    assert shown["left"] == pytest.approx(100 * x / sideways.size[0], abs=0.01)
+    assert shown["height"] == pytest.approx(100 * height / sideways.size[1], abs=0.01)
+    assert rect_at(sideways, x, y, width, height) == pytest.approx(text, abs=0.01)
 
 
 def test_every_new_route_checks_login_role_and_csrf(

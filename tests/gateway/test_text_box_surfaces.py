@@ -4,15 +4,25 @@ long for its box is refused on the staff signing page as on the link pages."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import subprocess
+import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
+from core.envelopes import get_envelope
 from core.errors import ConfigError
+from core.links import issue_link
+from core.model import LinkPurpose
 from mapping import load_mapping
 from tests.fixtures.gateway import envelope_request
 from tests.fixtures.intake import MAPPINGS
+from tests.fixtures.pdfs import make_pdf
 from tests.gateway.conftest import LiveGateway
 from tests.gateway.test_admin_compose import THREE, _box, _facts, _step1
 from tests.gateway.test_admin_pages import PASSWORD, _csrf, _login, _staff
@@ -119,3 +129,103 @@ def test_a_staff_signer_is_told_too_when_a_value_does_not_fit_its_box(
             f"/admin/sign/{envelope_id}/complete", data={**form, field.group(1): "令和8年4月1日"}
         )
         assert done.status_code == 303, done.text
+
+
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "pdfs"
+# A landscape scan's kind of page: 612 x 792 points in user space, /Rotate 90, so shown
+# 792 wide and 612 high with the user-space origin at the top left and x growing downwards.
+TURNED_PDF = "pdfjs-hello_world_rotated.pdf"
+TURNED_BOX = (100.0, 100.0, 130.0, 300.0)  # user space: 30 wide, 200 high
+TURNED_SHOWN = (100.0, 100.0, 300.0, 130.0)  # displayed: left, top, right, bottom (points)
+
+
+def _sign_through_the_link(live: LiveGateway, envelope_id: str, index: int, code: str) -> str:
+    """Party ``index`` opens its link, types its code and completes, filling every box it has;
+    returns its documents page."""
+    with live.gateway.sessions() as session:
+        party = get_envelope(session=session, envelope_id=envelope_id).parties[index]
+        _link, token = issue_link(
+            session=session,
+            envelope_id=envelope_id,
+            party_id=party.id,
+            email=party.email,
+            purpose=LinkPurpose.SIGN,
+            valid_for=dt.timedelta(days=1),
+            issued_for=f"test:{envelope_id}",
+        )
+        session.commit()
+    with httpx.Client(base_url=live.url, timeout=120, follow_redirects=False) as browser:
+        signed_in = browser.post(
+            f"/sign/{token}",
+            data={"access_code": code, "csrf_token": _csrf(browser.get(f"/sign/{token}").text)},
+        )
+        assert signed_in.status_code == 303, signed_in.text
+        page = browser.get(f"/sign/{token}/documents")
+        assert page.status_code == 200, page.text
+        fields = re.findall(r'name="(field_[0-9a-f]+)"', page.text)
+        form = {"csrf_token": _csrf(page.text), **dict.fromkeys(fields, "令和8年12月7日")}
+        done = browser.post(f"/sign/{token}/complete", data=form)
+        assert done.status_code == 303, done.text
+    return page.text
+
+
+def _wait(api: httpx.Client, envelope_id: str, done: Callable[[dict[str, Any]], bool]) -> None:
+    """Until the envelope's API status satisfies ``done`` (the signing worker applies each
+    approval in the background)."""
+    deadline = time.monotonic() + 120
+    while not done(api.get(f"/api/v1/envelopes/{envelope_id}").json()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_a_box_on_a_turned_page_is_taken_shown_turned_and_signed_upright(
+    live_gateway: Callable[..., LiveGateway], tmp_path: Path
+) -> None:
+    live = live_gateway()
+    body = envelope_request(send=True, pdfs=[(CORPUS / TURNED_PDF).read_bytes(), make_pdf(pages=1)])
+    body["fields"] = [{"document": 0, "party": 1, "label": "記入日", "page": 1,
+                       "rect": list(TURNED_BOX)}]  # fmt: skip
+    with live.client(live.token("e-bid")) as api:
+        created = api.post("/api/v1/envelopes", json=body)
+        assert created.status_code == 201, created.text  # was 422 envelope.bad_field (回転)
+        envelope_id = created.json()["id"]
+        pages = []
+        for index, code in enumerate(("1111", "2468", "3333")):
+            pages.append(_sign_through_the_link(live, envelope_id, index, code))
+            _wait(api, envelope_id, lambda e, i=index: e["parties"][i]["state"] == "completed")
+        # The contractor's input lies over the box where the turned page image shows it.
+        box = re.search(
+            r'data-left="([\d.]+)" data-top="([\d.]+)" data-width="([\d.]+)" '
+            r'data-height="([\d.]+)"',
+            pages[1],
+        )
+        assert box is not None
+        left, top, right, bottom = TURNED_SHOWN
+        assert [float(v) for v in box.groups()] == pytest.approx(
+            [
+                100 * left / 792,
+                100 * top / 612,
+                100 * (right - left) / 792,
+                100 * (bottom - top) / 612,
+            ],
+            abs=0.01,
+        )
+        _wait(api, envelope_id, lambda e: e["state"] == "completed")
+        signed = api.get(f"/api/v1/envelopes/{envelope_id}/documents/0")
+        assert signed.status_code == 200, signed.text
+    path = tmp_path / "signed.pdf"
+    path.write_bytes(signed.content)
+    # pdftotext lays the page out as displayed: the value reads left to right (wider than
+    # high) inside the box as shown, not sideways along the user-space y axis.
+    words = subprocess.run(
+        ["pdftotext", "-f", "1", "-l", "1", "-bbox", str(path), "-"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    found = re.search(
+        r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">令和8年12月7日<',
+        words,
+    )
+    assert found is not None, words
+    x_min, y_min, x_max, y_max = (float(v) for v in found.groups())
+    assert x_max - x_min > 3 * (y_max - y_min)
+    assert left - 1 <= x_min < x_max <= right + 1 and top - 1 <= y_min < y_max <= bottom + 1
