@@ -567,13 +567,25 @@ def _store_documents(
     doc_ids: Sequence[str],
     now: dt.datetime,
 ) -> None:
+    # The upload is kept as revision 1; preparing appends to it, so the prepared file costs
+    # one small append instead of a second full copy. Every blob is written at once: one
+    # create waits for one round of fsyncs, not one per blob.
+    appends = [
+        len(data) > len(doc.data) and data.startswith(doc.data)
+        for doc, data in zip(documents, prepared, strict=True)
+    ]
+    blob_ids = runtime.blobs.put_many(
+        [doc.data for doc in documents]
+        + [
+            data[len(doc.data) :] if append else data
+            for doc, data, append in zip(documents, prepared, appends, strict=True)
+        ]
+    )
     for position, (doc, info, data) in enumerate(zip(documents, infos, prepared, strict=True)):
-        # The upload is kept as revision 1; preparing appends to it, so the prepared file
-        # costs one small append instead of a second full copy.
         original = DocumentRevision(
             seq=1,
             kind="full",
-            blob_id=runtime.blobs.put(doc.data),
+            blob_id=blob_ids[position],
             size=len(doc.data),
             reason="original",
             created_at=now,
@@ -590,8 +602,12 @@ def _store_documents(
         )
         envelope.documents.append(document)
         document.revisions.append(
-            store_revision(
-                runtime=runtime, document=document, previous=doc.data, new=data, reason="prepared"
+            DocumentRevision(
+                seq=2,
+                kind="append" if appends[position] else "full",
+                blob_id=blob_ids[len(documents) + position],
+                size=len(data),
+                reason="prepared",
             )
         )
 
