@@ -23,10 +23,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
 import re
 import secrets
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from io import SEEK_END, BytesIO
@@ -326,6 +328,27 @@ def check_documents(*, runtime: Runtime, documents: Sequence[DocumentInput]) -> 
     return infos
 
 
+_render_waiters: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _check_renderable_later(runtime: Runtime, documents: Sequence[DocumentInput]) -> Future[None]:
+    """:func:`_check_renderable` in a thread that only waits for the rendering processes;
+    :func:`_rendered` takes its answer. The create goes on meanwhile (preparing, storing), so
+    it waits for the slower of the two instead of for both."""
+    global _render_waiters
+    if _render_waiters is None or _render_waiters[0] != os.getpid():  # a forked worker's own
+        _render_waiters = (
+            os.getpid(),
+            ThreadPoolExecutor(max_workers=16, thread_name_prefix="render-check"),
+        )
+    return _render_waiters[1].submit(_check_renderable, runtime, documents)
+
+
+def _rendered(check: Future[None]) -> None:
+    """Wait for :func:`_check_renderable_later`; raise its refusal, if any."""
+    check.result()
+
+
 def _check_renderable(runtime: Runtime, documents: Sequence[DocumentInput]) -> None:
     """Refuse a document whose pages cannot all be rendered within the page-image caps and
     the renderer's budget: signers could never read it (``document.too_complex``,
@@ -453,9 +476,13 @@ def create_envelope(
         )
         for d in documents
     ]
-    _check_renderable(runtime, documents)
-    _check_fields(fields, parties, [i.pages for i in infos])
-    accounts = _staff_accounts(session, parties)
+    rendering = _check_renderable_later(runtime, documents)
+    try:
+        _check_fields(fields, parties, [i.pages for i in infos])
+        accounts = _staff_accounts(session, parties)
+    except BaseException:
+        _rendered(rendering)  # a refusal to render comes first, as when checked before these
+        raise
 
     now = utcnow()
     envelope = Envelope(
@@ -509,21 +536,28 @@ def create_envelope(
     ]
     # Prepare (certificate ID stamp + empty text fields) before anything is stored, so a
     # refused document leaves neither rows nor blobs behind.
-    prepared = [
-        runtime.signing.prepare(
-            doc.data,
-            certificate_id=envelope.certificate_id,
-            fields=[
-                FieldBox(name=f.name, page=f.page, rect=(f.x1, f.y1, f.x2, f.y2))
-                for f in field_rows
-                if f.document_id == doc_ids[position]
-            ],
-            inspected=inspected[position],
-        )
-        for position, doc in enumerate(documents)
-    ]
     try:
-        _store_documents(runtime, envelope, documents, infos, prepared, doc_ids, now)
+        prepared = [
+            runtime.signing.prepare(
+                doc.data,
+                certificate_id=envelope.certificate_id,
+                fields=[
+                    FieldBox(name=f.name, page=f.page, rect=(f.x1, f.y1, f.x2, f.y2))
+                    for f in field_rows
+                    if f.document_id == doc_ids[position]
+                ],
+                inspected=inspected[position],
+            )
+            for position, doc in enumerate(documents)
+        ]
+    except BaseException:
+        _rendered(rendering)
+        raise
+    try:
+        try:
+            _store_documents(runtime, envelope, documents, infos, prepared, doc_ids, now)
+        finally:
+            _rendered(rendering)  # a refusal wins over a failed store, as when run before it
         envelope.parties.extend(party_rows)
         envelope.fields.extend(field_rows)
         session.add(envelope)
@@ -608,6 +642,7 @@ def _store_documents(
                 blob_id=blob_ids[len(documents) + position],
                 size=len(data),
                 reason="prepared",
+                created_at=now,
             )
         )
 
