@@ -54,8 +54,8 @@ from core.envelopes import (
 )
 from core.errors import DocumentError, GatewayError, InputError, NotFoundError, StateError
 from core.intake import find_contractor
-from core.links import AccessCodePolicy, resend_request, set_access_code
-from core.model import ApiClient, Envelope, Party
+from core.links import AccessCodePolicy, resend_request
+from core.model import AccessCode, ApiClient, Envelope, Party, utcnow
 from core.recovery import (
     change_access_code,
     extend_deadline,
@@ -309,10 +309,12 @@ def _hash_in_background(
 
 
 def store_access_codes(session: Session, envelope: Envelope, codes: Sequence[str | None]) -> None:
-    """Set the hashes from :func:`hash_access_codes` on the parties of a new envelope."""
+    """Set the hashes from :func:`hash_access_codes` on the parties of a new envelope (added
+    as they are: a party made in this transaction has no code to look up and replace)."""
+    now = utcnow()
     for party, code in zip(envelope.parties, codes, strict=True):
         if code is not None:
-            set_access_code(session=session, party_id=party.id, code_hash=code)
+            session.add(AccessCode(party_id=party.id, code_hash=code, set_at=now))
 
 
 def check_management_number(session: Session, number: str | None) -> None:
@@ -431,7 +433,8 @@ def _create(
             contract_type=body.contract_type,
             consent_id=consent_id,
         )
-        envelope.contractor_id = contractor_id
+        if contractor_id is not None:  # else it stays NULL without an UPDATE
+            envelope.contractor_id = contractor_id
         store_access_codes(session, envelope, hashing.result())
         if body.amends is not None:
             record_amendment(
