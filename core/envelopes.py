@@ -23,10 +23,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
 import re
 import secrets
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from io import SEEK_END, BytesIO
@@ -382,6 +384,29 @@ def check_documents(*, runtime: Runtime, documents: Sequence[DocumentInput]) -> 
     return [inspection.info for inspection in inspected]
 
 
+_render_waiters: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _check_renderable_later(
+    runtime: Runtime, documents: Sequence[DocumentInput], inspected: Sequence[InspectedDocument]
+) -> Future[None]:
+    """:func:`_check_renderable` in a thread that only waits for the rendering processes;
+    :func:`_rendered` takes its answer. The create goes on meanwhile (preparing, storing), so
+    it waits for the slower of the two instead of for both."""
+    global _render_waiters
+    if _render_waiters is None or _render_waiters[0] != os.getpid():  # a forked worker's own
+        _render_waiters = (
+            os.getpid(),
+            ThreadPoolExecutor(max_workers=16, thread_name_prefix="render-check"),
+        )
+    return _render_waiters[1].submit(_check_renderable, runtime, documents, inspected)
+
+
+def _rendered(check: Future[None]) -> None:
+    """Wait for :func:`_check_renderable_later`; raise its refusal, if any."""
+    check.result()
+
+
 def _check_renderable(
     runtime: Runtime, documents: Sequence[DocumentInput], inspected: Sequence[InspectedDocument]
 ) -> None:
@@ -512,9 +537,13 @@ def create_envelope(
         )
         for d in documents
     ]
-    _check_renderable(runtime, documents, inspected)
-    _check_fields(fields, parties, [i.pages for i in infos])
-    accounts = _staff_accounts(session, parties)
+    rendering = _check_renderable_later(runtime, documents, inspected)
+    try:
+        _check_fields(fields, parties, [i.pages for i in infos])
+        accounts = _staff_accounts(session, parties)
+    except BaseException:
+        _rendered(rendering)  # a refusal to render comes first, as when checked before these
+        raise
 
     now = utcnow()
     envelope = Envelope(
@@ -568,21 +597,28 @@ def create_envelope(
     ]
     # Prepare (certificate ID stamp + empty text fields) before anything is stored, so a
     # refused document leaves neither rows nor blobs behind.
-    prepared = [
-        runtime.signing.prepare(
-            doc.data,
-            certificate_id=envelope.certificate_id,
-            fields=[
-                FieldBox(name=f.name, page=f.page, rect=(f.x1, f.y1, f.x2, f.y2))
-                for f in field_rows
-                if f.document_id == doc_ids[position]
-            ],
-            inspected=inspected[position],
-        )
-        for position, doc in enumerate(documents)
-    ]
     try:
-        _store_documents(runtime, envelope, documents, infos, prepared, doc_ids, now)
+        prepared = [
+            runtime.signing.prepare(
+                doc.data,
+                certificate_id=envelope.certificate_id,
+                fields=[
+                    FieldBox(name=f.name, page=f.page, rect=(f.x1, f.y1, f.x2, f.y2))
+                    for f in field_rows
+                    if f.document_id == doc_ids[position]
+                ],
+                inspected=inspected[position],
+            )
+            for position, doc in enumerate(documents)
+        ]
+    except BaseException:
+        _rendered(rendering)
+        raise
+    try:
+        try:
+            _store_documents(runtime, envelope, documents, infos, prepared, doc_ids, now)
+        finally:
+            _rendered(rendering)  # a refusal wins over a failed store, as when run before it
         envelope.parties.extend(party_rows)
         envelope.fields.extend(field_rows)
         session.add(envelope)
@@ -626,13 +662,25 @@ def _store_documents(
     doc_ids: Sequence[str],
     now: dt.datetime,
 ) -> None:
+    # The upload is kept as revision 1; preparing appends to it, so the prepared file costs
+    # one small append instead of a second full copy. Every blob is written at once: one
+    # create waits for one round of fsyncs, not one per blob.
+    appends = [
+        len(data) > len(doc.data) and data.startswith(doc.data)
+        for doc, data in zip(documents, prepared, strict=True)
+    ]
+    blob_ids = runtime.blobs.put_many(
+        [doc.data for doc in documents]
+        + [
+            data[len(doc.data) :] if append else data
+            for doc, data, append in zip(documents, prepared, appends, strict=True)
+        ]
+    )
     for position, (doc, info, data) in enumerate(zip(documents, infos, prepared, strict=True)):
-        # The upload is kept as revision 1; preparing appends to it, so the prepared file
-        # costs one small append instead of a second full copy.
         original = DocumentRevision(
             seq=1,
             kind="full",
-            blob_id=runtime.blobs.put(doc.data),
+            blob_id=blob_ids[position],
             size=len(doc.data),
             reason="original",
             created_at=now,
@@ -649,8 +697,13 @@ def _store_documents(
         )
         envelope.documents.append(document)
         document.revisions.append(
-            store_revision(
-                runtime=runtime, document=document, previous=doc.data, new=data, reason="prepared"
+            DocumentRevision(
+                seq=2,
+                kind="append" if appends[position] else "full",
+                blob_id=blob_ids[len(documents) + position],
+                size=len(data),
+                reason="prepared",
+                created_at=now,
             )
         )
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -52,8 +54,8 @@ from core.envelopes import (
 )
 from core.errors import DocumentError, GatewayError, InputError, NotFoundError, StateError
 from core.intake import find_contractor
-from core.links import AccessCodePolicy, resend_request, set_access_code
-from core.model import ApiClient, Envelope, Party
+from core.links import AccessCodePolicy, resend_request
+from core.model import AccessCode, ApiClient, Envelope, Party, utcnow
 from core.recovery import (
     change_access_code,
     extend_deadline,
@@ -250,6 +252,20 @@ def hash_access_codes(
     cc and a party bound to staff (``staff``, in the same order; it logs in instead; a code given
     for it is refused), ``party.access_code_required`` for another approver or signer without
     one."""
+    # Hashed now, before any row is written: no database lock is held while scrypt runs.
+    return _hash_codes(policy, check_access_codes(policy, parties, staff))
+
+
+def _hash_codes(policy: AccessCodePolicy, codes: Sequence[str | None]) -> list[str | None]:
+    return [policy.hash(code) if code is not None else None for code in codes]
+
+
+def check_access_codes(
+    policy: AccessCodePolicy,
+    parties: Sequence[tuple[str, str | None]],
+    staff: Sequence[bool] = (),
+) -> list[str | None]:
+    """:func:`hash_access_codes` without the hashing: each code checked, not yet hashed."""
     codes: list[str | None] = []
     bound = list(staff) + [False] * (len(parties) - len(staff))
     for index, ((role, code), is_staff) in enumerate(zip(parties, bound, strict=True)):
@@ -271,16 +287,34 @@ def hash_access_codes(
                 f"{index + 1}番目の署名者のアクセスコードを指定してください。",
                 details={"party": index + 1},
             )
-        # Hashed now, before any row is written: no database lock is held while scrypt runs.
-        codes.append(policy.hash(policy.check_format(code)))
+        codes.append(policy.check_format(code))
     return codes
 
 
+_hashing: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _hash_in_background(
+    policy: AccessCodePolicy, codes: list[str | None]
+) -> Future[list[str | None]]:
+    """Hash checked codes in a thread of this process (scrypt runs without the GIL) while the
+    request thread reads and stores the documents: the create waits for the slower of the two,
+    not for both. The hashes are the same ones, with the same parameters; started before the
+    documents are parsed, they are ready long before the rows are written, so no database lock
+    waits for scrypt."""
+    global _hashing
+    if _hashing is None or _hashing[0] != os.getpid():  # a forked worker makes its own threads
+        _hashing = (os.getpid(), ThreadPoolExecutor(max_workers=8, thread_name_prefix="code-hash"))
+    return _hashing[1].submit(_hash_codes, policy, codes)
+
+
 def store_access_codes(session: Session, envelope: Envelope, codes: Sequence[str | None]) -> None:
-    """Set the hashes from :func:`hash_access_codes` on the parties of a new envelope."""
+    """Set the hashes from :func:`hash_access_codes` on the parties of a new envelope (added
+    as they are: a party made in this transaction has no code to look up and replace)."""
+    now = utcnow()
     for party, code in zip(envelope.parties, codes, strict=True):
         if code is not None:
-            set_access_code(session=session, party_id=party.id, code_hash=code)
+            session.add(AccessCode(party_id=party.id, code_hash=code, set_at=now))
 
 
 def check_management_number(session: Session, number: str | None) -> None:
@@ -349,10 +383,13 @@ def _create(
         if replay is not None:
             return replay, True
     runtime = context.gateway.runtime
-    codes = hash_access_codes(
+    hashing = _hash_in_background(
         context.policy,
-        [(p.role, p.access_code) for p in body.parties],
-        [p.staff for p in body.parties],
+        check_access_codes(
+            context.policy,
+            [(p.role, p.access_code) for p in body.parties],
+            [p.staff for p in body.parties],
+        ),
     )
     check_management_number(session, body.management_number)
     if body.amends is not None:
@@ -396,8 +433,9 @@ def _create(
             contract_type=body.contract_type,
             consent_id=consent_id,
         )
-        envelope.contractor_id = contractor_id
-        store_access_codes(session, envelope, codes)
+        if contractor_id is not None:  # else it stays NULL without an UPDATE
+            envelope.contractor_id = contractor_id
+        store_access_codes(session, envelope, hashing.result())
         if body.amends is not None:
             record_amendment(
                 session=session, envelope=envelope, original_id=body.amends, actor=actor
@@ -434,7 +472,9 @@ def _create(
         if envelope is not None:
             discard_envelope_blobs(runtime=runtime, envelope=envelope)
         raise
-    return _out(session, envelope), False
+    # What _out would read back: a new envelope amends what the request named, and nothing
+    # can amend it or lock its links (made just now, if sent) before this answer
+    return envelope_out(envelope, amends=body.amends, amended_by=[], locked=frozenset()), False
 
 
 def _replay(session: Session, client: ApiClient, key: str, digest: str) -> EnvelopeOut | None:
