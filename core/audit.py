@@ -15,6 +15,7 @@ smuggled-in event. Events written by a connection outside a Session are not chai
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event as sa_event
-from sqlalchemy import insert, inspect, select, update
+from sqlalchemy import Update, bindparam, insert, inspect, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, SessionTransaction
@@ -85,45 +86,64 @@ def _seal_pending(session: Session) -> None:
     for offset, event in enumerate(events):
         event.chain_seq = first + offset
         event.chain_hash = previous = chain_link(previous, event)
-    rows = [
-        {
-            "envelope_id": e.envelope_id,
-            "party_id": e.party_id,
-            "at": e.at,
-            "actor": e.actor,
-            "action": e.action,
-            "ip": e.ip,
-            "detail": e.detail,
-            "chain_seq": e.chain_seq,
-            "chain_hash": e.chain_hash,
-        }
-        for e in new
-    ]
+    params: dict[str, Any] = {"head_hash": previous}
+    for i, e in enumerate(new):
+        params.update({f"{column}_{i}": getattr(e, column) for column in _LINK_COLUMNS})
+    postgresql = session.get_bind().dialect.name == "postgresql"
     with session.no_autoflush:
-        session.execute(_store_links(session, rows, previous))
+        if new and postgresql:
+            session.execute(_store_links_statement(len(new), True), params)
+        else:
+            session.execute(_move_head_statement(), {"head_hash": previous})
+            if new:
+                session.execute(_store_links_statement(len(new), False), params)
 
 
-def _store_links(session: Session, rows: list[dict[str, Any]], head_hash: str) -> Executable:
-    """The statement that inserts the new events (one multi-row INSERT of plain rows, the
-    objects staying detached with their ids unread) and moves the head's hash to the newest.
+_LINK_COLUMNS = (
+    "envelope_id",
+    "party_id",
+    "at",
+    "actor",
+    "action",
+    "ip",
+    "detail",
+    "chain_seq",
+    "chain_hash",
+)
 
-    On PostgreSQL the head's UPDATE rides along as a data-modifying CTE, so sealing costs two
-    round trips (take positions, store links) rather than three.
-    """
-    set_hash = (
-        update(AuditChainHead.__table__)
-        .where(AuditChainHead.__table__.c.id == _HEAD_ID)
-        .values(hash=head_hash)
+
+@functools.cache
+def _move_head_statement() -> Update:
+    table = AuditChainHead.__table__
+    return (
+        update(table)
+        .where(table.c.id == _HEAD_ID)
+        .values(hash=bindparam("head_hash", type_=table.c.hash.type))
     )
-    if not rows:
-        return set_hash
-    # Core on the table, not an ORM bulk insert: that one leaves out None values and so splits
-    # the rows into one INSERT per set of non-null columns.
-    insert_rows = insert(AuditEvent.__table__).values(rows)
-    if session.get_bind().dialect.name == "postgresql":
-        return insert_rows.add_cte(set_hash.cte("audit_head_moved"))
-    session.execute(set_hash)
-    return insert_rows
+
+
+@functools.lru_cache(maxsize=64)
+def _store_links_statement(rows: int, postgresql: bool) -> Executable:
+    """The statement that inserts ``rows`` new events as one multi-row INSERT of plain rows
+    (the objects stay detached, their ids unread); on PostgreSQL it also moves the head's hash
+    to the newest link, as a data-modifying CTE, so sealing costs two round trips there (take
+    positions, store links) instead of three.
+
+    Core on the table, not an ORM bulk insert: that one leaves out None values and so splits
+    the rows into one INSERT per set of non-null columns. Built once per row count, with bind
+    parameters named ``<column>_<row>`` and ``head_hash``: building a multi-row VALUES clause
+    costs more than executing it.
+    """
+    table = AuditEvent.__table__
+    statement = insert(table).values(
+        [
+            {c: bindparam(f"{c}_{i}", type_=table.c[c].type) for c in _LINK_COLUMNS}
+            for i in range(rows)
+        ]
+    )
+    if postgresql:
+        statement = statement.add_cte(_move_head_statement().cte("audit_head_moved"))
+    return statement
 
 
 @sa_event.listens_for(Session, "after_transaction_end")
