@@ -20,10 +20,10 @@ import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table, Update, bindparam, insert, inspect, select, update
 from sqlalchemy import event as sa_event
-from sqlalchemy import Update, bindparam, insert, inspect, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, SessionTransaction
@@ -34,6 +34,8 @@ from core.model import AuditChainHead, AuditEvent, utcnow
 GENESIS_HASH = "0" * 64
 _HEAD_ID = 1
 _PENDING = "keiyaku.audit_pending"
+_HEAD_TABLE = cast(Table, AuditChainHead.__table__)
+_EVENT_TABLE = cast(Table, AuditEvent.__table__)
 
 
 def record_event(
@@ -114,7 +116,7 @@ _LINK_COLUMNS = (
 
 @functools.cache
 def _move_head_statement() -> Update:
-    table = AuditChainHead.__table__
+    table = _HEAD_TABLE
     return (
         update(table)
         .where(table.c.id == _HEAD_ID)
@@ -134,7 +136,7 @@ def _store_links_statement(rows: int, postgresql: bool) -> Executable:
     parameters named ``<column>_<row>`` and ``head_hash``: building a multi-row VALUES clause
     costs more than executing it.
     """
-    table = AuditEvent.__table__
+    table = _EVENT_TABLE
     statement = insert(table).values(
         [
             {c: bindparam(f"{c}_{i}", type_=table.c[c].type) for c in _LINK_COLUMNS}
