@@ -598,13 +598,15 @@ def _store_documents(
 
 
 def _envelope_graph() -> tuple[Any, ...]:
-    # One envelope's documents, revisions, parties and fields in two SELECTs (each a round trip
-    # to PostgreSQL, paid on every approval): the envelope joined with its parties and their
-    # fields, then its documents joined with their revisions. Two joins, not one, so the rows
-    # grow with parties + fields and documents + revisions, never with their product.
+    # One envelope's documents, revisions, parties and fields in three SELECTs (each a round
+    # trip to PostgreSQL, paid on every approval): the envelope joined with its parties and
+    # their fields, then its documents, then their revisions. The revisions are not joined
+    # onto the documents: a joined load refreshing revisions flushed in the same transaction
+    # left them expired rather than expunged after a rollback (the compose page's failed send
+    # then could not discard their blobs).
     return (
         joinedload(Envelope.parties).joinedload(Party.fields),
-        selectinload(Envelope.documents).joinedload(Document.revisions),
+        selectinload(Envelope.documents).selectinload(Document.revisions),
     )
 
 
