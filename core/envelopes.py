@@ -35,9 +35,10 @@ from io import SEEK_END, BytesIO
 from typing import Any, Protocol
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
+from core._approval_rows import write_approval
 from core.active_content import ActiveContentMode, check_active_content
 from core.amendments import original_of
 from core.audit import record_event
@@ -709,21 +710,29 @@ def _store_documents(
 
 
 def _envelope_graph() -> tuple[Any, ...]:
-    # One envelope's documents, revisions, parties and fields in a few SELECTs instead of a
-    # lazy load per attribute.
+    # One envelope's documents, revisions, parties and fields in three SELECTs (each a round
+    # trip to PostgreSQL, paid on every approval): the envelope joined with its parties and
+    # their fields, then its documents, then their revisions. The revisions are not joined
+    # onto the documents: a joined load refreshing revisions flushed in the same transaction
+    # left them expired rather than expunged after a rollback (the compose page's failed send
+    # then could not discard their blobs).
     return (
+        joinedload(Envelope.parties).joinedload(Party.fields),
         selectinload(Envelope.documents).selectinload(Document.revisions),
-        selectinload(Envelope.parties).selectinload(Party.fields),
     )
 
 
 def get_envelope(*, session: Session, envelope_id: str) -> Envelope:
     """One envelope by id, freshly read with its documents and parties, or ``not_found.envelope``."""
-    envelope = session.scalar(
-        select(Envelope)
-        .where(Envelope.id == envelope_id)
-        .options(*_envelope_graph())
-        .execution_options(populate_existing=True)
+    envelope = (
+        session.execute(
+            select(Envelope)
+            .where(Envelope.id == envelope_id)
+            .options(*_envelope_graph())
+            .execution_options(populate_existing=True)
+        )
+        .unique()
+        .scalar_one_or_none()
     )
     if envelope is None:
         raise NotFoundError(
@@ -1147,14 +1156,18 @@ def _record_signature(
     party: Party,
     new_revisions: list[tuple[Document, DocumentRevision]],
     now: dt.datetime,
+    *,
+    stored: bool = False,
 ) -> None:
-    """After the party's row was moved to ``completed``: attach the new revisions, record the
-    signature and hand the envelope on (in the caller's transaction)."""
+    """After the party's row was moved to ``completed``: attach the new revisions (unless
+    ``stored`` already), record the signature and hand the envelope on (in the caller's
+    transaction)."""
     envelope = party.envelope
-    for doc, revision in new_revisions:
-        doc.revisions.append(revision)
-        doc.size = revision.size
-        doc.signature_count += 1
+    if not stored:
+        for doc, revision in new_revisions:
+            doc.revisions.append(revision)
+            doc.size = revision.size
+            doc.signature_count += 1
     envelope.last_error = None
     set_committed_value(party, "state", PartyState.COMPLETED)
     set_committed_value(party, "completed_at", now)
@@ -1235,27 +1248,24 @@ def approve(
             _record_retriable(session, party.envelope, exc, party_id=party.id)
         raise
     # One transaction for the approval and its signature, so no signing task is needed; of
-    # two concurrent submits one changes the row, the other's blobs are never referenced.
-    _compare_and_set(
+    # two concurrent submits one changes the row, the other's blobs are never referenced. The
+    # party, its fields and the new revisions are written by Core statements (one on
+    # PostgreSQL), not by the unit of work.
+    if not write_approval(
         session,
-        Party,
-        party.id,
-        frozenset(s.value for s in ACTIONABLE_PARTY_STATES),
-        {
-            "state": PartyState.COMPLETED.value,
-            "approved_at": now,
-            "approved_ip": ip,
-            "auth_method": auth_method,
-            "completed_at": now,
-        },
-        StateError(
+        party=party,
+        now=now,
+        ip=ip,
+        auth_method=auth_method,
+        values=cleaned,
+        new_revisions=new_revisions,
+    ):
+        session.rollback()
+        raise StateError(
             "state.already_acted",
             "this approval was already submitted",
             "この署名依頼は既に処理されています。",
-        ),
-    )
-    for f in party.fields:
-        f.value = cleaned[f.id]
+        )
     record_event(
         session=session,
         action="party.approved",
@@ -1269,7 +1279,7 @@ def approve(
     set_committed_value(party, "approved_at", now)
     set_committed_value(party, "approved_ip", ip)
     set_committed_value(party, "auth_method", auth_method)
-    _record_signature(session, runtime, party, new_revisions, now)
+    _record_signature(session, runtime, party, new_revisions, now, stored=True)
     session.commit()
     if party.envelope.state is EnvelopeState.SEALING:
         task = claim_task(session=session, key=seal_key(envelope_id), worker=inline)
