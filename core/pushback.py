@@ -45,11 +45,13 @@ from core.states import DeliveryState, EnvelopeState
 from core.timezone import JST
 
 __all__ = [
+    "ContentRows",
     "PushbackObserver",
     "Subscription",
     "assemble_content",
     "delivery_key",
     "guarantee_update_key",
+    "preload_content",
     "renewal_key",
 ]
 
