@@ -226,7 +226,7 @@ def _verify(gateway: Any, ids: list[str], pdf: bytes) -> int:
     from sqlalchemy.orm import selectinload
 
     from core.blobs import blob_path
-    from core.envelopes import read_document
+    from core.envelopes.documents import read_document
     from core.model import AccessCode, Document, Envelope
 
     want = hashlib.sha256(pdf).hexdigest()
@@ -271,9 +271,9 @@ def bench_store(
     store: str, database_url: str, pdf: bytes, args: argparse.Namespace
 ) -> dict[str, Any]:
     """One store: the three stacks interleaved over ``args.rounds`` rounds, then verified."""
-    from core.devpki import create_dev_pki
-    from core.envelopes import DocumentInput
+    from core.envelopes.creation import DocumentInput
     from core.model import ApiClient
+    from core.signing.devpki import create_dev_pki
     from gateway.api.envelopes import _create
     from gateway.api.schemas import EnvelopeCreate
     from gateway.app import build_context
@@ -289,7 +289,7 @@ def bench_store(
         settings = load_settings(config, environ=SECRETS)
         gateway = open_gateway(settings)  # migrates; the served process finds it migrated
         try:
-            from core.api_clients import create_api_client
+            from core.staff.api_clients import create_api_client
 
             with gateway.sessions() as session:
                 client_row, token = create_api_client(session=session, name="bench")

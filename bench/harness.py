@@ -325,8 +325,8 @@ def loopback_tsa(pki_dir: Path, passphrase: bytes, latency: float = 0.0) -> Iter
     from aiohttp import web
     from asn1crypto import tsp
 
-    from core.devpki import DevPki
     from core.signing import TimestampService
+    from core.signing.devpki import DevPki
 
     pki = DevPki.at(pki_dir)
     stamper: Any = TimestampService.development(

@@ -9,7 +9,7 @@ every tenth award (the others name none and wait for theirs). Each stack lives i
 process (``bench.harness``); every round has each stack do one whole import, in an order
 rotated round by round, each into a database of its own prepared beforehand (untimed):
 
-- ``pipeline-sqlite`` / ``pipeline-postgresql``: ``schedules.sync.sync_source`` — one SFTP
+- ``pipeline-sqlite`` / ``pipeline-postgresql``: ``schedules.intake.sync_source`` — one SFTP
   connection, the file streamed through the CSV reader and the municipal worked example of
   docs/mapping.md (CP932, era dates, full-width digits, lookups, vars), awards upserted in
   batches of 500 with their contractors, the PDFs fetched and stored encrypted in the blob
@@ -142,8 +142,8 @@ def _inspecting_engine(work: Path) -> Any:
     envelope is signed here, so its TSA is never asked)."""
     from pyhanko.keys import load_cert_from_pemder
 
-    from core.devpki import create_dev_pki
     from core.signing import RevocationData, SigningEngine, TimestampService, load_pkcs12_signer
+    from core.signing.devpki import create_dev_pki
 
     passphrase = b"bench-passphrase"
     pki = create_dev_pki(work / "pki", passphrase=passphrase)
@@ -157,7 +157,7 @@ def _inspecting_engine(work: Path) -> Any:
 
 
 class PipelineStack:
-    """``schedules.sync.sync_source`` on the export; operation i imports into database i."""
+    """``schedules.intake.sync_source`` on the export; operation i imports into database i."""
 
     def __init__(
         self,
@@ -170,7 +170,7 @@ class PipelineStack:
         work: str,
         pdf_sha256: str,
     ) -> None:
-        from core.envelopes import Runtime
+        from core.runtime import Runtime
         from core.storage import create_database_engine, make_session_factory, migrate
 
         self.server, self.root, self.file, self.rows = server, root, file, rows
@@ -195,8 +195,8 @@ class PipelineStack:
         from connectors.inbox import ReadLock
         from connectors.sftp import SftpSource
         from core.drafts import SigningAuthority
-        from core.intake import IntakePolicy
-        from schedules.sync import SourceSpec, sync_source
+        from core.intake.policy import IntakePolicy
+        from schedules.intake import SourceSpec, sync_source
 
         def opener() -> Any:
             return SftpSource(

@@ -144,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import logging
 
-    from core.devpki import create_dev_pki
     from core.signing import verify_pdf
+    from core.signing.devpki import create_dev_pki
     from gateway.app import create_app
     from gateway.runtime import load_trust_roots
     from gateway.server import listening_socket, serve_in_thread

@@ -85,25 +85,20 @@ def _node(
     tsa_url: str,
 ) -> None:
     from core.blobs import BlobStore
-    from core.devpki import DevPki
-    from core.envelopes import (
-        DocumentInput,
-        PartyInput,
-        Runtime,
-        approve,
-        create_envelope,
-        read_document,
-        record_view,
-        send_envelope,
-    )
+    from core.envelopes.approvals import approve, record_view
+    from core.envelopes.creation import DocumentInput, PartyInput, create_envelope
+    from core.envelopes.documents import read_document
+    from core.envelopes.lifecycle import send_envelope
     from core.model import Delivery, Document
-    from core.outbox import dispatch, enqueue
+    from core.pushback.outbox import dispatch, enqueue
+    from core.runtime import Runtime
     from core.signing import (
         RevocationData,
         SigningEngine,
         TimestampService,
         load_pkcs12_signer,
     )
+    from core.signing.devpki import DevPki
     from core.states import DeliveryState, PartyRole
     from core.storage import create_database_engine, make_session_factory
     from tests.fixtures.pdfs import make_pdf
@@ -154,7 +149,7 @@ def _node(
                 or 0
             )
 
-    from core.links import AccessCodePolicy, set_access_code
+    from core.envelopes.links import AccessCodePolicy, set_access_code
 
     code_hash = AccessCodePolicy(pepper=b"bench" * 4).hash("2468")  # hashed once, not measured
 
@@ -264,10 +259,11 @@ def _verify_drop(url: str, work: Path, master_key: bytes, envelopes: int) -> int
     from pyhanko.keys import load_cert_from_pemder
 
     from core.blobs import BlobStore
-    from core.devpki import DevPki
-    from core.envelopes import Runtime, read_document
+    from core.envelopes.documents import read_document
     from core.model import Document
+    from core.runtime import Runtime
     from core.signing import verify_pdf
+    from core.signing.devpki import DevPki
     from core.storage import create_database_engine, make_session_factory
 
     logging.getLogger("pyhanko").setLevel(logging.CRITICAL)
@@ -313,7 +309,7 @@ def run(
 ) -> dict[str, float]:
     """One measured run with ``nodes`` processes; returns its figures."""
     from core.blobs import BlobStore
-    from core.devpki import create_dev_pki
+    from core.signing.devpki import create_dev_pki
     from core.storage import create_database_engine, migrate
 
     url, drop_db = _scratch_postgres(admin_url)

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from core.devpki import create_dev_pki
+    from core.signing.devpki import create_dev_pki
     from gateway.app import create_app
     from gateway.pages.render import PAGE_WIDTHS
     from gateway.server import listening_socket, serve_in_thread

@@ -7,7 +7,7 @@ signed PDF of ``--pdf-kb`` KB and a completion certificate each, in the encrypte
 SQLite) and one outbox delivery per envelope to an SFTP sink that is sent the PDF, the
 certificate, a CP932 CSV finance record and a trigger file. Then, per round:
 
-- ``dispatcher``: ``schedules.dispatch.run_until_idle`` delivers all N: claim leases, read and
+- ``dispatcher``: ``schedules.pushback.run_until_idle`` delivers all N: claim leases, read and
   decrypt the documents, render names and the record, upload each file under a temporary name
   and ``posix_rename`` it, write the trigger and the receipt, mark the delivery delivered;
 - ``floor``: the very same files (bytes and names, rendered beforehand) written by one raw
@@ -47,11 +47,11 @@ from bench.harness import emit, machine, ratio
 from connectors.outbound import ContentSpec, RecordSpec, render_outbound
 from connectors.sftp import SftpEndpoint, SftpSink, open_sftp
 from core.blobs import BlobStore
-from core.envelopes import Runtime
-from core.outbox import RetryPolicy
-from core.pushback import assemble_content, delivery_key
+from core.pushback.deliveries import assemble_content, delivery_key
+from core.pushback.outbox import RetryPolicy
+from core.runtime import Runtime
 from core.storage import create_database_engine, migrate
-from schedules.dispatch import Target, run_until_idle
+from schedules.pushback import Target, run_until_idle
 from tests.fixtures.pushback import enqueue_completed, make_completed_envelopes
 from tests.fixtures.sshd import running_sshd
 

@@ -7,7 +7,7 @@ A scratch database on 127.0.0.1:5432 (``random_page_cost = 1.1``, as docs/operat
 for SSD) is migrated (the indexes of migrations 0007, 0010 and 0011: trigrams and bigrams) and filled with
 SQLAlchemy Core ``executemany`` batches: envelopes over 40 departments, 3,000 counterparties,
 five years of transaction dates and amounts from 10,000 to 500,000,000 yen, each with one document
-and one party. Then, for every shape, ``core.search.search_envelopes`` (ORM, the caller's
+and one party. Then, for every shape, ``core.records.search.search_envelopes`` (ORM, the caller's
 visibility scope, page 1 of 50 plus the total count) is timed against hand-written SQL
 ``SELECT ... ORDER BY transaction_date DESC, id DESC LIMIT 50`` and ``SELECT count(*)`` with
 the same conditions and the same scope, through the bare driver (the floor); the two run in
@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from bench.harness import emit, machine, scratch_postgres
 from core.model import Document, Envelope, Party, Staff, VisibilityScope
-from core.search import EnvelopeQuery, search_envelopes
+from core.records.search import EnvelopeQuery, search_envelopes
 from core.states import EnvelopeState
 from core.storage import create_database_engine, migrate
 

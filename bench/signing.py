@@ -8,7 +8,7 @@ same development PKI (RSA-2048) and the same TSA, served over HTTP on 127.0.0.1 
 ``DummyTimeStamper`` behind aiohttp, ``--tsa-latency-ms`` added per token). Per size, every
 round has each stack do one operation, in an order rotated round by round:
 
-- ``approval-sqlite`` / ``approval-postgresql``: ``core.envelopes.approve`` — the whole approval
+- ``approval-sqlite`` / ``approval-postgresql``: ``core.envelopes.approvals.approve`` — the whole approval
   (record: state change, text field, audit events, signing task; then lease the task, read and
   decrypt the document, sign, store the new revision encrypted with the backup mirror on,
   commit) on an envelope whose other party is still to act; SQLite file or a scratch
@@ -65,7 +65,7 @@ def _pdf(size: int) -> bytes:
 def _trust_roots(pki_dir: str) -> list[Any]:
     from pyhanko.keys import load_cert_from_pemder
 
-    from core.devpki import DevPki
+    from core.signing.devpki import DevPki
 
     return [load_cert_from_pemder(str(DevPki.at(Path(pki_dir)).root_cert))]
 
@@ -96,9 +96,9 @@ def check_signed(data: bytes, trust_roots: list[Any], signatures: int) -> None:
 def _engine(pki_dir: str, tsa_url: str) -> Any:
     from pyhanko.keys import load_cert_from_pemder
 
-    from core.certificate import find_cjk_font
-    from core.devpki import DevPki
+    from core.envelopes.certificate import find_cjk_font
     from core.signing import RevocationData, SigningEngine, TimestampService, load_pkcs12_signer
+    from core.signing.devpki import DevPki
 
     pki = DevPki.at(Path(pki_dir))
     return SigningEngine(
@@ -114,7 +114,7 @@ def _engine(pki_dir: str, tsa_url: str) -> Any:
 
 
 class ApprovalStack:
-    """Whole approvals through ``core.envelopes.approve`` on SQLite or PostgreSQL, backup
+    """Whole approvals through ``core.envelopes.approvals.approve`` on SQLite or PostgreSQL, backup
     mirror on; operation i approves the first party of the i-th prepared envelope."""
 
     def __init__(
@@ -123,7 +123,8 @@ class ApprovalStack:
         from sqlalchemy.orm import sessionmaker
 
         from core.blobs import BlobStore
-        from core.envelopes import FieldInput, PartyInput, Runtime
+        from core.envelopes.creation import FieldInput, PartyInput
+        from core.runtime import Runtime
         from core.states import PartyRole
         from core.storage import create_database_engine, migrate
 
@@ -147,7 +148,7 @@ class ApprovalStack:
         self.fields = [
             FieldInput(document=0, party=0, label="記入日", page=1, rect=(100, 100, 300, 120))
         ]
-        from core.links import AccessCodePolicy
+        from core.envelopes.links import AccessCodePolicy
 
         # hashed once: a real hash, not what is measured
         self.code_hash = AccessCodePolicy(pepper=b"bench" * 4).hash("2468")
@@ -156,8 +157,9 @@ class ApprovalStack:
             self.ready[i] = self._envelope()
 
     def _envelope(self) -> tuple[str, str, str]:
-        from core.envelopes import DocumentInput, create_envelope, send_envelope
-        from core.links import set_access_code
+        from core.envelopes.creation import DocumentInput, create_envelope
+        from core.envelopes.lifecycle import send_envelope
+        from core.envelopes.links import set_access_code
 
         with self.sessions() as session:
             env = create_envelope(
@@ -180,7 +182,7 @@ class ApprovalStack:
             return env.id, env.parties[0].id, env.fields[0].id
 
     def run(self, i: int) -> None:
-        from core.envelopes import approve
+        from core.envelopes.approvals import approve
 
         envelope_id, party_id, field_id = self.ready[i]
         with self.sessions() as session:
@@ -195,7 +197,8 @@ class ApprovalStack:
             )
 
     def verify(self, i: int) -> None:
-        from core.envelopes import get_envelope, read_document
+        from core.envelopes.documents import read_document
+        from core.envelopes.lifecycle import get_envelope
         from core.states import PartyState
 
         envelope_id, party_id, _ = self.ready[i]
@@ -251,7 +254,7 @@ class PyhankoStack:
     def __init__(self, *, pki_dir: str, tsa_url: str, size: int, tuned: bool) -> None:
         from pyhanko.sign.timestamps import HTTPTimeStamper
 
-        from core.devpki import DevPki
+        from core.signing.devpki import DevPki
 
         self.pki = DevPki.at(Path(pki_dir))
         self.tuned = tuned
@@ -351,7 +354,7 @@ class FloorStack:
     def __init__(self, *, pki_dir: str, size: int) -> None:
         from cryptography.hazmat.primitives.serialization import pkcs12
 
-        from core.devpki import DevPki
+        from core.signing.devpki import DevPki
 
         p12 = DevPki.at(Path(pki_dir)).signer_p12.read_bytes()
         self.key: Any = pkcs12.load_key_and_certificates(p12, PASSPHRASE)[0]
@@ -485,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     with tempfile.TemporaryDirectory(prefix="keiyaku-bench-") as tmp:
         root = Path(tmp)
-        from core.devpki import create_dev_pki
+        from core.signing.devpki import create_dev_pki
 
         pki_dir = str(create_dev_pki(root / "pki", passphrase=PASSPHRASE).directory)
         wanted = [s.strip() for s in args.stores.split(",")]

@@ -18,7 +18,7 @@ what to do with it::
     │                                 api_client.*,        a missing field, a name too long)
     │                                 consent.*, award.*,
     │                                 records.*, outbox.*,
-    │                                 text.*, guarantee.*  (core/envelopes.py still raises
+    │                                 text.*, guarantee.*  (core/envelopes/ still raises
     │                                                      StateError for its envelope.*, party.*)
     ├── DocumentError                 document.*           skippable record (bad input PDF, limits)
     ├── BlobError                     blob.*               fatal (missing or tampered blob)

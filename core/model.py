@@ -144,7 +144,7 @@ class Contractor(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
     corporate_number: Mapped[str | None] = mapped_column(String(13), index=True)
-    # The name as a match key (core.intake.name_key): finds *candidates* for staff, never merges.
+    # The name as a match key (core.intake.contractors.name_key): finds *candidates* for staff, never merges.
     name_key: Mapped[str | None] = mapped_column(String(200), index=True)
     email: Mapped[str | None] = mapped_column(String(320))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -322,7 +322,7 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     ip: Mapped[str | None] = mapped_column(String(45))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON(), default=dict)
-    # Hash chain (see core.audit): position in the chain and SHA-256 over the previous hash
+    # Hash chain (see core.records.audit): position in the chain and SHA-256 over the previous hash
     # plus this event's canonical content. NULL only for events older than the chain.
     chain_seq: Mapped[int | None] = mapped_column(BigInteger(), unique=True)
     chain_hash: Mapped[str | None] = mapped_column(String(64))
@@ -424,7 +424,7 @@ class ApiClient(Base):
 
 class AuthThrottle(Base):
     """Failed attempts at a secret that names no row of its own (an unknown API token names no
-    client), per key such as ``api_token:<client address>``; see :mod:`core.attempts`."""
+    client), per key such as ``api_token:<client address>``; see :mod:`core.staff.attempts`."""
 
     __tablename__ = "auth_throttles"
 
@@ -747,7 +747,7 @@ class GuaranteeReference(Base):
     """One electronic guarantee certificate (電子保証) handed over for an envelope: the guarantee
     contract number (保証契約番号) and the authentication key (認証キー) with which the buyer
     views it at the issuer. The key is a secret: only its AES-GCM ciphertext and its last two
-    characters are stored (see :mod:`core.guarantees`)."""
+    characters are stored (see :mod:`core.envelopes.guarantees`)."""
 
     __tablename__ = "guarantee_references"
     __table_args__ = (UniqueConstraint("envelope_id", "contract_number"),)
@@ -849,7 +849,7 @@ class AddressBookEntry(Base):
 class AuditChainHead(Base):
     """The single row holding the newest link of the audit hash chain; each committing
     transaction that recorded events updates it, so its row lock puts the chain in commit order
-    (see :mod:`core.audit`)."""
+    (see :mod:`core.records.audit`)."""
 
     __tablename__ = "audit_chain_head"
 
@@ -858,7 +858,7 @@ class AuditChainHead(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
-# Search (core.search): the 電子帳簿保存法 keys and the scope filters, each with an index.
+# Search (core.records.search): the 電子帳簿保存法 keys and the scope filters, each with an index.
 Index("ix_envelopes_transaction_date", Envelope.transaction_date, Envelope.id)
 Index("ix_envelopes_counterparty", Envelope.counterparty)
 Index("ix_envelopes_amount", Envelope.amount)
@@ -873,7 +873,7 @@ Index("ix_parties_email", Party.email)  # the "as a party" part of every scope
 # - two-character words (道路, 工事: most Japanese words are two kanji) are below what trigrams
 #   serve: ``keiyaku_bigrams(text)`` (migration 0011, an immutable SQL function giving the text's
 #   distinct two-character substrings) is indexed, and ``@> ARRAY[word]`` finds the rows
-#   containing a two-character word (core.search).
+#   containing a two-character word (core.records.search).
 BIGRAMS = "keiyaku_bigrams"
 for _column in (Document.name, Envelope.title, Envelope.counterparty):
     _prefix = f"ix_{_column.class_.__tablename__}_{_column.key}"

@@ -1,7 +1,7 @@
 """What a sink is given: the content of one delivery and the files and record rendered from it.
 
 Plain frozen dataclasses with no service behind them, so a connector can import them without
-loading the signing stack (pyHanko) or the HTTP clients: :func:`core.pushback.assemble_content`
+loading the signing stack (pyHanko) or the HTTP clients: :func:`core.pushback.deliveries.assemble_content`
 builds a :class:`PushContent`, ``connectors.outbound.render_outbound`` turns it into an
 :class:`Outbound`, and :meth:`Sink.push <connectors.base.Sink.push>` takes that.
 """

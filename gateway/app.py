@@ -18,8 +18,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
+from core.envelopes.notify import AttachmentLimits
 from core.errors import ConfigError
-from core.notify import AttachmentLimits
 from gateway.admin import install_allow_list
 from gateway.admin import router as admin_router
 from gateway.admin.operations import router as operations_router

@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.envelopes import Runtime
-from core.outbox import release_leases
-from core.signing_worker import process_until_idle
+from core.pushback.outbox import release_leases
+from core.runtime import Runtime
+from core.signing.worker import process_until_idle
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class PollingThread(LeasingThread):
 
 
 class SigningWorker(PollingThread):
-    """Applies the queued signatures and seals (:mod:`core.signing_worker`) in a background
+    """Applies the queued signatures and seals (:mod:`core.signing.worker`) in a background
     thread: every ``interval`` seconds, or at once after :meth:`wake` (an approval was just
     committed on this node)."""
 

@@ -20,10 +20,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.envelopes import MB, Limits
+from core.envelopes.guarantees import MAX_NOTICE_BYTES
 from core.errors import GatewayError
-from core.guarantees import MAX_NOTICE_BYTES
-from core.staff import MAX_IMPORT_BYTES
+from core.runtime import MB, Limits
+from core.staff.accounts import MAX_IMPORT_BYTES
 
 __all__ = ["AWARD_BODY_BYTES", "BodyLimit", "BodyTooLarge", "envelope_body_limit", "route_limits"]
 

@@ -43,7 +43,7 @@ def main(ctx: click.Context, config: Path) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing config and PKI.")
 def init(directory: Path, buyer: str, force: bool) -> None:
     """Write DIRECTORY/config.yaml, fresh secrets and a development-only PKI."""
-    from core.devpki import create_dev_pki
+    from core.signing.devpki import create_dev_pki
     from gateway.settings import load_settings
 
     config = directory / "config.yaml"
@@ -281,7 +281,7 @@ def api_client_create(
     staff_email: str | None,
 ) -> None:
     """Register system NAME and print its token (shown this once only)."""
-    from core.api_clients import DEFAULT_SCOPES, create_api_client, update_api_client
+    from core.staff.api_clients import DEFAULT_SCOPES, create_api_client, update_api_client
 
     with with_session(obj, commit=True) as session:
         client, token = create_api_client(
@@ -305,7 +305,7 @@ def api_client_set(
     obj: CliContext, name: str, department: str | None, staff_email: str | None
 ) -> None:
     """Set system NAME's default department and the staff member it acts for."""
-    from core.api_clients import update_api_client
+    from core.staff.api_clients import update_api_client
 
     with with_session(obj) as session:
         client = update_api_client(
@@ -322,7 +322,7 @@ def api_client_set(
 @click.pass_obj
 def api_client_list(obj: CliContext) -> None:
     """List the registered systems (never their tokens)."""
-    from core.api_clients import list_api_clients
+    from core.staff.api_clients import list_api_clients
 
     with with_session(obj) as session:
         for client in list_api_clients(session=session):
@@ -335,7 +335,7 @@ def api_client_list(obj: CliContext) -> None:
 @click.pass_obj
 def api_client_revoke(obj: CliContext, name: str) -> None:
     """Stop the token of system NAME from working."""
-    from core.api_clients import revoke_api_client
+    from core.staff.api_clients import revoke_api_client
 
     with with_session(obj, commit=True) as session:
         revoke_api_client(session=session, name=name)
@@ -610,7 +610,7 @@ def sync_run(
     """
     from gateway import intake
     from gateway.runtime import access_code_policy
-    from schedules.sync import sync_source
+    from schedules.intake import sync_source
 
     if errors_of is not None:
         ctx.invoke(sync_errors, run_id=errors_of, limit=limit, as_json=as_json)
@@ -692,7 +692,7 @@ def sync_run(
 @click.pass_obj
 def sync_runs(obj: CliContext, source: str | None, limit: int, as_json: bool) -> None:
     """List recent sync runs (of SOURCE, default: all), newest first."""
-    from core.intake import list_runs
+    from core.intake.runs import list_runs
 
     with with_session(obj) as session:
         items = [_run_json(r) for r in list_runs(session=session, source=source, limit=limit)]
@@ -717,7 +717,7 @@ def sync_runs(obj: CliContext, source: str | None, limit: int, as_json: bool) ->
 @click.pass_obj
 def sync_errors(obj: CliContext, run_id: int, limit: int, as_json: bool) -> None:
     """List the line errors (dead letters) of sync run RUN."""
-    from core.intake import list_dead_letters
+    from core.intake.runs import list_dead_letters
 
     with with_session(obj) as session:
         rows = list_dead_letters(session=session, run_id=run_id, limit=limit)
@@ -745,7 +745,7 @@ def sync_replay(obj: CliContext, source: str, run_id: int | None) -> None:
     Exit codes as for `keiyaku sync`."""
     from gateway import intake
     from gateway.runtime import access_code_policy
-    from schedules.sync import replay_dead_letters
+    from schedules.intake import replay_dead_letters
 
     settings = obj.settings()
     with with_gateway(obj) as gateway:
@@ -783,7 +783,7 @@ def sync_replay(obj: CliContext, source: str, run_id: int | None) -> None:
 @click.pass_obj
 def sync_reset_cursor(obj: CliContext, source: str, value: str) -> None:
     """Set SOURCE's bookmark by hand (audited)."""
-    from core.intake import reset_cursor
+    from core.intake.runs import reset_cursor
     from gateway import intake
 
     try:

@@ -44,7 +44,7 @@ def awards() -> None:
 @click.pass_obj
 def awards_list(obj: Any, state: str, source: str | None, limit: int, as_json: bool) -> None:
     """List awards (by default the waiting ones), each with why it waits."""
-    from core.intake import list_awards
+    from core.intake.awards import list_awards
     from core.model import AwardState
     from gateway.intake import award_json
 
@@ -159,7 +159,7 @@ def contractors() -> None:
 def contractors_conflicts(obj: Any, show_all: bool, as_json: bool) -> None:
     """List contractor conflicts: name-only candidates, code/name or code/number mismatches,
     and contractors merged before migration 0014."""
-    from core.intake import CONFLICT_KIND_JA, list_conflicts
+    from core.intake.contractors import CONFLICT_KIND_JA, list_conflicts
 
     with with_gateway(obj) as gateway, gateway.sessions() as session:
         items = [
@@ -195,7 +195,7 @@ def contractors_conflicts(obj: Any, show_all: bool, as_json: bool) -> None:
 @click.pass_obj
 def contractors_resolve(obj: Any, conflict_id: int, note: str) -> None:
     """Mark a conflict as checked (audited)."""
-    from core.intake import resolve_conflict
+    from core.intake.contractors import resolve_conflict
 
     with with_gateway(obj) as gateway, gateway.sessions() as session:
         resolve_conflict(session=session, conflict_id=conflict_id, actor=actor(), resolution=note)
@@ -214,7 +214,7 @@ def consent() -> None:
 @click.pass_obj
 def consent_list(obj: Any, as_json: bool, limit: int) -> None:
     """Consents, newest first, with their date, measures and withdrawal."""
-    from core.consent import consent_json, list_consents
+    from core.intake.consent import consent_json, list_consents
     from core.model import Contractor
 
     with with_gateway(obj) as gateway, gateway.sessions() as session:
@@ -243,7 +243,7 @@ def consent_list(obj: Any, as_json: bool, limit: int) -> None:
 @click.pass_obj
 def consent_withdraw(obj: Any, consent_id: str, reason: str) -> None:
     """Record the contractor's withdrawal: no new envelope to it (audited)."""
-    from core.consent import withdraw_consent
+    from core.intake.consent import withdraw_consent
 
     with with_gateway(obj) as gateway, gateway.sessions() as session:
         withdraw_consent(session=session, consent_id=consent_id, actor=actor(), reason=reason)

@@ -60,7 +60,7 @@ def restore_command(obj: Any, backup: Path, force: bool, dry_run: bool, as_json:
     configured database's kind, of a schema this version knows, and its documents must decrypt
     with this site's master key (a backup of another site does not); a database that holds
     envelopes is replaced only with --force."""
-    from core.backup import latest_backup, plan_restore, restore
+    from core.records.backup import latest_backup, plan_restore, restore
     from core.storage import known_revisions
     from gateway.ops import check_restored
     from gateway.runtime import database_engine, master_key
@@ -297,7 +297,7 @@ def sweep_blobs_command(obj: Any, dry_run: bool, grace_hours: float, as_json: bo
     refused request), older than the grace period; --dry-run reports them first."""
     import datetime as dt
 
-    from core.blob_sweep import sweep_orphans
+    from core.records.blob_sweep import sweep_orphans
 
     with with_gateway(obj) as gateway, gateway.sessions() as session:
         report = sweep_orphans(

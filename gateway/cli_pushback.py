@@ -74,7 +74,7 @@ def _delivery_row(d: Any) -> dict[str, Any]:
 @click.pass_obj
 def outbox_list(obj: Any, state: str | None, target: str | None, limit: int, as_json: bool) -> None:
     """Deliveries, newest first."""
-    from core.outbox import list_deliveries
+    from core.pushback.outbox import list_deliveries
 
     with with_gateway(obj) as gateway, gateway.sessions() as session:
         rows = [
@@ -106,7 +106,7 @@ def outbox_list(obj: Any, state: str | None, target: str | None, limit: int, as_
 @click.pass_obj
 def outbox_show(obj: Any, delivery_id: int) -> None:
     """One delivery in full, with its last error."""
-    from core.outbox import get_delivery
+    from core.pushback.outbox import get_delivery
 
     with with_gateway(obj) as gateway, gateway.sessions() as session:
         row = _delivery_row(get_delivery(session=session, delivery_id=delivery_id))
@@ -119,7 +119,7 @@ def outbox_show(obj: Any, delivery_id: int) -> None:
 @click.pass_obj
 def outbox_retry(obj: Any, delivery_id: int) -> None:
     """Send a dead delivery round again (its attempts start over)."""
-    from core.outbox import retry_dead
+    from core.pushback.outbox import retry_dead
 
     with with_gateway(obj) as gateway, gateway.sessions() as session:
         delivery = retry_dead(session=session, delivery_id=delivery_id, actor=actor())
@@ -134,7 +134,7 @@ def outbox_retry(obj: Any, delivery_id: int) -> None:
 def outbox_dispatch(obj: Any, loop: bool, sinks: tuple[str, ...], worker: str | None) -> None:
     """Push due deliveries to their sinks until none is due (or, with --loop, until stopped)."""
     from gateway.sinks import build_targets, close_targets, lease, retry_policy
-    from schedules.dispatch import run_until_idle
+    from schedules.pushback import run_until_idle
 
     stop = threading.Event()
     if loop:
@@ -183,7 +183,7 @@ def guarantee() -> None:
 
 
 def _print_guarantee(ref: Any) -> None:
-    from core.guarantees import KIND_JA, masked_key
+    from core.envelopes.guarantees import KIND_JA, masked_key
 
     click.echo(
         f"{ref.id}  {KIND_JA[ref.kind]}  {ref.contract_number}  key {masked_key(ref)}  "
@@ -214,7 +214,7 @@ def guarantee_add(
 ) -> None:
     """Add a reference to ENVELOPE (id or management number). The authentication key is asked
     for (hidden) or read from stdin, never taken from the command line."""
-    from core.guarantees import GuaranteeInput, add_guarantee
+    from core.envelopes.guarantees import GuaranteeInput, add_guarantee
 
     key = (
         sys.stdin.readline().strip()
@@ -248,7 +248,7 @@ def guarantee_add(
 @click.pass_obj
 def guarantee_import_notice(obj: Any, envelope: str, file: Path, allow_reuse: bool) -> None:
     """Add the reference printed on an issuer's notice PDF (電子証書閲覧用「認証キー」等のお知らせ)."""
-    from core.guarantees import import_notice
+    from core.envelopes.guarantees import import_notice
 
     data = file.read_bytes()
     with with_gateway(obj) as gateway, gateway.sessions() as session:
@@ -270,7 +270,7 @@ def guarantee_import_notice(obj: Any, envelope: str, file: Path, allow_reuse: bo
 @click.pass_obj
 def guarantee_list(obj: Any, envelope: str, as_json: bool) -> None:
     """An envelope's references (authentication keys masked)."""
-    from core.guarantees import KIND_JA, list_guarantees, masked_key
+    from core.envelopes.guarantees import KIND_JA, list_guarantees, masked_key
 
     with with_gateway(obj) as gateway, gateway.sessions() as session:
         refs = list_guarantees(session=session, envelope_id=_envelope_id(session, envelope))
@@ -303,7 +303,7 @@ def guarantee_list(obj: Any, envelope: str, as_json: bool) -> None:
 @click.pass_obj
 def guarantee_remove(obj: Any, envelope: str, guarantee_id: str, reason: str) -> None:
     """Remove a mistaken reference (recorded in the audit trail)."""
-    from core.guarantees import remove_guarantee
+    from core.envelopes.guarantees import remove_guarantee
 
     with with_gateway(obj) as gateway, gateway.sessions() as session:
         remove_guarantee(

@@ -63,7 +63,7 @@ def search_command(
     from sqlalchemy import select, true
 
     from core.model import Staff
-    from core.search import encode_csv, export_envelopes, parse_query, records_csv
+    from core.records.search import encode_csv, export_envelopes, parse_query, records_csv
 
     given = {
         "management_number": management_number,

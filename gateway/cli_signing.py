@@ -30,7 +30,7 @@ def signing_run(obj: Any, loop: bool, worker: str | None) -> None:
     import os
     import socket
 
-    from core.signing_worker import process_until_idle
+    from core.signing.worker import process_until_idle
 
     stop = threading.Event()
     if loop:
@@ -62,7 +62,7 @@ def signing_run(obj: Any, loop: bool, worker: str | None) -> None:
 @click.pass_obj
 def signing_list(obj: Any, as_json: bool) -> None:
     """Signatures and seals not applied yet, oldest first, with attempts and the last error."""
-    from core.signing_worker import list_waiting
+    from core.signing.worker import list_waiting
 
     with with_gateway(obj) as gateway, gateway.sessions() as session:
         waiting = list_waiting(session=session)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 def password_policy(settings: Any) -> Any:
     """The password policy the settings ask for."""
-    from core.staff import PasswordPolicy
+    from core.staff.accounts import PasswordPolicy
 
     return PasswordPolicy(
         min_length=settings.staff.password_min_length,
@@ -67,7 +67,7 @@ def staff_import(
     Nothing is applied when a line is bad, unless --skip-bad-lines. Exit code 1 when lines were
     bad, 2 when nothing could be read.
     """
-    from core.staff import apply_import, plan_import
+    from core.staff.accounts import apply_import, plan_import
 
     with with_session(obj, commit=not dry_run) as session:
         plan, lines = plan_import(
@@ -126,7 +126,7 @@ def staff_add(
     password_stdin: bool,
 ) -> None:
     """Add one staff member."""
-    from core.staff import add_staff, set_password
+    from core.staff.accounts import add_staff, set_password
 
     settings = obj.settings()
     with with_session(obj, commit=True) as session:
@@ -168,7 +168,7 @@ def staff_edit(
     disabled: bool | None,
 ) -> None:
     """Change one staff member."""
-    from core.staff import get_staff, update_staff
+    from core.staff.accounts import get_staff, update_staff
 
     with with_session(obj, commit=True) as session:
         member = get_staff(session=session, email=email)
@@ -191,7 +191,7 @@ def staff_edit(
 @click.pass_obj
 def staff_set_password(obj: Any, email: str, password_stdin: bool) -> None:
     """Set a staff member's password (and lift a lockout)."""
-    from core.staff import get_staff, set_password
+    from core.staff.accounts import get_staff, set_password
 
     password = (
         sys.stdin.readline().rstrip("\n")
@@ -217,7 +217,7 @@ def staff_set_password(obj: Any, email: str, password_stdin: bool) -> None:
 @click.pass_obj
 def staff_totp(obj: Any, email: str, disable: bool) -> None:
     """Enrol a staff member in TOTP (prints the otpauth:// URI for their app), or remove it."""
-    from core.staff import disable_totp, enable_totp, get_staff
+    from core.staff.accounts import disable_totp, enable_totp, get_staff
 
     settings = obj.settings()
     with with_session(obj, commit=True) as session:
@@ -235,7 +235,7 @@ def staff_totp(obj: Any, email: str, disable: bool) -> None:
 @click.pass_obj
 def staff_list(obj: Any, as_json: bool) -> None:
     """Every staff member."""
-    from core.staff import list_staff
+    from core.staff.accounts import list_staff
 
     with with_session(obj, commit=False) as session:
         rows = [_staff_json(s) for s in list_staff(session=session)]
@@ -258,9 +258,9 @@ def api_client_allow(obj: Any, name: str, networks: tuple[str, ...]) -> None:
     """Limit API client NAME to NETWORKS (CIDR); no networks lifts the limit."""
     from sqlalchemy import select
 
-    from core.access import set_client_networks
     from core.errors import StaffError
     from core.model import ApiClient
+    from core.staff.access import set_client_networks
 
     with with_session(obj, commit=True) as session:
         client = session.scalars(select(ApiClient).where(ApiClient.name == name)).first()
@@ -285,8 +285,8 @@ def audit_verify(obj: Any, as_json: bool, every: bool) -> None:
     """Recompute the hash chain and compare each concluded envelope's records-law facts with
     the chained ones; exit 1 naming the first edited, deleted or unchained event, and every
     envelope whose facts were edited outside the gateway."""
-    from core.audit import verify_chain
-    from core.records import verify_record_facts
+    from core.records.audit import verify_chain
+    from core.records.facts import verify_record_facts
 
     with with_session(obj, commit=False) as session:
         report = verify_chain(session=session, stop_at_first=not every)
@@ -353,7 +353,7 @@ def _jst_day(text: str) -> dt.datetime:
 @click.pass_obj
 def audit_export(obj: Any, start: str, end: str, output: Path | None) -> None:
     """Audit events of a date range as CSV (UTF-8 with BOM, for Excel); stdout by default."""
-    from core.audit import iter_events
+    from core.records.audit import iter_events
 
     first, last = _jst_day(start), _jst_day(end) + dt.timedelta(days=1)
     handle = output.open("w", encoding="utf-8-sig", newline="") if output else sys.stdout
@@ -408,7 +408,7 @@ def report() -> None:
 @click.pass_obj
 def report_monthly(obj: Any, month: str, months: int, as_json: bool) -> None:
     """Contracts concluded in MONTH (YYYY-MM, JST) in total and per department."""
-    from core.reports import monthly_report, parse_month
+    from core.records.reports import monthly_report, parse_month
 
     with with_session(obj, commit=False) as session:
         year, number = parse_month(month)

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from core.envelopes import action_ja
-from core.links import AccessCodePolicy
-from core.staff import roles_ja, scope_ja
+from core.envelopes.labels import action_ja
+from core.envelopes.links import AccessCodePolicy
+from core.staff.accounts import roles_ja, scope_ja
 from core.states import party_role_ja
 from gateway.background import SigningWorker
 from gateway.mailer import MailDispatcher, jst

@@ -46,17 +46,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from connectors.inbox import ReadLockConfig
-from core.certificate import find_cjk_font
-from core.envelopes import (
-    DocumentInput,
-    completion_certificate,
-    current_documents,
-    get_envelope,
-)
+from core.envelopes.certificate import find_cjk_font
+from core.envelopes.creation import DocumentInput
+from core.envelopes.documents import current_documents
+from core.envelopes.lifecycle import get_envelope
+from core.envelopes.sealing import completion_certificate
 from core.errors import RecordError
-from core.intake import get_award
+from core.intake.awards import get_award
 from core.model import AuditEvent, Award, Envelope, Party, Staff
-from core.staff import add_staff, set_password
+from core.staff.accounts import add_staff, set_password
 from core.states import EnvelopeState, PartyRole
 from core.timezone import JST
 from gateway import intake
@@ -65,7 +63,7 @@ from gateway.cli_staff import password_policy
 from gateway.runtime import Gateway, access_code_policy
 from gateway.server import serve_in_thread
 from gateway.settings import FolderSourceSettings, Settings
-from schedules.sync import SyncResult, sync_source
+from schedules.intake import SyncResult, sync_source
 
 INPUT = Path("demo-input")
 # The demo's sources: (name, mapping, folder), synced in this order so that the award finds its

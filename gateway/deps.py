@@ -12,9 +12,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from core.access import check_client_network
-from core.api_clients import TokenPolicy, authenticate
 from core.model import ApiClient
+from core.staff.access import check_client_network
+from core.staff.api_clients import TokenPolicy, authenticate
 from gateway.context import AppContext
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -13,14 +13,14 @@ from connectors.csv import CsvFormat, read_csv
 from core.business_days import BusinessCalendar
 from core.drafts import SigningAuthority
 from core.errors import ConfigError, NotFoundError
-from core.intake import (
-    IntakePolicy,
+from core.intake.awards import (
     award_state_ja,
     dismiss_award,
     release_award,
     set_award_access_code,
     waiting_reason,
 )
+from core.intake.policy import IntakePolicy
 from core.timezone import JST
 from gateway.settings import (
     ApiSourceSettings,
@@ -30,13 +30,13 @@ from gateway.settings import (
     SoapSourceSettings,
 )
 from mapping import MappingSpecError, SourceMapping, load_mapping
-from schedules.sync import SourceSpec, remap_award
+from schedules.intake import SourceSpec, remap_award
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from core.envelopes import Runtime
     from core.model import Award
+    from core.runtime import Runtime
 
 SAMPLE_MAPPINGS = Path(__file__).parent / "mappings"
 

@@ -1,13 +1,13 @@
 """Sending the gateway's mails: templates, transports, the outbox handler and its worker.
 
-:class:`core.notify.MailObserver` adds one outbox delivery per mail in the transaction of the
+:class:`core.envelopes.notify.MailObserver` adds one outbox delivery per mail in the transaction of the
 envelope event. :class:`MailHandler` sends one such delivery: it makes the link the mail
 carries at that moment (so no raw token ever waits in the outbox), renders the Jinja2 template
 of its kind (``mail/<kind>.txt``; an admin's ``mail.templates_dir`` overrides any of them),
 attaches the signed PDFs when they fit, and hands the message to the transport: a maildir
 folder by default, SMTP with STARTTLS in production. SMTP failures are retried a few times
 with backoff (tenacity); after that the delivery stays in the outbox for a later try.
-:class:`MailDispatcher` runs :func:`core.outbox.dispatch` for mail in a thread of
+:class:`MailDispatcher` runs :func:`core.pushback.outbox.dispatch` for mail in a thread of
 ``keiyaku serve``.
 """
 
@@ -39,14 +39,16 @@ from tenacity import (
     wait_exponential,
 )
 
-from core.audit import list_events
-from core.deadlines import NOTICE_TARGET
-from core.envelopes import Runtime, current_documents, get_envelope
+from core.envelopes.deadlines import NOTICE_TARGET
+from core.envelopes.documents import current_documents
+from core.envelopes.lifecycle import get_envelope
+from core.envelopes.links import issue_link
+from core.envelopes.notify import MAIL_TARGET, AttachmentLimits, MailKind, attachments_fit
 from core.errors import ConfigError, Disposition, GatewayError
-from core.links import issue_link
 from core.model import Delivery, LinkPurpose, Party
-from core.notify import MAIL_TARGET, AttachmentLimits, MailKind, attachments_fit
-from core.outbox import DispatchResult, dispatch
+from core.pushback.outbox import DispatchResult, dispatch
+from core.records.audit import list_events
+from core.runtime import Runtime
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, party_state_ja
 from core.text import without_controls
 from core.timezone import JST
@@ -209,7 +211,7 @@ class MailHandler:
 
     def compose_notice(self, delivery: Delivery) -> EmailMessage:
         """A deadline reminder or overdue notice: subject and body were composed when it was
-        queued (core.deadlines), addressed to every recipient at once."""
+        queued (core.envelopes.deadlines), addressed to every recipient at once."""
         payload = delivery.payload
         recipients = [Address(addr_spec=str(address)) for address in payload["to"]]
         return self._message(

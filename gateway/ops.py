@@ -11,12 +11,12 @@ from typing import Any
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import selectinload
 
-from core.archive import RenewalPlan, RenewalPolicy, RenewalReport, plan_renewals
-from core.audit import verify_chain
-from core.backup import BackupResult, backup, delete_purged_copies
-from core.envelopes import read_document
+from core.envelopes.documents import read_document
 from core.model import Document, Envelope
-from core.retention import PurgeReport, RetentionPolicy, purged_blob_ids
+from core.records.archive import RenewalPlan, RenewalPolicy, RenewalReport, plan_renewals
+from core.records.audit import verify_chain
+from core.records.backup import BackupResult, backup, delete_purged_copies
+from core.records.retention import PurgeReport, RetentionPolicy, purged_blob_ids
 from core.signing import BoundedVerifier, VerifyBudget
 from core.states import EnvelopeState
 from core.storage import make_session_factory, schema_is_current, schema_revisions

@@ -45,10 +45,10 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
 from sqlalchemy import and_, func, or_, select, text
 
-from core.archive import latest_check
 from core.errors import AuthError, Disposition, GatewayError
 from core.model import Delivery, Document, Envelope, JobRun, SyncRun, utcnow
-from core.signing_worker import waiting_ages
+from core.records.archive import latest_check
+from core.signing.worker import waiting_ages
 from core.states import DeliveryState
 from core.timezone import JST
 from gateway.runtime import Gateway

@@ -16,14 +16,14 @@ from pyhanko.keys import load_cert_from_pemder
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.audit import record_settings
 from core.blobs import BlobStore
-from core.certificate import find_cjk_font
-from core.envelopes import MB, Limits, Runtime
+from core.envelopes.certificate import find_cjk_font
+from core.envelopes.links import AccessCodePolicy
+from core.envelopes.notify import MailObserver
 from core.errors import ConfigError
-from core.links import AccessCodePolicy
-from core.notify import MailObserver
+from core.records.audit import record_settings
 from core.rendering import RenderBudget, RenderPool
+from core.runtime import MB, Limits, Runtime
 from core.signing import (
     RevocationData,
     SigningEngine,

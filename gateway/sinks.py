@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from connectors.outbound import check_spec
-from core.outbox import RetryPolicy
-from core.pushback import PushbackObserver, Subscription
+from core.pushback.deliveries import PushbackObserver, Subscription
+from core.pushback.outbox import RetryPolicy
 from gateway.background import LeasingThread
 from gateway.settings import FolderSinkSettings, Settings
-from schedules.dispatch import Target
+from schedules.pushback import Target
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -72,7 +72,7 @@ def close_targets(targets: Mapping[str, Target]) -> None:
 def push_demo(gateway: Gateway, envelope_id: str) -> list[tuple[str, Path]]:
     """For `keiyaku demo`: push the demo envelope (with the guarantee its contractor registered
     on the signing pages) to every folder sink. Returns (sink name, folder) of each."""
-    from schedules.dispatch import run_until_idle
+    from schedules.pushback import run_until_idle
 
     del envelope_id  # every due delivery is pushed; the demo's are among them
     settings = gateway.settings
@@ -107,7 +107,7 @@ class PushbackWorker(LeasingThread):
     name = "pushback"
 
     def __init__(self, gateway: Gateway) -> None:
-        from schedules.dispatch import default_worker
+        from schedules.pushback import default_worker
 
         super().__init__(gateway.sessions, f"{default_worker()}:pushback")
         self.gateway = gateway
@@ -122,7 +122,7 @@ class PushbackWorker(LeasingThread):
         self._wake.set()
 
     def _loop(self) -> None:
-        from schedules.dispatch import run_until_idle
+        from schedules.pushback import run_until_idle
 
         settings = self.gateway.settings
         targets = build_targets(settings)

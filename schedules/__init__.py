@@ -4,8 +4,8 @@ Each job module exposes ``JOB_ID`` and ``run(...)``; :func:`build_scheduler` wir
 expressions, and :func:`run_once` guards each tick across nodes.
 """
 
+from schedules.intake import SourceSpec, SyncResult, accept_record, sync_source
 from schedules.runner import JobSpec, build_scheduler, run_once
-from schedules.sync import SourceSpec, SyncResult, accept_record, sync_source
 
 __all__ = [
     "JobSpec",

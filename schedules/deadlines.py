@@ -7,7 +7,7 @@ import datetime as dt
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.business_days import BusinessCalendar
-from core.deadlines import NOTICE_TARGET, DeadlineReport, check_deadlines
+from core.envelopes.deadlines import NOTICE_TARGET, DeadlineReport, check_deadlines
 from core.timezone import JST
 
 __all__ = ["JOB_ID", "run"]

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.drafts import SigningAuthority
-from core.envelopes import Runtime
 from core.errors import GatewayError, SourceError
-from core.intake import IntakePolicy
-from schedules.sync import SourceSpec, SyncResult, sync_source
+from core.intake.policy import IntakePolicy
+from core.runtime import Runtime
+from schedules.intake import SourceSpec, SyncResult, sync_source
 
 __all__ = ["JOB_ID", "run"]
 

@@ -6,8 +6,8 @@ import datetime as dt
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.envelopes import Runtime
-from core.retention import PurgeReport, RetentionPolicy, purge_documents
+from core.records.retention import PurgeReport, RetentionPolicy, purge_documents
+from core.runtime import Runtime
 
 __all__ = ["JOB_ID", "run"]
 

@@ -1,5 +1,5 @@
 """The re-timestamping job: archive timestamps on documents whose timestamp chain is expiring,
-when the renewal extends their validity (see :mod:`core.archive`)."""
+when the renewal extends their validity (see :mod:`core.records.archive`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import datetime as dt
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.archive import RenewalPolicy, RenewalReport, renew_due_timestamps
-from core.envelopes import Runtime
+from core.records.archive import RenewalPolicy, RenewalReport, renew_due_timestamps
+from core.runtime import Runtime
 
 __all__ = ["JOB_ID", "run"]
 

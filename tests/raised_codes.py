@@ -197,7 +197,7 @@ def raise_sites() -> list[RaiseSite]:
     for name in _own_code_classes(trees, classes):
         del classes[name]
     factories = {file: _factories(tree, classes) for file, tree in trees.items()}
-    # A factory imported by name from another module (``from core.staff import import_columns``).
+    # A factory imported by name from another module (``from core.staff.accounts import import_columns``).
     exported = {
         name: factory
         for per_file in factories.values()

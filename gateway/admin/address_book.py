@@ -2,7 +2,7 @@
 add or change a contact, delete, CSV import (all lines or none) and CSV export.
 
 Every logged-in staff member may look and export; senders and admins may change it (the rules
-live in :mod:`core.address_book`). Every post carries the CSRF token; every change and every
+live in :mod:`core.envelopes.address_book`). Every post carries the CSRF token; every change and every
 export is an audit event.
 """
 
@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from core.address_book import (
+from core.envelopes.address_book import (
     ContactImportPlan,
     add_contact,
     apply_import,
@@ -33,7 +33,7 @@ from core.address_book import (
 )
 from core.errors import StaffError
 from core.model import AddressBookEntry, Staff, StaffRole
-from core.staff import MAX_IMPORT_BYTES
+from core.staff.accounts import MAX_IMPORT_BYTES
 from gateway.admin.operations import PER_PAGE, PageNumber, Pager
 from gateway.admin.pages import admin_page, current_staff, staff_with_role, to_login
 from gateway.context import AppContext

@@ -32,16 +32,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData, UploadFile
 
-from core.access import chooses_department, department_for_new_envelope
-from core.address_book import list_contacts
-from core.consent import (
-    CONSTRUCTION,
-    CONTRACT_TYPES,
-    current_consent,
-    has_withdrawn,
-    require_consent,
-)
-from core.envelopes import (
+from core.envelopes.address_book import list_contacts
+from core.envelopes.creation import (
     DocumentInput,
     FieldInput,
     PartyInput,
@@ -50,13 +42,21 @@ from core.envelopes import (
     check_staff_party,
     create_envelope,
     discard_envelope_blobs,
-    send_envelope,
 )
+from core.envelopes.lifecycle import send_envelope
 from core.errors import GatewayError, InputError, StaffError
-from core.intake import find_contractor
+from core.intake.consent import (
+    CONSTRUCTION,
+    CONTRACT_TYPES,
+    current_consent,
+    has_withdrawn,
+    require_consent,
+)
+from core.intake.contractors import find_contractor
 from core.model import Staff, StaffRole
 from core.signing import PageArea
-from core.staff import check_email, check_name
+from core.staff.access import chooses_department, department_for_new_envelope
+from core.staff.accounts import check_email, check_name
 from core.states import PartyRole
 from core.text_boxes import MM, check_text_box
 from gateway.admin.address_book import contact_label
@@ -464,7 +464,7 @@ class PlacedBox:
     max_length: int = 200
 
     def as_field(self) -> FieldInput:
-        """The box as :func:`core.envelopes.create_envelope` takes it."""
+        """The box as :func:`core.envelopes.creation.create_envelope` takes it."""
         return FieldInput(
             document=self.document,
             party=self.party,

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
-from core.access import require_role
-from core.archive import request_current_copy
 from core.model import StaffRole
+from core.records.archive import request_current_copy
+from core.staff.access import require_role
 from gateway.admin.pages import to_login, visible_envelope
 from gateway.deps import ClientIpDep, ContextDep, SessionDep
 from gateway.pages.signing import check_csrf

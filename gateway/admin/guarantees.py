@@ -2,7 +2,7 @@
 masked), add one by hand or from the issuer's notice PDF, record that the certificate was
 confirmed at the issuer, remove a mistaken one with a reason. Senders and admins change them;
 anyone who may see the envelope sees them. A change after completion reaches the finance sinks
-as an update (:mod:`core.pushback`)."""
+as an update (:mod:`core.pushback.deliveries`)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from core.access import has_role, require_role
-from core.errors import GatewayError
-from core.guarantees import (
+from core.envelopes.guarantees import (
     KIND_JA,
     MAX_NOTICE_BYTES,
     GuaranteeInput,
@@ -27,7 +25,9 @@ from core.guarantees import (
     remove_guarantee,
     verify_guarantee,
 )
+from core.errors import GatewayError
 from core.model import Envelope, GuaranteeKind, Staff, StaffRole
+from core.staff.access import has_role, require_role
 from core.states import envelope_state_ja
 from gateway.admin.pages import admin_page, to_login, visible_envelope
 from gateway.context import AppContext

@@ -3,7 +3,7 @@ awards that wait (why, and what would release them) with release / dismiss, the 
 recent runs, and the outbox with counts per state and a retry of dead deliveries.
 
 Admins only (``staff.role_required``, 403, for anyone else); the retry is a CSRF-checked post
-and an audit event (:func:`core.outbox.retry_dead`).
+and an audit event (:func:`core.pushback.outbox.retry_dead`).
 """
 
 from __future__ import annotations
@@ -16,22 +16,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from core.consent import consent_json, list_consents, withdraw_consent
-from core.intake import (
-    CONFLICT_KIND_JA,
-    award_state_ja,
-    count_awards,
-    count_runs,
-    get_run,
-    list_awards,
-    list_conflicts,
-    list_dead_letters,
-    list_runs,
-    waiting_reason,
-)
+from core.intake.awards import award_state_ja, count_awards, list_awards, waiting_reason
+from core.intake.consent import consent_json, list_consents, withdraw_consent
+from core.intake.contractors import CONFLICT_KIND_JA, list_conflicts
+from core.intake.runs import count_runs, get_run, list_dead_letters, list_runs
 from core.jobs import list_job_runs
 from core.model import Contractor
-from core.outbox import count_deliveries, list_deliveries, list_targets, retry_dead
+from core.pushback.outbox import count_deliveries, list_deliveries, list_targets, retry_dead
 from core.states import DeliveryState
 from gateway.admin.pages import admin_page, admin_staff, to_login
 from gateway.deps import ClientIpDep, ContextDep, SessionDep

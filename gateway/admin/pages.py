@@ -2,9 +2,9 @@
 envelope list with the records-law search, the detail with per-party progress, downloads of the
 signed documents and the completion certificate, cancel, and the monthly report with an SVG chart.
 
-Every envelope is looked up through :mod:`core.access` (out of scope answers 404 like a missing
+Every envelope is looked up through :mod:`core.staff.access` (out of scope answers 404 like a missing
 one); every post carries the CSRF token; login, view, download and cancel are audit events.
-A login is a server-side session (:mod:`core.staff_sessions`): the cookie holds its random token,
+A login is a server-side session (:mod:`core.staff.sessions`): the cookie holds its random token,
 signed with the server's session key, and logout, a password change, disabling the account or an
 admin's "end sessions" ends it on the server, so a copied cookie stops working.
 """
@@ -25,25 +25,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from core.access import get_visible_envelope, has_role, require_role
-from core.audit import list_events, record_event
-from core.consent import CONTRACT_TYPE_JA, consent_json
-from core.envelopes import (
-    action_ja,
-    auth_method_ja,
-    cancel_envelope,
-    completion_certificate,
-    document_at,
-    party_auth_ja,
-    read_document,
-)
+from core.envelopes.documents import document_at, read_document
+from core.envelopes.labels import action_ja, auth_method_ja, party_auth_ja
+from core.envelopes.lifecycle import cancel_envelope
+from core.envelopes.recovery import locked_party_ids
+from core.envelopes.sealing import completion_certificate
 from core.errors import StaffError
+from core.intake.consent import CONTRACT_TYPE_JA, consent_json
 from core.model import Staff, StaffRole
-from core.recovery import locked_party_ids
-from core.reports import monthly_report
-from core.search import EnvelopeQuery, SearchPage, parse_query, search_envelopes, waiting_on
-from core.signing_worker import list_waiting
-from core.staff import (
+from core.records.audit import list_events, record_event
+from core.records.reports import monthly_report
+from core.records.search import EnvelopeQuery, SearchPage, parse_query, search_envelopes, waiting_on
+from core.signing.worker import list_waiting
+from core.staff.access import get_visible_envelope, has_role, require_role
+from core.staff.accounts import (
     MAX_IMPORT_BYTES,
     PasswordPolicy,
     add_staff,
@@ -55,7 +50,7 @@ from core.staff import (
     set_password,
     update_staff,
 )
-from core.staff_sessions import (
+from core.staff.sessions import (
     SessionPolicy,
     count_live_sessions,
     end_session,
@@ -317,7 +312,7 @@ def visible_envelope(
     request: Request, context: AppContext, session: Session, envelope_id: str
 ) -> Any:
     """(staff, envelope) for a logged-in staff member who may see the envelope; (None, None)
-    without a session; ``not_found`` when it is out of their scope (core.access)."""
+    without a session; ``not_found`` when it is out of their scope (core.staff.access)."""
     staff = current_staff(request, context, session)
     if staff is None:
         return None, None
@@ -482,7 +477,7 @@ def report_page(
     request: Request, context: ContextDep, session: SessionDep, month: str | None = None
 ) -> Response:
     """Contracts concluded per month (last twelve months, chart) and per department."""
-    from core.reports import parse_month
+    from core.records.reports import parse_month
 
     staff = current_staff(request, context, session)
     if staff is None:

@@ -1,7 +1,7 @@
 """Staff recovery on the envelope page (senders and admins who see the envelope): resend a
 request, unlock a locked link, set a new access code, correct a party's name or e-mail, replace
-a signer, remind now, extend the deadline. Each goes through :mod:`core.recovery` (or
-:func:`core.links.resend_request`), which audits it and mails whom it affects."""
+a signer, remind now, extend the deadline. Each goes through :mod:`core.envelopes.recovery` (or
+:func:`core.envelopes.links.resend_request`), which audits it and mails whom it affects."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from core.errors import InputError, NotFoundError
-from core.links import resend_request
-from core.model import Party, Staff
-from core.recovery import (
+from core.envelopes.links import resend_request
+from core.envelopes.recovery import (
     change_access_code,
     extend_deadline,
     readdress_party,
     remind_party,
     unlock_party,
 )
+from core.errors import InputError, NotFoundError
+from core.model import Party, Staff
 from gateway.admin.pages import parse_date, sender_action
 from gateway.deps import ClientIpDep, ContextDep, SessionDep
 from gateway.pages.signing import _text, check_csrf, read_form

@@ -5,7 +5,7 @@ here instead of through a mailed link and an access code: 署名待ち lists the
 is theirs; the envelope opens in the same document view as the signing pages (tabs, pages, the
 party's text boxes, checklist) with the same two steps 「完了する」 → 「署名手続きを完了する」, and
 the confirmation asks for the password again (and the one-time code when the account has TOTP)
-before :func:`core.staff_signing.approve_as_staff` records the approval. The signing worker
+before :func:`core.signing.staff_signing.approve_as_staff` records the approval. The signing worker
 applies it like any other.
 """
 
@@ -18,11 +18,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from core.audit import record_event
-from core.envelopes import decline, document_at, read_document, record_view
+from core.envelopes.approvals import record_view
+from core.envelopes.documents import document_at, read_document
+from core.envelopes.lifecycle import decline
 from core.errors import AuthError, StateError
 from core.model import Document, Party, Staff
-from core.staff_signing import approve_as_staff, get_staff_party, list_awaiting
+from core.records.audit import record_event
+from core.signing.staff_signing import approve_as_staff, get_staff_party, list_awaiting
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState
 from core.text_boxes import check_values_fit
 from gateway.admin.pages import _policy, admin_page, current_staff, to_login

@@ -20,10 +20,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from core.api_clients import require_scope
 from core.errors import NotFoundError, RecordError
-from core.intake import list_awards
+from core.intake.awards import list_awards
 from core.model import ApiClient, AwardState
+from core.staff.api_clients import require_scope
 from gateway import intake
 from gateway.body_limit import AWARD_BODY_BYTES
 from gateway.context import AppContext
@@ -31,7 +31,7 @@ from gateway.deps import ApiClientDep, ContextDep, SessionDep
 from gateway.intake import AwardAction, AwardDecision, award_json, decide_award
 from gateway.runtime import access_code_policy
 from gateway.settings import ApiSourceSettings
-from schedules.sync import SyncResult, accept_record
+from schedules.intake import SyncResult, accept_record
 
 router = APIRouter(prefix="/api/v1", tags=["awards"])
 

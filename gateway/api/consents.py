@@ -8,10 +8,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from core.api_clients import require_scope
-from core.consent import get_consent, list_consents, withdraw_consent
 from core.drafts import ContractorRef, UsageRequestDraft
-from core.intake import ContractorDirectory, find_contractor, upsert_usage_request
+from core.intake.consent import get_consent, list_consents, withdraw_consent
+from core.intake.contractors import ContractorDirectory, find_contractor, upsert_usage_request
+from core.staff.api_clients import require_scope
 from gateway import intake
 from gateway.api.schemas import ConsentIn, ConsentOut, WithdrawIn, consent_out
 from gateway.deps import ApiClientDep, ClientIpDep, ContextDep, SessionDep

@@ -2,7 +2,7 @@
 cancel, resend, download signed documents and the completion certificate.
 
 Every envelope is looked up through the calling system's scope
-(:func:`core.api_clients.get_client_envelope`); domain failures propagate as
+(:func:`core.staff.api_clients.get_client_envelope`); domain failures propagate as
 :class:`core.errors.GatewayError` to the one handler in :mod:`gateway.errors`.
 """
 
@@ -28,35 +28,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from core.amendments import amended_by, original_of, record_amendment
-from core.api_clients import (
-    client_department,
-    client_search_scope,
-    find_idempotent,
-    get_client_envelope,
-    list_client_envelopes,
-    record_ownership,
-    require_scope,
-)
-from core.audit import record_event
-from core.consent import CONSTRUCTION, current_consent, get_consent, has_withdrawn
-from core.envelopes import (
+from core.envelopes.amendments import amended_by, original_of, record_amendment
+from core.envelopes.creation import (
     DocumentInput,
     FieldInput,
     PartyInput,
-    cancel_envelope,
-    completion_certificate,
     create_envelope,
     discard_envelope_blobs,
-    document_at,
-    read_document,
-    send_envelope,
 )
-from core.errors import DocumentError, GatewayError, InputError, NotFoundError, StateError
-from core.intake import find_contractor
-from core.links import AccessCodePolicy, resend_request
-from core.model import AccessCode, ApiClient, Envelope, Party, utcnow
-from core.recovery import (
+from core.envelopes.documents import document_at, read_document
+from core.envelopes.lifecycle import cancel_envelope, send_envelope
+from core.envelopes.links import AccessCodePolicy, resend_request
+from core.envelopes.recovery import (
     change_access_code,
     extend_deadline,
     locked_party_ids,
@@ -64,12 +47,27 @@ from core.recovery import (
     remind_party,
     unlock_party,
 )
-from core.search import (
+from core.envelopes.sealing import completion_certificate
+from core.errors import DocumentError, GatewayError, InputError, NotFoundError, StateError
+from core.intake.consent import CONSTRUCTION, current_consent, get_consent, has_withdrawn
+from core.intake.contractors import find_contractor
+from core.model import AccessCode, ApiClient, Envelope, Party, utcnow
+from core.records.audit import record_event
+from core.records.search import (
     encode_csv,
     export_envelopes,
     parse_query,
     records_csv,
     search_envelopes,
+)
+from core.staff.api_clients import (
+    client_department,
+    client_search_scope,
+    find_idempotent,
+    get_client_envelope,
+    list_client_envelopes,
+    record_ownership,
+    require_scope,
 )
 from core.states import EnvelopeState, PartyRole
 from core.text import one_line

@@ -1,6 +1,6 @@
 """The guarantee references (電子保証) of one envelope over the API: read (the 認証キー masked),
 add (the key is write-only), remove with a reason. A reference added or removed after
-completion reaches the finance sinks as an update (:mod:`core.pushback`)."""
+completion reaches the finance sinks as an update (:mod:`core.pushback.deliveries`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.api_clients import get_client_envelope, require_scope
-from core.guarantees import (
+from core.envelopes.guarantees import (
     KIND_JA,
     GuaranteeInput,
     add_guarantee,
@@ -20,6 +19,7 @@ from core.guarantees import (
     remove_guarantee,
 )
 from core.model import GuaranteeReference
+from core.staff.api_clients import get_client_envelope, require_scope
 from gateway.deps import ApiClientDep, ContextDep, SessionDep
 
 router = APIRouter(prefix="/api/v1", tags=["guarantees"])

@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from core.consent import CONTRACT_TYPE_JA, consent_json
+from core.intake.consent import CONTRACT_TYPE_JA, consent_json
 from core.model import Envelope, UsageRequest
 from core.states import envelope_state_ja, party_state_ja
 from core.text import multi_line

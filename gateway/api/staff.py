@@ -1,7 +1,7 @@
 """``POST /api/v1/staff/import``: personnel's system sends the staff list as CSV.
 
-The same import as ``keiyaku staff import`` (:func:`core.staff.plan_import` then
-:func:`core.staff.apply_import`), with the same JSON diff as its ``--json``. The CSV comes as
+The same import as ``keiyaku staff import`` (:func:`core.staff.accounts.plan_import` then
+:func:`core.staff.accounts.apply_import`), with the same JSON diff as its ``--json``. The CSV comes as
 the body (``text/csv``, UTF-8 or CP932) or as the ``file`` part of a multipart form. A file with
 a bad line is refused whole (422, every bad line with its number) unless ``skip_bad_lines``;
 ``dry_run`` only reports; what is applied is applied in one transaction. Needs the scope
@@ -18,10 +18,10 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from core.api_clients import require_scope
 from core.errors import GatewayError
 from core.model import ApiClient
-from core.staff import MAX_IMPORT_BYTES, apply_import, plan_import, refuse_bad_lines
+from core.staff.accounts import MAX_IMPORT_BYTES, apply_import, plan_import, refuse_bad_lines
+from core.staff.api_clients import require_scope
 from gateway.deps import ApiClientDep, ClientIpDep, SessionDep
 
 router = APIRouter(prefix="/api/v1", tags=["staff"])

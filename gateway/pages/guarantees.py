@@ -14,8 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from core.errors import GatewayError, InputError
-from core.guarantees import (
+from core.envelopes.guarantees import (
     KIND_JA,
     MAX_NOTICE_BYTES,
     GuaranteeInput,
@@ -24,6 +23,7 @@ from core.guarantees import (
     list_guarantees,
     masked_key,
 )
+from core.errors import GatewayError, InputError
 from core.model import GuaranteeKind, Party
 from core.states import EnvelopeState, PartyState
 from gateway.context import AppContext

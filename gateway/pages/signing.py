@@ -20,18 +20,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 from starlette.datastructures import FormData
 
-from core.audit import record_event
-from core.envelopes import (
-    decline,
-    document_at,
-    get_party,
-    read_document,
-    record_approval,
-    record_view,
-)
+from core.envelopes.approvals import record_approval, record_view
+from core.envelopes.documents import document_at, read_document
+from core.envelopes.lifecycle import decline, get_party
+from core.envelopes.links import check_access_code, forward_party, open_link
 from core.errors import AuthError, GatewayError, NotFoundError, StateError
-from core.links import check_access_code, forward_party, open_link
 from core.model import Document, Envelope, Field, LinkPurpose, Party, SigningLink
+from core.records.audit import record_event
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, PartyState
 from core.text_boxes import check_values_fit
 from gateway.context import AppContext
@@ -688,7 +683,7 @@ def done_certificate(
 ) -> Response:
     """The completion certificate (締結証明書), from the done page once the envelope is
     concluded: the last signer need not wait for the completion mail."""
-    from core.envelopes import completion_certificate
+    from core.envelopes.sealing import completion_certificate
 
     checked = _require_session(request, context, session, token)
     if isinstance(checked, RedirectResponse):
@@ -780,7 +775,7 @@ def download_certificate(
     token: Token, context: ContextDep, session: SessionDep, ip: ClientIpDep
 ) -> Response:
     """The completion certificate (締結証明書)."""
-    from core.envelopes import completion_certificate
+    from core.envelopes.sealing import completion_certificate
 
     link, envelope = _download_link(session, token)
     data = completion_certificate(runtime=context.gateway.runtime, envelope=envelope)

@@ -13,9 +13,9 @@ import pytest
 from asn1crypto import x509
 
 from core.blobs import BlobStore
-from core.devpki import DevPki
-from core.envelopes import Runtime
+from core.runtime import Runtime
 from core.signing import SigningEngine
+from core.signing.devpki import DevPki
 from tests.fixtures.pdfs import make_pdf
 from tests.fixtures.pki_plugin import load_pem_cert
 

@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from core.access import get_visible_envelope, require_role, visible_envelopes
 from core.errors import NotFoundError, StaffError
 from core.model import StaffRole, VisibilityScope
-from core.reports import monthly_report
-from core.search import EnvelopeQuery, search_envelopes, search_statement
+from core.records.reports import monthly_report
+from core.records.search import EnvelopeQuery, search_envelopes, search_statement
+from core.staff.access import get_visible_envelope, require_role, visible_envelopes
 from core.states import EnvelopeState
 from tests.fixtures.staff import make_envelope, make_staff
 

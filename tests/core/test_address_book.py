@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.address_book import (
+from core.envelopes.address_book import (
     add_contact,
     apply_import,
     check_contact,

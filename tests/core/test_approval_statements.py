@@ -15,19 +15,13 @@ from asn1crypto import x509
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.audit import list_events, verify_chain
-from core.envelopes import (
-    DocumentInput,
-    FieldInput,
-    PartyInput,
-    Runtime,
-    approve,
-    create_envelope,
-    current_documents,
-    get_envelope,
-    send_envelope,
-)
+from core.envelopes.approvals import approve
+from core.envelopes.creation import DocumentInput, FieldInput, PartyInput, create_envelope
+from core.envelopes.documents import current_documents
+from core.envelopes.lifecycle import get_envelope, send_envelope
 from core.errors import StateError
+from core.records.audit import list_events, verify_chain
+from core.runtime import Runtime
 from core.signing import verify_pdf
 from core.states import EnvelopeState, PartyRole, PartyState
 from tests.fixtures.envelopes import ensure_staff, give_access_codes

@@ -20,29 +20,26 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from connectors.folder import FolderSink
 from connectors.outbound import ContentSpec
-from core.archive import (
+from core.blobs import BlobStore
+from core.envelopes.creation import DocumentInput, PartyInput, create_envelope
+from core.envelopes.documents import read_document
+from core.envelopes.lifecycle import send_envelope
+from core.model import Delivery, Document, Envelope
+from core.pushback.deliveries import PushbackObserver, Subscription, delivery_key, renewal_key
+from core.records.archive import (
     RenewalPolicy,
     latest_check,
     list_documents_due,
     plan_renewals,
     renew_due_timestamps,
 )
-from core.audit import list_events
-from core.blobs import BlobStore
-from core.envelopes import (
-    DocumentInput,
-    PartyInput,
-    Runtime,
-    create_envelope,
-    read_document,
-    send_envelope,
-)
-from core.model import Delivery, Document, Envelope
-from core.pushback import PushbackObserver, Subscription, delivery_key, renewal_key
+from core.records.audit import list_events
+from core.runtime import Runtime
 from core.signing import SigningEngine, verify_pdf
 from core.states import EnvelopeState, PartyRole
-from schedules import dispatch, retimestamp
-from schedules.dispatch import Target
+from schedules import pushback as dispatch
+from schedules import retimestamp
+from schedules.pushback import Target
 from tests.fixtures.envelopes import complete_parties, give_access_codes
 from tests.fixtures.ltv_pki import LtvPki, create_ltv_pki
 from tests.fixtures.pdfs import make_pdf
@@ -253,7 +250,7 @@ def test_a_renewal_with_the_same_tsa_certificate_is_a_reported_no_op(
     assert plan.to_stamp == [] and plan.tsa_expires_at == ltv_pki.short_expires_at
     assert plan.alert is not None and "no newer one" in plan.alert
 
-    with caplog.at_level("INFO", logger="core.archive"):
+    with caplog.at_level("INFO", logger="core.records.archive"):
         report = retimestamp.run(sessions=sessions, runtime=same, policy=policy, now=later)
     assert report.renewed == [] and report.failed == {}
     assert report.nothing_to_extend == [document_id]

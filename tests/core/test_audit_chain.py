@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.audit import iter_events, record_event, verify_chain
 from core.model import AuditEvent, utcnow
+from core.records.audit import iter_events, record_event, verify_chain
 from core.storage import create_database_engine, transaction
 
 

@@ -8,7 +8,7 @@ import hashlib
 import secrets
 
 from core.blobs import BlobStore
-from core.intake import compact_record, restore_record
+from core.intake.awards import compact_record, restore_record
 from core.model import Award, AwardDocument
 from tests.fixtures.pdfs import make_pdf
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from pypdf import PdfReader
 
-import core.certificate as certificate
-from core.certificate import (
+import core.envelopes.certificate as certificate
+from core.envelopes.certificate import (
     CertificateData,
     CertificateOperation,
     find_cjk_font,

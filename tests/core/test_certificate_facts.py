@@ -10,18 +10,13 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from core.audit import list_events
-from core.certificate_facts import check_document, operation_via, status_line
-from core.envelopes import (
-    DocumentInput,
-    PartyInput,
-    Runtime,
-    completion_certificate,
-    create_envelope,
-    current_documents,
-    get_envelope,
-    send_envelope,
-)
+from core.envelopes.certificate_facts import check_document, operation_via, status_line
+from core.envelopes.creation import DocumentInput, PartyInput, create_envelope
+from core.envelopes.documents import current_documents
+from core.envelopes.lifecycle import get_envelope, send_envelope
+from core.envelopes.sealing import completion_certificate
+from core.records.audit import list_events
+from core.runtime import Runtime
 from core.states import PartyRole
 from tests.fixtures.envelopes import (
     complete_parties,

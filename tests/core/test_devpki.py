@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from core.devpki import DevPki, create_dev_pki
 from core.errors import SigningError
 from core.signing import FieldBox, SigningEngine, approval_reason, load_pkcs12_signer, verify_pdf
+from core.signing.devpki import DevPki, create_dev_pki
 from tests.fixtures.pdfs import make_pdf
 from tests.fixtures.pki_plugin import DEV_PASSPHRASE, load_pem_cert
 

@@ -14,33 +14,27 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.audit import list_events
 from core.blobs import BlobStore
-from core.certificate import find_cjk_font
-from core.envelopes import (
-    DocumentInput,
-    FieldInput,
-    Limits,
-    PartyInput,
-    Runtime,
-    apply_pending_signature,
-    approve,
+from core.envelopes.approvals import approve, record_approval, record_view
+from core.envelopes.certificate import find_cjk_font
+from core.envelopes.creation import DocumentInput, FieldInput, PartyInput, create_envelope
+from core.envelopes.documents import current_documents
+from core.envelopes.lifecycle import (
     cancel_envelope,
-    completion_certificate,
-    create_envelope,
-    current_documents,
     decline,
     expire_envelope,
     get_envelope,
-    record_approval,
-    record_view,
     send_envelope,
 )
+from core.envelopes.sealing import completion_certificate
 from core.errors import BlobError, DocumentError, StateError
 from core.model import Envelope, Party
-from core.outbox import DispatchResult, RetryPolicy, enqueue, list_deliveries
+from core.pushback.outbox import DispatchResult, RetryPolicy, enqueue, list_deliveries
+from core.records.audit import list_events
+from core.runtime import Limits, Runtime
 from core.signing import SigningEngine, SigningKey, TimestampService, verify_pdf
-from core.signing_worker import list_waiting, process_until_idle
+from core.signing.signatures import apply_pending_signature
+from core.signing.worker import list_waiting, process_until_idle
 from core.states import EnvelopeState, PartyRole, PartyState
 from tests.fixtures.envelopes import ensure_staff, give_access_codes
 from tests.fixtures.pdfs import make_pdf

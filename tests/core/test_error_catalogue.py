@@ -20,7 +20,7 @@ from tests.raised_codes import ROOT, RaiseSite, raise_sites
 # on the code of an error raised (and checked) elsewhere.
 DYNAMIC: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("core/errors.py", "code"): ("storage.full", "storage.read_only", "storage.io_error"),
-    ("core/intake.py", "exc.code"): None,  # a refusal re-coded as the award's line error
+    ("core/intake/awards.py", "exc.code"): None,  # a refusal re-coded as the award's line error
     ("core/rendering.py", "code"): None,  # a DocumentError of the render worker, passed on
     ("gateway/errors.py", "f'{REQUEST_HTTP_PREFIX}{exc.status_code}'"): ("request.http_405",),
     ("gateway/ops_http.py", "f'health.{local_down[0]}'"): ("health.database", "health.blobs"),
@@ -142,7 +142,7 @@ def test_status_for(error: GatewayError, status: int) -> None:
 
 def test_state_error_is_for_state_codes() -> None:
     """Refused input is an InputError (422); a StateError is a ``state.*`` conflict (409). No
-    module is excepted: the last, core/envelopes.py, raised 14 refusals as StateError."""
+    module is excepted: the last, core/envelopes/, raised 14 refusals as StateError."""
     wrong = {
         f"{s.code} at {s.file}:{s.line}"
         for s in _literal_sites()

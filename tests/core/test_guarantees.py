@@ -11,11 +11,8 @@ from pypdf import PdfReader, PdfWriter
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from core.audit import list_events
 from core.blobs import BlobStore
-from core.envelopes import Runtime
-from core.errors import GuaranteeError, NotFoundError
-from core.guarantees import (
+from core.envelopes.guarantees import (
     GuaranteeInput,
     add_guarantee,
     authentication_key,
@@ -26,7 +23,10 @@ from core.guarantees import (
     read_notice,
     remove_guarantee,
 )
+from core.errors import GuaranteeError, NotFoundError
 from core.model import Amendment, Envelope, GuaranteeKind, GuaranteeReference
+from core.records.audit import list_events
+from core.runtime import Runtime
 from tests.fixtures.envelopes import one_signer_envelope
 from tests.fixtures.notices import make_notice
 from tests.fixtures.pdfs import make_pdf

@@ -6,14 +6,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from core.envelopes import action_ja
+from core.envelopes.labels import action_ja
 from core.model import VisibilityScope
-from core.staff import roles_ja, scope_ja
+from core.staff.accounts import roles_ja, scope_ja
 from core.states import PartyRole, party_role_ja
 
 ROOT = Path(__file__).resolve().parents[2]
 # An audit action written where it is recorded: action="party.locked", or a variable assigned
-# a literal next to it (core.staff's login outcomes).
+# a literal next to it (core.staff.accounts's login outcomes).
 _RECORDED = re.compile(
     r'action="([a-z_]+(?:\.[a-z_]+)*)"|action = "([a-z_]+\.[a-z_.]+)"|, "(login\.[a-z_]+)"'
 )

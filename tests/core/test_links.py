@@ -15,17 +15,10 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from core.audit import list_events
 from core.blobs import BlobStore
-from core.envelopes import (
-    DocumentInput,
-    PartyInput,
-    Runtime,
-    create_envelope,
-    send_envelope,
-)
-from core.errors import AuthError, StateError
-from core.links import (
+from core.envelopes.creation import DocumentInput, PartyInput, create_envelope
+from core.envelopes.lifecycle import send_envelope
+from core.envelopes.links import (
     AccessCodePolicy,
     check_access_code,
     forward_party,
@@ -33,8 +26,11 @@ from core.links import (
     open_link,
     set_access_code,
 )
+from core.envelopes.notify import MailObserver
+from core.errors import AuthError, StateError
 from core.model import Delivery, Envelope, LinkPurpose, SigningLink, utcnow
-from core.notify import MailObserver
+from core.records.audit import list_events
+from core.runtime import Runtime
 from core.states import PartyRole
 from core.storage import create_database_engine, make_session_factory
 from tests.fixtures.pdfs import make_pdf

@@ -9,9 +9,14 @@ import pytest
 from sqlalchemy import true
 from sqlalchemy.orm import Session
 
-import core.envelopes
-from core.envelopes import DocumentInput, PartyInput, Runtime, create_envelope
-from core.search import parse_query, search_envelopes
+import core.envelopes.approvals
+import core.envelopes.creation
+import core.envelopes.lifecycle
+import core.envelopes.sealing
+import core.signing.signatures
+from core.envelopes.creation import DocumentInput, PartyInput, create_envelope
+from core.records.search import parse_query, search_envelopes
+from core.runtime import Runtime
 from core.states import PartyRole
 from tests.fixtures.pdfs import make_pdf
 from tests.fixtures.staff import make_envelope
@@ -31,7 +36,11 @@ def test_a_generated_number_is_dated_in_jst(
     utc: dt.datetime,
     jst_day: str,
 ) -> None:
-    monkeypatch.setattr(core.envelopes, "utcnow", lambda: utc)
+    monkeypatch.setattr(core.envelopes.approvals, "utcnow", lambda: utc)
+    monkeypatch.setattr(core.envelopes.creation, "utcnow", lambda: utc)
+    monkeypatch.setattr(core.envelopes.lifecycle, "utcnow", lambda: utc)
+    monkeypatch.setattr(core.envelopes.sealing, "utcnow", lambda: utc)
+    monkeypatch.setattr(core.signing.signatures, "utcnow", lambda: utc)
     envelope = create_envelope(
         session=session,
         runtime=dev_runtime,

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import Disposition, GatewayError, StateError
 from core.model import AuditEvent, Delivery, utcnow
-from core.outbox import (
+from core.pushback.outbox import (
     RetryPolicy,
     claim,
     count_deliveries,

@@ -7,7 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.model import Delivery
-from core.outbox import claim, dispatch, enqueue, release_leases
+from core.pushback.outbox import claim, dispatch, enqueue, release_leases
 from core.states import DeliveryState
 
 

@@ -10,27 +10,22 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.envelopes import (
-    DocumentInput,
-    PartyInput,
-    Runtime,
-    approve,
-    cancel_envelope,
-    create_envelope,
-    current_documents,
-    send_envelope,
-)
-from core.guarantees import GuaranteeInput, add_guarantee
+from core.envelopes.approvals import approve
+from core.envelopes.creation import DocumentInput, PartyInput, create_envelope
+from core.envelopes.documents import current_documents
+from core.envelopes.guarantees import GuaranteeInput, add_guarantee
+from core.envelopes.lifecycle import cancel_envelope, send_envelope
 from core.model import Delivery
-from core.outbox import list_deliveries
-from core.pushback import (
+from core.pushback.deliveries import (
     PushbackObserver,
     Subscription,
     assemble_content,
     delivery_key,
     preload_content,
 )
-from core.signing_tasks import SIGNING_TARGET
+from core.pushback.outbox import list_deliveries
+from core.runtime import Runtime
+from core.signing.tasks import SIGNING_TARGET
 from core.states import DeliveryState, EnvelopeState, PartyRole
 from core.timezone import JST
 from tests.fixtures.envelopes import give_access_codes

@@ -14,9 +14,10 @@ import pikepdf
 import pytest
 from PIL import Image, ImageChops
 
-from core.envelopes import DocumentInput, Runtime, check_documents
+from core.envelopes.creation import DocumentInput, check_documents
 from core.errors import DocumentError
 from core.rendering import RenderBudget, RenderPool
+from core.runtime import Runtime
 from core.signing import BoundedVerifier, FieldBox, SigningEngine, VerifyBudget, verify_pdf
 from core.signing._documents import load_document
 from tests.fixtures.pdfs import make_pdf

@@ -9,16 +9,12 @@ from decimal import Decimal
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.audit import verify_chain
-from core.envelopes import (
-    DocumentInput,
-    PartyInput,
-    Runtime,
-    create_envelope,
-    send_envelope,
-)
+from core.envelopes.creation import DocumentInput, PartyInput, create_envelope
+from core.envelopes.lifecycle import send_envelope
 from core.model import Envelope
-from core.records import correct_record_facts, verify_record_facts
+from core.records.audit import verify_chain
+from core.records.facts import correct_record_facts, verify_record_facts
+from core.runtime import Runtime
 from core.states import PartyRole
 from core.timezone import JST
 from tests.fixtures.envelopes import complete_parties, give_access_codes

@@ -13,17 +13,10 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.amendments import record_amendment
-from core.archive import RenewalPolicy, list_documents_due
-from core.audit import list_events, verify_chain
-from core.envelopes import (
-    Runtime,
-    cancel_envelope,
-    completion_certificate,
-    get_envelope,
-    read_document,
-    send_envelope,
-)
+from core.envelopes.amendments import record_amendment
+from core.envelopes.documents import read_document
+from core.envelopes.lifecycle import cancel_envelope, get_envelope, send_envelope
+from core.envelopes.sealing import completion_certificate
 from core.errors import DocumentError
 from core.model import (
     AuditEvent,
@@ -36,8 +29,10 @@ from core.model import (
     GuaranteeKind,
     GuaranteeReference,
 )
-from core.outbox import enqueue
-from core.retention import (
+from core.pushback.outbox import enqueue
+from core.records.archive import RenewalPolicy, list_documents_due
+from core.records.audit import list_events, verify_chain
+from core.records.retention import (
     PurgeReport,
     RetentionPolicy,
     envelope_blob_ids,
@@ -45,6 +40,7 @@ from core.retention import (
     purge_documents,
     purged_blob_ids,
 )
+from core.runtime import Runtime
 from core.states import DeliveryState
 from core.timezone import JST
 from schedules import retimestamp
@@ -357,7 +353,7 @@ def test_a_retention_under_one_year_is_refused() -> None:
 def test_purged_blob_ids_name_every_blob_of_the_envelopes_purged_in_the_window(
     sessions: sessionmaker[Session], dev_runtime: Runtime
 ) -> None:
-    """What a backup forgets (core.backup.delete_purged_copies): by purge time, half-open."""
+    """What a backup forgets (core.records.backup.delete_purged_copies): by purge time, half-open."""
     with sessions() as session:
         first = _completed(session, dev_runtime, "旧契約", OLD)
         second = _completed(session, dev_runtime, "旧契約2", OLD)

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-import core.staff as staff_module
+import core.staff.accounts as staff_module
 from core.errors import StaffError
 from core.model import AuditEvent, Staff, VisibilityScope
-from core.staff import (
+from core.staff.accounts import (
     LoginOutcome,
     PasswordPolicy,
     add_staff,

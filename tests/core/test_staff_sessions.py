@@ -10,14 +10,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.model import AuditEvent, StaffSession
-from core.staff import (
+from core.staff.accounts import (
     PasswordPolicy,
     apply_import,
     plan_import,
     set_password,
     update_staff,
 )
-from core.staff_sessions import (
+from core.staff.sessions import (
     KEEP_ENDED,
     SessionPolicy,
     count_live_sessions,

@@ -10,21 +10,16 @@ import pyotp
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.audit import list_events
-from core.envelopes import (
-    DocumentInput,
-    PartyInput,
-    Runtime,
-    create_envelope,
-    get_envelope,
-    record_approval,
-    send_envelope,
-)
+from core.envelopes.approvals import record_approval
+from core.envelopes.creation import DocumentInput, PartyInput, create_envelope
+from core.envelopes.lifecycle import get_envelope, send_envelope
 from core.errors import AuthError, StateError
 from core.model import Envelope, Staff
-from core.signing_worker import process_until_idle
-from core.staff import PasswordPolicy
-from core.staff_signing import approve_as_staff, get_staff_party, list_awaiting
+from core.records.audit import list_events
+from core.runtime import Runtime
+from core.signing.staff_signing import approve_as_staff, get_staff_party, list_awaiting
+from core.signing.worker import process_until_idle
+from core.staff.accounts import PasswordPolicy
 from core.states import EnvelopeState, PartyRole, PartyState
 from tests.fixtures.envelopes import STAFF_PASSWORD, ensure_staff, give_access_codes
 from tests.fixtures.pdfs import make_pdf

@@ -12,10 +12,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.drafts import ContractorRef, UsageRequestDraft
-from core.envelopes import DocumentInput, FieldInput, PartyInput, Runtime, create_envelope
+from core.envelopes.creation import DocumentInput, FieldInput, PartyInput, create_envelope
 from core.errors import StateError
-from core.intake import AwardItem, get_award, intake_awards, upsert_usage_request
+from core.intake.awards import AwardItem, get_award, intake_awards
+from core.intake.contractors import upsert_usage_request
 from core.model import Envelope
+from core.runtime import Runtime
 from core.signing import MIN_FIELD_FONT_SIZE, FieldBox, PageArea
 from core.states import PartyRole
 from core.text_boxes import MIN_SIZE, MM, check_text_box, check_values_fit

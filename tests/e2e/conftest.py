@@ -16,7 +16,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from core.devpki import DevPki
+from core.signing.devpki import DevPki
 from gateway.app import create_app
 from gateway.runtime import Gateway
 from gateway.server import listening_socket, serve_in_thread

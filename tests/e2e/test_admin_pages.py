@@ -11,7 +11,7 @@ from playwright.sync_api import BrowserContext, Page
 from sqlalchemy import update
 
 from core.model import Delivery, Envelope, VisibilityScope
-from core.staff import PasswordPolicy, add_staff, enable_totp, get_staff, set_password
+from core.staff.accounts import PasswordPolicy, add_staff, enable_totp, get_staff, set_password
 from core.states import DeliveryState
 from tests.e2e.conftest import Site
 from tests.fixtures.gateway import envelope_request

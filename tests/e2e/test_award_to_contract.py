@@ -20,9 +20,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
-from core.devpki import DevPki
 from core.model import VisibilityScope
-from core.staff import PasswordPolicy, add_staff, set_password
+from core.signing.devpki import DevPki
+from core.staff.accounts import PasswordPolicy, add_staff, set_password
 from gateway.demo import CONTRACTOR_CODE, write_sample
 from tests.e2e.conftest import Site, body_of, link_in, served_site, wait_for_visible_images
 from tests.fixtures.gateway import SECRETS

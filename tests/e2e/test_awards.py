@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import BrowserContext, expect
 
-from core.devpki import DevPki
 from core.model import VisibilityScope
+from core.signing.devpki import DevPki
 from tests.e2e.conftest import Site, link_in, served_site
 from tests.e2e.test_admin_pages import PASSWORD, _login, _staff
 from tests.e2e.test_signing_pages import _open_documents

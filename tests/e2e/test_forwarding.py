@@ -17,9 +17,9 @@ from pathlib import Path
 
 from playwright.sync_api import BrowserContext, Page, expect
 
-from core.audit import list_events
 from core.model import VisibilityScope
-from core.staff import PasswordPolicy, add_staff, set_password
+from core.records.audit import list_events
+from core.staff.accounts import PasswordPolicy, add_staff, set_password
 from tests.e2e.conftest import Site, body_of, link_in, wait_for_visible_images
 from tests.fixtures.gateway import SECRETS, envelope_request
 

@@ -15,8 +15,8 @@ import pytest
 from playwright.sync_api import BrowserContext, expect
 from sqlalchemy import select
 
-from core.devpki import DevPki
 from core.model import Delivery, DeliveryState, Envelope, VisibilityScope
+from core.signing.devpki import DevPki
 from tests.e2e.conftest import Site, link_in, served_site
 from tests.e2e.test_admin_pages import PASSWORD, _login, _staff
 from tests.e2e.test_signing_pages import _complete, _emails, _open_documents

@@ -11,9 +11,9 @@ import datetime as dt
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
-from core.audit import list_events
 from core.model import VisibilityScope
-from core.staff import PasswordPolicy, add_staff, set_password
+from core.records.audit import list_events
+from core.staff.accounts import PasswordPolicy, add_staff, set_password
 from core.timezone import JST
 from tests.e2e.conftest import Site, body_of, link_in
 from tests.fixtures.gateway import envelope_request

@@ -15,9 +15,9 @@ import httpx
 from playwright.sync_api import BrowserContext, Page, expect
 from sqlalchemy import select, update
 
-from core.audit import list_events
-from core.envelopes import get_envelope
+from core.envelopes.lifecycle import get_envelope
 from core.model import Document, LinkPurpose, SigningLink
+from core.records.audit import list_events
 from core.states import EnvelopeState
 from tests.e2e.conftest import Site, body_of, link_in, wait_for_visible_images
 from tests.fixtures.gateway import SECRETS, complete_by_services, envelope_request

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
-from core.envelopes import get_envelope
+from core.envelopes.lifecycle import get_envelope
 from core.model import VisibilityScope
-from core.staff import PasswordPolicy, add_staff, set_password
+from core.staff.accounts import PasswordPolicy, add_staff, set_password
 from tests.e2e.conftest import Site, link_in, wait_for_visible_images
 from tests.fixtures.gateway import b64
 from tests.fixtures.pdfs import make_pdf

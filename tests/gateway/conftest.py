@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from core.devpki import DevPki
+from core.signing.devpki import DevPki
 from gateway.app import create_app
 from gateway.runtime import Gateway
 from gateway.server import serve_in_thread

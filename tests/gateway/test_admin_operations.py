@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from sqlalchemy import select
 
-from core.intake import finish_run, start_run
+from core.intake.runs import finish_run, start_run
 from core.model import AuditEvent, Delivery, VisibilityScope
 from core.states import DeliveryState
 from tests.fixtures.operations import dead_and_due_deliveries, sync_run_with_line_errors

@@ -14,7 +14,7 @@ import httpx
 from sqlalchemy import select, update
 
 from core.model import AuditEvent, Envelope, StaffSession, VisibilityScope, utcnow
-from core.staff import PasswordPolicy, add_staff, set_password
+from core.staff.accounts import PasswordPolicy, add_staff, set_password
 from tests.fixtures.gateway import envelope_request
 from tests.gateway.conftest import LiveGateway
 
@@ -205,8 +205,8 @@ def test_staff_management_by_admins_only(live_gateway: Callable[..., LiveGateway
 def test_api_client_allow_list(live_gateway: Callable[..., LiveGateway]) -> None:
     from sqlalchemy import select
 
-    from core.access import set_client_networks
     from core.model import ApiClient
+    from core.staff.access import set_client_networks
 
     live = live_gateway()
     token = live.token("e-bid")

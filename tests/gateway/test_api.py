@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 from sqlalchemy import select
 
-from core.audit import list_events
-from core.envelopes import get_envelope
+from core.envelopes.lifecycle import get_envelope
 from core.model import AccessCode, ApiClient, Delivery, Envelope, SigningLink
+from core.records.audit import list_events
 from core.signing import verify_pdf
 from core.states import EnvelopeState
 from tests.fixtures.gateway import complete_by_services, envelope_request

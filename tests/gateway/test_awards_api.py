@@ -273,7 +273,7 @@ signer:
 def test_a_mapped_signer_waits_for_an_access_code_until_staff_set_it_and_send(
     live_gateway: Callable[..., LiveGateway], tmp_path: Path
 ) -> None:
-    from core.envelopes import get_envelope
+    from core.envelopes.lifecycle import get_envelope
     from core.model import AccessCode
     from core.states import EnvelopeState
     from gateway.runtime import access_code_policy

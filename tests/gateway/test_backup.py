@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
-from core.backup import backup, list_backups, plan_restore, restore
 from core.blobs import BlobStore
 from core.errors import BackupError
 from core.model import Base
+from core.records.backup import backup, list_backups, plan_restore, restore
 from core.storage import create_database_engine, known_revisions, migrate, schema_revisions
 from tests.fixtures.pushback import make_completed_envelopes
 

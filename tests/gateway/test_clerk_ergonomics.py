@@ -17,10 +17,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-import core.envelopes
-from core.api_clients import update_api_client
-from core.envelopes import approve, decline, get_envelope, record_view
+import core.envelopes.approvals
+import core.envelopes.creation
+import core.envelopes.lifecycle
+import core.envelopes.sealing
+import core.signing.signatures
+from core.envelopes.approvals import approve, record_view
+from core.envelopes.lifecycle import decline, get_envelope
 from core.model import VisibilityScope
+from core.staff.api_clients import update_api_client
 from gateway.app import build_mail_handler
 from gateway.mailer import MailDispatcher
 from tests.e2e.conftest import body_of, link_in
@@ -36,7 +41,11 @@ def test_the_api_dates_a_management_number_made_at_0030_jst_in_jst(
 ) -> None:
     live = live_gateway()
     half_past_midnight_jst = dt.datetime(2026, 3, 31, 15, 30, tzinfo=dt.UTC)
-    monkeypatch.setattr(core.envelopes, "utcnow", lambda: half_past_midnight_jst)
+    monkeypatch.setattr(core.envelopes.approvals, "utcnow", lambda: half_past_midnight_jst)
+    monkeypatch.setattr(core.envelopes.creation, "utcnow", lambda: half_past_midnight_jst)
+    monkeypatch.setattr(core.envelopes.lifecycle, "utcnow", lambda: half_past_midnight_jst)
+    monkeypatch.setattr(core.envelopes.sealing, "utcnow", lambda: half_past_midnight_jst)
+    monkeypatch.setattr(core.signing.signatures, "utcnow", lambda: half_past_midnight_jst)
     with live.client(live.token("e-bid")) as client:
         created = client.post("/api/v1/envelopes", json=envelope_request())
         assert created.status_code == 201, created.text

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from core.audit import list_events
-from core.guarantees import list_guarantees
-from core.intake import contractor_emails
+from core.envelopes.guarantees import list_guarantees
+from core.intake.contractors import contractor_emails
 from core.model import Award, ContractorEmail, ContractorIdentity, Envelope, SyncRun
+from core.records.audit import list_events
 from gateway.demo import guarantee_number
 from gateway.runtime import open_gateway
 from gateway.settings import load_settings

@@ -11,7 +11,7 @@ from sqlalchemy.orm import sessionmaker
 
 from core.blobs import BlobStore
 from core.model import Envelope
-from core.pushback import PushbackObserver, Subscription
+from core.pushback.deliveries import PushbackObserver, Subscription
 from core.storage import create_database_engine, migrate
 from gateway.cli import main
 from gateway.demo import guarantee_number

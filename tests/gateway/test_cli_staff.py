@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy.orm import sessionmaker
 
-from core.api_clients import SCOPES
-from core.staff import PasswordPolicy, authenticate
+from core.staff.accounts import PasswordPolicy, authenticate
+from core.staff.api_clients import SCOPES
 from core.states import EnvelopeState
 from core.storage import create_database_engine, migrate
 from gateway.cli import api_client_create, main

@@ -18,9 +18,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from core.envelopes import DocumentInput, PartyInput, create_envelope
+from core.envelopes.creation import DocumentInput, PartyInput, create_envelope
 from core.model import Envelope
-from core.staff import PasswordPolicy, add_staff, set_password
+from core.staff.accounts import PasswordPolicy, add_staff, set_password
 from core.states import PartyRole
 from gateway.app import build_mail_handler
 from gateway.downloads import content_disposition

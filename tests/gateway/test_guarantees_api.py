@@ -14,7 +14,7 @@ from core.model import Delivery, Envelope, Party
 from core.states import EnvelopeState, PartyState
 from gateway.pages.guarantees import entry_open
 from gateway.sinks import build_targets, close_targets, retry_policy
-from schedules.dispatch import run_until_idle
+from schedules.pushback import run_until_idle
 from tests.fixtures.gateway import complete_by_services, envelope_request
 from tests.gateway.conftest import LiveGateway
 

@@ -1,6 +1,6 @@
 """Guessing every secret in parallel against the served app (SQLite and PostgreSQL): staff
 password, TOTP code, access code and API token. Each counts its attempts in one reserving UPDATE
-(core.attempts), so 20 parallel guesses get exactly the limit checked; a locked account answers
+(core.staff.attempts), so 20 parallel guesses get exactly the limit checked; a locked account answers
 exactly like an unknown one; a right secret after the lock does not get in and does not clear it.
 """
 
@@ -17,9 +17,9 @@ import pyotp
 import pytest
 from sqlalchemy import select
 
-from core.links import issue_link
+from core.envelopes.links import issue_link
 from core.model import AuditEvent, LinkPurpose, SigningLink, Staff
-from core.staff import PasswordPolicy, add_staff, enable_totp, set_password
+from core.staff.accounts import PasswordPolicy, add_staff, enable_totp, set_password
 from tests.fixtures.gateway import envelope_request
 from tests.gateway.conftest import LiveGateway
 
@@ -169,7 +169,7 @@ def test_parallel_wrong_access_codes_check_exactly_the_limit(
         envelope = created.json()
     with live.gateway.sessions() as session:
         party = envelope["parties"][0]
-        from core.envelopes import get_envelope
+        from core.envelopes.lifecycle import get_envelope
 
         row = get_envelope(session=session, envelope_id=envelope["id"])
         _link, token = issue_link(

@@ -12,8 +12,9 @@ import httpx
 from pypdf import PdfReader, PdfWriter
 from pypdf.generic import ArrayObject, DictionaryObject, NameObject, TextStringObject
 
-from core.active_content import find_active_content
-from core.envelopes import get_envelope, read_document
+from core.envelopes.active_content import find_active_content
+from core.envelopes.documents import read_document
+from core.envelopes.lifecycle import get_envelope
 from tests.fixtures.gateway import envelope_request
 from tests.fixtures.pdfs import make_pdf
 from tests.gateway.conftest import LiveGateway

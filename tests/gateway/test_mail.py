@@ -14,8 +14,8 @@ import pytest
 import trustme
 from sqlalchemy import select, update
 
+from core.envelopes.notify import AttachmentLimits, attachments_fit, is_carrier_address
 from core.model import Delivery, SigningLink
-from core.notify import AttachmentLimits, attachments_fit, is_carrier_address
 from core.states import DeliveryState
 from gateway.app import build_mail_handler
 from gateway.mailer import MailDispatcher
@@ -162,8 +162,8 @@ def test_maildir_default_and_admin_template_override(
 def test_deadline_notices_are_mailed_to_every_recipient(
     live_gateway: Callable[..., LiveGateway], tmp_path: Path
 ) -> None:
-    from core.deadlines import NOTICE_TARGET
-    from core.outbox import enqueue
+    from core.envelopes.deadlines import NOTICE_TARGET
+    from core.pushback.outbox import enqueue
 
     live = live_gateway(mail="  maildir: outgoing\n  sender: keiyaku@city.example.jp\n")
     with live.gateway.sessions() as session:

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.model import Delivery
-from core.outbox import enqueue
+from core.pushback.outbox import enqueue
 from core.states import DeliveryState
 from gateway.mailer import MailDispatcher
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from core.api_clients import SCOPES
+from core.staff.api_clients import SCOPES
 from tests.fixtures.gateway import envelope_request
 from tests.gateway.conftest import LiveGateway
 

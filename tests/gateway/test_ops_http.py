@@ -12,7 +12,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.envelopes import DocumentInput, PartyInput, approve, create_envelope, send_envelope
+from core.envelopes.approvals import approve
+from core.envelopes.creation import DocumentInput, PartyInput, create_envelope
+from core.envelopes.lifecycle import send_envelope
 from core.states import PartyRole
 from gateway.ops_http import JsonFormatter, RequestIdFilter
 from tests.fixtures.envelopes import give_access_codes

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from core.api_clients import update_api_client
 from core.model import AuditEvent, Envelope
+from core.staff.api_clients import update_api_client
 from core.states import EnvelopeState
 from tests.fixtures.gateway import SECRETS, complete_by_services, envelope_request
 from tests.fixtures.staff import make_envelope

@@ -20,8 +20,9 @@ import pikepdf
 import pytest
 from PIL import Image
 
-from core.envelopes import current_documents, get_envelope
-from core.links import issue_link
+from core.envelopes.documents import current_documents
+from core.envelopes.lifecycle import get_envelope
+from core.envelopes.links import issue_link
 from core.model import LinkPurpose
 from tests.fixtures.gateway import envelope_request
 from tests.fixtures.pdfs import flate_bomb, make_pdf, object_stream_bomb, page_box_bomb
@@ -194,7 +195,7 @@ def test_a_render_over_budget_answers_an_error_and_the_next_page_renders(
     with live.client(live.token("e-bid")) as api:
         # as if stored before uploads were checked
         with monkeypatch.context() as unchecked:
-            unchecked.setattr("core.envelopes._check_renderable", lambda *_args: None)
+            unchecked.setattr("core.envelopes.creation._check_renderable", lambda *_args: None)
             created = _create(api, flate_bomb(), make_pdf(pages=2))
         assert created.status_code == 201, created.text
         browser, base = _signed_in(live, created.json()["id"])

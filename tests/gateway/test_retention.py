@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from core.devpki import DevPki
-from core.envelopes import send_envelope
+from core.envelopes.lifecycle import send_envelope
 from core.errors import ConfigError, GatewayError
 from core.model import AuditEvent, Envelope
-from core.retention import envelope_blob_ids, purge_documents
+from core.records.retention import envelope_blob_ids, purge_documents
+from core.signing.devpki import DevPki
 from core.timezone import JST
 from gateway import ops
 from gateway.app import build_mail_handler

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.audit import list_events
-from core.envelopes import read_document
+from core.envelopes.documents import read_document
 from core.model import Document, Envelope, VisibilityScope
+from core.records.audit import list_events
 from gateway.app import build_mail_handler
 from gateway.mailer import MailDispatcher
 from tests.e2e.conftest import body_of

@@ -85,7 +85,7 @@ def test_demo_flow_with_an_hsm_key_and_tsa_failover(
     try:
         result = run_demo(gateway, output=tmp_path / "out")
         with gateway.sessions() as session:
-            from core.envelopes import get_envelope
+            from core.envelopes.lifecycle import get_envelope
 
             assert get_envelope(session=session, envelope_id=result.envelope_id).state is (
                 EnvelopeState.COMPLETED

@@ -11,7 +11,7 @@ import click
 import pytest
 from pydantic import ValidationError
 
-from core.devpki import DevPki
+from core.signing.devpki import DevPki
 from gateway.cli import jobs_run
 from gateway.scheduling import JOB_IDS, scheduled_jobs
 from gateway.settings import SchedulesSettings

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select
 
-from core.devpki import DevPki
 from core.model import JobRun
+from core.signing.devpki import DevPki
 from gateway.app import create_app
 from gateway.server import serve_in_thread
 from tests.fixtures.gateway import open_test_gateway, write_config

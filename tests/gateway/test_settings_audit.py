@@ -7,9 +7,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from core.audit import SETTINGS_ACTION, verify_chain
-from core.devpki import DevPki
 from core.model import AuditEvent
+from core.records.audit import SETTINGS_ACTION, verify_chain
+from core.signing.devpki import DevPki
 from gateway.runtime import open_gateway
 from gateway.settings import load_settings
 from tests.fixtures.gateway import SECRETS, write_config

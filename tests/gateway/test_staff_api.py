@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 from sqlalchemy import select
 
-from core.access import set_client_networks
 from core.model import ApiClient, AuditEvent, Staff
-from core.staff import add_staff
+from core.staff.access import set_client_networks
+from core.staff.accounts import add_staff
 from tests.gateway.conftest import LiveGateway
 
 URL = "/api/v1/staff/import"

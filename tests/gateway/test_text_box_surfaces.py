@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from core.envelopes import get_envelope
+from core.envelopes.lifecycle import get_envelope
+from core.envelopes.links import issue_link
 from core.errors import ConfigError
-from core.links import issue_link
 from core.model import LinkPurpose
 from mapping import load_mapping
 from tests.fixtures.gateway import envelope_request

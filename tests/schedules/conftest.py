@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.blobs import BlobStore
-from core.envelopes import Runtime
+from core.runtime import Runtime
 from core.signing import SigningEngine
 from tests.fixtures.http_sink import rest_sink_server
 from tests.fixtures.soap_sink import soap_sink_server

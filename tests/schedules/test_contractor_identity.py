@@ -14,11 +14,12 @@ from connectors.base import Source
 from connectors.csv import CsvFormat
 from connectors.folder import FolderSource
 from connectors.inbox import ReadLock
-from core.envelopes import Runtime, get_envelope
-from core.intake import get_award
+from core.envelopes.lifecycle import get_envelope
+from core.intake.awards import get_award
 from core.model import AwardState, Contractor, ContractorConflict
+from core.runtime import Runtime
 from mapping import SourceMapping, load_mapping
-from schedules.sync import SourceSpec, SyncResult, sync_source
+from schedules.intake import SourceSpec, SyncResult, sync_source
 from tests.fixtures.intake import (
     AUTHORITIES,
     MAPPINGS,

@@ -10,12 +10,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from connectors.folder import FolderSink
 from connectors.outbound import ContentSpec, RecordSpec
 from connectors.soap import SoapCall, SoapSink
-from core.envelopes import Runtime
 from core.model import Envelope
-from core.outbox import RetryPolicy, list_deliveries
-from core.pushback import delivery_key
+from core.pushback.deliveries import delivery_key
+from core.pushback.outbox import RetryPolicy, list_deliveries
+from core.runtime import Runtime
 from core.states import DeliveryState
-from schedules.dispatch import JOB_ID, Target, run, run_until_idle
+from schedules.pushback import JOB_ID, Target, run, run_until_idle
 from tests.fixtures.pushback import enqueue_completed, make_completed_envelopes
 from tests.fixtures.soap_sink import RECORD_FIELDS, SoapSinkServer
 
@@ -135,8 +135,8 @@ def test_a_delivery_pushed_before_a_crash_is_not_written_again(
     import datetime as dt
 
     from core.model import utcnow
-    from core.outbox import claim
-    from schedules.dispatch import push_delivery
+    from core.pushback.outbox import claim
+    from schedules.pushback import push_delivery
 
     with sessions() as s:
         ids = make_completed_envelopes(s, runtime.blobs, 1)

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.blobs import BlobStore
 from core.model import Base, Delivery, Envelope
-from core.pushback import delivery_key
+from core.pushback.deliveries import delivery_key
 from core.states import DeliveryState
 from core.storage import create_database_engine, migrate
 from tests.conftest import copy_site

@@ -12,10 +12,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.business_days import BusinessCalendar
 from core.drafts import ContractorDraft, ContractorRef
-from core.envelopes import DocumentInput, PartyInput, Runtime, create_envelope, send_envelope
-from core.intake import upsert_contractor
+from core.envelopes.creation import DocumentInput, PartyInput, create_envelope
+from core.envelopes.lifecycle import send_envelope
+from core.intake.contractors import upsert_contractor
 from core.jobs import list_job_runs
 from core.model import Award, AwardState, Contractor, Delivery, JobRun
+from core.runtime import Runtime
 from core.states import PartyRole
 from core.timezone import JST
 from schedules import deadlines

@@ -21,10 +21,10 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.deadlines import NOTICE_TARGET
+from core.envelopes.deadlines import NOTICE_TARGET
 from core.model import JobRun
-from core.outbox import enqueue
-from core.pushback import delivery_key
+from core.pushback.deliveries import delivery_key
+from core.pushback.outbox import enqueue
 from tests.fixtures.pushback import enqueue_completed, make_completed_envelopes
 from tests.fixtures.soap_sink import SoapSinkServer
 from tests.schedules.test_dispatch_processes import (

@@ -13,13 +13,14 @@ from connectors.base import Source
 from connectors.csv import CsvFormat
 from connectors.folder import FolderSource
 from connectors.inbox import ReadLock
-from core.consent import withdraw_consent
-from core.envelopes import Runtime, get_envelope, send_envelope
+from core.envelopes.lifecycle import get_envelope, send_envelope
 from core.errors import GatewayError
-from core.intake import get_award
+from core.intake.awards import get_award
+from core.intake.consent import withdraw_consent
 from core.model import AwardState
+from core.runtime import Runtime
 from mapping import MappingSpecError, SourceMapping, load_mapping
-from schedules.sync import SourceSpec, SyncResult, sync_source
+from schedules.intake import SourceSpec, SyncResult, sync_source
 from tests.fixtures.intake import (
     AUTHORITIES,
     MAPPINGS,

@@ -16,18 +16,13 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from core.envelopes import (
-    DocumentInput,
-    PartyInput,
-    create_envelope,
-    current_documents,
-    get_envelope,
-    record_approval,
-    send_envelope,
-)
+from core.envelopes.approvals import record_approval
+from core.envelopes.creation import DocumentInput, PartyInput, create_envelope
+from core.envelopes.documents import current_documents
+from core.envelopes.lifecycle import get_envelope, send_envelope
 from core.model import Delivery, DocumentRevision, Envelope
 from core.signing import verify_pdf
-from core.signing_tasks import SIGNING_TARGET
+from core.signing.tasks import SIGNING_TARGET
 from core.states import DeliveryState, EnvelopeState, PartyRole
 from gateway.runtime import load_trust_roots, open_gateway
 from gateway.settings import load_settings

@@ -11,11 +11,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from connectors.csv import CsvFormat
 from connectors.folder import FolderSource
 from connectors.soap import MAX_RECORD_RETRIES, SoapQuery, SoapSource
-from core.envelopes import Runtime
-from core.intake import get_award, get_cursor, list_replayable, reset_cursor
+from core.intake.awards import get_award
+from core.intake.runs import get_cursor, list_replayable, reset_cursor
 from core.model import AwardState
+from core.runtime import Runtime
 from mapping import load_mapping
-from schedules.sync import SourceSpec, SyncResult, replay_dead_letters, sync_source
+from schedules.intake import SourceSpec, SyncResult, replay_dead_letters, sync_source
 from tests.fixtures.intake import AUTHORITIES, policy
 from tests.fixtures.pdfs import make_pdf
 from tests.fixtures.soap_awards import PASSWORD, USERNAME, XSD, AwardServer, soap_award_server

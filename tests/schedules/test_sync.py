@@ -16,13 +16,16 @@ from connectors.csv import CsvFormat
 from connectors.inbox import ReadLock
 from connectors.sftp import SftpEndpoint, SftpSource
 from core.drafts import ContractorRef, UsageRequestDraft
-from core.envelopes import Runtime, get_envelope, send_envelope
+from core.envelopes.lifecycle import get_envelope, send_envelope
 from core.errors import GatewayError
-from core.intake import get_award, list_dead_letters, list_runs, upsert_usage_request
+from core.intake.awards import get_award
+from core.intake.contractors import upsert_usage_request
+from core.intake.runs import list_dead_letters, list_runs
 from core.model import AccessCode, Award, AwardState, DeadLetter, Envelope, Staff, SyncRun
+from core.runtime import Runtime
 from core.states import EnvelopeState, PartyRole
 from mapping import SourceMapping
-from schedules.sync import SourceSpec, sync_source
+from schedules.intake import SourceSpec, sync_source
 from tests.fixtures.intake import (
     AUTHORITIES,
     HEADER,

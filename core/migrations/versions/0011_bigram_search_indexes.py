@@ -3,7 +3,7 @@
 Trigram indexes (0010) serve LIKE '%word%' only for words of three characters or more; most
 Japanese words are two kanji (道路, 工事, 髙橋), so those searches scanned. keiyaku_bigrams(text) is
 the text's distinct two-character substrings; a GIN index over it answers "contains this
-two-character word" (core.search). SQLite has neither and keeps LIKE.
+two-character word" (core.records.search). SQLite has neither and keeps LIKE.
 
 Revision ID: 0011
 Revises: 0010

@@ -37,7 +37,7 @@ down_revision = "0015"
 branch_labels = None
 depends_on = None
 
-# A copy of core.intake.name_key as it was when this migration was written (migrations never
+# A copy of core.intake.contractors.name_key as it was when this migration was written (migrations never
 # import the application, which changes after them).
 _COMPANY_FORMS = {
     "(株)": "株式会社", "(有)": "有限会社", "(合)": "合同会社", "(同)": "合同会社",

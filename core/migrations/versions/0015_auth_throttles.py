@@ -2,7 +2,7 @@
 
 An unknown API token names no client to count on, so its failures are counted per caller
 address in this table, with the same reserve-then-check rule as staff logins and access codes
-(core.attempts).
+(core.staff.attempts).
 
 Revision ID: 0015
 Revises: 0011

@@ -1,0 +1,161 @@
+"""The last step: validation data and a document timestamp on every document, then the
+completion certificate (:func:`seal_envelope`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from core.envelopes.amendments import original_of
+from core.envelopes.certificate_facts import DocumentCheck, check_document, issue_certificate
+from core.envelopes.documents import (
+    check_documents_kept,
+    current_documents,
+    read_document,
+    store_revision,
+)
+from core.envelopes.lifecycle import _compare_and_set, get_envelope
+from core.errors import GatewayError, StateError
+from core.model import Document, DocumentRevision, Envelope, utcnow
+from core.records.audit import record_event
+from core.records.facts import fill_record_facts, record_facts
+from core.runtime import Runtime
+from core.signing.signatures import _record_retriable
+from core.signing.tasks import close_task, seal_key
+from core.states import EnvelopeState, check_envelope_transition
+
+__all__ = [
+    "completion_certificate",
+    "seal_envelope",
+]
+
+
+def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> Envelope:
+    """Add validation data and a document timestamp to every document; issue the certificate.
+
+    Retriable failures are recorded and re-raised with the envelope left in ``sealing``.
+    """
+    envelope = get_envelope(session=session, envelope_id=envelope_id)
+    check_envelope_transition(envelope.state, EnvelopeState.COMPLETED)
+    sealed: list[tuple[Document, DocumentRevision]] = []
+    expiries: dict[str, dt.datetime | None] = {}
+    checks: list[DocumentCheck] = []
+    try:
+        for doc in envelope.documents:
+            current = read_document(runtime=runtime, document=doc)
+            data = runtime.signing.seal(current)
+            sealed.append(
+                (
+                    doc,
+                    store_revision(
+                        runtime=runtime, document=doc, previous=current, new=data, reason="seal"
+                    ),
+                )
+            )
+            expiries[doc.id] = runtime.signing.timestamp_expiry(data)
+            # hashed and verified now, for the certificate's document list and status line
+            checks.append(check_document(runtime.signing, name=doc.name, data=data))
+            del current, data
+        now = utcnow()
+        # Signed and timestamped like the documents, before the envelope row is written: the
+        # TSA round trips hold no lock (on SQLite, the database's write lock).
+        certificate = issue_certificate(
+            session=session,
+            runtime=runtime,
+            envelope=envelope,
+            now=now,
+            checks=checks,
+            completing=True,
+        )
+    except GatewayError as exc:
+        if exc.retriable:
+            _record_retriable(session, envelope, exc)
+        raise
+    _compare_and_set(
+        session,
+        Envelope,
+        envelope.id,
+        frozenset({EnvelopeState.SEALING.value}),
+        {
+            "state": EnvelopeState.COMPLETED.value,
+            "completed_at": now,
+            "updated_at": now,
+            "last_error": None,
+        },
+        StateError(
+            "state.already_sealed",
+            "this envelope was already sealed",
+            "この封筒は既に締結済みです。",
+        ),
+    )
+    for doc, revision in sealed:
+        doc.revisions.append(revision)
+        doc.size = revision.size
+        doc.timestamp_expires_at = expiries[doc.id]
+    # 電帳法: every concluded envelope carries its search keys, and they are chained
+    filled = fill_record_facts(envelope=envelope, concluded_at=now, buyer_name=runtime.buyer_name)
+    record_event(
+        session=session,
+        action="envelope.completed",
+        actor="system",
+        envelope_id=envelope.id,
+        at=now,
+        detail={"facts": record_facts(envelope), "facts_filled": filled},
+    )
+    close_task(session=session, key=seal_key(envelope.id), now=now)
+    set_committed_value(envelope, "state", EnvelopeState.COMPLETED)
+    set_committed_value(envelope, "completed_at", now)
+    set_committed_value(envelope, "updated_at", now)
+    set_committed_value(envelope, "last_error", None)
+    session.flush()
+    original = original_of(session=session, envelope_id=envelope.id)
+    reissue = (
+        original is not None
+        and original.state is EnvelopeState.COMPLETED
+        and original.documents_purged_at is None  # nothing of a purged original is kept
+    )
+    envelope.certificate_blob_id = runtime.blobs.put(certificate)
+    if reissue:
+        assert original is not None
+        # The original's certificate is issued again so that it names this amendment too (it
+        # lists concluded amendments only, so this runs after the state change; amendments are
+        # rare). A TSA outage here leaves the envelope sealing, as above.
+        try:
+            original_checks = [
+                check_document(runtime.signing, name=name, data=data)
+                for name, data in current_documents(runtime=runtime, envelope=original)
+            ]
+            reissued = issue_certificate(
+                session=session, runtime=runtime, envelope=original, now=now, checks=original_checks
+            )
+        except GatewayError as exc:
+            if exc.retriable:
+                _record_retriable(session, envelope, exc)
+            raise
+        original.certificate_blob_id = runtime.blobs.put(reissued)
+        record_event(
+            session=session,
+            action="certificate.reissued",
+            actor="system",
+            envelope_id=original.id,
+            at=now,
+            detail={"amended_by": envelope.id},
+        )
+    runtime.notify(session, envelope, "envelope.completed")
+    session.commit()
+    return envelope
+
+
+def completion_certificate(*, runtime: Runtime, envelope: Envelope) -> bytes:
+    """The completion certificate PDF of a completed envelope."""
+    if envelope.state is not EnvelopeState.COMPLETED or envelope.certificate_blob_id is None:
+        raise StateError(
+            "state.not_completed",
+            "the envelope is not completed yet",
+            "締結が完了していないため、締結証明書はまだ発行できません。",
+        )
+    check_documents_kept(envelope)
+    return runtime.blobs.get(envelope.certificate_blob_id)

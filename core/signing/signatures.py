@@ -1,0 +1,173 @@
+"""Applying a party's recorded approval: :func:`apply_pending_signature` signs every
+document for that party and, in one transaction, points the documents at their new
+revisions, completes the party, closes the task and hands the envelope to the next
+party. When the TSA is down it records the error and leaves the party in
+``signing``; the worker (:mod:`core.signing.worker`) tries again with backoff.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from io import SEEK_END
+
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from core.envelopes.documents import _read_document_stream, _store_increment
+from core.envelopes.lifecycle import _advance, _compare_and_set, get_party
+from core.errors import GatewayError, StateError
+from core.model import Document, DocumentRevision, Envelope, Party, utcnow
+from core.records.audit import record_event
+from core.runtime import Runtime
+from core.signing import approval_reason
+from core.signing.tasks import close_task, signature_key
+from core.states import PartyState, check_party_transition
+
+__all__ = [
+    "apply_pending_signature",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _signature_field_name(party: Party) -> str:
+    return f"kg_sig_{party.routing_order:02d}_{party.id[:8]}"
+
+
+def apply_pending_signature(
+    *,
+    session: Session,
+    runtime: Runtime,
+    envelope_id: str,
+    party_id: str | None = None,
+    party: Party | None = None,
+) -> Party:
+    """Sign every document for a party in ``signing``; commit the new revisions at once.
+
+    ``party`` is one the caller just read with :func:`get_party` in this session (the worker
+    checks its state first), so the envelope graph is not read again; else ``party_id`` is read.
+    On a retriable failure (TSA down) the error is recorded on the envelope, committed, and
+    re-raised; the party stays in ``signing`` with no document changed.
+    """
+    if party is None:
+        if party_id is None:
+            raise TypeError("apply_pending_signature needs party_id or party")
+        party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
+    elif party.envelope_id != envelope_id:
+        raise ValueError(f"party {party.id} is not of envelope {envelope_id}")
+    return _sign_for_party(session, runtime, party)
+
+
+def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
+    # The compare-and-set below and the unique (document, seq) of revisions make it safe to
+    # work on objects loaded earlier in this session: a concurrent worker's success wins and
+    # this one's work is dropped.
+    envelope = party.envelope
+    check_party_transition(party.state, PartyState.COMPLETED)
+    assert party.approved_at is not None
+    try:
+        new_revisions = _sign_documents(
+            runtime, party, party.approved_at, {f.id: f.value or "" for f in party.fields}
+        )
+    except GatewayError as exc:
+        if exc.retriable:
+            _record_retriable(session, envelope, exc, party_id=party.id)
+        raise
+    now = utcnow()
+    # A concurrent retry of the same signature loses here; its blobs are never referenced.
+    _compare_and_set(
+        session,
+        Party,
+        party.id,
+        frozenset({PartyState.SIGNING.value}),
+        {"state": PartyState.COMPLETED.value, "completed_at": now},
+        StateError(
+            "state.already_acted",
+            "this signature was already applied",
+            "この署名は既に適用されています。",
+        ),
+    )
+    close_task(session=session, key=signature_key(party.id), now=now)
+    _record_signature(session, runtime, party, new_revisions, now)
+    session.commit()
+    return party
+
+
+def _sign_documents(
+    runtime: Runtime, party: Party, approved_at: dt.datetime, values: Mapping[str, str]
+) -> list[tuple[Document, DocumentRevision]]:
+    """Sign every document for ``party`` with its fields' ``values`` (by field id) and store each
+    increment in the blob store (durable, and in the mirror, before any commit references it);
+    returns the revisions unattached. Writes nothing to the database."""
+    reason = approval_reason(name=party.name, email=party.email, at=approved_at)
+    field_name = _signature_field_name(party)
+    new_revisions: list[tuple[Document, DocumentRevision]] = []
+    for doc in party.envelope.documents:
+        by_name = {f.name: values.get(f.id, "") for f in party.fields if f.document_id == doc.id}
+        # Decrypted a chunk at a time into one buffer, signed in place there, and only the
+        # new revision stored: no copy of the whole document is made or compared.
+        current = _read_document_stream(runtime, doc)
+        increment = runtime.signing.sign_approval_increment(
+            current, signature_field=field_name, reason=reason, values=by_name
+        )
+        size = current.seek(0, SEEK_END)
+        del current  # keep one document's bytes alive at a time
+        new_revisions.append(
+            (doc, _store_increment(runtime, doc, increment, size=size, reason="signature"))
+        )
+    return new_revisions
+
+
+def _record_signature(
+    session: Session,
+    runtime: Runtime,
+    party: Party,
+    new_revisions: list[tuple[Document, DocumentRevision]],
+    now: dt.datetime,
+    *,
+    stored: bool = False,
+) -> None:
+    """After the party's row was moved to ``completed``: attach the new revisions (unless
+    ``stored`` already), record the signature and hand the envelope on (in the caller's
+    transaction)."""
+    envelope = party.envelope
+    if not stored:
+        for doc, revision in new_revisions:
+            doc.revisions.append(revision)
+            doc.size = revision.size
+            doc.signature_count += 1
+    envelope.last_error = None
+    set_committed_value(party, "state", PartyState.COMPLETED)
+    set_committed_value(party, "completed_at", now)
+    record_event(
+        session=session,
+        action="party.signed",
+        actor="system",
+        envelope_id=envelope.id,
+        party_id=party.id,
+        at=now,
+        detail={
+            "signature_field": _signature_field_name(party),
+            "documents": len(envelope.documents),
+        },
+    )
+    _advance(session, runtime, envelope, now)
+
+
+def _record_retriable(
+    session: Session, envelope: Envelope, exc: GatewayError, *, party_id: str | None = None
+) -> None:
+    session.rollback()
+    envelope.last_error = f"{exc.code}: {exc.message_en}"
+    record_event(
+        session=session,
+        action="signing.deferred",
+        actor="system",
+        envelope_id=envelope.id,
+        party_id=party_id,
+        detail={"code": exc.code, "message": exc.message_en},
+    )
+    session.commit()
+    log.warning("envelope %s: signing deferred: %s", envelope.id, exc)
