@@ -66,6 +66,8 @@ class FolderSink(Sink):
                 else self._already_done(plan, folder, idempotency_key)
             )
             if done == "receipt":
+                # A push killed after placing the receipt, before removing its marker.
+                (self.receipts / plan.staged_name).unlink(missing_ok=True)
                 return
             self.receipts.mkdir(parents=True, exist_ok=True)
             staged = self.receipts / plan.staged_name

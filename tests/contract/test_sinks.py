@@ -299,3 +299,23 @@ def test_a_retry_after_a_crash_never_puts_a_file_in_place_twice(
     finally:
         if kind == "sftp":
             sink.close()  # type: ignore[attr-defined]
+
+
+def test_a_crash_between_receipt_and_marker_leaves_no_marker_behind(tmp_path: Path) -> None:
+    """A folder push killed after its receipt was placed but before its staged marker was
+    removed: the retry finds the receipt, writes nothing again, and removes the marker (the
+    SIGKILL test in tests/schedules/test_dispatch_processes.py met this as a 501st receipt)."""
+    root = tmp_path / "drop"
+    sink = FolderSink(name="folder", root=root)
+    item = outbound(9)
+    sink.push(replace(item, first_attempt=True))
+    receipts = root / ".keiyaku-receipts"
+    [receipt] = list(receipts.iterdir())
+    marker = receipts / f"{receipt.name}.staged"
+    marker.write_bytes(receipt.read_bytes())  # as the killed push left it
+    folder = root / "KG-20261122-0009"
+    for p in list(folder.iterdir()):
+        p.unlink()  # the consumer took the files away
+    sink.push(item)  # the retry
+    assert [p.name for p in receipts.iterdir()] == [receipt.name]
+    assert list(folder.iterdir()) == []  # nothing delivered twice
