@@ -141,6 +141,41 @@ def _check_approval(party: Party, values: Mapping[str, str], auth_method: str) -
     return cleaned
 
 
+def _already_acted() -> StateError:
+    """A second submit of one approval (the once-only guard changed no row)."""
+    return StateError(
+        "state.already_acted",
+        "this approval was already submitted",
+        "この署名依頼は既に処理されています。",
+    )
+
+
+def _approved(
+    session: Session,
+    party: Party,
+    *,
+    now: dt.datetime,
+    ip: str | None,
+    auth_method: str,
+    fields: int,
+) -> None:
+    """Audit an approval the guarded UPDATE just wrote, and mirror that row on ``party`` without
+    another write (shared by :func:`record_approval` and :func:`approve`)."""
+    record_event(
+        session=session,
+        action="party.approved",
+        actor=party.email,
+        envelope_id=party.envelope_id,
+        party_id=party.id,
+        ip=ip,
+        at=now,
+        detail={"method": auth_method, "fields": fields},
+    )
+    set_committed_value(party, "approved_at", now)
+    set_committed_value(party, "approved_ip", ip)
+    set_committed_value(party, "auth_method", auth_method)
+
+
 def record_approval(
     *,
     session: Session,
@@ -171,29 +206,12 @@ def record_approval(
             "approved_ip": ip,
             "auth_method": auth_method,
         },
-        StateError(
-            "state.already_acted",
-            "this approval was already submitted",
-            "この署名依頼は既に処理されています。",
-        ),
+        _already_acted(),
     )
     for f in party.fields:
         f.value = cleaned[f.id]
-    record_event(
-        session=session,
-        action="party.approved",
-        actor=party.email,
-        envelope_id=envelope_id,
-        party_id=party.id,
-        ip=ip,
-        at=now,
-        detail={"method": auth_method, "fields": len(cleaned)},
-    )
-    # The row was changed by the UPDATE above; mirror it on the object without another write.
+    _approved(session, party, now=now, ip=ip, auth_method=auth_method, fields=len(cleaned))
     set_committed_value(party, "state", PartyState.SIGNING)
-    set_committed_value(party, "approved_at", now)
-    set_committed_value(party, "approved_ip", ip)
-    set_committed_value(party, "auth_method", auth_method)
     # The signature is applied by the signing worker; its task commits with the approval, so
     # an approval the signer was told is complete can never be left unsigned.
     enqueue_signature(session=session, party=party, lease_to=lease_to)
@@ -259,24 +277,8 @@ def approve(
         new_revisions=new_revisions,
     ):
         session.rollback()
-        raise StateError(
-            "state.already_acted",
-            "this approval was already submitted",
-            "この署名依頼は既に処理されています。",
-        )
-    record_event(
-        session=session,
-        action="party.approved",
-        actor=party.email,
-        envelope_id=envelope_id,
-        party_id=party.id,
-        ip=ip,
-        at=now,
-        detail={"method": auth_method, "fields": len(cleaned)},
-    )
-    set_committed_value(party, "approved_at", now)
-    set_committed_value(party, "approved_ip", ip)
-    set_committed_value(party, "auth_method", auth_method)
+        raise _already_acted()
+    _approved(session, party, now=now, ip=ip, auth_method=auth_method, fields=len(cleaned))
     _record_signature(session, runtime, party, new_revisions, now, stored=True)
     session.commit()
     if party.envelope.state is EnvelopeState.SEALING:
