@@ -139,9 +139,11 @@ def page_geometry(data: bytes) -> list[PageGeometry]:
     /Rotate of every page, as the signing engine reads them; no content stream is decoded."""
     import pikepdf
 
+    from core.qpdf import open_pdf
+
     pages = []
     try:
-        with pikepdf.open(io.BytesIO(data)) as pdf:
+        with open_pdf(data) as pdf:
             for page in pdf.pages:
                 node = page.obj
                 media = _rectangle(_inherited(node, "/MediaBox")) or (0.0, 0.0, 612.0, 792.0)

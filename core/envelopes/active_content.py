@@ -111,8 +111,10 @@ def find_active_content(data: bytes) -> list[str]:
     try:
         import pikepdf
 
+        from core.qpdf import open_pdf
+
         rebuilt = io.BytesIO()
-        with pikepdf.open(io.BytesIO(data)) as pdf:
+        with open_pdf(data) as pdf:
             # streams copied as they are, the XMP packet untouched: never decoded whole here
             pdf.save(
                 rebuilt,

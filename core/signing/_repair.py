@@ -18,6 +18,7 @@ from io import BytesIO
 import pikepdf
 
 from core.errors import DocumentError
+from core.qpdf import open_pdf
 
 __all__ = ["qpdf_repairs", "rebuild", "rebuild_tolerantly"]
 
@@ -127,7 +128,7 @@ def qpdf_repairs(data: bytes) -> list[str]:
         if sep not in (b" \r", b" \n", b"\r\n")
     ][:1]
     try:
-        with pikepdf.open(BytesIO(data)) as pdf:
+        with open_pdf(data) as pdf:
             largest = 0
             for obj in pdf.objects:
                 if isinstance(obj, pikepdf.Stream) and obj.get("/Type") == "/ObjStm":
@@ -486,7 +487,7 @@ def rebuild(data: bytes) -> bytes:
     """``data`` read by qpdf (which repairs what it can) and written out again, unencrypted
     files only; raises ``document.encrypted``, ``document.restricted`` or ``document.damaged``."""
     try:
-        with pikepdf.open(BytesIO(data)) as pdf:
+        with open_pdf(data) as pdf:
             if pdf.is_encrypted:
                 # it opened with the empty user password: owner restrictions only (see above)
                 denied = _denied(pdf)
