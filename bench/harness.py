@@ -9,6 +9,12 @@
   mark (``/proc/self/clear_refs``: 5) and reads ``VmHWM`` after it, so the peak is that
   operation's, not the verification's or set-up's; ``idle_mb`` is the resident size before it.
   Where the reset is refused, ``ru_maxrss`` (the whole life of the child) stands in.
+- **What one operation needs** (``above_idle_mb``): after the timed rounds, :func:`memory_pass`
+  has each stack run a few more operations, each after a garbage collection and glibc's
+  ``malloc_trim(0)`` hand the free heap back to the kernel, so the resident size before it is
+  what is live and its rise is what it allocates. (In the timed rounds the heap kept from
+  earlier operations absorbs the next one and the rise reads near zero; the trim is kept out
+  of them because it would add page faults to the timings.)
 - **Every output verified**, by the stack itself after the timed part (untimed, not in the peak).
 - **The machine's load** (``os.getloadavg``) at start and end of every run, and one JSON object
   with ``--json``.
@@ -19,6 +25,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import importlib
 import json
 import multiprocessing
@@ -66,6 +74,7 @@ class Samples:
     seconds: list[float] = field(default_factory=list)
     peaks: list[int] = field(default_factory=list)
     idles: list[int] = field(default_factory=list)
+    rises: list[int] = field(default_factory=list)  # from memory_pass, on a trimmed heap
     verified: int = 0
 
     @property
@@ -88,9 +97,11 @@ class Samples:
     @property
     def above_idle_mb(self) -> float:
         """The largest rise of one operation over the resident size just before it: what the
-        operation itself needed. (The largest peak less the smallest idle also counts the heap
-        the process kept from earlier operations, which says more about the allocator.)"""
-        rises = [p - i for p, i in zip(self.peaks, self.idles, strict=True)]
+        operation itself needed, from :func:`memory_pass` when it ran (else from the timed
+        operations, where the kept heap hides most of it). The largest peak less the smallest
+        idle also counts the heap the process kept from earlier operations, which says more
+        about the allocator."""
+        rises = self.rises or [p - i for p, i in zip(self.peaks, self.idles, strict=True)]
         return max(rises) / 2**20 if rises else 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -138,6 +149,16 @@ def _reset_peak() -> bool:
         return False
 
 
+def _release_free_heap() -> None:
+    """Garbage collected and the C heap's free pages returned to the kernel, so the resident
+    size before an operation is what is live, and the operation's rise is what it needs."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the rise may read low
+        pass
+
+
 def _status_bytes(name: str) -> int:
     for line in _STATUS.read_text().splitlines():
         if line.startswith(name + ":"):
@@ -158,7 +179,9 @@ def _child(factory: str, kwargs: dict[str, Any], conn: Any) -> None:
     while True:
         command, arg = conn.recv()
         try:
-            if command == "run":
+            if command in ("run", "memory"):
+                if command == "memory":
+                    _release_free_heap()
                 idle = _status_bytes("VmRSS")
                 resettable = _reset_peak()
                 start = time.perf_counter()
@@ -230,6 +253,14 @@ class StackProcess:
         self.ask("verify", i)
         self.samples.verified += 1
 
+    def measure(self, i: int) -> None:
+        """Operation ``i`` on a trimmed heap: its rise over the live resident size (untimed
+        for the figures), then verified."""
+        _elapsed, peak, idle = self.ask("memory", i)
+        self.samples.rises.append(max(peak - idle, 0))
+        self.ask("verify", i)
+        self.samples.verified += 1
+
     def call(self, method: str, *args: Any) -> Any:
         """Any other method of the stack (set-up steps, untimed)."""
         return self.ask("call", (method, args))
@@ -269,6 +300,17 @@ def interleave(procs: Sequence[StackProcess], rounds: int, *, warmup: int = 1) -
                 proc.ask("verify", i)
             else:
                 proc.run(i)
+
+
+MEMORY_OPS = 2
+
+
+def memory_pass(procs: Sequence[StackProcess], first: int, count: int = MEMORY_OPS) -> None:
+    """Operations ``first`` .. ``first + count - 1`` of every stack, each measured by
+    :meth:`StackProcess.measure` (the stacks must have that many operations ready)."""
+    for i in range(first, first + count):
+        for proc in procs:
+            proc.measure(i)
 
 
 def parallel_batches(procs: Sequence[StackProcess], batches: Sequence[Sequence[int]]) -> float:
