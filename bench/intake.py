@@ -9,7 +9,7 @@ every tenth award (the others name none and wait for theirs). Each stack lives i
 process (``bench.harness``); every round has each stack do one whole import, in an order
 rotated round by round, each into a database of its own prepared beforehand (untimed):
 
-- ``pipeline-sqlite`` / ``pipeline-postgresql``: ``schedules.intake.sync_source`` — one SFTP
+- ``pipeline-sqlite`` / ``pipeline-postgresql``: ``schedules.intake.take_in_source`` — one SFTP
   connection, the file streamed through the CSV reader and the municipal worked example of
   docs/mapping.md (CP932, era dates, full-width digits, lookups, vars), awards upserted in
   batches of 500 with their contractors, the PDFs fetched and stored encrypted in the blob
@@ -157,7 +157,7 @@ def _inspecting_engine(work: Path) -> Any:
 
 
 class PipelineStack:
-    """``schedules.intake.sync_source`` on the export; operation i imports into database i."""
+    """``schedules.intake.take_in_source`` on the export; operation i imports into database i."""
 
     def __init__(
         self,
@@ -196,7 +196,7 @@ class PipelineStack:
         from connectors.sftp import SftpSource
         from core.drafts import SigningAuthority
         from core.intake.policy import IntakePolicy
-        from schedules.intake import SourceSpec, sync_source
+        from schedules.intake import SourceSpec, take_in_source
 
         def opener() -> Any:
             return SftpSource(
@@ -214,7 +214,7 @@ class PipelineStack:
             SigningAuthority("*", Decimal(5_000_000), "契約課長", "kacho@city.example.lg.jp"),
             SigningAuthority("*", None, "市長", "shicho@city.example.lg.jp"),
         ]
-        self.results[i] = sync_source(
+        self.results[i] = take_in_source(
             sessions=self.sessions[i],
             runtime=self.runtime,
             policy=IntakePolicy(),

@@ -7,9 +7,15 @@ here rather than building its own ``ZoneInfo``. The scheduler's default zone is 
 
 from __future__ import annotations
 
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 JST_NAME = "Asia/Tokyo"
 JST = ZoneInfo(JST_NAME)
 
-__all__ = ["JST", "JST_NAME"]
+__all__ = ["JST", "JST_NAME", "jst_stamp"]
+
+
+def jst_stamp(moment: datetime) -> str:
+    """An aware moment as the CLI and logs show it to an operator: ``2026-12-07 09:30:00 JST``."""
+    return moment.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S JST")

@@ -610,7 +610,7 @@ def sync_run(
     """
     from gateway import intake
     from gateway.runtime import access_code_policy
-    from schedules.intake import sync_source
+    from schedules.intake import take_in_source
 
     if errors_of is not None:
         ctx.invoke(sync_errors, run_id=errors_of, limit=limit, as_json=as_json)
@@ -639,13 +639,13 @@ def sync_run(
                             bar.length = (bar.length or 0) + n
                             bar.update(n)
 
-                        result = sync_source(
+                        result = take_in_source(
                             sessions=gateway.sessions, runtime=gateway.runtime, policy=policy,
                             spec=spec, authorities=register, trigger="cli",
                             batch_size=settings.intake.batch_size, progress=step,
                         )  # fmt: skip
                 else:
-                    result = sync_source(
+                    result = take_in_source(
                         sessions=gateway.sessions, runtime=gateway.runtime, policy=policy,
                         spec=spec, authorities=register, trigger="cli",
                         batch_size=settings.intake.batch_size,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from core.timezone import JST
+from core.timezone import jst_stamp
 from gateway._cli import actor, with_gateway
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def _jst(value: Any) -> str | None:
-    return value.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S JST") if value else None
+    return jst_stamp(value) if value else None
 
 
 @click.group()

@@ -16,12 +16,12 @@ import click
 
 from core.errors import GatewayError
 from core.states import DeliveryState
-from core.timezone import JST
+from core.timezone import jst_stamp
 from gateway._cli import actor, fail, with_gateway
 
 
 def _jst(value: Any) -> str:
-    return value.astimezone(JST).strftime("%Y-%m-%d %H:%M:%S JST") if value else "-"
+    return jst_stamp(value) if value else "-"
 
 
 def _envelope_id(session: Any, ref: str) -> str:

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
+from core.timezone import jst_stamp
 from gateway._cli import with_gateway
-from gateway.cli_pushback import _jst
 
 
 @click.group("signing")
@@ -72,7 +72,7 @@ def signing_list(obj: Any, as_json: bool) -> None:
             "management_number": w.management_number,
             "kind": w.kind,
             "party": w.party_name,
-            "since": _jst(w.since),
+            "since": jst_stamp(w.since) if w.since else "-",
             "attempts": w.attempts,
             "state": w.state.value,
             "last_error": w.last_error,

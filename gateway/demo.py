@@ -63,7 +63,7 @@ from gateway.cli_staff import password_policy
 from gateway.runtime import Gateway, access_code_policy
 from gateway.server import serve_in_thread
 from gateway.settings import FolderSourceSettings, Settings
-from schedules.intake import SyncResult, sync_source
+from schedules.intake import IntakeResult, take_in_source
 
 INPUT = Path("demo-input")
 # The demo's sources: (name, mapping, folder), synced in this order so that the award finds its
@@ -84,7 +84,7 @@ class DemoResult:
     signed: list[Path]
     certificate: Path
     input: Path
-    syncs: list[SyncResult]
+    syncs: list[IntakeResult]
 
 
 def _font() -> str:
@@ -250,13 +250,13 @@ def _next_award_id(gateway: Gateway, day: dt.date) -> str:
     return f"R{day.year - 2018}-{count + 1:03d}"
 
 
-def sync_sample(gateway: Gateway, folder: Path) -> list[SyncResult]:
+def take_in_sample(gateway: Gateway, folder: Path) -> list[IntakeResult]:
     """Sync the demo's sources through the intake path `keiyaku sync` uses."""
     settings = gateway.settings
     sampled = _settings_with_sources(settings, folder)
     policy = intake.policy(settings, access_codes=access_code_policy(settings))
     return [
-        sync_source(
+        take_in_source(
             sessions=gateway.sessions,
             runtime=gateway.runtime,
             policy=policy,
@@ -535,7 +535,7 @@ def run_demo(gateway: Gateway, *, output: Path) -> DemoResult:
     award_id = _next_award_id(gateway, day)
     write_sample(folder, buyer=settings.buyer.name, award_id=award_id, day=day)
     staff = register_staff(gateway)
-    syncs = sync_sample(gateway, folder)
+    syncs = take_in_sample(gateway, folder)
     with gateway.sessions() as session:
         award = get_award(session=session, source=AWARDS[0], award_id=award_id)
         if award.envelope_id is None:

@@ -4,15 +4,15 @@ Each job module exposes ``JOB_ID`` and ``run(...)``; :func:`build_scheduler` wir
 expressions, and :func:`run_once` guards each tick across nodes.
 """
 
-from schedules.intake import SourceSpec, SyncResult, accept_record, sync_source
+from schedules.intake import IntakeResult, SourceSpec, accept_record, take_in_source
 from schedules.runner import JobSpec, build_scheduler, run_once
 
 __all__ = [
+    "IntakeResult",
     "JobSpec",
     "SourceSpec",
-    "SyncResult",
     "accept_record",
     "build_scheduler",
     "run_once",
-    "sync_source",
+    "take_in_source",
 ]

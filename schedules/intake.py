@@ -1,4 +1,5 @@
-"""One sync of one source: pull → map → intake, in batches, recorded as a run.
+"""One intake run of one source (what `keiyaku sync` and the nightly pull start): pull → map →
+intake, in batches, recorded as a run (a `SyncRun` row).
 
 Each batch commits on its own (its records, their line errors and the run's counts), so a
 failure late in a large file keeps what was done; the source's cursor is stored only with the
@@ -55,14 +56,14 @@ from core.text import multi_line
 from mapping import SourceMapping, redact
 
 __all__ = [
+    "IntakeResult",
     "SourceSpec",
-    "SyncResult",
     "accept_record",
     "document_fetcher",
     "map_records",
     "remap_award",
     "replay_dead_letters",
-    "sync_source",
+    "take_in_source",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class SourceSpec:
 
 
 @dataclass
-class SyncResult:
+class IntakeResult:
     """What one run did (the run row holds the same numbers)."""
 
     run_id: int
@@ -101,7 +102,7 @@ class SyncResult:
     line_errors: list[LineError] = field(default_factory=list)
 
     @classmethod
-    def of(cls, run: SyncRun, line_errors: list[LineError]) -> SyncResult:
+    def of(cls, run: SyncRun, line_errors: list[LineError]) -> IntakeResult:
         """From a finished run row."""
         return cls(
             run_id=run.id,
@@ -323,7 +324,7 @@ def _intake(
     return counts
 
 
-def sync_source(
+def take_in_source(
     *,
     sessions: sessionmaker[Session],
     runtime: Runtime,
@@ -335,8 +336,8 @@ def sync_source(
     progress: Progress | None = None,
     keep_errors: int = 100,
     whole_files: bool = True,
-) -> SyncResult:
-    """Run one sync of one source and record it; a failure is recorded and re-raised. With
+) -> IntakeResult:
+    """Take in one source once and record the run; a failure is recorded and re-raised. With
     ``whole_files``, a file none of whose records got through fails the run and stays put."""
     started = time.monotonic()
     with sessions() as session:
@@ -419,7 +420,7 @@ def sync_source(
             assert run_row is not None
             finish_run(session=session, run=run_row, status=status, message=message)
             session.commit()
-            result = SyncResult.of(run_row, line_errors)
+            result = IntakeResult.of(run_row, line_errors)
         if message:
             log.error("sync of %s failed: %s", spec.name, message)
         source.acknowledge(next_cursor)
@@ -529,7 +530,7 @@ def accept_record(
     fields: Mapping[str, Any],
     authorities: Sequence[SigningAuthority] = (),
     reference: str | None = None,
-) -> SyncResult:
+) -> IntakeResult:
     """Take in one pushed record (``POST /api/v1/awards``) as a run of its own."""
     from connectors.base import Batch, Provenance
 
@@ -542,7 +543,7 @@ def accept_record(
             return Batch(records=iter([record]), cursor=cursor)
 
     pushed = SourceSpec(spec.name, spec.kind, spec.mapping, _Pushed)
-    return sync_source(
+    return take_in_source(
         sessions=sessions,
         runtime=runtime,
         policy=policy,
@@ -561,7 +562,7 @@ def replay_dead_letters(
     authorities: Sequence[SigningAuthority] = (),
     run_id: int | None = None,
     batch_size: int = 500,
-) -> tuple[SyncResult, int]:
+) -> tuple[IntakeResult, int]:
     """Take the source's dead letters (of one run, or all not yet replayed) in again through
     the source's current mapping, as a run of its own (trigger ``replay``); documents named by
     path are fetched through the source. Records that fail again become new dead letters.
@@ -609,7 +610,7 @@ def replay_dead_letters(
                 self._real.close()
 
     replay = SourceSpec(spec.name, spec.kind, spec.mapping, _Replay)
-    result = sync_source(
+    result = take_in_source(
         sessions=sessions, runtime=runtime, policy=policy, spec=replay, authorities=authorities,
         trigger="replay", batch_size=batch_size, whole_files=False,
     )  # fmt: skip

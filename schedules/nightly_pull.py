@@ -15,7 +15,7 @@ from core.drafts import SigningAuthority
 from core.errors import GatewayError, SourceError
 from core.intake.policy import IntakePolicy
 from core.runtime import Runtime
-from schedules.intake import SourceSpec, SyncResult, sync_source
+from schedules.intake import IntakeResult, SourceSpec, take_in_source
 
 __all__ = ["JOB_ID", "run"]
 
@@ -31,15 +31,15 @@ def run(
     sources: Sequence[SourceSpec],
     authorities: Sequence[SigningAuthority] = (),
     batch_size: int = 500,
-) -> list[SyncResult]:
+) -> list[IntakeResult]:
     """Sync each source (usage requests and registries first, so awards find them)."""
     order = {"contractors": 0, "usage_requests": 1, "awards": 2}
-    results: list[SyncResult] = []
+    results: list[IntakeResult] = []
     failed: list[str] = []
     for spec in sorted(sources, key=lambda s: order.get(s.kind, 3)):
         try:
             results.append(
-                sync_source(
+                take_in_source(
                     sessions=sessions,
                     runtime=runtime,
                     policy=policy,

@@ -250,3 +250,30 @@ def test_every_public_module_lists_what_it_defines_in_all(module: str) -> None:
     assert [n for n in names if not hasattr(imported, n)] == [], f"{module}.__all__"
     unlisted = _public_definitions(_module_file(module)) - set(names)
     assert sorted(unlisted) == [], f"{module} defines these without listing them in __all__"
+
+
+def _private_imports(path: Path) -> Iterator[str]:
+    """``module.name`` for each underscored name ``path`` imports from another module of this
+    project, wherever the import statement is."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+            continue
+        if node.module.split(".")[0] not in PACKAGES:
+            continue
+        for alias in node.names:
+            if alias.name.startswith("_"):
+                yield f"{node.module}.{alias.name}"
+
+
+def test_no_module_reaches_into_another_modules_private_names() -> None:
+    # A leading underscore means "only this module relies on it" (CONVENTIONS.md 5): a helper
+    # another module needs is public in its home, with a name and a docstring, so renaming or
+    # changing it shows up as a change to a surface.
+    reached = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        if "migrations" not in path.parts
+        for name in _private_imports(path)
+    }
+    assert sorted(reached) == []

@@ -19,15 +19,15 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from core.envelopes._approval_rows import write_approval
-from core.envelopes.creation import _SIGNING_ROLES
-from core.envelopes.lifecycle import _compare_and_set, _require_current, _set_party_state, get_party
+from core.envelopes.creation import SIGNING_ROLES
+from core.envelopes.lifecycle import compare_and_set, get_party, require_current, set_party_state
 from core.envelopes.sealing import seal_envelope
 from core.errors import GatewayError, InputError, StateError
 from core.model import Party, utcnow
 from core.pushback.outbox import release_leases
 from core.records.audit import record_event
 from core.runtime import Runtime
-from core.signing.signatures import _record_retriable, _record_signature, _sign_documents
+from core.signing.signatures import record_retriable, record_signature, sign_documents
 from core.signing.tasks import claim_task, enqueue_signature, seal_key
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, PartyState, check_party_transition
 
@@ -58,10 +58,10 @@ def record_view(
 ) -> Party:
     """The current party opened the documents (first view only is a state change)."""
     party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
-    _require_current(party)
+    require_current(party)
     if party.state is PartyState.SENT:
         now = utcnow()
-        _set_party_state(party, PartyState.VIEWED)
+        set_party_state(party, PartyState.VIEWED)
         party.viewed_at = now
         record_event(
             session=session,
@@ -130,8 +130,8 @@ def check_auth_method(party: Party, auth_method: str) -> None:
 
 def _check_approval(party: Party, values: Mapping[str, str], auth_method: str) -> dict[str, str]:
     """Everything an approval must pass before anything is written; returns the cleaned values."""
-    _require_current(party)
-    if party.role not in _SIGNING_ROLES:
+    require_current(party)
+    if party.role not in SIGNING_ROLES:
         raise StateError(
             "state.cc_cannot_act", "a cc party cannot approve", "CC(写し送付先)は承認できません。"
         )
@@ -195,7 +195,7 @@ def record_approval(
     party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
     cleaned = _check_approval(party, values, auth_method)
     now = utcnow()
-    _compare_and_set(
+    compare_and_set(
         session,
         Party,
         party.id,
@@ -247,7 +247,7 @@ def approve(
     # Signed before anything is written (no lock is held meanwhile); the increments are on disk
     # and in the mirror before the one commit below references them.
     try:
-        new_revisions = _sign_documents(runtime, party, now, cleaned)
+        new_revisions = sign_documents(runtime, party, now, cleaned)
     except GatewayError as exc:
         # The approval is kept all the same, with its signing task for the worker (which
         # retries a transient fault): the signer's instruction is never lost.
@@ -261,7 +261,7 @@ def approve(
             ip=ip,
         )
         if exc.retriable:
-            _record_retriable(session, party.envelope, exc, party_id=party.id)
+            record_retriable(session, party.envelope, exc, party_id=party.id)
         raise
     # One transaction for the approval and its signature, so no signing task is needed; of
     # two concurrent submits one changes the row, the other's blobs are never referenced. The
@@ -279,7 +279,7 @@ def approve(
         session.rollback()
         raise _already_acted()
     _approved(session, party, now=now, ip=ip, auth_method=auth_method, fields=len(cleaned))
-    _record_signature(session, runtime, party, new_revisions, now, stored=True)
+    record_signature(session, runtime, party, new_revisions, now, stored=True)
     session.commit()
     if party.envelope.state is EnvelopeState.SEALING:
         task = claim_task(session=session, key=seal_key(envelope_id), worker=inline)

@@ -31,6 +31,7 @@ from core.text_boxes import check_text_box
 from core.timezone import JST
 
 __all__ = [
+    "SIGNING_ROLES",
     "DocumentInput",
     "FieldInput",
     "PartyInput",
@@ -77,7 +78,7 @@ class FieldInput:
     max_length: int = 200
 
 
-_SIGNING_ROLES = frozenset({PartyRole.APPROVER, PartyRole.SIGNER})
+SIGNING_ROLES = frozenset({PartyRole.APPROVER, PartyRole.SIGNER})
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 
 
@@ -121,7 +122,7 @@ def _check_limits(documents: Sequence[DocumentInput], limits: Limits) -> None:
 
 
 def _check_parties(parties: Sequence[PartyInput], limits: Limits) -> None:
-    if not any(p.role in _SIGNING_ROLES for p in parties):
+    if not any(p.role in SIGNING_ROLES for p in parties):
         raise InputError(
             "envelope.no_signer",
             "an envelope needs at least one approver or signer",
@@ -150,7 +151,7 @@ def _staff_accounts(session: Session, parties: Sequence[PartyInput]) -> list[Sta
         if not party.staff:
             accounts.append(None)
             continue
-        if party.role not in _SIGNING_ROLES:
+        if party.role not in SIGNING_ROLES:
             raise InputError(
                 "envelope.bad_party",
                 f"party {index + 1} is a cc and cannot be bound to a staff account",
@@ -187,7 +188,7 @@ def check_authentication_means(*, session: Session, envelope: Envelope) -> None:
     signer has no way to authenticate: neither a staff account that can log in nor an access
     code. Otherwise its mailed link would refuse every code and lock."""
     for party in envelope.parties:
-        if party.role not in _SIGNING_ROLES:
+        if party.role not in SIGNING_ROLES:
             continue
         if party.staff_id is not None:
             staff = session.get(Staff, party.staff_id)
@@ -279,7 +280,7 @@ def _check_fields(
             raise _field_error(index, "no such document", "指定された文書がありません。")
         if not 0 <= f.party < len(parties):
             raise _field_error(index, "no such party", "指定された署名者がいません。")
-        if parties[f.party].role not in _SIGNING_ROLES:
+        if parties[f.party].role not in SIGNING_ROLES:
             raise _field_error(
                 index, "a cc party cannot fill fields", "CC(写し送付先)は入力できません。"
             )

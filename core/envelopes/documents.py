@@ -16,6 +16,8 @@ __all__ = [
     "current_documents",
     "document_at",
     "read_document",
+    "read_document_stream",
+    "store_increment",
     "store_revision",
 ]
 
@@ -63,7 +65,7 @@ def read_document(*, runtime: Runtime, document: Document) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _read_document_stream(runtime: Runtime, document: Document) -> BytesIO:
+def read_document_stream(runtime: Runtime, document: Document) -> BytesIO:
     """:func:`read_document` into one writable buffer, decrypted a chunk at a time."""
     check_documents_kept(document.envelope)
     revisions = document.revisions
@@ -74,7 +76,7 @@ def _read_document_stream(runtime: Runtime, document: Document) -> BytesIO:
     return out
 
 
-def _store_increment(
+def store_increment(
     runtime: Runtime, document: Document, increment: bytes, *, size: int, reason: str
 ) -> DocumentRevision:
     """Store an incremental update (the bytes a signer appended) as an ``append`` revision;

@@ -34,13 +34,17 @@ from core.states import (
 from core.text import multi_line
 
 __all__ = [
+    "advance_routing",
     "cancel_envelope",
     "check_party_can_act",
+    "compare_and_set",
     "decline",
     "expire_envelope",
     "get_envelope",
     "get_party",
+    "require_current",
     "send_envelope",
+    "set_party_state",
 ]
 
 
@@ -97,12 +101,13 @@ def _set_envelope_state(envelope: Envelope, target: EnvelopeState, now: dt.datet
     envelope.updated_at = now
 
 
-def _set_party_state(party: Party, target: PartyState) -> None:
+def set_party_state(party: Party, target: PartyState) -> None:
+    """Move a party to ``target``, refusing a transition the state machine does not allow."""
     check_party_transition(party.state, target)
     party.state = target
 
 
-def _advance(
+def advance_routing(
     session: Session, runtime: Runtime, envelope: Envelope, now: dt.datetime
 ) -> Party | None:
     """Hand the envelope to the next party; move it to ``sealing`` when nobody is left.
@@ -114,7 +119,7 @@ def _advance(
             continue
         if party.role is PartyRole.CC:
             # A copy recipient never acts: it is told when its turn comes and routing goes on.
-            _set_party_state(party, PartyState.NOTIFIED)
+            set_party_state(party, PartyState.NOTIFIED)
             party.sent_at = now
             record_event(
                 session=session,
@@ -126,7 +131,7 @@ def _advance(
             )
             runtime.notify(session, envelope, "party.notified", party)
             continue
-        _set_party_state(party, PartyState.SENT)
+        set_party_state(party, PartyState.SENT)
         party.sent_at = now
         record_event(
             session=session,
@@ -177,13 +182,14 @@ def send_envelope(
         at=now,
         detail={"via": dict(via or operation_via(session=session, actor=actor))},
     )
-    first = _advance(session, runtime, envelope, now)
+    first = advance_routing(session, runtime, envelope, now)
     assert first is not None  # create_envelope guarantees an acting party
     session.flush()
     return first
 
 
-def _require_current(party: Party) -> None:
+def require_current(party: Party) -> None:
+    """Refuse unless the envelope is sent and it is this party's turn to act."""
     envelope = party.envelope
     if envelope.state is not EnvelopeState.SENT:
         raise StateError(
@@ -210,10 +216,10 @@ def _require_current(party: Party) -> None:
 
 def check_party_can_act(party: Party) -> None:
     """Raise a ``state.*`` error unless ``party`` is the one whose turn it is and has not acted."""
-    _require_current(party)
+    require_current(party)
 
 
-def _compare_and_set(
+def compare_and_set(
     session: Session,
     model: type[Party] | type[Envelope],
     row_id: str,
@@ -248,7 +254,7 @@ def decline(
 ) -> Envelope:
     """The current party declines with a reason; the envelope ends as ``declined``."""
     party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
-    _require_current(party)
+    require_current(party)
     reason = multi_line(reason, field="reason", label_ja="却下理由")
     if not reason:
         raise InputError(
@@ -257,7 +263,7 @@ def decline(
             "却下する理由を入力してください。",
         )
     now = utcnow()
-    _set_party_state(party, PartyState.DECLINED)
+    set_party_state(party, PartyState.DECLINED)
     party.decline_reason = reason
     _set_envelope_state(party.envelope, EnvelopeState.DECLINED, now)
     record_event(

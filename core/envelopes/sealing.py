@@ -17,13 +17,13 @@ from core.envelopes.documents import (
     read_document,
     store_revision,
 )
-from core.envelopes.lifecycle import _compare_and_set, get_envelope
+from core.envelopes.lifecycle import compare_and_set, get_envelope
 from core.errors import GatewayError, StateError
 from core.model import Document, DocumentRevision, Envelope, utcnow
 from core.records.audit import record_event
 from core.records.facts import fill_record_facts, record_facts
 from core.runtime import Runtime
-from core.signing.signatures import _record_retriable
+from core.signing.signatures import record_retriable
 from core.signing.tasks import close_task, seal_key
 from core.states import EnvelopeState, check_envelope_transition
 
@@ -72,9 +72,9 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
         )
     except GatewayError as exc:
         if exc.retriable:
-            _record_retriable(session, envelope, exc)
+            record_retriable(session, envelope, exc)
         raise
-    _compare_and_set(
+    compare_and_set(
         session,
         Envelope,
         envelope.id,
@@ -133,7 +133,7 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
             )
         except GatewayError as exc:
             if exc.retriable:
-                _record_retriable(session, envelope, exc)
+                record_retriable(session, envelope, exc)
             raise
         original.certificate_blob_id = runtime.blobs.put(reissued)
         record_event(

@@ -38,9 +38,9 @@ from core.errors import (
 from core.intake.consent import CONSTRUCTION, has_withdrawn
 from core.intake.contractors import (
     ContractorDirectory,
-    _choose_request,
-    _requests_by_contractor,
+    choose_request,
     find_usage_request,
+    requests_by_contractor,
 )
 from core.intake.policy import IntakePolicy
 from core.model import (
@@ -325,7 +325,7 @@ def intake_awards(
         ):
             existing[row.award_id] = row
     directory.prefetch(session, [item.draft.contractor for item in items])
-    requests = _requests_by_contractor(
+    requests = requests_by_contractor(
         session,
         {cid for item in items if (cid := directory.find_id(session, item.draft.contractor))},
     )
@@ -569,7 +569,7 @@ def _release(
     signer: tuple[str, str, str | None]
     if signer_from == "usage_request":
         if requests is not None and award.contractor_id in requests:
-            request = _choose_request(requests[award.contractor_id], award.award_id)
+            request = choose_request(requests[award.contractor_id], award.award_id)
         else:
             request = find_usage_request(
                 session=session, contractor_id=award.contractor_id, award_ref=award.award_id

@@ -35,6 +35,7 @@ __all__ = [
     "CONFLICT_KIND_JA",
     "ContractorDirectory",
     "Identified",
+    "choose_request",
     "contractor_emails",
     "find_contractor",
     "find_usage_request",
@@ -42,6 +43,7 @@ __all__ = [
     "loose_name",
     "name_key",
     "registry_code_key",
+    "requests_by_contractor",
     "resolve_conflict",
     "upsert_contractor",
     "upsert_usage_request",
@@ -583,12 +585,13 @@ def find_usage_request(
         .where(UsageRequest.contractor_id == contractor_id, UsageRequest.withdrawn_at.is_(None))
         .order_by(UsageRequest.updated_at.desc())
     ).all()
-    return _choose_request(rows, award_ref)
+    return choose_request(rows, award_ref)
 
 
-def _requests_by_contractor(
+def requests_by_contractor(
     session: Session, contractor_ids: set[str]
 ) -> dict[str, list[UsageRequest]]:
+    """The open (not withdrawn) usage requests of each contractor, newest first."""
     found: dict[str, list[UsageRequest]] = {cid: [] for cid in contractor_ids}
     ids = sorted(contractor_ids)
     for start in range(0, len(ids), 500):
@@ -604,7 +607,9 @@ def _requests_by_contractor(
     return found
 
 
-def _choose_request(rows: Sequence[UsageRequest], award_ref: str | None) -> UsageRequest | None:
+def choose_request(rows: Sequence[UsageRequest], award_ref: str | None) -> UsageRequest | None:
+    """The request that governs an award: the newest one naming this award, else the newest
+    general one (``rows`` newest first), else None."""
     specific = [r for r in rows if award_ref is not None and r.award_ref == award_ref]
     general = [r for r in rows if r.award_ref is None]
     candidates = specific or general

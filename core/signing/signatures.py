@@ -15,8 +15,8 @@ from io import SEEK_END
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from core.envelopes.documents import _read_document_stream, _store_increment
-from core.envelopes.lifecycle import _advance, _compare_and_set, get_party
+from core.envelopes.documents import read_document_stream, store_increment
+from core.envelopes.lifecycle import advance_routing, compare_and_set, get_party
 from core.errors import GatewayError, StateError
 from core.model import Document, DocumentRevision, Envelope, Party, utcnow
 from core.records.audit import record_event
@@ -27,6 +27,9 @@ from core.states import PartyState, check_party_transition
 
 __all__ = [
     "apply_pending_signature",
+    "record_retriable",
+    "record_signature",
+    "sign_documents",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,16 +71,16 @@ def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
     check_party_transition(party.state, PartyState.COMPLETED)
     assert party.approved_at is not None
     try:
-        new_revisions = _sign_documents(
+        new_revisions = sign_documents(
             runtime, party, party.approved_at, {f.id: f.value or "" for f in party.fields}
         )
     except GatewayError as exc:
         if exc.retriable:
-            _record_retriable(session, envelope, exc, party_id=party.id)
+            record_retriable(session, envelope, exc, party_id=party.id)
         raise
     now = utcnow()
     # A concurrent retry of the same signature loses here; its blobs are never referenced.
-    _compare_and_set(
+    compare_and_set(
         session,
         Party,
         party.id,
@@ -90,12 +93,12 @@ def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
         ),
     )
     close_task(session=session, key=signature_key(party.id), now=now)
-    _record_signature(session, runtime, party, new_revisions, now)
+    record_signature(session, runtime, party, new_revisions, now)
     session.commit()
     return party
 
 
-def _sign_documents(
+def sign_documents(
     runtime: Runtime, party: Party, approved_at: dt.datetime, values: Mapping[str, str]
 ) -> list[tuple[Document, DocumentRevision]]:
     """Sign every document for ``party`` with its fields' ``values`` (by field id) and store each
@@ -108,19 +111,19 @@ def _sign_documents(
         by_name = {f.name: values.get(f.id, "") for f in party.fields if f.document_id == doc.id}
         # Decrypted a chunk at a time into one buffer, signed in place there, and only the
         # new revision stored: no copy of the whole document is made or compared.
-        current = _read_document_stream(runtime, doc)
+        current = read_document_stream(runtime, doc)
         increment = runtime.signing.sign_approval_increment(
             current, signature_field=field_name, reason=reason, values=by_name
         )
         size = current.seek(0, SEEK_END)
         del current  # keep one document's bytes alive at a time
         new_revisions.append(
-            (doc, _store_increment(runtime, doc, increment, size=size, reason="signature"))
+            (doc, store_increment(runtime, doc, increment, size=size, reason="signature"))
         )
     return new_revisions
 
 
-def _record_signature(
+def record_signature(
     session: Session,
     runtime: Runtime,
     party: Party,
@@ -153,12 +156,14 @@ def _record_signature(
             "documents": len(envelope.documents),
         },
     )
-    _advance(session, runtime, envelope, now)
+    advance_routing(session, runtime, envelope, now)
 
 
-def _record_retriable(
+def record_retriable(
     session: Session, envelope: Envelope, exc: GatewayError, *, party_id: str | None = None
 ) -> None:
+    """Roll back what a transient signing fault interrupted and record, in a fresh
+    transaction, that the work is deferred (``last_error`` and a ``signing.deferred`` event)."""
     session.rollback()
     envelope.last_error = f"{exc.code}: {exc.message_en}"
     record_event(

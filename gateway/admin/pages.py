@@ -74,7 +74,7 @@ _CANCELLABLE = (EnvelopeState.DRAFT, EnvelopeState.SENT)
 # --- session -----------------------------------------------------------------------------------
 
 
-def _policy(context: AppContext) -> PasswordPolicy:
+def password_policy(context: AppContext) -> PasswordPolicy:
     settings = context.gateway.settings.staff
     return PasswordPolicy(
         min_length=settings.password_min_length,
@@ -163,7 +163,7 @@ async def login(
             email=email,
             password=password,
             totp_code=code,
-            policy=_policy(context),
+            policy=password_policy(context),
             ip=ip,
         )
         token = None
@@ -595,7 +595,7 @@ async def staff_save(
                     session=session,
                     staff=member,
                     password=password,
-                    policy=_policy(context),
+                    policy=password_policy(context),
                     actor=staff.email,
                 )
         except StaffError as exc:

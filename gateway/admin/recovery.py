@@ -23,7 +23,7 @@ from core.errors import InputError, NotFoundError
 from core.model import Party, Staff
 from gateway.admin.pages import parse_date, sender_action
 from gateway.deps import ClientIpDep, ContextDep, SessionDep
-from gateway.pages.signing import _text, check_csrf, read_form
+from gateway.pages.signing import check_csrf, form_text, read_form
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
@@ -56,9 +56,11 @@ async def party_action(
     if action not in ACTIONS:
         raise NotFoundError("not_found.action", f"no action {action}", "操作が見つかりません。")
     form = await read_form(request, 20)
-    check_csrf(request, context, _text(form.get("csrf_token")))
+    check_csrf(request, context, form_text(form.get("csrf_token")))
     runtime = context.gateway.runtime
-    values = {k: _text(form.get(k)).strip() for k in ("name", "email", "code", "reason", "auth")}
+    values = {
+        k: form_text(form.get(k)).strip() for k in ("name", "email", "code", "reason", "auth")
+    }
 
     def act(staff: Staff, envelope: Any) -> object:
         party = _party(envelope, routing_order)
@@ -102,9 +104,9 @@ async def deadline(
 ) -> Response:
     """A later signing deadline (締切日)."""
     form = await read_form(request, 10)
-    check_csrf(request, context, _text(form.get("csrf_token")))
+    check_csrf(request, context, form_text(form.get("csrf_token")))
     try:
-        day = parse_date(_text(form.get("deadline")))
+        day = parse_date(form_text(form.get("deadline")))
     except ValueError:
         day = None
     if day is None:

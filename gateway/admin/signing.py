@@ -27,15 +27,15 @@ from core.records.audit import record_event
 from core.signing.staff_signing import approve_as_staff, get_staff_party, list_awaiting
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState
 from core.text_boxes import check_values_fit
-from gateway.admin.pages import _policy, admin_page, current_staff, to_login
+from gateway.admin.pages import admin_page, current_staff, password_policy, to_login
 from gateway.context import AppContext
 from gateway.deps import ClientIpDep, ContextDep, SessionDep, get_client_ip
+from gateway.downloads import file_response
 from gateway.pages.signing import (
-    _CLOSED_JA,
-    _closed_message,
-    _pdf,
-    _text,
+    CLOSED_JA,
     check_csrf,
+    closed_message,
+    form_text,
     page_image_response,
     read_form,
     render_documents,
@@ -113,7 +113,7 @@ def documents_page(
     if isinstance(checked, RedirectResponse):
         return checked
     staff, party = checked
-    if _closed_message(party) is not None:
+    if closed_message(party) is not None:
         return RedirectResponse(f"{_base(envelope_id)}/done", status_code=303)
     party = record_view(session=session, envelope_id=envelope_id, party_id=party.id, ip=ip)
     record_event(
@@ -139,7 +139,7 @@ def _document(
     envelope = party.envelope
     if envelope.state in (EnvelopeState.CANCELLED, EnvelopeState.DECLINED, EnvelopeState.EXPIRED):
         raise StateError(
-            "state.envelope_not_open", "the envelope is closed", _CLOSED_JA[envelope.state]
+            "state.envelope_not_open", "the envelope is closed", CLOSED_JA[envelope.state]
         )
     return staff, party, document_at(envelope, position)
 
@@ -188,7 +188,7 @@ def download(
         detail={"document": doc.name, "signatures": doc.signature_count, "via": "staff pages"},
     )
     session.commit()
-    return _pdf(doc.name, data)
+    return file_response(data, doc.name)
 
 
 def _complete(
@@ -221,7 +221,7 @@ def _complete(
                 values=values,
                 password=password,
                 totp_code=totp_code,
-                policy=_policy(context),
+                policy=password_policy(context),
                 ip=ip,
             )
         except (AuthError, StateError) as exc:
@@ -254,14 +254,14 @@ def get_staff_party_again(
 async def complete(envelope_id: EnvelopeId, request: Request, context: ContextDep) -> Response:
     """「署名手続きを完了する」 with the password (and one-time code) typed again."""
     form = await read_form(request, 600)
-    check_csrf(request, context, _text(form.get("csrf_token")))
+    check_csrf(request, context, form_text(form.get("csrf_token")))
     values = {
-        key.removeprefix("field_"): _text(value)
+        key.removeprefix("field_"): form_text(value)
         for key, value in form.multi_items()
         if key.startswith("field_")
     }
-    password = _text(form.get("password"))[:256]
-    totp_code = _text(form.get("totp"))[:16] or None
+    password = form_text(form.get("password"))[:256]
+    totp_code = form_text(form.get("totp"))[:16] or None
     ip = get_client_ip(request, context)
     try:
         return await run_in_threadpool(
@@ -301,9 +301,9 @@ def _decline(
 async def decline_page(envelope_id: EnvelopeId, request: Request, context: ContextDep) -> Response:
     """「同意せずに却下する」 with a reason, which reaches the sender."""
     form = await read_form(request, 10)
-    check_csrf(request, context, _text(form.get("csrf_token")))
+    check_csrf(request, context, form_text(form.get("csrf_token")))
     ip = get_client_ip(request, context)
-    reason = _text(form.get("reason"))[:2000]
+    reason = form_text(form.get("reason"))[:2000]
     response = await run_in_threadpool(_decline, request, context, envelope_id, reason, ip)
     context.wake_mailer()
     return response
@@ -318,7 +318,7 @@ def done_page(
     if isinstance(checked, RedirectResponse):
         return checked
     _staff, party = checked
-    message = _closed_message(party)
+    message = closed_message(party)
     if message is None:
         return RedirectResponse(_base(envelope_id), status_code=303)
     return render_page(

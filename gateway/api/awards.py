@@ -31,7 +31,7 @@ from gateway.deps import ApiClientDep, ContextDep, SessionDep
 from gateway.intake import AwardAction, AwardDecision, award_json, decide_award
 from gateway.runtime import access_code_policy
 from gateway.settings import ApiSourceSettings
-from schedules.intake import SyncResult, accept_record
+from schedules.intake import IntakeResult, accept_record
 
 router = APIRouter(prefix="/api/v1", tags=["awards"])
 
@@ -105,7 +105,7 @@ def _xml_fields(config: ApiSourceSettings, settings: Any, body: bytes) -> dict[s
     return {k: v for k, v in decoded.items() if not str(k).startswith("@")}
 
 
-def _accept(context: Any, name: str, fields: dict[str, Any], reference: str) -> SyncResult:
+def _accept(context: Any, name: str, fields: dict[str, Any], reference: str) -> IntakeResult:
     gateway = context.gateway
     settings = gateway.settings
     return accept_record(

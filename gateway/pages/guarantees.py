@@ -28,7 +28,7 @@ from core.model import GuaranteeKind, Party
 from core.states import EnvelopeState, PartyState
 from gateway.context import AppContext
 from gateway.deps import ContextDep
-from gateway.pages.signing import Token, _require_session, check_csrf, render_page
+from gateway.pages.signing import Token, check_csrf, render_page, require_session
 
 router = APIRouter(include_in_schema=False)
 
@@ -104,7 +104,7 @@ def _closed() -> InputError:
 def guarantees_page(token: Token, request: Request, context: ContextDep) -> Response:
     """What the contractor has registered, and the form to add one."""
     with context.gateway.sessions() as session:
-        checked = _require_session(request, context, session, token)
+        checked = require_session(request, context, session, token)
         if isinstance(checked, RedirectResponse):
             return checked
         _link, party = checked
@@ -118,7 +118,7 @@ async def _add(request: Request, context: AppContext, token: str, act: Any) -> R
 
     def run() -> Response:
         with context.gateway.sessions() as session:
-            checked = _require_session(request, context, session, token)
+            checked = require_session(request, context, session, token)
             if isinstance(checked, RedirectResponse):
                 return checked
             _link, party = checked

@@ -42,7 +42,7 @@ Position = Annotated[int, Path(ge=0, le=1000)]
 
 AUTH_METHOD = "email+access_code"
 
-_CLOSED_JA = {
+CLOSED_JA = {
     EnvelopeState.COMPLETED: "この封筒は、全ての関係者の手続きが完了しています。",
     EnvelopeState.SEALING: "全ての署名が完了し、締結処理中です。完了後にメールでお知らせします。",
     EnvelopeState.DECLINED: "この封筒は却下されたため、手続きは終了しました。",
@@ -135,11 +135,11 @@ def _open_party(session: Session, token: str) -> tuple[SigningLink, Party]:
     return link, party
 
 
-def _closed_message(party: Party) -> str | None:
+def closed_message(party: Party) -> str | None:
     """Why this party cannot act any more, in Japanese; None while it can."""
     envelope = party.envelope
     if envelope.state is not EnvelopeState.SENT:
-        return _CLOSED_JA[envelope.state]
+        return CLOSED_JA[envelope.state]
     if party.state in (PartyState.COMPLETED, PartyState.SIGNING):
         return (
             "この署名依頼の手続きは完了しています。全ての署名者の手続き完了後、"
@@ -255,7 +255,7 @@ def _documents_page(
     )
 
 
-def _require_session(
+def require_session(
     request: Request, context: AppContext, session: Session, token: str
 ) -> tuple[SigningLink, Party] | RedirectResponse:
     link, party = _open_party(session, token)
@@ -273,7 +273,7 @@ def code_page(
 ) -> Response:
     """The access-code page (or where the request stands, when it is over)."""
     link, party = _open_party(session, token)
-    closed = _closed_message(party)
+    closed = closed_message(party)
     if _signed_in(request, context, link):
         return _redirect(f"{_base(token)}/{'done' if closed else 'documents'}")
     if closed is not None:
@@ -315,9 +315,9 @@ def _submit_code(
 async def submit_code(token: Token, request: Request, context: ContextDep) -> Response:
     """Check the access code; on success, sign in to this link and show the documents."""
     form = await read_form(request, 10)
-    check_csrf(request, context, _text(form.get("csrf_token")))
+    check_csrf(request, context, form_text(form.get("csrf_token")))
     ip = get_client_ip(request, context)
-    code = _text(form.get("access_code"))[:64]
+    code = form_text(form.get("access_code"))[:64]
     try:
         link_id, wrong = await run_in_threadpool(_submit_code, context, token, code, ip)
     finally:
@@ -350,7 +350,7 @@ async def read_form(request: Request, max_fields: int) -> FormData:
         return form
 
 
-def _text(value: object) -> str:
+def form_text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
@@ -362,11 +362,11 @@ def documents_page(
     token: Token, request: Request, context: ContextDep, session: SessionDep, ip: ClientIpDep
 ) -> Response:
     """The documents, page by page, with this party's text boxes and the actions."""
-    checked = _require_session(request, context, session, token)
+    checked = require_session(request, context, session, token)
     if isinstance(checked, RedirectResponse):
         return checked
     _link, party = checked
-    if _closed_message(party) is not None:
+    if closed_message(party) is not None:
         return _redirect(f"{_base(token)}/done")
     party = record_view(session=session, envelope_id=party.envelope_id, party_id=party.id, ip=ip)
     record_event(
@@ -384,7 +384,7 @@ def documents_page(
 def _viewable_document(
     request: Request, context: AppContext, session: Session, token: str, position: int
 ) -> tuple[Party, Document] | RedirectResponse:
-    checked = _require_session(request, context, session, token)
+    checked = require_session(request, context, session, token)
     if isinstance(checked, RedirectResponse):
         return checked
     _link, party = checked
@@ -396,7 +396,7 @@ def _viewable_document(
         raise StateError(
             "state.envelope_not_open",
             "the envelope is closed",
-            _CLOSED_JA[party.envelope.state],
+            CLOSED_JA[party.envelope.state],
         )
     return party, document_at(party.envelope, position)
 
@@ -520,7 +520,7 @@ async def complete(token: Token, request: Request, context: ContextDep) -> Respo
     if isinstance(form, RedirectResponse):
         return form
     values = {
-        key.removeprefix("field_"): _text(value)
+        key.removeprefix("field_"): form_text(value)
         for key, value in form.multi_items()
         if key.startswith("field_")
     }
@@ -541,14 +541,14 @@ async def _party_form(
     """The form a signed-in party posted (complete, decline, forward), its CSRF token checked;
     or the redirect to the access-code page when this link has no session."""
     form = await read_form(request, max_fields)
-    check_csrf(request, context, _text(form.get("csrf_token")))
+    check_csrf(request, context, form_text(form.get("csrf_token")))
     checked = await run_in_threadpool(_session_party, context, request, token)
     return checked if isinstance(checked, RedirectResponse) else form
 
 
 def _session_party(context: AppContext, request: Request, token: str) -> Party | RedirectResponse:
     with context.gateway.sessions() as session:
-        checked = _require_session(request, context, session, token)
+        checked = require_session(request, context, session, token)
         return checked if isinstance(checked, RedirectResponse) else checked[1]
 
 
@@ -589,7 +589,9 @@ async def decline_page(token: Token, request: Request, context: ContextDep) -> R
     if isinstance(form, RedirectResponse):
         return form
     ip = get_client_ip(request, context)
-    error = await run_in_threadpool(_decline, context, token, _text(form.get("reason"))[:2000], ip)
+    error = await run_in_threadpool(
+        _decline, context, token, form_text(form.get("reason"))[:2000], ip
+    )
     if error is not None:
         return await run_in_threadpool(_rerender, request, context, token, error, {})
     context.wake_mailer()
@@ -631,16 +633,16 @@ async def forward(token: Token, request: Request, context: ContextDep) -> Respon
         return form
     ip = get_client_ip(request, context)
     try:
-        code = context.policy.check_format(_text(form.get("access_code"))[:64])
+        code = context.policy.check_format(form_text(form.get("access_code"))[:64])
         # scrypt before any session: no database lock is held while hashing
         code_hash = await run_in_threadpool(context.policy.hash, code)
         name = await run_in_threadpool(
             _forward,
             context,
             token,
-            _text(form.get("name"))[:200],
-            _text(form.get("email"))[:320],
-            _text(form.get("reason"))[:2000],
+            form_text(form.get("name"))[:200],
+            form_text(form.get("email"))[:320],
+            form_text(form.get("reason"))[:2000],
             code_hash,
             ip,
         )
@@ -660,11 +662,11 @@ async def forward(token: Token, request: Request, context: ContextDep) -> Respon
 @router.get("/sign/{token}/done", response_class=HTMLResponse)
 def done_page(token: Token, request: Request, context: ContextDep, session: SessionDep) -> Response:
     """Where the party's request stands after it acted; downloads once the envelope is done."""
-    checked = _require_session(request, context, session, token)
+    checked = require_session(request, context, session, token)
     if isinstance(checked, RedirectResponse):
         return checked
     _link, party = checked
-    if _closed_message(party) is None:
+    if closed_message(party) is None:
         return _redirect(f"{_base(token)}/documents")
     return render_page(
         request,
@@ -673,7 +675,7 @@ def done_page(token: Token, request: Request, context: ContextDep, session: Sess
         base=_base(token),
         envelope=party.envelope,
         party=party,
-        message=_closed_message(party),
+        message=closed_message(party),
     )
 
 
@@ -685,7 +687,7 @@ def done_certificate(
     concluded: the last signer need not wait for the completion mail."""
     from core.envelopes.sealing import completion_certificate
 
-    checked = _require_session(request, context, session, token)
+    checked = require_session(request, context, session, token)
     if isinstance(checked, RedirectResponse):
         return checked
     _link, party = checked

@@ -19,7 +19,7 @@ from core.intake.awards import get_award
 from core.model import AwardState, Contractor, ContractorConflict
 from core.runtime import Runtime
 from mapping import SourceMapping, load_mapping
-from schedules.intake import SourceSpec, SyncResult, sync_source
+from schedules.intake import IntakeResult, SourceSpec, take_in_source
 from tests.fixtures.intake import (
     AUTHORITIES,
     MAPPINGS,
@@ -80,10 +80,10 @@ def _spec(
     return SourceSpec(name, mapping.kind, mapping, opener)
 
 
-def _sync(sessions: sessionmaker[Session], runtime: Runtime, spec: SourceSpec) -> SyncResult:
+def _sync(sessions: sessionmaker[Session], runtime: Runtime, spec: SourceSpec) -> IntakeResult:
     with sessions() as session:
         register_officials(session)  # the register's officials sign as staff
-    return sync_source(
+    return take_in_source(
         sessions=sessions, runtime=runtime, policy=policy(), spec=spec, authorities=AUTHORITIES
     )
 

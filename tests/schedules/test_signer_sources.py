@@ -20,7 +20,7 @@ from core.intake.consent import withdraw_consent
 from core.model import AwardState
 from core.runtime import Runtime
 from mapping import MappingSpecError, SourceMapping, load_mapping
-from schedules.intake import SourceSpec, SyncResult, sync_source
+from schedules.intake import IntakeResult, SourceSpec, take_in_source
 from tests.fixtures.intake import (
     AUTHORITIES,
     MAPPINGS,
@@ -59,10 +59,10 @@ def _spec(name: str, folder: Path, mapping: SourceMapping) -> SourceSpec:
     return SourceSpec(name, mapping.kind, mapping, opener)
 
 
-def _sync(sessions: sessionmaker[Session], runtime: Runtime, spec: SourceSpec) -> SyncResult:
+def _sync(sessions: sessionmaker[Session], runtime: Runtime, spec: SourceSpec) -> IntakeResult:
     with sessions() as session:
         register_officials(session)  # the register's officials sign as staff
-    return sync_source(
+    return take_in_source(
         sessions=sessions, runtime=runtime, policy=policy(), spec=spec, authorities=AUTHORITIES
     )
 

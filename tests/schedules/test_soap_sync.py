@@ -16,7 +16,7 @@ from core.intake.runs import get_cursor, list_replayable, reset_cursor
 from core.model import AwardState
 from core.runtime import Runtime
 from mapping import load_mapping
-from schedules.intake import SourceSpec, SyncResult, replay_dead_letters, sync_source
+from schedules.intake import IntakeResult, SourceSpec, replay_dead_letters, take_in_source
 from tests.fixtures.intake import AUTHORITIES, policy
 from tests.fixtures.pdfs import make_pdf
 from tests.fixtures.soap_awards import PASSWORD, USERNAME, XSD, AwardServer, soap_award_server
@@ -76,8 +76,8 @@ def _spec(server: AwardServer, documents: Path | None) -> SourceSpec:
     return SourceSpec("ebid", "awards", mapping, opener)
 
 
-def _sync(sessions: sessionmaker[Session], runtime: Runtime, spec: SourceSpec) -> SyncResult:
-    return sync_source(
+def _sync(sessions: sessionmaker[Session], runtime: Runtime, spec: SourceSpec) -> IntakeResult:
+    return take_in_source(
         sessions=sessions, runtime=runtime, policy=policy(), spec=spec, authorities=AUTHORITIES
     )
 

@@ -25,7 +25,7 @@ from core.model import AccessCode, Award, AwardState, DeadLetter, Envelope, Staf
 from core.runtime import Runtime
 from core.states import EnvelopeState, PartyRole
 from mapping import SourceMapping
-from schedules.intake import SourceSpec, sync_source
+from schedules.intake import SourceSpec, take_in_source
 from tests.fixtures.intake import (
     AUTHORITIES,
     HEADER,
@@ -86,7 +86,7 @@ def _sync(sessions: sessionmaker[Session], runtime: Runtime, spec: SourceSpec, *
     if kw.pop("officials", True):
         with sessions() as session:
             register_officials(session)
-    return sync_source(
+    return take_in_source(
         sessions=sessions,
         runtime=runtime,
         policy=kw.pop("policy", None) or policy(),  # type: ignore[arg-type]
