@@ -1,4 +1,4 @@
-"""connectors: sources that pull and sinks that push, one module per transport."""
+"""connectors: sources that pull and sinks that push, one module (or package) per transport."""
 
 from connectors.base import Batch, Provenance, RawRecord, Sink, Source
 

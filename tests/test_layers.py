@@ -231,7 +231,7 @@ def _public_definitions(path: Path) -> set[str]:
 def test_public_modules_are_found() -> None:
     assert {
         "core.envelopes.creation",
-        "connectors.sftp",
+        "connectors.sftp.transport",
         "mapping.spec",
         "schedules.intake",
     } <= set(PUBLIC_MODULES)

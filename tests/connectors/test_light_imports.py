@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# One module per transport, or one package (connectors/sftp/, ...): each loads on its own.
 CONNECTORS = sorted(
     f"connectors.{path.stem}"
-    for path in (ROOT / "connectors").glob("*.py")
-    if path.stem != "__init__"
+    for path in (ROOT / "connectors").iterdir()
+    if (path.suffix == ".py" and path.stem != "__init__") or (path / "__init__.py").is_file()
 )
 HEAVY = ("pyhanko", "aiohttp")
 

@@ -256,9 +256,9 @@ def test_a_retry_after_a_crash_never_puts_a_file_in_place_twice(
         )
         root = server.root / f"retry-{os.urandom(4).hex()}"
         sink = SftpSink(name="sftp", endpoint=endpoint, root=str(root))
-        import connectors.sftp as sftp_module
+        from connectors.sftp._pipeline import RenamePipeline
 
-        real_send = sftp_module._Renames.send
+        real_send = RenamePipeline.send
         sent: list[str] = []
 
         def dying_send(self: Any, old: str, new: str) -> None:
@@ -267,7 +267,7 @@ def test_a_retry_after_a_crash_never_puts_a_file_in_place_twice(
             sent.append(new)
             self.sftp.posix_rename(old, new)  # this one reaches the server
 
-        monkeypatch.setattr(sftp_module._Renames, "send", dying_send)
+        monkeypatch.setattr(RenamePipeline, "send", dying_send)
     folder = root / "KG-20261122-0007"
     names = sorted(f.name for f in item.files)
     try:
@@ -281,7 +281,7 @@ def test_a_retry_after_a_crash_never_puts_a_file_in_place_twice(
 
         monkeypatch.undo()
         if kind == "sftp":
-            monkeypatch.setattr(sftp_module._Renames, "send", real_send)
+            monkeypatch.setattr(RenamePipeline, "send", real_send)
         sink.push(item)  # the retry
         now_there = {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
         assert set(now_there) | set(taken) == set(names)

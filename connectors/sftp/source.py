@@ -1,0 +1,139 @@
+"""The SFTP inbox source: CSV exports (and the documents they name) in a remote folder."""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import stat
+from contextlib import AbstractContextManager, ExitStack
+from typing import IO, Any
+
+import paramiko
+
+from connectors.inbox import FileEntry, InboxSource
+from connectors.sftp.transport import SftpEndpoint, open_sftp
+from core.errors import Disposition, SourceError
+
+__all__ = ["SftpSource"]
+
+
+class _SftpStream(io.RawIOBase):
+    """An SFTP file as a raw stream, so the CSV reader can buffer and decode it."""
+
+    def __init__(self, handle: paramiko.SFTPFile) -> None:
+        self._handle = handle
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._handle.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._handle.close()
+        super().close()
+
+
+class SftpSource(InboxSource):
+    """CSV exports in a remote folder, read over one verified connection (kept open for the
+    run and closed by :meth:`close`); see :mod:`connectors.inbox` for the file history, read
+    lock and moving aside. Transport failures are retriable :class:`~core.errors.SourceError`s.
+    """
+
+    def __init__(self, *, endpoint: SftpEndpoint, **options: Any) -> None:
+        super().__init__(**options)
+        self.endpoint = endpoint
+        self._stack: ExitStack | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+
+    def _client(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            stack = ExitStack()
+            self._sftp = stack.enter_context(open_sftp(self.endpoint))
+            self._stack = stack
+        return self._sftp
+
+    def close(self) -> None:
+        """Close the kept connection."""
+        stack, self._stack, self._sftp = self._stack, None, None
+        if stack is not None:
+            try:
+                stack.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass  # already gone
+
+    def _failed(self, what: str, exc: BaseException) -> SourceError:
+        self.close()
+        return SourceError(
+            "sftp.read_failed",
+            f"{self.name}: {what} on {self.endpoint.host}:{self.endpoint.port} failed: {exc}",
+            "SFTP接続先からの読み込みに失敗しました。",
+        )
+
+    def _list(self) -> list[FileEntry]:
+        try:
+            items = self._client().listdir_attr(self.directory)
+        except FileNotFoundError as exc:
+            raise SourceError(
+                "sftp.no_directory",
+                f"{self.name}: no folder {self.directory} on {self.endpoint.host}",
+                f"SFTP接続先にフォルダ {self.directory} がありません。",
+                disposition=Disposition.FATAL,
+            ) from exc
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._failed("listing", exc) from exc
+        return [
+            FileEntry(item.filename, int(item.st_size or 0), int(item.st_mtime or 0))
+            for item in items
+            if item.st_mode is not None and stat.S_ISREG(item.st_mode)
+        ]
+
+    def _open(self, name: str) -> AbstractContextManager[IO[bytes]]:
+        path = posixpath.join(self.directory, name)
+        try:
+            handle = self._client().open(path, "rb")
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._failed(f"opening {path}", exc) from exc
+        return io.BufferedReader(_SftpStream(handle), buffer_size=256 * 1024)
+
+    def _stat(self, path: str) -> FileEntry | None:
+        try:
+            attrs = self._client().stat(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._failed(f"stat {path}", exc) from exc
+        if attrs.st_mode is None or not stat.S_ISREG(attrs.st_mode):
+            return None
+        return FileEntry(
+            posixpath.basename(path), int(attrs.st_size or 0), int(attrs.st_mtime or 0)
+        )
+
+    def _read(self, path: str) -> bytes:
+        try:
+            with self._client().open(path, "rb") as handle:
+                handle.prefetch()  # pipelined reads instead of one round trip per 32 KB
+                return bytes(handle.read())
+        except FileNotFoundError as exc:
+            raise SourceError(
+                "sftp.vanished",
+                f"{path} disappeared while being read",
+                f"文書ファイル {path} が読み込み中に削除されました。",
+            ) from exc
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._failed(f"reading {path}", exc) from exc
+
+    def _move(self, name: str, target_dir: str, target_name: str) -> None:
+        sftp = self._client()
+        try:
+            try:
+                sftp.stat(target_dir)
+            except FileNotFoundError:
+                sftp.mkdir(target_dir)
+            sftp.posix_rename(
+                posixpath.join(self.directory, name), posixpath.join(target_dir, target_name)
+            )
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise self._failed(f"moving {name}", exc) from exc
