@@ -342,7 +342,7 @@ def _check_trees(root: generic.DictionaryObject) -> str | None:
         try:
             # pyHanko's own reader of field lists, so that the upload is held to exactly what its
             # difference analysis will hold the signed document to (private: pinned by the lock,
-            # and tests/core/test_real_world_pdfs.py fails if it moves)
+            # and tests/core/signing/test_real_world_pdfs.py fails if it moves)
             from pyhanko.sign.diff_analysis.form_rules_api import _list_fields
 
             list(_list_fields(fields, fields, None))

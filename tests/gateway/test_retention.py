@@ -123,7 +123,7 @@ def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_dry_run_lists_then_the_run_purges(tmp_path: Path, devpki: DevPki) -> None:
-    # SQLite only: the purge itself runs on both databases in tests/core/test_retention.py
+    # SQLite only: the purge itself runs on both databases in tests/core/records/test_retention.py
     url = f"sqlite:///{tmp_path / 'keiyaku.db'}"
     config = write_config(tmp_path, devpki, database_url=url, extra=RETENTION)
     gateway = open_test_gateway(config)

@@ -11,7 +11,7 @@ from core.model import VisibilityScope
 from core.staff.accounts import roles_ja, scope_ja
 from core.states import PartyRole, party_role_ja
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # An audit action written where it is recorded: action="party.locked", or a variable assigned
 # a literal next to it (core.staff.accounts's login outcomes).
 _RECORDED = re.compile(

@@ -23,7 +23,7 @@ from core.signing._documents import load_document
 from tests.fixtures.pdfs import make_pdf
 from tests.fixtures.pki import LivePki
 
-CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "pdfs"
+CORPUS = Path(__file__).resolve().parents[2] / "corpus" / "pdfs"
 CERT_ID = "0123456789abcdef0123456789abcdef"
 
 
