@@ -7,7 +7,7 @@ rewritten without those actions before anything is stored, so the first signatur
 covers the harmless file. The rewrite is a whole new file (not an incremental update), so the
 removed script is not left in an earlier revision either.
 
-A file pypdf cannot read is accepted only when no action name appears in its bytes at all; it
+A file qpdf cannot read is accepted only when no action name appears in its bytes at all; it
 is refused otherwise (what cannot be parsed cannot be stripped safely).
 """
 
@@ -18,11 +18,10 @@ import logging
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from pypdf import PdfReader, PdfWriter
-from pypdf.errors import PyPdfError
-from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject, NameObject
+import pikepdf
 
 from core.errors import DocumentError
+from core.qpdf import open_pdf
 
 __all__ = ["ActiveContentMode", "check_active_content", "find_active_content"]
 
@@ -35,64 +34,54 @@ _ACTIVE = frozenset({"/JavaScript", "/Launch", "/Rendition", "/ImportData", "/Su
 _RAW_MARKERS = (b"/JavaScript", b"/JS", b"/Launch", b"/OpenAction", b"/AA")
 
 
-def _resolve(value: Any) -> Any:
-    return value.get_object() if isinstance(value, IndirectObject) else value
-
-
-def _catalog(reader: PdfReader) -> DictionaryObject:
-    root = _resolve(reader.trailer["/Root"])
-    if not isinstance(root, DictionaryObject):
-        raise ValueError("the trailer names no catalog")
-    return root
-
-
 def _is_active(action: Any, depth: int = 0) -> bool:
     """Whether an action dictionary (or one chained with ``/Next``) runs something."""
-    action = _resolve(action)
     if depth > 20:
         return True  # a chain this long is not a contract's
-    if isinstance(action, ArrayObject):
+    if isinstance(action, pikepdf.Array):
         return any(_is_active(item, depth + 1) for item in action)
-    if not isinstance(action, DictionaryObject):
+    if not isinstance(action, pikepdf.Dictionary):
         return False  # an explicit destination (go to a page) is harmless
-    if action.get("/S") in _ACTIVE or "/JS" in action:
+    if str(action.get("/S", "")) in _ACTIVE or "/JS" in action:
         return True
     return "/Next" in action and _is_active(action["/Next"], depth + 1)
 
 
-def _additional_actions_active(holder: DictionaryObject) -> bool:
-    aa = _resolve(holder.get("/AA"))
-    return isinstance(aa, DictionaryObject) and any(_is_active(v) for v in aa.values())
+def _additional_actions_active(holder: pikepdf.Object) -> bool:
+    aa = holder.get("/AA")
+    return isinstance(aa, pikepdf.Dictionary) and any(_is_active(v) for v in aa.values())
 
 
-def _holders(reader: PdfReader) -> Iterator[tuple[str, DictionaryObject]]:
+def _dictionaries(value: Any) -> Iterator[pikepdf.Dictionary]:
+    """The dictionaries in an array (``/Annots``, ``/Fields``); nothing when it is not one."""
+    if isinstance(value, pikepdf.Array):
+        yield from (item for item in value if isinstance(item, pikepdf.Dictionary))
+
+
+def _holders(pdf: pikepdf.Pdf) -> Iterator[tuple[str, pikepdf.Object]]:
     """Every dictionary that may carry /OpenAction, /AA or /A: catalog, pages, annotations,
     form fields; with a name for the error message."""
-    root = _catalog(reader)
+    root = pdf.Root
     yield "catalog", root
-    for number, page in enumerate(reader.pages, start=1):
-        yield f"page {number}", page
-        for annot in _resolve(page.get("/Annots")) or []:
-            annot = _resolve(annot)
-            if isinstance(annot, DictionaryObject):
-                yield f"page {number} annotation", annot
-    form = _resolve(root.get("/AcroForm"))
-    if isinstance(form, DictionaryObject):
-        for field in _resolve(form.get("/Fields")) or []:
-            field = _resolve(field)
-            if isinstance(field, DictionaryObject):
-                yield "form field", field
+    for number, page in enumerate(pdf.pages, start=1):
+        yield f"page {number}", page.obj
+        for annot in _dictionaries(page.obj.get("/Annots")):
+            yield f"page {number} annotation", annot
+    form = root.get("/AcroForm")
+    if isinstance(form, pikepdf.Dictionary):
+        for field in _dictionaries(form.get("/Fields")):
+            yield "form field", field
 
 
-def _findings(reader: PdfReader) -> list[str]:
+def _findings(pdf: pikepdf.Pdf) -> list[str]:
     found: list[str] = []
-    root = _catalog(reader)
+    root = pdf.Root
     if _is_active(root.get("/OpenAction")):
         found.append("catalog /OpenAction")
-    names = _resolve(root.get("/Names"))
-    if isinstance(names, DictionaryObject) and "/JavaScript" in names:
+    names = root.get("/Names")
+    if isinstance(names, pikepdf.Dictionary) and "/JavaScript" in names:
         found.append("document-level JavaScript (/Names /JavaScript)")
-    for where, holder in _holders(reader):
+    for where, holder in _holders(pdf):
         if _additional_actions_active(holder):
             found.append(f"{where} /AA")
         if where != "catalog" and _is_active(holder.get("/A")):
@@ -103,59 +92,34 @@ def _findings(reader: PdfReader) -> list[str]:
 def find_active_content(data: bytes) -> list[str]:
     """Where ``data`` runs something when opened or used (empty: nowhere)."""
     try:
-        return _findings(PdfReader(io.BytesIO(data)))
-    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-        failure = exc
-    # What pypdf cannot read, qpdf (pikepdf) often can: look again at its rewrite, the same file
-    # the signing path rebuilds before the first signature (core.signing._repair).
-    try:
-        import pikepdf
-
-        from core.qpdf import open_pdf
-
-        rebuilt = io.BytesIO()
         with open_pdf(data) as pdf:
-            # streams copied as they are, the XMP packet untouched: never decoded whole here
-            pdf.save(
-                rebuilt,
-                stream_decode_level=pikepdf.StreamDecodeLevel.none,
-                fix_metadata_version=False,
-            )
-        return _findings(PdfReader(io.BytesIO(rebuilt.getvalue())))
-    except Exception:  # unreadable by both: judge by the raw bytes below
-        log.info("neither pypdf nor qpdf reads this PDF; judging active content by its bytes")
+            return _findings(pdf)
+    except Exception as exc:  # qpdf's own errors, and a structure no viewer could follow
+        failure = exc
+    log.info("qpdf does not read this PDF; judging active content by its bytes")
     if any(marker in data for marker in _RAW_MARKERS):
         return [f"unreadable structure with action names ({type(failure).__name__})"]
     return []
 
 
 def _strip(data: bytes) -> bytes:
-    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(data)))
-    root = writer._root_object
-    for key in ("/OpenAction", "/AA"):
-        if key in root:
-            del root[NameObject(key)]
-    names = _resolve(root.get("/Names"))
-    if isinstance(names, DictionaryObject) and "/JavaScript" in names:
-        del names[NameObject("/JavaScript")]
-    for page in writer.pages:
-        if "/AA" in page:
-            del page[NameObject("/AA")]
-        for annot in _resolve(page.get("/Annots")) or []:
-            annot = _resolve(annot)
-            if isinstance(annot, DictionaryObject):
-                if "/AA" in annot:
-                    del annot[NameObject("/AA")]
-                if _is_active(annot.get("/A")):
-                    del annot[NameObject("/A")]
-    form = _resolve(root.get("/AcroForm"))
-    if isinstance(form, DictionaryObject):
-        for field in _resolve(form.get("/Fields")) or []:
-            field = _resolve(field)
-            if isinstance(field, DictionaryObject) and "/AA" in field:
-                del field[NameObject("/AA")]
-    out = io.BytesIO()
-    writer.write(out)
+    """``data`` rewritten whole without its actions: objects no longer referenced (the
+    scripts) are not written."""
+    with open_pdf(data) as pdf:
+        root = pdf.Root
+        for key in ("/OpenAction", "/AA"):
+            if key in root:
+                del root[key]
+        names = root.get("/Names")
+        if isinstance(names, pikepdf.Dictionary) and "/JavaScript" in names:
+            del names["/JavaScript"]
+        for where, holder in _holders(pdf):
+            if "/AA" in holder:
+                del holder["/AA"]
+            if where.endswith("annotation") and _is_active(holder.get("/A")):
+                del holder["/A"]
+        out = io.BytesIO()
+        pdf.save(out, fix_metadata_version=False)
     return out.getvalue()
 
 
@@ -168,7 +132,7 @@ def check_active_content(data: bytes, *, name: str, mode: ActiveContentMode) -> 
     if mode == "strip":
         try:
             stripped = _strip(data)
-        except (PyPdfError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except Exception as exc:  # qpdf's errors: refused below, as what cannot be stripped
             log.warning("could not strip active content from %s: %s", name, exc)
         else:
             if not find_active_content(stripped):
