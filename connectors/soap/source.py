@@ -110,22 +110,8 @@ class SoapSource(Source):
         if self.documents is not None:
             self.documents.close()
 
-    def _operation(self) -> Any:
-        client = self._bind()
-        q = self.query
-        try:
-            service = client.bind(q.service, q.port) if q.service and q.port else client.service
-            return getattr(service, q.operation)
-        except (ZeepError, AttributeError, ValueError) as exc:
-            raise SourceError(
-                "soap.bad_wsdl",
-                f"{self.name}: the WSDL has no operation {q.operation}: {exc}",
-                "SOAP連携元のWSDLに指定の操作がありません。",
-                disposition=Disposition.FATAL,
-            ) from exc
-
     def _call(self, arguments: Mapping[str, Any]) -> Any:
-        operation = self._operation()
+        operation = _operation(self._bind(), self.name, self.query)
         try:
             return operation(**arguments)
         except GatewayError:
@@ -203,6 +189,20 @@ def _open_client(name: str, q: SoapQuery) -> tuple[Client, requests.Session]:
         wsse=wsse,
         plugins=plugins,
     )
+
+
+def _operation(client: Client, name: str, q: SoapQuery) -> Any:
+    """The query's operation, bound to its service and port when they are named."""
+    try:
+        service = client.bind(q.service, q.port) if q.service and q.port else client.service
+        return getattr(service, q.operation)
+    except (ZeepError, AttributeError, ValueError) as exc:
+        raise SourceError(
+            "soap.bad_wsdl",
+            f"{name}: the WSDL has no operation {q.operation}: {exc}",
+            "SOAP連携元のWSDLに指定の操作がありません。",
+            disposition=Disposition.FATAL,
+        ) from exc
 
 
 def _cursor_values(records: Sequence[RawRecord], field: str | None) -> list[str]:
