@@ -2,8 +2,8 @@
 (:class:`SftpSource`) over one verified connection (:func:`open_sftp`).
 
 ``transport`` holds the endpoint and the host-key-verified connection, ``sink`` and ``source``
-the two connectors, ``config`` their YAML settings; ``_pipeline`` the pipelined requests the
-sink writes and renames with.
+the two connectors, ``config`` their YAML settings; ``_delivery`` the sink's steps of one
+delivery, ``_pipeline`` the pipelined requests it writes and renames with.
 """
 
 from connectors.sftp.config import SftpDocumentsConfig, SftpSinkConfig, SftpSourceConfig

@@ -3,7 +3,8 @@
 
 ``sink`` and ``source`` hold the two connectors with their runtime values (:class:`SoapCall`,
 :class:`SoapQuery`), ``config`` their YAML settings; ``_client`` the safe zeep client both
-open, ``_response`` the source's response checking and flattening.
+open and the call failures both mean the same by, ``_response`` the source's response
+checking, flattening and what its failed calls mean.
 """
 
 from connectors.soap.config import SoapSinkConfig, SoapSourceConfig

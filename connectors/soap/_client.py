@@ -1,4 +1,5 @@
-"""The zeep client both SOAP connectors open, and which HTTP answers are outages.
+"""The zeep client both SOAP connectors open, which HTTP answers are outages, and the coded
+errors for the two call failures both connectors mean the same by (an HTTP error, no answer).
 
 Untrusted XML: DTDs, entities and external references are refused (``forbid_dtd``,
 ``forbid_entities``, ``forbid_external``). ``timeout`` bounds loading the WSDL,
@@ -18,15 +19,43 @@ from zeep.exceptions import DTDForbidden, EntitiesForbidden, TransportError, XML
 from zeep.exceptions import Error as ZeepError
 from zeep.transports import Transport
 
-from core.errors import Disposition, SinkError, SourceError
+from core.errors import Disposition, GatewayError, SinkError, SourceError
 
-__all__ = ["open_client", "status_retriable"]
+__all__ = ["http_error", "open_client", "status_retriable", "unreachable"]
 
 
 def status_retriable(status: int) -> bool:
     """Whether an HTTP status from a SOAP peer is an outage worth retrying (no answer, timeout,
     too early, throttled, or a server error) rather than a refusal."""
     return status in (0, 408, 425, 429) or status >= 500
+
+
+def http_error(
+    exc: TransportError, *, name: str, error: type[GatewayError], peer_ja: str
+) -> GatewayError:
+    """``soap.http_error`` for a call the peer answered with an HTTP error: retriable when an
+    outage (:func:`status_retriable`), else fatal. ``error`` is SourceError or SinkError."""
+    status = int(exc.status_code or 0)
+    retriable = status_retriable(status)
+    return error(
+        "soap.http_error",
+        f"{name}: HTTP {status}: {str(exc.message)[:300]}",
+        f"SOAP{peer_ja}がエラーを返しました(HTTP {status})。",
+        disposition=Disposition.RETRIABLE if retriable else Disposition.FATAL,
+    )
+
+
+def unreachable(
+    exc: requests.RequestException, *, name: str, error: type[GatewayError], peer_ja: str
+) -> GatewayError:
+    """``soap.unreachable`` (retriable) for a call that got no answer: refused, reset or timed
+    out. ``error`` is SourceError or SinkError."""
+    return error(
+        "soap.unreachable",
+        f"{name}: {type(exc).__name__}: {exc}",
+        f"SOAP{peer_ja}に接続できません。",
+        disposition=Disposition.RETRIABLE,  # SourceError's and SinkError's default, said here
+    )
 
 
 def open_client(

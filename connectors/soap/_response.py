@@ -1,5 +1,5 @@
 """What the SOAP source does with a response: checks its payload against an XSD (a zeep
-plugin) and turns it into flat records."""
+plugin), turns it into flat records, and says with a coded error why a call failed."""
 
 from __future__ import annotations
 
@@ -8,11 +8,17 @@ from typing import Any
 
 import xmlschema
 from zeep import Plugin
+from zeep.exceptions import DTDForbidden, EntitiesForbidden, Fault, TransportError, XMLSyntaxError
+from zeep.exceptions import Error as ZeepError
 from zeep.helpers import serialize_object
 
-from core.errors import Disposition, SourceError
+from connectors.base import Provenance, RawRecord
+from connectors.soap._client import http_error
+from core.errors import Disposition, GatewayError, SourceError
 
-__all__ = ["ValidateResponse", "flatten", "response_items"]
+__all__ = ["ValidateResponse", "call_error", "flatten", "response_items", "response_records"]
+
+_UNSAFE_JA = "SOAP応答に安全でないXML(DTD・エンティティ)が含まれていたため拒否しました。"
 
 
 class ValidateResponse(Plugin):
@@ -84,3 +90,66 @@ def response_items(response: Any, record_path: str) -> list[Any]:
         elif index > 0 or not isinstance(node, dict):
             node = None
     return node if isinstance(node, list) else ([] if node is None else [node])
+
+
+def response_records(response: Any, *, source: str, record_path: str) -> list[RawRecord]:
+    """The response's records, flattened, each with where it came from
+    (``awards.award[1]``)."""
+    records = []
+    for index, item in enumerate(response_items(response, record_path)):
+        fields: dict[str, Any] = {}
+        flatten(item if isinstance(item, dict) else {"value": item}, "", fields)
+        records.append(
+            RawRecord(fields, Provenance(source=source, path=f"{record_path}[{index + 1}]"))
+        )
+    return records
+
+
+def call_error(
+    exc: ZeepError | TypeError | ValueError, *, name: str, operation: str
+) -> GatewayError:
+    """Why a call of the source's ``operation`` failed, as a coded SourceError: unsafe XML, a
+    response that cannot be read or a SOAP fault (all fatal), or an HTTP error."""
+    if isinstance(exc, DTDForbidden | EntitiesForbidden):
+        return SourceError(
+            "soap.unsafe_xml",
+            f"{name}: the response carries a DTD or entities (refused): {exc}",
+            _UNSAFE_JA,
+            disposition=Disposition.FATAL,
+        )
+    if isinstance(exc, XMLSyntaxError):
+        return SourceError(
+            "soap.bad_response",
+            f"{name}: the response is not well-formed XML: {exc}",
+            "SOAP応答がXMLとして正しくありません。",
+            disposition=Disposition.FATAL,
+        )
+    if isinstance(exc, Fault):
+        return SourceError(
+            "soap.fault",
+            f"{name}: {exc.code or 'fault'}: {exc.message}",
+            f"SOAP連携元がエラーを返しました: {exc.message}",
+            disposition=Disposition.FATAL,
+        )
+    if isinstance(exc, TransportError):
+        return _transport_error(exc, name=name)
+    return SourceError(
+        "soap.bad_response",
+        f"{name}: cannot read the {operation} response: {exc}",
+        "SOAP応答を読み取れません。",
+        disposition=Disposition.FATAL,
+    )
+
+
+def _transport_error(exc: TransportError, *, name: str) -> GatewayError:
+    status = int(exc.status_code or 0)
+    content = exc.content if isinstance(exc.content, bytes) else b""
+    if 200 <= status < 300 and (b"<!DOCTYPE" in content[:4096] or b"<!ENTITY" in content):
+        # libxml2 stopped an entity bomb before zeep's own DTD check could.
+        return SourceError(
+            "soap.unsafe_xml",
+            f"{name}: the response carries a DTD or entities (refused)",
+            _UNSAFE_JA,
+            disposition=Disposition.FATAL,
+        )
+    return http_error(exc, name=name, error=SourceError, peer_ja="連携元")

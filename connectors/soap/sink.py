@@ -17,8 +17,8 @@ from zeep.exceptions import Error as ZeepError
 from zeep.exceptions import Fault, TransportError
 
 from connectors.base import Sink
-from connectors.soap._client import open_client, status_retriable
-from core.errors import Disposition, SinkError
+from connectors.soap._client import http_error, open_client, unreachable
+from core.errors import Disposition, GatewayError, SinkError
 from core.outbound_types import Outbound
 
 __all__ = ["SoapCall", "SoapSink"]
@@ -132,37 +132,34 @@ class SoapSink(Sink):
         operation = self._bind()
         try:
             operation(**body)
-        except Fault as exc:
-            code = str(exc.code or "")
-            refused = code.lower().rsplit(":", 1)[-1].rsplit("}", 1)[-1] in ("client", "sender")
-            raise SinkError(
-                "soap.rejected" if refused else "soap.server_fault",
-                f"{self.name}: {code or 'fault'}: {exc.message}",
-                f"SOAP連携先がデータを受け付けませんでした: {exc.message}",
-                disposition=Disposition.FATAL if refused else Disposition.RETRIABLE,
-                details={"fault_code": code},
-            ) from exc
-        except TransportError as exc:
-            status = int(exc.status_code or 0)
-            retriable = status_retriable(status)
-            raise SinkError(
-                "soap.http_error",
-                f"{self.name}: HTTP {status}: {str(exc.message)[:300]}",
-                f"SOAP連携先がエラーを返しました(HTTP {status})。",
-                disposition=Disposition.RETRIABLE if retriable else Disposition.FATAL,
-            ) from exc
         except requests.RequestException as exc:  # refused, reset, timed out
             self.close()
-            raise SinkError(
-                "soap.unreachable",
-                f"{self.name}: {type(exc).__name__}: {exc}",
-                "SOAP連携先に接続できません。",
-            ) from exc
+            raise unreachable(exc, name=self.name, error=SinkError, peer_ja="連携先") from exc
         except (ZeepError, TypeError, ValueError) as exc:
-            # The record does not fit the WSDL (unknown element, wrong type): not retriable.
-            raise SinkError(
-                "soap.bad_request",
-                f"{self.name}: the record does not fit {self.call.operation}: {exc}",
-                "送信データがSOAP連携先の形式に合いません。",
-                disposition=Disposition.FATAL,
-            ) from exc
+            raise _call_error(exc, name=self.name, operation=self.call.operation) from exc
+
+
+def _call_error(
+    exc: ZeepError | TypeError | ValueError, *, name: str, operation: str
+) -> GatewayError:
+    """Why the receiver did not take a delivery, as a coded SinkError: a SOAP Client fault
+    refuses it, a Server fault or an HTTP outage is retried, a record that does not fit the
+    WSDL (unknown element, wrong type) is not."""
+    if isinstance(exc, Fault):
+        code = str(exc.code or "")
+        refused = code.lower().rsplit(":", 1)[-1].rsplit("}", 1)[-1] in ("client", "sender")
+        return SinkError(
+            "soap.rejected" if refused else "soap.server_fault",
+            f"{name}: {code or 'fault'}: {exc.message}",
+            f"SOAP連携先がデータを受け付けませんでした: {exc.message}",
+            disposition=Disposition.FATAL if refused else Disposition.RETRIABLE,
+            details={"fault_code": code},
+        )
+    if isinstance(exc, TransportError):
+        return http_error(exc, name=name, error=SinkError, peer_ja="連携先")
+    return SinkError(
+        "soap.bad_request",
+        f"{name}: the record does not fit {operation}: {exc}",
+        "送信データがSOAP連携先の形式に合いません。",
+        disposition=Disposition.FATAL,
+    )

@@ -21,13 +21,12 @@ from tenacity import (
     wait_random,
 )
 from zeep import Client
-from zeep.exceptions import DTDForbidden, EntitiesForbidden, Fault, TransportError, XMLSyntaxError
 from zeep.exceptions import Error as ZeepError
 from zeep.wsse.username import UsernameToken
 
-from connectors.base import Batch, Provenance, RawRecord, Source
-from connectors.soap._client import open_client, status_retriable
-from connectors.soap._response import ValidateResponse, flatten, response_items
+from connectors.base import Batch, RawRecord, Source
+from connectors.soap._client import open_client, unreachable
+from connectors.soap._response import ValidateResponse, call_error, response_records
 from core.errors import Disposition, GatewayError, RecordError, SourceError
 
 __all__ = ["MAX_RECORD_RETRIES", "DocumentStore", "SoapQuery", "SoapSource"]
@@ -99,30 +98,9 @@ class SoapSource(Source):
         self._pulled: tuple[Mapping[str, Any], list[str]] = ({}, [])
 
     def _bind(self) -> Client:
-        if self._client is not None:
-            return self._client
-        q = self.query
-        plugins = []
-        if q.response_schema is not None:
-            plugins.append(ValidateResponse.load(q.response_schema, self.name))
-        wsse = (
-            UsernameToken(q.username, q.password, use_digest=q.password_digest)  # type: ignore[no-untyped-call]
-            if q.username is not None
-            else None
-        )
-        client, session = open_client(
-            name=self.name,
-            wsdl=q.wsdl,
-            verify_tls=q.verify_tls,
-            timeout=q.timeout,
-            operation_timeout=q.operation_timeout,
-            error=SourceError,
-            peer_ja="連携元",
-            wsse=wsse,
-            plugins=plugins,
-        )
-        self._client, self._session = client, session
-        return client
+        if self._client is None:
+            self._client, self._session = _open_client(self.name, self.query)
+        return self._client
 
     def close(self) -> None:
         """Drop the client and its HTTP connections (and the document transport's)."""
@@ -133,75 +111,16 @@ class SoapSource(Source):
             self.documents.close()
 
     def _call(self, arguments: Mapping[str, Any]) -> Any:
-        client = self._bind()
-        q = self.query
-        try:
-            service = client.bind(q.service, q.port) if q.service and q.port else client.service
-            operation = getattr(service, q.operation)
-        except (ZeepError, AttributeError, ValueError) as exc:
-            raise SourceError(
-                "soap.bad_wsdl",
-                f"{self.name}: the WSDL has no operation {q.operation}: {exc}",
-                "SOAP連携元のWSDLに指定の操作がありません。",
-                disposition=Disposition.FATAL,
-            ) from exc
+        operation = _operation(self._bind(), self.name, self.query)
         try:
             return operation(**arguments)
         except GatewayError:
             raise
-        except (DTDForbidden, EntitiesForbidden) as exc:
-            raise SourceError(
-                "soap.unsafe_xml",
-                f"{self.name}: the response carries a DTD or entities (refused): {exc}",
-                "SOAP応答に安全でないXML(DTD・エンティティ)が含まれていたため拒否しました。",
-                disposition=Disposition.FATAL,
-            ) from exc
-        except XMLSyntaxError as exc:
-            raise SourceError(
-                "soap.bad_response",
-                f"{self.name}: the response is not well-formed XML: {exc}",
-                "SOAP応答がXMLとして正しくありません。",
-                disposition=Disposition.FATAL,
-            ) from exc
-        except Fault as exc:
-            raise SourceError(
-                "soap.fault",
-                f"{self.name}: {exc.code or 'fault'}: {exc.message}",
-                f"SOAP連携元がエラーを返しました: {exc.message}",
-                disposition=Disposition.FATAL,
-            ) from exc
-        except TransportError as exc:
-            status = int(exc.status_code or 0)
-            content = exc.content if isinstance(exc.content, bytes) else b""
-            if 200 <= status < 300 and (b"<!DOCTYPE" in content[:4096] or b"<!ENTITY" in content):
-                # libxml2 stopped an entity bomb before zeep's own DTD check could.
-                raise SourceError(
-                    "soap.unsafe_xml",
-                    f"{self.name}: the response carries a DTD or entities (refused)",
-                    "SOAP応答に安全でないXML(DTD・エンティティ)が含まれていたため拒否しました。",
-                    disposition=Disposition.FATAL,
-                ) from exc
-            retriable = status_retriable(status)
-            raise SourceError(
-                "soap.http_error",
-                f"{self.name}: HTTP {status}: {str(exc.message)[:300]}",
-                f"SOAP連携元がエラーを返しました(HTTP {status})。",
-                disposition=Disposition.RETRIABLE if retriable else Disposition.FATAL,
-            ) from exc
         except requests.RequestException as exc:  # refused, reset, timed out
             self.close()
-            raise SourceError(
-                "soap.unreachable",
-                f"{self.name}: {type(exc).__name__}: {exc}",
-                "SOAP連携元に接続できません。",
-            ) from exc
+            raise unreachable(exc, name=self.name, error=SourceError, peer_ja="連携元") from exc
         except (ZeepError, TypeError, ValueError) as exc:
-            raise SourceError(
-                "soap.bad_response",
-                f"{self.name}: cannot read the {q.operation} response: {exc}",
-                "SOAP応答を読み取れません。",
-                disposition=Disposition.FATAL,
-            ) from exc
+            raise call_error(exc, name=self.name, operation=self.query.operation) from exc
 
     def pull(self, cursor: Mapping[str, Any]) -> Batch:
         """Call the operation (retrying outages) and return its records."""
@@ -218,70 +137,27 @@ class SoapSource(Source):
         ):
             with attempt:
                 response = self._call(arguments)
-        items = response_items(response, q.record_path)
-        records = []
-        best = cursor.get("value")
-        values: list[str] = []
-        for index, item in enumerate(items):
-            fields: dict[str, Any] = {}
-            flatten(item if isinstance(item, dict) else {"value": item}, "", fields)
-            records.append(
-                RawRecord(
-                    fields, Provenance(source=self.name, path=f"{q.record_path}[{index + 1}]")
-                )
-            )
-            if q.cursor_field and fields.get(q.cursor_field) is not None:
-                value = str(fields[q.cursor_field])
-                values.append(value)
-                best = value if best is None or value > str(best) else best
+        records = response_records(response, source=self.name, record_path=q.record_path)
+        values = _cursor_values(records, q.cursor_field)
         self._pulled = (cursor, values)
-        next_cursor: dict[str, Any] = {"value": best} if q.cursor_field else {}
-        if q.cursor_field and cursor.get("retry"):
-            next_cursor["retry"] = cursor["retry"]
-        return Batch(records=iter(records), cursor=next_cursor)
+        return Batch(records=iter(records), cursor=_next_cursor(cursor, values, q.cursor_field))
 
     def retry(self, cursor: Mapping[str, Any], failed: Sequence[RawRecord]) -> Mapping[str, Any]:
         """Keep the bookmark before the earliest record that failed, so the next run fetches it
         again (intake is idempotent: the records after it are simply unchanged). A record that
         fails :data:`MAX_RECORD_RETRIES` runs in a row no longer holds the bookmark back; it stays
         in the dead-letter store for ``keiyaku sync replay``."""
-        q = self.query
-        if not q.cursor_field:
+        field = self.query.cursor_field
+        if not field:
             return cursor
-        failed_values = sorted(
-            str(r.fields[q.cursor_field])
-            for r in failed
-            if r.fields.get(q.cursor_field) is not None
-        )
-        moved = {k: v for k, v in cursor.items() if k != "retry"}
-        if not failed_values:
-            return moved
-        earliest = failed_values[0]
-        previous, values = self._pulled
-        retry = previous.get("retry") or {}
-        attempts = int(retry.get("attempts", 0)) + 1 if retry.get("at") == earliest else 1
-        if attempts > MAX_RECORD_RETRIES:
-            log.warning(
-                "%s: the record at %s=%s failed %d runs; moving on (sync replay takes it again)",
-                self.name, q.cursor_field, earliest, attempts - 1,
-            )  # fmt: skip
-            return moved
-        before = [v for v in values if v < earliest]
-        held = max(before) if before else previous.get("value")
-        return {"value": held, "retry": {"at": earliest, "attempts": attempts}}
+        failed_values = sorted(_cursor_values(failed, field))
+        return _held_bookmark(cursor, failed_values, self._pulled, source=self.name, field=field)
 
     def fetch_document(self, path: str) -> bytes:
         """A document a record names by path, through the configured transport (folder or
         SFTP); which document and why it cannot be had is said in the error."""
         if self.documents is None:
-            raise RecordError(
-                "intake.document_transport",
-                f"{self.name}: document {path} is named by path but the source has no "
-                f"documents transport (sources.{self.name}.documents: folder or sftp)",
-                f"文書「{path}」はパスで指定されていますが、この取込元には文書の取得先"
-                "(documents: フォルダまたはSFTP)が設定されていません。",
-                details={"path": path},
-            )
+            raise _no_documents_transport(self.name, path)
         try:
             return self.documents.fetch_document(path)
         except RecordError:
@@ -289,9 +165,112 @@ class SoapSource(Source):
         except GatewayError as exc:
             # The transport is down or refused us: this award waits for its document (with
             # the reason), the next run tries again.
-            raise RecordError(
-                "intake.document_unavailable",
-                f"{self.name}: cannot fetch document {path}: {exc.code}: {exc.message_en}",
-                f"文書「{path}」を取得できません: {exc.message_ja}",
-                details={"path": path, "cause": exc.code},
-            ) from exc
+            raise _document_unavailable(exc, self.name, path) from exc
+
+
+def _open_client(name: str, q: SoapQuery) -> tuple[Client, requests.Session]:
+    """The query's zeep client (with its XSD check and WS-Security token) and its session."""
+    plugins = []
+    if q.response_schema is not None:
+        plugins.append(ValidateResponse.load(q.response_schema, name))
+    wsse = (
+        UsernameToken(q.username, q.password, use_digest=q.password_digest)  # type: ignore[no-untyped-call]
+        if q.username is not None
+        else None
+    )
+    return open_client(
+        name=name,
+        wsdl=q.wsdl,
+        verify_tls=q.verify_tls,
+        timeout=q.timeout,
+        operation_timeout=q.operation_timeout,
+        error=SourceError,
+        peer_ja="連携元",
+        wsse=wsse,
+        plugins=plugins,
+    )
+
+
+def _operation(client: Client, name: str, q: SoapQuery) -> Any:
+    """The query's operation, bound to its service and port when they are named."""
+    try:
+        service = client.bind(q.service, q.port) if q.service and q.port else client.service
+        return getattr(service, q.operation)
+    except (ZeepError, AttributeError, ValueError) as exc:
+        raise SourceError(
+            "soap.bad_wsdl",
+            f"{name}: the WSDL has no operation {q.operation}: {exc}",
+            "SOAP連携元のWSDLに指定の操作がありません。",
+            disposition=Disposition.FATAL,
+        ) from exc
+
+
+def _cursor_values(records: Sequence[RawRecord], field: str | None) -> list[str]:
+    """The records' bookmark values, in record order (none without a cursor field)."""
+    if not field:
+        return []
+    return [str(r.fields[field]) for r in records if r.fields.get(field) is not None]
+
+
+def _next_cursor(
+    cursor: Mapping[str, Any], values: Sequence[str], field: str | None
+) -> dict[str, Any]:
+    """The bookmark after a pull: the largest value seen (or the old one), the old retry
+    count kept for :meth:`SoapSource.retry` to judge."""
+    if not field:
+        return {}
+    best = cursor.get("value")
+    for value in values:
+        best = value if best is None or value > str(best) else best
+    next_cursor: dict[str, Any] = {"value": best}
+    if cursor.get("retry"):
+        next_cursor["retry"] = cursor["retry"]
+    return next_cursor
+
+
+def _held_bookmark(
+    cursor: Mapping[str, Any],
+    failed_values: Sequence[str],
+    pulled: tuple[Mapping[str, Any], list[str]],
+    *,
+    source: str,
+    field: str,
+) -> Mapping[str, Any]:
+    """The bookmark after a run whose records at ``failed_values`` (sorted) failed, given the
+    last pull's starting cursor and its records' values (see :meth:`SoapSource.retry`)."""
+    moved = {k: v for k, v in cursor.items() if k != "retry"}
+    if not failed_values:
+        return moved
+    earliest = failed_values[0]
+    previous, values = pulled
+    retry = previous.get("retry") or {}
+    attempts = int(retry.get("attempts", 0)) + 1 if retry.get("at") == earliest else 1
+    if attempts > MAX_RECORD_RETRIES:
+        log.warning(
+            "%s: the record at %s=%s failed %d runs; moving on (sync replay takes it again)",
+            source, field, earliest, attempts - 1,
+        )  # fmt: skip
+        return moved
+    before = [v for v in values if v < earliest]
+    held = max(before) if before else previous.get("value")
+    return {"value": held, "retry": {"at": earliest, "attempts": attempts}}
+
+
+def _no_documents_transport(source: str, path: str) -> RecordError:
+    return RecordError(
+        "intake.document_transport",
+        f"{source}: document {path} is named by path but the source has no "
+        f"documents transport (sources.{source}.documents: folder or sftp)",
+        f"文書「{path}」はパスで指定されていますが、この取込元には文書の取得先"
+        "(documents: フォルダまたはSFTP)が設定されていません。",
+        details={"path": path},
+    )
+
+
+def _document_unavailable(exc: GatewayError, source: str, path: str) -> RecordError:
+    return RecordError(
+        "intake.document_unavailable",
+        f"{source}: cannot fetch document {path}: {exc.code}: {exc.message_en}",
+        f"文書「{path}」を取得できません: {exc.message_ja}",
+        details={"path": path, "cause": exc.code},
+    )

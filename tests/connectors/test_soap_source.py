@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from zeep.exceptions import Error as ZeepError
+from zeep.exceptions import TransportError
 
 from connectors.soap import SoapQuery, SoapSource
 from core.errors import GatewayError
@@ -131,3 +133,49 @@ def test_unreachable_is_retriable(soap_award_server: AwardServer) -> None:
         source.pull({})
     assert info.value.code == "soap.unreachable" and info.value.retriable
     assert wsdl  # the address in the WSDL is not what failed: loading it did
+
+
+def _refusal(server: AwardServer, mode: str, **overrides: object) -> GatewayError:
+    """The error one pull raises while the server misbehaves in ``mode``."""
+    server.awards = _awards()
+    server.mode = mode
+    source = SoapSource(name="ebid", query=_query(server, **overrides))
+    try:
+        with pytest.raises(GatewayError) as info:
+            source.pull({})
+    finally:
+        source.close()
+    return info.value
+
+
+def test_an_http_error_is_retried_only_when_an_outage(soap_award_server: AwardServer) -> None:
+    error = _refusal(soap_award_server, "unavailable")
+    assert error.code == "soap.http_error" and error.retriable
+    assert "HTTP 503" in error.message_en and "HTTP 503" in error.message_ja
+    assert isinstance(error.__cause__, TransportError)
+    assert len(soap_award_server.requests) == 2  # attempts=2, both used
+    soap_award_server.requests.clear()
+    error = _refusal(soap_award_server, "not_found")
+    assert error.code == "soap.http_error" and not error.retriable
+    assert len(soap_award_server.requests) == 1
+
+
+def test_a_dtd_in_a_broken_2xx_answer_is_unsafe_not_an_http_error(
+    soap_award_server: AwardServer,
+) -> None:
+    error = _refusal(soap_award_server, "doctype", response_schema=None)
+    assert error.code == "soap.unsafe_xml" and not error.retriable
+    assert error.message_ja.startswith("SOAP応答に安全でないXML")
+    # libxml2 gave up on the document, so zeep reports an HTTP 200 with invalid XML
+    assert isinstance(error.__cause__, TransportError) and error.__cause__.status_code == 200
+    assert len(soap_award_server.requests) == 1
+
+
+def test_an_answer_that_is_not_the_operation_s_response_is_refused(
+    soap_award_server: AwardServer,
+) -> None:
+    error = _refusal(soap_award_server, "unexpected", response_schema=None)
+    assert error.code == "soap.bad_response" and not error.retriable
+    assert "GetAwards" in error.message_en and error.message_ja == "SOAP応答を読み取れません。"
+    assert isinstance(error.__cause__, ZeepError)
+    assert len(soap_award_server.requests) == 1
