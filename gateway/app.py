@@ -7,16 +7,17 @@ import datetime as dt
 import ipaddress
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import URL, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.envelopes.notify import AttachmentLimits
 from core.errors import ConfigError
@@ -213,6 +214,33 @@ def redact_path(path: str) -> str:
     return _TOKEN_IN_PATH.sub(lambda m: f"/{m.group(1)}/<token>", path)
 
 
+class SecurityHeaders:
+    """``X-Content-Type-Options: nosniff`` on every answer; on the signing and download pages
+    also their CSP, referrer and framing headers and ``no-store`` (each unless the route set it).
+    A plain ASGI middleware (see :class:`gateway.ops_http.RequestIds`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        page = URL(scope=scope).path.startswith(("/sign", "/download"))
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                if page:
+                    for name, value in _PAGE_HEADERS.items():
+                        headers.setdefault(name, value)
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def create_app(
     gateway: Gateway,
     *,
@@ -289,17 +317,7 @@ def create_app(
     install_allow_list(app, gateway.settings.staff.allowed_networks)
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
-    @app.middleware("http")
-    async def security_headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        if request.url.path.startswith(("/sign", "/download")):
-            for name, value in _PAGE_HEADERS.items():
-                response.headers.setdefault(name, value)
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
+    app.add_middleware(SecurityHeaders)
 
     # /healthz (database, blob store, TSA, SMTP), /metrics, request ids: gateway/ops_http.py
     install_operations(app, gateway)

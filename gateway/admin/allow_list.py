@@ -7,10 +7,11 @@ The client address is resolved like everywhere else (``X-Forwarded-For`` believe
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.datastructures import URL, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import GatewayError
 from gateway.deps import resolve_client_ip
@@ -38,14 +39,28 @@ def _refused() -> GatewayError:
 def install_allow_list(app: FastAPI, networks: list[str]) -> None:
     """Refuse requests to /admin and /api from outside ``networks`` (none given: allow all);
     also sets the staff pages' security headers."""
-    allowed = [ipaddress.ip_network(n, strict=False) for n in networks]
+    app.add_middleware(
+        StaffAllowList, allowed=[ipaddress.ip_network(n, strict=False) for n in networks]
+    )
 
-    @app.middleware("http")
-    async def staff_allow_list(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        path = request.url.path
-        if allowed and path.startswith(_GUARDED):
+
+class StaffAllowList:
+    """The middleware :func:`install_allow_list` adds: plain ASGI, as the other layers (see
+    :class:`gateway.ops_http.RequestIds`)."""
+
+    def __init__(
+        self, app: ASGIApp, allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+    ) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = URL(scope=scope).path
+        if self.allowed and path.startswith(_GUARDED):
+            request = Request(scope)
             context = request.app.state.context
             peer = request.client.host if request.client else None
             ip = resolve_client_ip(
@@ -55,18 +70,29 @@ def install_allow_list(app: FastAPI, networks: list[str]) -> None:
                 address = ipaddress.ip_address(ip or "")
             except ValueError:
                 address = None
-            if address is None or not any(address in n for n in allowed):
+            if address is None or not any(address in n for n in self.allowed):
                 error = _refused()
+                refusal: Response
                 if path.startswith("/admin"):
                     html = context.templates.get_template("pages/error.html").render(
                         buyer=context.gateway.runtime.buyer_name,
                         message=error.message_ja,
                         code=error.code,
                     )
-                    return HTMLResponse(html, status_code=403)
-                return JSONResponse({"error": error.as_dict()}, status_code=403)
-        response = await call_next(request)
-        if path.startswith("/admin"):
-            for name, value in _ADMIN_HEADERS.items():
-                response.headers.setdefault(name, value)
-        return response
+                    refusal = HTMLResponse(html, status_code=403)
+                else:
+                    refusal = JSONResponse({"error": error.as_dict()}, status_code=403)
+                await refusal(scope, receive, send)
+                return
+        if not path.startswith("/admin"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in _ADMIN_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
