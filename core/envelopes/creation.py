@@ -301,6 +301,146 @@ def _new_management_number(session: Session, now: dt.datetime) -> str:
     return f"KG-{now.astimezone(JST):%Y%m%d}-{secrets.token_hex(4).upper()}"
 
 
+@dataclass(frozen=True)
+class _CheckedUploads:
+    """The uploads once every check has passed but the render check, which runs meanwhile."""
+
+    documents: list[DocumentInput]  # after the active-content check (stripped when allowed)
+    inspected: list[InspectedDocument]
+    rendering: Future[None]
+    accounts: list[Staff | None]  # the staff account of each party bound to one
+
+
+def _one_line_inputs(
+    documents: Sequence[DocumentInput],
+    parties: Sequence[PartyInput],
+    fields: Sequence[FieldInput],
+) -> tuple[list[DocumentInput], list[PartyInput], list[FieldInput]]:
+    """The documents', parties' and text boxes' texts each on one line (control characters
+    refused): a line break in a name would break the mails and downloads made from it."""
+    return (
+        [
+            DocumentInput(
+                name=one_line(d.name, field=f"documents.{i}.name", label_ja="文書名"),
+                data=d.data,
+            )
+            for i, d in enumerate(documents)
+        ],
+        [
+            replace(
+                p,
+                name=one_line(p.name, field=f"parties.{i}.name", label_ja="氏名"),
+                email=one_line(p.email, field=f"parties.{i}.email", label_ja="メールアドレス"),
+                company=_optional_line(p.company, f"parties.{i}.company", "会社名"),
+            )
+            for i, p in enumerate(parties)
+        ],
+        [
+            replace(f, label=one_line(f.label, field=f"fields.{i}.label", label_ja="項目名"))
+            for i, f in enumerate(fields)
+        ],
+    )
+
+
+def _check_uploads(
+    session: Session,
+    runtime: Runtime,
+    documents: Sequence[DocumentInput],
+    parties: Sequence[PartyInput],
+    fields: Sequence[FieldInput],
+) -> _CheckedUploads:
+    """Limits, routing, each upload read by the engine and freed of active content, the render
+    check started, the text boxes and the staff parties checked. A refusal to render comes
+    first, as when it was checked before the others."""
+    limits = runtime.limits
+    _check_limits(documents, limits)
+    _check_parties(parties, limits)
+    inspected = [runtime.signing.inspect_upload(doc.data) for doc in documents]
+    # Before the documents are stored or stamped: the first signature covers no script.
+    documents = [
+        DocumentInput(
+            d.name, check_active_content(d.data, name=d.name, mode=limits.pdf_active_content)
+        )
+        for d in documents
+    ]
+    rendering = _check_renderable_later(runtime, documents, inspected)
+    try:
+        _check_fields(fields, parties, [i.info.pages for i in inspected])
+        accounts = _staff_accounts(session, parties)
+    except BaseException:
+        _rendered(rendering)
+        raise
+    return _CheckedUploads(list(documents), inspected, rendering, accounts)
+
+
+def _party_rows(parties: Sequence[PartyInput], accounts: Sequence[Staff | None]) -> list[Party]:
+    """The parties in routing order; one bound to a staff account takes that account's e-mail."""
+    return [
+        Party(
+            id=secrets.token_hex(16),
+            routing_order=order,
+            role=p.role,
+            state=PartyState.WAITING,
+            name=p.name.strip(),
+            email=account.email if account is not None else p.email.strip(),
+            company=p.company,
+            staff_id=account.id if account is not None else None,
+        )
+        for order, (p, account) in enumerate(zip(parties, accounts, strict=True), start=1)
+    ]
+
+
+def _field_rows(
+    fields: Sequence[FieldInput], doc_ids: Sequence[str], party_rows: Sequence[Party]
+) -> list[Field]:
+    """The text boxes, named ``kg_text_N`` in the order given."""
+    return [
+        Field(
+            id=secrets.token_hex(16),
+            document_id=doc_ids[f.document],
+            party_id=party_rows[f.party].id,
+            name=f"kg_text_{index + 1}",
+            label=f.label,
+            page=f.page,
+            x1=f.rect[0],
+            y1=f.rect[1],
+            x2=f.rect[2],
+            y2=f.rect[3],
+            required=f.required,
+            max_length=f.max_length,
+        )
+        for index, f in enumerate(fields)
+    ]
+
+
+def _prepare_documents(
+    runtime: Runtime,
+    envelope: Envelope,
+    checked: _CheckedUploads,
+    field_rows: Sequence[Field],
+    doc_ids: Sequence[str],
+) -> list[bytes]:
+    """Each document with the certificate ID stamp and its empty text fields, before anything
+    is stored, so a refused document leaves neither rows nor blobs behind."""
+    try:
+        return [
+            runtime.signing.prepare(
+                doc.data,
+                certificate_id=envelope.certificate_id,
+                fields=[
+                    FieldBox(name=f.name, page=f.page, rect=(f.x1, f.y1, f.x2, f.y2))
+                    for f in field_rows
+                    if f.document_id == doc_ids[position]
+                ],
+                inspected=checked.inspected[position],
+            )
+            for position, doc in enumerate(checked.documents)
+        ]
+    except BaseException:
+        _rendered(checked.rendering)
+        raise
+
+
 def create_envelope(
     *,
     session: Session,
@@ -329,58 +469,21 @@ def create_envelope(
     ``via`` says how it was created (:func:`core.envelopes.certificate_facts.operation_via`; read from
     ``actor`` when not given) for the completion certificate.
     """
-    # Every text on one line, control characters refused, before anything is stored: a line
-    # break in a title or name would break the mails and downloads made from it later.
+    # Every text on one line, control characters refused, before anything is stored.
     title = one_line(title, field="title", label_ja="件名")
     creator = one_line(creator, field="creator", label_ja="文書作成者")
     creator_email = _optional_line(creator_email, "sender_email", "送信者メールアドレス")
     management_number = _optional_line(management_number, "management_number", "管理番号")
     counterparty = _optional_line(counterparty, "counterparty", "契約相手方")
     department = _optional_line(department, "department", "所属")
-    documents = [
-        DocumentInput(
-            name=one_line(d.name, field=f"documents.{i}.name", label_ja="文書名"), data=d.data
-        )
-        for i, d in enumerate(documents)
-    ]
-    parties = [
-        replace(
-            p,
-            name=one_line(p.name, field=f"parties.{i}.name", label_ja="氏名"),
-            email=one_line(p.email, field=f"parties.{i}.email", label_ja="メールアドレス"),
-            company=_optional_line(p.company, f"parties.{i}.company", "会社名"),
-        )
-        for i, p in enumerate(parties)
-    ]
-    fields = [
-        replace(f, label=one_line(f.label, field=f"fields.{i}.label", label_ja="項目名"))
-        for i, f in enumerate(fields)
-    ]
+    documents, parties, fields = _one_line_inputs(documents, parties, fields)
     check_contract_type(contract_type)
     require_consent(session=session, contract_type=contract_type, consent_id=consent_id)
     if not title:
         raise InputError(
             "envelope.no_title", "an envelope needs a title", "件名を入力してください。"
         )
-    limits = runtime.limits
-    _check_limits(documents, limits)
-    _check_parties(parties, limits)
-    inspected = [runtime.signing.inspect_upload(doc.data) for doc in documents]
-    infos = [i.info for i in inspected]
-    # Before the documents are stored or stamped: the first signature covers no script.
-    documents = [
-        DocumentInput(
-            d.name, check_active_content(d.data, name=d.name, mode=limits.pdf_active_content)
-        )
-        for d in documents
-    ]
-    rendering = _check_renderable_later(runtime, documents, inspected)
-    try:
-        _check_fields(fields, parties, [i.pages for i in infos])
-        accounts = _staff_accounts(session, parties)
-    except BaseException:
-        _rendered(rendering)  # a refusal to render comes first, as when checked before these
-        raise
+    checked = _check_uploads(session, runtime, documents, parties, fields)
 
     now = utcnow()
     envelope = Envelope(
@@ -401,61 +504,16 @@ def create_envelope(
         contract_type=contract_type,
         consent_id=consent_id,
     )
-    party_rows = [
-        Party(
-            id=secrets.token_hex(16),
-            routing_order=order,
-            role=p.role,
-            state=PartyState.WAITING,
-            name=p.name.strip(),
-            email=account.email if account is not None else p.email.strip(),
-            company=p.company,
-            staff_id=account.id if account is not None else None,
-        )
-        for order, (p, account) in enumerate(zip(parties, accounts, strict=True), start=1)
-    ]
-    doc_ids = [secrets.token_hex(16) for _ in documents]
-    field_rows = [
-        Field(
-            id=secrets.token_hex(16),
-            document_id=doc_ids[f.document],
-            party_id=party_rows[f.party].id,
-            name=f"kg_text_{index + 1}",
-            label=f.label,
-            page=f.page,
-            x1=f.rect[0],
-            y1=f.rect[1],
-            x2=f.rect[2],
-            y2=f.rect[3],
-            required=f.required,
-            max_length=f.max_length,
-        )
-        for index, f in enumerate(fields)
-    ]
-    # Prepare (certificate ID stamp + empty text fields) before anything is stored, so a
-    # refused document leaves neither rows nor blobs behind.
-    try:
-        prepared = [
-            runtime.signing.prepare(
-                doc.data,
-                certificate_id=envelope.certificate_id,
-                fields=[
-                    FieldBox(name=f.name, page=f.page, rect=(f.x1, f.y1, f.x2, f.y2))
-                    for f in field_rows
-                    if f.document_id == doc_ids[position]
-                ],
-                inspected=inspected[position],
-            )
-            for position, doc in enumerate(documents)
-        ]
-    except BaseException:
-        _rendered(rendering)
-        raise
+    party_rows = _party_rows(parties, checked.accounts)
+    doc_ids = [secrets.token_hex(16) for _ in checked.documents]
+    field_rows = _field_rows(fields, doc_ids, party_rows)
+    prepared = _prepare_documents(runtime, envelope, checked, field_rows, doc_ids)
     try:
         try:
-            _store_documents(runtime, envelope, documents, infos, prepared, doc_ids, now)
+            infos = [i.info for i in checked.inspected]
+            _store_documents(runtime, envelope, checked.documents, infos, prepared, doc_ids, now)
         finally:
-            _rendered(rendering)  # a refusal wins over a failed store, as when run before it
+            _rendered(checked.rendering)  # a refusal wins over a failed store
         envelope.parties.extend(party_rows)
         envelope.fields.extend(field_rows)
         session.add(envelope)
@@ -466,7 +524,7 @@ def create_envelope(
             envelope_id=envelope.id,
             at=now,
             detail={
-                "documents": [d.name for d in documents],
+                "documents": [d.name for d in checked.documents],
                 "parties": len(parties),
                 "via": dict(via or operation_via(session=session, actor=actor or creator)),
             },
