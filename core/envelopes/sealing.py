@@ -5,6 +5,7 @@ completion certificate (:func:`seal_envelope`).
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -33,13 +34,20 @@ __all__ = [
 ]
 
 
-def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> Envelope:
-    """Add validation data and a document timestamp to every document; issue the certificate.
+@dataclass
+class _Sealed:
+    """What sealing the documents made, before the envelope row changes."""
 
-    Retriable failures are recorded and re-raised with the envelope left in ``sealing``.
-    """
-    envelope = get_envelope(session=session, envelope_id=envelope_id)
-    check_envelope_transition(envelope.state, EnvelopeState.COMPLETED)
+    revisions: list[tuple[Document, DocumentRevision]]
+    expiries: dict[str, dt.datetime | None]
+    certificate: bytes
+    now: dt.datetime
+
+
+def _seal_documents(session: Session, runtime: Runtime, envelope: Envelope) -> _Sealed:
+    """Validation data and a document timestamp on every document, each stored as a new
+    revision (not yet attached), and the signed certificate. A retriable failure is recorded
+    on the envelope and re-raised."""
     sealed: list[tuple[Document, DocumentRevision]] = []
     expiries: dict[str, dt.datetime | None] = {}
     checks: list[DocumentCheck] = []
@@ -47,14 +55,10 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
         for doc in envelope.documents:
             current = read_document(runtime=runtime, document=doc)
             data = runtime.signing.seal(current)
-            sealed.append(
-                (
-                    doc,
-                    store_revision(
-                        runtime=runtime, document=doc, previous=current, new=data, reason="seal"
-                    ),
-                )
+            revision = store_revision(
+                runtime=runtime, document=doc, previous=current, new=data, reason="seal"
             )
+            sealed.append((doc, revision))
             expiries[doc.id] = runtime.signing.timestamp_expiry(data)
             # hashed and verified now, for the certificate's document list and status line
             checks.append(check_document(runtime.signing, name=doc.name, data=data))
@@ -74,6 +78,15 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
         if exc.retriable:
             record_retriable(session, envelope, exc)
         raise
+    return _Sealed(sealed, expiries, certificate, now)
+
+
+def _mark_completed(
+    session: Session, runtime: Runtime, envelope: Envelope, sealed: _Sealed
+) -> None:
+    """``sealing`` to ``completed`` (refused when another node got there first), the sealed
+    revisions attached, the record facts filled and the completion audited."""
+    now = sealed.now
     compare_and_set(
         session,
         Envelope,
@@ -91,10 +104,10 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
             "この封筒は既に締結済みです。",
         ),
     )
-    for doc, revision in sealed:
+    for doc, revision in sealed.revisions:
         doc.revisions.append(revision)
         doc.size = revision.size
-        doc.timestamp_expires_at = expiries[doc.id]
+        doc.timestamp_expires_at = sealed.expiries[doc.id]
     # 電帳法: every concluded envelope carries its search keys, and they are chained
     filled = fill_record_facts(envelope=envelope, concluded_at=now, buyer_name=runtime.buyer_name)
     record_event(
@@ -111,39 +124,56 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
     set_committed_value(envelope, "updated_at", now)
     set_committed_value(envelope, "last_error", None)
     session.flush()
+
+
+def _reissue_original_certificate(
+    session: Session, runtime: Runtime, envelope: Envelope, now: dt.datetime
+) -> None:
+    """When ``envelope`` amends a concluded original, issue the original's certificate again
+    so that it names this amendment too (it lists concluded amendments only, so this runs
+    after the state change; amendments are rare). A TSA outage here leaves the envelope
+    sealing, as for the documents."""
     original = original_of(session=session, envelope_id=envelope.id)
-    reissue = (
-        original is not None
-        and original.state is EnvelopeState.COMPLETED
-        and original.documents_purged_at is None  # nothing of a purged original is kept
-    )
-    envelope.certificate_blob_id = runtime.blobs.put(certificate)
-    if reissue:
-        assert original is not None
-        # The original's certificate is issued again so that it names this amendment too (it
-        # lists concluded amendments only, so this runs after the state change; amendments are
-        # rare). A TSA outage here leaves the envelope sealing, as above.
-        try:
-            original_checks = [
-                check_document(runtime.signing, name=name, data=data)
-                for name, data in current_documents(runtime=runtime, envelope=original)
-            ]
-            reissued = issue_certificate(
-                session=session, runtime=runtime, envelope=original, now=now, checks=original_checks
-            )
-        except GatewayError as exc:
-            if exc.retriable:
-                record_retriable(session, envelope, exc)
-            raise
-        original.certificate_blob_id = runtime.blobs.put(reissued)
-        record_event(
-            session=session,
-            action="certificate.reissued",
-            actor="system",
-            envelope_id=original.id,
-            at=now,
-            detail={"amended_by": envelope.id},
+    if (
+        original is None
+        or original.state is not EnvelopeState.COMPLETED
+        or original.documents_purged_at is not None  # nothing of a purged original is kept
+    ):
+        return
+    try:
+        original_checks = [
+            check_document(runtime.signing, name=name, data=data)
+            for name, data in current_documents(runtime=runtime, envelope=original)
+        ]
+        reissued = issue_certificate(
+            session=session, runtime=runtime, envelope=original, now=now, checks=original_checks
         )
+    except GatewayError as exc:
+        if exc.retriable:
+            record_retriable(session, envelope, exc)
+        raise
+    original.certificate_blob_id = runtime.blobs.put(reissued)
+    record_event(
+        session=session,
+        action="certificate.reissued",
+        actor="system",
+        envelope_id=original.id,
+        at=now,
+        detail={"amended_by": envelope.id},
+    )
+
+
+def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> Envelope:
+    """Add validation data and a document timestamp to every document; issue the certificate.
+
+    Retriable failures are recorded and re-raised with the envelope left in ``sealing``.
+    """
+    envelope = get_envelope(session=session, envelope_id=envelope_id)
+    check_envelope_transition(envelope.state, EnvelopeState.COMPLETED)
+    sealed = _seal_documents(session, runtime, envelope)
+    _mark_completed(session, runtime, envelope, sealed)
+    envelope.certificate_blob_id = runtime.blobs.put(sealed.certificate)
+    _reissue_original_certificate(session, runtime, envelope, sealed.now)
     runtime.notify(session, envelope, "envelope.completed")
     session.commit()
     return envelope
