@@ -324,6 +324,132 @@ def _intake(
     return counts
 
 
+@dataclass
+class _IntakeRun:
+    """One run between its batches: each batch committed on its own, and what the source is
+    told at the end (records to fetch again, files to leave in place)."""
+
+    sessions: sessionmaker[Session]
+    runtime: Runtime
+    policy: IntakePolicy
+    spec: SourceSpec
+    run_id: int
+    fetch: Callable[[DocumentRef], bytes]
+    keep_errors: int
+    directory: ContractorDirectory = field(default_factory=ContractorDirectory)
+    files: _FileTally = field(default_factory=_FileTally)
+    failed_records: list[RawRecord] = field(default_factory=list)
+    line_errors: list[LineError] = field(default_factory=list)
+
+    def _keep(self, errors: Sequence[LineError]) -> None:
+        """Keep line errors for the caller, up to ``keep_errors`` (the run row has them all)."""
+        self.line_errors.extend(errors[: max(0, self.keep_errors - len(self.line_errors))])
+
+    def _run_row(self, session: Session) -> SyncRun:
+        run_row = session.get(SyncRun, self.run_id)
+        assert run_row is not None
+        return run_row
+
+    def take_in(self, chunk: list[RawRecord], authorities: Sequence[SigningAuthority]) -> None:
+        """Map and take in one batch, its line errors and the run's counts in one commit."""
+        self.files.read(chunk)
+        mapped = map_records(chunk, self.spec.mapping, authorities)
+        with self.sessions() as session:
+            counts = _intake(
+                session,
+                spec=self.spec,
+                batch=mapped,
+                runtime=self.runtime,
+                policy=self.policy,
+                fetch=self.fetch,
+                run_id=self.run_id,
+                directory=self.directory,
+            )
+            counts.errors[:0] = mapped.errors
+            record_line_errors(
+                session=session, run_id=self.run_id, errors=counts.errors, records=mapped.raws
+            )
+            count_run(
+                run=self._run_row(session),
+                counts=counts,
+                records=len(chunk),
+                skipped=mapped.skipped,
+            )
+            session.commit()
+        self.files.failed(counts.errors)
+        failed_keys = {(e.file, e.line, e.path) for e in counts.errors}
+        self.failed_records += [
+            r for r in chunk if (r.provenance.file, r.provenance.line, r.provenance.path)
+            in failed_keys
+        ]  # fmt: skip
+        self._keep(counts.errors)
+
+    def _release_waiting(self, session: Session) -> None:
+        """Awards of this source waiting from earlier runs whose reason has gone."""
+        counts = release_waiting(
+            session=session,
+            runtime=self.runtime,
+            policy=self.policy,
+            source=self.spec.name,
+            fetch=self.fetch,
+            exclude_run_id=self.run_id,
+        )
+        record_line_errors(session=session, run_id=self.run_id, errors=counts.errors)
+        run_row = self._run_row(session)
+        run_row.released += counts.released
+        run_row.errors += len(counts.errors)
+        self._keep(counts.errors)
+
+    def finish(
+        self, source: Source, cursor: Mapping[str, Any], whole_files: bool
+    ) -> tuple[IntakeResult, Mapping[str, Any]]:
+        """Release what waited, store the next cursor and close the run; the result and the
+        cursor the source is to acknowledge."""
+        with self.sessions() as session:
+            if self.spec.kind == "awards":
+                self._release_waiting(session)
+            failed_files = self.files.wholly_failed() if whole_files else {}
+            # Records that failed are fetched again next run where the source can (SOAP).
+            next_cursor = source.retry(cursor, self.failed_records)
+            status, message = "succeeded", None
+            if failed_files:
+                # Nothing of these files was taken in: they stay where they are, are read again
+                # next run (after the mapping is fixed), and the run says it failed.
+                next_cursor = source.leave(next_cursor, set(failed_files))
+                status = "failed"
+                message = "; ".join(
+                    f"{name}: all {count} records failed"
+                    + (f" ({hint})" if (hint := source.diagnose(name)) else "")
+                    + "; the file was left in place"
+                    for name, count in failed_files.items()
+                )
+            store_cursor(session=session, source=self.spec.name, cursor=next_cursor)
+            run_row = self._run_row(session)
+            finish_run(session=session, run=run_row, status=status, message=message)
+            session.commit()
+            result = IntakeResult.of(run_row, self.line_errors)
+        if message:
+            log.error("sync of %s failed: %s", self.spec.name, message)
+        return result, next_cursor
+
+
+def _record_failure(
+    sessions: sessionmaker[Session], source: str, run_id: int, exc: Exception
+) -> None:
+    """Close the run as failed with what went wrong."""
+    message = (
+        f"{exc.code}: {exc.message_en}"
+        if isinstance(exc, GatewayError)
+        else f"{type(exc).__name__}: {exc}"
+    )
+    with sessions() as session:
+        run_row = session.get(SyncRun, run_id)
+        if run_row is not None:
+            finish_run(session=session, run=run_row, status="failed", message=message)
+            session.commit()
+    log.error("sync of %s failed: %s", source, message)
+
+
 def take_in_source(
     *,
     sessions: sessionmaker[Session],
@@ -345,97 +471,19 @@ def take_in_source(
         session.commit()
         run_id = run.id
         cursor = get_cursor(session=session, source=spec.name)
-    line_errors: list[LineError] = []
-    files = _FileTally()
     source = spec.open()
     try:
         fetch = document_fetcher(source)
-        directory = ContractorDirectory()
+        intake = _IntakeRun(sessions, runtime, policy, spec, run_id, fetch, keep_errors)
         batch = source.pull(cursor)
-        failed_records: list[RawRecord] = []
         for chunk in _chunks(batch.records, batch_size):
-            files.read(chunk)
-            mapped = map_records(chunk, spec.mapping, authorities)
-            with sessions() as session:
-                counts = _intake(
-                    session,
-                    spec=spec,
-                    batch=mapped,
-                    runtime=runtime,
-                    policy=policy,
-                    fetch=fetch,
-                    run_id=run_id,
-                    directory=directory,
-                )
-                counts.errors[:0] = mapped.errors
-                record_line_errors(
-                    session=session, run_id=run_id, errors=counts.errors, records=mapped.raws
-                )
-                run_row = session.get(SyncRun, run_id)
-                assert run_row is not None
-                count_run(run=run_row, counts=counts, records=len(chunk), skipped=mapped.skipped)
-                session.commit()
-            files.failed(counts.errors)
-            failed_keys = {(e.file, e.line, e.path) for e in counts.errors}
-            failed_records += [
-                r for r in chunk if (r.provenance.file, r.provenance.line, r.provenance.path)
-                in failed_keys
-            ]  # fmt: skip
-            line_errors.extend(counts.errors[: max(0, keep_errors - len(line_errors))])
+            intake.take_in(chunk, authorities)
             if progress is not None:
                 progress(len(chunk))
-        with sessions() as session:
-            if spec.kind == "awards":
-                counts = release_waiting(
-                    session=session,
-                    runtime=runtime,
-                    policy=policy,
-                    source=spec.name,
-                    fetch=fetch,
-                    exclude_run_id=run_id,
-                )
-                record_line_errors(session=session, run_id=run_id, errors=counts.errors)
-                run_row = session.get(SyncRun, run_id)
-                assert run_row is not None
-                run_row.released += counts.released
-                run_row.errors += len(counts.errors)
-                line_errors.extend(counts.errors[: max(0, keep_errors - len(line_errors))])
-            failed_files = files.wholly_failed() if whole_files else {}
-            # Records that failed are fetched again next run where the source can (SOAP).
-            next_cursor = source.retry(batch.cursor, failed_records)
-            status, message = "succeeded", None
-            if failed_files:
-                # Nothing of these files was taken in: they stay where they are, are read again
-                # next run (after the mapping is fixed), and the run says it failed.
-                next_cursor = source.leave(next_cursor, set(failed_files))
-                status = "failed"
-                message = "; ".join(
-                    f"{name}: all {count} records failed"
-                    + (f" ({hint})" if (hint := source.diagnose(name)) else "")
-                    + "; the file was left in place"
-                    for name, count in failed_files.items()
-                )
-            store_cursor(session=session, source=spec.name, cursor=next_cursor)
-            run_row = session.get(SyncRun, run_id)
-            assert run_row is not None
-            finish_run(session=session, run=run_row, status=status, message=message)
-            session.commit()
-            result = IntakeResult.of(run_row, line_errors)
-        if message:
-            log.error("sync of %s failed: %s", spec.name, message)
+        result, next_cursor = intake.finish(source, batch.cursor, whole_files)
         source.acknowledge(next_cursor)
     except Exception as exc:
-        message = (
-            f"{exc.code}: {exc.message_en}"
-            if isinstance(exc, GatewayError)
-            else f"{type(exc).__name__}: {exc}"
-        )
-        with sessions() as session:
-            run_row = session.get(SyncRun, run_id)
-            if run_row is not None:
-                finish_run(session=session, run=run_row, status="failed", message=message)
-                session.commit()
-        log.error("sync of %s failed: %s", spec.name, message)
+        _record_failure(sessions, spec.name, run_id, exc)
         raise
     finally:
         source.close()
