@@ -4,7 +4,7 @@ and an inbox folder of CSV exports read once each (:class:`FolderSource`).
 Every file is written under a hidden temporary name, flushed to disk and renamed into place
 (``os.replace``, atomic on one file system); the trigger file, when configured, comes last; the
 receipt named after the idempotency key makes a repeated push a no-op (see
-:mod:`connectors._drop`).
+:mod:`connectors._drop`; the steps of one drop are in :mod:`connectors._folder_drop`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Literal
 
-from connectors._drop import DropPlan, temp_name, trigger_carries
+from connectors._drop import DropPlan
+from connectors._folder_drop import already_done, drop_files, place
 from connectors.base import ConnectorConfig, Resolve, Sink
 from connectors.csv import CsvFormat
 from connectors.inbox import FileEntry, InboxConfig, InboxSource
@@ -56,14 +57,12 @@ class FolderSink(Sink):
     def push(self, outbound: Outbound) -> None:
         """Write the delivery's files, then its trigger file and receipt; a delivery already
         received (receipt or trigger file with this key) is left alone."""
-        idempotency_key = outbound.idempotency_key
+        key = outbound.idempotency_key
         plan = DropPlan.build(outbound, self.trigger)
         folder = self.root / outbound.directory
         try:
             done = (
-                None
-                if outbound.first_attempt
-                else self._already_done(plan, folder, idempotency_key)
+                None if outbound.first_attempt else already_done(plan, folder, self.receipts, key)
             )
             if done == "receipt":
                 # A push killed after placing the receipt, before removing its marker.
@@ -72,66 +71,24 @@ class FolderSink(Sink):
             self.receipts.mkdir(parents=True, exist_ok=True)
             staged = self.receipts / plan.staged_name
             if done is None:
-                folder.mkdir(parents=True, exist_ok=True)
-                # No file is renamed into place before the staged marker says all are written;
-                # a retry after it renames only what still waits (see connectors._drop).
                 retry = not outbound.first_attempt and staged.exists()
-                if not retry:
-                    for file in plan.files:
-                        self._stage(folder, file.name, file.data, idempotency_key)
-                    self._place(self.receipts, staged.name, plan.receipt, idempotency_key)
-                for file in plan.files:
-                    tmp = folder / temp_name(file.name, idempotency_key)
-                    if retry and not tmp.exists():
-                        continue  # renamed before the crash (and maybe taken away since)
-                    os.replace(tmp, folder / file.name)
-                    self._sync_folder(folder)
+                drop_files(plan, folder, staged, key, retry=retry, fsync=self.fsync)
             # (A trigger without a receipt: a crash came in between; only the receipt is left.)
-            self._place(self.receipts, plan.receipt_name, plan.receipt, idempotency_key)
+            place(self.receipts, plan.receipt_name, plan.receipt, key, fsync=self.fsync)
             staged.unlink(missing_ok=True)
         except OSError as exc:
-            permanent = exc.errno in _PERMANENT
-            raise SinkError(
-                "folder.write_failed",
-                f"{self.name}: cannot write to {folder}: {exc}",
-                f"フォルダ {folder} に書き込めません。",
-                disposition=Disposition.FATAL if permanent else Disposition.RETRIABLE,
-            ) from exc
+            raise _write_failed(self.name, folder, exc) from exc
 
-    def _already_done(self, plan: DropPlan, folder: Path, key: str) -> str | None:
-        if (self.receipts / plan.receipt_name).exists():
-            return "receipt"
-        trigger = plan.trigger
-        if trigger is None:
-            return None
-        try:
-            data = (folder / trigger.name).read_bytes()
-        except FileNotFoundError:
-            return None
-        return "trigger" if trigger_carries(data, key) else None
 
-    def _stage(self, folder: Path, name: str, data: bytes, key: str) -> None:
-        """Write ``name``'s bytes, complete, under its temporary name."""
-        with open(folder / temp_name(name, key), "wb") as fh:
-            fh.write(data)
-            if self.fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-
-    def _place(self, folder: Path, name: str, data: bytes, key: str) -> None:
-        """Write ``name`` whole or not at all (a temporary name, then a rename)."""
-        self._stage(folder, name, data, key)
-        os.replace(folder / temp_name(name, key), folder / name)
-        self._sync_folder(folder)
-
-    def _sync_folder(self, folder: Path) -> None:
-        if self.fsync:
-            # The rename itself must survive a power cut before the receipt says "done".
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+def _write_failed(name: str, folder: Path, exc: OSError) -> SinkError:
+    """A failed write: retried, unless the file system refuses the name itself."""
+    permanent = exc.errno in _PERMANENT
+    return SinkError(
+        "folder.write_failed",
+        f"{name}: cannot write to {folder}: {exc}",
+        f"フォルダ {folder} に書き込めません。",
+        disposition=Disposition.FATAL if permanent else Disposition.RETRIABLE,
+    )
 
 
 class FolderSource(InboxSource):

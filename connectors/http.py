@@ -48,6 +48,38 @@ def _is_retriable(exc: BaseException) -> bool:
     return isinstance(exc, SinkError) and exc.retriable
 
 
+def _multipart(outbound: Outbound) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """The request's parts: the record as JSON first, then the files in write order."""
+    record = json.dumps(outbound.record, ensure_ascii=False).encode("utf-8")
+    parts = [("record", ("record.json", record, "application/json"))]
+    return parts + [("files", (f.name, f.data, f.media_type)) for f in outbound.files]
+
+
+def _unreachable(name: str, exc: httpx.HTTPError) -> SinkError:
+    """No answer at all (refused, reset, timed out): an outage, retried."""
+    return SinkError(
+        "http.unreachable",
+        f"{name}: {type(exc).__name__}: {exc}",
+        "REST連携先に接続できません。",
+    )
+
+
+def _answer_error(name: str, response: httpx.Response) -> SinkError | None:
+    """What an answer means: None for 2xx; an outage for 408, 409, 425, 429 and 5xx
+    (retried); a refusal for any other status (the delivery goes dead)."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return None
+    retriable = status in RETRIABLE_STATUS or status >= 500
+    return SinkError(
+        "http.rejected" if not retriable else "http.unavailable",
+        f"{name}: HTTP {status}: {response.text[:300]}",
+        f"REST連携先がエラーを返しました(HTTP {status})。",
+        disposition=Disposition.RETRIABLE if retriable else Disposition.FATAL,
+        details={"status": status},
+    )
+
+
 class RestSink(Sink):
     """POSTs each delivery to ``url`` as signed multipart."""
 
@@ -89,21 +121,10 @@ class RestSink(Sink):
 
     def build_request(self, outbound: Outbound) -> httpx.Request:
         """The signed request for one delivery (its body already read, so it is what is sent)."""
-        parts: list[tuple[str, tuple[str, bytes, str]]] = [
-            (
-                "record",
-                (
-                    "record.json",
-                    json.dumps(outbound.record, ensure_ascii=False).encode("utf-8"),
-                    "application/json",
-                ),
-            )
-        ]
-        parts += [("files", (f.name, f.data, f.media_type)) for f in outbound.files]
         request = self._client.build_request(
             "POST",
             self.url,
-            files=parts,
+            files=_multipart(outbound),
             headers={**self._headers, "Idempotency-Key": outbound.idempotency_key},
         )
         body = request.read()
@@ -128,22 +149,10 @@ class RestSink(Sink):
         try:
             response = self._client.send(request)
         except httpx.HTTPError as exc:  # refused, reset, timed out
-            raise SinkError(
-                "http.unreachable",
-                f"{self.name}: {type(exc).__name__}: {exc}",
-                "REST連携先に接続できません。",
-            ) from exc
-        status = response.status_code
-        if 200 <= status < 300:
-            return
-        retriable = status in RETRIABLE_STATUS or status >= 500
-        raise SinkError(
-            "http.rejected" if not retriable else "http.unavailable",
-            f"{self.name}: HTTP {status}: {response.text[:300]}",
-            f"REST連携先がエラーを返しました(HTTP {status})。",
-            disposition=Disposition.RETRIABLE if retriable else Disposition.FATAL,
-            details={"status": status},
-        )
+            raise _unreachable(self.name, exc) from exc
+        error = _answer_error(self.name, response)
+        if error is not None:
+            raise error
 
 
 class RestSinkConfig(ConnectorConfig):

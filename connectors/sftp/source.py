@@ -11,10 +11,14 @@ from typing import IO, Any
 import paramiko
 
 from connectors.inbox import FileEntry, InboxSource
+from connectors.sftp._delivery import exists
 from connectors.sftp.transport import SftpEndpoint, open_sftp
 from core.errors import Disposition, SourceError
 
 __all__ = ["SftpSource"]
+
+# What a lost or refused connection raises through paramiko.
+_FAILURES = (OSError, EOFError, paramiko.SSHException)
 
 
 class _SftpStream(io.RawIOBase):
@@ -61,40 +65,28 @@ class SftpSource(InboxSource):
         if stack is not None:
             try:
                 stack.close()
-            except (OSError, EOFError, paramiko.SSHException):
+            except _FAILURES:
                 pass  # already gone
 
     def _failed(self, what: str, exc: BaseException) -> SourceError:
         self.close()
-        return SourceError(
-            "sftp.read_failed",
-            f"{self.name}: {what} on {self.endpoint.host}:{self.endpoint.port} failed: {exc}",
-            "SFTP接続先からの読み込みに失敗しました。",
-        )
+        return _read_failed(self.name, self.endpoint, what, exc)
 
     def _list(self) -> list[FileEntry]:
         try:
             items = self._client().listdir_attr(self.directory)
         except FileNotFoundError as exc:
-            raise SourceError(
-                "sftp.no_directory",
-                f"{self.name}: no folder {self.directory} on {self.endpoint.host}",
-                f"SFTP接続先にフォルダ {self.directory} がありません。",
-                disposition=Disposition.FATAL,
-            ) from exc
-        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise _no_directory(self.name, self.directory, self.endpoint) from exc
+        except _FAILURES as exc:
             raise self._failed("listing", exc) from exc
-        return [
-            FileEntry(item.filename, int(item.st_size or 0), int(item.st_mtime or 0))
-            for item in items
-            if item.st_mode is not None and stat.S_ISREG(item.st_mode)
-        ]
+        entries = (_file_entry(item.filename, item) for item in items)
+        return [entry for entry in entries if entry is not None]
 
     def _open(self, name: str) -> AbstractContextManager[IO[bytes]]:
         path = posixpath.join(self.directory, name)
         try:
             handle = self._client().open(path, "rb")
-        except (OSError, EOFError, paramiko.SSHException) as exc:
+        except _FAILURES as exc:
             raise self._failed(f"opening {path}", exc) from exc
         return io.BufferedReader(_SftpStream(handle), buffer_size=256 * 1024)
 
@@ -103,13 +95,9 @@ class SftpSource(InboxSource):
             attrs = self._client().stat(path)
         except FileNotFoundError:
             return None
-        except (OSError, EOFError, paramiko.SSHException) as exc:
+        except _FAILURES as exc:
             raise self._failed(f"stat {path}", exc) from exc
-        if attrs.st_mode is None or not stat.S_ISREG(attrs.st_mode):
-            return None
-        return FileEntry(
-            posixpath.basename(path), int(attrs.st_size or 0), int(attrs.st_mtime or 0)
-        )
+        return _file_entry(posixpath.basename(path), attrs)
 
     def _read(self, path: str) -> bytes:
         try:
@@ -122,18 +110,42 @@ class SftpSource(InboxSource):
                 f"{path} disappeared while being read",
                 f"文書ファイル {path} が読み込み中に削除されました。",
             ) from exc
-        except (OSError, EOFError, paramiko.SSHException) as exc:
+        except _FAILURES as exc:
             raise self._failed(f"reading {path}", exc) from exc
 
     def _move(self, name: str, target_dir: str, target_name: str) -> None:
         sftp = self._client()
         try:
-            try:
-                sftp.stat(target_dir)
-            except FileNotFoundError:
+            if not exists(sftp, target_dir):
                 sftp.mkdir(target_dir)
             sftp.posix_rename(
                 posixpath.join(self.directory, name), posixpath.join(target_dir, target_name)
             )
-        except (OSError, EOFError, paramiko.SSHException) as exc:
+        except _FAILURES as exc:
             raise self._failed(f"moving {name}", exc) from exc
+
+
+def _file_entry(name: str, attrs: paramiko.SFTPAttributes) -> FileEntry | None:
+    """What the inbox knows of a regular file; None for anything else."""
+    if attrs.st_mode is None or not stat.S_ISREG(attrs.st_mode):
+        return None
+    return FileEntry(name, int(attrs.st_size or 0), int(attrs.st_mtime or 0))
+
+
+def _no_directory(name: str, directory: str, endpoint: SftpEndpoint) -> SourceError:
+    """The inbox folder is not on the server: a setting to fix, not an outage."""
+    return SourceError(
+        "sftp.no_directory",
+        f"{name}: no folder {directory} on {endpoint.host}",
+        f"SFTP接続先にフォルダ {directory} がありません。",
+        disposition=Disposition.FATAL,
+    )
+
+
+def _read_failed(name: str, endpoint: SftpEndpoint, what: str, exc: BaseException) -> SourceError:
+    """A transport failure while reading: retriable (the connection is opened afresh)."""
+    return SourceError(
+        "sftp.read_failed",
+        f"{name}: {what} on {endpoint.host}:{endpoint.port} failed: {exc}",
+        "SFTP接続先からの読み込みに失敗しました。",
+    )

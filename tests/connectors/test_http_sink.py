@@ -69,3 +69,20 @@ def test_refusals_are_final_outages_are_retried(rest_sink_server: RestSinkServer
 def test_a_short_secret_is_refused() -> None:
     with pytest.raises(ValueError, match="16 bytes"):
         RestSink(name="dms", url="http://127.0.0.1:9", hmac_secret=b"short")
+
+
+def test_nothing_listening_is_an_outage(rest_sink_server: RestSinkServer) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    sink = RestSink(
+        name="dms", url=f"http://127.0.0.1:{port}/", hmac_secret=rest_sink_server.secret, attempts=1
+    )
+    with pytest.raises(GatewayError) as info:
+        sink.push(render_outbound(content(4), SPEC, "dms:4"))
+    assert info.value.code == "http.unreachable" and info.value.retriable
+    assert info.value.message_en.startswith("dms: ConnectError: ")
+    assert info.value.message_ja == "REST連携先に接続できません。"
+    sink.close()

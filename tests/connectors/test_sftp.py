@@ -61,3 +61,37 @@ def test_nothing_listening_is_retriable(sshd_server: SshServer) -> None:
         with open_sftp(replace(_endpoint(sshd_server), port=port)):
             pass
     assert info.value.code == "sftp.unreachable" and info.value.retriable
+
+
+def test_source_read_failures(sshd_server: SshServer) -> None:
+    from connectors.csv import CsvFormat
+    from connectors.sftp import SftpSource
+
+    inbox = sshd_server.root / "inbox-failures"
+    inbox.mkdir()
+    (inbox / "c.pdf").write_bytes(b"%PDF-1.7")
+
+    def source(directory: Path) -> SftpSource:
+        return SftpSource(
+            endpoint=_endpoint(sshd_server), name="contract", directory=str(directory),
+            csv_format=CsvFormat(),
+        )  # fmt: skip
+
+    missing = source(inbox / "none")
+    with pytest.raises(GatewayError) as info:
+        missing.pull({})
+    assert info.value.code == "sftp.no_directory" and not info.value.retriable
+    missing.close()
+    present = source(inbox)
+    assert present.fetch_document("c.pdf") == b"%PDF-1.7"
+    with pytest.raises(GatewayError) as info:
+        present.fetch_document("none.pdf")
+    assert info.value.code == "intake.document_missing"
+    # Removed between the stat and the read.
+    assert present._stat(str(inbox / "c.pdf")) is not None
+    (inbox / "c.pdf").unlink()
+    with pytest.raises(GatewayError) as info:
+        present._read(str(inbox / "c.pdf"))
+    assert info.value.code == "sftp.vanished" and info.value.retriable
+    present.close()
+    present.close()
