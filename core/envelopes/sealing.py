@@ -19,12 +19,12 @@ from core.envelopes.documents import (
     store_revision,
 )
 from core.envelopes.lifecycle import compare_and_set, get_envelope
-from core.errors import GatewayError, StateError
+from core.errors import StateError
 from core.model import Document, DocumentRevision, Envelope, utcnow
 from core.records.audit import record_event
 from core.records.facts import fill_record_facts, record_facts
 from core.runtime import Runtime
-from core.signing.signatures import record_retriable
+from core.signing.signatures import deferring_retriable
 from core.signing.tasks import close_task, seal_key
 from core.states import EnvelopeState, check_envelope_transition
 
@@ -51,7 +51,7 @@ def _seal_documents(session: Session, runtime: Runtime, envelope: Envelope) -> _
     sealed: list[tuple[Document, DocumentRevision]] = []
     expiries: dict[str, dt.datetime | None] = {}
     checks: list[DocumentCheck] = []
-    try:
+    with deferring_retriable(session, envelope):
         for doc in envelope.documents:
             current = read_document(runtime=runtime, document=doc)
             data = runtime.signing.seal(current)
@@ -74,10 +74,6 @@ def _seal_documents(session: Session, runtime: Runtime, envelope: Envelope) -> _
             checks=checks,
             completing=True,
         )
-    except GatewayError as exc:
-        if exc.retriable:
-            record_retriable(session, envelope, exc)
-        raise
     return _Sealed(sealed, expiries, certificate, now)
 
 
@@ -140,7 +136,7 @@ def _reissue_original_certificate(
         or original.documents_purged_at is not None  # nothing of a purged original is kept
     ):
         return
-    try:
+    with deferring_retriable(session, envelope):
         original_checks = [
             check_document(runtime.signing, name=name, data=data)
             for name, data in current_documents(runtime=runtime, envelope=original)
@@ -148,10 +144,6 @@ def _reissue_original_certificate(
         reissued = issue_certificate(
             session=session, runtime=runtime, envelope=original, now=now, checks=original_checks
         )
-    except GatewayError as exc:
-        if exc.retriable:
-            record_retriable(session, envelope, exc)
-        raise
     original.certificate_blob_id = runtime.blobs.put(reissued)
     record_event(
         session=session,

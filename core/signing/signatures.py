@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from io import SEEK_END
 
 from sqlalchemy.orm import Session
@@ -27,6 +28,7 @@ from core.states import PartyState, check_party_transition
 
 __all__ = [
     "apply_pending_signature",
+    "deferring_retriable",
     "record_retriable",
     "record_signature",
     "sign_documents",
@@ -70,14 +72,10 @@ def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
     envelope = party.envelope
     check_party_transition(party.state, PartyState.COMPLETED)
     assert party.approved_at is not None
-    try:
+    with deferring_retriable(session, envelope, party_id=party.id):
         new_revisions = sign_documents(
             runtime, party, party.approved_at, {f.id: f.value or "" for f in party.fields}
         )
-    except GatewayError as exc:
-        if exc.retriable:
-            record_retriable(session, envelope, exc, party_id=party.id)
-        raise
     now = utcnow()
     # A concurrent retry of the same signature loses here; its blobs are never referenced.
     compare_and_set(
@@ -157,6 +155,20 @@ def record_signature(
         },
     )
     advance_routing(session, runtime, envelope, now)
+
+
+@contextmanager
+def deferring_retriable(
+    session: Session, envelope: Envelope, *, party_id: str | None = None
+) -> Iterator[None]:
+    """Run the block; a retriable failure in it (a TSA or store outage) is recorded with
+    :func:`record_retriable` and re-raised, anything else is re-raised as it is."""
+    try:
+        yield
+    except GatewayError as exc:
+        if exc.retriable:
+            record_retriable(session, envelope, exc, party_id=party_id)
+        raise
 
 
 def record_retriable(
