@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import posixpath
-from contextlib import ExitStack
 
 import paramiko
 
 from connectors._drop import DropPlan
 from connectors.base import Sink
 from connectors.sftp._delivery import RemoteDrop, exists
-from connectors.sftp.transport import SftpEndpoint, open_sftp
+from connectors.sftp.transport import KeptSftp, SftpEndpoint
 from core.errors import Disposition, GatewayError, SinkError
 from core.outbound_types import Outbound
 
@@ -43,26 +42,13 @@ class SftpSink(Sink):
         self.root = root.rstrip("/") or "/"
         self.trigger = trigger
         self.receipts = posixpath.join(self.root, receipts)
-        self._stack: ExitStack | None = None
-        self._sftp: paramiko.SFTPClient | None = None
+        self._connection = KeptSftp(endpoint)
         self._folders: set[str] = set()
-
-    def _client(self) -> paramiko.SFTPClient:
-        if self._sftp is None:
-            stack = ExitStack()
-            self._sftp = stack.enter_context(open_sftp(self.endpoint))
-            self._stack = stack
-        return self._sftp
 
     def close(self) -> None:
         """Close the kept connection (the next push opens a new one)."""
-        stack, self._stack, self._sftp = self._stack, None, None
         self._folders.clear()
-        if stack is not None:
-            try:
-                stack.close()
-            except (OSError, EOFError, paramiko.SSHException):
-                pass  # the connection is already gone; nothing left to release
+        self._connection.close()
 
     def push(self, outbound: Outbound) -> None:
         """Upload the delivery's files, then its trigger file and receipt; a delivery already
@@ -71,7 +57,7 @@ class SftpSink(Sink):
         folder = posixpath.join(self.root, outbound.directory) if outbound.directory else self.root
         try:
             drop = RemoteDrop(
-                self._client(),
+                self._connection.client(),
                 plan=plan,
                 folder=folder,
                 key=outbound.idempotency_key,

@@ -5,14 +5,14 @@ from __future__ import annotations
 import io
 import posixpath
 import stat
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager
 from typing import IO, Any
 
 import paramiko
 
 from connectors.inbox import FileEntry, InboxSource
 from connectors.sftp._delivery import exists
-from connectors.sftp.transport import SftpEndpoint, open_sftp
+from connectors.sftp.transport import KeptSftp, SftpEndpoint
 from core.errors import Disposition, SourceError
 
 __all__ = ["SftpSource"]
@@ -49,24 +49,11 @@ class SftpSource(InboxSource):
     def __init__(self, *, endpoint: SftpEndpoint, **options: Any) -> None:
         super().__init__(**options)
         self.endpoint = endpoint
-        self._stack: ExitStack | None = None
-        self._sftp: paramiko.SFTPClient | None = None
-
-    def _client(self) -> paramiko.SFTPClient:
-        if self._sftp is None:
-            stack = ExitStack()
-            self._sftp = stack.enter_context(open_sftp(self.endpoint))
-            self._stack = stack
-        return self._sftp
+        self._connection = KeptSftp(endpoint)
 
     def close(self) -> None:
         """Close the kept connection."""
-        stack, self._stack, self._sftp = self._stack, None, None
-        if stack is not None:
-            try:
-                stack.close()
-            except _FAILURES:
-                pass  # already gone
+        self._connection.close()
 
     def _failed(self, what: str, exc: BaseException) -> SourceError:
         self.close()
@@ -74,7 +61,7 @@ class SftpSource(InboxSource):
 
     def _list(self) -> list[FileEntry]:
         try:
-            items = self._client().listdir_attr(self.directory)
+            items = self._connection.client().listdir_attr(self.directory)
         except FileNotFoundError as exc:
             raise _no_directory(self.name, self.directory, self.endpoint) from exc
         except _FAILURES as exc:
@@ -85,14 +72,14 @@ class SftpSource(InboxSource):
     def _open(self, name: str) -> AbstractContextManager[IO[bytes]]:
         path = posixpath.join(self.directory, name)
         try:
-            handle = self._client().open(path, "rb")
+            handle = self._connection.client().open(path, "rb")
         except _FAILURES as exc:
             raise self._failed(f"opening {path}", exc) from exc
         return io.BufferedReader(_SftpStream(handle), buffer_size=256 * 1024)
 
     def _stat(self, path: str) -> FileEntry | None:
         try:
-            attrs = self._client().stat(path)
+            attrs = self._connection.client().stat(path)
         except FileNotFoundError:
             return None
         except _FAILURES as exc:
@@ -101,7 +88,7 @@ class SftpSource(InboxSource):
 
     def _read(self, path: str) -> bytes:
         try:
-            with self._client().open(path, "rb") as handle:
+            with self._connection.client().open(path, "rb") as handle:
                 handle.prefetch()  # pipelined reads instead of one round trip per 32 KB
                 return bytes(handle.read())
         except FileNotFoundError as exc:
@@ -114,7 +101,7 @@ class SftpSource(InboxSource):
             raise self._failed(f"reading {path}", exc) from exc
 
     def _move(self, name: str, target_dir: str, target_name: str) -> None:
-        sftp = self._client()
+        sftp = self._connection.client()
         try:
             if not exists(sftp, target_dir):
                 sftp.mkdir(target_dir)

@@ -9,7 +9,7 @@ and they may mean an attack).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from pydantic import Field, SecretStr
 from connectors.base import ConnectorConfig, Resolve
 from core.errors import Disposition, GatewayError
 
-__all__ = ["SftpEndpoint", "SftpEndpointConfig", "open_sftp"]
+__all__ = ["KeptSftp", "SftpEndpoint", "SftpEndpointConfig", "open_sftp"]
 
 
 @dataclass(frozen=True)
@@ -139,3 +139,31 @@ def open_sftp(endpoint: SftpEndpoint) -> Iterator[paramiko.SFTPClient]:
     finally:
         sftp.close()
         client.close()
+
+
+class KeptSftp:
+    """One verified connection (:func:`open_sftp`), opened on first use and kept until
+    :meth:`close`: what the SFTP source and sink hold between their calls."""
+
+    def __init__(self, endpoint: SftpEndpoint) -> None:
+        self.endpoint = endpoint
+        self._stack: ExitStack | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+
+    def client(self) -> paramiko.SFTPClient:
+        """The connection, opened now when it is not open."""
+        if self._sftp is None:
+            stack = ExitStack()
+            self._sftp = stack.enter_context(open_sftp(self.endpoint))
+            self._stack = stack
+        return self._sftp
+
+    def close(self) -> None:
+        """Close the connection, if open (the next :meth:`client` opens a new one); one the
+        server already dropped leaves nothing to release."""
+        stack, self._stack, self._sftp = self._stack, None, None
+        if stack is not None:
+            try:
+                stack.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass

@@ -165,8 +165,9 @@ def test_a_dropped_connection_is_reopened(sshd_server: SshServer) -> None:
     try:
         first = render_outbound(content(1), ContentSpec(), "dms:r1")
         sink.push(first)
-        assert sink._sftp is not None
-        sink._sftp.get_channel().close()  # the server or a firewall dropped it
+        kept = sink._connection._sftp
+        assert kept is not None
+        kept.get_channel().close()  # the server or a firewall dropped it
         second = render_outbound(content(2), ContentSpec(), "dms:r2")
         with pytest.raises(GatewayError) as info:
             sink.push(second)
