@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from io import BytesIO
 
 import pikepdf
@@ -139,7 +139,7 @@ def qpdf_repairs(data: bytes) -> list[str]:
                     problems.append("a stream /Filter written as a string")
             problems.extend(str(w) for w in pdf.get_warnings()[:5])
             if _undecodable_contents(pdf):
-                problems.append("a page content stream cannot be decoded")
+                problems.append("a page content stream or an image cannot be decoded")
             if largest > MAX_OBJECT_STREAM:
                 problems.append(f"an object stream of {largest} objects")
     except Exception as exc:  # the strict reader read it; let the rebuild report the damage
@@ -280,7 +280,60 @@ def _undecodable_contents(pdf: pikepdf.Pdf) -> str | None:
                 if "incorrect data check" in str(exc):
                     continue  # only the Adler-32 checksum is wrong: qpdf and viewers read it
                 return f"page {number}: content stream cannot be decoded ({exc})"
-    return _undecodable_lzw(pdf)
+        unparsable = _unparsable_contents(pdf, page, streams)
+        if unparsable:
+            return f"page {number}: {unparsable}"
+    return _undecodable_lzw(pdf) or _not_jpeg(pdf)
+
+
+# Page content decoded whole for the token check, at most this much a page (a bigger page is
+# rare in a contract and is left to the viewers, as before this check)
+_MAX_CONTENT_CHECK = 8 * 1024 * 1024
+
+
+def _unparsable_contents(
+    pdf: pikepdf.Pdf, page: pikepdf.Page, streams: Iterable[object]
+) -> str | None:
+    """What qpdf says when it cannot tokenise ``page``'s content (an operand cut off, a NUL in
+    a name, an inline image without its end), or None. Viewers draw such a page partly, each
+    differently, and ``qpdf --check`` reports it on every signed copy. Pages whose content
+    would inflate past :data:`_MAX_CONTENT_CHECK` are not parsed."""
+    total = 0
+    for stream in streams:
+        if not isinstance(stream, pikepdf.Stream):
+            return None  # no content, or not a stream: nothing to tokenise (a blank page)
+        names = filter_names(stream.get("/Filter"))
+        raw = stream.read_raw_bytes()
+        if names:
+            decoded = bounded_flate(raw, names, _MAX_CONTENT_CHECK - total)
+            if decoded is None:
+                return None  # not Flate, too large or corrupt: judged elsewhere or not at all
+            total += len(decoded)
+        else:
+            total += len(raw)
+        if total > _MAX_CONTENT_CHECK:
+            return None
+    pdf.get_warnings()  # what reading the file raised is not this page's
+    try:
+        pikepdf.parse_content_stream(page)
+    except pikepdf.PdfError as exc:
+        return f"content stream cannot be parsed ({exc})"[:200]
+    warnings = pdf.get_warnings()
+    return f"content stream cannot be parsed ({warnings[0]})"[:200] if warnings else None
+
+
+def _not_jpeg(pdf: pikepdf.Pdf) -> str | None:
+    """The first JPEG-encoded stream (``/DCTDecode`` alone) that does not start as a JPEG file
+    does, or None: no viewer can draw it, and ``qpdf --check`` reports it on every signed
+    copy ("Not a JPEG file")."""
+    for obj in pdf.objects:
+        if not isinstance(obj, pikepdf.Stream) or filter_names(obj.get("/Filter")) != [
+            "/DCTDecode"
+        ]:
+            continue
+        if not obj.read_raw_bytes().startswith(b"\xff\xd8"):
+            return f"object {obj.objgen[0]}: image data is not JPEG although /DCTDecode says so"
+    return None
 
 
 # LZW output is at most a few hundred times its input: streams up to this size are decoded whole
