@@ -194,11 +194,11 @@ def filter_names(value: object) -> list[str] | None:
     anything else gives a name no decoder has."""
     if value is None:
         return []
-    if isinstance(value, str | pikepdf.Name):
-        return [str(value)]
     try:
+        if isinstance(value, str | pikepdf.Name):
+            return [str(value)]
         return [str(item) for item in value]  # type: ignore[attr-defined]
-    except TypeError:
+    except (TypeError, UnicodeDecodeError):  # not names, or a name of bytes that are not UTF-8
         return ["?"]
 
 
@@ -260,6 +260,19 @@ def _name_string_filters(pdf: pikepdf.Pdf) -> None:
             obj["/Filter"] = pikepdf.Name("/" + str(obj["/Filter"]).lstrip("/"))
 
 
+# The standard filters (ISO 32000-1, 7.4) a page content stream can be decoded through
+_CONTENT_FILTERS = frozenset(
+    {
+        "/ASCIIHexDecode",
+        "/ASCII85Decode",
+        "/LZWDecode",
+        "/FlateDecode",
+        "/RunLengthDecode",
+        "/Crypt",
+    }
+)
+
+
 def _undecodable_contents(pdf: pikepdf.Pdf) -> str | None:
     """The first page content stream whose Flate data does not even start to inflate (None:
     all do). Viewers show such a page blank or partly, each differently, and every signed copy
@@ -269,7 +282,12 @@ def _undecodable_contents(pdf: pikepdf.Pdf) -> str | None:
         contents = page.obj.get("/Contents")
         streams = contents if isinstance(contents, pikepdf.Array) else [contents]
         for stream in streams:
-            if not isinstance(stream, pikepdf.Stream) or stream.get("/Filter") != "/FlateDecode":
+            if not isinstance(stream, pikepdf.Stream):
+                continue
+            unknown = set(filter_names(stream.get("/Filter")) or []) - _CONTENT_FILTERS
+            if unknown:
+                return f"page {number}: content stream filter no viewer has ({sorted(unknown)[0]})"
+            if stream.get("/Filter") != "/FlateDecode":
                 continue
             raw = stream.read_raw_bytes()
             if not raw:
@@ -336,21 +354,81 @@ def _not_jpeg(pdf: pikepdf.Pdf) -> str | None:
     return None
 
 
-# LZW output is at most a few hundred times its input: streams up to this size are decoded whole
-_MAX_LZW_CHECK = 64 * 1024
+# LZW output can be thousands of times its input: a stream is decoded by qpdf only when
+# :func:`lzw_decoded_size` says what it decodes to fits here. Streams whose LZW data is larger
+# than _MAX_LZW_WALK are not walked (about a second of Python per 2 MB).
+_MAX_LZW_OUTPUT = 64 * 1024 * 1024
+_MAX_LZW_WALK = 2 * 1024 * 1024
+
+
+def lzw_decoded_size(raw: bytes, *, early_change: bool = True) -> tuple[int, bool]:
+    """How many bytes qpdf's LZW decoder would write for ``raw``, and whether it would stop on a
+    code it cannot follow, computed from the codes alone (entry lengths, no data): the walk of
+    ``Pl_LZWDecoder::handleCode``, so that a stream is decoded only when that is affordable."""
+    lengths: list[int] = []  # the length of each table entry after the 258 fixed codes
+    size, width, last, out = 9, 0, 256, 0
+    bits = 0
+    for byte in raw:
+        bits = (bits << 8) | byte
+        width += 8
+        if width < size:
+            continue
+        width -= size
+        code = bits >> width
+        bits &= (1 << width) - 1
+        if code == 256:
+            lengths.clear()
+            size = 9
+        elif code == 257:
+            return out, False
+        else:
+            if last != 256:
+                index = code - 258
+                if (code > 257 and index > len(lengths)) or 258 + len(lengths) == 4096:
+                    return out, True  # "bad code received" / "table full"
+                lengths.append((1 if last < 256 else lengths[last - 258]) + 1)
+                if 258 + len(lengths) - 1 + early_change in (511, 1023, 2047):
+                    size += 1
+            if code < 256:
+                out += 1
+            elif code - 258 >= len(lengths):
+                return out, True  # "table overflow"
+            else:
+                out += lengths[code - 258]
+        last = code
+    return out, False
+
+
+def _early_change(stream: pikepdf.Stream) -> bool:
+    params = stream.get("/DecodeParms")
+    if isinstance(params, pikepdf.Array):
+        params = params[0] if len(params) else None
+    if isinstance(params, pikepdf.Dictionary):
+        try:
+            return int(params.get("/EarlyChange", 1)) != 0
+        except (TypeError, ValueError):
+            return True
+    return True
 
 
 def _undecodable_lzw(pdf: pikepdf.Pdf) -> str | None:
-    """The first small LZW-encoded stream qpdf cannot decode (None: none). qpdf --check reports
-    each such stream on every signed copy ("LZWDecoder: bad code received")."""
+    """The first LZW-encoded stream qpdf cannot decode (None: none). qpdf --check reports each
+    such stream on every signed copy ("LZWDecoder: bad code received"). Decoded by qpdf when
+    :func:`lzw_decoded_size` says it fits :data:`_MAX_LZW_OUTPUT`; a stream with LZW after
+    another filter only when its data is small."""
     for obj in pdf.objects:
         if not isinstance(obj, pikepdf.Stream):
             continue
-        filters = obj.get("/Filter")
-        names = list(filters) if isinstance(filters, pikepdf.Array) else [filters]
-        if pikepdf.Name.LZWDecode not in names:
+        names = filter_names(obj.get("/Filter")) or []
+        if "/LZWDecode" not in names:
             continue
-        if int(obj.get("/Length", 0)) > _MAX_LZW_CHECK:
+        if names[0] == "/LZWDecode":
+            raw = obj.read_raw_bytes()
+            if len(raw) > _MAX_LZW_WALK:
+                continue
+            if lzw_decoded_size(raw, early_change=_early_change(obj))[0] > _MAX_LZW_OUTPUT:
+                continue  # a bomb is not decoded here; viewers and pyHanko never decode it either
+        elif int(obj.get("/Length", 0)) > 64 * 1024:
             continue
         try:
             obj.read_bytes()

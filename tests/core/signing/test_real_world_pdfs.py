@@ -20,6 +20,7 @@ from core.rendering import RenderBudget, RenderPool
 from core.runtime import Runtime
 from core.signing import BoundedVerifier, FieldBox, SigningEngine, VerifyBudget, verify_pdf
 from core.signing._documents import load_document
+from core.signing._repair import lzw_decoded_size
 from tests.fixtures.pdfs import make_pdf
 from tests.fixtures.pki import LivePki
 
@@ -311,3 +312,101 @@ def test_intake_judges_the_file_signers_will_see_not_the_upload(
         assert refused.value.code == "document.too_complex"
         infos = check_documents(runtime=runtime, documents=[DocumentInput("form.pdf", data)])
     assert [info.page_count for info in infos] == [1]
+
+
+def _with_page_content(content: bytes, **stream: object) -> bytes:
+    """A two-page PDF whose first page's content is ``content`` as written (already encoded
+    for ``stream``'s /Filter)."""
+    with pikepdf.open(io.BytesIO(make_pdf(pages=2))) as pdf:
+        page = pdf.pages[0].obj
+        page.Contents = pdf.make_stream(content)
+        for key, value in stream.items():
+            page.Contents[f"/{key}"] = value
+        out = io.BytesIO()
+        pdf.save(out)
+    return out.getvalue()
+
+
+def _lzw(codes: list[int], *, early_change: bool = True) -> bytes:
+    """``codes`` packed as an LZW stream: most significant bit first, each as wide as a decoder
+    reads it (9 bits after a clear, one more when the table reaches 511, 1023 and 2047)."""
+    bits = count = 0
+    size, entries, last = 9, 0, 256
+    for code in codes:
+        bits = (bits << size) | code
+        count += size
+        if code == 256:
+            size, entries = 9, 0
+        elif last != 256:
+            entries += 1
+            if 258 + entries - 1 + early_change in (511, 1023, 2047):
+                size += 1
+        last = code
+    pad = -count % 8
+    return (bits << pad).to_bytes((count + pad) // 8, "big")
+
+
+def _chain(length: int) -> list[int]:
+    """A clear, ``a``, then each code naming the entry just made: ``aa``, ``aaa``, ... (the
+    shape that makes a few kilobytes of LZW decode to megabytes)."""
+    return [256, ord("a"), *range(258, 258 + length)]
+
+
+@pytest.mark.parametrize(
+    ("content", "stream", "reason"),
+    [
+        (b"BT /F1 12 Tf 72 720 Td (x) Tj ET", {"Filter": pikepdf.Name("/PlateDecode")}, "filter"),
+        (b"BT /F1 12 Tf 72 720 Td /Na#00me Tj ET", {}, "cannot be parsed"),
+        (b"q 10 0 0 10 0 0 cm BI /W 1 /H 1 /BPC 8 /CS /G ID \x00", {}, "cannot be parsed"),
+        (_lzw([256, ord("q"), 300, 257]), {"Filter": pikepdf.Name.LZWDecode}, "LZW"),
+    ],
+    ids=["unknown-filter", "nul-in-a-name", "inline-image-without-end", "lzw-bad-code"],
+)
+def test_page_content_no_viewer_can_draw_is_refused_as_damaged(
+    content: bytes, stream: dict[str, object], reason: str, live_engine: SigningEngine
+) -> None:
+    # each was signed before, and every signed copy failed qpdf --check with the inherited damage
+    with pytest.raises(DocumentError) as info:
+        live_engine.inspect(_with_page_content(content, **stream))
+    assert info.value.code == "document.damaged"
+    assert reason in info.value.details["reason"]
+
+
+def test_an_image_that_says_jpeg_but_is_not_is_refused_as_damaged(
+    live_engine: SigningEngine,
+) -> None:
+    with pikepdf.open(io.BytesIO(make_pdf(pages=1))) as pdf:
+        image = pdf.make_stream(b"ww not a jpeg")
+        image.Type, image.Subtype = pikepdf.Name.XObject, pikepdf.Name.Image
+        image.Width = image.Height = image.BitsPerComponent = 8
+        image.ColorSpace, image.Filter = pikepdf.Name.DeviceGray, pikepdf.Name.DCTDecode
+        page = pdf.pages[0]
+        page.obj.Resources.XObject = pikepdf.Dictionary(Im1=image)
+        page.obj.Contents.write(page.obj.Contents.read_bytes() + b"\nq 8 0 0 8 0 0 cm /Im1 Do Q")
+        out = io.BytesIO()
+        pdf.save(out)
+    with pytest.raises(DocumentError) as info:
+        live_engine.inspect(out.getvalue())
+    assert info.value.code == "document.damaged" and "not JPEG" in info.value.details["reason"]
+
+
+@pytest.mark.parametrize("early_change", [True, False])
+def test_the_lzw_walk_agrees_with_qpdf_without_decoding(early_change: bool) -> None:
+    # the walk decides whether qpdf may decode a stream at all: it must say what qpdf writes
+    raw = _lzw([*_chain(3000), 257], early_change=early_change)
+    with pikepdf.new() as pdf:
+        stream = pdf.make_stream(raw)
+        stream.Filter = pikepdf.Name.LZWDecode
+        stream.DecodeParms = pikepdf.Dictionary(EarlyChange=int(early_change))
+        decoded = stream.read_bytes()
+    assert decoded == b"a" * len(decoded)
+    assert lzw_decoded_size(raw, early_change=early_change) == (len(decoded), False)
+    assert lzw_decoded_size(_lzw([256, 97, 258, 400]), early_change=True) == (3, True)
+
+
+def test_an_lzw_bomb_is_sized_not_decoded(live_engine: SigningEngine) -> None:
+    # ten full tables of ever longer entries: about 60 KB that would decode to 70 MB
+    raw = _lzw([code for _ in range(10) for code in _chain(4096 - 258)] + [257])
+    size, bad = lzw_decoded_size(raw)
+    assert len(raw) < 64 * 1024 and size > 64 * 1024 * 1024 and not bad
+    live_engine.inspect(_with_page_content(raw, Filter=pikepdf.Name.LZWDecode))  # accepted
