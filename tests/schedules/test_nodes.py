@@ -222,10 +222,16 @@ def test_three_serve_nodes_run_each_tick_once_and_deliver_everything_once_when_o
     assert max(Counter(fire_times).values()) == 1  # never twice
     gaps = {b - a for a, b in itertools.pairwise(fire_times)}
     assert gaps == {dt.timedelta(seconds=TICK)}, sorted(fire_times)  # none missed
-    assert all(r.status == "succeeded" for r in runs)
-    later = {_pid(r.node) for r in runs if r.fire_time > ticked_at}
+    # None failed. A tick a node was running when it was killed stays "running" (claimed once,
+    # so never redone): on a loaded machine a kill can land in the middle of the next tick.
+    killed = {victim.pid, ticker.pid}
+    unfinished = [(r.status, _pid(r.node)) for r in runs if r.status != "succeeded"]
+    assert all(status == "running" and pid in killed for status, pid in unfinished), unfinished
+    assert len(unfinished) <= len(killed), unfinished
+    finished_later = [r for r in runs if r.fire_time > ticked_at and r.status == "succeeded"]
+    later = {_pid(r.node) for r in finished_later}
     assert later == {survivor.pid}, later  # the ticks moved to the node left alive
-    assert len([r for r in runs if r.fire_time > ticked_at]) >= 2
+    assert len(finished_later) >= 2
 
 
 def _pid(node: str) -> int:
