@@ -278,6 +278,7 @@ def _undecodable_contents(pdf: pikepdf.Pdf) -> str | None:
     all do). Viewers show such a page blank or partly, each differently, and every signed copy
     would fail ``qpdf --check`` with the damage it inherited; only the first 64 KiB of output
     are produced, so a compression bomb costs nothing here."""
+    budget = _MAX_CONTENT_CHECK_TOTAL  # content left to tokenise in this document
     for number, page in enumerate(pdf.pages, start=1):
         contents = page.obj.get("/Contents")
         streams = contents if isinstance(contents, pikepdf.Array) else [contents]
@@ -298,46 +299,51 @@ def _undecodable_contents(pdf: pikepdf.Pdf) -> str | None:
                 if "incorrect data check" in str(exc):
                     continue  # only the Adler-32 checksum is wrong: qpdf and viewers read it
                 return f"page {number}: content stream cannot be decoded ({exc})"
-        unparsable = _unparsable_contents(pdf, page, streams)
+        unparsable, tokenised = _unparsable_contents(
+            pdf, page, streams, min(_MAX_CONTENT_CHECK, budget)
+        )
         if unparsable:
             return f"page {number}: {unparsable}"
+        budget -= tokenised
     return _undecodable_lzw(pdf) or _not_jpeg(pdf)
 
 
-# Page content decoded whole for the token check, at most this much a page (a bigger page is
-# rare in a contract and is left to the viewers, as before this check)
+# Page content decoded whole for the token check, at most this much a page and a document
+# (qpdf tokenises about 10 MB a second here: a set of heavy vector drawings costs at most about
+# two seconds; content beyond is left to the viewers, as before this check)
 _MAX_CONTENT_CHECK = 8 * 1024 * 1024
+_MAX_CONTENT_CHECK_TOTAL = 24 * 1024 * 1024
 
 
 def _unparsable_contents(
-    pdf: pikepdf.Pdf, page: pikepdf.Page, streams: Iterable[object]
-) -> str | None:
+    pdf: pikepdf.Pdf, page: pikepdf.Page, streams: Iterable[object], limit: int
+) -> tuple[str | None, int]:
     """What qpdf says when it cannot tokenise ``page``'s content (an operand cut off, a NUL in
-    a name, an inline image without its end), or None. Viewers draw such a page partly, each
-    differently, and ``qpdf --check`` reports it on every signed copy. Pages whose content
-    would inflate past :data:`_MAX_CONTENT_CHECK` are not parsed."""
+    a name, an inline image without its end), or None; and how many bytes were tokenised.
+    Viewers draw such a page partly, each differently, and ``qpdf --check`` reports it on every
+    signed copy. A page whose content would inflate past ``limit`` is not tokenised."""
     total = 0
     for stream in streams:
         if not isinstance(stream, pikepdf.Stream):
-            return None  # no content, or not a stream: nothing to tokenise (a blank page)
+            return None, 0  # no content, or not a stream: nothing to tokenise (a blank page)
         names = filter_names(stream.get("/Filter"))
         raw = stream.read_raw_bytes()
         if names:
-            decoded = bounded_flate(raw, names, _MAX_CONTENT_CHECK - total)
+            decoded = bounded_flate(raw, names, max(0, limit - total))
             if decoded is None:
-                return None  # not Flate, too large or corrupt: judged elsewhere or not at all
+                return None, 0  # not Flate, too large or corrupt: judged elsewhere or not at all
             total += len(decoded)
         else:
             total += len(raw)
-        if total > _MAX_CONTENT_CHECK:
-            return None
+        if total > limit:
+            return None, 0
     pdf.get_warnings()  # what reading the file raised is not this page's
     try:
         pikepdf.parse_content_stream(page)
     except pikepdf.PdfError as exc:
-        return f"content stream cannot be parsed ({exc})"[:200]
+        return f"content stream cannot be parsed ({exc})"[:200], total
     warnings = pdf.get_warnings()
-    return f"content stream cannot be parsed ({warnings[0]})"[:200] if warnings else None
+    return (f"content stream cannot be parsed ({warnings[0]})"[:200] if warnings else None), total
 
 
 def _not_jpeg(pdf: pikepdf.Pdf) -> str | None:

@@ -410,3 +410,21 @@ def test_an_lzw_bomb_is_sized_not_decoded(live_engine: SigningEngine) -> None:
     size, bad = lzw_decoded_size(raw)
     assert len(raw) < 64 * 1024 and size > 64 * 1024 * 1024 and not bad
     live_engine.inspect(_with_page_content(raw, Filter=pikepdf.Name.LZWDecode))  # accepted
+
+
+def test_content_past_the_documents_tokenising_budget_is_left_to_the_viewers(
+    live_engine: SigningEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # qpdf tokenises about 10 MB a second: heavy drawings must not hold an upload for long
+    with pikepdf.open(io.BytesIO(make_pdf(pages=2))) as pdf:
+        pdf.pages[1].obj.Contents = pdf.make_stream(b"BT /F1 12 Tf 72 720 Td /Na#00me Tj ET")
+        out = io.BytesIO()
+        pdf.save(out)
+    damaged_second_page = out.getvalue()
+    with pytest.raises(DocumentError) as info:
+        live_engine.inspect(damaged_second_page)
+    assert "page 2: content stream cannot be parsed" in info.value.details["reason"]
+    with pikepdf.open(io.BytesIO(damaged_second_page)) as pdf:
+        first_page = len(pdf.pages[0].obj.Contents.read_bytes())
+    monkeypatch.setattr("core.signing._repair._MAX_CONTENT_CHECK_TOTAL", first_page)
+    live_engine.inspect(damaged_second_page)  # page 1 used the budget: page 2 is not read
