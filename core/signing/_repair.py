@@ -274,10 +274,13 @@ _CONTENT_FILTERS = frozenset(
 
 
 def _undecodable_contents(pdf: pikepdf.Pdf) -> str | None:
-    """The first page content stream whose Flate data does not even start to inflate (None:
-    all do). Viewers show such a page blank or partly, each differently, and every signed copy
-    would fail ``qpdf --check`` with the damage it inherited; only the first 64 KiB of output
-    are produced, so a compression bomb costs nothing here."""
+    """Why no viewer can draw the document as it is (None: nothing found): a page content
+    stream through a filter that does not exist, whose Flate data does not even start to
+    inflate (only the first 64 KiB of output are produced, so a bomb costs nothing) or that
+    does not tokenise (:func:`_unparsable_contents`), an LZW stream qpdf cannot decode, or
+    image data that is not the JPEG it says it is. Viewers show such a page blank or partly,
+    each differently, and every signed copy would fail ``qpdf --check`` with the damage it
+    inherited."""
     budget = _MAX_CONTENT_CHECK_TOTAL  # content left to tokenise in this document
     for number, page in enumerate(pdf.pages, start=1):
         contents = page.obj.get("/Contents")
