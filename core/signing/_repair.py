@@ -308,7 +308,7 @@ def _undecodable_contents(pdf: pikepdf.Pdf) -> str | None:
         if unparsable:
             return f"page {number}: {unparsable}"
         budget -= tokenised
-    return _undecodable_lzw(pdf) or _not_jpeg(pdf)
+    return _undecodable_streams(pdf)
 
 
 # Page content decoded whole for the token check, at most this much a page and a document
@@ -347,20 +347,6 @@ def _unparsable_contents(
         return f"content stream cannot be parsed ({exc})"[:200], total
     warnings = pdf.get_warnings()
     return (f"content stream cannot be parsed ({warnings[0]})"[:200] if warnings else None), total
-
-
-def _not_jpeg(pdf: pikepdf.Pdf) -> str | None:
-    """The first JPEG-encoded stream (``/DCTDecode`` alone) that does not start as a JPEG file
-    does, or None: no viewer can draw it, and ``qpdf --check`` reports it on every signed
-    copy ("Not a JPEG file")."""
-    for obj in pdf.objects:
-        if not isinstance(obj, pikepdf.Stream) or filter_names(obj.get("/Filter")) != [
-            "/DCTDecode"
-        ]:
-            continue
-        if not obj.read_raw_bytes().startswith(b"\xff\xd8"):
-            return f"object {obj.objgen[0]}: image data is not JPEG although /DCTDecode says so"
-    return None
 
 
 # LZW output can be thousands of times its input: a stream is decoded by qpdf only when
@@ -420,29 +406,42 @@ def _early_change(stream: pikepdf.Stream) -> bool:
     return True
 
 
-def _undecodable_lzw(pdf: pikepdf.Pdf) -> str | None:
-    """The first LZW-encoded stream qpdf cannot decode (None: none). qpdf --check reports each
-    such stream on every signed copy ("LZWDecoder: bad code received"). Decoded by qpdf when
-    :func:`lzw_decoded_size` says it fits :data:`_MAX_LZW_OUTPUT`; a stream with LZW after
-    another filter only when its data is small."""
+def _undecodable_streams(pdf: pikepdf.Pdf) -> str | None:
+    """The first stream no viewer can decode (None: none), in one pass over the objects:
+    LZW data qpdf cannot decode ("LZWDecoder: bad code received") or ``/DCTDecode`` data that
+    does not start as a JPEG file does ("Not a JPEG file"). ``qpdf --check`` reports each on
+    every signed copy."""
     for obj in pdf.objects:
         if not isinstance(obj, pikepdf.Stream):
             continue
         names = filter_names(obj.get("/Filter")) or []
-        if "/LZWDecode" not in names:
+        if "/LZWDecode" in names:
+            problem = _lzw_problem(obj, names)
+        elif names == ["/DCTDecode"] and not obj.read_raw_bytes().startswith(b"\xff\xd8"):
+            problem = "image data is not JPEG although /DCTDecode says so"
+        else:
             continue
-        if names[0] == "/LZWDecode":
-            raw = obj.read_raw_bytes()
-            if len(raw) > _MAX_LZW_WALK:
-                continue
-            if lzw_decoded_size(raw, early_change=_early_change(obj))[0] > _MAX_LZW_OUTPUT:
-                continue  # a bomb is not decoded here; viewers and pyHanko never decode it either
-        elif int(obj.get("/Length", 0)) > 64 * 1024:
-            continue
-        try:
-            obj.read_bytes()
-        except pikepdf.DataDecodingError as exc:
-            return f"object {obj.objgen[0]}: LZW stream cannot be decoded ({exc})"[:200]
+        if problem:
+            return f"object {obj.objgen[0]}: {problem}"[:200]
+    return None
+
+
+def _lzw_problem(stream: pikepdf.Stream, names: list[str]) -> str | None:
+    """Why qpdf cannot decode this LZW stream, or None. Decoded by qpdf when
+    :func:`lzw_decoded_size` says it fits :data:`_MAX_LZW_OUTPUT`; a stream with LZW after
+    another filter only when its data is small."""
+    if names[0] == "/LZWDecode":
+        raw = stream.read_raw_bytes()
+        if len(raw) > _MAX_LZW_WALK:
+            return None
+        if lzw_decoded_size(raw, early_change=_early_change(stream))[0] > _MAX_LZW_OUTPUT:
+            return None  # a bomb is not decoded here; viewers and pyHanko never decode it either
+    elif int(stream.get("/Length", 0)) > 64 * 1024:
+        return None
+    try:
+        stream.read_bytes()
+    except pikepdf.DataDecodingError as exc:
+        return f"LZW stream cannot be decoded ({exc})"
     return None
 
 
