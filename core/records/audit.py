@@ -191,15 +191,9 @@ def chain_link(previous_hash: str, event: AuditEvent) -> str:
 def _advance_head(session: Session, count: int) -> tuple[int, str]:
     """Lock the chain head until this transaction ends and take ``count`` positions; returns the
     first of them and the hash of the link before it."""
-    statement = (
-        update(AuditChainHead)
-        .where(AuditChainHead.id == _HEAD_ID)
-        .values(seq=AuditChainHead.seq + count)
-        .returning(AuditChainHead.seq, AuditChainHead.hash)
-        .execution_options(synchronize_session=False)
-    )
+    statement = _take_positions_statement()
     with session.no_autoflush:
-        row = session.execute(statement).one_or_none()
+        row = session.execute(statement, {"count": count}).one_or_none()
         if row is None:
             # First event ever (or the tables were emptied): create the head; of two first
             # writers, the second one's insert does nothing and it updates after the first.
@@ -210,8 +204,21 @@ def _advance_head(session: Session, count: int) -> tuple[int, str]:
                 session.execute(
                     sqlite_insert(AuditChainHead).values(values).on_conflict_do_nothing()
                 )
-            row = session.execute(statement).one()
+            row = session.execute(statement, {"count": count}).one()
     return int(row[0]) - count + 1, str(row[1])
+
+
+@functools.cache
+def _take_positions_statement() -> Update:
+    # Core on the table, built once: the ORM-enabled UPDATE ... RETURNING cost about 0.5 ms
+    # more per commit in its bulk-update machinery, for a row no session object mirrors.
+    table = _HEAD_TABLE
+    return (
+        update(table)
+        .where(table.c.id == _HEAD_ID)
+        .values(seq=table.c.seq + bindparam("count", type_=table.c.seq.type))
+        .returning(table.c.seq, table.c.hash)
+    )
 
 
 def _chained_events(session: Session, batch: int = 1000) -> Iterator[AuditEvent]:
