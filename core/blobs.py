@@ -65,11 +65,12 @@ def _write_durably(path: Path, chunks: tuple[bytes, ...]) -> None:
     """Write ``path`` whole or not at all: a temporary name, fsync, rename, fsync the folder (the
     database will reference the name right after, so a crash must not be able to lose it)."""
     tmp = path.with_name(f".{path.name}.tmp")
+    new_entries: list[Path] = []
     try:
         try:
             fh = open(tmp, "wb")
         except FileNotFoundError:  # the first blob of its 256 folders: one mkdir, not one a put
-            path.parent.mkdir(parents=True, exist_ok=True)
+            new_entries = _make_folders(path.parent)
             fh = open(tmp, "wb")
         with fh:
             for chunk in chunks:
@@ -83,6 +84,22 @@ def _write_durably(path: Path, chunks: tuple[bytes, ...]) -> None:
             tmp.unlink()
         raise
     fsync_folder(path.parent)
+    # A folder made for this blob is itself an entry of its parent: unless that entry is
+    # durable too, a crash can lose the folder with the blob the database now references.
+    for parent in new_entries:
+        fsync_folder(parent)
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns the folders that gained an entry,
+    innermost first (each one to fsync)."""
+    missing = []
+    current = folder
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return [made.parent for made in missing]
 
 
 class _MirrorPool:

@@ -164,3 +164,36 @@ def test_streamed_read_detects_truncation_swapping_and_absence(blobs: BlobStore)
             _streamed(blobs, b)
     with pytest.raises(BlobError, match="blob.missing"):
         _streamed(blobs, "0" * 32)
+
+
+def test_a_new_folder_is_made_durable_in_its_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The database references a blob right after put() returns, so every directory entry on
+    # its path that put() created must have been fsynced: the fan-out folder's entry in the
+    # store root (and the root's own, for a store that did not exist yet), not only the file's.
+    import core.blobs
+
+    synced: list[Path] = []
+    real = core.blobs.fsync_folder
+
+    def recording(folder: Path) -> None:
+        synced.append(Path(folder))
+        real(folder)
+
+    monkeypatch.setattr(core.blobs, "fsync_folder", recording)
+    root = tmp_path / "new-store"
+    store = BlobStore(root, secrets.token_bytes(32), mirror=tmp_path / "new-mirror")
+    blob_id = store.put(b"%PDF-1.7 first")
+    for base in (root, tmp_path / "new-mirror"):
+        fan_out = base / blob_id[:2]
+        assert fan_out in synced  # the file's own entry
+        assert base in synced  # the fan-out folder's entry
+        assert tmp_path in synced  # the store root's entry, made by this put
+    synced.clear()
+    second = next(i for i in (secrets.token_hex(16) for _ in range(10_000)) if i[:2] == blob_id[:2])
+    monkeypatch.setattr(core.blobs.secrets, "token_hex", lambda _n: second)
+    assert store.put(b"%PDF-1.7 second") == second
+    # an existing folder gained no entry in its parent: only the file's folder is synced
+    assert root not in synced and (root / blob_id[:2]) in synced
+    assert store.get(second) == b"%PDF-1.7 second"
