@@ -65,6 +65,9 @@ T = TypeVar("T")
 # DER bytes for everything in the CMS besides certificates, signature value and timestamp token
 # (signed attributes incl. signing-certificate-v2 and algorithm protection, structure overhead)
 _CMS_OVERHEAD = 2048
+# An approval's revision besides its signature: the filled fields' appearances with their font
+# subset, the signature dictionary, the xref (about 22 KB with one field; room to spare).
+_REVISION_ROOM = 64 * 1024
 
 
 def approval_reason(*, name: str, email: str, at: datetime) -> str:
@@ -352,6 +355,11 @@ class SigningEngine:
         )
         size = 2 * der
         return size + (-size % 512)
+
+    def increment_size_hint(self) -> int:
+        """Bytes an approval's revision usually takes (the reserved signature and the rest), for
+        a caller that sizes the buffer the revision is appended to."""
+        return self.bytes_reserved() + _REVISION_ROOM
 
     def sign_approval(
         self, data: bytes, *, signature_field: str, reason: str, values: Mapping[str, str]

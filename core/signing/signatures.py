@@ -109,7 +109,7 @@ def sign_documents(
         by_name = {f.name: values.get(f.id, "") for f in party.fields if f.document_id == doc.id}
         # Decrypted a chunk at a time into one buffer, signed in place there, and only the
         # new revision stored: no copy of the whole document is made or compared.
-        current = read_document_stream(runtime, doc)
+        current = read_document_stream(runtime, doc, room=runtime.signing.increment_size_hint())
         increment = runtime.signing.sign_approval_increment(
             current, signature_field=field_name, reason=reason, values=by_name
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import secrets
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,37 @@ def test_a_new_folder_is_made_durable_in_its_parent(
     # an existing folder gained no entry in its parent: only the file's folder is synced
     assert root not in synced and (root / blob_id[:2]) in synced
     assert store.get(second) == b"%PDF-1.7 second"
+
+
+def test_streamed_read_allocates_nothing_per_chunk(blobs: BlobStore) -> None:
+    # A 1 MB read used to allocate a 1 MB read buffer plus a new 1 MB object per decrypted
+    # chunk; now its own allocations are two small buffers whatever the blob's size.
+    data = secrets.token_bytes(1 << 20)
+    blob_id = blobs.put(data)
+    out = io.BytesIO(bytes(len(data)))
+    out.write(b"")  # unshare the initial bytes now, outside the traced read
+    tracemalloc.start()
+    try:
+        blobs.read_into(blob_id, out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.getvalue() == data
+    assert peak < 256 * 1024
+
+
+def test_streamed_read_of_a_tampered_blob_fails_after_writing_every_byte(
+    blobs: BlobStore,
+) -> None:
+    # The tag is checked after the last chunk: the error comes with ``out`` full of
+    # unauthenticated bytes, which is why callers must drop it (read_into's contract).
+    data = secrets.token_bytes(300_000)
+    blob_id = blobs.put(data)
+    path = _file(blobs, blob_id)
+    raw = bytearray(path.read_bytes())
+    raw[100_000] ^= 0x01
+    path.write_bytes(bytes(raw))
+    out = io.BytesIO()
+    with pytest.raises(BlobError, match="blob.tampered"):
+        blobs.read_into(blob_id, out)
+    assert len(out.getvalue()) == len(data) and out.getvalue() != data

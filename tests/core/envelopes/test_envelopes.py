@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import sys
 import threading
+import tracemalloc
 from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
@@ -18,7 +20,7 @@ from core.blobs import BlobStore
 from core.envelopes.approvals import approve, record_approval, record_view
 from core.envelopes.certificate import find_cjk_font
 from core.envelopes.creation import DocumentInput, FieldInput, PartyInput, create_envelope
-from core.envelopes.documents import current_documents
+from core.envelopes.documents import current_documents, read_document, read_document_stream
 from core.envelopes.lifecycle import (
     cancel_envelope,
     decline,
@@ -729,6 +731,52 @@ def test_signatures_are_stored_as_appends_and_a_tampered_append_is_caught(
     path.write_bytes(bytes(raw))
     with pytest.raises(BlobError, match="blob.tampered"):
         current_documents(runtime=dev_runtime, envelope=envelope)
+
+
+def test_an_approval_holds_the_document_once(
+    session: Session, dev_runtime: Runtime, make_envelope: Callable[..., Envelope]
+) -> None:
+    # Read a chunk at a time into one buffer, signed in place and only the increment stored:
+    # no second copy of the document (per-chunk copies while decrypting took it to 2x).
+    big = make_pdf(pages=1, size_target=2_000_000)
+    envelope = make_envelope(documents=[DocumentInput("大きな契約書.pdf", big)], fields=[])
+    first = send_envelope(session=session, runtime=dev_runtime, envelope_id=envelope.id, actor="s")
+    session.commit()
+    tracemalloc.start()
+    try:
+        approve(
+            session=session,
+            runtime=dev_runtime,
+            envelope_id=envelope.id,
+            party_id=first.id,
+            values={},
+            auth_method=STAFF,
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert envelope.documents[0].signature_count == 1
+    assert peak < 1.5 * len(big)
+
+
+def test_a_document_stream_has_room_for_the_revision_appended_to_it(
+    session: Session, dev_runtime: Runtime, make_envelope: Callable[..., Envelope]
+) -> None:
+    pdf = make_pdf(pages=1, size_target=200_000)  # room below half the document is kept
+    envelope = make_envelope(documents=[DocumentInput("契約書.pdf", pdf)], fields=[])
+    (doc,) = envelope.documents
+    whole = read_document(runtime=dev_runtime, document=doc)
+    stream = read_document_stream(dev_runtime, doc, room=50_000)
+    with stream.getbuffer() as view:  # (getvalue() would trim the buffer to its bytes)
+        assert view == whole and stream.tell() == len(whole)
+    allocated = sys.getsizeof(stream)
+    stream.write(b"%" * 50_000)  # what the signer appends: no reallocation, no copy
+    assert sys.getsizeof(stream) == allocated
+    # The recorded size only sizes the buffer: a wrong one reads the same bytes.
+    for recorded in (len(whole) // 3, 4 * len(whole)):
+        doc.revisions[-1].size = recorded
+        assert read_document_stream(dev_runtime, doc, room=1000).getvalue() == whole
+    session.rollback()
 
 
 class _OutboxObserver:
