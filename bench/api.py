@@ -203,14 +203,31 @@ def _serve(config: Path, workers: int, environ: dict[str, str]) -> tuple[Any, st
         time.sleep(0.1)
 
 
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it. A process lists its children per thread
+    (``/proc/<pid>/task/<tid>/children``): the render workers are started by a render-check
+    thread, so the main thread's list alone misses them."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                todo += [int(p) for p in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
 def _peak_rss_mb(pid: int) -> float:
-    """The peak resident size of a process and its children (uvicorn workers), MB."""
+    """The peak resident size of a process and all its descendants (uvicorn workers, render
+    workers), MB."""
     total = 0
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    for p in pids:
+    for p in _descendants(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):

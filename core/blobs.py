@@ -43,6 +43,7 @@ _WRAPPED_LEN = 40
 _NONCE_LEN = 12
 _TAG_LEN = 16
 _UPDATE_SLACK = 15  # update_into() wants room for one AES block more than it is given
+_CHUNK = 1 << 20  # what a put encrypts, and a mirror copies, at a time
 _HEADER_LEN = len(MAGIC) + _FINGERPRINT_LEN + _WRAPPED_LEN + _NONCE_LEN
 _BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -62,20 +63,20 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_durably(path: Path, chunks: tuple[bytes, ...]) -> None:
-    """Write ``path`` whole or not at all: a temporary name, fsync, rename, fsync the folder (the
-    database will reference the name right after, so a crash must not be able to lose it)."""
+def _write_durably(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` whole or not at all: ``write`` fills a temporary name, then fsync, rename,
+    fsync the folder (the database will reference the name right after, so a crash must not be
+    able to lose it)."""
     tmp = path.with_name(f".{path.name}.tmp")
     new_entries: list[Path] = []
     try:
         try:
-            fh = open(tmp, "wb")
+            fh = open(tmp, "w+b")  # readable too: the mirror copies the store's file
         except FileNotFoundError:  # the first blob of its 256 folders: one mkdir, not one a put
             new_entries = _make_folders(path.parent)
-            fh = open(tmp, "wb")
+            fh = open(tmp, "w+b")
         with fh:
-            for chunk in chunks:
-                fh.write(chunk)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -173,26 +174,40 @@ class BlobStore:
         data_key = AESGCM.generate_key(bit_length=256)
         nonce = secrets.token_bytes(_NONCE_LEN)
         header = MAGIC + self._fingerprint + aes_key_wrap(self._master_key, data_key) + nonce
-        ciphertext = AESGCM(data_key).encrypt(nonce, data, header + blob_id.encode())
-        # The mirror copy is written and flushed in a second thread while this one writes the
-        # store's: the two fsyncs overlap (one journal commit when both are on one disk)
-        # instead of doubling the wait. put() still returns only once both are durable, so
-        # nothing is weaker than writing them one after the other.
-        mirrored = self._mirror_pool().submit(self._mirror_put, blob_id, header, ciphertext)
+        # Encrypted a chunk at a time straight into the file (the layout AESGCM.encrypt gives:
+        # ciphertext, then the tag): no whole ciphertext beside the document in memory.
+        encryptor = Cipher(algorithms.AES(data_key), modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(header + blob_id.encode())
+        mirrored: list[Future[None]] = []
+
+        def write(fh: BinaryIO) -> None:
+            fh.write(header)
+            view = memoryview(data)
+            for start in range(0, len(view), _CHUNK):
+                fh.write(encryptor.update(view[start : start + _CHUNK]))
+            fh.write(encryptor.finalize())
+            fh.write(encryptor.tag)
+            fh.flush()
+            # The mirror copies this very file in a second thread while this one fsyncs the
+            # store's: the two fsyncs overlap (one journal commit when both are on one disk)
+            # instead of doubling the wait. put() still returns only once both are durable,
+            # so nothing is weaker than writing them one after the other.
+            if self.mirror is not None:
+                mirrored.append(self._mirror_from(blob_id, fh))
+
         try:
-            _write_durably(self._path(blob_id), (header, ciphertext))
+            _write_durably(self._path(blob_id), write)
         except OSError as exc:
-            mirrored.result()
-            self._drop_mirror_copy(blob_id)  # no copy of a blob the store never held
+            self._unmirror(blob_id, mirrored)  # no copy of a blob the store never held
             fault = storage_error(exc, str(self.root))
             if fault is not None:
                 raise fault from exc
             raise
         except BaseException:
-            mirrored.result()
-            self._drop_mirror_copy(blob_id)
+            self._unmirror(blob_id, mirrored)
             raise
-        mirrored.result()
+        for future in mirrored:
+            future.result()
         return blob_id
 
     def put_many(self, items: Sequence[bytes]) -> list[str]:
@@ -232,15 +247,42 @@ class BlobStore:
                     pool = self._pool = _MirrorPool(enabled=self.mirror is not None)
         return pool
 
-    def _mirror_put(self, blob_id: str, header: bytes, ciphertext: bytes) -> None:
-        if self.mirror is None:
-            return
+    def _mirror_from(self, blob_id: str, fh: BinaryIO) -> Future[None]:
+        """Start copying the store's just-written file ``fh`` to the mirror (read through its
+        own descriptor, so the store may rename or remove the file meanwhile)."""
+        fd = os.dup(fh.fileno())
         try:
-            _write_durably(blob_path(self.mirror, blob_id), (header, ciphertext))
-        except OSError as exc:  # the backup disk is away: the daily backup copies it
-            with self._lock:
-                self._mirror_failures += 1
-            log.warning("document %s not mirrored to %s: %s", blob_id, self.mirror, exc)
+            return self._mirror_pool().submit(self._mirror_put, blob_id, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _mirror_put(self, blob_id: str, fd: int) -> None:
+        try:
+            if self.mirror is None:
+                return
+
+            def copy(out: BinaryIO) -> None:
+                offset = 0
+                while chunk := os.pread(fd, _CHUNK, offset):
+                    out.write(chunk)
+                    offset += len(chunk)
+
+            try:
+                _write_durably(blob_path(self.mirror, blob_id), copy)
+            except OSError as exc:  # the backup disk is away: the daily backup copies it
+                with self._lock:
+                    self._mirror_failures += 1
+                log.warning("document %s not mirrored to %s: %s", blob_id, self.mirror, exc)
+        finally:
+            os.close(fd)
+
+    def _unmirror(self, blob_id: str, mirrored: Sequence[Future[None]]) -> None:
+        """After a failed store write: wait for the mirror copy, if one was started, and
+        remove it."""
+        for future in mirrored:
+            future.result()
+        self._drop_mirror_copy(blob_id)
 
     def _drop_mirror_copy(self, blob_id: str) -> None:
         if self.mirror is not None:

@@ -286,11 +286,12 @@ def _serve(conn: Connection, budget: RenderBudget) -> None:
     while True:
         try:
             request = conn.recv()
+            if request is None:
+                return
+            op, key, sent, args = request
+            data = conn.recv_bytes() if sent else None  # see RenderPool._ask
         except (EOFError, OSError):
             return
-        if request is None:
-            return
-        op, key, data, args = request
         try:
             if op == "geometry":
                 result: Any = child.geometry(key, data)
@@ -457,8 +458,13 @@ class RenderPool:
         raise DocumentError(code, message_en, message_ja, details=details or None)
 
     def _ask(self, worker: _Worker, request: tuple[Any, ...]) -> tuple[Any, ...]:
+        op, key, data, args = request
         try:
-            worker.conn.send(request)
+            # The document follows the job as raw bytes: pickled with it, it would be copied
+            # whole in this process (and unpickled into a second copy in the child).
+            worker.conn.send((op, key, data is not None, args))
+            if data is not None:
+                worker.conn.send_bytes(data)
             if worker.conn.poll(self.budget.seconds):
                 answer: tuple[Any, ...] = worker.conn.recv()
                 return answer

@@ -413,26 +413,50 @@ def _field_rows(
     ]
 
 
+@dataclass(frozen=True)
+class _PreparedDocument:
+    """One prepared document as it is stored: its size and the blob of revision 2."""
+
+    size: int
+    blob: bytes  # what preparing appended to the upload when it appended, else the whole file
+    append: bool
+
+
+def _as_stored(upload: bytes, prepared: bytes) -> _PreparedDocument:
+    # The upload is kept as revision 1; preparing appends to it, so the prepared file costs
+    # one small append instead of a second full copy (on disk, and in memory until the
+    # blobs are written: the whole prepared file is dropped here).
+    append = len(prepared) > len(upload) and prepared.startswith(upload)
+    return _PreparedDocument(
+        size=len(prepared),
+        blob=prepared[len(upload) :] if append else prepared,
+        append=append,
+    )
+
+
 def _prepare_documents(
     runtime: Runtime,
     envelope: Envelope,
     checked: _CheckedUploads,
     field_rows: Sequence[Field],
     doc_ids: Sequence[str],
-) -> list[bytes]:
+) -> list[_PreparedDocument]:
     """Each document with the certificate ID stamp and its empty text fields, before anything
     is stored, so a refused document leaves neither rows nor blobs behind."""
     try:
         return [
-            runtime.signing.prepare(
+            _as_stored(
                 doc.data,
-                certificate_id=envelope.certificate_id,
-                fields=[
-                    FieldBox(name=f.name, page=f.page, rect=(f.x1, f.y1, f.x2, f.y2))
-                    for f in field_rows
-                    if f.document_id == doc_ids[position]
-                ],
-                inspected=checked.inspected[position],
+                runtime.signing.prepare(
+                    doc.data,
+                    certificate_id=envelope.certificate_id,
+                    fields=[
+                        FieldBox(name=f.name, page=f.page, rect=(f.x1, f.y1, f.x2, f.y2))
+                        for f in field_rows
+                        if f.document_id == doc_ids[position]
+                    ],
+                    inspected=checked.inspected[position],
+                ),
             )
             for position, doc in enumerate(checked.documents)
         ]
@@ -553,25 +577,15 @@ def _store_documents(
     envelope: Envelope,
     documents: Sequence[DocumentInput],
     infos: Sequence[PdfInfo],
-    prepared: Sequence[bytes],
+    prepared: Sequence[_PreparedDocument],
     doc_ids: Sequence[str],
     now: dt.datetime,
 ) -> None:
-    # The upload is kept as revision 1; preparing appends to it, so the prepared file costs
-    # one small append instead of a second full copy. Every blob is written at once: one
-    # create waits for one round of fsyncs, not one per blob.
-    appends = [
-        len(data) > len(doc.data) and data.startswith(doc.data)
-        for doc, data in zip(documents, prepared, strict=True)
-    ]
+    # Every blob is written at once: one create waits for one round of fsyncs, not one per blob.
     blob_ids = runtime.blobs.put_many(
-        [doc.data for doc in documents]
-        + [
-            data[len(doc.data) :] if append else data
-            for doc, data, append in zip(documents, prepared, appends, strict=True)
-        ]
+        [doc.data for doc in documents] + [done.blob for done in prepared]
     )
-    for position, (doc, info, data) in enumerate(zip(documents, infos, prepared, strict=True)):
+    for position, (doc, info, done) in enumerate(zip(documents, infos, prepared, strict=True)):
         original = DocumentRevision(
             seq=1,
             kind="full",
@@ -586,7 +600,7 @@ def _store_documents(
             name=doc.name,
             original_blob_id=original.blob_id,
             original_sha256=hashlib.sha256(doc.data).hexdigest(),
-            size=len(data),
+            size=done.size,
             page_count=info.page_count,
             revisions=[original],
         )
@@ -594,9 +608,9 @@ def _store_documents(
         document.revisions.append(
             DocumentRevision(
                 seq=2,
-                kind="append" if appends[position] else "full",
+                kind="append" if done.append else "full",
                 blob_id=blob_ids[len(documents) + position],
-                size=len(data),
+                size=done.size,
                 reason="prepared",
                 created_at=now,
             )

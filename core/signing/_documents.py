@@ -756,6 +756,8 @@ def prepare_document(
         if loaded.rebuilt:
             raise _repair.damaged(f"{type(exc).__name__}: {exc}") from exc
         log.info("writing the prepared revision failed (%s); rebuilding with qpdf", exc)
+    finally:
+        _release(loaded.reader)
     try:
         loaded = _checked(_repair.rebuild_tolerantly(data), rebuilt=True)
         return _prepared(loaded, certificate_id, fields)
@@ -763,6 +765,18 @@ def prepare_document(
         raise
     except Exception as exc:
         raise _repair.damaged(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        _release(loaded.reader)
+
+
+def _release(reader: PdfFileReader) -> None:
+    """Drop what ``reader`` holds (the objects it parsed, a document's streams among them, and
+    through its stream the file it read) once it is done with. Its objects refer back to it, a
+    reference cycle: left alone, all of it waits for the garbage collector's rare full pass,
+    and a server keeps several creates' documents at once (about 60 MB more resident for
+    each 20 MB create until then)."""
+    reader.resolved_objects.clear()
+    reader.stream.close()
 
 
 def _prepared(loaded: LoadedDocument, certificate_id: str, fields: Sequence[FieldBox]) -> bytes:
@@ -841,8 +855,11 @@ def _prepared(loaded: LoadedDocument, certificate_id: str, fields: Sequence[Fiel
     # accepted file were all read when it was loaded, from these same bytes: only what this
     # write added is read again (a third of a 1 MB create's parsing, the whole file again).
     reader = PdfFileReader(BytesIO(written), strict=True)
-    appended = written.startswith(loaded.data) and reader.xrefs.total_revisions > 1
-    _read_everything(reader, newer_than=reader.xrefs.total_revisions - 2 if appended else None)
+    try:
+        appended = written.startswith(loaded.data) and reader.xrefs.total_revisions > 1
+        _read_everything(reader, newer_than=reader.xrefs.total_revisions - 2 if appended else None)
+    finally:
+        _release(reader)  # nor does the output wait for this reader's cycle
     return written
 
 

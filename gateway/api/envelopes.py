@@ -8,9 +8,9 @@ Every envelope is looked up through the calling system's scope
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
+import io
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -144,11 +144,36 @@ def _out(session: Session, envelope: Envelope) -> EnvelopeOut:
     )
 
 
+# Characters decoded at a time (a multiple of 4, so that every chunk but the last is whole).
+_BASE64_CHUNK = 1 << 20
+
+
+def _b64decode(text: str) -> bytes:
+    """``base64.b64decode(text, validate=True)`` a chunk at a time: without the ASCII copy of
+    the whole text it makes first (a third larger than the document), into one buffer that
+    becomes the result without a further copy. The same inputs are refused."""
+    if not text.isascii():
+        raise ValueError("string argument should contain only ASCII characters")
+    out = io.BytesIO()
+    start = 0
+    while start < len(text):
+        end = start + _BASE64_CHUNK
+        if end >= len(text) or text[end] == "=":
+            end = len(text)  # the last chunk holds all the padding (strict decoding judges it)
+        chunk = text[start:end].encode("ascii")
+        if end < len(text) and b"=" in chunk:
+            # strict decoding of the whole refuses padding followed by more data
+            raise binascii.Error("Excess data after padding")
+        out.write(binascii.a2b_base64(chunk, strict_mode=True))
+        start = end
+    return out.getvalue()
+
+
 def _decode_documents(body: EnvelopeCreate) -> list[DocumentInput]:
     documents = []
     for index, doc in enumerate(body.documents):
         try:
-            data = base64.b64decode(doc.content_base64, validate=True)
+            data = _b64decode(doc.content_base64)
         except (binascii.Error, ValueError) as exc:
             raise DocumentError(
                 "document.bad_base64",
@@ -186,13 +211,13 @@ async def _read_create_request(
     content_type = request.headers.get("content-type", "").lower()
     try:
         if content_type.startswith("application/json"):
-            raw = await request.body()
-            if len(raw) > ceiling:
-                raise GatewayError(
-                    "request.too_large", "the request is too large", "リクエストが大きすぎます。"
-                )
+            raw = await _json_body(request, ceiling)
             body = EnvelopeCreate.model_validate_json(raw)
-            return body, await run_in_threadpool(_decode_documents, body)
+            del raw  # parsed: the documents' one copy is in the body now
+            documents = await run_in_threadpool(_decode_documents, body)
+            # decoded: their base64 text (a third larger than the PDFs) is not kept for the
+            # create; the body's other fields are what the create and its digest read
+            return body.model_copy(update={"documents": []}), documents
         if content_type.startswith("multipart/form-data"):
             async with request.form(max_files=limits.max_files + 1, max_fields=20) as form:
                 return body_and_files(form, await _files(form))
@@ -203,6 +228,20 @@ async def _read_create_request(
         "send application/json or multipart/form-data",
         "application/json または multipart/form-data で送信してください。",
     )
+
+
+async def _json_body(request: Request, ceiling: int) -> bytearray:
+    """The body of a JSON request, read into one buffer (Starlette's ``body()`` joins a list
+    of its chunks, two copies at once, and keeps the result for the request's lifetime);
+    ``request.too_large`` once it exceeds ``ceiling`` bytes."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > ceiling:
+            raise GatewayError(
+                "request.too_large", "the request is too large", "リクエストが大きすぎます。"
+            )
+    return raw
 
 
 async def _files(form: Any) -> list[DocumentInput]:

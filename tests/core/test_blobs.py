@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.blobs import BlobStore
-from core.errors import BlobError, ConfigError
+from core.errors import BlobError, ConfigError, GatewayError
 
 
 def _file(store: BlobStore, blob_id: str) -> Path:
@@ -232,3 +232,76 @@ def test_streamed_read_of_a_tampered_blob_fails_after_writing_every_byte(
     with pytest.raises(BlobError, match="blob.tampered"):
         blobs.read_into(blob_id, out)
     assert len(out.getvalue()) == len(data) and out.getvalue() != data
+
+
+# A put encrypts a chunk at a time straight into the file: these sizes cross its chunks.
+_CHUNKED_SIZES = [0, 1, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 2 * (1 << 20) + 12345]
+
+
+@pytest.mark.parametrize("size", _CHUNKED_SIZES)
+def test_a_chunked_put_is_the_one_layout_both_readers_take(tmp_path: Path, size: int) -> None:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.keywrap import aes_key_unwrap
+
+    key = secrets.token_bytes(32)
+    store = BlobStore(tmp_path / "blobs", key, mirror=tmp_path / "mirror")
+    data = secrets.token_bytes(size)
+    blob_id = store.put(data)
+    raw = _file(store, blob_id).read_bytes()
+    # MAGIC | fingerprint | wrapped key | nonce | ciphertext | tag, as AESGCM.encrypt wrote it
+    assert len(raw) == 4 + 8 + 40 + 12 + size + 16
+    header, body = raw[:64], raw[64:]
+    data_key = aes_key_unwrap(key, header[12:52])
+    assert AESGCM(data_key).encrypt(header[52:], data, header + blob_id.encode()) == body
+    assert store.get(blob_id) == data
+    assert _streamed(store, blob_id, chunk_size=65536) == data
+    assert (tmp_path / "mirror" / blob_id[:2] / blob_id).read_bytes() == raw
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+@pytest.mark.parametrize("offset", [64, 64 + (1 << 20) - 1, 64 + (1 << 20), -17, -1])
+def test_a_flipped_byte_of_a_chunked_put_is_tampering(blobs: BlobStore, offset: int) -> None:
+    blob_id = blobs.put(b"%PDF" + secrets.token_bytes(2 * (1 << 20) + 100))
+    path = _file(blobs, blob_id)
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BlobError, match="blob.tampered"):
+        blobs.get(blob_id)
+    with pytest.raises(BlobError, match="blob.tampered"):
+        _streamed(blobs, blob_id)
+
+
+@pytest.mark.parametrize("failing", ["fsync", "replace"])
+def test_a_store_write_failing_after_the_mirror_began_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """The mirror copies the store's file once it is written: when the store's fsync or rename
+    then fails, neither the store nor the mirror keeps a file (not even a temporary one)."""
+    import errno
+    import os
+
+    import core.blobs
+
+    store_root = tmp_path / "blobs"
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        if failing == "fsync" and os.readlink(f"/proc/self/fd/{fd}").startswith(str(store_root)):
+            raise OSError(errno.EIO, "I/O error")
+        real_fsync(fd)
+
+    def replace(src: object, dst: object) -> None:
+        if failing == "replace" and str(dst).startswith(str(store_root)):
+            raise OSError(errno.EIO, "I/O error")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(core.blobs.os, "fsync", fsync)
+    monkeypatch.setattr(core.blobs.os, "replace", replace)
+    store = BlobStore(store_root, secrets.token_bytes(32), mirror=tmp_path / "mirror")
+    with pytest.raises(GatewayError, match="storage.io_error"):
+        store.put(secrets.token_bytes(3 * (1 << 20)))
+    with pytest.raises(GatewayError, match="storage.io_error"):
+        store.put_many([b"%PDF one", b"%PDF two"])
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+    assert store.mirror_failures == 0

@@ -131,3 +131,36 @@ def test_a_hostile_render_stalls_no_one_else_and_its_worker_is_replaced() -> Non
         assert Image.open(io.BytesIO(image.data)).width == 960
         again = renderer.page_image("normal", lambda: normal, 0, 1200)  # a fresh worker
         assert Image.open(io.BytesIO(again.data)).width == 1200
+
+
+def test_a_document_goes_to_the_renderer_as_raw_bytes_not_pickled_with_its_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Pickling the document with its job copied it whole in the server (and once more in the
+    # worker): a 20 MB upload's render check cost 20 MB more resident in each.
+    from multiprocessing.connection import Connection
+
+    from core.rendering import RenderBudget, RenderPool
+
+    pickled: list[object] = []
+    raw: list[int] = []
+    send, send_bytes = Connection.send, Connection.send_bytes
+
+    def spy_send(self: Connection, obj: object) -> None:
+        pickled.append(obj)
+        send(self, obj)
+
+    def spy_send_bytes(self: Connection, buf: bytes, *args: int) -> None:
+        raw.append(len(buf))
+        send_bytes(self, buf, *args)
+
+    monkeypatch.setattr(Connection, "send", spy_send)
+    monkeypatch.setattr(Connection, "send_bytes", spy_send_bytes)
+    pdf = make_pdf(pages=3, size_target=300_000)
+    with RenderPool(RenderBudget(workers=1)) as pool:
+        assert pool.check(pdf, name="契約書.pdf") == 3
+        png = pool.png(("doc", 1), pdf, 2, 0.5)  # a job for a document not open there
+    assert Image.open(io.BytesIO(png)).size[0] > 0
+    jobs = [job for job in pickled if isinstance(job, tuple)]
+    assert jobs and not any(isinstance(part, bytes | bytearray) for job in jobs for part in job)
+    assert raw.count(len(pdf)) == sum(1 for job in jobs if job[2]) >= 2

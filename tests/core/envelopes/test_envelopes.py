@@ -829,3 +829,21 @@ def test_observers_write_outbox_rows_with_each_state_change(
     session.commit()
     newest = list_deliveries(session=session)[0]
     assert newest.payload["event"] == "envelope.cancelled"
+
+
+def test_a_prepared_document_is_kept_as_its_append_or_else_whole() -> None:
+    # Only what is stored of the prepared file outlives preparing: its tail when preparing
+    # appended to the upload, else the whole file (a qpdf rebuild, or nothing appended).
+    from core.envelopes.creation import _as_stored
+
+    upload = b"%PDF-1.7 upload\n%%EOF\n"
+    appended = _as_stored(upload, upload + b"1 0 obj stamp\n%%EOF\n")
+    assert (appended.size, appended.blob, appended.append) == (
+        len(upload) + 20,
+        b"1 0 obj stamp\n%%EOF\n",
+        True,
+    )
+    rebuilt = b"%PDF-1.7 rebuilt by qpdf\n%%EOF\n"
+    assert _as_stored(upload, rebuilt).blob is rebuilt
+    assert not _as_stored(upload, rebuilt).append
+    assert (_as_stored(upload, upload).blob, _as_stored(upload, upload).append) == (upload, False)
