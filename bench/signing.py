@@ -13,6 +13,10 @@ round has each stack do one operation, in an order rotated round by round:
   decrypt the document, sign, store the new revision encrypted with the backup mirror on,
   commit) on an envelope whose other party is still to act; SQLite file or a scratch
   PostgreSQL database;
+- ``approval-last-<first store>``: the approval that completes the envelope (the other party
+  signed beforehand, untimed): its signature, then the seal in the same call (validation data,
+  document timestamp, the signed completion certificate); reported for its time and memory,
+  and verified as B-LTA (every signature long-term verifiable, a valid document timestamp);
 - ``engine``: ``SigningEngine.sign_approval`` alone on the prepared PDF;
 - ``pyhanko-doc``: bare pyHanko as documented (``SimpleSigner.load_pkcs12`` per approval,
   ``PdfSigner.sign_pdf``, ``HTTPTimeStamper``);
@@ -74,10 +78,13 @@ def _trust_roots(pki_dir: str) -> list[Any]:
     return [load_cert_from_pemder(str(DevPki.at(Path(pki_dir)).root_cert))]
 
 
-def check_signed(data: bytes, trust_roots: list[Any], signatures: int) -> None:
+def check_signed(
+    data: bytes, trust_roots: list[Any], signatures: int, *, sealed: bool = False
+) -> None:
     """Raise unless ``data`` carries ``signatures`` signatures, each intact, trusted,
     timestamped with a valid token and followed only by allowed modifications (B-T: the
-    validation data comes at sealing, so no LTV is asked of an approval)."""
+    validation data comes at sealing, so no LTV is asked of an approval); ``sealed``: also a
+    valid document timestamp, and every signature long-term verifiable (B-LTA)."""
     import logging
 
     from core.signing import verify_pdf
@@ -95,6 +102,11 @@ def check_signed(data: bytes, trust_roots: list[Any], signatures: int) -> None:
             raise AssertionError(f"signature {s.field_name} not valid: {s.as_dict()}")
         if not s.docmdp_ok:
             raise AssertionError(f"signature {s.field_name}: disallowed changes after it")
+        if sealed and not s.ltv:
+            raise AssertionError(f"signature {s.field_name} not long-term verifiable")
+    stamps = [s for s in report.signatures if s.kind == "document_timestamp"]
+    if sealed and not (stamps and all(s.intact and s.trusted for s in stamps)):
+        raise AssertionError(f"no valid document timestamp: {report.as_dict()}")
 
 
 def _engine(pki_dir: str, tsa_url: str) -> Any:
@@ -122,7 +134,15 @@ class ApprovalStack:
     mirror on; operation i approves the first party of the i-th prepared envelope."""
 
     def __init__(
-        self, *, work: str, pki_dir: str, tsa_url: str, size: int, database_url: str, count: int
+        self,
+        *,
+        work: str,
+        pki_dir: str,
+        tsa_url: str,
+        size: int,
+        database_url: str,
+        count: int,
+        last: bool = False,
     ) -> None:
         from sqlalchemy.orm import sessionmaker
 
@@ -156,6 +176,7 @@ class ApprovalStack:
 
         # hashed once: a real hash, not what is measured
         self.code_hash = AccessCodePolicy(pepper=b"bench" * 4).hash("2468")
+        self.last = last
         self.ready: dict[int, tuple[str, str, str]] = {}
         for i in range(-1, count):  # -1: the warm-up
             self.ready[i] = self._envelope()
@@ -183,22 +204,38 @@ class ApprovalStack:
             session.commit()
             send_envelope(session=session, runtime=self.runtime, envelope_id=env.id, actor="bench")
             session.commit()
-            return env.id, env.parties[0].id, env.fields[0].id
+            ids = env.id, env.parties[0].id, env.fields[0].id
+        if not self.last:
+            return ids
+        # The last approval: the first party has signed (untimed), the second one's completes
+        # the envelope (its signature, then the seal: validation data, document timestamp,
+        # the signed completion certificate).
+        self._approve(*ids)
+        return ids[0], self.parties_of(ids[0])[1], ""
 
-    def run(self, i: int) -> None:
+    def parties_of(self, envelope_id: str) -> list[str]:
+        from core.envelopes.lifecycle import get_envelope
+
+        with self.sessions() as session:
+            env = get_envelope(session=session, envelope_id=envelope_id)
+            return [p.id for p in env.parties]
+
+    def _approve(self, envelope_id: str, party_id: str, field_id: str) -> None:
         from core.envelopes.approvals import approve
 
-        envelope_id, party_id, field_id = self.ready[i]
         with self.sessions() as session:
             approve(
                 session=session,
                 runtime=self.runtime,
                 envelope_id=envelope_id,
                 party_id=party_id,
-                values={field_id: "令和7年10月1日"},
+                values={field_id: "令和7年10月1日"} if field_id else {},
                 auth_method="email+access_code",
                 ip="127.0.0.1",
             )
+
+    def run(self, i: int) -> None:
+        self._approve(*self.ready[i])
 
     def verify(self, i: int) -> None:
         from core.envelopes.documents import read_document
@@ -212,7 +249,9 @@ class ApprovalStack:
             if party.state is not PartyState.COMPLETED and party.state != "completed":
                 raise AssertionError(f"party state {party.state}")
             data = read_document(runtime=self.runtime, document=env.documents[0])
-            check_signed(data, self.trust_roots, 1)
+            check_signed(data, self.trust_roots, 2 if self.last else 1, sealed=self.last)
+            if self.last and env.state != "completed":
+                raise AssertionError(f"envelope state {env.state} after the last approval")
             # The backup mirror holds every revision of the document as well.
             for rev in env.documents[0].revisions:
                 mirror = self.runtime.blobs.mirror
@@ -406,6 +445,16 @@ def _specs(
                 "count": count,
             },
         )
+        if store == next(iter(stores)):
+            # the approval that completes the envelope, on the first store only (it seals)
+            specs[f"approval-last-{store}"] = (
+                "bench.signing:ApprovalStack",
+                {
+                    **specs[f"approval-{store}"][1],
+                    "last": True,
+                    "work": str(root / f"approval-last-{store}"),
+                },
+            )
     common = {"pki_dir": pki_dir, "size": size}
     specs["engine"] = ("bench.signing:EngineStack", {**common, "tsa_url": tsa_url})
     for tuned in (False, True):
@@ -538,6 +587,9 @@ def main(argv: list[str] | None = None) -> int:
                     "approval_peak_above_idle_x_pdf": ratio(approval.above_idle_mb, pdf_mb),
                     "tuned_peak_above_idle_x_pdf": ratio(tuned.above_idle_mb, pdf_mb),
                 }
+                last = figures[f"approval-last-{main_store}"]
+                entry["last_approval_p50_ms"] = last.p50_ms
+                entry["last_approval_peak_above_idle_x_pdf"] = ratio(last.above_idle_mb, pdf_mb)
                 for store in stores:
                     s = figures[f"approval-{store}"]
                     entry[f"approval_{store}_vs_tuned"] = ratio(s.p50_ms, tuned.p50_ms)
@@ -556,7 +608,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{entry['approval_vs_floor']:.1f}; engine/tuned "
                     f"{entry['engine_vs_tuned']:.2f}; peak RSS above idle: approval "
                     f"{entry['approval_peak_above_idle_x_pdf']:.1f}x the PDF, tuned "
-                    f"{entry['tuned_peak_above_idle_x_pdf']:.1f}x; all "
+                    f"{entry['tuned_peak_above_idle_x_pdf']:.1f}x, the last approval (it "
+                    f"seals) {entry['last_approval_peak_above_idle_x_pdf']:.1f}x; all "
                     f"{sum(s.verified for s in figures.values())} outputs verified"
                 )
             if not args.no_workers:

@@ -15,6 +15,7 @@ def test_signing_bench_json() -> None:
     entry = report["sizes"]["10k"]
     assert set(entry["stacks"]) == {
         "approval-sqlite",
+        "approval-last-sqlite",
         "engine",
         "pyhanko-doc",
         "pyhanko-tuned",
@@ -29,6 +30,9 @@ def test_signing_bench_json() -> None:
     # measured on a trimmed heap, an approval's own allocation shows (not hidden by kept heap)
     assert entry["stacks"]["approval-sqlite"]["above_idle_mb"] > 0
     assert entry["approval_sqlite_vs_tuned"] == entry["approval_vs_tuned"]
+    # the last approval seals: measured, and each output verified as B-LTA
+    assert entry["last_approval_p50_ms"] > entry["stacks"]["approval-sqlite"]["p50_ms"]
+    assert entry["last_approval_peak_above_idle_x_pdf"] > 0
     assert report["workers"]["verified"] > 0
     assert report["workers"]["two_vs_one"] > 0
     assert report["tsa_requests"] > 0  # timestamps came over HTTP
