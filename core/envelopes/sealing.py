@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from io import SEEK_END
 
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -15,8 +16,8 @@ from core.envelopes.certificate_facts import DocumentCheck, check_document, issu
 from core.envelopes.documents import (
     check_documents_kept,
     current_documents,
-    read_document,
-    store_revision,
+    read_document_stream,
+    store_increment,
 )
 from core.envelopes.lifecycle import compare_and_set, get_envelope
 from core.errors import StateError
@@ -44,6 +45,24 @@ class _Sealed:
     now: dt.datetime
 
 
+def _seal_document(runtime: Runtime, doc: Document) -> tuple[DocumentRevision, bytes]:
+    """Seal one document and store the seal as an append revision (unattached); returns it
+    with the sealed document's bytes."""
+    # Decrypted a chunk at a time into one buffer with room for the seal, sealed in place there,
+    # and only the appended revisions stored: no second copy of the document is made.
+    current = read_document_stream(runtime, doc, room=runtime.signing.seal_size_hint())
+    increment = runtime.signing.seal_increment(current)
+    size = current.seek(0, SEEK_END)
+    revision = store_increment(runtime, doc, increment, size=size, reason="seal")
+    # getvalue() hands over the buffer itself (trimmed to its bytes), not a copy, so the
+    # expiry and the check read the sealed document where it was sealed; closing the stream
+    # lets those bytes go with the caller's reference (pyHanko's reader keeps the stream in
+    # reference cycles, alive until the next garbage collection).
+    data = current.getvalue()
+    current.close()
+    return revision, data
+
+
 def _seal_documents(session: Session, runtime: Runtime, envelope: Envelope) -> _Sealed:
     """Validation data and a document timestamp on every document, each stored as a new
     revision (not yet attached), and the signed certificate. A retriable failure is recorded
@@ -53,16 +72,12 @@ def _seal_documents(session: Session, runtime: Runtime, envelope: Envelope) -> _
     checks: list[DocumentCheck] = []
     with deferring_retriable(session, envelope):
         for doc in envelope.documents:
-            current = read_document(runtime=runtime, document=doc)
-            data = runtime.signing.seal(current)
-            revision = store_revision(
-                runtime=runtime, document=doc, previous=current, new=data, reason="seal"
-            )
+            revision, data = _seal_document(runtime, doc)
             sealed.append((doc, revision))
             expiries[doc.id] = runtime.signing.timestamp_expiry(data)
             # hashed and verified now, for the certificate's document list and status line
             checks.append(check_document(runtime.signing, name=doc.name, data=data))
-            del current, data
+            del data  # keep one document's bytes alive at a time
         now = utcnow()
         # Signed and timestamped like the documents, before the envelope row is written: the
         # TSA round trips hold no lock (on SQLite, the database's write lock).

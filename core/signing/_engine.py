@@ -68,6 +68,11 @@ _CMS_OVERHEAD = 2048
 # An approval's revision besides its signature: the filled fields' appearances with their font
 # subset, the signature dictionary, the xref (about 22 KB with one field; room to spare).
 _REVISION_ROOM = 64 * 1024
+# A seal's revisions besides the timestamp token: the DSS (certificates, CRLs, OCSP responses
+# of every signature's chain and of the TSA's), the timestamp's field and the xrefs (a seal
+# appended about 21 KB in all with the dev PKI). A bigger DSS (a large fetched CRL) only
+# costs one reallocation of the caller's buffer.
+_SEAL_ROOM = 128 * 1024
 
 
 def approval_reason(*, name: str, email: str, at: datetime) -> str:
@@ -555,6 +560,20 @@ class SigningEngine:
         """Async :meth:`seal`."""
         return await self._timed("seal", self._seal(data))
 
+    def seal_size_hint(self) -> int:
+        """Bytes a seal's revisions usually take (the reserved timestamp, the DSS and the rest),
+        for a caller that sizes the buffer they are appended to."""
+        return self._timestamp_reserved() + _SEAL_ROOM
+
+    def seal_increment(self, document: BytesIO) -> bytes:
+        """:meth:`seal` on the bytes in ``document``, sealed in place: the new revisions are
+        appended to ``document`` and returned alone, as :meth:`sign_approval_increment` does
+        (no copy of the document; on failure ``document`` is cut back to its input)."""
+        return self._run(self._timed("seal", self._seal_in_place(document)))
+
+    def _timestamp_reserved(self) -> int:
+        return 2 * (self._timestamps.token_size_hint * 2 + 1024)
+
     def _validation_context(self) -> ValidationContext:
         # one per operation: a ValidationContext caches fetched data and is not shareable
         return ValidationContext(
@@ -567,8 +586,27 @@ class SigningEngine:
         )
 
     async def _seal(self, data: bytes) -> bytes:
+        document = BytesIO(data)
+        await self._seal_in_place(document)
+        return document.getvalue()
+
+    async def _seal_in_place(self, document: BytesIO) -> bytes:
+        base = document.seek(0, SEEK_END)
+        document.seek(0)
         try:
-            reader = PdfFileReader(BytesIO(data), strict=True)
+            await self._stamp(document)
+        except BaseException:
+            document.truncate(base)  # a TSA outage leaves the caller's bytes as they were
+            raise
+        end = document.seek(0, SEEK_END)
+        with document.getbuffer() as view:
+            return bytes(view[base:end])
+
+    async def _stamp(self, document: BytesIO) -> None:
+        """The DSS for every signature and a document timestamp as one revision, then (when it
+        adds any) the TSA's own validation data as another, both appended to ``document``."""
+        try:
+            reader = PdfFileReader(document, strict=True)
             signatures = list(reader.embedded_signatures)
         except (PdfError, ValueError, KeyError) as exc:
             raise SigningError(
@@ -589,13 +627,14 @@ class SigningEngine:
             stamper = PdfTimeStamper(
                 self._timestamps.timestamper, field_name=f"kg_doc_timestamp_{doc_ts_count + 1}"
             )
-            out = BytesIO()
+            # In place: pyHanko appends both revisions to the reader's stream, ``document``,
+            # never touching a byte of the input.
             await stamper.async_timestamp_pdf(
                 writer,
                 MD_ALGORITHM,
                 validation_context=vc,
-                bytes_reserved=2 * (self._timestamps.token_size_hint * 2 + 1024),
-                output=out,
+                bytes_reserved=self._timestamp_reserved(),
+                in_place=True,
                 dss_settings=TimestampDSSContentSettings(include_vri=False),
             )
         except SigningError:
@@ -614,7 +653,6 @@ class SigningEngine:
             raise self._failed(exc) from exc
         finally:
             await vc.aclose()
-        return out.getvalue()
 
     # -- long-term validity ---------------------------------------------------------------
 

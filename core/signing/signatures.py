@@ -114,7 +114,10 @@ def sign_documents(
             current, signature_field=field_name, reason=reason, values=by_name
         )
         size = current.seek(0, SEEK_END)
-        del current  # keep one document's bytes alive at a time
+        # Freed now, not at the next garbage collection: pyHanko's reader and writer keep the
+        # stream in reference cycles, so a plain del left it alive through the seal after a
+        # last approval (two documents' bytes at once).
+        current.close()
         new_revisions.append(
             (doc, store_increment(runtime, doc, increment, size=size, reason="signature"))
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import subprocess
 import sys
@@ -757,6 +758,98 @@ def test_an_approval_holds_the_document_once(
         tracemalloc.stop()
     assert envelope.documents[0].signature_count == 1
     assert peak < 1.5 * len(big)
+
+
+def test_the_seal_is_stored_as_the_bytes_it_appended_to_the_signed_document(
+    session: Session,
+    dev_runtime: Runtime,
+    make_envelope: Callable[..., Envelope],
+    dev_trust_roots: list,
+) -> None:
+    envelope = make_envelope(fields=[])
+    send_envelope(session=session, runtime=dev_runtime, envelope_id=envelope.id, actor="staff")
+    session.commit()
+    _act_all(session, dev_runtime, envelope)
+    session.refresh(envelope)
+    assert envelope.state is EnvelopeState.COMPLETED
+    for doc in envelope.documents:
+        *_, signed, seal = doc.revisions
+        assert (seal.kind, seal.reason) == ("append", "seal")
+        data = read_document(runtime=dev_runtime, document=doc)
+        assert len(data) == seal.size == doc.size
+        assert dev_runtime.blobs.get(seal.blob_id) == data[signed.size :]
+        report = verify_pdf(data, trust_roots=dev_trust_roots)
+        assert report.ok, report.as_dict()
+        assert report.signatures[-1].kind == "document_timestamp"
+        assert report.signatures[-1].field_name == "kg_doc_timestamp_1"
+        assert doc.timestamp_expires_at is not None
+
+
+def _last_approval_peaks(
+    session: Session,
+    runtime: Runtime,
+    make_envelope: Callable[..., Envelope],
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
+) -> tuple[int, int, int]:
+    """(document size, traced peak until the sealed document is checked, traced peak of the
+    whole approval) of the last party's approval, which seals the envelope."""
+    pdf = make_pdf(pages=1, size_target=size)
+    envelope = make_envelope(documents=[DocumentInput("大きな契約書.pdf", pdf)], fields=[])
+    send_envelope(session=session, runtime=runtime, envelope_id=envelope.id, actor="s")
+    session.commit()
+    *others, last = envelope.parties
+    for party in [*others, last]:
+        if party is last:
+            sealed_at: list[int] = []
+            expiry = runtime.signing.timestamp_expiry
+
+            def noting(data: bytes) -> object:
+                sealed_at.append(tracemalloc.get_traced_memory()[1])
+                return expiry(data)
+
+            monkeypatch.setattr(runtime.signing, "timestamp_expiry", noting)
+            tracemalloc.start()
+        approve(
+            session=session,
+            runtime=runtime,
+            envelope_id=envelope.id,
+            party_id=party.id,
+            values={},
+            auth_method=STAFF if party.routing_order == 1 else CONTRACTOR,
+        )
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    monkeypatch.undo()
+    assert envelope.state is EnvelopeState.COMPLETED
+    return len(pdf), sealed_at[0], peak
+
+
+def test_a_last_approval_seals_holding_the_document_once(
+    session: Session,
+    dev_runtime: Runtime,
+    make_envelope: Callable[..., Envelope],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Read into one buffer, sealed in place and only the seal stored, as an approval is: the
+    # seal holds the document once (read_document's ciphertext, plaintext and join and the
+    # seal's output BytesIO held it four times). Two sizes, so that what does not grow with
+    # the document cancels out: pyHanko's parsing of each signature's hex /Contents (about
+    # 2.6 MB at once) and the certificate's rendering (6.5 MB).
+    gc.disable()  # cyclic garbage (pyHanko's readers) would be collected at random points
+    try:
+        # the first of a process also loads the certificate's font: measured, then dropped
+        _, small, big = (
+            _last_approval_peaks(session, dev_runtime, make_envelope, monkeypatch, size)
+            for size in (100_000, 1_000_000, 3_000_000)
+        )
+    finally:
+        gc.enable()
+    grown = big[0] - small[0]
+    assert big[1] - small[1] < 1.5 * grown
+    # Verifying the sealed document for the certificate holds it twice, inherently: pyHanko's
+    # modification analysis reads every stream's bytes out of the file.
+    assert big[2] - small[2] < 2.5 * grown
 
 
 def test_a_document_stream_has_room_for_the_revision_appended_to_it(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from io import BytesIO
@@ -14,7 +15,7 @@ import pytest
 from asn1crypto import cms
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.pdf_utils.writer import PdfFileWriter
-from pyhanko.sign.validation import validate_pdf_signature
+from pyhanko.sign.validation import DocumentSecurityStore, validate_pdf_signature
 from pyhanko_certvalidator import ValidationContext
 
 from core.errors import DocumentError, SigningError
@@ -576,6 +577,61 @@ def test_a_failed_increment_leaves_the_document_as_it_was(
         live_engine.sign_approval_increment(
             BytesIO(flow["approval1"]), signature_field="kg_sig_1", reason="r", values={}
         )
+
+
+# -- sealing in place (the completion path: only the appended revisions come back) -------------
+
+
+def test_a_seal_in_place_appends_the_same_b_lta_revisions(
+    live_engine: SigningEngine, flow: dict[str, bytes], test_pki: LivePki
+) -> None:
+    signed = flow["approval3"]
+    room = live_engine.seal_size_hint()
+    document = BytesIO()
+    document.write(b"\0" * (len(signed) + room))  # the caller's buffer, sized by the hint
+    document.seek(0)
+    document.write(signed)
+    document.truncate()
+    allocated = sys.getsizeof(document)
+    increment = live_engine.seal_increment(document)
+    assert sys.getsizeof(document) == allocated  # appended into the room, not reallocated
+    sealed = document.getvalue()
+    assert sealed == signed + increment
+    # PAdES B-LTA as before: the DSS, and one document timestamp under the gateway's name
+    reader = PdfFileReader(BytesIO(sealed))
+    assert "/DSS" in reader.root
+    (stamp,) = reader.embedded_timestamp_signatures
+    assert stamp.field_name == "kg_doc_timestamp_1"
+    report = verify_pdf(sealed, trust_roots=[test_pki.root])
+    assert report.ok, report.as_dict()
+    assert [s.kind for s in report.signatures][-1] == "document_timestamp"
+
+
+def test_a_failed_seal_leaves_the_document_as_it_was(
+    engine_factory: object, live_engine: SigningEngine, flow: dict[str, bytes]
+) -> None:
+    engine = engine_factory([closed_port_url()], attempts=1)  # type: ignore[operator]
+    document = BytesIO(flow["approval1"])
+    with pytest.raises(SigningError) as info:
+        engine.seal_increment(document)
+    assert info.value.code == "signing.tsa_unreachable" and info.value.retriable
+    assert document.getvalue() == flow["approval1"]
+    with pytest.raises(SigningError, match="signing.document_unreadable"):
+        live_engine.seal_increment(BytesIO(b"%PDF-1.7 not really"))
+
+
+def test_a_seal_failing_after_its_revision_was_written_cuts_it_off(
+    live_engine: SigningEngine, flow: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unwritable(cls: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    # the TSA's validation data is added after the timestamped revision was appended in place
+    monkeypatch.setattr(DocumentSecurityStore, "add_dss", classmethod(unwritable))
+    document = BytesIO(flow["approval1"])
+    with pytest.raises(SigningError, match="signing.failed"):
+        live_engine.seal_increment(document)
+    assert document.getvalue() == flow["approval1"]
 
 
 # -- PKCS#11 -----------------------------------------------------------------------------------
