@@ -247,16 +247,22 @@ class _SubsettingFace(TTFontFace):
 
     def get_table(self, tag: str) -> Any:
         if tag != "glyf":
-            return super().get_table(tag)
+            return super().get_table(tag)  # type: ignore[no-untyped-call]
         pos, length = self.get_table_pos(tag)
-        return _GlyphTable(memoryview(self._ttf_data)[pos : pos + length])
+        font_file: bytes = self._ttf_data  # type: ignore[attr-defined]  # the whole file, as read
+        return _GlyphTable(memoryview(font_file)[pos : pos + length])
 
 
-def _embeddable_font(name: str, path: Path) -> TTFont:
-    font = TTFont(name, str(path), subfontIndex=0)
-    if type(font.face) is TTFontFace:  # only a face whose layout we know
-        font.face.__class__ = _SubsettingFace
-    return font
+def _subset_in_place(font: Any) -> None:
+    """Make ``font``'s face one that subsets in place (the same bytes, without the copy).
+
+    ``font`` is what reportlab registered under the certificate's name, which need not be the
+    :class:`TTFont` just made: reportlab keeps one font per face name and hands out any earlier
+    one of the same face (one that other code, the demo or a test, registered from the same file).
+    """
+    face = getattr(font, "face", None)
+    if type(face) is TTFontFace:  # only a face whose layout we know
+        face.__class__ = _SubsettingFace
 
 
 def _register_font(data: CertificateData) -> str:
@@ -269,7 +275,8 @@ def _register_font(data: CertificateData) -> str:
         if name in pdfmetrics.getRegisteredFontNames():
             return name
         try:
-            pdfmetrics.registerFont(_embeddable_font(name, Path(path)))
+            pdfmetrics.registerFont(TTFont(name, str(path), subfontIndex=0))
+            _subset_in_place(pdfmetrics.getFont(name))
             return name
         except (TTFError, OSError) as exc:
             if explicit:
