@@ -43,6 +43,7 @@ from ._documents import (
     inspect_upload,
     prepare_document,
 )
+from ._documents import _release as _release_reader
 from ._keys import SigningKey
 from ._loop import BackgroundLoop, shared_loop
 from ._timestamps import TimestampService
@@ -523,7 +524,10 @@ class SigningEngine:
             return await self._sign_unreserved(data, signature_field, meta, values)
         except (PdfError, ValueError, OSError) as exc:
             raise self._failed(exc) from exc
-        return out.getvalue()
+        finally:
+            # the reader is a reference cycle holding ``data``: not left to the collector
+            _release_reader(writer.prev)
+        return _detached(out)
 
     async def _sign_unreserved(
         self,
@@ -547,7 +551,9 @@ class SigningEngine:
             raise
         except (PyHankoSigningError, PdfError, ValueError, OSError) as exc:
             raise self._failed(exc) from exc
-        return out.getvalue()
+        finally:
+            _release_reader(writer.prev)
+        return _detached(out)
 
     # -- completion --------------------------------------------------------------------------
 
@@ -588,7 +594,7 @@ class SigningEngine:
     async def _seal(self, data: bytes) -> bytes:
         document = BytesIO(data)
         await self._seal_in_place(document)
-        return document.getvalue()
+        return _detached(document)
 
     async def _seal_in_place(self, document: BytesIO) -> bytes:
         base = document.seek(0, SEEK_END)
@@ -653,6 +659,9 @@ class SigningEngine:
             raise self._failed(exc) from exc
         finally:
             await vc.aclose()
+            # The reader (a reference cycle) keeps what it parsed until the collector's rare
+            # full pass; its stream is the caller's ``document``, left open for them.
+            reader.resolved_objects.clear()
 
     # -- long-term validity ---------------------------------------------------------------
 
@@ -762,3 +771,11 @@ class SigningEngine:
         """Release the TSA session and the PKCS#11 session."""
         self._loop.run(self._timestamps.aclose())
         self._key.close()
+
+
+def _detached(buffer: BytesIO) -> bytes:
+    """``buffer``'s bytes, with ``buffer`` closed: pyHanko's objects may keep the buffer (in
+    reference cycles, until the collector's rare full pass) and, through it, those bytes."""
+    data = buffer.getvalue()
+    buffer.close()
+    return data

@@ -715,3 +715,24 @@ def test_preparing_leaves_neither_upload_nor_output_to_the_garbage_collector(
     finally:
         gc.enable()
     assert written.startswith(data) and PdfFileReader(BytesIO(written)).xrefs.total_revisions == 2
+
+
+def test_signing_a_certificate_leaves_neither_input_nor_output_to_the_garbage_collector(
+    devpki_engine: SigningEngine,
+) -> None:
+    # pyHanko's readers and writers are reference cycles: unless signing drops what they hold,
+    # each certificate's rendered PDF and its signed file wait for a full collection.
+    import gc
+
+    data = make_pdf(pages=1)
+    gc.disable()
+    try:
+        before = sys.getrefcount(data)
+        signed = devpki_engine.sign_certificate(data, reason="電子契約締結証明書の発行")
+        assert sys.getrefcount(data) == before
+        assert sys.getrefcount(signed) == 2  # this name, and getrefcount's own argument
+    finally:
+        gc.enable()
+    report = devpki_engine.verify(signed)
+    assert report.ok, report.as_dict()
+    assert [s.kind for s in report.signatures] == ["approval", "document_timestamp"]
