@@ -37,6 +37,7 @@ __all__ = [
     "load_document",
     "open_document",
     "prepare_document",
+    "release_reader",
 ]
 
 log = logging.getLogger(__name__)
@@ -757,7 +758,7 @@ def prepare_document(
             raise _repair.damaged(f"{type(exc).__name__}: {exc}") from exc
         log.info("writing the prepared revision failed (%s); rebuilding with qpdf", exc)
     finally:
-        _release(loaded.reader)
+        release_reader(loaded.reader)
     try:
         loaded = _checked(_repair.rebuild_tolerantly(data), rebuilt=True)
         return _prepared(loaded, certificate_id, fields)
@@ -766,10 +767,10 @@ def prepare_document(
     except Exception as exc:
         raise _repair.damaged(f"{type(exc).__name__}: {exc}") from exc
     finally:
-        _release(loaded.reader)
+        release_reader(loaded.reader)
 
 
-def _release(reader: PdfFileReader) -> None:
+def release_reader(reader: PdfFileReader) -> None:
     """Drop what ``reader`` holds (the objects it parsed, a document's streams among them, and
     through its stream the file it read) once it is done with. Its objects refer back to it, a
     reference cycle: left alone, all of it waits for the garbage collector's rare full pass,
@@ -859,7 +860,7 @@ def _prepared(loaded: LoadedDocument, certificate_id: str, fields: Sequence[Fiel
         appended = written.startswith(loaded.data) and reader.xrefs.total_revisions > 1
         _read_everything(reader, newer_than=reader.xrefs.total_revisions - 2 if appended else None)
     finally:
-        _release(reader)  # nor does the output wait for this reader's cycle
+        release_reader(reader)  # nor does the output wait for this reader's cycle
     return written
 
 

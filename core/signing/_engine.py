@@ -42,8 +42,8 @@ from ._documents import (
     inspect_document,
     inspect_upload,
     prepare_document,
+    release_reader,
 )
-from ._documents import _release as _release_reader
 from ._keys import SigningKey
 from ._loop import BackgroundLoop, shared_loop
 from ._timestamps import TimestampService
@@ -526,7 +526,7 @@ class SigningEngine:
             raise self._failed(exc) from exc
         finally:
             # the reader is a reference cycle holding ``data``: not left to the collector
-            _release_reader(writer.prev)
+            release_reader(writer.prev)
         return _detached(out)
 
     async def _sign_unreserved(
@@ -552,7 +552,7 @@ class SigningEngine:
         except (PyHankoSigningError, PdfError, ValueError, OSError) as exc:
             raise self._failed(exc) from exc
         finally:
-            _release_reader(writer.prev)
+            release_reader(writer.prev)
         return _detached(out)
 
     # -- completion --------------------------------------------------------------------------
