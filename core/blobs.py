@@ -174,26 +174,40 @@ class BlobStore:
         data_key = AESGCM.generate_key(bit_length=256)
         nonce = secrets.token_bytes(_NONCE_LEN)
         header = MAGIC + self._fingerprint + aes_key_wrap(self._master_key, data_key) + nonce
-        # Encrypted a chunk at a time straight into the file (the layout AESGCM.encrypt gives:
-        # ciphertext, then the tag): no whole ciphertext beside the document in memory.
-        encryptor = Cipher(algorithms.AES(data_key), modes.GCM(nonce)).encryptor()
-        encryptor.authenticate_additional_data(header + blob_id.encode())
+        aad = header + blob_id.encode()
         mirrored: list[Future[None]] = []
+        write: Callable[[BinaryIO], None]
+        if len(data) <= _CHUNK:
+            # Small (an approval's signature, a seal): encrypted whole, and the mirror written
+            # from the same bytes in a second thread from the start, so its write and fsync run
+            # beside the store's (the two fsyncs overlap: one journal commit when both are on
+            # one disk). put() still returns only once both are durable.
+            ciphertext = AESGCM(data_key).encrypt(nonce, data, aad)
 
-        def write(fh: BinaryIO) -> None:
-            fh.write(header)
-            view = memoryview(data)
-            for start in range(0, len(view), _CHUNK):
-                fh.write(encryptor.update(view[start : start + _CHUNK]))
-            fh.write(encryptor.finalize())
-            fh.write(encryptor.tag)
-            fh.flush()
-            # The mirror copies this very file in a second thread while this one fsyncs the
-            # store's: the two fsyncs overlap (one journal commit when both are on one disk)
-            # instead of doubling the wait. put() still returns only once both are durable,
-            # so nothing is weaker than writing them one after the other.
+            def write(fh: BinaryIO) -> None:
+                fh.write(header)
+                fh.write(ciphertext)
+
             if self.mirror is not None:
-                mirrored.append(self._mirror_from(blob_id, fh))
+                mirrored.append(self._mirror_pool().submit(self._mirror_put, blob_id, write))
+        else:
+            # Large: encrypted a chunk at a time straight into the file (the layout
+            # AESGCM.encrypt gives: ciphertext, then the tag), no whole ciphertext beside the
+            # document in memory; the mirror copies this very file once it is written, in a
+            # second thread while this one fsyncs the store's.
+            encryptor = Cipher(algorithms.AES(data_key), modes.GCM(nonce)).encryptor()
+            encryptor.authenticate_additional_data(aad)
+
+            def write(fh: BinaryIO) -> None:
+                fh.write(header)
+                view = memoryview(data)
+                for start in range(0, len(view), _CHUNK):
+                    fh.write(encryptor.update(view[start : start + _CHUNK]))
+                fh.write(encryptor.finalize())
+                fh.write(encryptor.tag)
+                fh.flush()
+                if self.mirror is not None:
+                    mirrored.append(self._mirror_from(blob_id, fh))
 
         try:
             _write_durably(self._path(blob_id), write)
@@ -251,31 +265,34 @@ class BlobStore:
         """Start copying the store's just-written file ``fh`` to the mirror (read through its
         own descriptor, so the store may rename or remove the file meanwhile)."""
         fd = os.dup(fh.fileno())
+
+        def copy(out: BinaryIO) -> None:
+            offset = 0
+            while chunk := os.pread(fd, _CHUNK, offset):
+                out.write(chunk)
+                offset += len(chunk)
+
+        def copy_and_close() -> None:
+            try:
+                self._mirror_put(blob_id, copy)
+            finally:
+                os.close(fd)
+
         try:
-            return self._mirror_pool().submit(self._mirror_put, blob_id, fd)
+            return self._mirror_pool().submit(copy_and_close)
         except BaseException:
             os.close(fd)
             raise
 
-    def _mirror_put(self, blob_id: str, fd: int) -> None:
+    def _mirror_put(self, blob_id: str, write: Callable[[BinaryIO], None]) -> None:
+        if self.mirror is None:
+            return
         try:
-            if self.mirror is None:
-                return
-
-            def copy(out: BinaryIO) -> None:
-                offset = 0
-                while chunk := os.pread(fd, _CHUNK, offset):
-                    out.write(chunk)
-                    offset += len(chunk)
-
-            try:
-                _write_durably(blob_path(self.mirror, blob_id), copy)
-            except OSError as exc:  # the backup disk is away: the daily backup copies it
-                with self._lock:
-                    self._mirror_failures += 1
-                log.warning("document %s not mirrored to %s: %s", blob_id, self.mirror, exc)
-        finally:
-            os.close(fd)
+            _write_durably(blob_path(self.mirror, blob_id), write)
+        except OSError as exc:  # the backup disk is away: the daily backup copies it
+            with self._lock:
+                self._mirror_failures += 1
+            log.warning("document %s not mirrored to %s: %s", blob_id, self.mirror, exc)
 
     def _unmirror(self, blob_id: str, mirrored: Sequence[Future[None]]) -> None:
         """After a failed store write: wait for the mirror copy, if one was started, and
