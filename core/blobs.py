@@ -63,11 +63,14 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_durably(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def _write_durably(
+    path: Path, write: Callable[[BinaryIO], None], *, durable: bool = True, tmp: Path | None = None
+) -> None:
     """Write ``path`` whole or not at all: ``write`` fills a temporary name, then fsync, rename,
     fsync the folder (the database will reference the name right after, so a crash must not be
-    able to lose it)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    able to lose it). Without ``durable``: the same but no fsync (the bytes are durable
+    elsewhere, see :meth:`BlobStore.write_sealed`)."""
+    tmp = tmp or path.with_name(f".{path.name}.tmp")
     new_entries: list[Path] = []
     try:
         try:
@@ -78,13 +81,16 @@ def _write_durably(path: Path, write: Callable[[BinaryIO], None]) -> None:
         with fh:
             write(fh)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         # A partial temporary file (disk full, killed) must not keep the disk full.
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    if not durable:
+        return
     fsync_folder(path.parent)
     # A folder made for this blob is itself an entry of its parent: unless that entry is
     # durable too, a crash can lose the folder with the blob the database now references.
@@ -159,6 +165,10 @@ class BlobStore:
         self._pool: _MirrorPool | None = None
         self._batch: ThreadPoolExecutor | None = None
         self._batch_pid = 0
+        # Where a blob committed to the database but perhaps not yet durable in this folder is
+        # read from (its file lost in a crash, or never written: core.staged_blobs); set by the
+        # gateway once its database is open.
+        self.fallback: Callable[[str], bytes | None] | None = None
 
     @property
     def mirror_failures(self) -> int:
@@ -168,12 +178,56 @@ class BlobStore:
     def _path(self, blob_id: str) -> Path:
         return blob_path(self.root, blob_id)
 
-    def put(self, data: bytes) -> str:
-        """Encrypt and store ``data`` under a new random id, durably; return the id."""
-        blob_id = secrets.token_hex(16)
+    def _new_header(self, blob_id: str) -> tuple[bytes, bytes, bytes]:
+        """A fresh data key and nonce for ``blob_id``: (header, data key, nonce)."""
         data_key = AESGCM.generate_key(bit_length=256)
         nonce = secrets.token_bytes(_NONCE_LEN)
         header = MAGIC + self._fingerprint + aes_key_wrap(self._master_key, data_key) + nonce
+        return header, data_key, nonce
+
+    def seal(self, data: bytes) -> tuple[str, bytes]:
+        """Encrypt ``data`` under a new random id without storing it: (id, the blob file's
+        bytes), for :meth:`write_sealed` once something durable holds them."""
+        blob_id = secrets.token_hex(16)
+        header, data_key, nonce = self._new_header(blob_id)
+        sealed = AESGCM(data_key).encrypt(nonce, data, header + blob_id.encode())
+        return blob_id, header + sealed
+
+    def write_sealed(self, blob_id: str, content: bytes, *, durable: bool) -> None:
+        """Write a blob :meth:`seal` made into the store and the mirror. Not ``durable``: no
+        fsync, for a blob the database already holds durably (readers fall back to it)."""
+
+        def write(fh: BinaryIO) -> None:
+            fh.write(content)
+
+        # A name of its own for each writer: the write after the commit and a flush of the
+        # same blob (another thread or node) may overlap.
+        token = secrets.token_hex(4)
+        path = self._path(blob_id)
+        try:
+            _write_durably(
+                path, write, durable=durable, tmp=path.with_name(f".{blob_id}.{token}.tmp")
+            )
+        except OSError as exc:
+            fault = storage_error(exc, str(self.root))
+            if fault is not None:
+                raise fault from exc
+            raise
+        if self.mirror is not None:
+            mirror = blob_path(self.mirror, blob_id)
+            try:
+                _write_durably(
+                    mirror, write, durable=durable, tmp=mirror.with_name(f".{blob_id}.{token}.tmp")
+                )
+            except OSError as exc:  # the backup disk is away: the daily backup copies it
+                with self._lock:
+                    self._mirror_failures += 1
+                log.warning("document %s not mirrored to %s: %s", blob_id, self.mirror, exc)
+
+    def put(self, data: bytes) -> str:
+        """Encrypt and store ``data`` under a new random id, durably; return the id."""
+        blob_id = secrets.token_hex(16)
+        header, data_key, nonce = self._new_header(blob_id)
         aad = header + blob_id.encode()
         mirrored: list[Future[None]] = []
         write: Callable[[BinaryIO], None]
@@ -312,11 +366,36 @@ class BlobStore:
         try:
             raw = path.read_bytes()
         except FileNotFoundError as exc:
-            raise BlobError(
-                "blob.missing",
-                f"blob {blob_id} is missing from {self.root}",
-                "保存された文書が見つかりません。",
-            ) from exc
+            staged = self._staged(blob_id)
+            if staged is not None:
+                return self._decrypt(blob_id, staged)
+            raise self._missing(blob_id) from exc
+        try:
+            return self._decrypt(blob_id, raw)
+        except BlobError as exc:
+            staged = self._staged(blob_id) if exc.code == "blob.tampered" else None
+            if staged is None:
+                raise
+            return self._decrypt(blob_id, staged)
+
+    def _staged(self, blob_id: str) -> bytes | None:
+        """The blob file's bytes as the database holds them until they are durable here
+        (a write after the commit lost in a crash, or not yet done); None when it holds none."""
+        if self.fallback is None:
+            return None
+        content = self.fallback(blob_id)
+        if content is not None:
+            log.warning("blob %s read from its staged copy in the database", blob_id)
+        return content
+
+    def _missing(self, blob_id: str) -> BlobError:
+        return BlobError(
+            "blob.missing",
+            f"blob {blob_id} is missing from {self.root}",
+            "保存された文書が見つかりません。",
+        )
+
+    def _decrypt(self, blob_id: str, raw: bytes) -> bytes:
         # A memoryview slice: no second copy of a large ciphertext.
         header, ciphertext = raw[:_HEADER_LEN], memoryview(raw)[_HEADER_LEN:]
         if len(header) < _HEADER_LEN or not header.startswith(MAGIC):
@@ -343,15 +422,27 @@ class BlobStore:
         ``blob.tampered`` if any byte changed: the tag is checked after the last chunk, so on
         that error ``out`` holds unauthenticated bytes and the caller must drop it.
         """
+        start = out.tell()
+        try:
+            return self._read_into(blob_id, out, chunk_size)
+        except BlobError as exc:
+            staged = (
+                self._staged(blob_id) if exc.code in ("blob.missing", "blob.tampered") else None
+            )
+            if staged is None:
+                raise
+            # what the damaged file left in ``out`` is overwritten (and the caller truncates)
+            data = self._decrypt(blob_id, staged)
+            out.seek(start)
+            out.write(data)
+            return len(data)
+
+    def _read_into(self, blob_id: str, out: BinaryIO, chunk_size: int) -> int:
         path = self._path(blob_id)
         try:
             fh = open(path, "rb")  # closed by the with below, after the last chunk
         except FileNotFoundError as exc:
-            raise BlobError(
-                "blob.missing",
-                f"blob {blob_id} is missing from {self.root}",
-                "保存された文書が見つかりません。",
-            ) from exc
+            raise self._missing(blob_id) from exc
         with fh:
             header = fh.read(_HEADER_LEN)
             size = os.fstat(fh.fileno()).st_size - _HEADER_LEN - _TAG_LEN

@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     String,
@@ -70,6 +71,7 @@ __all__ = [
     "Staff",
     "StaffRole",
     "StaffSession",
+    "StagedBlob",
     "SyncRun",
     "UTCDateTime",
     "UsageRequest",
@@ -249,6 +251,19 @@ class DocumentRevision(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     document: Mapped[Document] = relationship(back_populates="revisions")
+
+
+class StagedBlob(Base):
+    """A blob (an approval's signature revision) held in the database until its file in the
+    store is durable: the approval's commit is then its one durable write. Written out right
+    after the commit without waiting for the disk, made durable and deleted by
+    :func:`core.staged_blobs.flush_staged`; read instead of a file a crash lost."""
+
+    __tablename__ = "staged_blobs"
+
+    blob_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary())  # the blob file's (encrypted) bytes
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Party(Base):

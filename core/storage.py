@@ -39,7 +39,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    # FULL: a commit is durable when it returns (NORMAL in WAL mode may lose the last
+    # commits on power loss: an approval the signer was told is complete, and its signature)
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.close()
 
 

@@ -32,6 +32,7 @@ from core.signing import (
     load_pkcs11_signer,
     load_pkcs12_signer,
 )
+from core.staged_blobs import staged_reader
 from core.storage import create_database_engine, make_session_factory, migrate
 from gateway.settings import Pkcs12Key, Settings
 from gateway.sinks import pushback_observer
@@ -168,6 +169,8 @@ def open_gateway(settings: Settings, *, migrate_schema: bool = True) -> Gateway:
         renderer=render_pool(settings),
     )
     sessions = make_session_factory(engine)
+    # an approval's signature blob may still be only in its database row (core.staged_blobs)
+    runtime.blobs.fallback = staged_reader(sessions)
     with sessions() as session:
         # Every process records the configuration it starts with when it differs from the
         # last one recorded, so a changed setting is in the audit trail with when and where.

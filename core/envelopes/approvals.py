@@ -29,6 +29,7 @@ from core.records.audit import record_event
 from core.runtime import Runtime
 from core.signing.signatures import record_retriable, record_signature, sign_documents
 from core.signing.tasks import claim_task, enqueue_signature, seal_key
+from core.staged_blobs import Staged, hold, write_out
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, PartyState, check_party_transition
 
 __all__ = [
@@ -233,9 +234,10 @@ def approve(
     instead of leaving it to the signing worker: for callers without a worker (the CLI's
     one-shot commands, tests).
 
-    The documents are signed first and the increments stored (durably, mirrored); then the
-    approval, the signature and the hand-on to the next party commit in one transaction, so
-    there is one database commit on the path and no signing task. If signing fails the
+    The documents are signed first and the increments encrypted; then the approval, the
+    signature, the increments themselves (:mod:`core.staged_blobs`) and the hand-on to the next
+    party commit in one transaction, so that commit is the one durable write on the path and
+    no signing task is needed; the increments' files are written right after it. If signing fails the
     approval is committed on its own with a task for the signing worker (and a retriable error
     recorded on the envelope), then the error is raised, as :func:`record_approval` would.
     """
@@ -244,10 +246,11 @@ def approve(
     cleaned = _check_approval(party, values, auth_method)
     check_party_transition(PartyState.SIGNING, PartyState.COMPLETED)
     now = utcnow()
-    # Signed before anything is written (no lock is held meanwhile); the increments are on disk
-    # and in the mirror before the one commit below references them.
+    # Signed before anything is written (no lock is held meanwhile); the increments commit
+    # with the rows that reference them.
+    staged: list[Staged] = []
     try:
-        new_revisions = sign_documents(runtime, party, now, cleaned)
+        new_revisions = sign_documents(runtime, party, now, cleaned, staged=staged)
     except GatewayError as exc:
         # The approval is kept all the same, with its signing task for the worker (which
         # retries a transient fault): the signer's instruction is never lost.
@@ -280,7 +283,9 @@ def approve(
         raise _already_acted()
     _approved(session, party, now=now, ip=ip, auth_method=auth_method, fields=len(cleaned))
     record_signature(session, runtime, party, new_revisions, now, stored=True)
+    hold(session, staged)  # the increments: this commit is the approval's one durable write
     session.commit()
+    write_out(runtime, staged)
     if party.envelope.state is EnvelopeState.SEALING:
         task = claim_task(session=session, key=seal_key(envelope_id), worker=inline)
         if task is None:

@@ -15,6 +15,7 @@ __all__ = [
     "check_documents_kept",
     "current_documents",
     "document_at",
+    "new_revision",
     "read_document",
     "read_document_stream",
     "store_increment",
@@ -95,8 +96,13 @@ def store_increment(
 ) -> DocumentRevision:
     """Store an incremental update (the bytes a signer appended) as an ``append`` revision;
     returned unattached, for the caller's transaction."""
+    return new_revision(document, runtime.blobs.put(increment), size=size, reason=reason)
+
+
+def new_revision(document: Document, blob_id: str, *, size: int, reason: str) -> DocumentRevision:
+    """The ``append`` revision after ``document``'s newest one, for the blob ``blob_id``;
+    returned unattached, for the caller's transaction."""
     seq = document.revisions[-1].seq + 1
-    blob_id = runtime.blobs.put(increment)
     return DocumentRevision(seq=seq, kind="append", blob_id=blob_id, size=size, reason=reason)
 
 

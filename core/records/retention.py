@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from core.envelopes.deadlines import NOTICE_TARGET
@@ -48,6 +48,7 @@ from core.model import (
     Document,
     Envelope,
     GuaranteeReference,
+    StagedBlob,
     utcnow,
 )
 from core.records.audit import record_event
@@ -386,6 +387,9 @@ def _purge_one(
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         session.rollback()  # another node has it, or it is held now
         return None
+    # a signature blob not yet flushed into the store goes with the marker (no later flush
+    # brings its file back)
+    session.execute(delete(StagedBlob).where(StagedBlob.blob_id.in_(blob_ids)))
     record_event(
         session=session,
         action="retention.purged",

@@ -16,7 +16,7 @@ from io import SEEK_END
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from core.envelopes.documents import read_document_stream, store_increment
+from core.envelopes.documents import new_revision, read_document_stream, store_increment
 from core.envelopes.lifecycle import advance_routing, compare_and_set, get_party
 from core.errors import GatewayError, StateError
 from core.model import Document, DocumentRevision, Envelope, Party, utcnow
@@ -24,6 +24,7 @@ from core.records.audit import record_event
 from core.runtime import Runtime
 from core.signing import approval_reason
 from core.signing.tasks import close_task, signature_key
+from core.staged_blobs import Staged, hold, stage, write_out
 from core.states import PartyState, check_party_transition
 
 __all__ = [
@@ -72,9 +73,14 @@ def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
     envelope = party.envelope
     check_party_transition(party.state, PartyState.COMPLETED)
     assert party.approved_at is not None
+    staged: list[Staged] = []
     with deferring_retriable(session, envelope, party_id=party.id):
         new_revisions = sign_documents(
-            runtime, party, party.approved_at, {f.id: f.value or "" for f in party.fields}
+            runtime,
+            party,
+            party.approved_at,
+            {f.id: f.value or "" for f in party.fields},
+            staged=staged,
         )
     now = utcnow()
     # A concurrent retry of the same signature loses here; its blobs are never referenced.
@@ -92,16 +98,25 @@ def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
     )
     close_task(session=session, key=signature_key(party.id), now=now)
     record_signature(session, runtime, party, new_revisions, now)
+    hold(session, staged)
     session.commit()
+    write_out(runtime, staged)
     return party
 
 
 def sign_documents(
-    runtime: Runtime, party: Party, approved_at: dt.datetime, values: Mapping[str, str]
+    runtime: Runtime,
+    party: Party,
+    approved_at: dt.datetime,
+    values: Mapping[str, str],
+    *,
+    staged: list[Staged] | None = None,
 ) -> list[tuple[Document, DocumentRevision]]:
     """Sign every document for ``party`` with its fields' ``values`` (by field id) and store each
     increment in the blob store (durable, and in the mirror, before any commit references it);
-    returns the revisions unattached. Writes nothing to the database."""
+    returns the revisions unattached. Writes nothing to the database. With ``staged``, each
+    increment is only encrypted and added to it, for the caller to :func:`core.staged_blobs.hold`
+    in the transaction that commits the revisions and to write out after it."""
     reason = approval_reason(name=party.name, email=party.email, at=approved_at)
     field_name = _signature_field_name(party)
     new_revisions: list[tuple[Document, DocumentRevision]] = []
@@ -118,9 +133,13 @@ def sign_documents(
         # stream in reference cycles, so a plain del left it alive through the seal after a
         # last approval (two documents' bytes at once).
         current.close()
-        new_revisions.append(
-            (doc, store_increment(runtime, doc, increment, size=size, reason="signature"))
-        )
+        if staged is None:
+            revision = store_increment(runtime, doc, increment, size=size, reason="signature")
+        else:
+            blob = stage(runtime, increment)
+            staged.append(blob)
+            revision = new_revision(doc, blob.blob_id, size=size, reason="signature")
+        new_revisions.append((doc, revision))
     return new_revisions
 
 

@@ -26,6 +26,7 @@ from core.pushback.outbox import DispatchResult, RetryPolicy, dispatch
 from core.runtime import Runtime
 from core.signing.signatures import apply_pending_signature as _apply
 from core.signing.tasks import SIGNING_RETRY, SIGNING_TARGET, enqueue_missing
+from core.staged_blobs import flush_staged
 from core.states import DeliveryState, EnvelopeState, PartyState
 
 __all__ = [
@@ -125,7 +126,12 @@ def process_until_idle(
     stop: Callable[[], bool] | None = None,
     policy: RetryPolicy = SIGNING_RETRY,
 ) -> DispatchResult:
-    """Queue what has no task yet, then run passes until no task is due now."""
+    """Make the staged signature blobs durable in the store (:mod:`core.staged_blobs`), queue
+    what has no task yet, then run passes until no task is due now."""
+    try:
+        flush_staged(sessions=sessions, runtime=runtime)
+    except Exception:  # the rows keep them readable: a full disk must not stop the signing
+        log.exception("staged blobs not flushed; trying again on the next pass")
     with sessions() as session:
         queued = enqueue_missing(session=session)
     if queued:

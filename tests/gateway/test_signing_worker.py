@@ -18,6 +18,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
+from core.envelopes.documents import read_document
+from core.envelopes.lifecycle import get_envelope
 from core.model import Base
 from core.signing import verify_pdf
 from core.storage import create_database_engine, migrate
@@ -217,6 +219,14 @@ def test_a_tsa_outage_never_strands_an_approval(site: Site) -> None:
         opened.close()
 
 
+def _documents(site: Site, envelope_id: str) -> list[bytes]:
+    """The envelope's documents as the next signer's page reads them (not completed yet, so
+    the API does not hand them out)."""
+    with site.gateway.sessions() as session:
+        envelope = get_envelope(session=session, envelope_id=envelope_id)
+        return [read_document(runtime=site.gateway.runtime, document=d) for d in envelope.documents]
+
+
 @contextmanager
 def _tmpfs(path: Path, size: str) -> Iterator[Callable[[str], None]]:
     """A real small file system at ``path`` (tmpfs), to fill and to make read-only; yields a
@@ -237,10 +247,12 @@ def _tmpfs(path: Path, size: str) -> Iterator[Callable[[str], None]]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def test_a_full_then_read_only_disk_answers_503_and_signing_resumes(site: Site) -> None:
+def test_a_full_then_read_only_disk_answers_503_and_signing_completes(site: Site) -> None:
     """The blob store on a real full, then read-only, file system: creates answer 503 with the
-    coded error and Retry-After and leave no file behind; an approval committed while the disk
-    is read-only is signed once it is writable again."""
+    coded error and Retry-After and leave no file behind. An approval made while the disk is
+    read-only is signed all the same: its signature commits with its blob in the database
+    (core.staged_blobs), the document downloads from there, and the blob's file is written
+    once the disk is writable again."""
     token = new_token(site.gateway, "e-bid")
     store = site.gateway.runtime.blobs.root
     with (
@@ -265,23 +277,38 @@ def test_a_full_then_read_only_disk_answers_503_and_signing_resumes(site: Site) 
         remount("ro")
         refused = api.post("/api/v1/envelopes", json=envelope_request())
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "storage.read_only"
+        files = sorted(p.name for p in store.rglob("*") if p.is_file())
 
         link = site.mail_to("kacho@city.example.jp")
         approver = _sign_in(site, link, "1111")
-        answer, _seconds = _complete(approver, link)  # the approval is a database write only
+        answer, _seconds = _complete(approver, link)
         assert answer.status_code == 303
-        _wait_for(
-            lambda: (
-                "storage.read_only"
-                in (api.get(f"/api/v1/envelopes/{envelope_id}").json().get("last_error") or "")
-            ),
-            30,
-        )
-        assert _done_heading(approver, link) == "署名処理中"
-        remount("rw")
         _wait_for(lambda: _done_heading(approver, link) == "署名手続きが完了しました", 90)
         body = api.get(f"/api/v1/envelopes/{envelope_id}").json()
         assert body["parties"][0]["state"] == "completed" and body["last_error"] is None
+        # nothing could be written to the store: the signed document comes from the database
+        assert sorted(p.name for p in store.rglob("*") if p.is_file()) == files
+        with site.gateway.sessions() as session:
+            staged = session.execute(text("SELECT count(*) FROM staged_blobs")).scalar()
+        documents = range(len(body["documents"]))
+        assert staged == len(documents)  # one signature revision per document
+        signed = _documents(site, envelope_id)
+        for pdf in signed:
+            report = verify_pdf(pdf, trust_roots=[site.pki.root])
+            (signature,) = report.signatures
+            assert signature.kind == "approval" and signature.intact and signature.trusted
+            assert signature.timestamp_valid and not report.unsigned_bytes
+
+        remount("rw")
+
+        def flushed() -> bool:
+            with site.gateway.sessions() as session:
+                return session.execute(text("SELECT count(*) FROM staged_blobs")).scalar() == 0
+
+        _wait_for(flushed, 90)  # the signing worker's next pass writes the file durably
+        assert len([p for p in store.rglob("*") if p.is_file()]) == len(files) + len(documents)
+        site.gateway.runtime.blobs.fallback = None  # the files alone, now
+        assert _documents(site, envelope_id) == signed
         approver.close()
 
 
