@@ -28,6 +28,7 @@ from core.model import (
     Envelope,
     GuaranteeKind,
     GuaranteeReference,
+    StagedBlob,
 )
 from core.pushback.outbox import enqueue
 from core.records.archive import RenewalPolicy, list_documents_due
@@ -41,6 +42,7 @@ from core.records.retention import (
     purged_blob_ids,
 )
 from core.runtime import Runtime
+from core.staged_blobs import flush_staged
 from core.states import DeliveryState
 from core.timezone import JST
 from schedules import retimestamp
@@ -381,3 +383,25 @@ def test_purged_blob_ids_name_every_blob_of_the_envelopes_purged_in_the_window(
         assert not set(envelope_blob_ids(session=session, envelope_id=kept)) & ids(
             None, NOW + dt.timedelta(days=365)
         )
+
+
+def test_a_purge_takes_the_signature_blobs_not_yet_flushed_with_it(
+    sessions: sessionmaker[Session], dev_runtime: Runtime
+) -> None:
+    """An approval's signature blob waits in the database for the signing worker's flush
+    (core.staged_blobs); a purge before that flush must not leave it for the flush to write
+    back into the store."""
+    with sessions() as session:
+        old = _completed(session, dev_runtime, "旧契約", OLD)
+        signatures = {
+            rev.blob_id
+            for doc in get_envelope(session=session, envelope_id=old).documents
+            for rev in doc.revisions
+            if rev.reason == "signature"
+        }
+        assert signatures <= set(session.scalars(select(StagedBlob.blob_id)))
+        assert _purge(session, dev_runtime).purged == [old]
+    with sessions() as session:
+        assert not signatures & set(session.scalars(select(StagedBlob.blob_id)))
+    flush_staged(sessions=sessions, runtime=dev_runtime)
+    assert not signatures & _files(dev_runtime)
