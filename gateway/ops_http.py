@@ -48,7 +48,7 @@ from starlette.datastructures import URL, Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import AuthError, Disposition, GatewayError
-from core.model import Delivery, Document, Envelope, JobRun, SyncRun, utcnow
+from core.model import Delivery, Document, Envelope, JobRun, StagedBlob, SyncRun, utcnow
 from core.records.archive import latest_check
 from core.signing.worker import waiting_ages
 from core.states import DeliveryState
@@ -498,6 +498,9 @@ class _DatabaseCollector(Collector):
                     last_job.add_metric([job_id], finished.timestamp())
             ages = waiting_ages(session=session, now=now)
             check = latest_check(session=session)
+            staged_count, staged_since = session.execute(
+                select(func.count(), func.min(StagedBlob.created_at))
+            ).one()
         tsa_expiry = GaugeMetricFamily(
             "keiyaku_tsa_certificate_expiry_timestamp_seconds",
             "When the chain of a timestamp made now expires, as seen by the last "
@@ -529,7 +532,24 @@ class _DatabaseCollector(Collector):
             "Seconds the oldest approval or seal not applied yet has waited (0: none).",
         )
         oldest.add_metric([], max(ages, default=0.0))
+        staged = GaugeMetricFamily(
+            "keiyaku_staged_blobs",
+            "Signature blobs held in the database until the signing worker writes them durably "
+            "into the document store (growing: the store is full or read-only).",
+        )
+        staged.add_metric([], staged_count or 0)
+        staged_oldest = GaugeMetricFamily(
+            "keiyaku_staged_blob_oldest_seconds",
+            "Seconds the oldest staged signature blob has waited for the store (0: none).",
+        )
+        if staged_since is not None and staged_since.tzinfo is None:
+            staged_since = staged_since.replace(tzinfo=dt.UTC)
+        staged_oldest.add_metric(
+            [], (now - staged_since).total_seconds() if staged_since is not None else 0.0
+        )
         yield from (
+            staged,
+            staged_oldest,
             tsa_expiry,
             nothing,
             archive_alert,

@@ -292,6 +292,10 @@ def test_a_full_then_read_only_disk_answers_503_and_signing_completes(site: Site
             staged = session.execute(text("SELECT count(*) FROM staged_blobs")).scalar()
         documents = range(len(body["documents"]))
         assert staged == len(documents)  # one signature revision per document
+        # what operators watch: held blobs, and for how long (the disk needs them)
+        assert (
+            f"keiyaku_staged_blobs {float(len(documents))}" in httpx.get(f"{site.url}/metrics").text
+        )
         signed = _documents(site, envelope_id)
         for pdf in signed:
             report = verify_pdf(pdf, trust_roots=[site.pki.root])
@@ -306,6 +310,9 @@ def test_a_full_then_read_only_disk_answers_503_and_signing_completes(site: Site
                 return session.execute(text("SELECT count(*) FROM staged_blobs")).scalar() == 0
 
         _wait_for(flushed, 90)  # the signing worker's next pass writes the file durably
+        metrics = httpx.get(f"{site.url}/metrics").text
+        assert "keiyaku_staged_blobs 0.0" in metrics
+        assert "keiyaku_staged_blob_oldest_seconds 0.0" in metrics
         assert len([p for p in store.rglob("*") if p.is_file()]) == len(files) + len(documents)
         site.gateway.runtime.blobs.fallback = None  # the files alone, now
         assert _documents(site, envelope_id) == signed
