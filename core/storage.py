@@ -32,7 +32,8 @@ __all__ = [
 ]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-_BUSY_SECONDS = 30.0  # how long a SQLite writer waits for another one before failing
+# how long a SQLite writer waits for another one before failing (a test shortens it)
+_BUSY_SECONDS = 30.0
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -71,10 +72,13 @@ class _SqliteWriteGate:
             return
         if self._holder == threading.get_ident():
             return  # this thread writes on another connection: SQLite decides, as before
-        # bounded like SQLite's busy_timeout: past it, SQLite's own wait and error apply
-        if self._lock.acquire(timeout=_BUSY_SECONDS):
-            self._holder = threading.get_ident()
-            dbapi.holds_gate = True
+        # bounded as SQLite's busy_timeout would be, with the error it would raise
+        if not self._lock.acquire(timeout=_BUSY_SECONDS):
+            raise sqlalchemy_exc.OperationalError(
+                statement, None, sqlite3.OperationalError("database is locked")
+            )
+        self._holder = threading.get_ident()
+        dbapi.holds_gate = True
 
     def release(self) -> None:
         self._holder = None

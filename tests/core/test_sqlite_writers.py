@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
-from core.storage import create_database_engine
+from core import storage
+from core.storage import create_database_engine, database_error
 
 
 @pytest.fixture
@@ -97,3 +98,21 @@ def test_many_writers_at_once_all_commit(engine: Engine) -> None:
         t.join(timeout=60)
     assert errors == []
     assert _values(engine) == list(range(16))
+
+
+def test_a_writer_held_up_past_the_busy_timeout_gets_the_retriable_timeout(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as long as SQLite's busy_timeout, not that plus SQLite's own wait after the gate's
+    monkeypatch.setattr(storage, "_BUSY_SECONDS", 0.2)
+    errors: list[BaseException] = []
+    with engine.connect() as first:
+        first.execute(text("INSERT INTO t (x) VALUES (1)"))
+        second = threading.Thread(target=_write_without_waiting, args=(engine, 2, errors))
+        second.start()
+        second.join(timeout=30)
+        first.commit()
+    (error,) = errors
+    fault = database_error(error)
+    assert fault is not None and fault.code == "database.timeout" and fault.retriable
+    assert _values(engine) == [1]
