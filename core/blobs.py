@@ -98,6 +98,12 @@ def _write_durably(
         fsync_folder(parent)
 
 
+def _tmp_name(path: Path, token: str) -> Path:
+    """A temporary name beside ``path`` for one writer (the sweep removes what a killed one
+    left: every dot file)."""
+    return path.with_name(f".{path.name}.{token}.tmp")
+
+
 def _make_folders(folder: Path) -> list[Path]:
     """Create ``folder`` and its missing parents; returns the folders that gained an entry,
     innermost first (each one to fsync)."""
@@ -200,47 +206,32 @@ class BlobStore:
         def write(fh: BinaryIO) -> None:
             fh.write(content)
 
-        # A name of its own for each writer: the write after the commit and a flush of the
-        # same blob (another thread or node) may overlap.
+        # A temporary name of its own for each writer: the write after the commit and a flush
+        # of the same blob (another thread or node) may overlap.
         token = secrets.token_hex(4)
         path = self._path(blob_id)
         try:
-            _write_durably(
-                path, write, durable=durable, tmp=path.with_name(f".{blob_id}.{token}.tmp")
-            )
+            _write_durably(path, write, durable=durable, tmp=_tmp_name(path, token))
         except OSError as exc:
             fault = storage_error(exc, str(self.root))
             if fault is not None:
                 raise fault from exc
             raise
-        if self.mirror is not None:
-            mirror = blob_path(self.mirror, blob_id)
-            try:
-                _write_durably(
-                    mirror, write, durable=durable, tmp=mirror.with_name(f".{blob_id}.{token}.tmp")
-                )
-            except OSError as exc:  # the backup disk is away: the daily backup copies it
-                with self._lock:
-                    self._mirror_failures += 1
-                log.warning("document %s not mirrored to %s: %s", blob_id, self.mirror, exc)
+        self._mirror_put(blob_id, write, durable=durable, token=token)
 
     def put(self, data: bytes) -> str:
         """Encrypt and store ``data`` under a new random id, durably; return the id."""
-        blob_id = secrets.token_hex(16)
-        header, data_key, nonce = self._new_header(blob_id)
-        aad = header + blob_id.encode()
         mirrored: list[Future[None]] = []
         write: Callable[[BinaryIO], None]
         if len(data) <= _CHUNK:
-            # Small (an approval's signature, a seal): encrypted whole, and the mirror written
-            # from the same bytes in a second thread from the start, so its write and fsync run
-            # beside the store's (the two fsyncs overlap: one journal commit when both are on
-            # one disk). put() still returns only once both are durable.
-            ciphertext = AESGCM(data_key).encrypt(nonce, data, aad)
+            # Small (a seal, a certificate): encrypted whole, and the mirror written from the
+            # same bytes in a second thread from the start, so its write and fsync run beside
+            # the store's (the two fsyncs overlap: one journal commit when both are on one
+            # disk). put() still returns only once both are durable.
+            blob_id, content = self.seal(data)
 
             def write(fh: BinaryIO) -> None:
-                fh.write(header)
-                fh.write(ciphertext)
+                fh.write(content)
 
             if self.mirror is not None:
                 mirrored.append(self._mirror_pool().submit(self._mirror_put, blob_id, write))
@@ -249,8 +240,10 @@ class BlobStore:
             # AESGCM.encrypt gives: ciphertext, then the tag), no whole ciphertext beside the
             # document in memory; the mirror copies this very file once it is written, in a
             # second thread while this one fsyncs the store's.
+            blob_id = secrets.token_hex(16)
+            header, data_key, nonce = self._new_header(blob_id)
             encryptor = Cipher(algorithms.AES(data_key), modes.GCM(nonce)).encryptor()
-            encryptor.authenticate_additional_data(aad)
+            encryptor.authenticate_additional_data(header + blob_id.encode())
 
             def write(fh: BinaryIO) -> None:
                 fh.write(header)
@@ -338,11 +331,20 @@ class BlobStore:
             os.close(fd)
             raise
 
-    def _mirror_put(self, blob_id: str, write: Callable[[BinaryIO], None]) -> None:
+    def _mirror_put(
+        self,
+        blob_id: str,
+        write: Callable[[BinaryIO], None],
+        *,
+        durable: bool = True,
+        token: str | None = None,
+    ) -> None:
         if self.mirror is None:
             return
+        path = blob_path(self.mirror, blob_id)
         try:
-            _write_durably(blob_path(self.mirror, blob_id), write)
+            tmp = _tmp_name(path, token) if token is not None else None
+            _write_durably(path, write, durable=durable, tmp=tmp)
         except OSError as exc:  # the backup disk is away: the daily backup copies it
             with self._lock:
                 self._mirror_failures += 1
