@@ -68,8 +68,9 @@ def _write_durably(
 ) -> None:
     """Write ``path`` whole or not at all: ``write`` fills a temporary name, then fsync, rename,
     fsync the folder (the database will reference the name right after, so a crash must not be
-    able to lose it). Without ``durable``: the same but no fsync (the bytes are durable
-    elsewhere, see :meth:`BlobStore.write_sealed`)."""
+    able to lose it). Without ``durable``: no fsync (the bytes are durable elsewhere, see
+    :meth:`BlobStore.write_sealed`), and a file already at ``path`` is kept: it may be the
+    durable copy a flush wrote meanwhile, which a copy not yet on disk must never replace."""
     tmp = tmp or path.with_name(f".{path.name}.tmp")
     new_entries: list[Path] = []
     try:
@@ -83,7 +84,10 @@ def _write_durably(
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if durable:
+            os.replace(tmp, path)
+        else:
+            _place_unless_there(tmp, path)
     except BaseException:
         # A partial temporary file (disk full, killed) must not keep the disk full.
         with contextlib.suppress(OSError):
@@ -96,6 +100,20 @@ def _write_durably(
     # durable too, a crash can lose the folder with the blob the database now references.
     for parent in new_entries:
         fsync_folder(parent)
+
+
+def _place_unless_there(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` to ``path`` unless ``path`` exists, atomically (a hard link fails on an
+    existing name, where a rename would replace it); ``tmp`` is gone either way."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links: the small window is accepted there
+        if not path.exists():
+            os.replace(tmp, path)
+            return
+    tmp.unlink()
 
 
 def _tmp_name(path: Path, token: str) -> Path:

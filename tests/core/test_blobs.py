@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.blobs import BlobStore
+from core.blobs import BlobStore, blob_path
 from core.errors import BlobError, ConfigError, GatewayError
 
 
@@ -305,3 +305,33 @@ def test_a_store_write_failing_after_the_mirror_began_leaves_nothing(
         store.put_many([b"%PDF one", b"%PDF two"])
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
     assert store.mirror_failures == 0
+
+
+def test_a_copy_not_yet_durable_never_replaces_the_durable_one(tmp_path: Path) -> None:
+    """A staged blob is written twice: without fsync right after its commit, and durably by
+    the signing worker's flush (core.staged_blobs). Should the flush come first, the late
+    write must leave the durable file (and its mirror copy) in place: the flush deletes the
+    row, so a replaced file whose bytes never reached the disk would be lost in a crash."""
+    store = BlobStore(tmp_path / "blobs", secrets.token_bytes(32), mirror=tmp_path / "mirror")
+    assert store.mirror is not None
+    roots = (store.root, store.mirror)
+
+    def inodes(blob_id: str) -> list[int]:
+        return [blob_path(root, blob_id).stat().st_ino for root in roots]
+
+    first, content = store.seal(b"%PDF signature")
+    store.write_sealed(first, content, durable=True)  # the flush came first
+    durable = inodes(first)
+    store.write_sealed(first, content, durable=False)  # the write after the commit, late
+    assert inodes(first) == durable
+    assert store.get(first) == b"%PDF signature"
+
+    # in the usual order the flush's durable file replaces the quick one
+    second, content = store.seal(b"%PDF another")
+    store.write_sealed(second, content, durable=False)
+    quick = inodes(second)
+    store.write_sealed(second, content, durable=True)
+    assert all(a != b for a, b in zip(inodes(second), quick, strict=True))
+    assert store.get(second) == b"%PDF another"
+    # no temporary file is left behind by either writer
+    assert [p for root in roots for p in root.rglob(".*")] == []
