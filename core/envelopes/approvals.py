@@ -250,7 +250,7 @@ def approve(
     # with the rows that reference them.
     staged: list[Staged] = []
     try:
-        new_revisions = sign_documents(runtime, party, now, cleaned, staged=staged)
+        new_revisions = sign_documents(runtime, party, now, cleaned, staged)
     except GatewayError as exc:
         # The approval is kept all the same, with its signing task for the worker (which
         # retries a transient fault): the signer's instruction is never lost.

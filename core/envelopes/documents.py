@@ -18,7 +18,6 @@ __all__ = [
     "new_revision",
     "read_document",
     "read_document_stream",
-    "store_increment",
     "store_revision",
 ]
 
@@ -89,14 +88,6 @@ def _allocated(capacity: int) -> BytesIO:
         out.write(b"\0")
         out.seek(0)
     return out
-
-
-def store_increment(
-    runtime: Runtime, document: Document, increment: bytes, *, size: int, reason: str
-) -> DocumentRevision:
-    """Store an incremental update (the bytes a signer appended) as an ``append`` revision;
-    returned unattached, for the caller's transaction."""
-    return new_revision(document, runtime.blobs.put(increment), size=size, reason=reason)
 
 
 def new_revision(document: Document, blob_id: str, *, size: int, reason: str) -> DocumentRevision:

@@ -16,8 +16,8 @@ from core.envelopes.certificate_facts import DocumentCheck, check_document, issu
 from core.envelopes.documents import (
     check_documents_kept,
     current_documents,
+    new_revision,
     read_document_stream,
-    store_increment,
 )
 from core.envelopes.lifecycle import compare_and_set, get_envelope
 from core.errors import StateError
@@ -27,6 +27,7 @@ from core.records.facts import fill_record_facts, record_facts
 from core.runtime import Runtime
 from core.signing.signatures import deferring_retriable
 from core.signing.tasks import close_task, seal_key
+from core.staged_blobs import Staged, hold, stage, write_out
 from core.states import EnvelopeState, check_envelope_transition
 
 __all__ = [
@@ -41,19 +42,26 @@ class _Sealed:
 
     revisions: list[tuple[Document, DocumentRevision]]
     expiries: dict[str, dt.datetime | None]
-    certificate: bytes
+    certificate: Staged
     now: dt.datetime
+    # the seals and the certificate, committed with the envelope's completion
+    # (core.staged_blobs) and written to the store right after
+    staged: list[Staged]
 
 
-def _seal_document(runtime: Runtime, doc: Document) -> tuple[DocumentRevision, bytes]:
-    """Seal one document and store the seal as an append revision (unattached); returns it
-    with the sealed document's bytes."""
+def _seal_document(
+    runtime: Runtime, doc: Document, staged: list[Staged]
+) -> tuple[DocumentRevision, bytes]:
+    """Seal one document, staging the seal (added to ``staged``) as an append revision
+    (unattached); returns it with the sealed document's bytes."""
     # Decrypted a chunk at a time into one buffer with room for the seal, sealed in place there,
     # and only the appended revisions stored: no second copy of the document is made.
     current = read_document_stream(runtime, doc, room=runtime.signing.seal_size_hint())
     increment = runtime.signing.seal_increment(current)
     size = current.seek(0, SEEK_END)
-    revision = store_increment(runtime, doc, increment, size=size, reason="seal")
+    blob = stage(runtime, increment)
+    staged.append(blob)
+    revision = new_revision(doc, blob.blob_id, size=size, reason="seal")
     # getvalue() hands over the buffer itself (trimmed to its bytes), not a copy, so the
     # expiry and the check read the sealed document where it was sealed; closing the stream
     # lets those bytes go with the caller's reference (pyHanko's reader keeps the stream in
@@ -70,9 +78,10 @@ def _seal_documents(session: Session, runtime: Runtime, envelope: Envelope) -> _
     sealed: list[tuple[Document, DocumentRevision]] = []
     expiries: dict[str, dt.datetime | None] = {}
     checks: list[DocumentCheck] = []
+    staged: list[Staged] = []
     with deferring_retriable(session, envelope):
         for doc in envelope.documents:
-            revision, data = _seal_document(runtime, doc)
+            revision, data = _seal_document(runtime, doc, staged)
             sealed.append((doc, revision))
             expiries[doc.id] = runtime.signing.timestamp_expiry(data)
             # hashed and verified now, for the certificate's document list and status line
@@ -89,7 +98,8 @@ def _seal_documents(session: Session, runtime: Runtime, envelope: Envelope) -> _
             checks=checks,
             completing=True,
         )
-    return _Sealed(sealed, expiries, certificate, now)
+    staged.append(stage(runtime, certificate))
+    return _Sealed(sealed, expiries, staged[-1], now, staged)
 
 
 def _mark_completed(
@@ -179,10 +189,13 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
     check_envelope_transition(envelope.state, EnvelopeState.COMPLETED)
     sealed = _seal_documents(session, runtime, envelope)
     _mark_completed(session, runtime, envelope, sealed)
-    envelope.certificate_blob_id = runtime.blobs.put(sealed.certificate)
+    envelope.certificate_blob_id = sealed.certificate.blob_id
     _reissue_original_certificate(session, runtime, envelope, sealed.now)
     runtime.notify(session, envelope, "envelope.completed")
+    # the seals and the certificate commit with the completion: its one durable write
+    hold(session, sealed.staged)
     session.commit()
+    write_out(runtime, sealed.staged)
     return envelope
 
 

@@ -16,7 +16,7 @@ from io import SEEK_END
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from core.envelopes.documents import new_revision, read_document_stream, store_increment
+from core.envelopes.documents import new_revision, read_document_stream
 from core.envelopes.lifecycle import advance_routing, compare_and_set, get_party
 from core.errors import GatewayError, StateError
 from core.model import Document, DocumentRevision, Envelope, Party, utcnow
@@ -80,7 +80,7 @@ def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
             party,
             party.approved_at,
             {f.id: f.value or "" for f in party.fields},
-            staged=staged,
+            staged,
         )
     now = utcnow()
     # A concurrent retry of the same signature loses here; its blobs are never referenced.
@@ -109,14 +109,12 @@ def sign_documents(
     party: Party,
     approved_at: dt.datetime,
     values: Mapping[str, str],
-    *,
-    staged: list[Staged] | None = None,
+    staged: list[Staged],
 ) -> list[tuple[Document, DocumentRevision]]:
-    """Sign every document for ``party`` with its fields' ``values`` (by field id) and store each
-    increment in the blob store (durable, and in the mirror, before any commit references it);
-    returns the revisions unattached. Writes nothing to the database. With ``staged``, each
-    increment is only encrypted and added to it, for the caller to :func:`core.staged_blobs.hold`
-    in the transaction that commits the revisions and to write out after it."""
+    """Sign every document for ``party`` with its fields' ``values`` (by field id); returns the
+    revisions unattached. Each increment is encrypted and added to ``staged``, for the caller
+    to :func:`core.staged_blobs.hold` in the transaction that commits the revisions and to
+    write out after it. Writes nothing to the database or the store."""
     reason = approval_reason(name=party.name, email=party.email, at=approved_at)
     field_name = _signature_field_name(party)
     new_revisions: list[tuple[Document, DocumentRevision]] = []
@@ -133,13 +131,9 @@ def sign_documents(
         # stream in reference cycles, so a plain del left it alive through the seal after a
         # last approval (two documents' bytes at once).
         current.close()
-        if staged is None:
-            revision = store_increment(runtime, doc, increment, size=size, reason="signature")
-        else:
-            blob = stage(runtime, increment)
-            staged.append(blob)
-            revision = new_revision(doc, blob.blob_id, size=size, reason="signature")
-        new_revisions.append((doc, revision))
+        blob = stage(runtime, increment)
+        staged.append(blob)
+        new_revisions.append((doc, new_revision(doc, blob.blob_id, size=size, reason="signature")))
     return new_revisions
 
 

@@ -24,6 +24,7 @@ from core.envelopes.approvals import approve
 from core.envelopes.creation import DocumentInput, FieldInput, PartyInput, create_envelope
 from core.envelopes.documents import read_document
 from core.envelopes.lifecycle import get_envelope, send_envelope
+from core.envelopes.sealing import completion_certificate
 from core.errors import StateError
 from core.model import StagedBlob
 from core.runtime import Runtime
@@ -75,7 +76,7 @@ def _approve(sessions: sessionmaker[Session], runtime: Runtime, ids: tuple[str, 
             runtime=runtime,
             envelope_id=envelope_id,
             party_id=party_id,
-            values={field_id: "令和7年10月1日"},
+            values={field_id: "令和7年10月1日"} if field_id else {},
             auth_method="email+access_code",
             ip="192.0.2.1",
         )
@@ -208,3 +209,40 @@ def test_a_commit_is_durable_when_it_returns(db_engine: Engine) -> None:
     )
     with db_engine.connect() as conn:
         assert str(conn.execute(text(query)).scalar()) in ("2", "on")  # FULL / on
+
+
+def test_the_seal_and_the_certificate_commit_with_the_completion(
+    sessions: sessionmaker[Session],
+    runtime: Runtime,
+    dev_trust_roots: list[x509.Certificate],
+) -> None:
+    runtime.blobs.fallback = staged_reader(sessions)
+    with sessions() as session:
+        ids = _sent(session, runtime)
+    _approve(sessions, runtime, ids)
+    envelope_id = ids[0]
+    with sessions() as session:
+        second = get_envelope(session=session, envelope_id=envelope_id).parties[1].id
+    _approve(sessions, runtime, (envelope_id, second, ""))  # the last one: it seals
+    with sessions() as session:
+        envelope = get_envelope(session=session, envelope_id=envelope_id)
+        assert envelope.state == "completed" and envelope.certificate_blob_id is not None
+        (document,) = envelope.documents
+        seal = document.revisions[-1]
+        assert seal.reason == "seal"
+        certificate_id = envelope.certificate_blob_id
+        certificate = completion_certificate(runtime=runtime, envelope=envelope)
+    assert {seal.blob_id, certificate_id} <= _staged_ids(sessions)
+    sealed = _document(sessions, runtime, envelope_id)
+    report = verify_pdf(sealed, trust_roots=dev_trust_roots)
+    assert [s.kind for s in report.signatures] == ["approval", "approval", "document_timestamp"]
+    # a crash lost both files before they were durable: read from the rows, then flushed
+    for blob_id in (seal.blob_id, certificate_id):
+        blob_path(runtime.blobs.root, blob_id).unlink()
+    assert _document(sessions, runtime, envelope_id) == sealed
+    assert runtime.blobs.get(certificate_id) == certificate
+    flush_staged(sessions=sessions, runtime=runtime)
+    assert _staged_ids(sessions) == set()
+    runtime.blobs.fallback = None
+    assert _document(sessions, runtime, envelope_id) == sealed
+    assert runtime.blobs.get(certificate_id) == certificate
