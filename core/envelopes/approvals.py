@@ -237,9 +237,10 @@ def approve(
     The documents are signed first and the increments encrypted; then the approval, the
     signature, the increments themselves (:mod:`core.staged_blobs`) and the hand-on to the next
     party commit in one transaction, so that commit is the one durable write on the path and
-    no signing task is needed; the increments' files are written right after it. If signing fails the
-    approval is committed on its own with a task for the signing worker (and a retriable error
-    recorded on the envelope), then the error is raised, as :func:`record_approval` would.
+    no signing task is needed; the increments' files are written right after it. If signing
+    fails the approval is committed on its own with a task for the signing worker (and a
+    retriable error recorded on the envelope), then the error is raised, as
+    :func:`record_approval` would.
     """
     inline = f"inline:{secrets.token_hex(4)}"
     party = get_party(session=session, envelope_id=envelope_id, party_id=party_id)
