@@ -5,7 +5,7 @@ durably to the store and its mirror (a file and a folder fsynced in each) before
 committed, and the commit was a second durable write on the signer's click. Staged instead,
 the encrypted blob is inserted in the approval's own transaction (``staged_blobs``), so the
 commit is the one durable write; right after it the file is written to the store and mirror
-without waiting for the disk (:func:`write_out`), and :func:`flush_staged` (the signing
+without waiting for the disk (:func:`commit_with`), and :func:`flush_staged` (the signing
 worker, on each pass) makes the files durable and deletes the rows. Until then, and after a
 crash lost a file that was not yet durable, the store reads the blob from its row
 (:func:`staged_reader`, wired as :attr:`core.blobs.BlobStore.fallback`).
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.model import StagedBlob, utcnow
 from core.runtime import Runtime
 
-__all__ = ["Staged", "flush_staged", "hold", "stage", "staged_reader", "write_out"]
+__all__ = ["Staged", "commit_with", "flush_staged", "stage", "staged_reader"]
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,15 @@ def stage(runtime: Runtime, data: bytes) -> Staged:
     return Staged(blob_id, content)
 
 
-def hold(session: Session, staged: Sequence[Staged]) -> None:
-    """Insert ``staged`` in the caller's transaction: its commit makes them durable. One
-    statement, and no autoflush: the session's pending audit events are flushed by the commit,
-    chained (flushed here they would be inserted first and chained by extra UPDATEs)."""
+def commit_with(session: Session, runtime: Runtime, staged: Sequence[Staged]) -> None:
+    """Commit the caller's transaction with ``staged`` in it (its one durable write), then
+    write their files to the store and mirror without fsync.
+
+    The rows go in with one statement and no autoflush: the session's pending audit events
+    are flushed by the commit, chained (flushed here they would be inserted first and chained
+    by extra UPDATEs). A failed file write (disk full) is logged, not raised: the transaction
+    is committed, readers fall back to the row, and the next :func:`flush_staged` writes the
+    file."""
     if staged:
         now = utcnow()
         with session.no_autoflush:
@@ -58,16 +63,11 @@ def hold(session: Session, staged: Sequence[Staged]) -> None:
                 insert(_TABLE),
                 [{"blob_id": s.blob_id, "content": s.content, "created_at": now} for s in staged],
             )
-
-
-def write_out(runtime: Runtime, staged: Sequence[Staged]) -> None:
-    """After the commit that holds them: write each file to the store and mirror, without
-    fsync. A failure (disk full) is logged, not raised: the approval is committed, readers
-    fall back to the row, and the next :func:`flush_staged` writes the file."""
+    session.commit()
     for s in staged:
         try:
             runtime.blobs.write_sealed(s.blob_id, s.content, durable=False)
-        except Exception as exc:  # the row holds it: never fail a committed approval
+        except Exception as exc:  # the row holds it: never fail a committed transaction
             log.warning("staged blob %s not written out yet: %s", s.blob_id, exc)
 
 

@@ -29,7 +29,7 @@ from core.records.audit import record_event
 from core.runtime import Runtime
 from core.signing.signatures import record_retriable, record_signature, sign_documents
 from core.signing.tasks import claim_task, enqueue_signature, seal_key
-from core.staged_blobs import Staged, hold, write_out
+from core.staged_blobs import Staged, commit_with
 from core.states import ACTIONABLE_PARTY_STATES, EnvelopeState, PartyState, check_party_transition
 
 __all__ = [
@@ -284,9 +284,7 @@ def approve(
         raise _already_acted()
     _approved(session, party, now=now, ip=ip, auth_method=auth_method, fields=len(cleaned))
     record_signature(session, runtime, party, new_revisions, now, stored=True)
-    hold(session, staged)  # the increments: this commit is the approval's one durable write
-    session.commit()
-    write_out(runtime, staged)
+    commit_with(session, runtime, staged)  # the increments: the approval's one durable write
     if party.envelope.state is EnvelopeState.SEALING:
         task = claim_task(session=session, key=seal_key(envelope_id), worker=inline)
         if task is None:

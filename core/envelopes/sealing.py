@@ -27,7 +27,7 @@ from core.records.facts import fill_record_facts, record_facts
 from core.runtime import Runtime
 from core.signing.signatures import deferring_retriable
 from core.signing.tasks import close_task, seal_key
-from core.staged_blobs import Staged, hold, stage, write_out
+from core.staged_blobs import Staged, commit_with, stage
 from core.states import EnvelopeState, check_envelope_transition
 
 __all__ = [
@@ -193,9 +193,7 @@ def seal_envelope(*, session: Session, runtime: Runtime, envelope_id: str) -> En
     _reissue_original_certificate(session, runtime, envelope, sealed.now)
     runtime.notify(session, envelope, "envelope.completed")
     # the seals and the certificate commit with the completion: its one durable write
-    hold(session, sealed.staged)
-    session.commit()
-    write_out(runtime, sealed.staged)
+    commit_with(session, runtime, sealed.staged)
     return envelope
 
 

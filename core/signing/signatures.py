@@ -24,7 +24,7 @@ from core.records.audit import record_event
 from core.runtime import Runtime
 from core.signing import approval_reason
 from core.signing.tasks import close_task, signature_key
-from core.staged_blobs import Staged, hold, stage, write_out
+from core.staged_blobs import Staged, commit_with, stage
 from core.states import PartyState, check_party_transition
 
 __all__ = [
@@ -98,9 +98,7 @@ def _sign_for_party(session: Session, runtime: Runtime, party: Party) -> Party:
     )
     close_task(session=session, key=signature_key(party.id), now=now)
     record_signature(session, runtime, party, new_revisions, now)
-    hold(session, staged)
-    session.commit()
-    write_out(runtime, staged)
+    commit_with(session, runtime, staged)
     return party
 
 
@@ -113,8 +111,8 @@ def sign_documents(
 ) -> list[tuple[Document, DocumentRevision]]:
     """Sign every document for ``party`` with its fields' ``values`` (by field id); returns the
     revisions unattached. Each increment is encrypted and added to ``staged``, for the caller
-    to :func:`core.staged_blobs.hold` in the transaction that commits the revisions and to
-    write out after it. Writes nothing to the database or the store."""
+    to commit with the revisions (:func:`core.staged_blobs.commit_with`). Writes nothing to the
+    database or the store."""
     reason = approval_reason(name=party.name, email=party.email, at=approved_at)
     field_name = _signature_field_name(party)
     new_revisions: list[tuple[Document, DocumentRevision]] = []
