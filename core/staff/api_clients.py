@@ -12,6 +12,7 @@ import datetime as dt
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
@@ -21,7 +22,13 @@ from core.envelopes.links import hash_token
 from core.errors import AuthError, InputError, NotFoundError
 from core.model import ApiClient, ApiEnvelope, AuthThrottle, Envelope, Staff, utcnow
 from core.records.audit import record_event
-from core.staff.attempts import lock_counter, reserve_attempt, settle_success, throttle_counter
+from core.staff.attempts import (
+    address_counter,
+    admits,
+    lock_counter,
+    reserve_attempt,
+    throttle_counter,
+)
 from core.states import EnvelopeState
 
 __all__ = [
@@ -127,40 +134,36 @@ def authenticate(
 ) -> ApiClient:
     """The live client holding ``token``, or ``auth.invalid_token``.
 
-    Each attempt reserves one of ``policy.max_failures`` per caller address first
-    (:mod:`core.staff.attempts`); the wrong token that uses the last one locks the address out for
+    Wrong tokens are counted per caller address (:mod:`core.staff.attempts`): each reserves one
+    of ``policy.max_failures`` attempts, the one that uses the last locks the address out for
     ``policy.lockout``, and a locked-out address is answered ``auth.invalid_token`` whatever
-    token it holds (the audit log records ``api.locked``). A right token gives its attempt back.
+    token it holds (the audit log records ``api.locked``).
 
-    Unlike a password or an access code, the comparison here is one indexed lookup (no slow
-    hash), so the reservation is not committed on its own before it: the reserving ``UPDATE``
-    holds the counter row's lock (PostgreSQL; SQLite's write lock) until the one commit after
-    the comparison, and a parallel attempt from the same address waits for it and then sees the
-    count it left. Parallel guesses still cannot exceed the limit, and a right token costs one
-    commit instead of two.
+    Unlike a password or an access code, the token is compared first: the comparison is one
+    indexed lookup of 256 random bits (no slow hash), so counting before it protects nothing.
+    A wrong token then reserves its attempt, and the reservation alone decides its answer and
+    the lock, so parallel guesses still cannot exceed the limit. A right token only reads
+    whether its address would admit an attempt: every authenticated call of the API writes
+    nothing and takes no lock for it, so no call waits for another caller's writes to
+    authenticate (SQLite has one writer at a time, and every call from one address would
+    otherwise update the same row).
     """
     policy = policy or TokenPolicy()
     now = now or utcnow()
-    counter = throttle_counter(
-        session=session, key=f"api_token:{ip or '-'}", limit=policy.max_failures, now=now
-    )
-    reserved = reserve_attempt(session=session, counter=counter)
-    if reserved is None:
-        session.commit()
-        record_event(session=session, action="api.locked", actor=ip or "-", ip=ip)
-        session.commit()
-        raise _unauthorized()
+    key = f"api_token:{ip or '-'}"
     client = None
     if token and token.startswith(_TOKEN_PREFIX) and len(token) <= 200:
         client = session.scalar(select(ApiClient).where(ApiClient.token_hash == hash_token(token)))
     if client is not None and client.revoked_at is None:
-        if settle_success(session=session, counter=counter):
-            session.commit()
+        counter = address_counter(key=key, limit=policy.max_failures, now=now)
+        if admits(session=session, counter=counter):
+            session.commit()  # ends the read: nothing was written
             return client
-        session.commit()
-        record_event(session=session, action="api.locked", actor=client.name, ip=ip)
-        session.commit()
-        raise _unauthorized()
+        _refuse_locked(session, ip)
+    counter = throttle_counter(session=session, key=key, limit=policy.max_failures, now=now)
+    reserved = reserve_attempt(session=session, counter=counter)
+    if reserved is None:
+        _refuse_locked(session, ip)
     if reserved >= policy.max_failures and lock_counter(
         session=session,
         counter=counter,
@@ -173,6 +176,13 @@ def authenticate(
             ip=ip,
             detail={"failures": reserved},
         )
+    session.commit()
+    raise _unauthorized()
+
+
+def _refuse_locked(session: Session, ip: str | None) -> NoReturn:
+    session.commit()
+    record_event(session=session, action="api.locked", actor=ip or "-", ip=ip)
     session.commit()
     raise _unauthorized()
 

@@ -13,6 +13,12 @@ the reservation, then compares the secret:
   log in and does not clear the lock.
 
 An attempt that finds no reservation is refused without comparing anything.
+
+The API token is the one secret compared first (:func:`core.staff.api_clients.authenticate`):
+its comparison is an indexed lookup of 256 random bits, not a slow hash, so the order costs
+nothing to keep secret. A wrong token then reserves its attempt as above, and only the
+reservation decides what it is answered and whether it locks; a right one only reads whether
+its row would admit an attempt (:func:`admits`), so an authenticated call writes nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, and_, literal, not_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -31,6 +37,8 @@ from core.model import AuthThrottle
 
 __all__ = [
     "AttemptCounter",
+    "address_counter",
+    "admits",
     "lock_counter",
     "reserve_attempt",
     "settle_success",
@@ -94,6 +102,28 @@ def lock_counter(*, session: Session, counter: AttemptCounter, values: Mapping[A
     return int(result.rowcount) == 1  # type: ignore[attr-defined]
 
 
+def admits(*, session: Session, counter: AttemptCounter) -> bool:
+    """Whether :func:`reserve_attempt` would reserve an attempt now (the row open and below its
+    limit), read without writing: True when there is no row. Only for a secret whose comparison
+    needs no counting of its own (see the module's note on the API token)."""
+    blocked = session.scalar(
+        select(literal(1)).where(
+            counter.where, not_(and_(counter.open, counter.count < counter.limit))
+        )
+    )
+    return blocked is None
+
+
+def address_counter(*, key: str, limit: int, now: dt.datetime) -> AttemptCounter:
+    """The counter keyed ``key`` in the throttle table, whether or not its row exists yet."""
+    return AttemptCounter(
+        where=AuthThrottle.key == key,
+        count=AuthThrottle.failures,
+        open=(AuthThrottle.locked_until.is_(None)) | (AuthThrottle.locked_until <= now),
+        limit=limit,
+    )
+
+
 def throttle_counter(*, session: Session, key: str, limit: int, now: dt.datetime) -> AttemptCounter:
     """The counter of a secret that has no row of its own to count on (an API token: an unknown
     token names no client), keyed e.g. by the caller's address; the row is made on first use."""
@@ -106,9 +136,4 @@ def throttle_counter(*, session: Session, key: str, limit: int, now: dt.datetime
             .values(key=key, failures=0, locked_until=None)
             .on_conflict_do_nothing(index_elements=["key"])
         )
-    return AttemptCounter(
-        where=AuthThrottle.key == key,
-        count=AuthThrottle.failures,
-        open=(AuthThrottle.locked_until.is_(None)) | (AuthThrottle.locked_until <= now),
-        limit=limit,
-    )
+    return address_counter(key=key, limit=limit, now=now)

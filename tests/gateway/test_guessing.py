@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pyotp
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core.envelopes.links import issue_link
-from core.model import AuditEvent, LinkPurpose, SigningLink, Staff
+from core.model import AuditEvent, AuthThrottle, LinkPurpose, SigningLink, Staff
 from core.staff.accounts import PasswordPolicy, add_staff, enable_totp, set_password
 from tests.fixtures.gateway import envelope_request
 from tests.gateway.conftest import LiveGateway
@@ -216,7 +216,7 @@ def test_parallel_wrong_api_tokens_check_exactly_the_limit(
     )
     assert [a.status_code for a in answers] == [401] * PARALLEL
     assert {a.json()["error"]["code"] for a in answers} == {"auth.invalid_token"}
-    # 5 tokens looked up, the other 15 refused unchecked.
+    # 5 attempts reserved (the fifth locks), the other 15 refused as locked out.
     assert _actions(live, "api.lockout", "api.locked") == {
         "api.lockout": 1,
         "api.locked": PARALLEL - 5,
@@ -225,3 +225,34 @@ def test_parallel_wrong_api_tokens_check_exactly_the_limit(
     refused = clients(live, good).get("/api/v1/envelopes")
     assert refused.status_code == 401
     assert refused.json() == answers[0].json()
+    assert _actions(live, "api.locked")["api.locked"] == PARALLEL - 5 + 1
+
+
+def test_a_right_token_is_answered_while_a_writer_holds_the_address_row(
+    live_gateway: Callable[..., LiveGateway], clients: Clients
+) -> None:
+    """A right token writes nothing to authenticate: a call is answered while another
+    transaction holds the caller address's counter row (a row lock on PostgreSQL, the one
+    write lock on SQLite), where counting the call would have waited for that transaction."""
+    live = live_gateway(extra="  max_failed_tokens: 5\n")
+    good = live.token("e-bidding")
+    wrong = clients(live, f"kgw_{'x' * 43}").get("/api/v1/envelopes")
+    assert wrong.status_code == 401
+    with live.gateway.sessions() as session:
+        (key,) = session.scalars(select(AuthThrottle.key)).all()  # the caller's address
+    writer = live.gateway.sessions()
+    writer.execute(update(AuthThrottle).where(AuthThrottle.key == key).values(failures=1))
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            answer = pool.submit(clients(live, good).get, "/api/v1/envelopes")
+            # The old path waited for the row until the writer ended (or SQLite's 30 s).
+            assert answer.result(timeout=10).status_code == 200
+    finally:
+        writer.rollback()
+        writer.close()
+    # Nothing was counted for it, and a wrong token still is.
+    with live.gateway.sessions() as session:
+        assert session.scalar(select(AuthThrottle.failures)) == 1
+    assert clients(live, f"kgw_{'y' * 43}").get("/api/v1/envelopes").status_code == 401
+    with live.gateway.sessions() as session:
+        assert session.scalar(select(AuthThrottle.failures)) == 2
