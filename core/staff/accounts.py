@@ -271,6 +271,14 @@ def authenticate(
         return LoginOutcome(error=_failed())
     counter = _login_counter(staff.id, policy, now)
     reserved = reserve_attempt(session=session, counter=counter)
+    if reserved is None:
+        # Locked; or over a limit lowered since its failures were counted, with no lock that
+        # could expire: then locked now (a locked row is left as it is).
+        lock_counter(
+            session=session,
+            counter=counter,
+            values={Staff.locked_until: now + policy.lockout, Staff.failed_logins: 0},
+        )
     session.commit()
     if reserved is None:
         _dummy_verify(password)

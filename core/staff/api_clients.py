@@ -137,37 +137,38 @@ def authenticate(
     Wrong tokens are counted per caller address (:mod:`core.staff.attempts`): each reserves one
     of ``policy.max_failures`` attempts, the one that uses the last locks the address out for
     ``policy.lockout``, and a locked-out address is answered ``auth.invalid_token`` whatever
-    token it holds (the audit log records ``api.locked``).
+    token it holds, without looking it up (the audit log records ``api.locked``).
 
-    Unlike a password or an access code, the token is compared first: the comparison is one
-    indexed lookup of 256 random bits (no slow hash), so counting before it protects nothing.
-    A wrong token then reserves its attempt, and the reservation alone decides its answer and
-    the lock, so parallel guesses still cannot exceed the limit. A right token only reads
-    whether its address would admit an attempt: every authenticated call of the API writes
-    nothing and takes no lock for it, so no call waits for another caller's writes to
-    authenticate (SQLite has one writer at a time, and every call from one address would
-    otherwise update the same row).
+    Unlike a password or an access code, a token is looked up before an attempt is reserved:
+    the lookup is one indexed read of 256 random bits (no slow hash), and what decides a wrong
+    token's answer and the lock is still its reservation alone, so parallel guesses cannot
+    exceed the limit. A right token only reads, at the start, that its address is open: an
+    authenticated call writes nothing and takes no lock to authenticate, so no call waits for
+    another caller's writes (SQLite has one writer at a time, and every call from one address
+    would otherwise update the same row).
     """
     policy = policy or TokenPolicy()
     now = now or utcnow()
     key = f"api_token:{ip or '-'}"
+    lock = {AuthThrottle.locked_until: now + policy.lockout, AuthThrottle.failures: 0}
+    counter = address_counter(key=key, limit=policy.max_failures, now=now)
+    if not admits(session=session, counter=counter):
+        # Locked, or over a limit lowered since its failures were counted: then locked now,
+        # so it expires like any lock instead of refusing the address for good.
+        lock_counter(session=session, counter=counter, values=lock)
+        _refuse_locked(session, ip)
     client = None
     if token and token.startswith(_TOKEN_PREFIX) and len(token) <= 200:
         client = session.scalar(select(ApiClient).where(ApiClient.token_hash == hash_token(token)))
     if client is not None and client.revoked_at is None:
-        counter = address_counter(key=key, limit=policy.max_failures, now=now)
-        if admits(session=session, counter=counter):
-            session.commit()  # ends the read: nothing was written
-            return client
-        _refuse_locked(session, ip)
+        session.commit()  # ends the reads: nothing was written
+        return client
     counter = throttle_counter(session=session, key=key, limit=policy.max_failures, now=now)
     reserved = reserve_attempt(session=session, counter=counter)
-    if reserved is None:
+    if reserved is None:  # locked by a parallel guess since the first read
         _refuse_locked(session, ip)
     if reserved >= policy.max_failures and lock_counter(
-        session=session,
-        counter=counter,
-        values={AuthThrottle.locked_until: now + policy.lockout, AuthThrottle.failures: 0},
+        session=session, counter=counter, values=lock
     ):
         record_event(
             session=session,

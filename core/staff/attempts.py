@@ -1,10 +1,10 @@
 """Attempt counters for every guessable secret: staff password and TOTP, access code, API token.
 
-One rule for all of them, so parallel guesses from several processes or nodes cannot exceed a
-limit: an attempt is *reserved* before the secret is compared, with one conditional ``UPDATE``
-that adds one to the counter only while the row is open (not locked) and below the limit, and
-returns the count it made (``RETURNING``, read atomically with the increment). The caller commits
-the reservation, then compares the secret:
+One rule for all of them but the API token (below), so parallel guesses from several processes
+or nodes cannot exceed a limit: an attempt is *reserved* before the secret is compared, with one
+conditional ``UPDATE`` that adds one to the counter only while the row is open (not locked) and
+below the limit, and returns the count it made (``RETURNING``, read atomically with the
+increment). The caller commits the reservation, then compares the secret:
 
 - wrong, and the reservation reached the limit → :func:`lock_counter` (only the first such attempt
   records the lock);
@@ -14,11 +14,12 @@ the reservation, then compares the secret:
 
 An attempt that finds no reservation is refused without comparing anything.
 
-The API token is the one secret compared first (:func:`core.staff.api_clients.authenticate`):
-its comparison is an indexed lookup of 256 random bits, not a slow hash, so the order costs
-nothing to keep secret. A wrong token then reserves its attempt as above, and only the
-reservation decides what it is answered and whether it locks; a right one only reads whether
-its row would admit an attempt (:func:`admits`), so an authenticated call writes nothing.
+The API token (:func:`core.staff.api_clients.authenticate`) is looked up before any attempt is
+reserved: the lookup is an indexed read of 256 random bits, not a slow hash, so there is no
+costly comparison to ration. A locked address is refused before the lookup, as above. A wrong
+token then reserves its attempt, and only the reservation decides its answer and the lock; a
+right one has only read that its row admits an attempt (:func:`admits`), so an authenticated
+call writes nothing.
 """
 
 from __future__ import annotations
@@ -103,9 +104,9 @@ def lock_counter(*, session: Session, counter: AttemptCounter, values: Mapping[A
 
 
 def admits(*, session: Session, counter: AttemptCounter) -> bool:
-    """Whether :func:`reserve_attempt` would reserve an attempt now (the row open and below its
-    limit), read without writing: True when there is no row. Only for a secret whose comparison
-    needs no counting of its own (see the module's note on the API token)."""
+    """Whether the row is open and below its limit (as :func:`reserve_attempt` requires), read
+    without writing; True when there is no row yet. Only for a secret whose comparison needs no
+    counting of its own (see the module's note on the API token)."""
     blocked = session.scalar(
         select(literal(1)).where(
             counter.where, not_(and_(counter.open, counter.count < counter.limit))

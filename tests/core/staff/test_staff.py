@@ -7,7 +7,7 @@ import threading
 
 import pyotp
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 import core.staff.accounts as staff_module
@@ -121,6 +121,25 @@ def test_lockout_is_counted_in_the_database(sessions: sessionmaker[Session]) -> 
         "login.locked",
         "login",
     ]
+
+
+def test_failures_over_a_lowered_limit_lock_the_account_for_the_lockout_only(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Failures counted under a higher ``max_failures`` and no lock: the account is locked for
+    one lockout from the next login, not refused for good (no attempt could be reserved, so
+    none ever locked it)."""
+    with transaction(sessions) as session:
+        _staff(session)
+        session.execute(update(Staff).values(failed_logins=POLICY.max_failures + 4))
+    now = dt.datetime(2026, 4, 1, 9, tzinfo=dt.UTC)
+    outcome = _authenticate(sessions, password=GOOD, now=now)
+    assert outcome.error is not None and outcome.error.code == "auth.login_failed"
+    with sessions() as session:
+        assert session.scalar(select(Staff.locked_until)) == now + POLICY.lockout
+        assert session.scalar(select(Staff.failed_logins)) == 0
+    outcome = _authenticate(sessions, password=GOOD, now=now + POLICY.lockout)
+    assert outcome.staff is not None
 
 
 def test_a_lock_recorded_while_the_right_password_is_checked_wins(
