@@ -32,7 +32,13 @@ from zxcvbn import zxcvbn
 from core.errors import AuthError, StaffError
 from core.model import Staff, StaffRole, VisibilityScope, utcnow
 from core.records.audit import record_event
-from core.staff.attempts import AttemptCounter, lock_counter, reserve_attempt, settle_success
+from core.staff.attempts import (
+    AttemptCounter,
+    lock_counter,
+    lock_if_over_limit,
+    reserve_attempt,
+    settle_success,
+)
 from core.staff.sessions import end_staff_sessions
 from core.text import has_no_controls, one_line, printable
 
@@ -273,8 +279,8 @@ def authenticate(
     reserved = reserve_attempt(session=session, counter=counter)
     if reserved is None:
         # Locked; or over a limit lowered since its failures were counted, with no lock that
-        # could expire: then locked now (a locked row is left as it is).
-        lock_counter(
+        # could expire: then locked now.
+        lock_if_over_limit(
             session=session,
             counter=counter,
             values={Staff.locked_until: now + policy.lockout, Staff.failed_logins: 0},

@@ -41,6 +41,7 @@ __all__ = [
     "address_counter",
     "admits",
     "lock_counter",
+    "lock_if_over_limit",
     "reserve_attempt",
     "settle_success",
     "throttle_counter",
@@ -113,6 +114,23 @@ def admits(*, session: Session, counter: AttemptCounter) -> bool:
         )
     )
     return blocked is None
+
+
+def lock_if_over_limit(
+    *, session: Session, counter: AttemptCounter, values: Mapping[Any, Any]
+) -> bool:
+    """Record a lock (``values``) on a row that is open but holds *more* attempts than its limit,
+    which only a limit lowered since they were counted leaves: no attempt can be reserved on it,
+    so none would ever lock it and it would be refused for good. A row exactly at its limit is
+    left alone: the attempt that reached the limit may still be comparing, and it records the
+    lock itself. True when this call recorded it."""
+    over = AttemptCounter(
+        where=and_(counter.where, counter.count > counter.limit),
+        count=counter.count,
+        open=counter.open,
+        limit=counter.limit,
+    )
+    return lock_counter(session=session, counter=over, values=values)
 
 
 def address_counter(*, key: str, limit: int, now: dt.datetime) -> AttemptCounter:
