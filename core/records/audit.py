@@ -100,17 +100,17 @@ def _seal_pending(session: Session) -> None:
     for offset, event in enumerate(events):
         event.chain_seq = first + offset
         event.chain_hash = previous = chain_link(previous, event)
-    params: dict[str, Any] = {"head_hash": previous}
-    for i, e in enumerate(new):
-        params.update({f"{column}_{i}": getattr(e, column) for column in _LINK_COLUMNS})
+    rows = [{column: getattr(e, column) for column in _LINK_COLUMNS} for e in new]
     postgresql = session.get_bind().dialect.name == "postgresql"
     with session.no_autoflush:
-        if new and postgresql:
-            session.execute(_store_links_statement(len(new), True), params)
+        if rows and postgresql:
+            for row in rows:  # the CTE's parameter (each row's statement sets the same hash)
+                row["head_hash"] = previous
+            session.execute(_store_links_statement(True), rows)
         else:
             session.execute(_move_head_statement(), {"head_hash": previous})
-            if new:
-                session.execute(_store_links_statement(len(new), False), params)
+            if rows:
+                session.execute(_store_links_statement(False), rows)
 
 
 _LINK_COLUMNS = (
@@ -136,25 +136,19 @@ def _move_head_statement() -> Update:
     )
 
 
-@functools.lru_cache(maxsize=64)
-def _store_links_statement(rows: int, postgresql: bool) -> Executable:
-    """The statement that inserts ``rows`` new events as one multi-row INSERT of plain rows
-    (the objects stay detached, their ids unread); on PostgreSQL it also moves the head's hash
-    to the newest link, as a data-modifying CTE, so sealing costs two round trips there (take
-    positions, store links) instead of three.
+@functools.cache
+def _store_links_statement(postgresql: bool) -> Executable:
+    """The statement that inserts the new events, executed with one parameter set per event;
+    on PostgreSQL it also moves the head's hash to the newest link, as a data-modifying CTE, so
+    sealing costs two round trips there (take positions, store links) instead of three.
 
     Core on the table, not an ORM bulk insert: that one leaves out None values and so splits
-    the rows into one INSERT per set of non-null columns. Built once per row count, with bind
-    parameters named ``<column>_<row>`` and ``head_hash``: building a multi-row VALUES clause
-    costs more than executing it.
+    the rows into one INSERT per set of non-null columns. Executed with a list of rows, it is
+    compiled once and cached (SQLite's executemany; on PostgreSQL SQLAlchemy sends the rows
+    as one multi-row INSERT). A multi-row ``VALUES`` clause built in Python instead has no
+    cache key: it was compiled again on every commit, about 1.3 ms.
     """
-    table = _EVENT_TABLE
-    statement = insert(table).values(
-        [
-            {c: bindparam(f"{c}_{i}", type_=table.c[c].type) for c in _LINK_COLUMNS}
-            for i in range(rows)
-        ]
-    )
+    statement = insert(_EVENT_TABLE)
     if postgresql:
         statement = statement.add_cte(_move_head_statement().cte("audit_head_moved"))
     return statement

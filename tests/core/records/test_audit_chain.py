@@ -189,3 +189,55 @@ def test_an_open_transaction_does_not_hold_the_chain(postgres_url: str) -> None:
             conn.execute(delete(AuditEvent))
             conn.exec_driver_sql("DELETE FROM audit_chain_head")
         engine.dispose()
+
+
+COUNTS = (1, 3, 2, 3, 1, 4)
+
+
+def test_events_of_every_count_are_stored_by_one_cached_statement(
+    sessions: sessionmaker[Session], db_engine: Engine
+) -> None:
+    """The events a commit chains are inserted by a statement compiled once, whatever their
+    count (a multi-row VALUES clause built per count has no cache key and was compiled again
+    on every commit), and every one of them is stored, chained, with its own values."""
+    from sqlalchemy import event as sa_event
+    from sqlalchemy.engine import default
+
+    seen: list[object] = []
+
+    def note(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if "INSERT INTO audit_events" in statement:
+            seen.append(context.cache_hit)
+
+    sa_event.listen(db_engine, "after_cursor_execute", note)
+    try:
+        for count in COUNTS:
+            with transaction(sessions) as session:
+                for i in range(count):
+                    record_event(
+                        session=session,
+                        action="test.cached",
+                        actor=f"{count}-{i}",
+                        ip=None if i % 2 else "192.0.2.1",
+                        detail={"i": i} if i else {},
+                    )
+    finally:
+        sa_event.remove(db_engine, "after_cursor_execute", note)
+    # One statement per commit. SQLAlchemy caches one event and several apart (execute and
+    # executemany), so the first two may be compiled here; every later one comes from the cache.
+    assert len(seen) == len(COUNTS)
+    assert seen[2:] == [default.CACHE_HIT] * (len(COUNTS) - 2)
+    with sessions() as session:
+        report = verify_chain(session=session)
+        rows = session.execute(
+            select(AuditEvent.actor, AuditEvent.ip, AuditEvent.detail)
+            .where(AuditEvent.action == "test.cached")
+            .order_by(AuditEvent.chain_seq)
+        ).all()
+    assert report.ok, report.problems
+    expected = [
+        (f"{count}-{i}", None if i % 2 else "192.0.2.1", {"i": i} if i else {})
+        for count in COUNTS
+        for i in range(count)
+    ]
+    assert [tuple(r) for r in rows] == expected
