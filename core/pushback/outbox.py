@@ -78,7 +78,7 @@ def enqueue(
     Keys must be stable for the logical delivery (e.g. ``"{target}:{envelope_id}:completed"``) so
     that re-running the step that caused it cannot create a second one.
     """
-    existing = session.scalar(select(Delivery).where(Delivery.idempotency_key == idempotency_key))
+    existing = _existing(session, idempotency_key)
     if existing is not None:
         return existing
     now = utcnow()
@@ -94,6 +94,25 @@ def enqueue(
     )
     session.add(delivery)
     return delivery
+
+
+def _existing(session: Session, idempotency_key: str) -> Delivery | None:
+    """The delivery already made for ``idempotency_key``, in the session or in the database.
+
+    Looked up without flushing the session first: a flush would insert the transaction's audit
+    events before the commit chains them, each as a statement of its own, then update every
+    one of them with its chain link at the commit (an approval that notifies the next party
+    paid three inserts and an update for what the commit otherwise writes in one statement).
+    A delivery added to the session and not yet flushed is found among its new objects."""
+    for obj in session.new:
+        if isinstance(obj, Delivery) and obj.idempotency_key == idempotency_key:
+            return obj
+    with session.no_autoflush:
+        found = session.scalar(select(Delivery).where(Delivery.idempotency_key == idempotency_key))
+    if found is not None and found in session.deleted:
+        session.flush()  # its deletion first, as the flush before the query would have done
+        return None
+    return found
 
 
 def _due(now: dt.datetime, targets: Sequence[str] | None) -> Any:

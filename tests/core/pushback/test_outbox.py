@@ -6,7 +6,7 @@ import datetime as dt
 import threading
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.errors import Disposition, GatewayError, StateError
@@ -23,6 +23,7 @@ from core.pushback.outbox import (
     mark_failed,
     retry_dead,
 )
+from core.records.audit import record_event, verify_chain
 from core.states import DeliveryState
 
 
@@ -39,6 +40,35 @@ def test_enqueue_is_idempotent_on_its_key(session: Session) -> None:
     session.commit()
     assert a.id == b.id
     assert session.scalar(select(func.count()).select_from(Delivery)) == 1
+
+
+def test_enqueue_leaves_the_audit_events_for_the_commit_to_chain(
+    session: Session, db_engine: Engine
+) -> None:
+    """An enqueue does not flush the transaction: its audit events are inserted once, already
+    chained, by the commit (a flush first inserted each on its own and the commit then updated
+    every one). A delivery added earlier in the same transaction is still found by its key."""
+    statements: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    record_event(session=session, action="test.approved", actor="t")
+    first = enqueue(session=session, target="mail", idempotency_key="mail:e1:p1", payload={})
+    record_event(session=session, action="test.requested", actor="t")
+    event.listen(db_engine, "before_cursor_execute", note)
+    try:
+        again = enqueue(session=session, target="mail", idempotency_key="mail:e1:p1", payload={})
+        session.commit()
+    finally:
+        event.remove(db_engine, "before_cursor_execute", note)
+    assert again is first
+    audit = [s for s in statements if "audit_events" in s]
+    assert len(audit) == 1 and audit[0].lstrip().startswith(("INSERT", "WITH")), audit
+    assert session.scalar(select(func.count()).select_from(Delivery)) == 1
+    assert verify_chain(session=session).ok
+    actions = session.scalars(select(AuditEvent.action).order_by(AuditEvent.chain_seq)).all()
+    assert actions == ["test.approved", "test.requested"]
 
 
 def test_an_enqueue_rolled_back_with_its_transaction_leaves_nothing(session: Session) -> None:
