@@ -143,10 +143,11 @@ def _store_links_statement(postgresql: bool) -> Executable:
     sealing costs two round trips there (take positions, store links) instead of three.
 
     Core on the table, not an ORM bulk insert: that one leaves out None values and so splits
-    the rows into one INSERT per set of non-null columns. Executed with a list of rows, it is
-    compiled once and cached (SQLite's executemany; on PostgreSQL SQLAlchemy sends the rows
-    as one multi-row INSERT). A multi-row ``VALUES`` clause built in Python instead has no
-    cache key: it was compiled again on every commit, about 1.3 ms.
+    the rows into one INSERT per set of non-null columns. Executed with a list of rows
+    (the driver's executemany: psycopg sends one statement per event in one pipeline, each
+    moving the head to the same hash), it is compiled once and cached. A multi-row ``VALUES``
+    clause built in Python instead has no cache key: it was compiled again on every commit,
+    about 1.3 ms.
     """
     statement = insert(_EVENT_TABLE)
     if postgresql:

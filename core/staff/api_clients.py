@@ -153,8 +153,10 @@ def authenticate(
     lock = {AuthThrottle.locked_until: now + policy.lockout, AuthThrottle.failures: 0}
     counter = address_counter(key=key, limit=policy.max_failures, now=now)
     if not admits(session=session, counter=counter):
-        # Locked, or over a limit lowered since its failures were counted: then locked now,
-        # so it expires like any lock instead of refusing the address for good.
+        # Locked, or at or over a limit lowered since its failures were counted: then locked
+        # now, so it expires like any lock instead of refusing the address for good. (A wrong
+        # token's reservation and its lock commit together, so unlike a password's, a row
+        # seen open at its limit is never an attempt still being checked.)
         lock_counter(session=session, counter=counter, values=lock)
         _refuse_locked(session, ip)
     client = None

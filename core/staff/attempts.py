@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, literal, not_, select, update
@@ -124,12 +124,7 @@ def lock_if_over_limit(
     so none would ever lock it and it would be refused for good. A row exactly at its limit is
     left alone: the attempt that reached the limit may still be comparing, and it records the
     lock itself. True when this call recorded it."""
-    over = AttemptCounter(
-        where=and_(counter.where, counter.count > counter.limit),
-        count=counter.count,
-        open=counter.open,
-        limit=counter.limit,
-    )
+    over = replace(counter, where=and_(counter.where, counter.count > counter.limit))
     return lock_counter(session=session, counter=over, values=values)
 
 
