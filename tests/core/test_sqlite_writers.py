@@ -44,6 +44,16 @@ def _values(engine: Engine) -> list[int]:
         return sorted(conn.execute(text("SELECT x FROM t")).scalars())
 
 
+def _assert_the_gate_is_free(engine: Engine, value: int) -> None:
+    """Another thread writes ``value`` at once (no busy wait): only the gate could stop it."""
+    errors: list[BaseException] = []
+    other = threading.Thread(target=_write_without_waiting, args=(engine, value, errors))
+    other.start()
+    other.join(timeout=30)
+    assert not other.is_alive() and errors == []
+    assert _values(engine) == [value]
+
+
 def test_a_second_writer_waits_for_the_first_to_commit(engine: Engine) -> None:
     errors: list[BaseException] = []
     with engine.connect() as first:
@@ -65,12 +75,7 @@ def test_a_rolled_back_or_abandoned_write_frees_the_gate(engine: Engine) -> None
     with engine.connect() as conn:
         conn.execute(text("INSERT INTO t (x) VALUES (2)"))
         # closed without commit or rollback: the pool's reset rolls it back
-    errors: list[BaseException] = []
-    other = threading.Thread(target=_write_without_waiting, args=(engine, 3, errors))
-    other.start()
-    other.join(timeout=30)
-    assert not other.is_alive() and errors == []
-    assert _values(engine) == [3]
+    _assert_the_gate_is_free(engine, 3)
 
 
 def test_a_failed_statement_frees_the_gate_with_its_rollback(engine: Engine) -> None:
@@ -79,12 +84,7 @@ def test_a_failed_statement_frees_the_gate_with_its_rollback(engine: Engine) -> 
         with pytest.raises(Exception, match="no such table"):
             conn.execute(text("INSERT INTO missing (x) VALUES (1)"))
         conn.rollback()
-    errors: list[BaseException] = []
-    other = threading.Thread(target=_write_without_waiting, args=(engine, 2, errors))
-    other.start()
-    other.join(timeout=30)
-    assert not other.is_alive() and errors == []
-    assert _values(engine) == [2]
+    _assert_the_gate_is_free(engine, 2)
 
 
 def test_many_writers_at_once_all_commit(engine: Engine) -> None:
