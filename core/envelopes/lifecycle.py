@@ -48,16 +48,21 @@ __all__ = [
 ]
 
 
-def _envelope_graph() -> tuple[Any, ...]:
-    # One envelope's documents, revisions, parties and fields in three SELECTs (each a round
-    # trip to PostgreSQL, paid on every approval): the envelope joined with its parties and
-    # their fields, then its documents, then their revisions. The revisions are not joined
-    # onto the documents: a joined load refreshing revisions flushed in the same transaction
-    # left them expired rather than expunged after a rollback (the compose page's failed send
-    # then could not discard their blobs).
+def _envelope_graph(*, joined_revisions: bool) -> tuple[Any, ...]:
+    # One envelope's parties, fields, documents and revisions: the envelope joined with its
+    # parties and their fields, then its documents (each SELECT a round trip to PostgreSQL,
+    # paid on every approval). Joins go one way each, so no SELECT's rows grow with the
+    # product of parties and revisions. The revisions are joined onto the documents only when
+    # the session's transaction is new: a joined load refreshing revisions flushed earlier in
+    # the same transaction left them expired rather than expunged after a rollback (the
+    # compose page's failed send then could not discard their blobs), so then they are read
+    # by a SELECT of their own.
+    documents = selectinload(Envelope.documents)
     return (
         joinedload(Envelope.parties).joinedload(Party.fields),
-        selectinload(Envelope.documents).selectinload(Document.revisions),
+        documents.joinedload(Document.revisions)
+        if joined_revisions
+        else documents.selectinload(Document.revisions),
     )
 
 
@@ -67,7 +72,7 @@ def get_envelope(*, session: Session, envelope_id: str) -> Envelope:
         session.execute(
             select(Envelope)
             .where(Envelope.id == envelope_id)
-            .options(*_envelope_graph())
+            .options(*_envelope_graph(joined_revisions=not session.in_transaction()))
             .execution_options(populate_existing=True)
         )
         .unique()

@@ -28,12 +28,13 @@ from tests.fixtures.envelopes import ensure_staff, give_access_codes
 from tests.fixtures.pdfs import make_pdf
 
 # Statements of one approval that hands the envelope on (two documents, one field):
-# PostgreSQL: envelope+parties+fields, documents, revisions, the guarded approval with its field
+# PostgreSQL: envelope+parties+fields, documents+revisions (joined: the approval's transaction is
+# new, see core.envelopes.lifecycle._envelope_graph), the guarded approval with its field
 # values and revisions (one statement), the signature blobs themselves (core.staged_blobs: one
 # multi-row insert, instead of a durable write to the store before the commit), the next party,
 # the audit head, the audit links.
 # SQLite runs the approval's parts one by one (no data-modifying CTEs there).
-STATEMENTS = {"postgresql": 8, "sqlite": 13}
+STATEMENTS = {"postgresql": 7, "sqlite": 12}
 
 
 def _envelope(session: Session, runtime: Runtime) -> tuple[str, list[str], str]:
