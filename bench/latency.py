@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.signing.devpki import create_dev_pki
     from gateway.app import create_app
     from gateway.runtime import load_trust_roots
-    from gateway.server import listening_socket, serve_in_thread
+    from gateway.server import listening_socket, serve_in_thread, settle_heap
     from tests.e2e.conftest import link_in
     from tests.fixtures.gateway import envelope_request, new_token, open_test_gateway, write_config
     from tests.fixtures.pki_plugin import DEV_PASSPHRASE
@@ -193,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             gateway = open_test_gateway(config)
             roots = load_trust_roots(gateway.settings)
+            app = create_app(gateway, run_pushback=True)
+            settle_heap()  # as keiyaku serve does once its app is built
             try:
                 with (
-                    serve_in_thread(create_app(gateway, run_pushback=True), sock=sock) as url,
+                    serve_in_thread(app, sock=sock) as url,
                     httpx.Client(
                         base_url=url,
                         headers={"Authorization": f"Bearer {new_token(gateway, 'bench')}"},

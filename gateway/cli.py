@@ -849,11 +849,13 @@ def jobs_start(obj: CliContext) -> None:
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     from gateway.scheduling import node_scheduler, timezone
+    from gateway.server import settle_heap
 
     with with_gateway(obj) as gateway:
         scheduler = node_scheduler(gateway, BlockingScheduler(timezone=timezone(gateway)))
         for job in scheduler.get_jobs():
             click.echo(f"scheduled: {job.id} ({job.trigger})")
+        click.echo(f"start-up heap frozen: {settle_heap()} objects", err=True)
         try:
             scheduler.start()
         except (KeyboardInterrupt, SystemExit):

@@ -12,14 +12,16 @@ same per-check body in ``details``. TSA and SMTP are probed with a TCP connect, 
 ``_PROBE_TTL`` seconds per process, so a load balancer polling often does not hammer them.
 
 ``/metrics``: the gauges are read from the shared database at scrape time (the same on every
-node); the signing-latency histogram and the document-mirror failures are this process's own
-(sum them across nodes in queries).
+node); the signing-latency histogram, the document-mirror failures and the collector's figures
+(``python_gc_*``, ``keiyaku_gc_frozen_objects``) are this process's own (sum them across nodes
+in queries).
 """
 
 from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import gc
 import hmac
 import ipaddress
 import json
@@ -39,7 +41,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, GCCollector, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field
@@ -583,6 +585,21 @@ class _MirrorCollector(Collector):
         yield failures
 
 
+class _HeapCollector(Collector):
+    """This process's frozen objects (``gateway.server.settle_heap``): what a full collection
+    no longer walks. prometheus_client's own GCCollector, registered beside it, counts the
+    collections per generation."""
+
+    def collect(self) -> Iterator[Metric]:
+        frozen = GaugeMetricFamily(
+            "keiyaku_gc_frozen_objects",
+            "Objects frozen after start-up, out of the cycle collector's full passes; "
+            "this process.",
+        )
+        frozen.add_metric([], gc.get_freeze_count())
+        yield frozen
+
+
 class _RenderCollector(Collector):
     """Page-rendering jobs stopped for overrunning their budget (hostile or huge documents)."""
 
@@ -607,6 +624,8 @@ def _metrics_registry(gateway: Gateway) -> CollectorRegistry:
     registry.register(_DatabaseCollector(gateway, margin))
     registry.register(_MirrorCollector(gateway))
     registry.register(_RenderCollector(gateway))
+    registry.register(_HeapCollector())
+    GCCollector(registry=registry)
     latency = Histogram(
         "keiyaku_signing_seconds",
         "Signing engine latency per operation (approval, seal, archive_timestamp, certificate), "

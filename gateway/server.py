@@ -5,6 +5,7 @@ access log never shows a signing or download token."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -47,6 +48,23 @@ def _uvicorn_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Con
     )
     logging.getLogger("uvicorn.access").addFilter(RedactTokens())
     return config
+
+
+def settle_heap() -> int:
+    """Take what start-up left alive out of the cycle collector's sight; the number of objects
+    frozen. Call once a long-running process is built, before it serves.
+
+    A full collection walks every object the collector tracks, with the GIL held: with the
+    served app's heap (about 300,000 objects: modules, the app, the signing engine, caches)
+    that was about 145 ms during which every request in flight stood still, and it came
+    whenever the collector judged a full pass due (about once every 35 approvals). Frozen
+    (``gc.freeze``), those objects are skipped, so a full pass walks only what was allocated
+    since. Garbage is collected first, so only live objects are frozen; a frozen object that
+    later becomes garbage in a reference cycle is never reclaimed, so at worst what start-up
+    built stays allocated for the life of the process, which most of it does anyway."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def run_server(
@@ -99,6 +117,7 @@ def run_server(
     try:
         app = _served_app(gateway, settings)
         server = uvicorn.Server(_uvicorn_config(app, host, port, **_log_options(settings)))
+        settle_heap()
         if fd is None:
             server.run()
         else:
@@ -150,7 +169,9 @@ def worker_app() -> Any:
     settings = load_settings(Path(os.environ[_CONFIG_ENV]))
     _log_options(settings)
     gateway = open_gateway(settings, migrate_schema=False)  # lives as long as the process
-    return _served_app(gateway, settings)
+    app = _served_app(gateway, settings)
+    settle_heap()
+    return app
 
 
 def _served_app(gateway: Any, settings: Settings) -> Any:
