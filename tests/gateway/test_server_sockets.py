@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,9 +12,7 @@ import pytest
 
 from core.signing.devpki import DevPki
 from gateway.server import inherited_socket, listening_socket
-from tests.fixtures.gateway import SECRETS, write_config
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.fixtures.gateway import served, write_config
 
 
 def _accepted_nodelay(listener: socket.socket) -> int:
@@ -60,32 +55,9 @@ def test_connections_on_an_inherited_listening_socket_are_sent_without_delay() -
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serve_on_an_inherited_socket(tmp_path: Path, devpki: DevPki, workers: int) -> None:
     """``keiyaku serve --fd N`` (one process, or worker processes sharing the socket) answers
-    on the socket it was handed and stops on SIGTERM."""
+    on the socket it was handed and stops on SIGTERM (``served`` checks that it exits)."""
     config = write_config(tmp_path, devpki, database_url=f"sqlite:///{tmp_path / 'k.db'}")
-    sock = listening_socket()
-    port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "gateway.cli", "--config", str(config), "serve"]
-    server = subprocess.Popen(
-        [*command, "--fd", str(sock.fileno()), "--workers", str(workers)],
-        cwd=ROOT,
-        env={**os.environ, **SECRETS},
-        pass_fds=(sock.fileno(),),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, "keiyaku serve exited"
-                assert time.monotonic() < deadline, "keiyaku serve did not answer"
-                time.sleep(0.2)
+    with served(config, workers=workers) as url:
+        answer = httpx.get(f"{url}/healthz", timeout=5)
         assert answer.status_code == 200
         assert answer.json()["status"] == "ok"
-    finally:
-        server.terminate()
-        assert server.wait(timeout=60) is not None
-        sock.close()
