@@ -845,21 +845,32 @@ def jobs_run(obj: CliContext, job_id: str) -> None:
 @jobs.command("start")
 @click.pass_obj
 def jobs_start(obj: CliContext) -> None:
-    """Run the scheduler in the foreground until interrupted."""
-    from apscheduler.schedulers.blocking import BlockingScheduler
+    """Run the scheduler in the foreground until SIGTERM or SIGINT; a job running then is let
+    finish (its tick is claimed once: no other node will run it)."""
+    import signal
+    import threading
+
+    from apscheduler.schedulers.background import BackgroundScheduler
 
     from gateway.scheduling import node_scheduler, timezone
     from gateway.server import settle_heap
 
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     with with_gateway(obj) as gateway:
-        scheduler = node_scheduler(gateway, BlockingScheduler(timezone=timezone(gateway)))
+        scheduler = node_scheduler(gateway, BackgroundScheduler(timezone=timezone(gateway)))
         for job in scheduler.get_jobs():
             click.echo(f"scheduled: {job.id} ({job.trigger})")
         click.echo(f"start-up heap frozen: {settle_heap()} objects", err=True)
+        scheduler.start()
         try:
-            scheduler.start()
-        except (KeyboardInterrupt, SystemExit):
-            pass
+            while not stop.wait(1):
+                pass
+        finally:
+            # Killed at once (SIGTERM's default), a tick in progress stayed 'running' for good.
+            scheduler.shutdown(wait=True)
+        click.echo("scheduler stopped", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
