@@ -36,6 +36,9 @@ OFFICIAL = ("shicho-award@city.example.jp", "開発市長 開発 太郎")
 APPROVER = ("shinsa-award@city.example.jp", "契約課 審査担当")
 CONTRACTOR = "ichiro@takahashi-kensetsu.example.co.jp"  # the usage request's signer (demo sample)
 AWARDS = {"awards": "R8-101", "awards-approver": "R8-102"}
+# In the subject of every request (署名依頼, 承認依頼), never of a completion notice: the first
+# envelope's 電子署名完了のお知らせ may reach a party before or after the second's request.
+REQUEST = "依頼"
 
 
 def _source(name: str, mapping: Path, folder: Path, documents: Path | None = None) -> str:
@@ -152,9 +155,9 @@ def _clerk_sends(page: Page, site: Site) -> str:
 
 
 def _staff_signs(page: Page, site: Site, email: str, count: int = 1) -> None:
-    """A staff party follows its ``count``-th mail's link, logs in, and signs with its password
-    again."""
-    mails = site.inbox.wait_for(email, count=count)
+    """A staff party follows its ``count``-th request's link, logs in, and signs with its
+    password again."""
+    mails = site.inbox.wait_for(email, count=count, subject=REQUEST)
     body = body_of(mails[-1])
     assert "アクセスコード" not in body.replace("このメールにアクセスコードはありません", "")
     (url,) = STAFF_LINK.findall(body)
@@ -170,8 +173,9 @@ def _staff_signs(page: Page, site: Site, email: str, count: int = 1) -> None:
 
 
 def _contractor_signs(page: Page, site: Site, count: int) -> None:
-    """The contractor opens its mailed link, types the usage request's code, fills and signs."""
-    mails = site.inbox.wait_for(CONTRACTOR, count=count)
+    """The contractor opens its ``count``-th request's link, types the usage request's code,
+    fills and signs."""
+    mails = site.inbox.wait_for(CONTRACTOR, count=count, subject=REQUEST)
     page.goto(link_in(mails[-1]))
     page.fill("#access_code", CONTRACTOR_CODE)
     page.click("#next")
