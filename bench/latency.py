@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     from core.signing import verify_pdf
     from core.signing.devpki import create_dev_pki
     from gateway.app import create_app
-    from gateway.runtime import load_trust_roots
-    from gateway.server import listening_socket, serve_in_thread, settle_heap
+    from gateway.runtime import load_trust_roots, settle_heap
+    from gateway.server import listening_socket, serve_in_thread
     from tests.e2e.conftest import link_in
     from tests.fixtures.gateway import envelope_request, new_token, open_test_gateway, write_config
     from tests.fixtures.pki_plugin import DEV_PASSPHRASE

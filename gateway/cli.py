@@ -852,8 +852,8 @@ def jobs_start(obj: CliContext) -> None:
 
     from apscheduler.schedulers.background import BackgroundScheduler
 
+    from gateway.runtime import settle_heap
     from gateway.scheduling import node_scheduler, timezone
-    from gateway.server import settle_heap
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -586,7 +586,7 @@ class _MirrorCollector(Collector):
 
 
 class _HeapCollector(Collector):
-    """This process's frozen objects (``gateway.server.settle_heap``): what a full collection
+    """This process's frozen objects (``gateway.runtime.settle_heap``): what a full collection
     no longer walks. prometheus_client's own GCCollector, registered beside it, counts the
     collections per generation."""
 

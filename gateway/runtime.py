@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import hmac
 import os
@@ -253,3 +254,20 @@ def _master_key(text: str) -> bytes:
             "blobs.master_key は16進数64文字で指定してください。",
         )
     return key
+
+
+def settle_heap() -> int:
+    """Take what start-up left alive out of the cycle collector's sight; the number of objects
+    frozen. Call once a long-running process is built, before it serves.
+
+    A full collection walks every object the collector tracks, with the GIL held: with the
+    served app's heap (about 300,000 objects: modules, the app, the signing engine, caches)
+    that was about 145 ms during which every request in flight stood still, and it came
+    whenever the collector judged a full pass due (about once every 35 approvals). Frozen
+    (``gc.freeze``), those objects are skipped, so a full pass walks only what was allocated
+    since. Garbage is collected first, so only live objects are frozen; a frozen object that
+    later becomes garbage in a reference cycle is never reclaimed, so at worst what start-up
+    built stays allocated for the life of the process, which most of it does anyway."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

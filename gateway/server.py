@@ -5,7 +5,6 @@ access log never shows a signing or download token."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import socket
@@ -23,7 +22,7 @@ from uvicorn.supervisors import Multiprocess
 from core.errors import GatewayError
 from core.storage import make_session_factory, migrate
 from gateway.app import create_app, redact_path
-from gateway.runtime import database_engine, open_gateway
+from gateway.runtime import database_engine, open_gateway, settle_heap
 from gateway.settings import Settings, load_settings
 
 
@@ -48,23 +47,6 @@ def _uvicorn_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Con
     )
     logging.getLogger("uvicorn.access").addFilter(RedactTokens())
     return config
-
-
-def settle_heap() -> int:
-    """Take what start-up left alive out of the cycle collector's sight; the number of objects
-    frozen. Call once a long-running process is built, before it serves.
-
-    A full collection walks every object the collector tracks, with the GIL held: with the
-    served app's heap (about 300,000 objects: modules, the app, the signing engine, caches)
-    that was about 145 ms during which every request in flight stood still, and it came
-    whenever the collector judged a full pass due (about once every 35 approvals). Frozen
-    (``gc.freeze``), those objects are skipped, so a full pass walks only what was allocated
-    since. Garbage is collected first, so only live objects are frozen; a frozen object that
-    later becomes garbage in a reference cycle is never reclaimed, so at worst what start-up
-    built stays allocated for the life of the process, which most of it does anyway."""
-    gc.collect()
-    gc.freeze()
-    return gc.get_freeze_count()
 
 
 def run_server(

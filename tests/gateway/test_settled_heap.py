@@ -1,4 +1,4 @@
-"""Long-running processes freeze what start-up left alive (``gateway.server.settle_heap``), so
+"""Long-running processes freeze what start-up left alive (``gateway.runtime.settle_heap``), so
 the cycle collector's full passes no longer stop every request in flight to walk it: `keiyaku
 serve` (one process, or each worker process) shows it in ``/metrics``, `keiyaku jobs start`
 says so on stderr."""
