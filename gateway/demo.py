@@ -50,12 +50,13 @@ from core.envelopes.certificate import find_cjk_font
 from core.envelopes.creation import DocumentInput
 from core.envelopes.documents import current_documents
 from core.envelopes.lifecycle import get_envelope
+from core.envelopes.notify import MAIL_TARGET
 from core.envelopes.sealing import completion_certificate
 from core.errors import RecordError
 from core.intake.awards import get_award
-from core.model import AuditEvent, Award, Envelope, Party, Staff
+from core.model import AuditEvent, Award, Delivery, Envelope, Party, Staff
 from core.staff.accounts import add_staff, set_password
-from core.states import EnvelopeState, PartyRole
+from core.states import DeliveryState, EnvelopeState, PartyRole
 from core.timezone import JST
 from gateway import intake
 from gateway.app import create_app
@@ -367,15 +368,21 @@ class MailReader:
         self.path = path
         self.seen: set[str] = set()
 
-    def wait_for(self, address: str, needle: str, wake: Any = None) -> str:
-        """The body of the next unread mail to ``address`` that contains ``needle``."""
+    def wait_for(
+        self, address: str, needle: str, wake: Any = None, *, subject: str | None = None
+    ) -> str:
+        """The body of the next unread mail to ``address`` that contains ``needle`` (and whose
+        subject is ``subject``, when given)."""
         deadline = time.monotonic() + MAIL_WAIT_SECONDS
         while time.monotonic() < deadline:
             box = mailbox.Maildir(str(self.path), create=True)
             for key, message in sorted(box.items(), key=lambda item: item[1].get_date()):
                 if key in self.seen or address.lower() not in str(message["To"]).lower():
                     continue
-                body = _body(message)
+                parsed = _parsed(message)
+                if subject is not None and str(parsed["Subject"]) != subject:
+                    continue
+                body = _body(parsed)
                 if needle in body:
                     self.seen.add(key)
                     return body
@@ -389,8 +396,11 @@ class MailReader:
         )
 
 
-def _body(message: Any) -> str:
-    parsed = email.message_from_bytes(bytes(message), policy=email.policy.default)
+def _parsed(message: Any) -> Any:
+    return email.message_from_bytes(bytes(message), policy=email.policy.default)
+
+
+def _body(parsed: Any) -> str:
     part = parsed.get_body(preferencelist=("plain",))
     return str(part.get_content()) if part is not None else ""
 
@@ -523,6 +533,38 @@ def _wait_completed(gateway: Gateway, envelope_id: str, wake: Any) -> None:
     )
 
 
+def _wait_mail_sent(gateway: Gateway, envelope_id: str, wake: Any) -> None:
+    """Until no mail of the envelope is left in the outbox to send (each delivered, or given
+    up on: then it is named)."""
+    deadline = time.monotonic() + MAIL_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        with gateway.sessions() as session:
+            left = session.execute(
+                select(Delivery.idempotency_key, Delivery.state, Delivery.last_error).where(
+                    Delivery.envelope_id == envelope_id,
+                    Delivery.target == MAIL_TARGET,
+                    Delivery.state != DeliveryState.DELIVERED,
+                )
+            ).all()
+        if not left:
+            return
+        dead = [row for row in left if row.state is DeliveryState.DEAD]
+        if dead:
+            raise RecordError(
+                "demo.mail_failed",
+                f"mail {dead[0].idempotency_key} was not sent: {dead[0].last_error}",
+                "デモのメールを送信できませんでした。",
+            )
+        wake()
+        time.sleep(0.2)
+    raise RecordError(
+        "demo.mail_pending",
+        f"{len(left)} mail(s) of envelope {envelope_id} still unsent after "
+        f"{MAIL_WAIT_SECONDS:.0f} s",
+        "デモのメールの送信が終わりませんでした。",
+    )
+
+
 def run_demo(gateway: Gateway, *, output: Path) -> DemoResult:
     """Take a sample award export in, then act as each person does: the clerk sends the draft
     from the staff pages, the contractor signs by the mailed link and its access code, the
@@ -577,6 +619,13 @@ def run_demo(gateway: Gateway, *, output: Path) -> DemoResult:
                  settings.pages.guarantee_entry)  # fmt: skip
             client.cookies.clear()  # the next person uses their own browser
         _wait_completed(gateway, envelope_id, wake)
+        # 電子署名完了のお知らせ goes to every party and the sender: the demo ends once the
+        # outbox has handed them to the demo's maildir (and the contractor finds its own there),
+        # not with them still queued for whatever transport the config names.
+        _wait_mail_sent(gateway, envelope_id, wake)
+        contractor = next(p for p in envelope.parties if p.staff_id is None)
+        mails.wait_for(contractor.email, f"封筒: {envelope.management_number}", wake,
+                       subject="電子署名完了のお知らせ")  # fmt: skip
     with gateway.sessions() as session:
         envelope = get_envelope(session=session, envelope_id=envelope_id)
         output = output / envelope.management_number

@@ -22,8 +22,9 @@ from sqlalchemy import select
 
 from core.envelopes.guarantees import list_guarantees
 from core.intake.contractors import contractor_emails
-from core.model import Award, ContractorEmail, ContractorIdentity, Envelope, SyncRun
+from core.model import Award, ContractorEmail, ContractorIdentity, Delivery, Envelope, SyncRun
 from core.records.audit import list_events
+from core.states import DeliveryState
 from gateway.demo import guarantee_number
 from gateway.runtime import open_gateway
 from gateway.settings import load_settings
@@ -272,6 +273,11 @@ def test_the_demo_acts_through_the_pages_and_the_mails(
             assert added.at < contractor.completed_at  # type: ignore[operator]
             (reference,) = list_guarantees(session=session, envelope_id=envelope.id)
             assert reference.contract_number == guarantee_number(number)
+            undelivered = session.scalars(
+                select(Delivery.idempotency_key).where(
+                    Delivery.envelope_id == envelope.id, Delivery.state != DeliveryState.DELIVERED
+                )
+            ).all()
     finally:
         gateway.close()
     # The finance sink (a folder in the init config) got the record with that guarantee.
@@ -285,6 +291,13 @@ def test_the_demo_acts_through_the_pages_and_the_mails(
     subjects = {(m["To"].addresses[0].addr_spec, str(m["Subject"])) for m in mails}
     assert any(to == contractor.email and "署名依頼" in subject for to, subject in subjects)
     assert any(to == official.email and "署名依頼" in subject for to, subject in subjects)
+    # The demo ends with 電子署名完了のお知らせ delivered to each party, in the demo's maildir:
+    # nothing of the envelope is left queued for the config's own transport.
+    for address in (contractor.email, official.email):
+        assert (address, "電子署名完了のお知らせ") in subjects, (address, subjects)
+    assert undelivered == []
+    own = config.parent / "mail"
+    assert not own.exists() or not list(mailbox.Maildir(str(own), create=False).keys())
     source = (ROOT / "gateway" / "demo.py").read_text(encoding="utf-8")
     for service in ("approve(", "record_approval(", "send_envelope(", "record_view(",
                     "add_guarantee("):  # fmt: skip
