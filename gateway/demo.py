@@ -116,8 +116,10 @@ def _pdf(title: str, pages: list[list[str]]) -> bytes:
     return out.getvalue()
 
 
-def sample_documents(buyer: str) -> list[DocumentInput]:
-    """The two demo PDFs: a two-page contract and a one-page 請書."""
+def sample_documents(buyer: str, day: dt.date) -> list[DocumentInput]:
+    """The two demo PDFs for a contract concluded on ``day``: a two-page contract and a
+    one-page 請書 for the same work, its period and delivery after ``day``."""
+    ends = era_date(day + dt.timedelta(days=110), full_width=False)
     contract = _pdf(
         "工事請負契約書",
         [
@@ -125,15 +127,15 @@ def sample_documents(buyer: str) -> list[DocumentInput]:
                 f"発注者 {buyer}(以下「甲」という。)と受注者 株式会社髙橋建設(以下「乙」という。)は、",
                 "次のとおり工事請負契約を締結する。",
                 "1 工事名  市道１号線舗装補修工事",
-                "2 工事場所  開発市中央町地内",
-                "3 工期  契約締結の日の翌日から令和8年3月19日まで",
+                f"2 工事場所  {buyer}中央町地内",
+                f"3 工期  契約締結の日の翌日から{ends}まで",
                 "4 請負代金額  金31,389,000円(うち取引に係る消費税及び地方消費税の額 金2,853,545円)",
                 "5 契約保証金  免除(電子保証による)",
             ],
             [
                 "この契約の締結を証するため、本契約書の電磁的記録を作成し、",
                 "甲及び乙が合意の後電子署名を行い、各自その電磁的記録を保管する。",
-                "甲  開発市長  (電子署名)",
+                f"甲  {buyer}  (電子署名)",
                 "乙  株式会社髙橋建設 代表取締役 髙橋 一郎 (電子署名)",
             ],
         ],
@@ -143,9 +145,9 @@ def sample_documents(buyer: str) -> list[DocumentInput]:
         [
             [
                 "下記のとおり請け負います。",
-                "件名  市道１号線舗装補修工事に係る測量業務",
-                "金額  金1,980,000円",
-                "納期  令和8年1月30日",
+                "件名  市道１号線舗装補修工事",
+                "金額  金31,389,000円",
+                f"工期  契約締結の日の翌日から{ends}まで",
             ]
         ],
     )
@@ -224,7 +226,7 @@ def write_sample(folder: Path, *, buyer: str, award_id: str, day: dt.date) -> No
     (folder / AWARDS[2] / f"落札一覧_{award_id}.csv").write_bytes(_cp932_csv([award, paper]))
     documents = folder / "契約書" / f"{day:%Y%m%d}"
     documents.mkdir(parents=True, exist_ok=True)
-    contract, ukesho = sample_documents(buyer)
+    contract, ukesho = sample_documents(buyer, day)
     (documents / f"{award_id}.pdf").write_bytes(contract.data)
     (documents / f"{award_id}_請書.pdf").write_bytes(ukesho.data)
 

@@ -183,6 +183,30 @@ def _era_date(text: str) -> dt.date:
     return dt.date(2018 + int(match[1]), int(match[2]), int(match[3]))
 
 
+def test_the_demo_documents_describe_one_contract_running_after_it_is_signed(
+    demo_run: tuple[Path, list[Path], Path],
+) -> None:
+    """The signed contract and 請書 (as pdftotext reads them) name the same work and amount, and
+    a 工期 that ends after the day the demo signed them (JST)."""
+    _, signed, _ = demo_run
+    texts = {
+        path.name.split("_")[0]: subprocess.run(
+            ["pdftotext", str(path), "-"], capture_output=True, text=True, check=True
+        ).stdout
+        for path in signed
+    }
+    contract, ukesho = texts["工事請負契約書"], texts["請書"]
+    # the day the demo took the award in and signed: the management number's date (JST)
+    stamp = signed[0].parent.name[1:9]
+    signed_on = dt.date(int(stamp[:4]), int(stamp[4:6]), int(stamp[6:]))
+    for text in (contract, ukesho):
+        assert "市道１号線舗装補修工事" in text and "金31,389,000円" in text, text
+        period = re.search(r"翌日から令和(\d+)年(\d+)月(\d+)日まで", text)
+        assert period is not None, text
+        era, month, day = (int(part) for part in period.groups())
+        assert dt.date(2018 + era, month, day) > signed_on, text
+
+
 def test_the_demo_envelope_came_from_the_award_export(
     demo_run: tuple[Path, list[Path], Path],
 ) -> None:
