@@ -189,6 +189,8 @@ DATABASE_UNAVAILABLE: Final = _code("database.unavailable", 503, RETRIABLE, Infr
 
 _family("demo", "the demo walk-through")
 DEMO_FOREIGN_STAFF: Final = _code("demo.foreign_staff", 422, SKIPPABLE, RecordError, "is an existing staff account; the demo does not sign as it")
+DEMO_MAIL_FAILED: Final = _code("demo.mail_failed", 422, SKIPPABLE, RecordError, "mail … was not sent: …")
+DEMO_MAIL_PENDING: Final = _code("demo.mail_pending", 422, SKIPPABLE, RecordError, "… mail(s) of envelope … still unsent after … s")
 DEMO_NO_ENVELOPE: Final = _code("demo.no_envelope", 422, SKIPPABLE, RecordError, "the demo award … did not become an envelope: …")
 DEMO_NO_LINK: Final = _code("demo.no_link", 422, SKIPPABLE, RecordError, "the request mail has no link")
 DEMO_NO_MAIL: Final = _code("demo.no_mail", 422, SKIPPABLE, RecordError, "no mail to … about … arrived within … s")
