@@ -9,10 +9,8 @@ before the contractor. The signed PDFs pass `keiyaku verify`, pdfsig and qpdf --
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -25,9 +23,8 @@ from core.signing.devpki import DevPki
 from core.staff.accounts import PasswordPolicy, add_staff, set_password
 from gateway.demo import CONTRACTOR_CODE, write_sample
 from tests.e2e.conftest import Site, body_of, link_in, served_site, wait_for_visible_images
-from tests.fixtures.gateway import SECRETS
+from tests.fixtures.gateway import run_keiyaku
 
-ROOT = Path(__file__).resolve().parents[2]
 JST = ZoneInfo("Asia/Tokyo")
 PASSWORD = "Kei-yaku-2026!"
 STAFF_LINK = re.compile(r"https?://[^\s/]+/admin/sign/[A-Za-z0-9]+")
@@ -120,17 +117,6 @@ def award_site(tmp_path_factory: pytest.TempPathFactory, devpki: DevPki) -> Iter
         yield site
 
 
-def _keiyaku(site: Site, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "--config", str(site.config), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **SECRETS},
-        timeout=300,
-    )
-
-
 def _login(page: Page, site: Site, email: str) -> None:
     page.fill("#email", email)
     page.fill("#password", PASSWORD)
@@ -206,7 +192,7 @@ def _check_signed(page: Page, site: Site, name: str, signatures: int) -> None:
         files.append(path)
     assert files
     for path in files:
-        verify = _keiyaku(site, "verify", str(path))
+        verify = run_keiyaku(site.config, "verify", str(path))
         assert verify.returncode == 0, verify.stdout + verify.stderr
         pdfsig = subprocess.run(["pdfsig", str(path)], capture_output=True, text=True)
         assert pdfsig.stdout.count("Signature is Valid.") >= signatures, pdfsig.stdout
@@ -220,7 +206,7 @@ def test_an_award_export_becomes_a_contract_both_sides_sign_through_the_pages(
 ) -> None:
     site = award_site
     for source in ("registry", "usage-requests", "awards"):
-        synced = _keiyaku(site, "sync", "run", source)
+        synced = run_keiyaku(site.config, "sync", "run", source)
         assert synced.returncode == 0, synced.stdout + synced.stderr
     page = context.new_page()
 
@@ -238,7 +224,7 @@ def test_an_award_export_becomes_a_contract_both_sides_sign_through_the_pages(
     expect(page.locator("body")).to_contain_text("締結済み")
 
     # 2. With the internal approver first.
-    synced = _keiyaku(site, "sync", "run", "awards-approver")
+    synced = run_keiyaku(site.config, "sync", "run", "awards-approver")
     assert synced.returncode == 0, synced.stdout + synced.stderr
     context.clear_cookies()
     _clerk_sends(page, site)

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from core.model import Envelope
-from tests.fixtures.gateway import SECRETS, b64, complete_by_services
+from tests.fixtures.gateway import b64, complete_by_services, run_keiyaku
 from tests.fixtures.pdfs import make_pdf
 from tests.gateway.conftest import LiveGateway
-
-ROOT = Path(__file__).resolve().parents[2]
 
 MAPPING = """\
 version: 1
@@ -378,14 +373,6 @@ intake:
         assert sorted(a["award_id"] for a in listed) == ["I-1", "I-3"]
 
 
-def _cli(live: LiveGateway, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEIYAKU_")}
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "--config", str(live.config), *args],
-        capture_output=True, text=True, cwd=ROOT, env={**env, **SECRETS}, timeout=300,
-    )  # fmt: skip
-
-
 def test_staff_remap_a_waiting_award_after_the_mapping_is_fixed(
     live_gateway: Callable[..., LiveGateway], tmp_path: Path
 ) -> None:
@@ -452,13 +439,13 @@ intake:
         unknown = http.post("/api/v1/awards/nope/U-1/remap")
         assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found.source"
 
-    cli = _cli(live, "awards", "remap", "itaku", "U-2")
+    cli = run_keiyaku(live.config, "awards", "remap", "itaku", "U-2")
     assert cli.returncode == 0, cli.stderr
     assert "itaku:U-2: re-mapped, waiting_access_code" in cli.stdout
-    listed = _cli(live, "awards", "list", "--source", "itaku")
+    listed = run_keiyaku(live.config, "awards", "list", "--source", "itaku")
     assert "itaku:U-2 waiting_access_code" in listed.stdout, listed.stdout
     assert "アクセスコードを設定すると送信します" in listed.stdout
-    sent = _cli(live, "awards", "set-code", "itaku", "U-2", "--code", "9753")
+    sent = run_keiyaku(live.config, "awards", "set-code", "itaku", "U-2", "--code", "9753")
     assert sent.returncode == 0, sent.stderr
     assert "itaku:U-2: sent" in sent.stdout
 

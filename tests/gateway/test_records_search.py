@@ -9,24 +9,19 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from sqlalchemy import update
 
 from core.model import AuditEvent, Envelope
 from core.staff.api_clients import update_api_client
 from core.states import EnvelopeState
-from tests.fixtures.gateway import SECRETS, complete_by_services, envelope_request
+from tests.fixtures.gateway import complete_by_services, envelope_request, run_keiyaku
 from tests.fixtures.staff import make_envelope
 from tests.gateway.conftest import LiveGateway
 from tests.gateway.test_admin_pages import _login, _staff
 
-ROOT = Path(__file__).resolve().parents[2]
 CLERK = "tanaka@city.example.jp"
 # combined ranges: transaction date, amount, counterparty, all at once
 CONDITIONS = {
@@ -37,18 +32,6 @@ CONDITIONS = {
     "counterparty": "建設",
 }
 _NUMBER = re.compile(r'<a href="/admin/envelopes/[0-9a-f]{32}">([^<]+)</a>')
-
-
-def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEIYAKU_")}
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**env, **SECRETS},
-        timeout=300,
-    )
 
 
 def _seed(live: LiveGateway) -> dict[str, str]:
@@ -198,7 +181,7 @@ def test_cli_search_csv_and_audit_verify_names_an_edited_amount(
         assert event.detail["facts"]["amount"] == "31389000"
         assert event.detail["facts_filled"] == ["transaction_date"]
 
-    found = _cli(
+    found = run_keiyaku(
         live.config,
         "search",
         *[f"--{k.replace('_', '-')}={v}" for k, v in CONDITIONS.items()],
@@ -209,19 +192,19 @@ def test_cli_search_csv_and_audit_verify_names_an_edited_amount(
     rows = list(csv.reader(io.StringIO(found.stdout.lstrip("\ufeff"))))
     # the operator's view: every department
     assert {r[0] for r in rows[1:]} == {numbers[t] for t in ("範囲内A", "範囲内B", "他部署")}
-    as_clerk = _cli(live.config, "search", "--as", "nobody@city.example.jp")
+    as_clerk = run_keiyaku(live.config, "search", "--as", "nobody@city.example.jp")
     assert as_clerk.returncode == 2
-    bad = _cli(live.config, "search", "--date-from", "2026-07-01", "--date-to", "2026-04-01")
+    bad = run_keiyaku(live.config, "search", "--date-from", "2026-07-01", "--date-to", "2026-04-01")
     assert bad.returncode == 2 and "staff.search_range" in bad.stderr and bad.stdout == ""
 
-    verified = _cli(live.config, "audit", "verify")
+    verified = run_keiyaku(live.config, "audit", "verify")
     assert verified.returncode == 0 and "records-law facts: 1 concluded" in verified.stdout, (
         verified.stdout + verified.stderr
     )
     with live.gateway.sessions() as session:  # someone edits the amount behind the gateway
         session.execute(update(Envelope).where(Envelope.id == envelope_id).values(amount=1))
         session.commit()
-    edited = _cli(live.config, "audit", "verify")
+    edited = run_keiyaku(live.config, "audit", "verify")
     assert edited.returncode == 1
     assert f"EDITED FACTS: envelope {envelope_id}" in edited.stdout
     assert "amount recorded '31389000', now '1'" in edited.stdout

@@ -7,11 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import shutil
 import socket
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,6 +35,7 @@ from tests.fixtures.gateway import (
     envelope_request,
     load_test_settings,
     open_test_gateway,
+    run_keiyaku,
     write_config,
 )
 from tests.gateway.conftest import LiveGateway
@@ -110,18 +108,6 @@ def test_purged_documents_answer_410_on_the_staff_pages_and_the_api(
             assert "document.purged" in page.text
 
 
-def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEIYAKU_")}
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**env, **SECRETS},
-        timeout=300,
-    )
-
-
 def test_cli_dry_run_lists_then_the_run_purges(tmp_path: Path, devpki: DevPki) -> None:
     # SQLite only: the purge itself runs on both databases in tests/core/records/test_retention.py
     url = f"sqlite:///{tmp_path / 'keiyaku.db'}"
@@ -138,12 +124,12 @@ def test_cli_dry_run_lists_then_the_run_purges(tmp_path: Path, devpki: DevPki) -
     finally:
         gateway.close()
 
-    held = _cli(config, "retention", "--dry-run")
+    held = run_keiyaku(config, "retention", "--dry-run")
     assert "held: an outbox delivery is not delivered yet" in held.stdout, held.stdout
     assert "0 would be deleted, 1 held" in held.stdout
-    mailed = _cli(config, "send-mail")  # the signing request and the completion mail
+    mailed = run_keiyaku(config, "send-mail")  # the signing request and the completion mail
     assert "mail: 2 sent, 0 to retry, 0 failed" in mailed.stdout, mailed.stdout + mailed.stderr
-    dry = _cli(config, "retention", "--dry-run", "--json")
+    dry = run_keiyaku(config, "retention", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
     listed = json.loads(dry.stdout)
     assert listed["dry_run"] is True and listed["purged"] == []
@@ -157,7 +143,7 @@ def test_cli_dry_run_lists_then_the_run_purges(tmp_path: Path, devpki: DevPki) -
     finally:
         gateway.close()
 
-    run = _cli(config, "retention")
+    run = run_keiyaku(config, "retention")
     assert run.returncode == 0, run.stderr
     assert "purged: 1, held: 0, failed: 0" in run.stdout
     gateway = open_test_gateway(config)
@@ -323,18 +309,20 @@ def test_backups_forget_purged_documents_once_no_kept_generation_predates_the_pu
         gateway.close()
 
     # today's backup drops that generation: nothing kept predates the purge any more
-    out = _cli(config, "backup")
+    out = run_keiyaku(config, "backup")
     assert out.returncode == 0, out.stderr
     assert f"purged documents: {len(old_blobs)} copies deleted" in out.stdout, out.stdout
     assert not any((copies / b[:2] / b).exists() for b in old_blobs)
     assert all((copies / b[:2] / b).exists() for b in kept_blobs)
-    again = _cli(config, "backup")
+    again = run_keiyaku(config, "backup")
     assert "purged documents" not in again.stdout  # looked for, none left: said nothing
 
     # the disk is lost; the newest generation comes back without the purged documents
     (tmp_path / "keiyaku.db").unlink()
     shutil.rmtree(settings.path(settings.blobs.path))
-    restored = _cli(config, "restore", str(settings.path(settings.backup.directory)), "--json")
+    restored = run_keiyaku(
+        config, "restore", str(settings.path(settings.backup.directory)), "--json"
+    )
     assert restored.returncode == 0, restored.stdout + restored.stderr
     check = json.loads(restored.stdout)
     assert check["ok"] is True

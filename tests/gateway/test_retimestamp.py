@@ -9,10 +9,7 @@ import email
 import email.policy
 import json
 import mailbox
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,25 +21,12 @@ from core.records.audit import list_events
 from gateway.app import build_mail_handler
 from gateway.mailer import MailDispatcher
 from tests.e2e.conftest import body_of
-from tests.fixtures.gateway import SECRETS, complete_by_services, envelope_request
+from tests.fixtures.gateway import complete_by_services, envelope_request, run_keiyaku
 from tests.gateway.conftest import LiveGateway
 from tests.gateway.test_admin_pages import _csrf, _login, _staff
 
-ROOT = Path(__file__).resolve().parents[2]
 # ten years: every document the development TSA (ten-year certificate) sealed is due at once
 ARCHIVE = "archive:\n  renew_margin_days: 3650\n  min_extension_days: 30\n"
-
-
-def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEIYAKU_")}
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**env, **SECRETS},
-        timeout=300,
-    )
 
 
 def test_dry_run_then_a_run_with_the_same_tsa_certificate_stamps_nothing_and_alerts(
@@ -55,7 +39,7 @@ def test_dry_run_then_a_run_with_the_same_tsa_certificate_stamps_nothing_and_ale
     with live.gateway.sessions() as session:
         sizes = {d.id: d.size for d in session.query(Document).filter_by(envelope_id=envelope_id)}
 
-    dry = _cli(live.config, "retimestamp", "--dry-run", "--json")
+    dry = run_keiyaku(live.config, "retimestamp", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
     plan = json.loads(dry.stdout)
     assert plan["would_stamp"] == 0
@@ -64,11 +48,11 @@ def test_dry_run_then_a_run_with_the_same_tsa_certificate_stamps_nothing_and_ale
     assert plan["documents"][0]["expires_at"].endswith("+09:00")
     assert plan["next_wave"] == {"due_at": None, "expires_at": None, "documents": 0}
     assert "no newer one" in plan["alert"]
-    text = _cli(live.config, "retimestamp", "--dry-run")
+    text = run_keiyaku(live.config, "retimestamp", "--dry-run")
     assert "would stamp: 0, nothing to extend: 2" in text.stdout, text.stdout
     assert "next wave: none" in text.stdout and "ALERT:" in text.stdout
 
-    run = _cli(live.config, "retimestamp")
+    run = run_keiyaku(live.config, "retimestamp")
     assert run.returncode == 0, run.stderr
     assert "re-timestamped: 0, nothing to extend: 2, failed: 0" in run.stdout, run.stdout
     assert "ALERT:" in run.stdout
@@ -97,7 +81,7 @@ def test_the_dry_run_names_the_next_wave(live_gateway: Callable[..., LiveGateway
     with live.gateway.sessions() as session:
         expiry = session.query(Document).filter_by(envelope_id=envelope_id).first()
         assert expiry is not None and expiry.timestamp_expires_at is not None
-    dry = _cli(live.config, "retimestamp", "--dry-run", "--json")
+    dry = run_keiyaku(live.config, "retimestamp", "--dry-run", "--json")
     plan = json.loads(dry.stdout)
     assert plan["documents"] == [] and plan["alert"] is None
     assert plan["next_wave"]["documents"] == 2  # both documents, sealed under one certificate
