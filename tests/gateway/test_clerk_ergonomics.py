@@ -29,11 +29,11 @@ from core.staff.api_clients import update_api_client
 from gateway.app import build_mail_handler
 from gateway.mailer import MailDispatcher
 from tests.e2e.conftest import body_of, link_in
-from tests.fixtures.gateway import envelope_request
+from tests.fixtures.gateway import envelope_request, run_keiyaku
 from tests.fixtures.staff import make_envelope
 from tests.gateway.conftest import LiveGateway
 from tests.gateway.test_admin_pages import _csrf, _login, _staff
-from tests.gateway.test_records_search import _NUMBER, CLERK, _cli
+from tests.gateway.test_records_search import _NUMBER, CLERK
 
 
 def test_the_api_dates_a_management_number_made_at_0030_jst_in_jst(
@@ -83,7 +83,7 @@ def test_a_clerk_finds_an_envelope_by_its_management_number_on_page_api_and_cli(
         answer = api.get("/api/v1/envelopes", params={"management_number": typed})
         assert answer.status_code == 200, answer.text
         assert [i["management_number"] for i in answer.json()["items"]] == ["KG-20260401-AB12CD34"]
-    out = _cli(live.config, "search", "--management-number", "r7-001", "--as", CLERK,
+    out = run_keiyaku(live.config, "search", "--management-number", "r7-001", "--as", CLERK,
                "--csv", "-")  # fmt: skip
     assert out.returncode == 0, out.stderr
     rows = list(csv.reader(io.StringIO(out.stdout.lstrip("\ufeff"))))
